@@ -1,0 +1,169 @@
+"""A tiny validating reader for plain dicts: every access knows its field path.
+
+Specs arrive as YAML/JSON dicts; errors must name the field path and the rule
+(``spec.stages[1].compute.duration_ms: must be > 0``). Rather than a schema
+library, each loader walks the dict with a :class:`Fields` view that records
+which keys it consumed, so unknown keys are reported too.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from .errors import SpecError
+
+
+def join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+class Fields:
+    """Read-only view of one mapping in a spec, with its path and consumed-key tracking."""
+
+    def __init__(self, data: Any, path: str = ""):
+        if not isinstance(data, dict):
+            raise SpecError(path or "<root>", f"must be a mapping, got {type(data).__name__}")
+        self.data = data
+        self.path = path
+        self._seen: set[str] = set()
+
+    def at(self, key: str) -> str:
+        return join(self.path, key)
+
+    def has(self, key: str) -> bool:
+        return key in self.data and self.data[key] is not None
+
+    def raw(self, key: str, default: Any = None, required: bool = False) -> Any:
+        self._seen.add(key)
+        if key not in self.data or self.data[key] is None:
+            if required:
+                raise SpecError(self.at(key), "is required")
+            return default
+        return self.data[key]
+
+    def sub(self, key: str, required: bool = False) -> "Fields | None":
+        value = self.raw(key, required=required)
+        return None if value is None else Fields(value, self.at(key))
+
+    def str(self, key: str, default: str | None = None, required: bool = False,
+            choices: Iterable[str] | None = None) -> str | None:
+        value = self.raw(key, default, required)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            raise SpecError(self.at(key), f"must be a non-empty string, got {value!r}")
+        if choices is not None and value not in choices:
+            raise SpecError(self.at(key), f"must be one of {sorted(choices)}, got {value!r}")
+        return value
+
+    def num(self, key: str, default: float | None = None, required: bool = False,
+            gt: float | None = None, ge: float | None = None, le: float | None = None,
+            lt: float | None = None) -> float | None:
+        value = self.raw(key, default, required)
+        if value is None:
+            return None
+        return check_number(value, self.at(key), gt=gt, ge=ge, le=le, lt=lt)
+
+    def int(self, key: str, default: int | None = None, required: bool = False,
+            ge: int | None = None) -> int | None:
+        value = self.raw(key, default, required)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                raise SpecError(self.at(key), f"must be an integer, got {value!r}")
+        if ge is not None and value < ge:
+            raise SpecError(self.at(key), f"must be >= {ge}")
+        return value
+
+    def bool(self, key: str, default: bool = False) -> bool:
+        value = self.raw(key, default)
+        if not isinstance(value, bool):
+            raise SpecError(self.at(key), f"must be true or false, got {value!r}")
+        return value
+
+    def str_list(self, key: str, choices: Iterable[str] | None = None,
+                 default: tuple[str, ...] | None = None) -> tuple[str, ...] | None:
+        value = self.raw(key)
+        if value is None:
+            return default
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value:
+            raise SpecError(self.at(key), "must be a non-empty list of strings")
+        allowed = set(choices) if choices is not None else None
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise SpecError(join(self.at(key), i), f"must be a string, got {item!r}")
+            if allowed is not None and item not in allowed:
+                raise SpecError(join(self.at(key), i), f"must be one of {sorted(allowed)}, got {item!r}")
+        return tuple(value)
+
+    def list(self, key: str, required: bool = False) -> list[Any]:
+        value = self.raw(key, [], required)
+        if not isinstance(value, list):
+            raise SpecError(self.at(key), f"must be a list, got {type(value).__name__}")
+        if required and not value:
+            raise SpecError(self.at(key), "must not be empty")
+        return value
+
+    def str_map(self, key: str) -> dict[str, str]:
+        value = self.raw(key, {})
+        if not isinstance(value, dict):
+            raise SpecError(self.at(key), "must be a mapping of strings")
+        return {str(k): str(v) for k, v in value.items()}
+
+    def done(self, ignore: Iterable[str] = ()) -> None:
+        """Reject keys nobody asked for: typos must not pass silently."""
+        unknown = sorted(set(self.data) - self._seen - set(ignore))
+        if unknown:
+            raise SpecError(self.at(unknown[0]), "unknown key"
+                            + (f" (known: {', '.join(sorted(self._seen))})" if self._seen else ""))
+
+
+def check_number(value: Any, path: str, gt=None, ge=None, le=None, lt=None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(path, f"must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise SpecError(path, "must be finite")
+    if gt is not None and not value > gt:
+        raise SpecError(path, f"must be > {gt:g}")
+    if ge is not None and not value >= ge:
+        raise SpecError(path, f"must be >= {ge:g}")
+    if lt is not None and not value < lt:
+        raise SpecError(path, f"must be < {lt:g}")
+    if le is not None and not value <= le:
+        raise SpecError(path, f"must be <= {le:g}")
+    return value
+
+
+def read_documents(source: str | Path | dict | list) -> list[dict]:
+    """Load one or more spec documents from a path, a YAML/JSON string path, or already-parsed data."""
+    if isinstance(source, dict):
+        return [source]
+    if isinstance(source, list):
+        return list(source)
+    path = Path(source)
+    if not path.exists():
+        raise SpecError(str(path), "file not found")
+    text = path.read_text()
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+            docs = data if isinstance(data, list) else [data]
+        else:
+            docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise SpecError(str(path), f"not valid YAML/JSON: {exc}") from None
+    if not docs:
+        raise SpecError(str(path), "contains no document")
+    return docs

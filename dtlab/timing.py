@@ -1,0 +1,152 @@
+"""The twin's timing model: one place that says how long a stage and a transfer take.
+
+Both predictors (the SimPy engine and the vectorised fast path) draw from the
+functions here, so they model the same world and can only differ in how they
+combine the draws (contention, failures). The ground-truth `sim` substrate uses
+the same shapes with different parameters (see ``TimingModel.truth``).
+
+Model, documented once:
+
+* **Execution format.** A stage's binary exists for ``constraints.arch`` (any arch if
+  unset). On a node whose arch is in that list it runs ``native``; otherwise under
+  ``qemu-<binary arch>`` user-mode emulation if the node offers ``qemu``; or as
+  ``wasm`` if the node offers it. The cheapest allowed format (lowest overhead
+  factor) is used. Default factors: native 1.0; QEMU 3.0 (arm64/amd64 guests) and
+  3.5 (riscv64), inside the 2-8x range of published user-mode QEMU figures
+  (``shared/data/calibration/published-overheads.yaml``); wasm 1.3 (Wasmtime-class
+  runtimes: 1.2-1.55x). Measured calibration replaces them (``TimingModel.overheads``).
+* **Service time.** ``duration_ms`` is the time on one core of speed 1.0, native
+  amd64, when the stage gets its ``cpu`` cores. On node n in format f:
+  ``duration_ms * overhead[f] / speed[n] * X`` with ``X ~ LogNormal`` of mean 1 and
+  log-sd ``service_sigma`` (workload-level scale draws multiply on top).
+* **CPU contention: processor sharing**, each stage capped at its ``cpu`` cores,
+  capacity ``cores * (1 - background utilisation)``. PS is what the Linux CFS
+  scheduler approximates for CPU-bound work (a quota-limited cgroup shares, it does
+  not queue), and with a one-core cap it has the M/M/c birth-death process, so
+  queueing theory still validates it.
+* **Transfer** of ``size_mb`` over a link: ``latency + jitter*|N(0,1)| +
+  size*8/throughput``, where throughput is ``min(bandwidth, Mathis TCP bound
+  MSS*8/RTT * 1.22/sqrt(loss))`` (RTT = 2*latency). Loss also hits the tail: with
+  probability ``loss`` per message the last segment is lost and costs one
+  retransmission timeout ``max(200 ms, 2*RTT)`` (Linux' minimum RTO is 200 ms).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Mapping
+
+import numpy as np
+
+from .model import ARCHES, Link, Node, Stage
+
+DEFAULT_OVERHEADS: dict[str, float] = {
+    "native": 1.0,
+    "qemu-amd64": 3.0,
+    "qemu-arm64": 3.0,
+    "qemu-riscv64": 3.5,
+    "wasm": 1.3,
+}
+MSS_BYTES = 1448
+MIN_RTO_MS = 200.0
+
+
+@dataclass(frozen=True)
+class TimingModel:
+    overheads: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_OVERHEADS))
+    service_sigma: float = 0.10       # log-sd of the per-stage service noise
+    detect_ms: float = 1_000.0        # time to notice a failed node (heartbeat/freshness budget)
+    replan_ms: float = 50.0           # extra time to plan from scratch after a failure (no shadow)
+
+    def with_overheads(self, overheads: Mapping[str, float]) -> "TimingModel":
+        merged = dict(self.overheads)
+        merged.update(overheads)
+        return replace(self, overheads=merged)
+
+    # ------------------------------------------------------------ formats
+    def exec_format(self, stage: Stage, node: Node) -> tuple[str, float] | None:
+        """(format key, overhead factor) of the cheapest way ``stage`` can run on ``node``; None if it cannot."""
+        return exec_format(stage, node, self.overheads)
+
+    # ------------------------------------------------------------ service
+    def mean_service_ms(self, stage: Stage, node: Node, factor: float) -> float:
+        return stage.compute.duration_ms * factor / node.speed
+
+    def service_noise(self, rng: np.random.Generator, size) -> np.ndarray:
+        """Multiplicative noise with mean 1 (lognormal, log-sd ``service_sigma``)."""
+        s = self.service_sigma
+        if s <= 0:
+            return np.ones(size)
+        return rng.lognormal(-0.5 * s * s, s, size)
+
+    # ------------------------------------------------------------ transfer
+    def mean_transfer_ms(self, size_mb: float, link: Link | None) -> float:
+        if link is None:
+            return 0.0
+        base = link.latency_ms + link.jitter_ms * math.sqrt(2 / math.pi)
+        tail = link.loss * rto_ms(link) if size_mb > 0 else 0.0
+        return base + bulk_ms(size_mb, link) + tail
+
+    def sample_transfer_ms(self, size_mb: float, link: Link | None, rng: np.random.Generator, size) -> np.ndarray:
+        if link is None:
+            return np.zeros(size)
+        out = np.full(size, link.latency_ms + bulk_ms(size_mb, link), dtype=float)
+        if link.jitter_ms > 0:
+            out += link.jitter_ms * np.abs(rng.standard_normal(size))
+        if link.loss > 0 and size_mb > 0:
+            out += (rng.random(size) < link.loss) * rto_ms(link)
+        return out
+
+
+def throughput_mbps(link: Link) -> float:
+    """Bandwidth, capped by the Mathis et al. (1997) TCP bound when the link loses packets."""
+    if link.loss <= 0 or link.latency_ms <= 0:
+        return link.bandwidth_mbps
+    rtt_s = 2 * link.latency_ms / 1000.0
+    mathis = MSS_BYTES * 8 / rtt_s * 1.22 / math.sqrt(link.loss) / 1e6
+    return min(link.bandwidth_mbps, mathis)
+
+
+def bulk_ms(size_mb: float, link: Link) -> float:
+    return size_mb * 8.0 / throughput_mbps(link) * 1000.0 if size_mb > 0 else 0.0
+
+
+def rto_ms(link: Link) -> float:
+    return max(MIN_RTO_MS, 4 * link.latency_ms)
+
+
+def exec_format(stage: Stage, node: Node, overheads: Mapping[str, float] = DEFAULT_OVERHEADS) -> tuple[str, float] | None:
+    if not fits(stage, node):
+        return None
+    allowed = stage.constraints.formats or node.formats
+    binary_arches = stage.constraints.arch or ARCHES
+    options: list[tuple[float, str]] = []
+    if "native" in node.formats and "native" in allowed and node.arch in binary_arches:
+        options.append((overheads.get("native", 1.0), "native"))
+    if "qemu" in node.formats and "qemu" in allowed:
+        for arch in binary_arches:
+            if arch != node.arch:
+                key = f"qemu-{arch}"
+                options.append((overheads.get(key, DEFAULT_OVERHEADS.get(key, 3.0)), key))
+    if "wasm" in node.formats and "wasm" in allowed:
+        options.append((overheads.get("wasm", DEFAULT_OVERHEADS["wasm"]), "wasm"))
+    if not options:
+        return None
+    factor, key = min(options)
+    return key, factor
+
+
+def fits(stage: Stage, node: Node) -> bool:
+    """Static fit: resources and zone/node constraints (not current load)."""
+    c = stage.constraints
+    if stage.compute.cpu > node.cores or stage.compute.mem_gb > node.mem_gb:
+        return False
+    if c.zones is not None and node.zone not in c.zones:
+        return False
+    if c.nodes is not None and node.name not in c.nodes:
+        return False
+    return True
+
+
+def feasible(stage: Stage, node: Node, overheads: Mapping[str, float] = DEFAULT_OVERHEADS) -> bool:
+    return exec_format(stage, node, overheads) is not None
