@@ -1,0 +1,91 @@
+"""Trace readers: row counts and units on the real files, line+column errors on malformed fixtures."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dtlab.errors import SpecError
+from dtlab.workload import readers as r
+
+FIXTURES = Path(__file__).parent / "data" / "traces"
+real = pytest.mark.skipif(not r.OPENB_NODES.exists(), reason=f"reference data not found at {r.DATA_DIR}")
+
+
+@real
+def test_openb_nodes_real_file():
+    df = r.read_openb_nodes()
+    assert len(df) == 1523
+    assert list(df.columns) == ["name", "cpu_milli", "memory_mib", "gpu", "model"]
+    assert df["gpu"].sum() == 6212                     # whole-cluster GPU count used by the replay
+    assert set(df.loc[df["gpu"] == 0, "model"]) == {""}
+    assert (df.loc[df["gpu"] > 0, "model"] != "").all()
+
+
+@real
+@pytest.mark.parametrize("variant,rows", [("default", 8152), ("gpushare40", 8152),
+                                          ("cpu050", 7439), ("multigpu50", 9061)])
+def test_openb_pods_real_files(variant, rows):
+    df = r.read_openb_pods(r.TRACE_DIR / "alibaba-openb" / f"openb_pod_list_{variant}.csv")
+    assert len(df) == rows
+    assert df["gpu_milli"].between(0, 1000).all()
+    assert ((df["num_gpu"] == 0) == (df["gpu_milli"] == 0)).all()
+    if variant == "multigpu50":          # this list carries no times: they read as NaN, not 0
+        assert df["creation_time"].isna().all()
+    else:
+        assert df["creation_time"].notna().all()
+        assert (df["deletion_time"] >= df["creation_time"]).all()
+
+
+@real
+def test_v2017_batch_task_real_file():
+    df = r.read_alibaba_v2017_batch_task()
+    assert len(df) == 80553
+    assert df["cpu_per_instance"].max() <= 64          # stored in 1/100 core, read in cores
+    assert set(df["cpu_per_instance"].dropna().unique()) >= {0.5, 1.0}
+    assert df.loc[df["status"] == "Terminated", "end_time_s"].notna().all()
+    assert df["end_time_s"].isna().sum() == 208        # end 0 in the file = not ended
+
+
+@real
+def test_azure_2021_real_file():
+    df = r.read_azure_functions_2021()
+    # the data README says 198; the file has 199 data rows (200 lines, no trailing newline)
+    assert len(df) == 199
+    np.testing.assert_allclose(df["start_s"] + df["duration_s"], df["end_s"])
+
+
+@pytest.mark.parametrize("reader,fixture,line,column", [
+    (r.read_openb_nodes, "openb_nodes_bad_memory.csv", 5, "memory_mib"),     # after a blank line
+    (r.read_openb_nodes, "openb_nodes_gpu_without_model.csv", 3, "model"),
+    (r.read_openb_pods, "openb_pods_bad_gpu_milli.csv", 3, "gpu_milli"),
+    (r.read_openb_pods, "openb_pods_extra_field.csv", 3, "#12 (extra field)"),
+    (r.read_openb_pods, "openb_pods_short_row.csv", 3, "num_gpu"),
+    (r.read_openb_pods, "openb_pods_missing_column.csv", 1, "num_gpu"),
+    (r.read_alibaba_v2017_batch_task, "v2017_batch_task_fractional_instances.csv", 3, "number_of_instances"),
+    (r.read_azure_functions_2021, "azure2021_negative_duration.csv", 3, "duration"),
+])
+def test_malformed_rows_name_file_line_and_column(reader, fixture, line, column):
+    path = FIXTURES / fixture
+    with pytest.raises(r.TraceError) as info:
+        reader(path)
+    err = info.value
+    assert isinstance(err, SpecError)
+    assert (err.line, err.column) == (line, column)
+    assert fixture in str(err) and f"line {line}" in str(err) and column in str(err)
+
+
+def test_good_rows_of_a_fixture_parse(tmp_path):
+    path = tmp_path / "pods.csv"
+    path.write_text("name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec\n"
+                    "a,1000,512,1,250,V100M16|V100M32\n\nb,2000,1024,0,0,\n")
+    df = r.read_openb_pods(path)
+    assert df["name"].tolist() == ["a", "b"]
+    assert df["gpu_spec"].tolist() == ["V100M16|V100M32", ""]
+    assert df["deletion_time"].isna().all()
+
+
+def test_missing_file_and_unknown_format():
+    with pytest.raises(r.TraceError, match="not found"):
+        r.read_openb_nodes(FIXTURES / "nope.csv")
+    with pytest.raises(SpecError, match="trace.format"):
+        r.read_trace("google-borg")
