@@ -1,0 +1,176 @@
+"""Run a stage's work as a real process: native, under ``qemu-<arch>-static``, or as Wasm.
+
+Work is expressed in reference milliseconds (``duration_ms`` of the spec: one core of speed 1.0,
+native amd64). ``iterations_per_ms`` measures, once per host and kernel build, how many kernel
+iterations the native binary does per CPU millisecond and caches it in the cache dir; a stage of
+``D`` reference ms then runs ``D * ipms`` iterations in whatever format the plan chose, so the
+format's real overhead shows up in the measured time instead of being modelled.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from ..errors import DtlabError, SubstrateUnavailable
+
+KERNELS = ("matmul", "sort", "hash", "mix")
+FORMATS = ("native", "qemu-amd64", "qemu-arm64", "qemu-riscv64", "wasm")
+QEMU_BIN = {"amd64": "qemu-x86_64-static", "arm64": "qemu-aarch64-static", "riscv64": "qemu-riscv64-static"}
+HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "riscv64": "riscv64"}.get(platform.machine(), platform.machine())
+WORKER_DIR = Path(__file__).resolve().parents[2] / "images" / "worker"
+WASM_RUNNER = Path(__file__).resolve().parent / "wasm_run.py"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DTLAB_CACHE") or Path.home() / ".cache" / "dtlab")
+
+
+@lru_cache(maxsize=1)
+def build_dir() -> Path:
+    """Build the kernels (no-op when the source hash is already built) and return the output dir."""
+    script = WORKER_DIR / "build.sh"
+    if not script.exists():
+        raise SubstrateUnavailable(f"worker sources not found at {WORKER_DIR} (needs a source checkout)")
+    env = dict(os.environ, DTLAB_CACHE=str(cache_dir()))
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise SubstrateUnavailable(f"building worker kernels failed: {proc.stderr.strip()[-500:]}")
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+def binary(fmt: str) -> Path:
+    d = build_dir()
+    if fmt == "wasm":
+        return d / "wasm" / "dtlab-kernel.wasm"
+    arch = HOST_ARCH if fmt == "native" else fmt.split("-", 1)[1]
+    return d / arch / "dtlab-kernel"
+
+
+def missing(fmt: str) -> str | None:
+    """Why ``fmt`` cannot run here (None when it can)."""
+    if fmt not in FORMATS:
+        return f"unknown format {fmt!r} (known: {', '.join(FORMATS)})"
+    try:
+        b = binary(fmt)
+    except SubstrateUnavailable as exc:
+        return str(exc)
+    if not b.exists():
+        return f"{b} not built (toolchain missing; run scripts/fabric-deps.sh)"
+    if fmt.startswith("qemu-") and shutil.which(QEMU_BIN[fmt.split("-", 1)[1]]) is None:
+        return f"{QEMU_BIN[fmt.split('-', 1)[1]]} not on PATH (apt-get install qemu-user-static)"
+    if fmt == "wasm":
+        try:
+            import wasmtime  # noqa: F401
+        except ImportError:
+            return "Python package wasmtime not installed"
+    return None
+
+
+def command(fmt: str, kernel: str, iters: int, seed: int = 42) -> list[str]:
+    """argv that runs ``iters`` iterations of ``kernel`` in format ``fmt``."""
+    if kernel not in KERNELS:
+        raise DtlabError(f"kernel: unknown {kernel!r} (known: {', '.join(KERNELS)})")
+    why = missing(fmt)
+    if why:
+        raise SubstrateUnavailable(f"format {fmt}: {why}")
+    args = [kernel, str(int(iters)), str(seed)]
+    b = str(binary(fmt))
+    if fmt == "native":
+        return [b, *args]
+    if fmt == "wasm":
+        return [sys.executable, str(WASM_RUNNER), b, *args]
+    return [shutil.which(QEMU_BIN[fmt.split("-", 1)[1]]), b, *args]
+
+
+@dataclass(frozen=True)
+class KernelRun:
+    fmt: str
+    kernel: str
+    iters: int
+    kernel_ms: float     # measured inside the process around the kernel (excludes start-up)
+    cpu_ms: float        # process CPU clock inside the kernel (-1 where unsupported, e.g. WASI)
+    process_ms: float    # wall time of the whole process as seen by the caller
+    rusage_cpu_ms: float  # user+sys CPU of the whole process (includes emulator/runtime start-up)
+
+
+def run_kernel(fmt: str, kernel: str, iters: int, preexec=None, seed: int = 42, env=None) -> KernelRun:
+    argv = command(fmt, kernel, iters, seed)
+    t0 = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=preexec, env=env)
+    out, err, ru = communicate_rusage(proc)
+    wall = (time.monotonic() - t0) * 1000.0
+    if proc.returncode != 0:
+        raise DtlabError(f"{fmt} {kernel} exited {proc.returncode}: {err.strip()[-300:]}")
+    return parse_run(fmt, out, wall, ru)
+
+
+def parse_run(fmt: str, stdout: str, process_ms: float, rusage_cpu_ms: float = -1.0) -> KernelRun:
+    line = [l for l in stdout.splitlines() if l.startswith("{")][-1]
+    d = json.loads(line)
+    return KernelRun(fmt, d["kernel"], int(d["iters"]), float(d["wall_ms"]), float(d["cpu_ms"]),
+                     process_ms, rusage_cpu_ms)
+
+
+def communicate_rusage(proc: subprocess.Popen) -> tuple[str, str, float]:
+    """Like ``communicate()`` but reaps the child with wait4 to get its own CPU time (user+sys ms)."""
+    import threading
+    err_chunks: list[str] = []
+    t = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)
+    t.start()
+    out = proc.stdout.read()
+    t.join()
+    _, status, ru = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return out, "".join(err_chunks), (ru.ru_utime + ru.ru_stime) * 1000.0
+
+
+# ------------------------------------------------------------ iterations per reference ms
+def iterations_per_ms(kernel: str = "mix", refresh: bool = False) -> float:
+    """Native kernel iterations per CPU millisecond on this host (measured once, cached)."""
+    path = cache_dir() / f"ipms.{build_dir().name}.{platform.node() or 'host'}.json"
+    table: dict[str, float] = {}
+    if path.exists() and not refresh:
+        try:
+            table = json.loads(path.read_text())
+        except ValueError:
+            table = {}
+    if kernel in table:
+        return float(table[kernel])
+    table[kernel] = measure_ipms(kernel)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp.{os.getpid()}")
+    tmp.write_text(json.dumps(table, indent=1))
+    os.replace(tmp, path)
+    return table[kernel]
+
+
+def measure_ipms(kernel: str, target_ms: float = 150.0, reps: int = 5) -> float:
+    """Median over ``reps`` native runs of iterations per CPU ms (CPU time resists host contention)."""
+    probe = run_kernel("native", kernel, 50)
+    per_iter = max(_cost(probe) / 50, 1e-4)
+    iters = max(int(target_ms / per_iter), 10)
+    rates = []
+    for _ in range(reps):
+        r = run_kernel("native", kernel, iters)
+        rates.append(iters / max(_cost(r), 1e-3))
+    return float(statistics.median(rates))
+
+
+def _cost(r: KernelRun) -> float:
+    """CPU ms of the kernel when the platform reports it, else its wall ms."""
+    return r.cpu_ms if r.cpu_ms > 0 else r.kernel_ms
+
+
+def iterations_for(duration_ms: float, kernel: str = "mix", scale: float = 1.0) -> int:
+    """Iterations that take ``duration_ms * scale`` CPU ms natively (at least one)."""
+    return max(1, int(round(duration_ms * scale * iterations_per_ms(kernel))))

@@ -1,0 +1,64 @@
+/* dtlab-kernel: run one CPU-bound kernel for a number of iterations and report timings as JSON.
+ *
+ *   dtlab-kernel <matmul|sort|hash|mix> <iterations> [seed]
+ *
+ * Timings are taken inside the process around the kernel only, so emulator or runtime start-up
+ * (QEMU translation warm-up aside, Wasm instantiation) is excluded from "wall_ms"; the caller
+ * measures the whole process separately. "cpu_ms" is the process CPU clock, or -1 where the
+ * platform does not provide it (some WASI runtimes). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include "kernels.h"
+
+#if defined(__wasm__)
+#define DT_ARCH "wasm32"
+#elif defined(__aarch64__)
+#define DT_ARCH "arm64"
+#elif defined(__riscv)
+#define DT_ARCH "riscv64"
+#elif defined(__x86_64__)
+#define DT_ARCH "amd64"
+#else
+#define DT_ARCH "unknown"
+#endif
+
+static double ms_of(clockid_t id) {
+    struct timespec ts;
+    if (clock_gettime(id, &ts) != 0) return -1.0;
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static uint64_t kernel_mix(uint64_t iters, uint64_t seed) {
+    /* one mix iteration ~ one of each kernel, weighted to similar native cost */
+    uint64_t acc = 0;
+    for (uint64_t it = 0; it < iters; it++)
+        acc += kernel_matmul(1, seed + it) ^ kernel_sort(1, seed + 2 * it) ^ kernel_hash(8, seed + 3 * it);
+    return acc;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 3) {
+        fprintf(stderr, "usage: %s <matmul|sort|hash|mix> <iterations> [seed]\n", argv[0]);
+        return 2;
+    }
+    const char *k = argv[1];
+    uint64_t iters = strtoull(argv[2], NULL, 10);
+    uint64_t seed = argc > 3 ? strtoull(argv[3], NULL, 10) : 42;
+    uint64_t (*fn)(uint64_t, uint64_t) = NULL;
+    if (!strcmp(k, "matmul")) fn = kernel_matmul;
+    else if (!strcmp(k, "sort")) fn = kernel_sort;
+    else if (!strcmp(k, "hash")) fn = kernel_hash;
+    else if (!strcmp(k, "mix")) fn = kernel_mix;
+    else { fprintf(stderr, "unknown kernel %s\n", k); return 2; }
+    double c0 = ms_of(CLOCK_PROCESS_CPUTIME_ID);
+    double w0 = ms_of(CLOCK_MONOTONIC);
+    uint64_t sum = fn(iters, seed);
+    double w1 = ms_of(CLOCK_MONOTONIC);
+    double c1 = ms_of(CLOCK_PROCESS_CPUTIME_ID);
+    double cpu = (c0 < 0 || c1 < 0) ? -1.0 : c1 - c0;
+    printf("{\"kernel\": \"%s\", \"arch\": \"%s\", \"iters\": %llu, \"wall_ms\": %.3f, \"cpu_ms\": %.3f, \"checksum\": %llu}\n",
+           k, DT_ARCH, (unsigned long long)iters, w1 - w0, cpu, (unsigned long long)sum);
+    return 0;
+}
