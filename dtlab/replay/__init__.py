@@ -1,0 +1,12 @@
+"""Placement replay of real traces: resource fit (CPU, memory, GPU count/share/model) and policies.
+
+``replay_allocation`` follows the FGD paper's methodology on the openb traces (inflate,
+no deletions, allocation at every 1 % of arrived GPU demand); ``replay_timed`` replays
+creation/deletion times so resources are freed again (for V1/V5 workloads).
+"""
+from .allocation import COLUMNS, AllocationResult, inflate, plot_allocation, replay_allocation, write_allocation
+from .fit import ClusterArrays, Pods
+from .policies import POLICIES, names as policy_names
+
+__all__ = ["COLUMNS", "POLICIES", "AllocationResult", "ClusterArrays", "Pods", "inflate", "plot_allocation",
+           "policy_names", "replay_allocation", "write_allocation"]

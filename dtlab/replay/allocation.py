@@ -1,0 +1,170 @@
+"""Allocation replay after Weng et al., "Beware of Fragmentation" (USENIX ATC 2023).
+
+Methodology (their evaluation on these openb traces): pods are sampled from the
+trace until the arrived GPU demand reaches ``inflate`` (130 %) of the cluster's
+GPU capacity; they are scheduled one by one in that order and never deleted; a
+pod that fits no node fails (and is not retried). At every 1 % of arrived GPU
+demand (relative to capacity) we record the share of GPU and CPU capacity
+allocated and the number of failed pods so far. The gap between arrived and
+allocated GPU beyond ~90 % is what fragmentation costs a policy.
+
+Sampling is with replacement, by the seeded ``numpy.random.Generator``
+(the FGD simulator appends clones drawn uniformly from the trace; here the
+whole sequence is drawn that way so the stream depends on the seed only).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import SpecError
+from .fit import GPU_MILLI, ClusterArrays, Pods
+from .policies import get as get_policy
+
+COLUMNS = ["policy", "seed", "arrived_pct", "gpu_alloc_pct", "cpu_alloc_pct", "failed_pods"]
+
+
+def inflate(pods: pd.DataFrame, gpu_capacity_milli: int, ratio: float,
+            rng: np.random.Generator) -> pd.DataFrame:
+    """Pods sampled with replacement until their GPU demand reaches ``ratio`` x capacity.
+
+    The pod whose arrival crosses the target is the last one. Names get ``-<k>`` suffixes
+    (k = position in the stream) so every arrival is distinct.
+    """
+    if ratio <= 0:
+        raise SpecError("inflate", f"must be > 0, got {ratio}")
+    demand = (pods["num_gpu"].to_numpy(np.int64) * pods["gpu_milli"].to_numpy(np.int64))
+    if demand.sum() == 0:
+        raise SpecError("pods", "no pod requests a GPU: cannot inflate by GPU demand")
+    target = ratio * gpu_capacity_milli
+    mean = demand.mean()
+    chosen: list[np.ndarray] = []
+    total = 0.0
+    while total < target:
+        block = rng.integers(len(pods), size=max(64, int(1.1 * (target - total) / mean) + 1))
+        cum = total + np.cumsum(demand[block])
+        stop = int(np.searchsorted(cum, target, side="left"))
+        if stop < len(block):
+            chosen.append(block[:stop + 1])
+            break
+        chosen.append(block)
+        total = float(cum[-1])
+    idx = np.concatenate(chosen)
+    out = pods.iloc[idx].reset_index(drop=True)
+    out["name"] = [f"{n}-{k}" for k, n in enumerate(out["name"])]
+    return out
+
+
+@dataclass
+class AllocationResult:
+    table: pd.DataFrame        # COLUMNS, one row per arrived_pct
+    placements: pd.DataFrame   # per arrived pod: name, node (-1 = failed), gpus (slot list)
+    seconds: float             # wall time of the scheduling loop
+
+
+def replay_allocation(nodes: pd.DataFrame, pods: pd.DataFrame, policy: str, seed: int = 0,
+                      inflate_ratio: float | None = 1.3, step_pct: float = 1.0) -> AllocationResult:
+    """Schedule ``pods`` (inflated unless ``inflate_ratio`` is None) in order, no deletions."""
+    import time
+
+    choose = get_policy(policy)
+    rng = np.random.default_rng(seed)
+    cluster = ClusterArrays(nodes)
+    if inflate_ratio is not None:
+        pods = inflate(pods, cluster.gpu_capacity_milli, inflate_ratio, rng)
+    p = Pods.from_frame(pods)
+    n = len(p)
+    cap = cluster.gpu_capacity_milli
+    if cap == 0:
+        raise SpecError("nodes", "the cluster has no GPUs: arrived GPU demand is undefined")
+    cum = np.cumsum(p.gpu_demand)
+    last_pct = int(np.floor(100.0 * cum[-1] / cap / step_pct + 1e-9)) if n else 0
+    marks = np.arange(1, last_pct + 1) * step_pct
+    # pod index after which each mark is recorded: the first pod whose arrival reaches it
+    mark_at = np.searchsorted(cum, marks * cap / 100.0 - 1e-9, side="left")
+    node_of = np.full(n, -1, dtype=np.int64)
+    slots_of: list = [()] * n
+    rows = []
+    failed = 0
+    m = 0
+    cpu, mem, ng, gm, spec = (p.cpu.tolist(), p.mem.tolist(), p.num_gpu.tolist(),
+                              p.gpu_milli.tolist(), p.spec.tolist())
+    t0 = time.perf_counter()
+    for i in range(n):
+        req = (cpu[i], mem[i], ng[i], gm[i])
+        idx = np.flatnonzero(cluster.fits(*req, spec[i]))
+        if len(idx):
+            node = choose(cluster, idx, req, rng)
+            slots_of[i] = tuple(cluster.place(node, *req).tolist())
+            node_of[i] = node
+        else:
+            failed += 1
+        while m < len(marks) and mark_at[m] == i:
+            rows.append((policy, seed, float(marks[m]), cluster.gpu_alloc_pct(),
+                         cluster.cpu_alloc_pct(), failed))
+            m += 1
+    seconds = time.perf_counter() - t0
+    cluster.check()
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    placements = pd.DataFrame({"name": p.name, "node": node_of,
+                               "node_name": np.where(node_of >= 0, cluster.names[np.maximum(node_of, 0)], ""),
+                               "gpus": slots_of})
+    return AllocationResult(table=table, placements=placements, seconds=seconds)
+
+
+def write_allocation(results: list[AllocationResult] | pd.DataFrame, out_dir) -> dict[str, Path]:
+    """Write ``allocation.csv`` and the figure (``allocation.pdf``/``.png``) into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = results if isinstance(results, pd.DataFrame) else pd.concat([r.table for r in results],
+                                                                       ignore_index=True)
+    csv = out / "allocation.csv"
+    tmp = out / ".allocation.csv.tmp"
+    table[COLUMNS].to_csv(tmp, index=False)
+    tmp.replace(csv)
+    paths = {"csv": csv}
+    for i, p in enumerate(plot_allocation(table, out)):
+        paths[p.suffix.lstrip(".")] = p
+    return paths
+
+
+def plot_allocation(table: pd.DataFrame, out_dir) -> list[Path]:
+    """GPU allocation vs arrived GPU demand, one line per policy (mean over seeds), with y = x."""
+    try:
+        from .. import plots
+    except ImportError:  # plots module not available: plain matplotlib, same axes
+        plots = None
+    if plots is not None:
+        fig, ax = plots.figure(columns=1)
+        names = plots.order(table["policy"].unique())
+    else:
+        from matplotlib.figure import Figure
+        fig = Figure(figsize=(3.5, 2.4), layout="constrained")
+        ax = fig.subplots()
+        names = sorted(table["policy"].unique())
+    hi = float(table["arrived_pct"].max())
+    ax.plot([0, hi], [0, hi], color="#999999", lw=0.8, ls=":", label="arrived (no failures)")
+    for k, name in enumerate(names):
+        sub = table[table["policy"] == name].groupby("arrived_pct")["gpu_alloc_pct"].mean()
+        if plots is not None:
+            colour, marker = plots.style_of(name, k)
+            label = plots.display_name(name)
+        else:
+            colour, marker, label = None, None, name
+        ax.plot(sub.index, sub.values, color=colour, marker=marker, markevery=10, label=label)
+    ax.set_xlabel("Arrived GPU demand (% of cluster GPU capacity)")
+    ax.set_ylabel("GPU allocated (% of capacity)")
+    ax.set_xlim(0, hi)
+    ax.set_ylim(0, 100)
+    ax.legend(loc="lower right")
+    if plots is not None:
+        return plots.savefig(fig, out_dir, "allocation")
+    paths = []
+    for ext in ("pdf", "png"):
+        path = Path(out_dir) / f"allocation.{ext}"
+        fig.savefig(path)
+        paths.append(path)
+    return paths
