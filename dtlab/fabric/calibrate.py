@@ -1,0 +1,226 @@
+"""Measured calibration: execution-format overhead factors (compute) and namespace RTT/throughput (network).
+
+``measure_compute`` runs every kernel natively and in every other format, interleaved and paired
+(native, then each format, per repetition) so slow drift of a shared host hits both sides of a
+ratio. The factor of one repetition is ``cost(format) / cost(native)`` with the cost taken inside the
+process around the kernel: its CPU clock where both sides have one, else its wall time (start-up of the emulator or Wasm runtime is reported
+separately as ``startup_ms``, because the twin's ``duration_ms`` does not include it). Factors are
+summarised as geometric means with a 95% t-interval on the log ratios, since they multiply.
+
+The twin loads ``overheads`` from the written YAML via :func:`load_overheads` and
+``TimingModel.with_overheads``. ``overheads`` holds the factor of the ``mix`` kernel, which is what
+fabric stages run; per-kernel factors stay in ``factors`` for V3.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import platform
+import statistics
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from ..errors import DtlabError, SpecError
+from . import worker
+
+STAGE_KERNEL = "mix"
+# two-sided 95% Student t quantiles by degrees of freedom (no scipy dependency)
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+         10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
+
+
+def t975(df: int) -> float:
+    if df <= 0:
+        return float("nan")
+    keys = sorted(_T975)
+    for k in keys:
+        if df <= k:
+            return _T975[k]
+    return 1.960
+
+
+def geo_ci(ratios: list[float]) -> dict[str, float]:
+    """Geometric mean and 95% CI (t-interval on logs) of positive ratios."""
+    logs = [math.log(r) for r in ratios if r > 0]
+    n = len(logs)
+    if n == 0:
+        raise DtlabError("no positive ratios to summarise")
+    m = statistics.fmean(logs)
+    half = t975(n - 1) * statistics.stdev(logs) / math.sqrt(n) if n > 1 else float("nan")
+    return {"factor": math.exp(m), "ci_low": math.exp(m - half) if n > 1 else float("nan"),
+            "ci_high": math.exp(m + half) if n > 1 else float("nan"), "n": n,
+            "min": min(ratios), "max": max(ratios)}
+
+
+def default_out() -> Path:
+    return worker.cache_dir() / "calibration.host.yaml"
+
+
+def measure_compute(quick: bool = False, formats=None, kernels=None, reps: int | None = None,
+                    target_ms: float | None = None, progress=None) -> dict[str, Any]:
+    """Measure factors; returns the calibration document (see module docstring)."""
+    formats = list(formats or [f for f in worker.FORMATS if f != "native"])
+    kernels = list(kernels or worker.KERNELS)
+    reps = reps or (3 if quick else 10)
+    target_ms = target_ms or (30.0 if quick else 120.0)
+    unavailable = {f: worker.missing(f) for f in formats if worker.missing(f)}
+    formats = [f for f in formats if f not in unavailable]
+    ratios: dict[str, dict[str, list[float]]] = {f: {k: [] for k in kernels} for f in formats}
+    startup: dict[str, list[float]] = {f: [] for f in ["native", *formats]}
+    ipms = {k: worker.iterations_per_ms(k) for k in kernels}
+    for rep in range(reps):
+        for k in kernels:
+            iters = max(1, int(target_ms * ipms[k]))
+            nat = worker.run_kernel("native", k, iters, seed=rep + 1)
+            startup["native"].append(nat.process_ms - nat.kernel_ms)
+            for f in formats:
+                r = worker.run_kernel(f, k, iters, seed=rep + 1)
+                ratios[f][k].append(paired_ratio(r, nat))
+                startup[f].append(r.process_ms - r.kernel_ms)
+        if progress:
+            progress(rep + 1, reps)
+    factors = {f: {k: geo_ci(v) for k, v in per.items()} for f, per in ratios.items()}
+    overheads = {"native": 1.0}
+    for f in formats:
+        if STAGE_KERNEL in factors[f]:
+            overheads[f] = round(factors[f][STAGE_KERNEL]["factor"], 4)
+        else:
+            overheads[f] = round(math.exp(statistics.fmean(math.log(v["factor"]) for v in factors[f].values())), 4)
+    return {
+        "kind": "HostCalibration",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": {"node": platform.node(), "machine": platform.machine(), "cpus": os.cpu_count(),
+                 "kernel": platform.release(), "loadavg_1m": os.getloadavg()[0]},
+        "quick": quick,
+        "method": ("paired interleaved runs; factor = in-process kernel CPU ms (wall ms for wasm) format/native; "
+                   "geometric mean, 95% t-interval on log ratios"),
+        "reps": reps,
+        "target_native_ms": target_ms,
+        "stage_kernel": STAGE_KERNEL,
+        "overheads": overheads,
+        "factors": _round(factors),
+        "startup_ms": {f: round(statistics.median(v), 2) for f, v in startup.items() if v},
+        "iterations_per_ms": {k: round(v, 4) for k, v in ipms.items()},
+        "unavailable": unavailable,
+        "worker_build": worker.build_dir().name,
+    }
+
+
+def paired_ratio(run, native) -> float:
+    """Format/native cost of one pair: process CPU clock when both report it (robust to a busy
+    host), else in-process wall time (WASI has no process clock)."""
+    if run.cpu_ms > 0 and native.cpu_ms > 0:
+        return run.cpu_ms / native.cpu_ms
+    return run.kernel_ms / native.kernel_ms
+
+
+def _round(x):
+    if isinstance(x, dict):
+        return {k: _round(v) for k, v in x.items()}
+    if isinstance(x, float):
+        return round(x, 4) if math.isfinite(x) else None
+    return x
+
+
+def write(doc: Mapping[str, Any], out: str | Path | None = None) -> Path:
+    path = Path(out) if out else default_out()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp.{os.getpid()}")
+    tmp.write_text(yaml.safe_dump(dict(doc), sort_keys=False))
+    os.replace(tmp, path)
+    return path
+
+
+def load(path: str | Path | None = None) -> dict[str, Any]:
+    path = Path(path) if path else default_out()
+    if not path.exists():
+        raise DtlabError(f"no host calibration at {path}: run `dtlab calibrate compute`")
+    doc = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(doc.get("overheads"), dict):
+        raise SpecError("overheads", f"missing or not a mapping in {path}")
+    return doc
+
+
+def load_overheads(path: str | Path | None = None) -> dict[str, float]:
+    """Measured overhead factors for ``TimingModel.with_overheads`` (format key -> factor)."""
+    out = {}
+    for k, v in load(path)["overheads"].items():
+        if not isinstance(v, (int, float)) or v <= 0:
+            raise SpecError(f"overheads.{k}", "must be a positive number")
+        out[str(k)] = float(v)
+    return out
+
+
+# ------------------------------------------------------------ published figures (V3)
+def published_path() -> Path:
+    env = os.environ.get("DTLAB_SHARED")
+    base = Path(env) if env else Path(__file__).resolve().parents[3] / "shared"
+    return base / "data" / "calibration" / "published-overheads.yaml"
+
+
+# our kernel -> the TCG benchmark it resembles (per-instruction numbers; indicative only)
+_TCG_MATCH = {"matmul": "matmult_double", "sort": "qsort_int32"}
+
+
+def compare_published(measured: Mapping[str, Any] | str | Path | None = None, published: str | Path | None = None):
+    """Measured factors against published figures and the design's "QEMU adds 25-80%" claim.
+
+    One row per (format, kernel, reference): measured factor with CI, the published value or
+    range, and whether the measured CI overlaps it (``consistent``) / lies above it. Units of the
+    TCG row are host instructions per guest instruction, a proxy, flagged in ``unit``.
+    """
+    import pandas as pd
+
+    doc = measured if isinstance(measured, Mapping) else load(measured)
+    pub = yaml.safe_load(Path(published or published_path()).read_text())
+    claim = pub["seed_assumption"]["qemu_cpu_overhead"]
+    qemu_lists = pub.get("qemu_user_mode", [])
+    tcg = next((e for e in qemu_lists if "aarch64" in e), {})
+    issue_range = next((e["range"] for e in qemu_lists if "range" in e), None)
+    hq = next((e for e in qemu_lists if "int" in e), None)
+    rows = []
+
+    def add(fmt, kernel, st, ref, lo, hi, unit="time ratio"):
+        m, cl, ch = st["factor"], st.get("ci_low"), st.get("ci_high")
+        cl = m if cl is None else cl
+        ch = m if ch is None else ch
+        rows.append({"format": fmt, "kernel": kernel, "measured": m, "ci_low": cl, "ci_high": ch,
+                     "n": st.get("n"), "reference": ref, "ref_low": lo, "ref_high": hi, "unit": unit,
+                     "consistent": bool(ch >= lo and cl <= hi), "above": bool(cl > hi), "below": bool(ch < lo)})
+
+    for fmt, per in (doc.get("factors") or {}).items():
+        for kernel, st in per.items():
+            if fmt.startswith("qemu-"):
+                add(fmt, kernel, st, "design claim: QEMU adds 25-80%", claim["low"], claim["high"])
+                if issue_range:
+                    add(fmt, kernel, st, "issue reports (buildx, qemu-user-static)", *issue_range)
+                if hq:
+                    v = hq["fp"] if kernel == "matmul" else hq["int"]
+                    add(fmt, kernel, st, "HQEMU CGO 2012 SPEC CPU2006 (" + ("fp" if kernel == "matmul" else "int") + ")", v, v)
+                guest = {"qemu-arm64": "aarch64", "qemu-riscv64": "riscv64"}.get(fmt)
+                if guest and kernel in _TCG_MATCH and guest in tcg:
+                    v = tcg[guest][_TCG_MATCH[kernel]]
+                    add(fmt, kernel, st, f"TCG benchmarking {_TCG_MATCH[kernel]}", v, v,
+                        unit="host instr per guest instr (proxy)")
+            elif fmt == "wasm":
+                for e in pub.get("wasm", []):
+                    vals = [v for k, v in e.items() if isinstance(v, (int, float))]
+                    if vals:
+                        add(fmt, kernel, st, e["source"].split(",")[0], min(vals), max(vals))
+    return pd.DataFrame(rows)
+
+
+def qemu_claim_verdict(df) -> str:
+    """One sentence: does 'QEMU adds 25-80%' hold for the measured stage kernel on this host?"""
+    sub = df[(df["reference"].str.startswith("design claim")) & (df["kernel"] == STAGE_KERNEL)]
+    if sub.empty:
+        sub = df[df["reference"].str.startswith("design claim")]
+    if sub.empty:
+        return "no QEMU measurements"
+    parts = [f"{r.format} {r.measured:.2f}x [{r.ci_low:.2f}, {r.ci_high:.2f}]" for r in sub.itertuples()]
+    holds = bool(sub["consistent"].all())
+    return (("holds" if holds else "does not hold") + " on this host for the '" + sub["kernel"].iloc[0]
+            + "' kernel: " + "; ".join(parts) + " vs claimed 1.25-1.80x")
