@@ -1,0 +1,148 @@
+"""The sense-simulate-act loop: substrate events -> twin state -> plan -> substrate.
+
+Kept small and free of I/O so the REST service, the CLI controller and the experiments
+share it: each arrival is ``sync`` (drain the substrate's events into
+``twin.state.apply_many``), ``plan`` (the twin's policy + predictor on the fresh
+snapshot) and ``submit`` (the plan with its shadow placement, so a node failure is
+answered by the substrate switching to the shadow rather than by planning from scratch).
+
+``on_plan`` callbacks see ``(job, plan, snapshot, arrival_ms)`` (V2 re-predicts the
+chosen placement with other predictors on the same snapshot); ``recalibrator`` (see
+:mod:`dtlab.calibration.online`) sees every plan and every event batch and may return
+correction events that are applied together with the batch.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Protocol
+
+import pandas as pd
+
+from .errors import InfeasibleError
+from .model import Job
+from .plan import Plan
+from .state import Snapshot
+
+
+class Recalibrator(Protocol):
+    def expect(self, job: Job, plan: Plan) -> None: ...
+
+    def observe(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]: ...
+
+
+@dataclass(frozen=True)
+class Arrival:
+    at_ms: float
+    job: Job
+
+
+def arrivals(stream: Iterable[Any]) -> Iterable[Arrival]:
+    """Accept ``(at_ms, job)`` pairs, objects with ``at_ms``/``arrival_ms`` and ``job``, or Arrival."""
+    for item in stream:
+        if isinstance(item, Arrival):
+            yield item
+        elif isinstance(item, tuple) and len(item) == 2:
+            yield Arrival(float(item[0]), item[1])
+        else:
+            at = getattr(item, "at_ms", None)
+            if at is None:
+                at = getattr(item, "arrival_ms")
+            yield Arrival(float(at), item.job)
+
+
+class Controller:
+    """One twin acting on one substrate with one policy and predictor."""
+
+    def __init__(self, twin, substrate, policy: str = "greedy", predictor: str = "fast", samples: int = 128,
+                 seed: int = 0, on_plan: Iterable[Callable[[Job, Plan, Snapshot, float], None]] = (),
+                 recalibrator: Recalibrator | None = None):
+        self.twin = twin
+        self.substrate = substrate
+        self.policy = policy
+        self.predictor = predictor
+        self.samples = int(samples)
+        self.seed = int(seed)
+        self.on_plan = list(on_plan)
+        self.recalibrator = recalibrator
+        self.records: list[dict[str, Any]] = []
+        self.events_applied = 0
+        self._n = 0
+
+    # ------------------------------------------------------------ the loop, one step at a time
+    def sync(self) -> int:
+        """Drain substrate events into the twin's state (atomically, with any recalibration); returns the count."""
+        events = self.substrate.events()
+        if self.recalibrator is not None:
+            events = events + self.recalibrator.observe(events)
+        if events:
+            self.twin.state.apply_many(events)
+        self.events_applied += len(events)
+        return len(events)
+
+    def step(self, job: Job, at_ms: float | None = None) -> Plan | None:
+        """Advance to ``at_ms``, sync, plan ``job``, record and submit; None if no placement exists."""
+        if at_ms is not None:
+            self.substrate.advance(at_ms)
+        self.sync()
+        arrival = self.substrate.now_ms()
+        seed = self.seed * 1_000_003 + self._n
+        self._n += 1
+        snap = self.twin.state.snapshot()
+        t0 = time.perf_counter()
+        try:
+            plan = self.twin.plan(job, policy=self.policy, samples=self.samples, seed=seed,
+                                  predictor=self.predictor)
+        except InfeasibleError as exc:
+            self.records.append(self._record(job, None, arrival, (time.perf_counter() - t0) * 1000, str(exc)))
+            return None
+        loop_ms = (time.perf_counter() - t0) * 1000
+        for callback in self.on_plan:
+            callback(job, plan, snap, arrival)
+        if self.recalibrator is not None:
+            self.recalibrator.expect(job, plan)
+        self.substrate.submit(plan, job)
+        self.records.append(self._record(job, plan, arrival, loop_ms, ""))
+        return plan
+
+    def run_workload(self, stream: Iterable[Any], drain: bool = True) -> pd.DataFrame:
+        """Run every arrival of ``stream`` through the loop; returns plans joined with observed outcomes."""
+        for a in arrivals(stream):
+            self.step(a.job, a.at_ms)
+        if drain:
+            self.substrate.advance(None)
+            self.sync()
+        return self.results()
+
+    # ------------------------------------------------------------ records
+    def _record(self, job: Job, plan: Plan | None, arrival_ms: float, loop_ms: float, error: str) -> dict[str, Any]:
+        pred = plan.prediction if plan is not None else {}
+        return {
+            "job": job.name, "planned_ms": arrival_ms, "policy": self.policy, "predictor": self.predictor,
+            "placement": _fmt(plan.placement) if plan else "", "shadow": _fmt(plan.shadow) if plan else "",
+            "pred_mean_ms": pred.get("mean_ms"), "pred_p50_ms": pred.get("p50_ms"),
+            "pred_p95_ms": pred.get("p95_ms"), "pred_miss_prob": pred.get("deadline_miss_prob"),
+            "plan_ms": plan.elapsed_ms if plan else loop_ms, "state_version": plan.state_version if plan else None,
+            "rejected": plan is None, "error": error,
+        }
+
+    def plans(self) -> pd.DataFrame:
+        return pd.DataFrame(self.records)
+
+    def results(self) -> pd.DataFrame:
+        """One row per planned job: the plan record plus the substrate's observed job record.
+
+        A rejected job (no feasible placement) counts as missed with NaN latency.
+        """
+        plans = self.plans()
+        observed = self.substrate.results()["jobs"]
+        if plans.empty:
+            return plans
+        df = plans.merge(observed, on="job", how="left", suffixes=("", "_obs"))
+        df["missed"] = df["missed"].astype("boolean").fillna(True).astype(bool)
+        df["ok"] = df["ok"].astype("boolean").fillna(False).astype(bool)
+        return df
+
+
+def _fmt(mapping: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in mapping.items())

@@ -1,0 +1,229 @@
+"""Shared plumbing of the experiments: parameter validation, seeds, CIs over seeds, result type.
+
+Every experiment module exposes ``DEFAULTS`` (the documented parameter set) and
+``run(params) -> ExperimentResult``. Papermill only warns about unknown parameters,
+so :func:`validate` is where a typo in a params file becomes an error naming the key.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..errors import SpecError
+from ..model import Cluster, Node, load_cluster
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# two-sided 95% Student t quantiles t_{0.975, df}; beyond the table the normal 1.96 is within 2%
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+         10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110,
+         18: 2.101, 19: 2.093, 20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060,
+         26: 2.056, 27: 2.052, 28: 2.048, 29: 2.045, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
+
+
+def t975(df: int) -> float:
+    """Two-sided 95% t quantile (table lookup, conservative: the next smaller tabulated df)."""
+    if df < 1:
+        return math.nan
+    if df in _T975:
+        return _T975[df]
+    if df > 120:
+        return 1.960
+    return _T975[max(k for k in _T975 if k <= df)]
+
+
+@dataclass(frozen=True)
+class CI:
+    mean: float
+    low: float
+    high: float
+    n: int
+
+
+def mean_ci(values: Iterable[float]) -> CI:
+    """Mean and 95% t-interval of per-seed values (NaNs dropped; one value gives a zero-width interval)."""
+    x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    if x.size == 0:
+        return CI(math.nan, math.nan, math.nan, 0)
+    m = float(x.mean())
+    if x.size == 1:
+        return CI(m, m, m, 1)
+    half = t975(x.size - 1) * float(x.std(ddof=1)) / math.sqrt(x.size)
+    return CI(m, m - half, m + half, int(x.size))
+
+
+def summarize_seeds(df: pd.DataFrame, by: Sequence[str], metrics: Sequence[str]) -> pd.DataFrame:
+    """Tidy CI table: one row per group and metric with mean, ci_low, ci_high, n (rows of ``df`` are seeds)."""
+    rows = []
+    groups = df.groupby(list(by), sort=False) if by else [((), df)]
+    for key, g in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        for m in metrics:
+            ci = mean_ci(g[m].tolist())
+            rows.append({**dict(zip(by, key)), "metric": m, "mean": ci.mean,
+                         "ci_low": ci.low, "ci_high": ci.high, "n": ci.n})
+    return pd.DataFrame(rows)
+
+
+def put_ci(metrics: dict, name: str, ci: CI) -> None:
+    """Flat metrics convention: ``name``, ``name.ci_low``, ``name.ci_high``."""
+    metrics[name] = _num(ci.mean)
+    metrics[f"{name}.ci_low"] = _num(ci.low)
+    metrics[f"{name}.ci_high"] = _num(ci.high)
+
+
+def metrics_from_summary(summary: pd.DataFrame, key_cols: Sequence[str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for row in summary.itertuples(index=False):
+        r = row._asdict()
+        name = ".".join(str(r[k]) for k in key_cols) + "." + r["metric"]
+        put_ci(out, name, CI(r["mean"], r["ci_low"], r["ci_high"], r["n"]))
+    return out
+
+
+def _num(x: float) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), 6)
+
+
+# ---------------------------------------------------------------- params
+
+def validate(params: Mapping[str, Any] | None, defaults: Mapping[str, Any], experiment: str) -> dict[str, Any]:
+    """Defaults overlaid with ``params``; an unknown key is a SpecError naming it."""
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise SpecError(unknown[0], f"unknown parameter of {experiment} (known: {sorted(defaults)})")
+    out = {**defaults, **params}
+    seeds = out.get("seeds")
+    if seeds is not None:
+        if isinstance(seeds, int) and not isinstance(seeds, bool):
+            seeds = list(range(seeds))
+        if not isinstance(seeds, (list, tuple)) or not seeds or \
+                not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+            raise SpecError("seeds", "must be a non-empty list of non-negative integers (or a count)")
+        out["seeds"] = [int(s) for s in seeds]
+    for key, default in defaults.items():
+        value = out[key]
+        if key == "seeds" or value is None or default is None:
+            continue
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif isinstance(default, (list, tuple)):
+            ok = isinstance(value, (list, tuple))
+        elif isinstance(default, Mapping):
+            ok = isinstance(value, Mapping)
+        else:
+            ok = isinstance(value, type(default))
+        if not ok:
+            raise SpecError(key, f"must be of type {type(default).__name__}, got {value!r}")
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and value < 0:
+            raise SpecError(key, "must be >= 0")
+    return out
+
+
+def require_positive(params: Mapping[str, Any], *keys: str) -> None:
+    for k in keys:
+        if not params[k] > 0:
+            raise SpecError(k, f"must be > 0, got {params[k]!r}")
+
+
+def require_choices(params: Mapping[str, Any], key: str, choices: Iterable[str]) -> None:
+    choices = list(choices)
+    values = params[key] if isinstance(params[key], (list, tuple)) else [params[key]]
+    if isinstance(params[key], (list, tuple)) and not values:
+        raise SpecError(key, "must not be empty")
+    for i, v in enumerate(values):
+        if v not in choices:
+            where = f"{key}[{i}]" if isinstance(params[key], (list, tuple)) else key
+            raise SpecError(where, f"must be one of {choices}, got {v!r}")
+
+
+def resolve_path(path: str | os.PathLike, field_name: str) -> Path:
+    """A params path as given (relative to cwd), else relative to the repo root (notebooks run elsewhere)."""
+    p = Path(path)
+    if p.exists():
+        return p
+    if not p.is_absolute() and (REPO_ROOT / p).exists():
+        return REPO_ROOT / p
+    raise SpecError(field_name, f"file not found: {path}")
+
+
+def child_seed(*parts: int | str) -> int:
+    """A stable seed derived from parts (experiment, seed, policy ...), independent of PYTHONHASHSEED."""
+    words = []
+    for p in parts:
+        if isinstance(p, str):
+            words.extend(p.encode())
+            words.append(0x1F)
+        else:
+            words.append(int(p))
+    state = np.random.SeedSequence(words).generate_state(2, dtype=np.uint32)
+    return int(state[0]) << 32 | int(state[1])
+
+
+# ---------------------------------------------------------------- result
+
+@dataclass
+class ExperimentResult:
+    """Tidy output of one experiment: ``table`` -> results.csv, ``metrics`` -> metrics.json, ``extra`` -> <name>.csv."""
+    table: pd.DataFrame
+    metrics: dict[str, Any]
+    extra: dict[str, pd.DataFrame] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, directory: str | os.PathLike) -> list[Path]:
+        """Write results.csv, metrics.json and extra CSVs atomically (temp file + rename)."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        written = [_atomic(d / "results.csv", self.table.to_csv(index=False)),
+                   _atomic(d / "metrics.json", json.dumps(self.metrics, indent=2, sort_keys=True) + "\n")]
+        for name, df in self.extra.items():
+            written.append(_atomic(d / f"{name}.csv", df.to_csv(index=False)))
+        return written
+
+
+def _atomic(path: Path, text: str) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+# ---------------------------------------------------------------- synthetic clusters
+
+def synthetic_cluster(template: Cluster, nodes: int, seed: int = 0) -> Cluster:
+    """A cluster of ``nodes`` nodes drawn from ``template``'s node types, in the template's zones and links.
+
+    The first ``len(template.nodes)`` nodes copy the template in order (so a 7-node template at 7 nodes is
+    the template), later ones are random draws of its node types; zones and zone links stay the template's,
+    so the arch/format/zone mix is preserved while the node count scales (V5).
+    """
+    if nodes < 1:
+        raise SpecError("nodes", "must be >= 1")
+    rng = np.random.default_rng(seed)
+    k = len(template.nodes)
+    picks = list(range(min(k, nodes))) + rng.integers(0, k, size=max(0, nodes - k)).tolist()
+    out = []
+    for i, j in enumerate(picks):
+        base = template.nodes[j]
+        out.append(Node(name=f"{base.zone}-{base.arch}-{i:05d}", arch=base.arch, cores=base.cores,
+                        speed=base.speed, mem_gb=base.mem_gb, formats=base.formats, zone=base.zone,
+                        labels=base.labels, fail_prob=base.fail_prob))
+    zones = {n.zone for n in out}
+    links = tuple(l for l in template.links if l.a in zones and l.b in zones)
+    return Cluster(name=f"{template.name}-x{nodes}", nodes=tuple(out), links=links)
+
+
+def load_cluster_param(path: str) -> Cluster:
+    return load_cluster(resolve_path(path, "cluster"))

@@ -1,0 +1,73 @@
+"""The substrate protocol: where jobs really run and where observed numbers come from.
+
+An experiment or the controller talks to every substrate (``sim``, ``fabric``,
+``kube``) through these few calls and never branches on which one it has:
+
+* ``cluster()``  the Cluster the substrate runs (spec view, what the twin starts from);
+* ``now_ms()``   the substrate's clock (virtual ms on sim, ms since start on real ones);
+* ``submit(plan, job)``  run ``job`` with ``plan.placement`` from now on; ``plan.shadow`` is kept so a
+  node failure moves the affected stages to their shadow nodes instead of being lost;
+* ``advance(until_ms)``  let time pass up to ``until_ms`` (sim: run the model; real: sleep/poll);
+  ``None`` means until all submitted work has finished;
+* ``events()``   state events (dicts, the kinds of :mod:`dtlab.state`) observed since the last call,
+  in time order, each with ``ts`` in seconds of the substrate clock: what the twin may know;
+* ``inject(fault)``  realise a FaultScenario fault dict (node-failure, link-degradation, partition,
+  pod-kill) at ``fault['at_s']`` (default now);
+* ``results()``  observed records: ``{"jobs": DataFrame, "stages": DataFrame}`` (columns below);
+* ``close()``    release everything (processes, cgroups, API objects); idempotent.
+
+Per-job columns: job, arrival_ms, start_ms, end_ms, latency_ms, deadline_ms, missed, ok, nodes.
+Per-stage columns: job, stage, node, format, start_ms, end_ms, duration_ms, ok.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Protocol, runtime_checkable
+
+import pandas as pd
+
+from ..model import Cluster, Job
+from ..plan import Plan
+
+JOB_COLUMNS = ("job", "arrival_ms", "start_ms", "end_ms", "latency_ms", "deadline_ms", "missed", "ok", "nodes")
+STAGE_COLUMNS = ("job", "stage", "node", "format", "start_ms", "end_ms", "duration_ms", "ok")
+
+
+@runtime_checkable
+class Substrate(Protocol):
+    name: str
+
+    def cluster(self) -> Cluster: ...
+
+    def now_ms(self) -> float: ...
+
+    def submit(self, plan: Plan, job: Job) -> None: ...
+
+    def advance(self, until_ms: float | None) -> None: ...
+
+    def events(self) -> list[dict[str, Any]]: ...
+
+    def inject(self, fault: Mapping[str, Any]) -> None: ...
+
+    def results(self) -> dict[str, pd.DataFrame]: ...
+
+    def close(self) -> None: ...
+
+
+class SubstrateBase:
+    """Optional mixin: context-manager support and the idempotent-close bookkeeping."""
+
+    name = "base"
+    _closed = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
