@@ -201,7 +201,7 @@ def scenario_from_dict(data: Mapping, base_dir: Path | None = None, default_name
     name, description = default_name, ""
     if meta is not None:
         name = meta.str("name", default_name)
-        description = meta.str("description", "") or ""
+        description = meta.str("description") or ""
         meta.done(ignore=("labels", "annotations"))
     _check_dns_name(name, "metadata.name")
     cluster_path = f.str("cluster")
@@ -218,8 +218,8 @@ def scenario_from_dict(data: Mapping, base_dir: Path | None = None, default_name
 
 def _check_dns_name(name: str, path: str) -> None:
     import re
-    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?", name):
-        raise SpecError(path, "must be a lowercase DNS label (a-z, 0-9, '-'; <= 42 chars): "
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,28}[a-z0-9])?", name):
+        raise SpecError(path, "must be a lowercase DNS label (a-z, 0-9, '-'; <= 30 chars): "
                               "it names the exported Chaos Mesh objects")
 
 
@@ -488,3 +488,23 @@ def timeline(events: Iterable[FaultEvent]) -> list[dict[str, Any]]:
     merged = [e for f in events for e in to_state_events(f)]
     merged.sort(key=lambda e: e["ts"])
     return merged
+
+
+SCENARIO_DIR = Path(__file__).resolve().parents[2] / "chaos" / "scenarios"
+
+
+def scenario_path(name_or_path: str | Path) -> Path:
+    """A scenario file path from a path, or a name shipped in ``chaos/scenarios/``."""
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    for candidate in (SCENARIO_DIR / f"{name_or_path}.yaml", SCENARIO_DIR / str(name_or_path)):
+        if candidate.exists():
+            return candidate
+    shipped = sorted(q.stem for q in SCENARIO_DIR.glob("*.yaml")) if SCENARIO_DIR.exists() else []
+    raise SpecError("scenario", f"{str(name_or_path)!r} is neither a file nor a shipped scenario "
+                                f"(shipped: {', '.join(shipped) or 'none'})")
+
+
+def shipped_scenarios() -> list[str]:
+    return sorted(q.stem for q in SCENARIO_DIR.glob("*.yaml"))
