@@ -63,6 +63,7 @@ class AllocationResult:
     table: pd.DataFrame        # COLUMNS, one row per arrived_pct
     placements: pd.DataFrame   # per arrived pod: name, node (-1 = failed), gpus (slot list)
     seconds: float             # wall time of the scheduling loop
+    pods: pd.DataFrame | None = None   # the arrived pods (after inflation), row i = placements row i
 
 
 def replay_allocation(nodes: pd.DataFrame, pods: pd.DataFrame, policy: str, seed: int = 0,
@@ -112,7 +113,7 @@ def replay_allocation(nodes: pd.DataFrame, pods: pd.DataFrame, policy: str, seed
     placements = pd.DataFrame({"name": p.name, "node": node_of,
                                "node_name": np.where(node_of >= 0, cluster.names[np.maximum(node_of, 0)], ""),
                                "gpus": slots_of})
-    return AllocationResult(table=table, placements=placements, seconds=seconds)
+    return AllocationResult(table=table, placements=placements, seconds=seconds, pods=pods)
 
 
 def write_allocation(results: list[AllocationResult] | pd.DataFrame, out_dir) -> dict[str, Path]:
