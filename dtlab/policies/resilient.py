@@ -1,0 +1,66 @@
+"""``resilient``: a placement plus a shadow in another failure domain, for the lowest expected latency under failures.
+
+For stage i on primary node n with shadow m, the expected end time is
+
+    (1 - p_n) * F_n + p_n * (R_n + S_n / 2 + detect_ms + B_m)
+
+with ``F_n = R_n + S_n`` (mean input arrival + mean service on n), ``p_n`` the node's
+``fail_prob``, a failure striking on average halfway through, and ``B_m`` the mean time
+to re-send the inputs to m and run there. The best shadow for each primary is the lowest
+``B_m`` in a *different zone*, found for all primaries at once from the per-zone best and
+second-best ``B`` values. When no other zone can run the stage, the shadow is the best
+other node in the same zone; when there is none, the stage has no shadow. Shadow nodes
+are assumed not to fail together with the primary (independent failure domains).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import register
+from .base import Builder, PlanContext
+
+
+@register("resilient")
+class Resilient:
+    name = "resilient"
+
+    def plan(self, ctx: PlanContext):
+        b = Builder(ctx)
+        nt, st = b.nt, b.st
+        shadow: dict[str, str] = {}
+        detect = ctx.timing.detect_ms
+        for i in range(st.t):
+            ready = b.ready_mean(i)
+            svc = b.svc_mean(i)
+            ok = st.candidates[i] & np.isfinite(ready)
+            F = np.where(ok, ready + svc, np.inf)
+            b.require(i, F)
+            # backup cost per node: the stage runs alone there (its primary work is gone)
+            B = b.resend_mean(i) + st.base_svc[i] * np.maximum(1.0, (nt.running + st.cpu[i]) / nt.capacity)
+            B = np.where(st.candidates[i] & np.isfinite(B), B, np.inf)
+            zmin = np.full(len(nt.zones), np.inf)
+            np.minimum.at(zmin, nt.zone_idx, B)
+            order = np.argsort(zmin, kind="stable")
+            best_z, second = order[0], (zmin[order[1]] if len(order) > 1 else np.inf)
+            other = np.where(nt.zone_idx == best_z, second, zmin[best_z])  # best B outside each node's zone
+            p = nt.fail_prob
+            fail_cost = np.where(np.isfinite(other), other, F)  # no shadow possible: rerun cost ~ F again
+            E = (1 - p) * F + p * (ready + 0.5 * svc + detect + fail_cost)
+            E = np.where(ok, E, np.inf)
+            n = int(np.argmin(E))
+            b.place(i, n, float(E[n]))
+            m = self._shadow(nt, B, n)
+            if m >= 0:
+                shadow[st.ids[i]] = nt.names[m]
+        return b.placement(), shadow
+
+    @staticmethod
+    def _shadow(nt, B: np.ndarray, n: int) -> int:
+        other_zone = np.where(nt.zone_idx != nt.zone_idx[n], B, np.inf)
+        m = int(np.argmin(other_zone))
+        if np.isfinite(other_zone[m]):
+            return m
+        same = B.copy()
+        same[n] = np.inf
+        m = int(np.argmin(same))
+        return m if np.isfinite(same[m]) else -1

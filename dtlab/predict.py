@@ -1,0 +1,499 @@
+"""Predictors: how long will this job take under this placement? A latency distribution.
+
+Three paths, selected by name, all reading the same :class:`~dtlab.timing.TimingModel`:
+
+* ``des`` - the SimPy engine (:mod:`dtlab.des.predict`): the reference model.
+* ``fast`` - a vectorised numpy Monte Carlo of the same model, for the planning hot
+  path. Every stage is one numpy expression over ``samples`` draws; per-(stage, node)
+  arrays are precomputed once per (snapshot, job, timing) and cached.
+* ``legacy`` - the heuristic of the lineage this project descends from: the
+  critical path of ``duration / speed * overhead`` plus link latencies. Deterministic
+  (a constant array), kept only for regression comparisons (experiment V2).
+
+What ``fast`` models, and where it approximates the DES (documented so V2 can judge it):
+
+* **Service**: ``duration * overhead / speed * X``, ``X`` the timing model's lognormal
+  noise, one draw per stage per sample - exactly as the engine.
+* **Transfers**: each DAG edge between different nodes costs
+  ``TimingModel.sample_transfer_ms(output_mb, link)`` (latency, jitter, Mathis-capped
+  bulk time, loss -> one RTO); root stages receive ``job.input_mb`` from the origin zone
+  when the job has one. Links are not shared between concurrent transfers (as in the engine).
+* **DAG**: topological order, a stage starts at ``max`` over predecessors of
+  (their end + transfer) - the exact critical-path recursion, per sample.
+* **Contention (the approximation)**: the engine runs processor sharing with each stage
+  capped at its ``cpu`` cores and node capacity ``cores * (1 - background util)``. The
+  fast path cannot replay PS per sample, so it applies one *static slowdown* per stage:
+  ``max(1, demand / capacity)`` where ``demand`` = the stage's ``cpu`` + the node's
+  ``running_cpu`` from the snapshot (assumed to keep running for the whole stage) + the
+  ``cpu`` of this job's other stages on the same node that *can* overlap it (neither
+  ancestor nor descendant in the DAG; assumed to overlap fully). It is exact when nothing
+  shares a node or when concurrent siblings are identical and start together, and
+  pessimistic otherwise (in PS the first to finish frees capacity for the others).
+* **Failures**: node ``n`` used by the plan fails during the job with probability
+  ``n.fail_prob``, at a uniform point of the first of this job's stages on it. That
+  stage's work is lost; after ``timing.detect_ms`` it restarts on its shadow node, or,
+  with no shadow, after ``detect_ms + replan_ms`` on the best alternative node (lowest
+  mean finish time); its inputs are re-sent. Later stages placed on the failed node run
+  on their shadow/alternative directly. A shadow node is assumed not to fail itself.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from typing import Mapping
+
+import numpy as np
+
+from .errors import SpecError
+from .model import DEFAULT_INTRA_ZONE, Job, Link
+from .plan import summarize
+from .timing import TimingModel, rto_ms, throughput_mbps
+
+PREDICTORS = ("fast", "legacy", "des")
+JITTER_MEAN = math.sqrt(2 / math.pi)  # E|N(0,1)|
+MIN_CAPACITY_SHARE = 0.01             # a node at 100% background util still crawls (avoids inf)
+_DEFAULT_TIMING = TimingModel()
+
+
+# ====================================================================== precomputed tables
+
+@dataclass
+class LinkRow:
+    """Link parameters from one source to every node, as arrays of shape (N,). Same node: all zero."""
+    lat: np.ndarray
+    ms_per_mb: np.ndarray
+    jitter: np.ndarray
+    loss: np.ndarray
+    rto: np.ndarray
+    ok: np.ndarray  # reachable
+
+    def mean_ms(self, size_mb: float) -> np.ndarray:
+        """Mean transfer time of ``size_mb`` to every node (inf where unreachable); matches TimingModel.mean_transfer_ms."""
+        out = self.lat + self.jitter * JITTER_MEAN
+        if size_mb > 0:
+            out = out + size_mb * self.ms_per_mb + self.loss * self.rto
+        return np.where(self.ok, out, np.inf)
+
+    def sample_ms(self, size_mb: float, z: np.ndarray, u: np.ndarray, cols=None) -> np.ndarray:
+        """Samples x len(cols) transfer times with common random numbers ``z`` (normal) and ``u`` (uniform).
+
+        Same formula as TimingModel.sample_transfer_ms; sharing z/u across candidate nodes is what
+        makes the cvar policy's comparisons cheap and low-variance.
+        """
+        sel = slice(None) if cols is None else cols
+        lat, mpm, jit, loss, rto = (a[sel] for a in (self.lat, self.ms_per_mb, self.jitter, self.loss, self.rto))
+        out = (lat + size_mb * mpm)[None, :] + np.abs(z)[:, None] * jit[None, :]
+        if size_mb > 0:
+            out = out + (u[:, None] < loss[None, :]) * rto[None, :]
+        return out
+
+
+def _link_params(link: Link | None) -> tuple[float, float, float, float, float, bool]:
+    if link is None:
+        return (0.0, 0.0, 0.0, 0.0, 0.0, False)
+    return (link.latency_ms, 8000.0 / throughput_mbps(link), link.jitter_ms, link.loss, rto_ms(link), True)
+
+
+def zone_link(snapshot, za: str, zb: str) -> Link | None:
+    """The current link between two zones (overrides first, then the spec, intra-zone default); None if none/cut."""
+    key = (za, zb)
+    if key in snapshot.link_overrides:
+        return snapshot.link_overrides[key]
+    idx = snapshot.cluster._link_index
+    if key in idx:
+        return idx[key]
+    if za == zb:
+        return Link(za, zb, **DEFAULT_INTRA_ZONE)
+    return None
+
+
+def origin_link(snapshot, job: Job, node: str) -> tuple[bool, Link | None]:
+    """(reachable, link) carrying a root stage's input from ``job.origin_zone`` to ``node``.
+
+    No origin, or an origin zone the cluster does not know (e.g. "internet"): no transfer.
+    """
+    zone = job.origin_zone
+    if zone is None or zone not in snapshot.cluster.zones:
+        return True, None
+    link = zone_link(snapshot, zone, snapshot.nodes[node].node.zone)
+    return link is not None, link
+
+
+class NodeTable:
+    """Per-snapshot node arrays and zone-to-zone link matrices (built once per snapshot version)."""
+
+    def __init__(self, snapshot):
+        self.snapshot = snapshot
+        statuses = list(snapshot.nodes.values())
+        self.names = [s.node.name for s in statuses]
+        self.index = {n: i for i, n in enumerate(self.names)}
+        self.n = len(self.names)
+        self.nodes = [s.node for s in statuses]
+        self.zones = sorted({n.zone for n in self.nodes} | set(snapshot.cluster.zones))
+        self.zone_index = {z: i for i, z in enumerate(self.zones)}
+        self.zone_idx = np.array([self.zone_index[n.zone] for n in self.nodes], dtype=np.int64)
+        self.speed = np.array([n.speed for n in self.nodes], dtype=float)
+        self.cores = np.array([n.cores for n in self.nodes], dtype=float)
+        self.mem = np.array([n.mem_gb for n in self.nodes], dtype=float)
+        util = np.array([s.cpu_util for s in statuses], dtype=float)
+        self.capacity = np.maximum(self.cores * (1.0 - util), self.cores * MIN_CAPACITY_SHARE)
+        self.running = np.array([s.running_cpu for s in statuses], dtype=float)
+        self.fail_prob = np.array([n.fail_prob for n in self.nodes], dtype=float)
+        self.schedulable = np.array([s.schedulable for s in statuses], dtype=bool)
+        sigs: dict[tuple, int] = {}
+        self.sig_idx = np.array([sigs.setdefault((n.arch, n.formats), len(sigs)) for n in self.nodes], dtype=np.int64)
+        self.sigs = list(sigs)
+        z = len(self.zones)
+        params = np.zeros((6, z, z))
+        for i, za in enumerate(self.zones):
+            for j, zb in enumerate(self.zones):
+                params[:, i, j] = _link_params(zone_link(snapshot, za, zb))
+        self.zparams = params
+        # node-pair links that differ from their zones' link: (src, dst) -> Link | None
+        self.exceptions: dict[int, list[tuple[int, Link | None]]] = {}
+        pairs = {k for k in snapshot.link_overrides if k[0] in self.index and k[1] in self.index}
+        for (a, b) in snapshot.cluster._link_index:
+            if a in self.index and b in self.index:
+                za, zb = self.nodes[self.index[a]].zone, self.nodes[self.index[b]].zone
+                if (za, zb) not in snapshot.link_overrides:
+                    pairs.add((a, b))
+        for a, b in pairs:
+            if a == b:
+                continue
+            try:
+                link = snapshot.link(a, b)
+            except SpecError:
+                link = None
+            self.exceptions.setdefault(self.index[a], []).append((self.index[b], link))
+        self._rows: dict[int, LinkRow] = {}
+        self._origin_rows: dict[str | None, LinkRow] = {}
+
+    def _row_from_zone(self, zi: int) -> LinkRow:
+        p = self.zparams[:, zi, :][:, self.zone_idx]
+        return LinkRow(p[0].copy(), p[1].copy(), p[2].copy(), p[3].copy(), p[4].copy(), p[5].astype(bool))
+
+    def row(self, src: int) -> LinkRow:
+        """Links from node ``src`` to every node (cached)."""
+        r = self._rows.get(src)
+        if r is None:
+            r = self._row_from_zone(int(self.zone_idx[src]))
+            for dst, link in self.exceptions.get(src, ()):
+                lat, mpm, jit, loss, rto, ok = _link_params(link)
+                r.lat[dst], r.ms_per_mb[dst], r.jitter[dst], r.loss[dst], r.rto[dst], r.ok[dst] = lat, mpm, jit, loss, rto, ok
+            r.lat[src] = r.ms_per_mb[src] = r.jitter[src] = r.loss[src] = r.rto[src] = 0.0
+            r.ok[src] = True
+            self._rows[src] = r
+        return r
+
+    def origin_row(self, zone: str | None) -> LinkRow | None:
+        """Links from the origin zone to every node; None when there is no input transfer."""
+        if zone is None or zone not in self.zone_index:
+            return None
+        r = self._origin_rows.get(zone)
+        if r is None:
+            r = self._origin_rows[zone] = self._row_from_zone(self.zone_index[zone])
+        return r
+
+
+class StageTable:
+    """Per-(job, snapshot, timing) arrays: stage x node mean service, formats, feasibility, DAG relations."""
+
+    def __init__(self, nt: NodeTable, job: Job, timing: TimingModel):
+        self.job = job
+        self.ids = list(job.topo_order)
+        self.index = {sid: i for i, sid in enumerate(self.ids)}
+        stages = [job.stages[job.stage_index[sid]] for sid in self.ids]
+        self.stages = stages
+        t = len(stages)
+        self.t = t
+        self.preds = [[self.index[p] for p in s.after] for s in stages]
+        self.succs = [[j for j in range(t) if i in self.preds[j]] for i in range(t)]
+        self.out_mb = np.array([s.output_mb for s in stages], dtype=float)
+        self.cpu = np.array([s.compute.cpu for s in stages], dtype=float)
+        self.base_svc = np.full((t, nt.n), np.inf)
+        self.fmt_by_sig: list[list[str | None]] = []
+        self.feasible = np.zeros((t, nt.n), dtype=bool)
+        for i, s in enumerate(stages):
+            # the format depends only on (arch, formats) of a node: ask the timing model once per signature,
+            # with the resource/zone checks neutralised; those are vectorised below (same rules as timing.fits).
+            free = replace(s, compute=replace(s.compute, cpu=0.0, mem_gb=0.0),
+                           constraints=replace(s.constraints, zones=None, nodes=None))
+            fmts, factors = [], np.full(len(nt.sigs), np.nan)
+            for k, (arch, formats) in enumerate(nt.sigs):
+                probe = nt.nodes[int(np.argmax(nt.sig_idx == k))]
+                res = timing.exec_format(free, replace(probe, arch=arch, formats=formats))
+                fmts.append(None if res is None else res[0])
+                if res is not None:
+                    factors[k] = res[1]
+            self.fmt_by_sig.append(fmts)
+            f = factors[nt.sig_idx]
+            ok = ~np.isnan(f) & (s.compute.cpu <= nt.cores) & (s.compute.mem_gb <= nt.mem)
+            c = s.constraints
+            if c.zones is not None:
+                ok &= np.isin(nt.zone_idx, [nt.zone_index[z] for z in c.zones if z in nt.zone_index])
+            if c.nodes is not None:
+                ok &= np.isin(np.arange(nt.n), [nt.index[n] for n in c.nodes if n in nt.index])
+            self.feasible[i] = ok
+            self.base_svc[i, ok] = s.compute.duration_ms * f[ok] / nt.speed[ok]
+        self.candidates = self.feasible & nt.schedulable[None, :]
+        # ancestor relation (topo order: predecessors have smaller indices)
+        anc = np.zeros((t, t), dtype=bool)
+        for i in range(t):
+            for p in self.preds[i]:
+                anc[i, p] = True
+                anc[i] |= anc[p]
+        self.ancestor = anc                       # anc[i, j]: j is an ancestor of i
+        self.related = anc | anc.T | np.eye(t, dtype=bool)
+        # lower bound of the time still needed after stage i ends (fastest feasible node, no transfers)
+        best = np.where(self.candidates, self.base_svc, np.inf).min(axis=1)
+        best = np.where(np.isfinite(best), best, 0.0)
+        rem = np.zeros(t)
+        for i in reversed(range(t)):
+            rem[i] = max((best[j] + rem[j] for j in self.succs[i]), default=0.0)
+        self.remaining_lb = rem
+
+    def format_of(self, nt: NodeTable, i: int, node: int) -> str | None:
+        return self.fmt_by_sig[i][int(nt.sig_idx[node])]
+
+
+class _LRU(OrderedDict):
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def get_or(self, key, build):
+        if key in self:
+            self.move_to_end(key)
+            return self[key][-1]
+        value = build()
+        self[key] = value
+        if len(self) > self.size:
+            self.popitem(last=False)
+        return value[-1]
+
+
+_NODE_TABLES = _LRU(4)
+_STAGE_TABLES = _LRU(64)
+
+
+def node_table(snapshot) -> NodeTable:
+    # keyed by object identity; the cached entry holds the snapshot so the id stays unique
+    return _NODE_TABLES.get_or(id(snapshot), lambda: (snapshot, NodeTable(snapshot)))
+
+
+def stage_table(snapshot, job: Job, timing: TimingModel) -> StageTable:
+    nt = node_table(snapshot)
+    return _STAGE_TABLES.get_or((id(snapshot), id(job), id(timing)),
+                                lambda: (snapshot, job, timing, StageTable(nt, job, timing)))
+
+
+def node_slowdown(nt: NodeTable, cpu: float, extra_demand) -> np.ndarray:
+    """Static processor-sharing slowdown ``max(1, demand / capacity)`` (see the module docstring)."""
+    return np.maximum(1.0, (nt.running + extra_demand + cpu) / nt.capacity)
+
+
+# ====================================================================== predictors
+
+def sample_latencies(snapshot, job: Job, placement: Mapping[str, str], shadow: Mapping[str, str] | None = None, *,
+                     predictor: str = "fast", samples: int = 256, rng=None,
+                     timing: TimingModel | None = None) -> np.ndarray:
+    """End-to-end latency samples (ms) of ``job`` under ``placement`` (and optional ``shadow``)."""
+    timing = timing or _DEFAULT_TIMING
+    rng = _as_rng(rng)
+    if predictor not in PREDICTORS:
+        raise SpecError("predictor", f"must be one of {list(PREDICTORS)}, got {predictor!r}")
+    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
+        raise SpecError("samples", f"must be an integer >= 1, got {samples!r}")
+    shadow = dict(shadow or {})
+    _check_plan(snapshot, job, placement, shadow)
+    if predictor == "fast":
+        return _fast(snapshot, job, placement, shadow, int(samples), rng, timing)
+    if predictor == "legacy":
+        return np.full(int(samples), _legacy(snapshot, job, placement, timing))
+    from .des.predict import sample_latencies_des  # SimPy engine: imported on demand
+    return np.asarray(sample_latencies_des(snapshot, job, dict(placement), shadow, samples=int(samples),
+                                           rng=rng, timing=timing), dtype=float)
+
+
+def score_plan(snapshot, job: Job, placement: Mapping[str, str], shadow: Mapping[str, str] | None = None, *,
+               predictor: str = "fast", samples: int = 256, rng=None, timing: TimingModel | None = None) -> dict:
+    """Prediction dict (mean/p50/p95/p99/cvar95/deadline-miss) from :func:`sample_latencies`."""
+    lat = sample_latencies(snapshot, job, placement, shadow, predictor=predictor, samples=samples,
+                           rng=rng, timing=timing)
+    return summarize(lat, job.deadline_ms)
+
+
+def _as_rng(rng) -> np.random.Generator:
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None or isinstance(rng, (int, np.integer)):
+        return np.random.default_rng(0 if rng is None else int(rng))
+    raise SpecError("rng", f"must be a numpy Generator or an int seed, got {type(rng).__name__}")
+
+
+def _check_plan(snapshot, job: Job, placement: Mapping[str, str], shadow: Mapping[str, str]) -> None:
+    for s in job.stages:
+        if s.id not in placement:
+            raise SpecError(f"placement.{s.id}", "stage has no node")
+    for name, mapping in (("placement", placement), ("shadow", shadow)):
+        for sid, node in mapping.items():
+            if sid not in job.stage_index:
+                raise SpecError(f"{name}.{sid}", f"job {job.name!r} has no such stage")
+            if node not in snapshot.nodes:
+                raise SpecError(f"{name}.{sid}", f"unknown node {node!r}")
+
+
+def _legacy(snapshot, job: Job, placement: Mapping[str, str], timing: TimingModel) -> float:
+    """Critical path of duration/speed*overhead plus link latency (no noise, contention, bandwidth or loss)."""
+    finish: dict[str, float] = {}
+    for sid in job.topo_order:
+        stage = job.stages[job.stage_index[sid]]
+        node = snapshot.nodes[placement[sid]].node
+        fmt = timing.exec_format(stage, node)
+        if fmt is None:
+            raise SpecError(f"placement.{sid}", f"stage cannot run on node {node.name!r}")
+        start = 0.0
+        if not stage.after:
+            ok, link = origin_link(snapshot, job, node.name)
+            start = link.latency_ms if link is not None else 0.0
+        for p in stage.after:
+            link = snapshot.link(placement[p], node.name)
+            start = max(start, finish[p] + (link.latency_ms if link is not None else 0.0))
+        finish[sid] = start + stage.compute.duration_ms * fmt[1] / node.speed
+    return max(finish.values())
+
+
+@dataclass
+class _Run:
+    """Where one stage runs in the fast predictor: primary, backup, and per-sample state."""
+    prim: int
+    backup: int = -1
+    replan: bool = False            # backup is a re-planned alternative (costs replan_ms)
+    fail_node: np.ndarray | None = None   # bool (S,): its primary node failed during this job
+    hit: np.ndarray | None = None         # bool (S,): the failure struck while this stage ran
+    svc_prim: float = 0.0
+    svc_back: float = 0.0
+    fin: np.ndarray = field(default=None)
+
+
+def _fast(snapshot, job, placement, shadow, S, rng, timing) -> np.ndarray:
+    nt = node_table(snapshot)
+    st = stage_table(snapshot, job, timing)
+    prim = np.array([nt.index[placement[sid]] for sid in st.ids], dtype=np.int64)
+    for i, sid in enumerate(st.ids):
+        if not st.feasible[i, prim[i]]:
+            raise SpecError(f"placement.{sid}", f"stage cannot run on node {placement[sid]!r} (constraints/resources)")
+    # static PS slowdown incl. this job's own overlapping stages on the same node
+    runs: list[_Run] = []
+    for i in range(st.t):
+        n = prim[i]
+        share = (prim == n) & ~st.related[i]
+        demand = nt.running[n] + st.cpu[i] + st.cpu[share].sum()
+        runs.append(_Run(prim=int(n), svc_prim=float(st.base_svc[i, n] * max(1.0, demand / nt.capacity[n]))))
+    # failures: one Bernoulli per used node, striking the first of this job's stages on it
+    used = sorted(set(prim.tolist()))
+    failed: dict[int, np.ndarray] = {}
+    for n in used:
+        if nt.fail_prob[n] > 0:
+            failed[n] = rng.random(S) < nt.fail_prob[n]
+    first_on: dict[int, int] = {}
+    for i in range(st.t):
+        first_on.setdefault(runs[i].prim, i)
+    for i, r in enumerate(runs):
+        if r.prim not in failed:
+            continue
+        r.fail_node = failed[r.prim]
+        r.hit = r.fail_node if first_on[r.prim] == i else None
+        sid = st.ids[i]
+        if sid in shadow:
+            r.backup = nt.index[shadow[sid]]
+            if not st.feasible[i, r.backup]:
+                raise SpecError(f"shadow.{sid}", f"stage cannot run on node {shadow[sid]!r}")
+        else:
+            r.backup, r.replan = _alternative(nt, st, i, r.prim, prim), True
+        b = r.backup
+        if b >= 0:
+            r.svc_back = float(st.base_svc[i, b] * max(1.0, (nt.running[b] + st.cpu[i]) / nt.capacity[b]))
+    origin = job.origin_zone if job.origin_zone in nt.zone_index else None
+
+    def transfer(size, src, dst) -> np.ndarray:
+        if src == dst:
+            return np.zeros(S)
+        if src < 0:  # origin zone
+            link = zone_link(snapshot, origin, nt.nodes[dst].zone)
+        else:
+            try:
+                link = snapshot.link(nt.names[src], nt.names[dst])
+            except SpecError:
+                link = None
+        if link is None:
+            return np.full(S, np.inf)
+        return timing.sample_transfer_ms(size, link, rng, S)
+
+    def arrival(i, dst) -> np.ndarray:
+        """Per-sample time all inputs of stage i are at node dst (relative to their senders' ends)."""
+        ready = np.zeros(S)
+        if not st.preds[i] and origin is not None:
+            ready = transfer(job.input_mb, -1, dst)
+        for p in st.preds[i]:
+            rp = runs[p]
+            t = rp.fin + transfer(st.out_mb[p], rp.prim, dst)
+            if rp.fail_node is not None and rp.backup >= 0:
+                t = np.where(rp.fail_node, rp.fin + transfer(st.out_mb[p], rp.backup, dst), t)
+            ready = np.maximum(ready, t)
+        return ready
+
+    for i in range(st.t):
+        r = runs[i]
+        ready = arrival(i, r.prim)
+        svc = r.svc_prim * timing.service_noise(rng, S)
+        fin = ready + svc
+        if r.fail_node is not None and r.backup >= 0:
+            b = r.backup
+            svc_b = r.svc_back * timing.service_noise(rng, S)
+            ready_b = arrival(i, b)
+            moved = ready_b + svc_b
+            if r.hit is not None:
+                # lost work, detection, (replan), inputs re-sent to the backup after detection
+                t_fail = ready + rng.random(S) * svc
+                resend = arrival_offsets(i, b, runs, st, transfer, origin, job, S)
+                hit_fin = t_fail + timing.detect_ms + (timing.replan_ms if r.replan else 0.0) + resend + svc_b
+                fin = np.where(r.hit, hit_fin, np.where(r.fail_node, moved, fin))
+            else:
+                fin = np.where(r.fail_node, moved, fin)
+        r.fin = fin
+    sinks = [i for i in range(st.t) if not st.succs[i]]
+    return np.max(np.stack([runs[i].fin for i in sinks]), axis=0)
+
+
+def arrival_offsets(i, dst, runs, st, transfer, origin, job, S) -> np.ndarray:
+    """Time to (re-)send all inputs of stage i to node ``dst`` once every predecessor has finished."""
+    out = np.zeros(S)
+    if not st.preds[i] and origin is not None:
+        out = transfer(job.input_mb, -1, dst)
+    for p in st.preds[i]:
+        rp = runs[p]
+        t = transfer(st.out_mb[p], rp.prim, dst)
+        if rp.fail_node is not None and rp.backup >= 0:
+            t = np.where(rp.fail_node, transfer(st.out_mb[p], rp.backup, dst), t)
+        out = np.maximum(out, t)
+    return out
+
+
+def _alternative(nt: NodeTable, st: StageTable, i: int, failed: int, prim: np.ndarray) -> int:
+    """Where a re-plan would move stage i after its node failed: lowest mean input transfer + service."""
+    cand = st.candidates[i].copy()
+    cand[failed] = False
+    if not cand.any():
+        return -1
+    cost = st.base_svc[i] * node_slowdown(nt, st.cpu[i], 0.0)
+    for p in st.preds[i]:
+        cost = cost + nt.row(int(prim[p])).mean_ms(st.out_mb[p])
+    if not st.preds[i]:
+        orow = nt.origin_row(st.job.origin_zone)
+        if orow is not None:
+            cost = cost + orow.mean_ms(st.job.input_mb)
+    cost = np.where(cand, cost, np.inf)
+    best = int(np.argmin(cost))
+    return best if np.isfinite(cost[best]) else -1
