@@ -1,0 +1,485 @@
+"""One paper style for every dtlab figure, and one figure function per experiment.
+
+Why one module: a reader comparing V1 with V4 must see the same colour and the same name for the
+same policy, at a size that drops into a one- or two-column paper without rescaling the fonts.
+Colours are the Okabe–Ito palette (safe for the common colour-vision deficiencies) and every
+series also differs by marker or line style so the figures survive greyscale printing.
+
+Figure functions take the saved tables (``dtlab.results.load_tables(run_dir)``: ``{"results":
+DataFrame, ...}``), never live objects, so ``dtlab figures`` redraws them from CSVs alone.
+``savefig`` writes PDF and PNG with fixed metadata, so the same tables give the same bytes.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import matplotlib
+import matplotlib.ticker
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from .errors import DtlabError
+
+# --- sizes -------------------------------------------------------------------------------------
+# Text widths of the common two-column templates (IEEEtran 3.5in / 7.16in; ACM 3.33in / 7.0in):
+# the IEEE widths are used, ACM figures then shrink by < 5 %, which keeps 8 pt text >= 7.6 pt.
+ONE_COLUMN_IN = 3.5
+TWO_COLUMN_IN = 7.16
+GOLDEN = (5 ** 0.5 - 1) / 2
+DPI = 300
+
+# --- palette -----------------------------------------------------------------------------------
+OKABE_ITO = {
+    "black": "#000000", "orange": "#E69F00", "sky_blue": "#56B4E9", "bluish_green": "#009E73",
+    "yellow": "#F0E442", "blue": "#0072B2", "vermillion": "#D55E00", "reddish_purple": "#CC79A7",
+}
+GREY = "#999999"
+_CYCLE = [OKABE_ITO[k] for k in ("blue", "orange", "bluish_green", "vermillion", "reddish_purple",
+                                 "sky_blue", "black", "yellow")]
+_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+
+# Every name a series can carry in any experiment: policies (V1, V4, V6), predictors (V2),
+# execution formats (V3), failover strategies (V4). key -> (display name, colour, marker).
+# DT policies are blue/green/purple, twin-less baselines warm or grey, so "DT vs no DT" reads at a glance.
+SERIES: dict[str, tuple[str, str, str]] = {
+    # policies
+    "greedy": ("DT greedy", OKABE_ITO["blue"], "o"),
+    "resilient": ("DT resilient", OKABE_ITO["bluish_green"], "s"),
+    "cvar": ("DT CVaR", OKABE_ITO["reddish_purple"], "^"),
+    "rl-stub": ("RL stub", OKABE_ITO["sky_blue"], "P"),
+    "least-allocated": ("K8s least-allocated", OKABE_ITO["vermillion"], "D"),
+    "random": ("Random", GREY, "v"),
+    "round-robin": ("Round-robin", OKABE_ITO["orange"], "X"),
+    # predictors
+    "des": ("DES (SimPy)", OKABE_ITO["blue"], "o"),
+    "fast": ("Fast path", OKABE_ITO["bluish_green"], "s"),
+    "legacy": ("Legacy heuristic", OKABE_ITO["orange"], "^"),
+    "none": ("No prediction", GREY, "v"),
+    # execution formats
+    "native": ("Native", OKABE_ITO["blue"], "o"),
+    "qemu-arm64": ("QEMU arm64", OKABE_ITO["orange"], "s"),
+    "qemu-riscv64": ("QEMU riscv64", OKABE_ITO["vermillion"], "^"),
+    "wasm": ("Wasm", OKABE_ITO["bluish_green"], "D"),
+    # failover strategies
+    "shadow": ("Shadow failover", OKABE_ITO["bluish_green"], "o"),
+    "replan": ("Re-plan", OKABE_ITO["blue"], "s"),
+    "no-dt": ("No DT", GREY, "v"),
+    # drift handling
+    "recalibrated": ("With recalibration", OKABE_ITO["bluish_green"], "o"),
+    "static": ("Without recalibration", OKABE_ITO["vermillion"], "s"),
+}
+_ALIASES = {
+    "least_allocated": "least-allocated", "leastallocated": "least-allocated",
+    "k8s-default": "least-allocated", "default": "least-allocated", "roundrobin": "round-robin",
+    "round_robin": "round-robin", "rl_stub": "rl-stub", "rl": "rl-stub", "qemu_arm64": "qemu-arm64",
+    "qemu_riscv64": "qemu-riscv64", "shadow-failover": "shadow", "failover": "shadow",
+    "re-plan": "replan", "no_dt": "no-dt", "nodt": "no-dt", "recalibration": "recalibrated",
+    "online": "recalibrated", "with-recalibration": "recalibrated", "true": "recalibrated",
+    "off": "static", "without-recalibration": "static", "false": "static", "no-recalibration": "static",
+    "none-predictor": "none",
+}
+
+
+def series_key(name) -> str:
+    """Canonical key of a series name (case, ``_``/``-`` and a few synonyms folded)."""
+    key = str(name).strip().lower().replace(" ", "-")
+    key = _ALIASES.get(key, key)
+    return _ALIASES.get(key.replace("_", "-"), key.replace("_", "-"))
+
+
+def display_name(name) -> str:
+    """The name a paper shows for a policy/predictor/format: identical in every experiment."""
+    entry = SERIES.get(series_key(name))
+    return entry[0] if entry else str(name)
+
+
+def style_of(name, index: int = 0) -> tuple[str, str]:
+    """(colour, marker) of a series; unknown names take the palette in order of appearance."""
+    entry = SERIES.get(series_key(name))
+    if entry:
+        return entry[1], entry[2]
+    return _CYCLE[index % len(_CYCLE)], _MARKERS[index % len(_MARKERS)]
+
+
+def color(name, index: int = 0) -> str:
+    return style_of(name, index)[0]
+
+
+def order(names: Iterable) -> list:
+    """Series in the fixed paper order (SERIES order, unknown names after, alphabetically)."""
+    rank = {k: i for i, k in enumerate(SERIES)}
+    return sorted(dict.fromkeys(names), key=lambda n: (rank.get(series_key(n), len(rank)), str(n)))
+
+
+# --- style -------------------------------------------------------------------------------------
+RC = {
+    "font.family": "sans-serif",
+    "font.sans-serif": ["DejaVu Sans", "Arial", "Helvetica"],
+    "font.size": 8,
+    "axes.titlesize": 8,
+    "axes.labelsize": 8,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "legend.fontsize": 7,
+    "legend.frameon": False,
+    "axes.prop_cycle": matplotlib.cycler(color=_CYCLE),
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.color": "#DDDDDD",
+    "grid.linewidth": 0.5,
+    "axes.linewidth": 0.6,
+    "lines.linewidth": 1.2,
+    "lines.markersize": 4,
+    "errorbar.capsize": 2,
+    "figure.dpi": 100,
+    "savefig.dpi": DPI,
+    "savefig.bbox": "tight",
+    "savefig.pad_inches": 0.02,
+    "pdf.fonttype": 42,      # TrueType in PDFs: publishers reject Type 3 fonts
+    "ps.fonttype": 42,
+    "svg.hashsalt": "dtlab",
+}
+
+
+@contextmanager
+def paper_style():
+    """Apply the paper rcParams inside a ``with`` block (figures keep the style they were made in)."""
+    with matplotlib.rc_context(RC):
+        yield
+
+
+def figure(columns: int = 1, height_ratio: float = GOLDEN, ncols: int = 1, nrows: int = 1, **kw):
+    """A paper-sized figure: ``columns=1`` (3.5 in wide) or ``2`` (7.16 in); height = width x ratio."""
+    if columns not in (1, 2):
+        raise DtlabError(f"columns: must be 1 or 2, got {columns!r}")
+    width = ONE_COLUMN_IN if columns == 1 else TWO_COLUMN_IN
+    # A bare Figure (not pyplot): nothing global to close in `dtlab figures`, and a notebook shows
+    # it exactly once, when it is displayed.
+    with paper_style():
+        fig = Figure(figsize=(width, width * height_ratio), layout="constrained")
+        axes = fig.subplots(nrows, ncols, **kw)
+    return fig, axes
+
+
+def styled(func: Callable) -> Callable:
+    """Draw a whole figure function inside the paper style (artists read rcParams when created)."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        with paper_style():
+            return func(*args, **kwargs)
+    return wrapper
+
+
+def savefig(fig, out_dir: str | os.PathLike, name: str) -> list[Path]:
+    """Write ``<out_dir>/<name>.pdf`` and ``.png`` with no dates/versions in the metadata.
+
+    Temp file + rename so a crash never leaves a truncated figure; returns the two paths.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    with paper_style():
+        for ext, metadata in (("pdf", {"CreationDate": None, "Producer": None, "Creator": None}),
+                              ("png", {"Software": None})):
+            final = out / f"{name}.{ext}"
+            tmp = out / f".{name}.{os.getpid()}.tmp.{ext}"
+            try:
+                fig.savefig(tmp, format=ext, metadata=metadata)
+                os.replace(tmp, final)
+            finally:
+                if tmp.exists():
+                    tmp.unlink()
+            paths.append(final)
+    return paths
+
+
+# --- helpers shared by the experiment figures ---------------------------------------------------
+def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise DtlabError(f"{what}: table lacks column(s) {missing}; has {list(df.columns)}")
+
+
+def _first(df: pd.DataFrame, *candidates: str, what: str) -> str:
+    for c in candidates:
+        if c in df.columns:
+            return c
+    raise DtlabError(f"{what}: table has none of the columns {list(candidates)}; has {list(df.columns)}")
+
+
+def _legend(ax, **kw):
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, **kw)
+
+
+def mean_ci(values) -> tuple[float, float, float]:
+    """Mean and 95 % t-interval (normal for n > 30) of a sample; (mean, lo, hi), lo=hi=mean for n=1."""
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    m = float(x.mean())
+    if x.size == 1:
+        return m, m, m
+    t975 = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36, 9: 2.31, 10: 2.26,
+            15: 2.14, 20: 2.09, 30: 2.04}
+    n = x.size
+    t = next((v for k, v in sorted(t975.items()) if n <= k), 1.96)
+    half = t * float(x.std(ddof=1)) / np.sqrt(n)
+    return m, m - half, m + half
+
+
+def _per_group_ci(df: pd.DataFrame, by: Sequence[str], value: str) -> pd.DataFrame:
+    """Mean and 95 % CI of ``value`` over the rows of each group (rows = seeds)."""
+    rows = []
+    for keys, grp in df.groupby(list(by), sort=False):
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        m, lo, hi = mean_ci(grp[value])
+        rows.append({**dict(zip(by, keys)), "mean": m, "lo": lo, "hi": hi, "n": int(grp[value].notna().sum())})
+    return pd.DataFrame(rows, columns=[*by, "mean", "lo", "hi", "n"])
+
+
+def _bars(ax, labels: Sequence, means, los, his, colours, hatches=None, width=0.8, offset=0.0):
+    x = np.arange(len(labels)) + offset
+    means, los, his = (np.asarray(v, dtype=float) for v in (means, los, his))
+    err = np.vstack([np.clip(means - los, 0, None), np.clip(his - means, 0, None)])
+    bars = ax.bar(x, means, width=width, color=colours, edgecolor="black", linewidth=0.4,
+                  yerr=err, error_kw={"elinewidth": 0.6, "ecolor": "black"})
+    if hatches:
+        for bar, h in zip(bars, hatches):
+            bar.set_hatch(h)
+    return x
+
+
+def _panel_label(ax, text: str) -> None:
+    ax.set_title(text, loc="left", fontweight="bold")
+
+
+# --- one figure per experiment ------------------------------------------------------------------
+@styled
+def figure_v1(tables: Mapping[str, pd.DataFrame]) -> Figure:
+    """V1: job latency (mean, p95, p99) and deadline-miss rate per policy, 95 % CI over seeds."""
+    df = tables["results"]
+    _require(df, ["policy", "latency_mean_ms", "latency_p95_ms", "latency_p99_ms", "miss_rate"], "V1 results")
+    policies = order(df["policy"].unique())
+    fig, (ax_lat, ax_miss) = figure(columns=2, height_ratio=0.33, ncols=2,
+                                    gridspec_kw={"width_ratios": [2.2, 1]})
+    stats = [("latency_mean_ms", "mean", ""), ("latency_p95_ms", "p95", "//"), ("latency_p99_ms", "p99", "..")]
+    width = 0.8 / len(stats)
+    for i, (col, label, hatch) in enumerate(stats):
+        ci = _per_group_ci(df, ["policy"], col).set_index("policy").loc[policies]
+        _bars(ax_lat, policies, ci["mean"], ci["lo"], ci["hi"], [color(p) for p in policies],
+              hatches=[hatch] * len(policies), width=width, offset=(i - 1) * width)
+        ax_lat.bar(0, 0, color="white", edgecolor="black", linewidth=0.4, hatch=hatch, label=label)
+    ax_lat.set_xticks(np.arange(len(policies)), [display_name(p) for p in policies], rotation=20, ha="right")
+    ax_lat.set_ylabel("job latency (ms)")
+    ax_lat.set_ylim(bottom=0)
+    _legend(ax_lat, ncols=3, loc="upper left")
+    _panel_label(ax_lat, "(a) latency, 95 % CI over seeds")
+    ci = _per_group_ci(df, ["policy"], "miss_rate").set_index("policy").loc[policies]
+    _bars(ax_miss, policies, 100 * ci["mean"], 100 * ci["lo"], 100 * ci["hi"], [color(p) for p in policies])
+    ax_miss.set_xticks(np.arange(len(policies)), [display_name(p) for p in policies], rotation=40, ha="right",
+                       rotation_mode="anchor")
+    ax_miss.set_ylabel("deadline misses (%)")
+    ax_miss.set_ylim(bottom=0)
+    _panel_label(ax_miss, "(b) deadline-miss rate")
+    return fig
+
+
+@styled
+def figure_v2(tables: Mapping[str, pd.DataFrame]) -> Figure:
+    """V2: predicted vs observed latency per predictor, and the CDF of absolute percentage error."""
+    df = tables["results"]
+    _require(df, ["predictor", "observed_ms", "predicted_ms", "ape"], "V2 results")
+    predictors = order(df["predictor"].unique())
+    fig, (ax_sc, ax_cdf) = figure(columns=2, height_ratio=0.36, ncols=2)
+    for i, p in enumerate(predictors):
+        sub = df[df["predictor"] == p]
+        c, m = style_of(p, i)
+        ax_sc.scatter(sub["observed_ms"], sub["predicted_ms"], s=6, color=c, marker=m, alpha=0.6,
+                      linewidths=0, label=display_name(p))
+        ape = np.sort(sub["ape"].to_numpy(dtype=float))
+        ape = ape[np.isfinite(ape)]
+        if ape.size:
+            ax_cdf.step(100 * ape, np.arange(1, ape.size + 1) / ape.size, where="post", color=c,
+                        label=display_name(p))
+    both = pd.concat([df["observed_ms"], df["predicted_ms"]]).to_numpy(dtype=float)
+    both = both[np.isfinite(both) & (both > 0)]
+    if both.size:
+        lo, hi = both.min() * 0.8, both.max() * 1.25
+        ax_sc.plot([lo, hi], [lo, hi], color="black", linewidth=0.6, linestyle="--", label="perfect")
+        ax_sc.set_xscale("log")
+        ax_sc.set_yscale("log")
+        for axis in (ax_sc.xaxis, ax_sc.yaxis):   # minor labels on a narrow log range overlap
+            axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax_sc.set_xlim(lo, hi)
+        ax_sc.set_ylim(lo, hi)
+    ax_sc.set_xlabel("observed latency (ms)")
+    ax_sc.set_ylabel("predicted latency (ms)")
+    _legend(ax_sc, loc="upper left", markerscale=2)
+    _panel_label(ax_sc, "(a) predicted vs observed")
+    ax_cdf.set_xlabel("absolute percentage error (%)")
+    ax_cdf.set_ylabel("fraction of jobs")
+    ax_cdf.set_ylim(0, 1.01)
+    ax_cdf.set_xlim(left=0)
+    _legend(ax_cdf, loc="lower right")
+    _panel_label(ax_cdf, "(b) error CDF")
+    return fig
+
+
+@styled
+def figure_v3(tables: Mapping[str, pd.DataFrame]) -> Figure:
+    """V3: overhead factor per execution format (observed with CI vs the twin's factor), and the
+    controller's own plan latency per policy and predictor."""
+    df = tables["results"]
+    _require(df, ["format", "observed_mean", "ci_low", "ci_high"], "V3 results")
+    plan = tables.get("plan_latency")
+    fig, axes = figure(columns=2, height_ratio=0.36, ncols=2 if plan is not None else 1)
+    ax_fmt = axes[0] if plan is not None else axes
+    rank = {f: i for i, f in enumerate(order(df["format"].unique()))}
+    by_node = "node" in df.columns and df["node"].nunique() > 1
+    rows = df.assign(_rank=df["format"].map(rank)).sort_values(["_rank", *(["node"] if by_node else [])])
+    labels = [f"{display_name(r.format)}\n{r.node}" if by_node else display_name(r.format)
+              for r in rows.itertuples()]
+    x = _bars(ax_fmt, labels, rows["observed_mean"], rows["ci_low"], rows["ci_high"],
+              [color(f) for f in rows["format"]], width=0.7)
+    if "twin_factor" in rows.columns:
+        ax_fmt.scatter(x, rows["twin_factor"], marker="_", s=120, color="black", linewidths=1.2,
+                       zorder=3, label="twin's factor")
+    if "truth_factor" in rows.columns and rows["truth_factor"].notna().any():
+        ax_fmt.scatter(x, rows["truth_factor"], marker="x", s=14, color="black", linewidths=0.8,
+                       zorder=3, label="ground truth (sim)")
+    ax_fmt.axhline(1.0, color="black", linewidth=0.5)
+    ax_fmt.set_xticks(x, labels, rotation=30 if len(labels) > 6 else 0, ha="right" if len(labels) > 6 else "center",
+                      fontsize=6 if len(labels) > 6 else 7)
+    ax_fmt.set_ylabel("slowdown vs native (x)")
+    ax_fmt.set_ylim(bottom=0)
+    _legend(ax_fmt, loc="upper left")
+    _panel_label(ax_fmt, "(a) execution-format overhead, 95 % CI")
+    if plan is not None:
+        ax_plan = axes[1]
+        _require(plan, ["policy", "predictor", "mean_ms", "ci_low", "ci_high"], "V3 plan_latency")
+        policies = order(plan["policy"].unique())
+        predictors = order(plan["predictor"].unique())
+        width = 0.8 / max(len(predictors), 1)
+        hatch_cycle = ["", "//", "..", "xx"]
+        for j, pred in enumerate(predictors):
+            sub = plan[plan["predictor"] == pred].set_index("policy").reindex(policies)
+            _bars(ax_plan, policies, sub["mean_ms"], sub["ci_low"], sub["ci_high"],
+                  [color(p) for p in policies], hatches=[hatch_cycle[j % 4]] * len(policies),
+                  width=width, offset=(j - (len(predictors) - 1) / 2) * width)
+            ax_plan.bar(0, 0, color="white", edgecolor="black", linewidth=0.4, hatch=hatch_cycle[j % 4],
+                        label=display_name(pred))
+        ax_plan.set_xticks(np.arange(len(policies)), [display_name(p) for p in policies], rotation=20, ha="right")
+        ax_plan.set_yscale("log")
+        top = np.nanmax(plan["ci_high"].to_numpy(dtype=float))
+        if np.isfinite(top) and top > 0:
+            ax_plan.set_ylim(top=top * 10)   # headroom for the legend above the bars
+        ax_plan.set_ylabel("plan latency (ms, log)")
+        _legend(ax_plan, loc="upper left", ncols=len(predictors))
+        _panel_label(ax_plan, "(b) controller overhead per plan")
+    return fig
+
+
+@styled
+def figure_v5(tables: Mapping[str, pd.DataFrame]) -> Figure:
+    """V5: plan latency (p50 solid, p99 dashed) vs cluster size per policy, and state throughput."""
+    df = tables["results"]
+    _require(df, ["nodes", "policy", "p50_ms", "p99_ms"], "V5 results")
+    state = tables.get("state")
+    fig, axes = figure(columns=2, height_ratio=0.36, ncols=2 if state is not None else 1)
+    ax = axes[0] if state is not None else axes
+    for i, p in enumerate(order(df["policy"].unique())):
+        c, m = style_of(p, i)
+        sub = df[df["policy"] == p]
+        for col, ls, suffix in (("p50_ms", "-", "p50"), ("p99_ms", "--", "p99")):
+            ci = _per_group_ci(sub, ["nodes"], col).sort_values("nodes")
+            ax.plot(ci["nodes"], ci["mean"], ls, color=c, marker=m, label=f"{display_name(p)} {suffix}")
+            ax.fill_between(ci["nodes"], ci["lo"], ci["hi"], color=c, alpha=0.2, linewidth=0)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("twin size (nodes)")
+    ax.set_ylabel("plan latency (ms)")
+    _legend(ax, loc="upper left")
+    _panel_label(ax, "(a) plan latency vs cluster size")
+    if state is not None:
+        ax2 = axes[1]
+        _require(state, ["nodes", "apply_events_per_s"], "V5 state")
+        ci = _per_group_ci(state, ["nodes"], "apply_events_per_s").sort_values("nodes")
+        ax2.plot(ci["nodes"], ci["mean"], "-o", color=OKABE_ITO["blue"], label="state updates / s")
+        ax2.fill_between(ci["nodes"], ci["lo"], ci["hi"], color=OKABE_ITO["blue"], alpha=0.2, linewidth=0)
+        ax2.set_xscale("log")
+        ax2.set_yscale("log")
+        ax2.set_xlabel("twin size (nodes)")
+        ax2.set_ylabel("applied events per second")
+        if "snapshot_ms" in state.columns:
+            ax3 = ax2.twinx()
+            ax3.spines["right"].set_visible(True)
+            ci = _per_group_ci(state, ["nodes"], "snapshot_ms").sort_values("nodes")
+            ax3.plot(ci["nodes"], ci["mean"], "--s", color=OKABE_ITO["vermillion"], label="snapshot (ms)")
+            ax3.set_yscale("log")
+            ax3.set_ylabel("snapshot time (ms)")
+            ax3.grid(False)
+            h1, l1 = ax2.get_legend_handles_labels()
+            h2, l2 = ax3.get_legend_handles_labels()
+            ax2.legend(h1 + h2, l1 + l2, loc="upper center")
+        _panel_label(ax2, "(b) twin state throughput")
+    return fig
+
+
+@styled
+def figure_v6(tables: Mapping[str, pd.DataFrame]) -> Figure:
+    """V6: prediction error and deadline misses over time under drift, with vs without recalibration."""
+    df = tables["results"]
+    _require(df, ["mode", "window_start_s", "mape", "miss_rate"], "V6 results")
+    fig, (ax_err, ax_miss) = figure(columns=2, height_ratio=0.33, ncols=2)
+    for i, mode in enumerate(order(df["mode"].unique())):
+        c, m = style_of(mode, i)
+        sub = df[df["mode"] == mode]
+        for ax, col, cap in ((ax_err, "mape", np.inf), (ax_miss, "miss_rate", 1.0)):
+            ci = _per_group_ci(sub, ["window_start_s"], col).sort_values("window_start_s")
+            ax.plot(ci["window_start_s"], 100 * ci["mean"], "-", color=c, marker=m,
+                    label=display_name(mode))
+            # a rate's interval cannot leave [0, 1]; clipping keeps few-seed bands honest-looking
+            ax.fill_between(ci["window_start_s"], 100 * ci["lo"].clip(lower=0), 100 * ci["hi"].clip(upper=cap),
+                            color=c, alpha=0.2, linewidth=0)
+    for ax, ylabel, title in ((ax_err, "prediction MAPE (%)", "(a) prediction error over time"),
+                              (ax_miss, "deadline misses (%)", "(b) deadline misses over time")):
+        ax.set_xlabel("time (s, window start)")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(bottom=0)
+        _legend(ax, loc="upper left")
+        _panel_label(ax, title)
+    return fig
+
+
+FIGURES: dict[str, tuple[str, Callable[[Mapping[str, pd.DataFrame]], Figure]]] = {
+    "V1": ("V1_controller_vs_baseline", figure_v1),
+    "V2": ("V2_prediction_accuracy", figure_v2),
+    "V3": ("V3_execution_overhead", figure_v3),
+    "V5": ("V5_scalability", figure_v5),
+    "V6": ("V6_drift_robustness", figure_v6),
+}
+
+
+def experiment_figure(experiment: str, tables: Mapping[str, pd.DataFrame]) -> tuple[str, Figure]:
+    """(file stem, Figure) of an experiment's key figure drawn from its saved tables."""
+    key = str(experiment).upper()
+    if key not in FIGURES:
+        raise DtlabError(f"no figure function for experiment {experiment!r}; known: {', '.join(FIGURES)}")
+    name, func = FIGURES[key]
+    return name, func(tables)
+
+
+def save_experiment_figures(experiment: str, tables: Mapping[str, pd.DataFrame],
+                            out_dir: str | os.PathLike) -> list[Path]:
+    """Draw and save (PDF + PNG) an experiment's figure into ``out_dir``; returns the files."""
+    name, fig = experiment_figure(experiment, tables)
+    return savefig(fig, out_dir, name)

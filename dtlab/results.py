@@ -1,0 +1,228 @@
+"""Saved experiment results: one directory per run, plain files that pandas and humans can read.
+
+A run directory (``outputs/<exp>/<run-id>/``) holds ``results.csv`` (the experiment's main tidy
+table), one ``<name>.csv`` per extra table, ``metrics.json`` (headline numbers), ``figures/`` and
+``run.json`` (provenance, written by the runner). Figures are drawn from the CSVs, never from
+in-memory objects, so ``dtlab figures`` can redraw them without re-running anything.
+
+Every write goes to a temporary file in the same directory and is renamed into place, so a crash
+never leaves a half-written table next to good ones.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from .errors import DtlabError
+
+MAIN_TABLE = "results"
+METRICS_FILE = "metrics.json"
+RUN_FILE = "run.json"
+FIGURES_DIR = "figures"
+# Attribute names under which an experiment result may carry extra tables (name -> DataFrame).
+_EXTRA_TABLE_ATTRS = ("extra", "tables", "extra_tables", "extras")
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` via a temp file + rename: readers see the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def jsonable(value: Any) -> Any:
+    """Plain-JSON version of ``value``: numpy scalars/arrays unwrapped, NaN/inf -> null, keys as str."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value) if isinstance(value, (set, frozenset)) else value
+        return [jsonable(v) for v in items]
+    if isinstance(value, np.ndarray):
+        return [jsonable(v) for v in value.tolist()]
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer, int)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, (pd.Timestamp,)):
+        return value.isoformat()
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return str(value)
+
+
+def dumps(value: Any, sort_keys: bool = False) -> str:
+    """Deterministic JSON text (fixed indent, NaN -> null): same numbers in the same order -> same bytes.
+
+    Keys keep the producer's order by default: an experiment lists its most important metric first.
+    """
+    return json.dumps(jsonable(value), indent=2, sort_keys=sort_keys, allow_nan=False) + "\n"
+
+
+def result_tables(result: Any) -> dict[str, pd.DataFrame]:
+    """The tables of an experiment result: ``{"results": result.table, **extra tables}``."""
+    table = getattr(result, "table", None)
+    if not isinstance(table, pd.DataFrame):
+        raise DtlabError(f"experiment result has no DataFrame `.table` (got {type(table).__name__})")
+    tables = {MAIN_TABLE: table}
+    for attr in _EXTRA_TABLE_ATTRS:
+        extra = getattr(result, attr, None)
+        if not isinstance(extra, Mapping):
+            continue
+        for name, df in extra.items():
+            if not isinstance(df, pd.DataFrame):
+                continue
+            key = str(name)
+            if key == MAIN_TABLE or key in tables:
+                raise DtlabError(f"experiment result has two tables named {key!r}")
+            tables[key] = df
+    return tables
+
+
+def save(result: Any, out_dir: str | os.PathLike) -> Path:
+    """Write an experiment result's tables (CSV) and metrics (JSON) into ``out_dir``; returns the dir.
+
+    Called from the notebooks so they stay thin; the runner adds ``run.json`` afterwards.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, df in result_tables(result).items():
+        atomic_write_text(out / f"{name}.csv", df.to_csv(index=False, lineterminator="\n"))
+    metrics = getattr(result, "metrics", None)
+    if not isinstance(metrics, Mapping):
+        raise DtlabError(f"experiment result has no dict `.metrics` (got {type(metrics).__name__})")
+    atomic_write_text(out / METRICS_FILE, dumps(metrics))
+    return out
+
+
+def load_tables(run_dir: str | os.PathLike) -> dict[str, pd.DataFrame]:
+    """Every ``*.csv`` of a run directory as ``{stem: DataFrame}`` (``"results"`` is the main table)."""
+    run = Path(run_dir)
+    paths = sorted(run.glob("*.csv"))
+    if not any(p.stem == MAIN_TABLE for p in paths):
+        raise DtlabError(f"{run}: no {MAIN_TABLE}.csv (was the experiment saved?)")
+    return {p.stem: pd.read_csv(p) for p in paths}
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        return {}
+    except json.JSONDecodeError as exc:
+        raise DtlabError(f"{path}: not valid JSON ({exc})") from exc
+
+
+@dataclass(frozen=True)
+class SavedRun:
+    """One finished run read back from disk."""
+
+    run_dir: Path
+    experiment: str
+    run_id: str
+    info: dict            # run.json
+    metrics: dict         # metrics.json
+
+    @property
+    def status(self) -> str:
+        return str(self.info.get("status", "unknown"))
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return load_tables(self.run_dir)
+
+
+def load(run_dir: str | os.PathLike) -> SavedRun:
+    """Read a run directory back (tables are loaded lazily by ``SavedRun.tables()``)."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise DtlabError(f"{run}: no such run directory")
+    info = read_json(run / RUN_FILE)
+    return SavedRun(run_dir=run, experiment=str(info.get("experiment", run.parent.name)),
+                    run_id=str(info.get("run_id", run.name)), info=info,
+                    metrics=read_json(run / METRICS_FILE))
+
+
+def iter_runs(out_root: str | os.PathLike = "outputs", experiments: Iterable[str] | None = None):
+    """Finished-or-not runs under ``out_root/<exp>/<run-id>/run.json``, oldest first."""
+    root = Path(out_root)
+    wanted = {e.upper() for e in experiments} if experiments else None
+    runs = []
+    for info_path in root.glob(f"*/*/{RUN_FILE}"):
+        run_dir = info_path.parent
+        if run_dir.name.startswith((".", "_")) or (wanted and run_dir.parent.name.upper() not in wanted):
+            continue
+        runs.append(load(run_dir))
+    runs.sort(key=lambda r: (str(r.info.get("started", "")), r.experiment, r.run_id))
+    return runs
+
+
+def headline(metrics: Mapping[str, Any], limit: int = 4) -> dict[str, Any]:
+    """The first ``limit`` scalar metrics, in the experiment's own order (its most important first).
+
+    Confidence bounds (``X.ci_low``/``X.ci_high``) are left out: they belong with ``X`` in the CSVs.
+    """
+    out = {}
+    for key, value in metrics.items():
+        if str(key).endswith((".ci_low", ".ci_high")):
+            continue
+        if isinstance(value, (int, float, str, bool)) or value is None:
+            out[key] = value
+        if len(out) >= limit:
+            break
+    return out
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def list_runs(out_root: str | os.PathLike = "outputs", experiments: Iterable[str] | None = None) -> pd.DataFrame:
+    """One row per run: experiment, run id, status, start, duration, substrate and headline metrics."""
+    rows = []
+    for run in iter_runs(out_root, experiments):
+        info = run.info
+        rows.append({
+            "experiment": run.experiment, "run_id": run.run_id, "status": run.status,
+            "started": info.get("started"), "duration_s": info.get("duration_s"),
+            "substrate": info.get("substrate"), "path": str(run.run_dir),
+            "headline": "  ".join(f"{k}={_fmt(v)}" for k, v in headline(run.metrics).items()),
+        })
+    return pd.DataFrame(rows, columns=["experiment", "run_id", "status", "started", "duration_s",
+                                       "substrate", "path", "headline"])
+
+
+def format_runs(table: pd.DataFrame) -> str:
+    """Human one-line-per-run text of ``list_runs`` output."""
+    if table.empty:
+        return "no runs found"
+    lines = []
+    for row in table.itertuples(index=False):
+        started = str(row.started or "")[:19].replace("T", " ")
+        dur = f"{row.duration_s:7.1f}s" if isinstance(row.duration_s, (int, float)) else "       -"
+        lines.append(f"{row.experiment:<4} {row.run_id:<12} {row.status:<7} {started:<19} {dur} "
+                     f"{row.substrate or '-':<7} {row.headline}")
+    return "\n".join(lines)
