@@ -1,0 +1,107 @@
+"""The ``des`` predictor path: Monte Carlo over tiny SimPy runs of ONE job on the current snapshot.
+
+This is the accurate, slow reference; the vectorised ``fast`` path in
+:mod:`dtlab.predict` models the same world and is tested against it. Everything the
+two must agree on is stated in :func:`sample_latencies_des` and exported as helpers.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from ..model import Cluster, Job
+from ..state import NodeStatus, Snapshot
+from ..timing import TimingModel
+from .engine import Engine
+
+# Background never takes more than this share of a node in a prediction, so a saturated
+# node predicts "very slow" (20x) rather than "never".
+MAX_BACKGROUND_UTIL = 0.95
+
+
+def effective_background(status: NodeStatus) -> float:
+    """Share of a node's cores the predicted job cannot use: telemetry plus stages already running."""
+    util = status.cpu_util + status.running_cpu / status.node.cores
+    return min(max(util, 0.0), MAX_BACKGROUND_UTIL)
+
+
+def stage_failure_probs(job: Job, placement: Mapping[str, str], cluster: Cluster) -> dict[str, float]:
+    """Per-stage failure probability such that a node hosting k stages of the job fails with ``fail_prob``.
+
+    ``1 - (1 - p) ** (1 / k)`` per stage, drawn independently, keeps the chance that at
+    least one of the node's stages is hit equal to the node's ``fail_prob``.
+    """
+    counts: dict[str, int] = {}
+    for s in job.stages:
+        counts[placement[s.id]] = counts.get(placement[s.id], 0) + 1
+    out = {}
+    for s in job.stages:
+        node = placement[s.id]
+        p = cluster.node(node).fail_prob
+        out[s.id] = 0.0 if p <= 0 else (1.0 if p >= 1 else 1.0 - (1.0 - p) ** (1.0 / counts[node]))
+    return out
+
+
+def sample_latencies_des(snapshot: Snapshot, job: Job, placement: Mapping[str, str],
+                         shadow: Mapping[str, str] | None = None, *, samples: int,
+                         rng: np.random.Generator, timing: TimingModel | None = None) -> np.ndarray:
+    """End-to-end latency samples (ms) of ``job`` under ``placement`` on ``snapshot``; inf = never completes.
+
+    The model (shared with the ``fast`` path):
+
+    * **Capacity.** Node n offers ``cores * (1 - b)`` cores with
+      ``b = min(cpu_util + running_cpu / cores, 0.95)`` (:func:`effective_background`).
+      Stages of this job share it by processor sharing, each capped at its ``cpu``; a
+      stage alone on its node runs ``cpu / min(cpu, capacity)`` times slower than its
+      service time.
+    * **Service** of stage s on node n: ``duration_ms * overhead(format) / speed * X``,
+      ``X`` = ``timing.service_noise`` drawn once per stage per sample.
+    * **Transfers**: ``timing.sample_transfer_ms`` over ``snapshot``'s links for each
+      predecessor output (skipped on the same node) and, for root stages, ``input_mb``
+      from the origin zone (:func:`dtlab.des.links.origin_link`; no origin: no
+      transfer). A stage starts when all predecessors ended and all inputs arrived. A
+      cut link makes the sample ``inf``; so does a stage placed on a node that is down
+      in the snapshot with no usable shadow.
+    * **Failures.** Independently per stage, with probability
+      :func:`stage_failure_probs` (node ``fail_prob`` split over the job's stages on that
+      node), the stage's node fails after the stage completed a fraction ``U ~
+      Uniform(0, 1)`` of its work (so at ``start + U * service`` when uncontended). The
+      attempt is lost. If the stage has a shadow node, it restarts there ``detect_ms``
+      after the failure, its inputs sent again from the predecessors' nodes (root:
+      from the origin zone) to the shadow, and its successors then read from the
+      shadow. Without a shadow it restarts on the same node (a replacement of equal
+      speed) after ``detect_ms + replan_ms``. The restart redoes the full work with the
+      same ``X`` (scaled by the new node's speed/overhead) and does not fail again.
+    """
+    timing = timing or TimingModel()
+    shadow = dict(shadow or {})
+    full = snapshot.cluster
+    used = set(placement.values()) | set(shadow.values())
+    sub = Cluster(full.name, tuple(n for n in full.nodes if n.name in used), full.links)
+    nodes = snapshot.nodes
+    background = {name: effective_background(nodes[name]) for name in used}
+    down = [name for name in used if not nodes[name].up]
+    p_fail = stage_failure_probs(job, placement, sub)
+    risky = [sid for sid, p in p_fail.items() if p > 0]
+    links = snapshot.link_overrides
+    formats: dict = {}
+    out = np.empty(samples)
+    for i in range(samples):
+        failures = {}
+        for sid in risky:
+            if rng.random() < p_fail[sid]:
+                failures[sid] = float(rng.random())
+        eng = Engine(sub, timing, rng, background=background, links=links, down=down,
+                     record_stages=False, formats=formats)
+        eng.replan = _same_node
+        eng.submit(job, placement, shadow, stage_failures=failures)
+        eng.run()
+        jr = eng._done[0]
+        out[i] = np.inf if jr.lost else jr.end_ms - jr.arrival_ms
+    return out
+
+
+def _same_node(job: Job, stage_id: str, failed_node: str) -> str:
+    """Prediction's replan: an equivalent replacement for the failed node."""
+    return failed_node
