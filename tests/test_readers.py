@@ -89,3 +89,49 @@ def test_missing_file_and_unknown_format():
         r.read_openb_nodes(FIXTURES / "nope.csv")
     with pytest.raises(SpecError, match="trace.format"):
         r.read_trace("google-borg")
+
+
+# ------------------------------------------------------------------ RIPE Atlas RTT -> topology
+from dtlab.model import Cluster, Link, Node  # noqa: E402
+from dtlab.workload import topology as topo  # noqa: E402
+
+rtt_real = pytest.mark.skipif(not topo.RIPE_RTT.exists(), reason="reference data not found")
+
+
+@rtt_real
+def test_ripe_rtt_real_file_and_symmetric_half_rtt_matrix():
+    df = topo.read_ripe_rtt()
+    assert len(df) == 6827
+    assert "NA" in set(df["cty1"]) | set(df["cty2"])     # Namibia survives (no NA parsing)
+    m = topo.latency_matrix(["DE", "US", "JP"])
+    np.testing.assert_allclose(m.to_numpy(), m.to_numpy().T)
+    row = df[((df.cty1 == "DE") & (df.cty2 == "US")) | ((df.cty1 == "US") & (df.cty2 == "DE"))]
+    assert len(row) == 1
+    assert m.loc["US", "DE"] == pytest.approx(row["rtt_avg"].iloc[0] / 2)
+
+
+@rtt_real
+def test_topology_links_and_cluster():
+    links = topo.topology_from_rtt(["DE", "US", "JP"], bandwidth_mbps=100, loss=0.01)
+    assert len(links) == 3 and all(isinstance(l, Link) for l in links)
+    assert {(l.a, l.b) for l in links} == {("DE", "US"), ("DE", "JP"), ("US", "JP")}
+    assert all(l.latency_ms > 0 and l.loss == 0.01 and l.jitter_ms == 0 for l in links)
+    cluster = topo.topology_from_rtt(["DE", "JP"], nodes=[Node("w", "amd64", 4), Node("g", "arm64", 2)])
+    assert isinstance(cluster, Cluster) and cluster.zones == ("DE", "JP")
+    assert cluster.link("w-de", "g-jp").latency_ms == links[1].latency_ms   # DE-JP
+    per_zone = topo.topology_from_rtt(["DE", "JP"], nodes={"DE": [Node("cloud-0", "amd64", 8)],
+                                                          "JP": [Node("edge-0", "arm64", 4)]})
+    assert per_zone.node("edge-0").zone == "JP"
+
+
+def test_rtt_missing_pair_and_bad_row(tmp_path):
+    path = tmp_path / "rtt.csv"
+    path.write_text("cty1,cty2,rtt_cnt,rtt_avg,rtt_std,rtt_min,rtt_max\n"
+                    "AA,BB,3,20.0,1.0,19.0,21.0\nBB,CC,3,30.0,1.0,29.0,31.0\n")
+    assert topo.latency_matrix(["BB", "AA"], path).loc["AA", "BB"] == 10.0
+    with pytest.raises(SpecError, match="'AA' and 'CC'"):
+        topo.latency_matrix(["AA", "CC"], path)
+    path.write_text("cty1,cty2,rtt_cnt,rtt_avg,rtt_std,rtt_min,rtt_max\nAA,BB,3,fast,1.0,19.0,21.0\n")
+    with pytest.raises(r.TraceError) as info:
+        topo.read_ripe_rtt(path)
+    assert (info.value.line, info.value.column) == (2, "rtt_avg")
