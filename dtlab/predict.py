@@ -10,37 +10,45 @@ Three paths, selected by name, all reading the same :class:`~dtlab.timing.Timing
   critical path of ``duration / speed * overhead`` plus link latencies. Deterministic
   (a constant array), kept only for regression comparisons (experiment V2).
 
-What ``fast`` models, and where it approximates the DES (documented so V2 can judge it):
+What ``fast`` models - the model of :func:`dtlab.des.predict.sample_latencies_des`, stated
+there - and the one place it approximates it (so experiment V2 can judge it):
 
 * **Service**: ``duration * overhead / speed * X``, ``X`` the timing model's lognormal
-  noise, one draw per stage per sample - exactly as the engine.
+  noise, one draw per stage per sample.
 * **Transfers**: each DAG edge between different nodes costs
   ``TimingModel.sample_transfer_ms(output_mb, link)`` (latency, jitter, Mathis-capped
   bulk time, loss -> one RTO); root stages receive ``job.input_mb`` from the origin zone
-  when the job has one. Links are not shared between concurrent transfers (as in the engine).
-* **DAG**: topological order, a stage starts at ``max`` over predecessors of
-  (their end + transfer) - the exact critical-path recursion, per sample.
-* **Contention (the approximation)**: the engine runs processor sharing with each stage
-  capped at its ``cpu`` cores and node capacity ``cores * (1 - background util)``. The
-  fast path cannot replay PS per sample, so it applies one *static slowdown* per stage:
-  ``max(1, demand / capacity)`` where ``demand`` = the stage's ``cpu`` + the node's
-  ``running_cpu`` from the snapshot (assumed to keep running for the whole stage) + the
-  ``cpu`` of this job's other stages on the same node that *can* overlap it (neither
-  ancestor nor descendant in the DAG; assumed to overlap fully). It is exact when nothing
-  shares a node or when concurrent siblings are identical and start together, and
-  pessimistic otherwise (in PS the first to finish frees capacity for the others).
-* **Failures**: node ``n`` used by the plan fails during the job with probability
-  ``n.fail_prob``, at a uniform point of the first of this job's stages on it. That
-  stage's work is lost; after ``timing.detect_ms`` it restarts on its shadow node, or,
-  with no shadow, after ``detect_ms + replan_ms`` on the best alternative node (lowest
-  mean finish time); its inputs are re-sent. Later stages placed on the failed node run
-  on their shadow/alternative directly. A shadow node is assumed not to fail itself.
+  when the job has one (even 0 MB pays latency; a zone with no link is unreachable).
+  Links are not shared between concurrent transfers.
+* **DAG**: topological order; a stage starts at ``max`` over predecessors of (their end
+  + transfer) - the exact critical-path recursion, per sample.
+* **Capacity**: node n offers ``cores * (1 - b)`` with ``b = min(cpu_util +
+  running_cpu / cores, 0.95)``: telemetry background and stages already running are
+  load this job cannot use (as the des path).
+* **Contention among this job's stages (the approximation)**: the engine shares a node
+  among concurrent stages by processor sharing (water-filling, each capped at its
+  ``cpu``). The fast path cannot replay PS per sample, so it applies one *static
+  slowdown* per stage, ``max(1, demand / capacity)``, where ``demand`` = the stage's
+  ``cpu`` + the ``cpu`` of this job's other stages on the same node that *can* overlap
+  it (neither ancestor nor descendant in the DAG), assumed to overlap fully. Exact when
+  nothing of the job shares a node, or when concurrent siblings are identical and start
+  together; pessimistic otherwise (in PS the first to finish frees capacity).
+* **Failures** (as the des path): independently per stage, with probability
+  ``1 - (1 - fail_prob) ** (1 / k)`` (k = the job's stages on that node, so the node is
+  hit with ``fail_prob`` per job), the node fails after the stage did a fraction ``U ~
+  Uniform(0, 1)`` of its work. ``timing.detect_ms`` later the stage restarts on its
+  shadow, or without one, after a further ``timing.replan_ms``, on an equivalent
+  replacement of the same node; its inputs are sent again, it redoes the full work
+  (same ``X``) and does not fail again; successors read from where it finished. A
+  stage whose node is down in the snapshot runs on its shadow from the start (and its
+  failure draw then applies there, with re-plan); with no shadow it never completes
+  (``inf``).
 """
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Mapping
 
 import numpy as np
@@ -52,7 +60,7 @@ from .timing import TimingModel, rto_ms, throughput_mbps
 
 PREDICTORS = ("fast", "legacy", "des")
 JITTER_MEAN = math.sqrt(2 / math.pi)  # E|N(0,1)|
-MIN_CAPACITY_SHARE = 0.01             # a node at 100% background util still crawls (avoids inf)
+MAX_BACKGROUND = 0.95                 # as dtlab.des.predict: a saturated node is slow (20x), not dead
 _DEFAULT_TIMING = TimingModel()
 
 
@@ -109,14 +117,15 @@ def zone_link(snapshot, za: str, zb: str) -> Link | None:
 
 
 def origin_link(snapshot, job: Job, node: str) -> tuple[bool, Link | None]:
-    """(reachable, link) carrying a root stage's input from ``job.origin_zone`` to ``node``.
-
-    No origin, or an origin zone the cluster does not know (e.g. "internet"): no transfer.
-    """
+    """(reachable, link) carrying a root stage's input from ``job.origin_zone`` to ``node`` (no origin: no link)."""
     zone = job.origin_zone
-    if zone is None or zone not in snapshot.cluster.zones:
+    if zone is None:
         return True, None
-    link = zone_link(snapshot, zone, snapshot.nodes[node].node.zone)
+    key = (zone, node)
+    if key in snapshot.link_overrides:
+        link = snapshot.link_overrides[key]
+    else:
+        link = zone_link(snapshot, zone, snapshot.nodes[node].node.zone)
     return link is not None, link
 
 
@@ -137,8 +146,8 @@ class NodeTable:
         self.cores = np.array([n.cores for n in self.nodes], dtype=float)
         self.mem = np.array([n.mem_gb for n in self.nodes], dtype=float)
         util = np.array([s.cpu_util for s in statuses], dtype=float)
-        self.capacity = np.maximum(self.cores * (1.0 - util), self.cores * MIN_CAPACITY_SHARE)
         self.running = np.array([s.running_cpu for s in statuses], dtype=float)
+        self.capacity = self.cores * (1.0 - np.minimum(util + self.running / self.cores, MAX_BACKGROUND))
         self.fail_prob = np.array([n.fail_prob for n in self.nodes], dtype=float)
         self.schedulable = np.array([s.schedulable for s in statuses], dtype=bool)
         sigs: dict[tuple, int] = {}
@@ -187,12 +196,21 @@ class NodeTable:
         return r
 
     def origin_row(self, zone: str | None) -> LinkRow | None:
-        """Links from the origin zone to every node; None when there is no input transfer."""
-        if zone is None or zone not in self.zone_index:
+        """Links from the origin zone to every node (as dtlab.des.links.origin_link); None: no origin, no transfer."""
+        if zone is None:
             return None
         r = self._origin_rows.get(zone)
         if r is None:
-            r = self._origin_rows[zone] = self._row_from_zone(self.zone_index[zone])
+            if zone in self.zone_index:
+                r = self._row_from_zone(self.zone_index[zone])
+            else:  # a zone without nodes cannot have links: unreachable
+                r = LinkRow(*(np.zeros(self.n) for _ in range(5)), np.zeros(self.n, dtype=bool))
+            for (a, b), link in self.snapshot.link_overrides.items():
+                if a == zone and b in self.index:
+                    vals = _link_params(link)
+                    for arr, v in zip((r.lat, r.ms_per_mb, r.jitter, r.loss, r.rto, r.ok), vals):
+                        arr[self.index[b]] = v
+            self._origin_rows[zone] = r
         return r
 
 
@@ -290,7 +308,7 @@ def stage_table(snapshot, job: Job, timing: TimingModel) -> StageTable:
 
 def node_slowdown(nt: NodeTable, cpu: float, extra_demand) -> np.ndarray:
     """Static processor-sharing slowdown ``max(1, demand / capacity)`` (see the module docstring)."""
-    return np.maximum(1.0, (nt.running + extra_demand + cpu) / nt.capacity)
+    return np.maximum(1.0, (extra_demand + cpu) / nt.capacity)
 
 
 # ====================================================================== predictors
@@ -364,136 +382,96 @@ def _legacy(snapshot, job: Job, placement: Mapping[str, str], timing: TimingMode
     return max(finish.values())
 
 
-@dataclass
-class _Run:
-    """Where one stage runs in the fast predictor: primary, backup, and per-sample state."""
-    prim: int
-    backup: int = -1
-    replan: bool = False            # backup is a re-planned alternative (costs replan_ms)
-    fail_node: np.ndarray | None = None   # bool (S,): its primary node failed during this job
-    hit: np.ndarray | None = None         # bool (S,): the failure struck while this stage ran
-    svc_prim: float = 0.0
-    svc_back: float = 0.0
-    fin: np.ndarray = field(default=None)
-
-
 def _fast(snapshot, job, placement, shadow, S, rng, timing) -> np.ndarray:
     nt = node_table(snapshot)
     st = stage_table(snapshot, job, timing)
     prim = np.array([nt.index[placement[sid]] for sid in st.ids], dtype=np.int64)
+    back = np.array([nt.index[shadow[sid]] if sid in shadow else -1 for sid in st.ids], dtype=np.int64)
     for i, sid in enumerate(st.ids):
         if not st.feasible[i, prim[i]]:
             raise SpecError(f"placement.{sid}", f"stage cannot run on node {placement[sid]!r} (constraints/resources)")
-    # static PS slowdown incl. this job's own overlapping stages on the same node
-    runs: list[_Run] = []
+        if back[i] >= 0 and not st.feasible[i, back[i]]:
+            raise SpecError(f"shadow.{sid}", f"stage cannot run on node {shadow[sid]!r} (constraints/resources)")
+    up = np.array([snapshot.nodes[name].up for name in nt.names], dtype=bool) if not nt.schedulable.all() else None
+    # per-stage failure probability: the node's fail_prob split over the job's stages on it
+    counts = np.bincount(prim, minlength=nt.n)
+    p_fail = 1.0 - (1.0 - nt.fail_prob[prim]) ** (1.0 / counts[prim])
+    run_on = prim.copy()                      # where the first attempt runs
+    restart = np.where((back >= 0) & (back != prim), back, prim)
+    replan = restart == prim
+    dead = np.zeros(st.t, dtype=bool)         # never completes
+    if up is not None:
+        for i in range(st.t):
+            if not up[prim[i]]:
+                if back[i] >= 0 and up[back[i]]:
+                    run_on[i] = restart[i] = back[i]
+                    replan[i] = True
+                else:
+                    dead[i] = True
+    if dead.any():
+        return np.full(S, np.inf)
+    # static PS slowdown: this job's stages that may overlap on the same node
+    svc_first = np.empty(st.t)
+    svc_restart = np.empty(st.t)
     for i in range(st.t):
-        n = prim[i]
-        share = (prim == n) & ~st.related[i]
-        demand = nt.running[n] + st.cpu[i] + st.cpu[share].sum()
-        runs.append(_Run(prim=int(n), svc_prim=float(st.base_svc[i, n] * max(1.0, demand / nt.capacity[n]))))
-    # failures: one Bernoulli per used node, striking the first of this job's stages on it
-    used = sorted(set(prim.tolist()))
-    failed: dict[int, np.ndarray] = {}
-    for n in used:
-        if nt.fail_prob[n] > 0:
-            failed[n] = rng.random(S) < nt.fail_prob[n]
-    first_on: dict[int, int] = {}
-    for i in range(st.t):
-        first_on.setdefault(runs[i].prim, i)
-    for i, r in enumerate(runs):
-        if r.prim not in failed:
-            continue
-        r.fail_node = failed[r.prim]
-        r.hit = r.fail_node if first_on[r.prim] == i else None
-        sid = st.ids[i]
-        if sid in shadow:
-            r.backup = nt.index[shadow[sid]]
-            if not st.feasible[i, r.backup]:
-                raise SpecError(f"shadow.{sid}", f"stage cannot run on node {shadow[sid]!r}")
-        else:
-            r.backup, r.replan = _alternative(nt, st, i, r.prim, prim), True
-        b = r.backup
-        if b >= 0:
-            r.svc_back = float(st.base_svc[i, b] * max(1.0, (nt.running[b] + st.cpu[i]) / nt.capacity[b]))
-    origin = job.origin_zone if job.origin_zone in nt.zone_index else None
+        n = run_on[i]
+        share = (run_on == n) & ~st.related[i]
+        svc_first[i] = st.base_svc[i, n] * max(1.0, (st.cpu[i] + st.cpu[share].sum()) / nt.capacity[n])
+        r = restart[i]
+        svc_restart[i] = svc_first[i] if r == n else st.base_svc[i, r] * max(1.0, st.cpu[i] / nt.capacity[r])
+    origin = job.origin_zone
+    orow = nt.origin_row(origin)
+    links: dict[tuple[int, int], tuple[bool, Link | None]] = {}
 
-    def transfer(size, src, dst) -> np.ndarray:
+    def transfer(size: float, src: int, dst: int) -> np.ndarray:
+        """Samples of one transfer; src -1 = the origin zone."""
         if src == dst:
             return np.zeros(S)
-        if src < 0:  # origin zone
-            link = zone_link(snapshot, origin, nt.nodes[dst].zone)
-        else:
-            try:
-                link = snapshot.link(nt.names[src], nt.names[dst])
-            except SpecError:
-                link = None
-        if link is None:
+        key = (src, dst)
+        if key not in links:
+            if src < 0:
+                links[key] = origin_link(snapshot, job, nt.names[dst])
+            else:
+                try:
+                    links[key] = (True, snapshot.link(nt.names[src], nt.names[dst]))
+                except SpecError:
+                    links[key] = (False, None)
+        ok, link = links[key]
+        if not ok:
             return np.full(S, np.inf)
         return timing.sample_transfer_ms(size, link, rng, S)
 
-    def arrival(i, dst) -> np.ndarray:
-        """Per-sample time all inputs of stage i are at node dst (relative to their senders' ends)."""
+    fin: list[np.ndarray] = [None] * st.t      # type: ignore[list-item]
+    moved: list[np.ndarray | None] = [None] * st.t  # per sample: stage finished on its restart node
+
+    def inputs(i: int, dst: int, with_end: bool) -> np.ndarray:
+        """Per sample: when (with_end) / how long after its predecessors ended all of i's inputs reach dst."""
         ready = np.zeros(S)
-        if not st.preds[i] and origin is not None:
+        if not st.preds[i] and orow is not None:
             ready = transfer(job.input_mb, -1, dst)
         for p in st.preds[i]:
-            rp = runs[p]
-            t = rp.fin + transfer(st.out_mb[p], rp.prim, dst)
-            if rp.fail_node is not None and rp.backup >= 0:
-                t = np.where(rp.fail_node, rp.fin + transfer(st.out_mb[p], rp.backup, dst), t)
+            t = transfer(st.out_mb[p], int(run_on[p]), dst)
+            if moved[p] is not None:
+                t = np.where(moved[p], transfer(st.out_mb[p], int(restart[p]), dst), t)
+            if with_end:
+                t = t + fin[p]
             ready = np.maximum(ready, t)
         return ready
 
     for i in range(st.t):
-        r = runs[i]
-        ready = arrival(i, r.prim)
-        svc = r.svc_prim * timing.service_noise(rng, S)
-        fin = ready + svc
-        if r.fail_node is not None and r.backup >= 0:
-            b = r.backup
-            svc_b = r.svc_back * timing.service_noise(rng, S)
-            ready_b = arrival(i, b)
-            moved = ready_b + svc_b
-            if r.hit is not None:
-                # lost work, detection, (replan), inputs re-sent to the backup after detection
-                t_fail = ready + rng.random(S) * svc
-                resend = arrival_offsets(i, b, runs, st, transfer, origin, job, S)
-                hit_fin = t_fail + timing.detect_ms + (timing.replan_ms if r.replan else 0.0) + resend + svc_b
-                fin = np.where(r.hit, hit_fin, np.where(r.fail_node, moved, fin))
-            else:
-                fin = np.where(r.fail_node, moved, fin)
-        r.fin = fin
+        ready = inputs(i, int(run_on[i]), True)
+        x = timing.service_noise(rng, S)
+        svc = svc_first[i] * x
+        end = ready + svc
+        if p_fail[i] > 0:
+            failed = rng.random(S) < p_fail[i]
+            frac = rng.random(S)
+            t_fail = ready + frac * svc
+            again = t_fail + timing.detect_ms + (timing.replan_ms if replan[i] else 0.0) \
+                + inputs(i, int(restart[i]), False) + svc_restart[i] * x
+            end = np.where(failed, again, end)
+            if restart[i] != run_on[i]:
+                moved[i] = failed
+        fin[i] = end
     sinks = [i for i in range(st.t) if not st.succs[i]]
-    return np.max(np.stack([runs[i].fin for i in sinks]), axis=0)
-
-
-def arrival_offsets(i, dst, runs, st, transfer, origin, job, S) -> np.ndarray:
-    """Time to (re-)send all inputs of stage i to node ``dst`` once every predecessor has finished."""
-    out = np.zeros(S)
-    if not st.preds[i] and origin is not None:
-        out = transfer(job.input_mb, -1, dst)
-    for p in st.preds[i]:
-        rp = runs[p]
-        t = transfer(st.out_mb[p], rp.prim, dst)
-        if rp.fail_node is not None and rp.backup >= 0:
-            t = np.where(rp.fail_node, transfer(st.out_mb[p], rp.backup, dst), t)
-        out = np.maximum(out, t)
-    return out
-
-
-def _alternative(nt: NodeTable, st: StageTable, i: int, failed: int, prim: np.ndarray) -> int:
-    """Where a re-plan would move stage i after its node failed: lowest mean input transfer + service."""
-    cand = st.candidates[i].copy()
-    cand[failed] = False
-    if not cand.any():
-        return -1
-    cost = st.base_svc[i] * node_slowdown(nt, st.cpu[i], 0.0)
-    for p in st.preds[i]:
-        cost = cost + nt.row(int(prim[p])).mean_ms(st.out_mb[p])
-    if not st.preds[i]:
-        orow = nt.origin_row(st.job.origin_zone)
-        if orow is not None:
-            cost = cost + orow.mean_ms(st.job.input_mb)
-    cost = np.where(cand, cost, np.inf)
-    best = int(np.argmin(cost))
-    return best if np.isfinite(cost[best]) else -1
+    return np.max(np.stack([fin[i] for i in sinks]), axis=0)

@@ -10,7 +10,7 @@ compared on the same luck:
    transfer samples (one shared normal/uniform draw per edge drives jitter and loss on
    every candidate link) + service (one shared lognormal draw scaled per node) + failure
    (one shared uniform against each node's ``fail_prob``: lost work, ``detect_ms`` and
-   ``replan_ms``, and a rerun at the fastest shortlisted speed);
+   ``replan_ms``, and a rerun on an equivalent node, as the predictors model it);
 3. add the lower bound of the remaining critical path; with a deadline, candidates whose
    probability to meet it is at least ``alpha`` compete on CVaR; if none does, the
    highest meet probability wins (CVaR breaks ties). Without a deadline: lowest CVaR.
@@ -80,7 +80,7 @@ class CVaR:
             pf = nt.fail_prob[cand]
             if (pf > 0).any():
                 u_fail, u_when = rng.random(S), rng.random(S)
-                penalty = u_when[:, None] * svc + tm.detect_ms + tm.replan_ms + svc_mean.min()
+                penalty = u_when[:, None] * svc + tm.detect_ms + tm.replan_ms + svc
                 fin = np.where(u_fail[:, None] < pf[None, :], fin + penalty, fin)
             j = choose(fin + st.remaining_lb[i], self.alpha, deadline)
             b.place(i, int(cand[j]), float(f[cand[j]]))

@@ -9,7 +9,7 @@ with ``F_n = R_n + S_n`` (mean input arrival + mean service on n), ``p_n`` the n
 to re-send the inputs to m and run there. The best shadow for each primary is the lowest
 ``B_m`` in a *different zone*, found for all primaries at once from the per-zone best and
 second-best ``B`` values. When no other zone can run the stage, the shadow is the best
-other node in the same zone; when there is none, the stage has no shadow. Shadow nodes
+other node in the same zone; when there is none, the stage has no shadow (a failure then costs ``replan_ms`` and a rerun). Shadow nodes
 are assumed not to fail together with the primary (independent failure domains).
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import register
+from ..predict import node_slowdown
 from .base import Builder, PlanContext
 
 
@@ -36,7 +37,7 @@ class Resilient:
             F = np.where(ok, ready + svc, np.inf)
             b.require(i, F)
             # backup cost per node: the stage runs alone there (its primary work is gone)
-            B = b.resend_mean(i) + st.base_svc[i] * np.maximum(1.0, (nt.running + st.cpu[i]) / nt.capacity)
+            B = b.resend_mean(i) + st.base_svc[i] * node_slowdown(nt, st.cpu[i], 0.0)
             B = np.where(st.candidates[i] & np.isfinite(B), B, np.inf)
             zmin = np.full(len(nt.zones), np.inf)
             np.minimum.at(zmin, nt.zone_idx, B)
@@ -44,7 +45,8 @@ class Resilient:
             best_z, second = order[0], (zmin[order[1]] if len(order) > 1 else np.inf)
             other = np.where(nt.zone_idx == best_z, second, zmin[best_z])  # best B outside each node's zone
             p = nt.fail_prob
-            fail_cost = np.where(np.isfinite(other), other, F)  # no shadow possible: rerun cost ~ F again
+            # no shadow possible: re-plan onto an equivalent node (as the predictors model it)
+            fail_cost = np.where(np.isfinite(other), other, ctx.timing.replan_ms + B)
             E = (1 - p) * F + p * (ready + 0.5 * svc + detect + fail_cost)
             E = np.where(ok, E, np.inf)
             n = int(np.argmin(E))
