@@ -1,0 +1,426 @@
+"""Run experiments headlessly: params file -> validated params -> papermill -> ``outputs/<exp>/<run-id>/``.
+
+The notebook is the experiment's record (it is what a reader opens), so the runner executes the
+notebook rather than calling ``run()`` directly; the notebook itself saves its tables and figures
+into the run directory it is given (``out_dir``). The runner adds what a notebook cannot know:
+``run.json`` with params, seed, git revision, package versions, host and start/end time.
+
+Guarantees (each one is tested):
+- params are checked BEFORE any kernel starts: bad YAML, a key the notebook does not declare, or a
+  value the experiment's own validation rejects -> ``SpecError`` naming the file and key;
+- run-id = short hash of (experiment, effective params): the same params skip a finished run
+  unless ``force``;
+- a run is built in a temp directory and renamed into place, so a failing notebook or a crash
+  leaves earlier results untouched (the failed attempt is kept under ``<exp>/_failed/<run-id>``);
+- a notebook failure names the failing cell.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import importlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import yaml
+
+from . import results as _results
+from .errors import DtlabError, SpecError
+
+KERNEL_NAME = "dtlab"
+OUT_DIR_PARAM = "out_dir"     # set by the runner, never by a params file
+FAILED_DIR = "_failed"
+_PACKAGES = ("dtlab", "numpy", "pandas", "scipy", "simpy", "matplotlib", "papermill", "nbclient",
+             "ipykernel", "pyyaml", "kubernetes", "wasmtime")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """Where an experiment lives: its id, its notebook (relative to the project root) and module."""
+
+    id: str
+    notebook: str
+    module: str
+
+
+EXPERIMENTS: dict[str, Experiment] = {e.id: e for e in (
+    Experiment("V1", "notebooks/V1_controller_vs_baseline.ipynb", "dtlab.experiments.v1"),
+    Experiment("V2", "notebooks/V2_prediction_accuracy.ipynb", "dtlab.experiments.v2"),
+    Experiment("V3", "notebooks/V3_execution_overhead.ipynb", "dtlab.experiments.v3"),
+    Experiment("V4", "notebooks/V4_shadow_failover.ipynb", "dtlab.experiments.v4"),
+    Experiment("V5", "notebooks/V5_scalability.ipynb", "dtlab.experiments.v5"),
+    Experiment("V6", "notebooks/V6_drift_robustness.ipynb", "dtlab.experiments.v6"),
+)}
+
+
+class RunFailed(DtlabError):
+    """A notebook raised (or did not write its results); the message names the cell."""
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    experiment: str
+    run_id: str
+    run_dir: Path
+    status: str                 # "ok" | "skipped" | "failed"
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    """Everything decided before a kernel starts (so errors surface before any work is done)."""
+
+    experiment: Experiment
+    notebook: Path
+    params: dict = field(default_factory=dict)
+    params_file: Path | None = None
+    run_id: str = ""
+
+
+# --- locating things ----------------------------------------------------------------------------
+def project_root() -> Path:
+    """The checkout holding ``notebooks/`` and ``params/`` (``$DTLAB_ROOT`` overrides)."""
+    env = os.environ.get("DTLAB_ROOT")
+    if env:
+        return Path(env).resolve()
+    here = Path(__file__).resolve().parents[1]
+    if (here / "notebooks").is_dir():
+        return here
+    cwd = Path.cwd()
+    return cwd if (cwd / "notebooks").is_dir() else here
+
+
+def get_experiment(name: str | Experiment) -> Experiment:
+    if isinstance(name, Experiment):
+        return name
+    key = str(name).strip().upper()
+    if key not in EXPERIMENTS:
+        raise SpecError("experiment", f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)} or all")
+    return EXPERIMENTS[key]
+
+
+def resolve_experiments(names: Sequence[str]) -> list[Experiment]:
+    """``["all"]`` -> every experiment; otherwise each name (case-insensitive), in the order given."""
+    if any(str(n).lower() == "all" for n in names):
+        return list(EXPERIMENTS.values())
+    return [get_experiment(n) for n in dict.fromkeys(names)]
+
+
+def default_params_file(exp: Experiment, smoke: bool = False, root: Path | None = None) -> Path:
+    root = root or project_root()
+    return root / "params" / ("smoke" if smoke else "") / f"{exp.id}.yaml"
+
+
+# --- params -------------------------------------------------------------------------------------
+def load_params_file(path: str | os.PathLike) -> dict:
+    """A params YAML as a dict; bad YAML or a non-mapping is a ``SpecError`` naming the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(str(path), "params file not found") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(str(path), f"not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SpecError(str(path), f"must be a mapping of parameter: value, got {type(data).__name__}")
+    return data
+
+
+def notebook_parameters(notebook: str | os.PathLike) -> dict[str, Any]:
+    """Parameters the notebook declares in its ``parameters`` cell: name -> default (as source text)."""
+    import papermill
+
+    nb = Path(notebook)
+    if not nb.exists():
+        raise DtlabError(f"{nb}: notebook not found")
+    return {name: info.get("default") for name, info in papermill.inspect_notebook(str(nb)).items()}
+
+
+def validate_params(exp: Experiment, params: Mapping[str, Any], notebook: Path,
+                    source: str = "params") -> dict:
+    """Check ``params`` and return the effective params the notebook will get.
+
+    Effective = the experiment module's ``DEFAULTS`` overlaid by ``params`` (so a partial file
+    means "defaults for the rest", never the notebook's smoke-sized defaults); the module's own
+    validation (``validate(params)`` if it has one, else ``DEFAULTS`` keys) must accept it.
+    """
+    declared = notebook_parameters(notebook)
+    if OUT_DIR_PARAM in params:
+        raise SpecError(f"{source}:{OUT_DIR_PARAM}", "is set by the runner (use --out), not by a params file")
+    for key in params:
+        if key not in declared:
+            known = ", ".join(k for k in declared if k != OUT_DIR_PARAM)
+            raise SpecError(f"{source}:{key}", f"unknown parameter of {exp.id} (its notebook declares: {known})")
+    module = import_experiment(exp)
+    defaults = getattr(module, "DEFAULTS", None)
+    effective = dict(defaults) if isinstance(defaults, Mapping) else {}
+    effective.update(params)
+    effective = {k: v for k, v in effective.items() if k in declared and k != OUT_DIR_PARAM}
+    validator = getattr(module, "validate", None)
+    try:
+        if callable(validator):
+            validator(dict(effective))
+        elif isinstance(defaults, Mapping):
+            for key in effective:
+                if key not in defaults:
+                    raise SpecError(key, f"not a parameter of {exp.module} (DEFAULTS has: {', '.join(defaults)})")
+    except SpecError as exc:
+        raise SpecError(f"{source}:{exc.field}" if exc.field else source, exc.rule) from None
+    return effective
+
+
+def import_experiment(exp: Experiment):
+    try:
+        return importlib.import_module(exp.module)
+    except ModuleNotFoundError as exc:
+        if exc.name and exp.module.startswith(exc.name):
+            raise DtlabError(f"{exp.id}: experiment module {exp.module} is not available") from None
+        raise
+
+
+def run_id_for(exp: Experiment, params: Mapping[str, Any]) -> str:
+    """Short content hash of (experiment, params): equal params -> equal id -> skip if finished."""
+    blob = json.dumps({"experiment": exp.id, "params": _results.jsonable(params)}, sort_keys=True,
+                      separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def prepare(exp: str | Experiment, params_file: str | os.PathLike | None = None, smoke: bool = False,
+            overrides: Mapping[str, Any] | None = None, root: Path | None = None) -> PreparedRun:
+    """Load and validate one experiment's params; raises ``SpecError`` before anything runs."""
+    exp = get_experiment(exp)
+    root = root or project_root()
+    path = Path(params_file) if params_file else default_params_file(exp, smoke, root)
+    params = load_params_file(path) if (params_file or path.exists()) else {}
+    if overrides:
+        params.update(overrides)
+    notebook = Path(exp.notebook)
+    notebook = notebook if notebook.is_absolute() else root / notebook
+    effective = validate_params(exp, params, notebook, source=str(path))
+    return PreparedRun(experiment=exp, notebook=notebook, params=effective, params_file=path,
+                       run_id=run_id_for(exp, effective))
+
+
+# --- kernel ---------------------------------------------------------------------------------------
+def ensure_kernel(name: str = KERNEL_NAME) -> str:
+    """A kernelspec that runs THIS interpreter, so a fresh .venv works without a global Jupyter.
+
+    Installed into ``sys.prefix`` (the venv); a user-level spec of another Python cannot shadow it
+    because the name is ours. Falls back to a private dir on ``JUPYTER_PATH`` if the prefix is read-only.
+    """
+    from ipykernel.kernelspec import install
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec(name)
+        if spec.argv and spec.argv[0] == sys.executable:
+            return name
+    except NoSuchKernel:
+        pass
+    display = f"Python (dtlab, {Path(sys.prefix).name})"
+    try:
+        install(kernel_name=name, display_name=display, prefix=sys.prefix)
+    except OSError:
+        private = Path.home() / ".cache" / "dtlab" / "jupyter"
+        install(kernel_name=name, display_name=display, prefix=str(private))
+        os.environ["JUPYTER_PATH"] = os.pathsep.join(
+            [str(private / "share" / "jupyter"), *filter(None, [os.environ.get("JUPYTER_PATH")])])
+    return name
+
+
+# --- provenance -----------------------------------------------------------------------------------
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def provenance(root: Path) -> dict:
+    """Git revision, package versions and host: what a reader needs to reproduce a number."""
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for pkg in _PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            continue
+    status = _git(root, "status", "--porcelain", "--untracked-files=no")
+    return {
+        "git": {"revision": _git(root, "rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None},
+        "packages": versions,
+        "host": {"name": platform.node(), "platform": platform.platform(), "machine": platform.machine(),
+                 "cpus": os.cpu_count()},
+    }
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _seed_of(params: Mapping[str, Any]):
+    for key in ("seed", "seeds"):
+        if key in params:
+            return params[key]
+    return None
+
+
+# --- running ----------------------------------------------------------------------------------------
+def is_finished(run_dir: Path) -> bool:
+    info = _results.read_json(run_dir / _results.RUN_FILE) if (run_dir / _results.RUN_FILE).exists() else {}
+    return info.get("status") == "ok" and (run_dir / _results.METRICS_FILE).exists()
+
+
+def _describe_failure(exc: BaseException, exp: Experiment) -> str:
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(exc, PapermillExecutionError):
+        src = next((ln.strip() for ln in (exc.source or "").splitlines() if ln.strip()), "")
+        # cell_index counts the injected-parameters cell; exec_count is what Jupyter shows as In [n].
+        return (f"{exp.id}: notebook {Path(exp.notebook).name} failed in cell In[{exc.exec_count}] "
+                f"(cell index {exc.cell_index}): {exc.ename}: {exc.evalue}\n    > {src}")
+    return f"{exp.id}: notebook {Path(exp.notebook).name} failed: {type(exc).__name__}: {exc}"
+
+
+def _expected_outputs(run_dir: Path) -> list[str]:
+    missing = [n for n in (f"{_results.MAIN_TABLE}.csv", _results.METRICS_FILE) if not (run_dir / n).exists()]
+    figs = run_dir / _results.FIGURES_DIR
+    if not (list(figs.glob("*.pdf")) and list(figs.glob("*.png"))):
+        missing.append("figures/*.pdf|png")
+    return missing
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst`` atomically, replacing an existing ``dst`` (renamed aside, then removed)."""
+    trash = None
+    if dst.exists():
+        trash = dst.with_name(f".trash-{dst.name}-{uuid.uuid4().hex[:6]}")
+        os.replace(dst, trash)
+    os.replace(src, dst)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def execute(prep: PreparedRun, out_root: str | os.PathLike = "outputs", force: bool = False,
+            progress: bool = False, kernel: str | None = None) -> RunOutcome:
+    """Execute a prepared run (skip if finished unless ``force``); never raises for a notebook error."""
+    import papermill
+
+    exp = prep.experiment
+    out_root = Path(out_root).resolve()
+    final = out_root / exp.id / prep.run_id
+    if not force and is_finished(final):
+        return RunOutcome(exp.id, prep.run_id, final, "skipped")
+    kernel = kernel or ensure_kernel()
+    root = project_root()
+    tmp = out_root / exp.id / f".tmp-{prep.run_id}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    tmp.mkdir(parents=True)
+    started, t0 = _now(), time.perf_counter()
+    info = {"experiment": exp.id, "run_id": prep.run_id, "status": "running", "notebook": exp.notebook,
+            "params_file": str(prep.params_file) if prep.params_file else None, "params": prep.params,
+            "seed": _seed_of(prep.params), "substrate": prep.params.get("substrate", "sim"),
+            "started": started, **provenance(root)}
+    error = None
+    try:
+        papermill.execute_notebook(
+            str(prep.notebook), str(tmp / prep.notebook.name),
+            parameters={**prep.params, OUT_DIR_PARAM: "."}, kernel_name=kernel, cwd=str(tmp),
+            progress_bar=progress, log_output=False, report_mode=False)
+        missing = _expected_outputs(tmp)
+        if missing:
+            error = f"{exp.id}: notebook ran but did not write {', '.join(missing)}"
+    except Exception as exc:  # noqa: BLE001 - any kernel/notebook failure becomes a failed run
+        error = _describe_failure(exc, exp)
+    seconds = time.perf_counter() - t0
+    info.update(status="failed" if error else "ok", error=error, finished=_now(), duration_s=round(seconds, 3))
+    _results.atomic_write_text(tmp / _results.RUN_FILE, _results.dumps(info))
+    if error:
+        failed = out_root / exp.id / FAILED_DIR / prep.run_id
+        failed.parent.mkdir(parents=True, exist_ok=True)
+        _replace_dir(tmp, failed)
+        return RunOutcome(exp.id, prep.run_id, failed, "failed", seconds, error)
+    _replace_dir(tmp, final)
+    return RunOutcome(exp.id, prep.run_id, final, "ok", seconds)
+
+
+def _execute_in_worker(prep: PreparedRun, out_root: str, force: bool) -> RunOutcome:
+    return execute(prep, out_root, force=force, progress=False)
+
+
+def run(names: Sequence[str], params_file: str | os.PathLike | None = None, smoke: bool = False,
+        out_root: str | os.PathLike = "outputs", jobs: int = 1, force: bool = False,
+        progress: bool = True, overrides: Mapping[str, Any] | None = None) -> list[RunOutcome]:
+    """Run experiments (``["all"]`` for all six). Every params file is validated before the first
+    kernel starts, so a typo in V6's file does not waste V1's minutes. ``jobs`` > 1 runs
+    experiments in parallel processes."""
+    from tqdm.auto import tqdm
+
+    experiments = resolve_experiments(names)
+    if params_file and len(experiments) > 1:
+        raise SpecError("--params", "one params file can only go with one experiment")
+    preps = [prepare(e, params_file, smoke, overrides) for e in experiments]
+    ensure_kernel()
+    outcomes: list[RunOutcome] = []
+    bar = tqdm(total=len(preps), desc="experiments", unit="exp", disable=not progress or len(preps) < 2)
+
+    def report(o: RunOutcome) -> None:
+        outcomes.append(o)
+        msg = {"ok": f"done in {o.seconds:.1f} s", "skipped": "already finished (use --force to re-run)",
+               "failed": "FAILED"}[o.status]
+        bar.write(f"{o.experiment} {o.run_id}: {msg} -> {o.run_dir}")
+        bar.update(1)
+
+    if jobs > 1 and len(preps) > 1:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(max_workers=min(jobs, len(preps)), mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(_execute_in_worker, p, str(out_root), force) for p in preps]
+            for fut in as_completed(futures):
+                report(fut.result())
+    else:
+        for p in preps:
+            report(execute(p, out_root, force=force, progress=progress and len(preps) == 1))
+    bar.close()
+    order = {p.experiment.id: i for i, p in enumerate(preps)}
+    return sorted(outcomes, key=lambda o: order[o.experiment])
+
+
+def regenerate_figures(out_root: str | os.PathLike = "outputs",
+                       experiments: Iterable[str] | None = None) -> tuple[list[Path], list[str]]:
+    """Redraw every finished run's figures from its saved CSVs (no experiment code runs).
+
+    Returns (files written, experiments skipped because they have no figure function yet).
+    """
+    from . import plots
+
+    written: list[Path] = []
+    skipped: list[str] = []
+    for saved in _results.iter_runs(out_root, experiments):
+        if saved.status != "ok":
+            continue
+        if saved.experiment.upper() not in plots.FIGURES:
+            skipped.append(saved.experiment)
+            continue
+        written += plots.save_experiment_figures(saved.experiment, saved.tables(),
+                                                 saved.run_dir / _results.FIGURES_DIR)
+    return written, sorted(set(skipped))
