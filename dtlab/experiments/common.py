@@ -127,8 +127,6 @@ def validate(params: Mapping[str, Any] | None, defaults: Mapping[str, Any], expe
             ok = isinstance(value, type(default))
         if not ok:
             raise SpecError(key, f"must be of type {type(default).__name__}, got {value!r}")
-        if isinstance(default, (int, float)) and not isinstance(default, bool) and value < 0:
-            raise SpecError(key, "must be >= 0")
     return out
 
 
@@ -227,3 +225,75 @@ def synthetic_cluster(template: Cluster, nodes: int, seed: int = 0) -> Cluster:
 
 def load_cluster_param(path: str) -> Cluster:
     return load_cluster(resolve_path(path, "cluster"))
+
+
+# ---------------------------------------------------------------- shared run pieces
+
+SUBSTRATE_DEFAULTS: dict[str, Any] = {
+    "substrate": "sim",
+    "substrate_opts": {},
+    "cluster": "examples/cluster-hetero.yaml",
+}
+
+
+def load_workload_param(path: str, jobs: int | None, rate_per_s: float | None):
+    """The workload file with its job count and arrival rate overridden by params (None: keep the file's)."""
+    from dataclasses import replace
+
+    from ..model import load_workload
+
+    wl = load_workload(resolve_path(path, "workload"))
+    if jobs is not None:
+        if jobs < 1:
+            raise SpecError("jobs", "must be >= 1")
+        wl = replace(wl, count=int(jobs))
+    if rate_per_s is not None:
+        if not rate_per_s > 0:
+            raise SpecError("rate_per_s", "must be > 0")
+        wl = replace(wl, arrivals=replace(wl.arrivals, rate_per_s=float(rate_per_s)))
+    return wl
+
+
+def open_substrate(params: Mapping[str, Any], cluster: Cluster, seed: int, **extra: Any):
+    """The run's substrate (params ``substrate``, ``substrate_opts``) seeded for one seed."""
+    from ..substrates import make_substrate
+
+    opts = {**dict(params.get("substrate_opts") or {}), **extra}
+    return make_substrate(params["substrate"], cluster, seed=seed, **opts)
+
+
+def run_controller(params: Mapping[str, Any], cluster: Cluster, workload, seed: int, policy: str,
+                   predictor: str, samples: int, substrate_extra: Mapping[str, Any] | None = None,
+                   on_plan=(), recalibrate: dict | None = None, before=None):
+    """One controller run (fresh twin + substrate) of a workload; returns (per-job DataFrame, controller)."""
+    from ..controller import Controller
+    from ..twin import Twin
+    from ..workload.stream import job_stream
+
+    twin = Twin(cluster)
+    if before is not None:
+        before(twin)      # lets a caller hold the run's twin (V2 predicts with its timing model)
+    with open_substrate(params, cluster, seed, **dict(substrate_extra or {})) as sub:
+        recal = None
+        if recalibrate is not None:
+            from ..calibration.online import OnlineCalibrator
+            recal = OnlineCalibrator(twin, **recalibrate)
+        ctl = Controller(twin, sub, policy=policy, predictor=predictor, samples=samples,
+                         seed=child_seed(seed, policy, predictor), on_plan=on_plan, recalibrator=recal)
+        stream = job_stream(workload, np.random.default_rng(child_seed(seed, "workload")))
+        df = ctl.run_workload(stream)
+    df.insert(0, "seed", seed)
+    return df, ctl
+
+
+def latency_stats(df: pd.DataFrame) -> dict[str, float]:
+    """Per-run job metrics: latency mean/p95/p99 over completed jobs, miss rate over all planned jobs."""
+    lat = df.loc[df["ok"], "latency_ms"].to_numpy(dtype=float)
+    return {
+        "jobs": int(len(df)),
+        "completed": int(df["ok"].sum()),
+        "latency_mean_ms": float(lat.mean()) if lat.size else math.nan,
+        "latency_p95_ms": float(np.percentile(lat, 95)) if lat.size else math.nan,
+        "latency_p99_ms": float(np.percentile(lat, 99)) if lat.size else math.nan,
+        "miss_rate": float(df["missed"].mean()) if len(df) else math.nan,
+    }

@@ -1,0 +1,178 @@
+"""V3: what do execution formats cost, and what does the controller itself cost?
+
+**Format overhead**, measured through the substrate protocol (so the same code measures
+``sim`` now and ``fabric`` later): :func:`measure_formats` pins single-stage, input-free
+jobs of ``duration_ms`` reference work to a node in each execution format the node
+offers (native, qemu-<arch>, wasm), one job at a time, and reports the *paired* factor
+observed service time / observed native service time on the same node. On ``sim`` the
+ground truth's factors are known and reported next to the twin's assumed ones, so the
+table shows how far the twin's defaults are off (what calibration would fix).
+
+**Controller overhead**: wall-clock plan latency (``Twin.plan``) per policy and predictor
+for the example jobs on the experiment's cluster, mean with a 95% t-interval over seeds,
+plus p50/p99 over all plans.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..model import Compute, Constraints, Job, Stage, load_job
+from ..plan import Plan
+from ..timing import TimingModel, exec_format
+from .common import (SUBSTRATE_DEFAULTS, CI, ExperimentResult, child_seed, load_cluster_param, mean_ci,
+                     open_substrate, put_ci, require_choices, require_positive, resolve_path, validate)
+
+DEFAULTS: dict[str, Any] = {
+    **SUBSTRATE_DEFAULTS,
+    "reps": 50,
+    "duration_ms": 500.0,
+    "policies": ["greedy", "resilient", "cvar", "least-allocated", "random", "round-robin"],
+    "predictors": ["fast", "legacy", "des"],
+    "plans": 30,
+    "samples": 128,
+    "jobs": ["examples/job-single.yaml", "examples/job-pipeline.yaml", "examples/job-fanout.yaml"],
+    "seeds": [0, 1, 2],
+}
+
+
+def format_probes(cluster, duration_ms: float = 500.0) -> list[tuple[str, str, Stage]]:
+    """(node, format key, stage) for every execution format each node offers, native first.
+
+    The stage's constraints force the format: native = the node's own arch; qemu-<a> = a
+    binary for another arch a, formats [qemu]; wasm = formats [wasm].
+    """
+    out = []
+    compute = Compute(cpu=1.0, mem_gb=0.1, duration_ms=float(duration_ms))
+    for node in cluster.nodes:
+        options = []
+        if "native" in node.formats:
+            options.append(Constraints(arch=(node.arch,), formats=("native",), nodes=(node.name,)))
+        if "qemu" in node.formats:
+            for arch in ("amd64", "arm64", "riscv64"):
+                if arch != node.arch:
+                    options.append(Constraints(arch=(arch,), formats=("qemu",), nodes=(node.name,)))
+        if "wasm" in node.formats:
+            options.append(Constraints(formats=("wasm",), nodes=(node.name,)))
+        for c in options:
+            stage = Stage(id="probe", compute=compute, constraints=c)
+            fmt = exec_format(stage, node)
+            if fmt is not None:
+                out.append((node.name, fmt[0], stage))
+    return out
+
+
+def measure_formats(substrate, reps: int = 10, duration_ms: float = 500.0, tag: str = "fmt") -> pd.DataFrame:
+    """Observed service time of every (node, format) probe, ``reps`` times, one job at a time.
+
+    The hook the fabric substrate reuses for real measurements: it only needs the substrate
+    protocol. Returns rows node, format, rep, service_ms (end - start of the stage's successful attempt).
+    """
+    probes = format_probes(substrate.cluster(), duration_ms)
+    rows = []
+    for rep in range(reps):
+        for node, fmt, stage in probes:
+            job = Job(name=f"{tag}-{node}-{fmt}-{rep}", stages=(stage,))
+            substrate.submit(Plan(job=job.name, policy="pinned", placement={"probe": node}), job)
+            substrate.advance(None)
+            substrate.events()
+    stages = substrate.results()["stages"]
+    ok = stages[stages["ok"].astype(bool) & stages["job"].str.startswith(f"{tag}-")]
+    for row in ok.itertuples(index=False):
+        _, rest = row.job.split("-", 1)
+        rep = int(rest.rsplit("-", 1)[1])
+        rows.append({"node": row.node, "format": row.format, "rep": rep, "service_ms": float(row.duration_ms)})
+    return pd.DataFrame(rows, columns=["node", "format", "rep", "service_ms"])
+
+
+def paired_factors(measured: pd.DataFrame) -> pd.DataFrame:
+    """Per node and format: mean service time over the node's native mean (nodes without native are skipped)."""
+    means = measured.groupby(["node", "format"], sort=False)["service_ms"].mean().reset_index()
+    native = means[means["format"] == "native"].set_index("node")["service_ms"]
+    means = means[means["node"].isin(native.index)].copy()
+    means["factor"] = means["service_ms"] / means["node"].map(native)
+    return means
+
+
+def plan_latency(cluster, jobs: list[Job], policy: str, predictor: str, plans: int, samples: int,
+                 seed: int) -> list[float]:
+    """Wall-clock ms of ``plans`` Twin.plan calls on an idle twin (jobs rotated)."""
+    from ..twin import Twin
+
+    twin = Twin(cluster)
+    out = []
+    for i in range(plans):
+        job = jobs[i % len(jobs)]
+        t0 = time.perf_counter()
+        twin.plan(job, policy=policy, samples=samples, seed=child_seed(seed, policy, predictor, i),
+                  predictor=predictor)
+        out.append((time.perf_counter() - t0) * 1000.0)
+    return out
+
+
+def run(params: dict | None = None) -> ExperimentResult:
+    from .. import policies
+
+    p = validate(params, DEFAULTS, "V3")
+    require_choices(p, "policies", [n for n in policies.names() if n != "rl_stub"])
+    require_choices(p, "predictors", ("fast", "des", "legacy"))
+    require_positive(p, "reps", "duration_ms", "plans", "samples")
+    cluster = load_cluster_param(p["cluster"])
+    jobs = [load_job(resolve_path(j, f"jobs[{i}]"), cluster) for i, j in enumerate(p["jobs"])]
+    if not jobs:
+        from ..errors import SpecError
+        raise SpecError("jobs", "must list at least one job file")
+    twin_overheads = dict(TimingModel().overheads)
+
+    # -------------------------------------------------- format factors
+    per_seed, truth = [], {}
+    for seed in p["seeds"]:
+        with open_substrate(p, cluster, seed) as sub:
+            measured = measure_formats(sub, p["reps"], p["duration_ms"])
+            if hasattr(sub, "true_overheads"):
+                t = sub.true_overheads()
+                truth = {k: v / t.get("native", 1.0) for k, v in t.items()}
+        f = paired_factors(measured)
+        f.insert(0, "seed", seed)
+        per_seed.append(f)
+    factors = pd.concat(per_seed, ignore_index=True)
+    rows, metrics = [], {}
+    for (node, fmt), g in factors.groupby(["node", "format"], sort=False):
+        ci = mean_ci(g["factor"])
+        rows.append({"format": fmt, "node": node, "twin_factor": twin_overheads.get(fmt, np.nan),
+                     "truth_factor": truth.get(fmt, np.nan), "observed_mean": ci.mean,
+                     "ci_low": ci.low, "ci_high": ci.high, "n": ci.n})
+    by_format = factors.groupby(["format", "seed"], sort=False)["factor"].mean().reset_index()
+    for fmt, g in by_format.groupby("format", sort=False):
+        put_ci(metrics, f"{fmt}.observed_factor", mean_ci(g["factor"]))
+        metrics[f"{fmt}.twin_factor"] = twin_overheads.get(fmt)
+        if fmt in truth:
+            metrics[f"{fmt}.truth_factor"] = round(truth[fmt], 6)
+    table = pd.DataFrame(rows)
+
+    # -------------------------------------------------- controller overhead
+    lat_rows, all_ms = [], {}
+    for seed in p["seeds"]:
+        for policy in p["policies"]:
+            for predictor in p["predictors"]:
+                ms = plan_latency(cluster, jobs, policy, predictor, p["plans"], p["samples"], seed)
+                lat_rows.append({"policy": policy, "predictor": predictor, "seed": seed,
+                                 "mean_ms": float(np.mean(ms))})
+                all_ms.setdefault((policy, predictor), []).extend(ms)
+    per_seed_lat = pd.DataFrame(lat_rows)
+    plan_rows = []
+    for (policy, predictor), g in per_seed_lat.groupby(["policy", "predictor"], sort=False):
+        ci = mean_ci(g["mean_ms"])
+        x = np.asarray(all_ms[(policy, predictor)])
+        plan_rows.append({"policy": policy, "predictor": predictor, "mean_ms": ci.mean, "ci_low": ci.low,
+                          "ci_high": ci.high, "p50_ms": float(np.percentile(x, 50)),
+                          "p99_ms": float(np.percentile(x, 99)), "plans": int(x.size)})
+        put_ci(metrics, f"plan_ms.{policy}.{predictor}", ci)
+    metrics["substrate"] = p["substrate"]
+    return ExperimentResult(table=table, metrics=metrics,
+                            extra={"plan_latency": pd.DataFrame(plan_rows), "plan_latency_per_seed": per_seed_lat,
+                                   "format_factors_per_seed": factors},
+                            params=p)
