@@ -1,0 +1,255 @@
+"""V4: do shadow plans pay off when the chaos/ scenarios hit?
+
+For every scenario, seed and strategy the same workload meets the same world and the same
+faults (realised through ``substrate.inject``; on ``sim`` the background random failures are
+off by default so every failure is the scenario's). Strategies:
+
+* ``shadow-resilient`` / ``shadow-cvar``: the twin plans with that policy and records a shadow
+  (backup node in another failure domain) per stage; a stage that loses its node moves to its
+  shadow as soon as the failure is detected (``TimingModel.detect_ms``).
+* ``replan-greedy``: greedy plan, no shadow; after detection + ``replan_ms`` the twin re-plans
+  the job with greedy on what it knows (the failed node and every node reported down
+  excluded) and the stage goes where that plan puts it.
+* ``no-twin``: least-allocated placement (Kubernetes-default-like), no shadow, no re-plan: a
+  stage whose node failed waits for the node to come back (a pod bound to its node).
+
+Metrics per run (a row of ``table``): ``recovery_ms_mean`` (over affected stage attempts: fault
+start -> the stage running again; for node failures and pod kills the next attempt's start,
+for partitions/degradations the stall of a stage whose inputs had to cross the faulted pair),
+``jobs_lost`` (planned jobs that never completed), ``deadline_miss_rate``, ``extra_work_ms``
+(service work thrown away by killed attempts), plus latency and failover counts. Means carry
+95% t-intervals over seeds (``extra["summary"]``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import InfeasibleError, SpecError, SubstrateUnavailable
+from .common import (SUBSTRATE_DEFAULTS, ExperimentResult, child_seed, load_cluster_param, load_workload_param,
+                     metrics_from_summary, open_substrate, require_choices, require_positive, summarize_seeds,
+                     validate)
+
+SCENARIOS = ["zone-blackout", "edge-cloud-partition", "lossy-edge-uplink", "rolling-node-failures", "bad-day"]
+# strategy -> (policy, what happens when a stage loses its node)
+STRATEGIES: dict[str, tuple[str, str]] = {
+    "shadow-resilient": ("resilient", "shadow"),
+    "shadow-cvar": ("cvar", "shadow"),
+    "replan-greedy": ("greedy", "replan"),
+    "no-twin": ("least-allocated", "wait"),
+}
+DEFAULTS: dict[str, Any] = {
+    **SUBSTRATE_DEFAULTS,
+    "substrate_opts": {"failure_rate_per_h": 0.0},
+    "workload": "examples/workload.yaml",
+    "jobs": 60,
+    "rate_per_s": 0.5,
+    "scenarios": list(SCENARIOS),
+    "strategies": list(STRATEGIES),
+    "seeds": 5,
+    "samples": 64,
+    "predictor": "fast",
+}
+METRICS = ("recovery_ms_mean", "jobs_lost", "deadline_miss_rate", "extra_work_ms")
+FAILED_OUTCOMES = ("failed", "lost", "killed")
+
+
+def run(params: dict | None = None) -> ExperimentResult:
+    from ..chaos.spec import expand, load_scenario, scenario_path
+
+    p = validate(params, DEFAULTS, "V4")
+    require_choices(p, "strategies", list(STRATEGIES))
+    require_choices(p, "predictor", ("fast", "des", "legacy"))
+    require_positive(p, "samples", "jobs")
+    if not p["scenarios"]:
+        raise SpecError("scenarios", "must not be empty")
+    cluster = load_cluster_param(p["cluster"])
+    workload = load_workload_param(p["workload"], p["jobs"], p["rate_per_s"])
+    scenarios = []
+    for i, name in enumerate(p["scenarios"]):
+        try:
+            sc = load_scenario(scenario_path(name))
+            events = expand(sc, cluster)
+        except SpecError as exc:
+            raise SpecError(f"scenarios[{i}]" + (f" ({name}): {exc.field}" if exc.field else ""), exc.rule) from None
+        scenarios.append((sc, events))
+    rows, jobs = [], []
+    for sc, events in scenarios:
+        for seed in p["seeds"]:
+            for strategy in p["strategies"]:
+                row, df = run_one(p, cluster, workload, sc.name, events, strategy, seed)
+                rows.append(row)
+                jobs.append(df)
+    table = pd.DataFrame(rows)
+    summary = summarize_seeds(table, ["scenario", "strategy"], METRICS)
+    metrics = metrics_from_summary(summary, ["scenario", "strategy"])
+    metrics["substrate"] = p["substrate"]
+    shadow_rows = table[table["strategy"].str.startswith("shadow-")]
+    metrics["jobs_lost_with_shadows"] = int(shadow_rows["jobs_lost"].sum()) if len(shadow_rows) else None
+    return ExperimentResult(table=table, metrics=metrics,
+                            extra={"summary": summary, "jobs": pd.concat(jobs, ignore_index=True)}, params=p)
+
+
+def run_one(p: dict, cluster, workload, scenario: str, events, strategy: str, seed: int):
+    """One (scenario, strategy, seed) run: (row of metrics, per-job DataFrame)."""
+    from ..controller import Controller
+    from ..twin import Twin
+    from ..workload.stream import job_stream
+
+    policy, on_failure = STRATEGIES[strategy]
+    twin = Twin(cluster)
+    with open_substrate(p, cluster, seed) as sub:
+        for ev in events:
+            sub.inject(ev.to_dict())
+        if on_failure == "replan":
+            hook = getattr(sub, "set_replan", None)
+            if hook is None:
+                raise SubstrateUnavailable(f"substrate {p['substrate']!r} has no re-plan hook (set_replan)")
+            hook(_replanner(twin, sub, policy, p, seed))
+        ctl = Controller(twin, sub, policy=policy, predictor=p["predictor"], samples=p["samples"],
+                         seed=child_seed(seed, "V4", policy))
+        ctl.twin = _WithShadow(twin) if on_failure == "shadow" else _NoShadow(twin)
+        stream = job_stream(workload, np.random.default_rng(child_seed(seed, "workload")))
+        df = ctl.run_workload(stream)
+        stages = sub.results()["stages"]
+    df.insert(0, "seed", seed)
+    df.insert(0, "strategy", strategy)
+    df.insert(0, "scenario", scenario)
+    rec = recovery_times(stages, events, cluster, workload.template)
+    lat = df.loc[df["ok"], "latency_ms"].to_numpy(dtype=float)
+    row = {
+        "scenario": scenario, "strategy": strategy, "policy": policy, "seed": seed,
+        "jobs": int(len(df)), "completed": int(df["ok"].sum()),
+        "jobs_lost": int((~df["ok"]).sum()),
+        "deadline_miss_rate": float(df["missed"].mean()) if len(df) else math.nan,
+        "recovery_ms_mean": float(np.mean(rec)) if rec else math.nan,
+        "recovery_ms_max": float(np.max(rec)) if rec else math.nan,
+        "affected_stages": len(rec),
+        "failovers": int(df["failed_over"].fillna(0).sum()) if "failed_over" in df else 0,
+        "extra_work_ms": float(df["extra_work_ms"].fillna(0).sum()) if "extra_work_ms" in df else 0.0,
+        "latency_mean_ms": float(lat.mean()) if lat.size else math.nan,
+    }
+    return row, df
+
+
+class _NoShadow:
+    """The twin as seen by a strategy without shadows: same plans, shadow dropped."""
+
+    def __init__(self, twin):
+        self._twin = twin
+        self.state = twin.state
+
+    def plan(self, job, **kw):
+        plan = self._twin.plan(job, **kw)
+        plan.shadow = {}
+        return plan
+
+
+class _WithShadow:
+    """The twin as seen by a shadow strategy: the policy's shadows, completed where it left a stage without
+    one (``cvar`` keeps none) by :func:`fill_shadow`, so every strategy named shadow-* really has shadows."""
+
+    def __init__(self, twin):
+        self._twin = twin
+        self.state = twin.state
+
+    def plan(self, job, **kw):
+        plan = self._twin.plan(job, **kw)
+        plan.shadow = fill_shadow(self.state.snapshot(), job, plan.placement, plan.shadow, self._twin.timing)
+        return plan
+
+
+def fill_shadow(snapshot, job, placement, shadow, timing) -> dict[str, str]:
+    """Shadow per stage: keep the policy's; else the schedulable node with the lowest mean service time
+    outside the primary's zone (a different failure domain), else another node of the same zone."""
+    out = dict(shadow)
+    nodes = snapshot.schedulable_nodes()
+    for stage in job.stages:
+        if stage.id in out:
+            continue
+        primary = snapshot.cluster.node(placement[stage.id])
+        best = None
+        for node in nodes:
+            if node.name == primary.name:
+                continue
+            fmt = timing.exec_format(stage, node)
+            if fmt is None:
+                continue
+            key = (node.zone == primary.zone, timing.mean_service_ms(stage, node, fmt[1]), node.name)
+            if best is None or key < best[0]:
+                best = (key, node.name)
+        if best is not None:
+            out[stage.id] = best[1]
+    return out
+
+
+def _replanner(twin, sub, policy: str, p: dict, seed: int):
+    """The engine's replan callback: re-plan the job from scratch on what the twin knows."""
+    counter = [0]
+
+    def replan(job, stage_id: str, failed: str):
+        snap = twin.state.snapshot()
+        nodes = {name: (replace(st, up=False) if name == failed or not sub.node_up(name) else st)
+                 for name, st in snap.nodes.items()}
+        view = replace(snap, nodes=MappingProxyType(nodes))
+        counter[0] += 1
+        try:
+            plan = twin.plan(job, policy=policy, samples=p["samples"], predictor=p["predictor"],
+                             seed=child_seed(seed, "V4-replan", counter[0]) % (2 ** 63), snapshot=view)
+        except InfeasibleError:
+            return None
+        return plan.placement.get(stage_id)
+    return replan
+
+
+def recovery_times(stages: pd.DataFrame, events, cluster, template) -> list[float]:
+    """Per affected stage attempt, ms from the fault's start until the stage ran again.
+
+    Node failure / pod kill: attempts that ended failed/lost/killed at the fault's start on one of
+    its nodes (any node for a pod kill); recovery = start of the next attempt of that stage - fault
+    start (no next attempt: the job was lost, not counted here). Partition / degradation: attempts
+    whose inputs crossed the faulted pair and were waiting during the fault; recovery = start -
+    max(ready, fault start).
+    """
+    if stages is None or stages.empty:
+        return []
+    st = stages.sort_values(["job", "stage", "attempt"])
+    out: list[float] = []
+    by_key = {k: g for k, g in st.groupby(["job", "stage"], sort=False)}
+    ok_node = {(r.job, r.stage): r.node for r in st[st["outcome"] == "ok"].itertuples()}
+    zone = {n.name: n.zone for n in cluster.nodes}
+    for ev in events:
+        t0 = ev.start_s * 1000.0
+        if ev.kind in ("node-failure", "pod-kill"):
+            hit = st[st["outcome"].isin(FAILED_OUTCOMES) & ((st["end_ms"] - t0).abs() < 1e-6)]
+            if ev.kind == "node-failure":
+                hit = hit[hit["node"].isin(ev.nodes)]
+            for r in hit.itertuples():
+                later = by_key[(r.job, r.stage)]
+                nxt = later[(later["attempt"] > r.attempt) & later["start_ms"].notna()]
+                if len(nxt):
+                    out.append(float(nxt["start_ms"].iloc[0]) - t0)
+            continue
+        t1 = ev.end_s * 1000.0
+        side_a, side_b = set(ev.sides[0]), set(ev.sides[1])
+        waiting = st[(st["ready_ms"] < t1) & (st["start_ms"] > t0)]
+        for r in waiting.itertuples():
+            stage = next((s for s in template.stages if s.id == r.stage), None)
+            if stage is None:
+                continue
+            if stage.after:
+                sources = [ok_node.get((r.job, a)) for a in stage.after]
+                sources = {s for s in sources if s is not None and s != r.node}
+                crosses = any((s in side_a and r.node in side_b) or (s in side_b and r.node in side_a)
+                              for s in sources)
+            else:
+                origin = {n for n, z in zone.items() if z == template.origin_zone}
+                crosses = bool(origin & side_a and r.node in side_b or origin & side_b and r.node in side_a)
+            if crosses:
+                out.append(float(r.start_ms) - max(float(r.ready_ms), t0))
+    return out
