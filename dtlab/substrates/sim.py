@@ -229,6 +229,15 @@ class SimSubstrate(SubstrateBase):
         super().close()
 
     # ------------------------------------------------------------ ground-truth introspection (V3, V6)
+    def set_replan(self, fn) -> None:
+        """Re-plan-on-failure hook (V4): ``fn(job, stage_id, failed_node) -> node | None`` is asked when a
+        stage without a usable shadow lost its node (after detection + replan time); None: wait for it."""
+        self._engine.replan = fn
+
+    def node_up(self, name: str) -> bool:
+        """Whether ``name`` is up now (what the node-down/up notifications have told the twin)."""
+        return self._engine.node_view(name)[0]
+
     def true_overheads(self) -> dict[str, float]:
         return dict(self.timing.overheads)
 
