@@ -32,6 +32,11 @@ def main(argv: list[str]) -> int:
     wasi.inherit_stderr()
     store.set_wasi(wasi)
     instance = linker.instantiate(store, module)
+    # Join the stage's CPU cgroup only now: the runtime's start-up is the worker's cost, not the
+    # stage's, and under a small quota it would otherwise dominate short stages.
+    for procs in filter(None, os.environ.get("DTLAB_JOIN_CGROUP", "").split(os.pathsep)):
+        with open(procs, "w") as fh:
+            fh.write(str(os.getpid()))
     try:
         instance.exports(store)["_start"](store)
     except wasmtime.ExitTrap as exc:   # proc_exit(n)
