@@ -534,7 +534,8 @@ class Engine:
             run.jr.extra_work += run.work - max(run.remaining, 0.0)
             self._record_stage(run, now, "failed")
             lost.append(run)
-        for run in ns.inbound:
+        # sorted: set order follows object ids, which would make failover order (and draws) vary per run
+        for run in sorted(ns.inbound, key=lambda r: (r.ready_ms, r.jr.name, r.sid)):
             run.dead = True
             self._record_stage(run, now, "lost")
             lost.append(run)
