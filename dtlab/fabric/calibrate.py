@@ -224,3 +224,45 @@ def qemu_claim_verdict(df) -> str:
     holds = bool(sub["consistent"].all())
     return (("holds" if holds else "does not hold") + " on this host for the '" + sub["kernel"].iloc[0]
             + "' kernel: " + "; ".join(parts) + " vs claimed 1.25-1.80x")
+
+
+# ------------------------------------------------------------ network
+def measure_network(cluster=None, sizes_mb=(0.001, 2.0), reps: int = 5, seed: int = 0) -> dict[str, Any]:
+    """RTT (tiny message) and throughput (bulk) between fabric namespaces over the shaped links.
+
+    Builds a throw-away fabric of ``cluster`` (default: two zones joined by a 10 ms / 50 Mbit/s
+    link), sends each size ``reps`` times both ways and compares with the twin's
+    ``mean_transfer_ms``. Returns per-pair medians and the mechanism that shaped each link.
+    """
+    from ..model import cluster_from_dict
+    from ..substrates.fabric import FabricSubstrate
+
+    cluster = cluster or cluster_from_dict({
+        "apiVersion": "dtlab/v1", "kind": "Cluster", "metadata": {"name": "netcal"},
+        "nodes": [{"name": "a", "arch": "amd64", "cores": 1, "zone": "za"},
+                  {"name": "b", "arch": "amd64", "cores": 1, "zone": "zb"}],
+        "links": [{"a": "za", "b": "zb", "latency_ms": 10, "bandwidth_mbps": 50}]})
+    from ..timing import TimingModel
+    tm = TimingModel()
+    rows = []
+    with FabricSubstrate(cluster, seed=seed, host_cores=0.2) as sub:
+        names = [n.name for n in cluster.nodes]
+        pairs = [(a, b) for a in names for b in names if a != b]
+        for a, b in pairs:
+            link = cluster.link(a, b)
+            for size in sizes_mb:
+                times = []
+                for _ in range(reps):
+                    tr = sub.datapath.send(a, b, size)
+                    if not tr.done.wait(120) or tr.error:
+                        raise DtlabError(f"transfer {a}->{b} failed: {tr.error or 'timeout'}")
+                    times.append((tr.end - tr.start) * 1000.0)
+                med = statistics.median(times)
+                rows.append({"src": a, "dst": b, "size_mb": size, "median_ms": round(med, 3),
+                             "min_ms": round(min(times), 3), "max_ms": round(max(times), 3),
+                             "predicted_ms": round(tm.mean_transfer_ms(size, link), 3),
+                             "throughput_mbps": round(size * 8 / (med / 1000.0), 3) if size >= 0.5 else None,
+                             "mechanism": sub.mechanism.get(f"{a}->{b}")})
+        meta = sub.metadata()
+    return {"kind": "HostNetworkCalibration", "netem": meta["netem"], "reps": reps, "samples": rows,
+            "note": "RTT ~ time of the smallest message (one way + ack); bulk includes latency"}

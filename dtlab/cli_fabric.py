@@ -1,0 +1,87 @@
+"""``dtlab calibrate compute|network`` and ``dtlab fabric cleanup``.
+
+``calibrate compute`` measures execution-format overhead factors on this host and writes the host
+calibration YAML the twin loads (``TimingModel.with_overheads``); ``calibrate network`` samples
+latency and throughput between fabric namespaces; ``fabric cleanup`` removes every cgroup,
+namespace and veth a crashed fabric run left behind (by name prefix).
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+
+def register(subparsers) -> None:
+    cal = subparsers.add_parser("calibrate", help="measure this host: format overheads, network",
+                                description="Measure execution-format overhead factors (compute) or "
+                                            "namespace RTT/throughput (network) on this host.")
+    csub = cal.add_subparsers(dest="calibrate_cmd", required=True)
+    comp = csub.add_parser("compute", help="overhead factor per format and kernel, with 95%% CIs")
+    comp.add_argument("--quick", action="store_true", help="3 repetitions of ~30 ms kernels (under a minute)")
+    comp.add_argument("--out", default=None, help="output YAML (default ${DTLAB_CACHE:-~/.cache/dtlab}/calibration.host.yaml)")
+    comp.add_argument("--reps", type=int, default=None, help="repetitions (default 3 quick / 10 full)")
+    comp.add_argument("--formats", default=None, help="comma-separated subset of formats")
+    comp.add_argument("--kernels", default=None, help="comma-separated subset of kernels")
+    comp.add_argument("--compare", action="store_true", help="also print the comparison with published figures")
+    comp.set_defaults(func=run_compute)
+    net = csub.add_parser("network", help="RTT and throughput between fabric namespaces (root)")
+    net.add_argument("--reps", type=int, default=5)
+    net.add_argument("--out", default=None, help="write the samples as YAML here")
+    net.set_defaults(func=run_network)
+    fab = subparsers.add_parser("fabric", help="fabric maintenance")
+    fsub = fab.add_subparsers(dest="fabric_cmd", required=True)
+    clean = fsub.add_parser("cleanup", help="remove leftover dtlab cgroups, namespaces, veths and their processes")
+    clean.set_defaults(func=run_cleanup)
+
+
+def run_compute(args) -> int:
+    from .fabric import calibrate
+
+    def progress(i, n):
+        print(f"  repetition {i}/{n}", file=sys.stderr, flush=True)
+
+    doc = calibrate.measure_compute(
+        quick=args.quick, reps=args.reps,
+        formats=args.formats.split(",") if args.formats else None,
+        kernels=args.kernels.split(",") if args.kernels else None, progress=progress)
+    path = calibrate.write(doc, args.out)
+    print(f"wrote {path}")
+    for fmt, per in doc["factors"].items():
+        cells = ", ".join(f"{k} {v['factor']:.2f} [{_f(v['ci_low'])}, {_f(v['ci_high'])}]" for k, v in per.items())
+        print(f"  {fmt:13s} {cells}")
+    print("  startup_ms: " + ", ".join(f"{k} {v}" for k, v in doc["startup_ms"].items()))
+    for fmt, why in doc["unavailable"].items():
+        print(f"  {fmt}: not measured ({why})")
+    if args.compare:
+        df = calibrate.compare_published(doc)
+        print(df.to_string(index=False))
+        print(calibrate.qemu_claim_verdict(df))
+    return 0
+
+
+def run_network(args) -> int:
+    from .fabric import calibrate
+
+    doc = calibrate.measure_network(reps=args.reps)
+    print(f"netem available: {doc['netem']}")
+    for r in doc["samples"]:
+        print(f"  {r['src']}->{r['dst']} {r['size_mb']:>7} MB  median {r['median_ms']:.1f} ms "
+              f"(predicted {r['predicted_ms']:.1f})  via {r['mechanism']}")
+    if args.out:
+        import yaml
+        from pathlib import Path
+        Path(args.out).write_text(yaml.safe_dump(doc, sort_keys=False))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def run_cleanup(args) -> int:
+    from .fabric import cgroups, netns
+
+    removed = cgroups.sweep() + netns.sweep()
+    print(json.dumps({"removed": removed}))
+    return 0
+
+
+def _f(x) -> str:
+    return "nan" if x is None else f"{x:.2f}"
