@@ -56,6 +56,11 @@ def _rate(workload: Workload) -> float:
 PROCESSES["poisson"] = _poisson
 PROCESSES["constant"] = _constant
 
+from .generate import trace_arrivals, workload_diurnal, workload_mmpp  # noqa: E402  (generate never imports stream)
+
+PROCESSES["mmpp"] = workload_mmpp
+PROCESSES["diurnal"] = workload_diurnal
+
 
 def scale_draws(scale: DurationScale, rng: np.random.Generator, n: int) -> np.ndarray:
     """``n`` per-job duration factors of mean 1 (constant 1, Exp(1), or mean-1 lognormal)."""
@@ -76,6 +81,9 @@ def arrival_stream(workload: Workload, rng: np.random.Generator) -> Iterator[tup
     ``arrivals.process`` for a process this module does not generate.
     """
     process = workload.arrivals.process
+    if process == "trace":  # times AND per-job scales come from the trace (see generate.trace_arrivals)
+        yield from trace_arrivals(workload)
+        return
     gen = PROCESSES.get(process)
     if gen is None:
         raise SpecError("arrivals.process",
