@@ -39,7 +39,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     for ev in events:
         where = ", ".join(ev.nodes) if ev.nodes else (
             " | ".join(f"{a}<->{b}" for a, b in ev.pairs) if ev.pairs else f"job {ev.job} stage {ev.stage or '*'}")
-        until = f"-{ev.end_s:g}" if ev.duration_s is not None else ""
+        until = f"-{ev.end_s:g}" if ev.duration_s is not None else ("-" if ev.kind == "node-failure" else "")
         print(f"  {ev.start_s:g}{until} s  {ev.kind:<17} {where}  ({ev.origin})")
     return 0
 

@@ -12,7 +12,7 @@ import yaml
 
 from dtlab import SpecError, load_cluster
 from dtlab.chaos import load_scenario, scenario_from_dict
-from dtlab.chaos.export import go_duration, to_manifests, write
+from dtlab.chaos.export import PERMANENT_HOLD_S, go_duration, to_manifests, write
 from dtlab.chaos.spec import SCENARIO_DIR, expand, shipped_scenarios
 from dtlab.cli_chaos import main as chaos_main
 
@@ -130,9 +130,14 @@ def test_workflow_timing_reproduces_the_scenario(name):
             assert c in templates
     got = []
     _flatten(templates, wf["spec"]["entry"], 0.0, got)
-    want = [("PodChaos" if e.kind in ("node-failure", "pod-kill") else "NetworkChaos",
-             e.start_s, e.end_s if e.duration_s else e.start_s + 1.0) for e in expand(s, s.cluster())]
-    # pod-kill nodes live 1 s (POD_KILL_DEADLINE); sequences with a pod-kill step shift by that
+    def end(e):
+        if e.duration_s is not None:
+            return e.end_s
+        return e.start_s + 1.0 if e.kind == "pod-kill" else s.end_s + PERMANENT_HOLD_S
+
+    want = [("PodChaos" if e.kind in ("node-failure", "pod-kill") else "NetworkChaos", e.start_s, end(e))
+            for e in expand(s, s.cluster())]
+    # pod-kill nodes live 1 s (POD_KILL_DEADLINE); permanent failures are held past the scenario's end
     assert sorted(got) == sorted(want)
 
 

@@ -175,3 +175,35 @@ def test_cli_validate_reports_events_and_rejects_bad_cluster(tmp_path, capsys):
     path.write_text(yaml.safe_dump(other))
     assert chaos_main(["chaos", "validate", "zone-blackout", "--cluster", str(path)]) == 2
     assert "faults[0].selector.zone" in capsys.readouterr().err
+
+
+def test_permanent_node_failure_has_no_recovery_and_cannot_repeat():
+    ev, = expand(scen({"kind": "node-failure", "at_s": 4, "selector": {"names": ["edge-a-0"]}}), CLUSTER)
+    assert ev.duration_s is None
+    assert [e["kind"] for e in to_state_events(ev)] == ["chaos", "node-down"]
+    eng = FakeEngine()
+    on_engine(eng, CLUSTER, ev)
+    assert eng.calls == [("fail", "edge-a-0", 4000, None)]
+    with pytest.raises(SpecError) as exc:
+        scen({"kind": "node-failure", "at_s": 4, "selector": {"zone": "edge-a"}, "repeat": {"every_s": 9, "times": 2}})
+    assert exc.value.field == "faults[0].duration_s"
+    with pytest.raises(SpecError) as exc:   # inside a sequence a step needs its length
+        scen({"kind": "sequence", "at_s": 0, "steps": [{"kind": "node-failure", "selector": {"zone": "edge-a"}}]})
+    assert exc.value.field == "faults[0].steps[0].duration_s"
+
+
+def test_pod_kill_on_the_engine_restarts_the_stage_and_counts_wasted_work():
+    import numpy as np
+    from dtlab.des.engine import Engine
+    from dtlab.model import load_job
+    from dataclasses import replace
+    job = replace(load_job("examples/job-pipeline.yaml"), origin_zone=None)   # no input transfer: decode ends ~400 ms
+    eng = Engine(CLUSTER, None, np.random.default_rng(1))
+    eng.submit(job.scaled(1.0, name="video-1-0"), {s.id: "cloud-0" for s in job.stages}, at_ms=0)
+    on_engine(eng, CLUSTER, {"kind": "pod-kill", "at_s": 0.6, "selector": {"job": "video-1", "stage": "infer"}})
+    eng.run()
+    rows = [r for r in eng.stage_records() if r["stage"] == "infer"]
+    assert [r["outcome"] for r in rows] == ["killed", "ok"]
+    assert rows[0]["end_ms"] == pytest.approx(600) and rows[1]["ready_ms"] == pytest.approx(600)
+    rec, = eng.job_records()
+    assert not rec["lost"] and rec["extra_work_ms"] > 0

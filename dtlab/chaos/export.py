@@ -14,6 +14,9 @@ their openAPIV3Schema and, on the local control plane, by server-side dry-run):
   *is* during the fault, so with a cluster the export adds only the difference to the
   cluster's link (latency - base latency; loss such that 1-(1-base)(1-x) = loss).
 * ``pod-kill`` -> PodChaos ``pod-kill`` of pods labelled ``dtlab.io/job`` (``dtlab.io/stage``).
+* a permanent ``node-failure`` (no ``duration_s``) -> a standalone PodChaos without ``duration``
+  (lasts until deleted); in the Workflow it is held until ``PERMANENT_HOLD_S`` after the
+  scenario's end, since a workflow node needs a deadline.
 
 Timing lives in one Workflow: a Parallel entry with one Serial branch per fault occurrence
 (``Suspend`` for ``at_s``, then the chaos template whose ``deadline`` is ``duration_s``); a
@@ -36,6 +39,7 @@ from .spec import (JOB_LABEL, STAGE_LABEL, ZONE_LABEL, Fault, FaultScenario, Nod
 
 API_VERSION = "chaos-mesh.org/v1alpha1"
 POD_KILL_DEADLINE = "1s"     # a pod-kill is instantaneous; the workflow node only needs to exist briefly
+PERMANENT_HOLD_S = 60.0      # a permanent node failure is held this long past the scenario's last fault
 DEFAULT_NAMESPACE = "dtlab"
 
 
@@ -173,9 +177,14 @@ class _Builder:
         templates: list[dict[str, Any]] = []
         branches: list[str] = []
 
-        def chaos_template(name: str, fault: Fault) -> str:
+        def chaos_template(name: str, fault: Fault, start: float) -> str:
             kind, spec = self.chaos(fault)
-            deadline = POD_KILL_DEADLINE if fault.duration_s is None else go_duration(fault.duration_s)
+            if fault.kind == "pod-kill":
+                deadline = POD_KILL_DEADLINE
+            elif fault.duration_s is None:   # permanent: hold the failure until the whole scenario is over
+                deadline = go_duration(max(self.scenario.end_s - start, 0.0) + PERMANENT_HOLD_S)
+            else:
+                deadline = go_duration(fault.duration_s)
             key = "networkChaos" if kind == "NetworkChaos" else "podChaos"
             templates.append({"name": name, "templateType": kind, "deadline": deadline, key: spec})
             return name
@@ -192,12 +201,12 @@ class _Builder:
                 for j, step in enumerate(fault.steps):
                     if j and fault.gap_s > 0:
                         steps.append(suspend(f"{base}-gap{j}", fault.gap_s))
-                    steps.append(chaos_template(f"{base}-s{j}-{step.kind}", step))
+                    steps.append(chaos_template(f"{base}-s{j}-{step.kind}", step, start))
                 templates.append({"name": f"{base}-sequence", "templateType": "Serial",
                                   "deadline": go_duration(fault.length_s + 60.0), "children": steps})
                 children.append(f"{base}-sequence")
             else:
-                children.append(chaos_template(f"{base}-{fault.kind}", fault))
+                children.append(chaos_template(f"{base}-{fault.kind}", fault, start))
             templates.append({"name": base, "templateType": "Serial",
                               "deadline": go_duration(start + fault.length_s + 60.0), "children": children})
             branches.append(base)

@@ -23,7 +23,8 @@ A scenario lists faults in scenario time (seconds from the start of the run)::
 
 Kinds and their fields:
 
-* ``node-failure``: fail-stop of the selected nodes for ``duration_s``. ``selector`` takes
+* ``node-failure``: fail-stop of the selected nodes for ``duration_s`` (omitted at top level:
+  permanent, the nodes never come back -- decommissioned hardware). ``selector`` takes
   ``names`` (list), ``labels`` (mapping; ``topology.kubernetes.io/zone``,
   ``kubernetes.io/arch`` and ``kubernetes.io/hostname`` match the node's zone, arch and name)
   and/or ``zone`` (string or list: a zone blackout). Several keys intersect.
@@ -140,7 +141,7 @@ class Fault:
     kind: str                                   # a FAULT_KINDS entry or "sequence"
     path: str
     at_s: float = 0.0                           # offset from the enclosing start (0 inside sequences)
-    duration_s: float | None = None             # None: instantaneous (pod-kill)
+    duration_s: float | None = None             # None: instantaneous (pod-kill) or permanent (node-failure)
     selector: NodeSelector | None = None        # node-failure
     between: tuple[Side, Side] | None = None    # partition, link-degradation
     link: tuple[tuple[str, float], ...] = ()    # link-degradation fields
@@ -279,7 +280,10 @@ def _fault(f: Fields, top: bool) -> Fault:
         fault = replace(fault, job=s.str("job", required=True), stage=s.str("stage"))
         s.done()
     else:
-        fault = replace(fault, duration_s=f.num("duration_s", required=True, gt=0))
+        permanent_ok = kind == "node-failure" and top
+        fault = replace(fault, duration_s=f.num("duration_s", required=not permanent_ok, gt=0))
+        if fault.duration_s is None and fault.repeat is not None:
+            raise SpecError(f.at("duration_s"), "a permanent node-failure (no duration_s) cannot repeat")
         if kind == "node-failure":
             fault = replace(fault, selector=_selector(f.sub("selector", required=True)))
         else:
@@ -470,7 +474,8 @@ def to_state_events(fault: FaultEvent) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = [{"kind": "chaos", "ts": start, "fault": {**spec, "phase": "start"}}]
     if fault.kind == "node-failure":
         out += [{"kind": "node-down", "node": n, "ts": start} for n in fault.nodes]
-        out += [{"kind": "node-up", "node": n, "ts": end} for n in fault.nodes]
+        if fault.duration_s is not None:
+            out += [{"kind": "node-up", "node": n, "ts": end} for n in fault.nodes]
     elif fault.kind == "partition":
         out += [{"kind": "link", "a": a, "b": b, "up": False, "ts": start} for a, b in fault.pairs]
         out += [{"kind": "link-reset", "a": a, "b": b, "ts": end} for a, b in fault.pairs]
