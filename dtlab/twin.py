@@ -84,13 +84,16 @@ class Twin:
                           rng=np.random.default_rng(seed), timing=self.timing)
 
     # ------------------------------------------------------------------ simulation
-    def plan_fn(self, policy: str = "greedy", samples: int = SIMULATE_SAMPLES, seed: int = 0):
-        """A ``plan_fn(snapshot, job) -> (placement, shadow)`` for the engine, cheap enough to call per arrival."""
+    def plan_fn(self, policy: str = "greedy", samples: int = SIMULATE_SAMPLES):
+        """``plan_fn(job, snapshot, rng) -> (placement, shadow)`` as :func:`dtlab.des.simulate.simulate` calls it.
+
+        Cheap enough to run at every arrival: the policy alone, no final prediction, and
+        ``samples`` (default 32) for policies that sample (cvar) - they only need a ranking.
+        """
         pol = self.policy(policy)
-        rng = np.random.default_rng(_check_seed(seed))
         timing = self.timing
 
-        def plan_fn(snapshot, job, *_, **__):
+        def plan_fn(job, snapshot, rng):
             ctx = policies.PlanContext(snapshot=snapshot, job=job, timing=timing, rng=rng, samples=samples,
                                        predictor="fast", deadline_ms=job.deadline_ms)
             return pol.plan(ctx)
@@ -101,4 +104,4 @@ class Twin:
         from .des.simulate import simulate  # SimPy engine: imported on demand
         seed = _check_seed(seed)
         self.policy(policy)  # unknown names fail before the run starts
-        return simulate(self.state, workload, self.plan_fn(policy, seed=seed), seed, self.timing)
+        return simulate(self.state, workload, self.plan_fn(policy), seed, self.timing)

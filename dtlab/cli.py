@@ -1,0 +1,185 @@
+"""The ``dtlab`` command line: one entry point, subcommands contributed by modules.
+
+Built in: ``dtlab plan`` (place one job, print the plan and its predicted latency) and
+``dtlab simulate`` (run a workload through the SimPy twin, write one row per job).
+
+**Adding a subcommand** is one line in :data:`COMMANDS`: a module path, or
+``module:attribute``, whose object has either
+
+* ``register(subparsers)`` adding its parser(s) and ``set_defaults(func=run)`` with
+  ``run(args) -> int`` (the convention of ``dtlab.cli_run`` and ``dtlab.cli_chaos``), or
+* ``add_parser(subparsers)`` returning its parser, plus ``run(args) -> int``.
+
+Keep heavy imports inside ``run`` so ``dtlab plan`` stays quick. A listed module that is
+not there (yet) is skipped; one that fails to import is reported on stderr and skipped.
+
+Exit codes: 0 ok; 2 invalid input (spec, parameter: the message names the field);
+3 any other dtlab error (infeasible job, unavailable substrate); never a traceback for
+those.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from typing import Sequence
+
+from .errors import DtlabError, SpecError
+
+COMMANDS: list[str] = [
+    "dtlab.cli:PlanCommand",
+    "dtlab.cli:SimulateCommand",
+    "dtlab.cli:PoliciesCommand",
+    "dtlab.cli_run",
+    "dtlab.cli_chaos",
+    "dtlab.cli_fabric",
+    "dtlab.cli_workload",
+]
+
+EXIT_SPEC = 2
+EXIT_DTLAB = 3
+
+
+class PlanCommand:
+    """``dtlab plan JOB --cluster C --policy P``: place one job and predict its latency."""
+
+    @staticmethod
+    def add_parser(subparsers):
+        from .predict import PREDICTORS
+        p = subparsers.add_parser("plan", help="place one job on a cluster and predict its latency",
+                                  description="Place JOB on CLUSTER with a policy; print placement, shadow, "
+                                              "predicted latency (mean, p50/p95/p99, CVaR95, deadline-miss) "
+                                              "and the planning time.")
+        p.add_argument("job", help="Job spec (YAML/JSON; dtlab/v1 or fabric.dt/v1)")
+        p.add_argument("--cluster", required=True, help="Cluster spec")
+        p.add_argument("--policy", default="greedy", help="policy name (default greedy; see `dtlab policies`)")
+        p.add_argument("--samples", type=int, default=256, help="Monte Carlo samples (default 256)")
+        p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+        p.add_argument("--predictor", default="fast", choices=PREDICTORS, help="predictor path (default fast)")
+        p.add_argument("--json", action="store_true", help="print the plan as JSON")
+        return p
+
+    @staticmethod
+    def run(args) -> int:
+        from .model import load_cluster, load_job
+        from .twin import Twin
+        cluster = load_cluster(args.cluster)
+        job = load_job(args.job, cluster)
+        plan = Twin(cluster).plan(job, policy=args.policy, samples=args.samples, seed=args.seed,
+                                  predictor=args.predictor)
+        if args.json:
+            json.dump(plan.to_dict(), sys.stdout, indent=2, sort_keys=True)
+            print()
+            return 0
+        print(f"job {plan.job}: policy {plan.policy}, predictor {plan.predictor} ({plan.samples} samples), "
+              f"planned in {plan.elapsed_ms:.1f} ms")
+        for sid, node in plan.placement.items():
+            backup = f"   shadow {plan.shadow[sid]}" if sid in plan.shadow else ""
+            print(f"  {sid:<16} -> {node:<16} [{plan.formats.get(sid)}]{backup}")
+        pr = plan.prediction
+        print("  predicted latency: " + ", ".join(f"{k[:-3] if k.endswith('_ms') else k} {v:.4g}"
+                                                  for k, v in pr.items()))
+        return 0
+
+
+class SimulateCommand:
+    """``dtlab simulate --cluster C --workload W --policy P --out results.csv``."""
+
+    @staticmethod
+    def add_parser(subparsers):
+        p = subparsers.add_parser("simulate", help="run a workload through the SimPy twin, one CSV row per job")
+        p.add_argument("--cluster", required=True, help="Cluster spec")
+        p.add_argument("--workload", required=True, help="Workload spec")
+        p.add_argument("--policy", default="greedy", help="policy name (default greedy)")
+        p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+        p.add_argument("--out", default="results.csv", help="CSV output path (default results.csv)")
+        return p
+
+    @staticmethod
+    def run(args) -> int:
+        from .model import load_cluster, load_workload
+        from .twin import Twin
+        from . import policies
+        cluster = load_cluster(args.cluster)
+        workload = load_workload(args.workload)
+        policies.get(args.policy)  # fail on a bad name before loading SimPy
+        df = Twin(cluster).simulate(workload, policy=args.policy, seed=args.seed)
+        df.to_csv(args.out, index=False)
+        n = len(df)
+        if n:
+            lat = df["latency_ms"]
+            missed = float(df["missed"].mean()) if "missed" in df else float("nan")
+            print(f"{n} jobs -> {args.out}: latency mean {lat.mean():.1f} ms, p95 {lat.quantile(0.95):.1f} ms, "
+                  f"deadline misses {missed:.1%}")
+        else:
+            print(f"0 jobs -> {args.out}")
+        return 0
+
+
+class PoliciesCommand:
+    """``dtlab policies``: list the registered policy names."""
+
+    @staticmethod
+    def add_parser(subparsers):
+        return subparsers.add_parser("policies", help="list the registered placement policies")
+
+    @staticmethod
+    def run(args) -> int:
+        from . import policies
+        print("\n".join(policies.names()))
+        return 0
+
+
+def _load(entry: str):
+    module_name, _, attr = entry.partition(":")
+    try:
+        obj = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            return None  # not written yet
+        print(f"dtlab: warning: subcommands of {module_name} unavailable: {exc}", file=sys.stderr)
+        return None
+    except Exception as exc:  # a broken contributor must not take `dtlab plan` down
+        print(f"dtlab: warning: subcommands of {module_name} unavailable: {exc}", file=sys.stderr)
+        return None
+    return getattr(obj, attr) if attr else obj
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dtlab", description="Digital-twin workbench for heterogeneous clusters")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"dtlab {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for entry in COMMANDS:
+        obj = _load(entry)
+        if obj is None:
+            continue
+        if hasattr(obj, "register"):
+            obj.register(sub)
+        elif hasattr(obj, "add_parser") and hasattr(obj, "run"):
+            p = obj.add_parser(sub)
+            p.set_defaults(func=obj.run)
+        else:
+            print(f"dtlab: warning: {entry} has neither register(subparsers) nor add_parser/run", file=sys.stderr)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = args.func(args)
+    except SpecError as exc:
+        print(f"dtlab {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_SPEC
+    except DtlabError as exc:
+        print(f"dtlab {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_DTLAB
+    except KeyboardInterrupt:
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
