@@ -38,7 +38,7 @@ class OnlineCalibrator:
     """EWMA of observed/predicted service time per node; emits node-add speed corrections."""
 
     def __init__(self, twin, alpha: float = 0.2, min_change: float = 0.02, min_samples: int = 3,
-                 timing: TimingModel | None = None):
+                 timing: TimingModel | None = None, log_space: bool = True, contention: bool = True):
         if not 0 < alpha <= 1:
             from ..errors import SpecError
             raise SpecError("ewma_alpha", f"must be in (0, 1], got {alpha!r}")
@@ -46,6 +46,8 @@ class OnlineCalibrator:
         self.alpha = float(alpha)
         self.min_change = float(min_change)
         self.min_samples = int(min_samples)
+        self.log_space = bool(log_space)
+        self.contention = bool(contention)
         self.timing = timing or getattr(twin, "timing", None) or TimingModel()
         snap = twin.state.snapshot()
         self.spec: dict[str, Node] = {n.name: n for n in snap.cluster.nodes}
@@ -81,12 +83,17 @@ class OnlineCalibrator:
                 fmt = self.timing.exec_format(exp.stage, self.spec[node])
                 if fmt is None or observed <= 0:
                     continue
-                nominal = exp.duration_ms * fmt[1] / self.spec[node].speed * start[1]
+                nominal = exp.duration_ms * fmt[1] / self.spec[node].speed * (start[1] if self.contention else 1.0)
                 r = observed / nominal
                 if not math.isfinite(r):
                     continue
                 old = self.ratio.get(node)
-                self.ratio[node] = r if old is None else (1 - self.alpha) * old + self.alpha * r
+                if old is None:
+                    self.ratio[node] = r
+                elif self.log_space:   # geometric EWMA: one heavy-tailed stage cannot swing the estimate
+                    self.ratio[node] = math.exp((1 - self.alpha) * math.log(old) + self.alpha * math.log(r))
+                else:
+                    self.ratio[node] = (1 - self.alpha) * old + self.alpha * r
                 self.count[node] = self.count.get(node, 0) + 1
                 touched.add(node)
         out = []

@@ -36,6 +36,8 @@ DEFAULTS: dict[str, Any] = {
     "samples": 128,
     "seeds": [0, 1, 2],
 }
+# seconds-sized parameters (tests, params/smoke/)
+SMOKE: dict[str, Any] = {"jobs": 15, "seeds": [0, 1], "samples": 32}
 PREDICTORS = ("des", "fast", "legacy", "none")
 METRICS = ("mape", "median_ape", "p95_ape")
 

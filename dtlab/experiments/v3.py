@@ -37,6 +37,8 @@ DEFAULTS: dict[str, Any] = {
     "jobs": ["examples/job-single.yaml", "examples/job-pipeline.yaml", "examples/job-fanout.yaml"],
     "seeds": [0, 1, 2],
 }
+# seconds-sized parameters (tests, params/smoke/)
+SMOKE: dict[str, Any] = {"reps": 4, "plans": 2, "seeds": [0, 1], "predictors": ["fast", "legacy"]}
 
 
 def format_probes(cluster, duration_ms: float = 500.0) -> list[tuple[str, str, Stage]]:

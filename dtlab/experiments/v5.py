@@ -37,6 +37,8 @@ DEFAULTS: dict[str, Any] = {
     "snapshots": 20,
     "seeds": [0, 1, 2, 3, 4],
 }
+# seconds-sized parameters (tests, params/smoke/)
+SMOKE: dict[str, Any] = {"node_counts": [10, 100], "plans": 3, "seeds": [0, 1], "apply_events": 2000, "snapshots": 5}
 
 
 def _plan_times(twin, job, policy, predictor, samples, plans, seed, fresh, rng, names) -> list[float]:
