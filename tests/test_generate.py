@@ -118,3 +118,13 @@ def test_template_from_file_and_unknown_duration_key(tmp_path):
     assert w.template.stages[0].compute.duration_ms == pytest.approx(2000.0)
     with pytest.raises(SpecError, match="durations.mu"):
         write_workload(tmp_path / "x.yaml", durations={"dist": "lognormal", "mu": 1})
+
+
+def test_workload_generate_cli(tmp_path):
+    from dtlab.cli import main
+    out = tmp_path / "burst.yaml"
+    assert main(["workload", "generate", "--out", str(out), "--process", "mmpp", "--rates", "5,0.5",
+                 "--sojourn-s", "2,8", "--count", "40", "--template", "fanout"]) == 0
+    w = load_workload(out)
+    assert w.arrivals.process == "mmpp" and dict(w.arrivals.extra)["rates_per_s"] == [5.0, 0.5]
+    assert main(["workload", "generate", "--out", str(out), "--process", "mmpp", "--count", "4"]) == 2

@@ -187,3 +187,20 @@ def test_openb_default_replay_full_scale_is_consistent():
     assert (used_cpu <= nodes.cpu_milli).all() and (used_mem <= nodes.memory_mib).all()
     assert (gpu_used <= 1000).all()
     assert gpu_used.sum() / 1000 / nodes.gpu.sum() * 100 == pytest.approx(t["gpu_alloc_pct"].iloc[-1])
+
+
+def test_replay_cli_writes_allocation_csv_and_figure(tmp_path, capsys):
+    from dtlab.cli import main
+    rng = np.random.default_rng(2)
+    small_cluster(rng).rename(columns={"name": "sn"}).to_csv(tmp_path / "nodes.csv", index=False)  # openb header
+    small_pods(rng).to_csv(tmp_path / "pods.csv", index=False)
+    code = main(["replay", "--nodes", str(tmp_path / "nodes.csv"), "--pods", str(tmp_path / "pods.csv"),
+                 "--policy", "best-fit,random", "--seed", "1", "--inflate", "1.3", "--out", str(tmp_path / "out")])
+    assert code == 0
+    table = pd.read_csv(tmp_path / "out" / "allocation.csv")
+    assert list(table.columns) == COLUMNS and set(table["policy"]) == {"best-fit", "random"}
+    assert table["arrived_pct"].max() == 130
+    assert (tmp_path / "out" / "allocation.png").exists()
+    assert main(["replay", "--nodes", str(tmp_path / "nodes.csv"), "--pods", str(tmp_path / "pods.csv"),
+                 "--policy", "worst-fit", "--out", str(tmp_path / "out")]) == 2
+    assert "policy" in capsys.readouterr().err

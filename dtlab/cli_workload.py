@@ -1,0 +1,158 @@
+"""`dtlab workload generate` and `dtlab replay`: write Workload files; replay trace placements.
+
+``register(subparsers)`` adds both to the main ``dtlab`` parser; ``python -m dtlab.cli_workload``
+runs them on their own. Exit codes: 0 ok, 2 invalid input (the message names the field/line).
+
+    dtlab workload generate --out w.yaml --process mmpp --rates 5,0.5 --sojourn-s 2,8 --count 500
+    dtlab workload generate --out w.yaml --duration-trace azure-functions-2021      # materialised
+    dtlab replay --nodes NODES_CSV --pods PODS_CSV --policy best-fit [--inflate 1.3] [--seed 0] --out DIR
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from .errors import DtlabError, SpecError
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from .workload.generate import write_workload
+
+    extra: dict = {}
+    if args.process == "mmpp":
+        if not args.rates or not args.sojourn_s:
+            raise SpecError("--rates/--sojourn-s", "mmpp needs --rates R0,R1,... and --sojourn-s S0,S1,...")
+        extra = {"rates_per_s": args.rates, "mean_sojourn_s": args.sojourn_s}
+    elif args.process == "diurnal":
+        extra = {"amplitude": args.amplitude, "period_s": args.period_s, "peak_s": args.peak_s}
+    if args.duration_trace:
+        fmt, _, path = args.duration_trace.partition(":")
+        durations = {"trace": fmt, **({"path": path} if path else {})}
+    else:
+        durations = {"dist": args.duration_dist}
+        if args.duration_mean_s is not None:
+            durations["mean_s"] = args.duration_mean_s
+        if args.duration_dist == "lognormal":
+            durations["sigma"] = args.duration_sigma
+    out = write_workload(args.out, template=args.template, count=args.count, process=args.process,
+                         rate_per_s=args.rate, arrivals=extra, durations=durations, seed=args.seed,
+                         materialize=True if args.materialize else None, name=args.name)
+    extra_note = f" + {out.jobs_path}" if out.jobs_path else ""
+    print(f"wrote {out.workload_path}{extra_note}: {args.count} jobs of {out.spec['jobs']['template']['metadata']['name']}, "
+          f"arrivals {out.spec['arrivals']['process']}")
+    return 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .replay import policy_names, replay_allocation, replay_timed, write_allocation
+    from .workload.readers import OPENB_NODES, OPENB_PODS, read_openb_nodes, read_openb_pods
+
+    requested = args.policy or ["best-fit"]
+    policies = policy_names() if requested == ["all"] else [p for ps in requested for p in ps.split(",")]
+    seeds = args.seed or [0]
+    nodes = read_openb_nodes(args.nodes or OPENB_NODES)
+    pods = read_openb_pods(args.pods or OPENB_PODS)
+    out = Path(args.out)
+    if args.timed:
+        out.mkdir(parents=True, exist_ok=True)
+        for policy in policies:
+            for seed in seeds:
+                res = replay_timed(nodes, pods, policy, seed)
+                res.pods.to_csv(out / f"timed_pods_{policy}_{seed}.csv", index=False)
+                res.usage.to_csv(out / f"timed_usage_{policy}_{seed}.csv", index=False)
+                print(f"{policy:<16} seed {seed}: placed {(res.pods['node'] >= 0).sum()}/{len(res.pods)}, "
+                      f"peak GPU {res.usage['gpu_alloc_pct'].max():.1f} %, {res.seconds:.2f} s")
+        return 0
+    results = []
+    inflate_ratio = None if args.inflate <= 0 else args.inflate
+    for policy in policies:
+        for seed in seeds:
+            res = replay_allocation(nodes, pods, policy, seed=seed, inflate_ratio=inflate_ratio)
+            results.append(res)
+            t = res.table
+            row = t[t["arrived_pct"] == 100.0]
+            row = row.iloc[0] if len(row) else t.iloc[-1]
+            print(f"{policy:<16} seed {seed}: at {row.arrived_pct:g} % arrived GPU allocated "
+                  f"{row.gpu_alloc_pct:.2f} %, CPU {row.cpu_alloc_pct:.2f} %, failed pods {int(row.failed_pods)} "
+                  f"({len(res.placements)} pods, {res.seconds:.2f} s)")
+    paths = write_allocation(results, out)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _guard(func):
+    def run(args) -> int:
+        try:
+            return func(args)
+        except DtlabError as exc:
+            print(f"dtlab {args.command}: error: {exc}", file=sys.stderr)
+            return 2 if isinstance(exc, SpecError) else 3
+    return run
+
+
+def register(subparsers) -> None:
+    w = subparsers.add_parser("workload", help="generate Workload files (Poisson, MMPP, diurnal; trace durations)")
+    wsub = w.add_subparsers(dest="workload_command", required=True, metavar="ACTION")
+    g = wsub.add_parser("generate", help="write a kind: Workload YAML file",
+                        description="Write a Workload file. Parametric durations give a spec-only file (the run's "
+                                    "seed draws the stream); --duration-trace or --materialize draw the stream now "
+                                    "with --seed and write it next to the file as <stem>.jobs.csv.")
+    g.add_argument("--out", required=True, help="Workload YAML path to write")
+    g.add_argument("--template", default="single",
+                   help="job template: built-in single|pipeline|fanout, or a Job spec file (default single)")
+    g.add_argument("--name", help="workload name (default: file stem)")
+    g.add_argument("--count", type=int, default=100, help="number of jobs (default 100)")
+    g.add_argument("--process", default="poisson", choices=("poisson", "constant", "mmpp", "diurnal"))
+    g.add_argument("--rate", type=float, default=1.0, help="mean arrivals per second (poisson/constant/diurnal)")
+    g.add_argument("--rates", type=_floats, help="mmpp: rate per state, comma-separated (1/s)")
+    g.add_argument("--sojourn-s", type=_floats, help="mmpp: mean time in each state, comma-separated (s)")
+    g.add_argument("--amplitude", type=float, default=0.5, help="diurnal: relative amplitude in [0,1] (default 0.5)")
+    g.add_argument("--period-s", type=float, default=86_400.0, help="diurnal: period (s, default 86400)")
+    g.add_argument("--peak-s", type=float, default=0.0, help="diurnal: time of the peak (s, default 0)")
+    g.add_argument("--duration-dist", default="constant", choices=("constant", "exponential", "lognormal"))
+    g.add_argument("--duration-mean-s", type=float, help="mean job duration (s); default: the template's")
+    g.add_argument("--duration-sigma", type=float, default=0.5, help="lognormal log-sd (default 0.5)")
+    g.add_argument("--duration-trace", metavar="FORMAT[:PATH]",
+                   help="empirical durations: alibaba-openb | alibaba-v2017 | azure-functions-2021 [:path]")
+    g.add_argument("--materialize", action="store_true", help="draw the stream now and write it as a jobs CSV")
+    g.add_argument("--seed", type=int, default=0, help="seed for materialised streams (default 0)")
+    g.set_defaults(func=_guard(_cmd_generate))
+
+    r = subparsers.add_parser("replay", help="replay trace pods onto trace nodes (FGD allocation methodology)",
+                              description="Place the pods of an openb pod list on an openb node list in arrival "
+                                          "order; by default inflate to --inflate x cluster GPU capacity by seeded "
+                                          "sampling, no deletions, and record GPU/CPU allocation at every 1 %% of "
+                                          "arrived GPU demand (allocation.csv + allocation.pdf/png in --out).")
+    r.add_argument("--nodes", help="openb node list CSV (default: the openb trace's)")
+    r.add_argument("--pods", help="openb pod list CSV (default: openb_pod_list_default.csv)")
+    r.add_argument("--policy", action="append", default=None,
+                   help="random | first-fit | best-fit | dot-product | least-allocated | all; repeat or comma-separate "
+                        "(default best-fit)")
+    r.add_argument("--inflate", type=float, default=1.3, help="target GPU demand / capacity (default 1.3; 0 = as listed)")
+    r.add_argument("--seed", type=int, action="append", help="seed (repeat for several; default 0)")
+    r.add_argument("--timed", action="store_true",
+                   help="time-based replay instead: creation/deletion times, resources freed at deletion")
+    r.add_argument("--out", required=True, help="output directory")
+    r.set_defaults(func=_guard(_cmd_replay))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dtlab")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    register(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
