@@ -128,3 +128,19 @@ def test_workload_generate_cli(tmp_path):
     w = load_workload(out)
     assert w.arrivals.process == "mmpp" and dict(w.arrivals.extra)["rates_per_s"] == [5.0, 0.5]
     assert main(["workload", "generate", "--out", str(out), "--process", "mmpp", "--count", "4"]) == 2
+
+
+@real
+def test_trace_absolute_durations_reproduce_creation_to_deletion():
+    from dtlab.model import workload_from_dict
+    w = workload_from_dict({"arrivals": {"trace": {"format": "alibaba-openb", "time_scale": 0.01,
+                                                   "durations": "absolute"}},
+                            "jobs": {"template": TEMPLATES["single"], "count": 20}})   # one 1000 ms stage
+    stream = list(arrival_stream(w, np.random.default_rng(0)))
+    pods = readers.read_openb_pods().sort_values("creation_time", kind="stable").head(20)
+    expected_ms = (pods["deletion_time"] - pods["creation_time"]).to_numpy() * 1000 * 0.01
+    np.testing.assert_allclose([s * 1000.0 for _, _, s in stream], expected_ms)
+    with pytest.raises(SpecError, match="arrivals.trace.durations"):
+        bad = workload_from_dict({"arrivals": {"trace": {"format": "alibaba-openb", "durations": "exact"}},
+                                  "jobs": {"template": TEMPLATES["single"], "count": 2}})
+        next(arrival_stream(bad, np.random.default_rng(0)))

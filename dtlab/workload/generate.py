@@ -14,12 +14,16 @@ Arrivals-spec keys (``Arrivals.extra`` of a Workload, next to ``process``/``rate
   ``rate_per_s`` is ignored (the long-run rate is ``sum(r*s)/sum(s)``).
 * ``diurnal``: rate ``rate_per_s * (1 + amplitude*cos(2 pi (t - peak_s)/period_s))``;
   ``amplitude`` in [0, 1] (default 0.5), ``period_s`` (default 86400), ``peak_s`` (default 0).
-* ``trace``: ``trace: {format, path, time_scale?, start_s?}``; formats ``dtlab-jobs`` (what
-  :func:`write_workload` materialises: ``arrival_s,duration_scale``), ``alibaba-openb``,
+* ``trace``: ``trace: {format, path, time_scale?, start_s?, durations?}``; formats ``dtlab-jobs``
+  (what :func:`write_workload` materialises: ``arrival_s,duration_scale``), ``alibaba-openb``,
   ``alibaba-v2017``, ``azure-functions-2021``. Arrivals are the trace's start times shifted to
-  start at 0 and multiplied by ``time_scale`` (default 1); each job's duration scale is its trace
-  duration divided by the mean trace duration of the jobs taken (the trace gives the shape, the
-  template's ``duration_ms`` the mean). The first ``jobs.count`` jobs (in start order) are used.
+  start at 0 and multiplied by ``time_scale`` (default 1). ``durations: relative`` (default):
+  each job's duration scale is its trace duration over the mean trace duration of the jobs
+  taken (the trace gives the shape, the template's ``duration_ms`` the mean). ``durations:
+  absolute``: the scale makes the template's summed stage ``duration_ms`` equal the trace
+  duration times ``time_scale`` (exact for a one-stage template on a speed-1 node), so a job
+  holds its node from creation to deletion as in the trace. The first ``jobs.count`` jobs
+  (in start order, after ``start_s``) are used.
 """
 from __future__ import annotations
 
@@ -215,9 +219,13 @@ def trace_arrivals(workload: Workload) -> Iterator[tuple[float, str, float]]:
     trace = dict(workload.arrivals.trace or {})
     if "format" not in trace:
         raise SpecError("arrivals.trace.format", "is required")
-    unknown = sorted(set(trace) - {"format", "path", "time_scale", "start_s"})
+    known = ("format", "path", "time_scale", "start_s", "durations")
+    unknown = sorted(set(trace) - set(known))
     if unknown:
-        raise SpecError(f"arrivals.trace.{unknown[0]}", "unknown key (known: format, path, time_scale, start_s)")
+        raise SpecError(f"arrivals.trace.{unknown[0]}", f"unknown key (known: {', '.join(known)})")
+    mode = trace.get("durations", "relative")
+    if mode not in ("relative", "absolute"):
+        raise SpecError("arrivals.trace.durations", f"must be relative or absolute, got {mode!r}")
     fmt = trace["format"]
     scale_t = check_number(trace.get("time_scale", 1.0), "arrivals.trace.time_scale", gt=0)
     start_s = check_number(trace.get("start_s", 0.0), "arrivals.trace.start_s")
@@ -230,6 +238,9 @@ def trace_arrivals(workload: Workload) -> Iterator[tuple[float, str, float]]:
         raise SpecError("arrivals.trace", f"no job in the trace after start_s={start_s:g}")
     if fmt == "dtlab-jobs":        # already scale factors and arrival times from 0
         scales, t = durs, starts
+    elif mode == "absolute":
+        total_ms = sum(s.compute.duration_ms for s in workload.template.stages)
+        scales, t = durs * 1000.0 * scale_t / total_ms, starts - starts[0]
     else:
         mean = durs.mean()
         scales = durs / mean if mean > 0 else np.ones_like(durs)
