@@ -1,6 +1,6 @@
 """V4: do shadow plans pay off when the chaos/ scenarios hit?
 
-For every scenario, seed and strategy the same workload meets the same world and the same
+For every scenario (plus ``none``, the same runs without faults, as the control), seed and strategy the same workload meets the same world and the same
 faults (realised through ``substrate.inject``; on ``sim`` the background random failures are
 off by default so every failure is the scenario's). Strategies:
 
@@ -16,7 +16,8 @@ off by default so every failure is the scenario's). Strategies:
 Metrics per run (a row of ``table``): ``recovery_ms_mean`` (over affected stage attempts: fault
 start -> the stage running again; for node failures and pod kills the next attempt's start,
 for partitions/degradations the stall of a stage whose inputs had to cross the faulted pair),
-``jobs_lost`` (planned jobs that never completed), ``deadline_miss_rate``, ``extra_work_ms``
+``jobs_lost`` (arrived jobs that never completed: lost in flight, or ``rejected`` because no
+node could take them), ``deadline_miss_rate``, ``extra_work_ms``
 (service work thrown away by killed attempts), plus latency and failover counts. Means carry
 95% t-intervals over seeds (``extra["summary"]``).
 """
@@ -35,7 +36,9 @@ from .common import (SUBSTRATE_DEFAULTS, ExperimentResult, child_seed, load_clus
                      metrics_from_summary, open_substrate, require_choices, require_positive, summarize_seeds,
                      validate)
 
-SCENARIOS = ["zone-blackout", "edge-cloud-partition", "lossy-edge-uplink", "rolling-node-failures", "bad-day"]
+CONTROL = "none"     # the same runs without any fault: what the workload costs on its own
+SCENARIOS = [CONTROL, "zone-blackout", "edge-cloud-partition", "lossy-edge-uplink", "rolling-node-failures", "bad-day",
+             "edge-node-loss"]
 # strategy -> (policy, what happens when a stage loses its node)
 STRATEGIES: dict[str, tuple[str, str]] = {
     "shadow-resilient": ("resilient", "shadow"),
@@ -47,7 +50,7 @@ DEFAULTS: dict[str, Any] = {
     **SUBSTRATE_DEFAULTS,
     "substrate_opts": {"failure_rate_per_h": 0.0},
     "workload": "examples/workload.yaml",
-    "jobs": 60,
+    "jobs": 80,
     "rate_per_s": 0.5,
     "scenarios": list(SCENARIOS),
     "strategies": list(STRATEGIES),
@@ -72,17 +75,20 @@ def run(params: dict | None = None) -> ExperimentResult:
     workload = load_workload_param(p["workload"], p["jobs"], p["rate_per_s"])
     scenarios = []
     for i, name in enumerate(p["scenarios"]):
+        if name == CONTROL:
+            scenarios.append((CONTROL, []))
+            continue
         try:
             sc = load_scenario(scenario_path(name))
             events = expand(sc, cluster)
         except SpecError as exc:
-            raise SpecError(f"scenarios[{i}]" + (f" ({name}): {exc.field}" if exc.field else ""), exc.rule) from None
-        scenarios.append((sc, events))
+            raise SpecError(f"scenarios[{i}]", f"{name}: {exc}") from None
+        scenarios.append((sc.name, events))
     rows, jobs = [], []
-    for sc, events in scenarios:
+    for name, events in scenarios:
         for seed in p["seeds"]:
             for strategy in p["strategies"]:
-                row, df = run_one(p, cluster, workload, sc.name, events, strategy, seed)
+                row, df = run_one(p, cluster, workload, name, events, strategy, seed)
                 rows.append(row)
                 jobs.append(df)
     table = pd.DataFrame(rows)
@@ -126,6 +132,7 @@ def run_one(p: dict, cluster, workload, scenario: str, events, strategy: str, se
         "scenario": scenario, "strategy": strategy, "policy": policy, "seed": seed,
         "jobs": int(len(df)), "completed": int(df["ok"].sum()),
         "jobs_lost": int((~df["ok"]).sum()),
+        "rejected": int(df["rejected"].sum()) if "rejected" in df else 0,
         "deadline_miss_rate": float(df["missed"].mean()) if len(df) else math.nan,
         "recovery_ms_mean": float(np.mean(rec)) if rec else math.nan,
         "recovery_ms_max": float(np.max(rec)) if rec else math.nan,
@@ -165,14 +172,18 @@ class _WithShadow:
 
 
 def fill_shadow(snapshot, job, placement, shadow, timing) -> dict[str, str]:
-    """Shadow per stage: keep the policy's; else the schedulable node with the lowest mean service time
-    outside the primary's zone (a different failure domain), else another node of the same zone."""
+    """Shadow per stage: keep the policy's; else the schedulable node outside the primary's zone (a
+    different failure domain; same zone only if no other can run it) with the lowest mean time to
+    re-send the stage's inputs there and run it -- the inputs dominate on lossy edge links."""
+    from ..chaos.spec import base_link
+
     out = dict(shadow)
     nodes = snapshot.schedulable_nodes()
+    cluster = snapshot.cluster
     for stage in job.stages:
         if stage.id in out:
             continue
-        primary = snapshot.cluster.node(placement[stage.id])
+        primary = cluster.node(placement[stage.id])
         best = None
         for node in nodes:
             if node.name == primary.name:
@@ -180,7 +191,22 @@ def fill_shadow(snapshot, job, placement, shadow, timing) -> dict[str, str]:
             fmt = timing.exec_format(stage, node)
             if fmt is None:
                 continue
-            key = (node.zone == primary.zone, timing.mean_service_ms(stage, node, fmt[1]), node.name)
+            cost = timing.mean_service_ms(stage, node, fmt[1])
+            try:
+                if stage.after:
+                    for pred in stage.after:
+                        src = placement[pred]
+                        if src != node.name:
+                            size = job.stages[job.stage_index[pred]].output_mb
+                            cost += timing.mean_transfer_ms(size, snapshot.link(src, node.name))
+                elif job.origin_zone is not None and job.origin_zone != node.zone:
+                    link = base_link(cluster, job.origin_zone, node.zone)
+                    if link is None:
+                        continue
+                    cost += timing.mean_transfer_ms(job.input_mb, link)
+            except SpecError:      # no path to the inputs: useless as a shadow
+                continue
+            key = (node.zone == primary.zone, cost, node.name)
             if best is None or key < best[0]:
                 best = (key, node.name)
         if best is not None:
