@@ -1,0 +1,141 @@
+"""Experiments V1, V2, V3, V5, V6: smoke params run, documented outputs, param validation, determinism."""
+import math
+
+import numpy as np
+import pytest
+
+import dtlab
+from dtlab import SpecError
+from dtlab.experiments import common, get, v1, v2, v3, v5, v6
+from dtlab.experiments.common import REPO_ROOT, mean_ci, synthetic_cluster, validate
+
+MODULES = [v1, v2, v3, v5, v6]
+TABLE_COLUMNS = {
+    v1: {"policy", "rate_per_s", "seed", "latency_mean_ms", "latency_p95_ms", "latency_p99_ms", "miss_rate"},
+    v2: {"seed", "job", "arrival_ms", "observed_ms", "predictor", "predicted_ms", "ape"},
+    v3: {"format", "node", "twin_factor", "truth_factor", "observed_mean", "ci_low", "ci_high"},
+    v5: {"nodes", "policy", "mode", "seed", "p50_ms", "p99_ms"},
+    v6: {"mode", "seed", "window_start_s", "jobs", "mape", "median_ape", "miss_rate"},
+}
+HEADLINE = {
+    v1: ["greedy.r1.latency_mean_ms", "round-robin.r1.miss_rate"],
+    v2: ["des.mape", "fast.median_ape", "legacy.p95_ape", "none.mape"],
+    v3: ["wasm.observed_factor", "qemu-riscv64.truth_factor", "plan_ms.cvar.fast"],
+    v5: ["plan_p50_ms.greedy.warm.100", "plan_p99_ms.cvar.fresh.10", "apply_events_per_s.100", "snapshot_ms.10"],
+    v6: ["static.mape", "online.median_ratio", "online.last_window_miss_rate"],
+}
+TIMING = (v3, v5)     # wall-clock plan latencies cannot repeat exactly
+
+
+@pytest.fixture(scope="module")
+def smoke_results():
+    return {m: m.run(m.SMOKE) for m in MODULES}
+
+
+@pytest.mark.parametrize("mod", MODULES, ids=lambda m: m.__name__.rsplit(".", 1)[1])
+def test_smoke_outputs_are_documented(mod, smoke_results):
+    r = smoke_results[mod]
+    assert TABLE_COLUMNS[mod] <= set(r.table.columns)
+    assert len(r.table) > 0
+    for key in HEADLINE[mod]:
+        assert key in r.metrics and isinstance(r.metrics[key], float), key
+        if key + ".ci_low" in r.metrics and r.metrics[key + ".ci_low"] is not None:
+            assert r.metrics[key + ".ci_low"] <= r.metrics[key] <= r.metrics[key + ".ci_high"]
+
+
+@pytest.mark.parametrize("mod", MODULES, ids=lambda m: m.__name__.rsplit(".", 1)[1])
+def test_unknown_param_is_an_error_naming_it(mod):
+    with pytest.raises(SpecError) as e:
+        mod.run({**mod.SMOKE, "seedz": [0]})
+    assert e.value.field == "seedz"
+
+
+@pytest.mark.parametrize("mod", MODULES, ids=lambda m: m.__name__.rsplit(".", 1)[1])
+def test_bad_types_are_errors(mod):
+    with pytest.raises(SpecError) as e:
+        mod.run({**mod.SMOKE, "seeds": ["zero"]})
+    assert e.value.field == "seeds"
+
+
+@pytest.mark.parametrize("mod", [v1, v2, v3, v6], ids=lambda m: m.__name__.rsplit(".", 1)[1])
+def test_same_params_same_metrics(mod, smoke_results):
+    again = mod.run(mod.SMOKE).metrics
+    first = smoke_results[mod].metrics
+    keys = [k for k in first if not (mod in TIMING and k.startswith("plan_ms."))]
+    assert {k: first[k] for k in keys} == {k: again[k] for k in keys}
+
+
+def test_other_seeds_other_numbers(smoke_results):
+    other = v1.run({**v1.SMOKE, "seeds": [7, 8]}).metrics
+    assert other["greedy.r1.latency_mean_ms"] != smoke_results[v1].metrics["greedy.r1.latency_mean_ms"]
+
+
+def test_unknown_policy_and_substrate():
+    with pytest.raises(SpecError) as e:
+        v1.run({**v1.SMOKE, "policies": ["greedy", "magic"]})
+    assert e.value.field == "policies[1]"
+    with pytest.raises(SpecError) as e:
+        v1.run({**v1.SMOKE, "substrate": "moon"})
+    assert e.value.field == "substrate"
+    with pytest.raises(SpecError) as e:
+        v1.run({**v1.SMOKE, "substrate_opts": {"tail_probb": 0.1}})
+    assert e.value.field == "substrate_opts.tail_probb"
+
+
+def test_v2_none_is_the_critical_path():
+    job = dtlab.load_job(REPO_ROOT / "examples/job-fanout.yaml")
+    assert v2.critical_path_ms(job) == 200 + 800 + 400
+
+
+def test_v3_sim_measures_the_ground_truth_not_the_twin(smoke_results):
+    m = v3.run({**v3.SMOKE, "reps": 30, "seeds": [0, 1, 2]}).metrics
+    assert m["qemu-riscv64.truth_factor"] != m["qemu-riscv64.twin_factor"]
+    assert abs(m["qemu-riscv64.observed_factor"] - m["qemu-riscv64.truth_factor"]) < \
+        abs(m["qemu-riscv64.observed_factor"] - m["qemu-riscv64.twin_factor"])
+
+
+def test_v6_online_recalibration_removes_the_optimism():
+    m = v6.run({"jobs": 120, "seeds": [0, 1]}).metrics
+    assert abs(m["online.median_ratio"] - 1) < abs(m["static.median_ratio"] - 1)
+
+
+def test_mean_ci_uses_student_t():
+    ci = mean_ci([1.0, 2.0, 3.0])
+    assert ci.mean == 2.0 and ci.n == 3
+    assert ci.high - ci.mean == pytest.approx(4.303 / math.sqrt(3), rel=1e-6)
+    one = mean_ci([5.0])
+    assert (one.low, one.high) == (5.0, 5.0)
+    assert math.isnan(mean_ci([]).mean)
+    # coverage: ~95% of intervals from normal samples contain the true mean
+    rng = np.random.default_rng(0)
+    covered = 0
+    for _ in range(2000):
+        c = mean_ci(rng.normal(10, 3, 5))
+        covered += c.low <= 10 <= c.high
+    assert 0.93 < covered / 2000 < 0.97
+
+
+def test_validate_overlays_defaults_and_counts_seeds():
+    p = validate({"seeds": 3}, {"seeds": [0], "jobs": 5}, "VX")
+    assert p == {"seeds": [0, 1, 2], "jobs": 5}
+    with pytest.raises(SpecError) as e:
+        validate({"jobs": "many"}, {"seeds": [0], "jobs": 5}, "VX")
+    assert e.value.field == "jobs"
+
+
+def test_synthetic_cluster_scales_and_keeps_structure():
+    template = dtlab.load_cluster(REPO_ROOT / "examples/cluster-hetero.yaml")
+    big = synthetic_cluster(template, 1000, seed=1)
+    assert len(big.nodes) == 1000 and len({n.name for n in big.nodes}) == 1000
+    assert big.zones == template.zones
+    assert {n.arch for n in big.nodes} == {n.arch for n in template.nodes}
+    assert big.link(big.nodes[3].name, big.nodes[0].name).latency_ms == 40   # edge-a -> cloud as in the spec
+    assert synthetic_cluster(template, 1000, seed=1) == big
+
+
+def test_get_and_result_save(tmp_path, smoke_results):
+    assert get("v2") is v2
+    with pytest.raises(SpecError):
+        get("V9")
+    written = smoke_results[v2].save(tmp_path)
+    assert {p.name for p in written} >= {"results.csv", "metrics.json", "cdf.csv", "summary.csv"}
