@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import SpecError
-from .fit import GPU_MILLI, ClusterArrays, Pods
+from .fit import ClusterArrays, Pods
 from .policies import get as get_policy
 
 COLUMNS = ["policy", "seed", "arrived_pct", "gpu_alloc_pct", "cpu_alloc_pct", "failed_pods"]
