@@ -1,0 +1,203 @@
+"""Flask app of the DT service.
+
+Every client mistake becomes a 4xx JSON body ``{"error": ..., "field": ...}``; a
+500 means a bug in dtlab. Mutating calls (``/observe``, ``/plan`` with
+``dry_run: false``) need ``Authorization: Bearer <token>``; without a configured
+token they are refused unless the operator explicitly chose ``insecure_dev``.
+The app is served by waitress (``dtlab serve``), never Flask's development server.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from werkzeug.exceptions import HTTPException
+
+from ..errors import DtlabError, InfeasibleError, SpecError
+from ..model import job_from_dict
+from .metrics import ServiceMetrics
+
+log = logging.getLogger("dtlab.api")
+PREDICTORS = ("des", "fast", "legacy")
+EPOCH_2001 = 1e9  # event timestamps above this are wall-clock seconds; below, virtual time (no lag)
+
+
+@dataclass
+class ApiConfig:
+    token: str | None = field(default_factory=lambda: os.environ.get("DTLAB_API_TOKEN") or None)
+    insecure_dev: bool = False
+    max_body_bytes: int = 1_000_000
+    max_samples: int = 20_000
+    max_events: int = 10_000
+
+
+class ClientError(DtlabError):
+    def __init__(self, status: int, error: str, field: str | None = None):
+        super().__init__(error)
+        self.status, self.error, self.field = status, error, field
+
+
+def openapi_document() -> dict[str, Any]:
+    return json.loads(resources.files("dtlab.api").joinpath("openapi.json").read_text())
+
+
+def create_app(twin, config: ApiConfig | None = None, controller=None, extender=None) -> Flask:
+    """The REST app over ``twin``.
+
+    ``controller`` (optional) receives non-dry-run plans via ``act(plan, job)``;
+    ``extender`` (a :class:`dtlab.extender.Extender`) adds the scheduler-extender routes.
+    """
+    config = config or ApiConfig()
+    app = Flask("dtlab")
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    metrics = ServiceMetrics(twin.state)
+    app.extensions["dtlab"] = {"twin": twin, "metrics": metrics, "config": config, "controller": controller}
+    if extender is not None:
+        from ..extender import blueprint
+        app.register_blueprint(blueprint(extender))
+
+    def body() -> Any:
+        raw = request.get_data(cache=True)
+        if not raw:
+            raise ClientError(400, "request body is empty; expected JSON", "body")
+        try:
+            return json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ClientError(400, f"malformed JSON: {exc}", "body") from None
+
+    def authorize() -> None:
+        if config.token is None:
+            if config.insecure_dev:
+                return
+            raise ClientError(403, "mutating calls are disabled: set DTLAB_API_TOKEN on the server "
+                                   "(or start it with --insecure-dev for local experiments)", "Authorization")
+        header = request.headers.get("Authorization", "")
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), config.token.encode()):
+            raise ClientError(401, "missing or invalid bearer token", "Authorization")
+
+    @app.errorhandler(ClientError)
+    def _client_error(exc: ClientError):
+        metrics.rejected.labels(request.path, str(exc.status)).inc()
+        resp = jsonify({"error": exc.error, "field": exc.field})
+        if exc.status == 401:
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="dtlab"'
+        return resp, exc.status
+
+    @app.errorhandler(SpecError)
+    def _spec_error(exc: SpecError):
+        metrics.rejected.labels(request.path, "400").inc()
+        return jsonify({"error": str(exc), "field": exc.field}), 400
+
+    @app.errorhandler(InfeasibleError)
+    def _infeasible(exc: InfeasibleError):
+        metrics.rejected.labels(request.path, "422").inc()
+        return jsonify({"error": str(exc), "field": "job"}), 422
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        metrics.rejected.labels(request.path if exc.code != 404 else "<unknown>", str(exc.code)).inc()
+        field_ = "body" if exc.code == 413 else None
+        return jsonify({"error": exc.description or exc.name, "field": field_}), exc.code
+
+    @app.errorhandler(Exception)
+    def _server_error(exc: Exception):
+        log.exception("internal error on %s %s", request.method, request.path)
+        return jsonify({"error": "internal server error", "field": None}), 500
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify({"status": "ok", "version": twin.state.version})
+
+    @app.get("/openapi.json")
+    def openapi():
+        return jsonify(openapi_document())
+
+    @app.get("/metrics")
+    def prometheus():
+        return Response(generate_latest(metrics.registry), mimetype=CONTENT_TYPE_LATEST)
+
+    @app.get("/snapshot")
+    def snapshot():
+        return jsonify(twin.state.snapshot().to_dict())
+
+    @app.post("/plan")
+    def plan():
+        data = body()
+        if not isinstance(data, dict):
+            raise ClientError(400, "body must be a JSON object", "body")
+        unknown = sorted(set(data) - {"job", "policy", "dry_run", "samples", "seed", "predictor"})
+        if unknown:
+            raise ClientError(400, "unknown key", unknown[0])
+        dry_run = data.get("dry_run", True)
+        if not isinstance(dry_run, bool):
+            raise ClientError(400, "must be true or false", "dry_run")
+        if not dry_run:
+            authorize()
+        policy = data.get("policy", "greedy")
+        if not isinstance(policy, str):
+            raise ClientError(400, "must be a policy name", "policy")
+        samples = _int(data, "samples", 256, 1, config.max_samples)
+        seed = _int(data, "seed", 0, 0, 2**63 - 1)
+        predictor = data.get("predictor", "fast")
+        if predictor not in PREDICTORS:
+            raise ClientError(400, f"must be one of {list(PREDICTORS)}", "predictor")
+        if not isinstance(data.get("job"), dict):
+            raise ClientError(400, "is required: a Job spec object", "job")
+        try:
+            job = job_from_dict(data["job"])
+        except SpecError as exc:
+            raise SpecError(f"job.{exc.field}" if exc.field else "job", exc.rule) from None
+        start = time.perf_counter()
+        result = twin.plan(job, policy=policy, samples=samples, seed=seed, predictor=predictor)
+        metrics.plan_latency.labels(policy, predictor).observe((time.perf_counter() - start) * 1000)
+        metrics.plans.labels(policy, str(dry_run).lower()).inc()
+        out = result.to_dict()
+        out["dry_run"] = dry_run
+        if not dry_run:
+            if controller is None:
+                raise ClientError(409, "this server has no controller attached to act on plans; use dry_run: true",
+                                  "dry_run")
+            controller.act(result, job)
+        return jsonify(out)
+
+    @app.post("/observe")
+    def observe():
+        authorize()
+        data = body()
+        events = data.get("events") if isinstance(data, dict) else data
+        if not isinstance(events, list):
+            raise ClientError(400, "body must be a list of events or {\"events\": [...]}", "events")
+        if len(events) > config.max_events:
+            raise ClientError(413, f"at most {config.max_events} events per batch", "events")
+        try:
+            version = twin.state.apply_many(events)
+        except SpecError as exc:
+            raise SpecError(f"events{exc.field}" if exc.field.startswith("[") else f"events[0].{exc.field}",
+                            exc.rule) from None
+        now = time.time()
+        for event in events:
+            metrics.events.labels(event["kind"]).inc()
+            ts = event.get("ts")
+            if isinstance(ts, (int, float)) and ts > EPOCH_2001:
+                metrics.observe_lag.observe(max(0.0, now - ts) * 1000)
+        return jsonify({"applied": len(events), "version": version})
+
+    return app
+
+
+def _int(data: dict, key: str, default: int, lo: int, hi: int) -> int:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ClientError(400, "must be an integer", key)
+    if not lo <= value <= hi:
+        raise ClientError(400, f"must be between {lo} and {hi}", key)
+    return value
