@@ -204,3 +204,21 @@ def test_replay_cli_writes_allocation_csv_and_figure(tmp_path, capsys):
     assert main(["replay", "--nodes", str(tmp_path / "nodes.csv"), "--pods", str(tmp_path / "pods.csv"),
                  "--policy", "worst-fit", "--out", str(tmp_path / "out")]) == 2
     assert "policy" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("policy", ["random", "least-allocated"])
+def test_timed_replay_never_exceeds_capacity_at_any_time_and_is_seeded(policy):
+    rng = np.random.default_rng(8)
+    nodes, pods = small_cluster(rng, 12), small_pods(rng, 300)
+    a = replay_timed(nodes, pods, policy, seed=6)
+    pd.testing.assert_frame_equal(a.pods, replay_timed(nodes, pods, policy, seed=6).pods)
+    placed = a.pods[a.pods["node"] >= 0].merge(pods, on="name")
+    assert 0 < len(placed) < len(pods)            # some placed, some failed: both paths exercised
+    for t in placed["start_s"]:                  # usage just after each placement, from the records alone
+        live = placed[(placed["start_s"] <= t) & (placed["end_s"] > t)]
+        use = live.groupby("node")[["cpu_milli", "memory_mib"]].sum()
+        cap = nodes.loc[use.index]
+        assert (use["cpu_milli"].to_numpy() <= cap["cpu_milli"].to_numpy()).all()
+        assert (use["memory_mib"].to_numpy() <= cap["memory_mib"].to_numpy()).all()
+        gpu = (live["num_gpu"] * live["gpu_milli"]).groupby(live["node"]).sum()
+        assert (gpu.to_numpy() <= 1000 * nodes.loc[gpu.index, "gpu"].to_numpy()).all()
