@@ -17,7 +17,7 @@ contention between multi-core stages).
 from __future__ import annotations
 
 import atexit
-import ctypes
+import shutil
 import os
 import secrets
 import signal
@@ -108,18 +108,29 @@ class FabricSubstrate(SubstrateBase):
         self._down: set[str] = set()
         self._timers: list[threading.Timer] = []
         self._closed = False
-        self.net = self.datapath = None
+        self.net = self.datapath = self._zygote = None
         self._cg_top = None
         # -------- CPU: scale the fabric to the host budget
         demand = sum(n.cores * n.speed for n in cluster.nodes)
-        budget = float(host_cores) if host_cores else max(0.2, min(1.0, (os.cpu_count() or 1) * 0.5))
+        budget = float(host_cores) if host_cores else max(0.2, min(1.0, (os.cpu_count() or 1) * 0.25))
         self.scale = min(1.0, budget / demand)
+        # a stage gets speed*scale of a core; under ~5% the 1 ms minimum quota forces long CFS periods
+        # and stage times get coarse (tens of ms of throttling granularity)
+        self.min_stage_share = min(n.speed for n in cluster.nodes) * self.scale
         worker.iterations_per_ms(kernel)      # calibrate (once per host) before the clock starts
+        self._zygote = None
+        self._nsenter = shutil.which("nsenter")
+        if network and self._nsenter is None:
+            raise SubstrateUnavailable("fabric: `nsenter` not found (apt-get install util-linux)")
         _LIVE.add(self)
         _install_handlers()
         try:
             fs = cgroups.detect()
             self._cg_top = cgroups.Cgroup(fs, f"{cgroups.PREFIX}{self.fid}", budget)
+            self._cg_top.prioritise()
+            if any("wasm" in n.formats for n in cluster.nodes) and worker.missing("wasm") is None:
+                # warm launcher in the top cgroup: Wasm start-up costs a fork, as with a real runtime
+                self._zygote = worker.WasmZygote(["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', self._cg_top.procs_path])
             self._cg_node = {n.name: self._cg_top.child(_safe(n.name), n.cores * n.speed * self.scale)
                              for n in cluster.nodes}
             # -------- network
@@ -227,6 +238,7 @@ class FabricSubstrate(SubstrateBase):
     def metadata(self) -> dict[str, Any]:
         """What run.json should record: how nodes and links were realised on this host."""
         return {"substrate": "fabric", "fabric_id": self.fid, "scale": self.scale, "kernel": self.kernel,
+                "min_stage_share": self.min_stage_share,
                 "cgroup_version": self._cg_top.fs.version if self._cg_top else None,
                 "netem": bool(self.net and self.net.netem), "link_shaping": dict(self.mechanism),
                 "overheads": dict(self.timing.overheads)}
@@ -243,7 +255,8 @@ class FabricSubstrate(SubstrateBase):
             for p in list(procs):
                 _kill(p)
         errors = []
-        for step in (lambda: self.datapath and self.datapath.close(),
+        for step in (lambda: getattr(self, "_zygote", None) and self._zygote.close(),
+                     lambda: self.datapath and self.datapath.close(),
                      lambda: self.net and self.net.close(),
                      lambda: self._cg_top and self._cg_top.remove()):
             try:
@@ -385,17 +398,23 @@ class FabricSubstrate(SubstrateBase):
             cg = self._cg_node[node_name].child(_safe(f"{job.name}-{stage.id}-{secrets.token_hex(2)}"),
                                                 node.speed * self.scale)
             ns = self.net.ns(node_name) if self.net else None
-            env = dict(os.environ)
-            if fmt == "wasm":
-                env["DTLAB_JOIN_CGROUP"] = cg.procs_path
-            preexec = _preexec(None if fmt == "wasm" else cg.procs_path, ns)
+            # start in the fabric's top cgroup; the worker moves itself into the stage cgroup when
+            # its kernel starts, so emulator/runtime start-up is not stretched by the fabric scale
+            # No preexec_fn: forking this (big, threaded) interpreter costs tens of ms, vfork does not.
+            env = dict(os.environ, DTLAB_JOIN_CGROUP=cg.procs_path)
+            if ns:
+                argv = [self._nsenter, f"--net=/var/run/netns/{ns}", *argv]
+            # start-up runs in the fabric's top cgroup: prioritised over host load, capped by the budget
+            argv = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', self._cg_top.procs_path, *argv]
             import subprocess
             with self._lock:
                 if self._closed:
                     return None
                 t_start = time.monotonic()
-                proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                        preexec_fn=preexec, env=env)
+                if fmt == "wasm" and self._zygote is not None:
+                    proc = self._zygote.spawn(argv[-3:], cg.procs_path)
+                else:
+                    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
                 self._procs[node_name].add(proc)
                 srec = {"job": job.name, "stage": stage.id, "node": node_name, "format": fmt,
                         "start_ms": self._ms(t_start), "end_ms": None, "duration_ms": None, "ok": None,
@@ -438,23 +457,6 @@ def _kill(proc) -> None:
         proc.kill()
     except (ProcessLookupError, OSError):
         pass
-
-
-def _preexec(procs_path: str | None, ns: str | None):
-    """Runs in the child between fork and exec: join the stage cgroup and the node's netns."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    ns_path = f"/var/run/netns/{ns}" if ns else None
-
-    def fn():
-        if procs_path:
-            with open(procs_path, "w") as fh:
-                fh.write("0")
-        if ns_path:
-            fd = os.open(ns_path, os.O_RDONLY)
-            if libc.setns(fd, 0x40000000) != 0:
-                os._exit(97)
-            os.close(fd)
-    return fn
 
 
 def _available() -> tuple[bool, str]:
