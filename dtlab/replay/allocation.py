@@ -68,7 +68,11 @@ class AllocationResult:
 
 def replay_allocation(nodes: pd.DataFrame, pods: pd.DataFrame, policy: str, seed: int = 0,
                       inflate_ratio: float | None = 1.3, step_pct: float = 1.0) -> AllocationResult:
-    """Schedule ``pods`` (inflated unless ``inflate_ratio`` is None) in order, no deletions."""
+    """Schedule ``pods`` in arrival order, no deletions.
+
+    With ``inflate_ratio``: the seeded sample of :func:`inflate`, in sampling order. Without: the
+    pods as given, sorted by ``creation_time`` when every pod has one (file order otherwise).
+    """
     import time
 
     choose = get_policy(policy)
@@ -76,6 +80,8 @@ def replay_allocation(nodes: pd.DataFrame, pods: pd.DataFrame, policy: str, seed
     cluster = ClusterArrays(nodes)
     if inflate_ratio is not None:
         pods = inflate(pods, cluster.gpu_capacity_milli, inflate_ratio, rng)
+    elif "creation_time" in pods.columns and pods["creation_time"].notna().all():
+        pods = pods.sort_values("creation_time", kind="stable").reset_index(drop=True)  # arrival order
     p = Pods.from_frame(pods)
     n = len(p)
     cap = cluster.gpu_capacity_milli
