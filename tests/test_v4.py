@@ -108,3 +108,9 @@ def test_defaults_cover_every_shipped_scenario():
     from dtlab.chaos.spec import shipped_scenarios
     assert set(shipped_scenarios()) <= set(v4.DEFAULTS["scenarios"])
     assert not math.isnan(float(v4.DEFAULTS["rate_per_s"]))
+
+
+def test_smoke_params_are_valid_and_registered():
+    from dtlab.experiments import get
+    assert get("V4") is v4
+    assert set(v4.SMOKE) <= set(v4.DEFAULTS)

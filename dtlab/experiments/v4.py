@@ -58,6 +58,8 @@ DEFAULTS: dict[str, Any] = {
     "samples": 64,
     "predictor": "fast",
 }
+SMOKE: dict[str, Any] = {"jobs": 16, "seeds": [0, 1], "samples": 16,
+                         "scenarios": [CONTROL, "zone-blackout", "rolling-node-failures", "bad-day"]}
 METRICS = ("recovery_ms_mean", "jobs_lost", "deadline_miss_rate", "extra_work_ms")
 FAILED_OUTCOMES = ("failed", "lost", "killed")
 
