@@ -71,7 +71,7 @@ def test_allocation_never_exceeds_capacity(policy):
     rng = np.random.default_rng(1)
     nodes, pods = small_cluster(rng), small_pods(rng)
     res = replay_allocation(nodes, pods, policy, seed=3, inflate_ratio=None)
-    used_cpu, used_mem, gpu_used = recompute_usage(nodes, pods, res.placements)
+    used_cpu, used_mem, gpu_used = recompute_usage(nodes, res.pods, res.placements)
     assert (used_cpu <= nodes.cpu_milli).all() and (used_mem <= nodes.memory_mib).all()
     assert (gpu_used <= 1000).all()
     assert (res.placements["node"] < 0).sum() == res.table["failed_pods"].iloc[-1]
@@ -86,7 +86,7 @@ def test_best_fit_places_each_pod_on_a_node_it_fits_and_fails_only_when_nothing_
     used_mem = np.zeros(len(nodes), np.int64)
     gpu_used = np.zeros((len(nodes), 8), np.int64)
     failures = 0
-    for pod, node, gpus in zip(pods.itertuples(), res.placements["node"], res.placements["gpus"]):
+    for pod, node, gpus in zip(res.pods.itertuples(), res.placements["node"], res.placements["gpus"]):
         ok = fits_reference(nodes, used_cpu, used_mem, gpu_used, pod)
         if node < 0:
             assert not ok.any(), f"{pod.name} failed although it fits some node"
