@@ -57,7 +57,7 @@ def ten_stage_job() -> dtlab.Job:
 def single_stage_job(k: int) -> dtlab.Job:
     return job_from_dict({"apiVersion": "dtlab/v1", "kind": "Job",
                           "metadata": {"name": f"one-{k}", "deadline_ms": 1000, "origin": {"zone": "edge-1"}},
-                          "spec": {"stages": [{"id": "s", "compute": {"cpu": 1, "duration_ms": 300}}]}})
+                          "spec": {"stages": [{"id": "s", "compute": {"cpu": 1, "duration_ms": 300 + k}}]}})  # distinct: no cache hits
 
 
 def report(what: str, times_ms: list[float], nodes: int) -> None:

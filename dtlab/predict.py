@@ -46,6 +46,7 @@ there - and the one place it approximates it (so experiment V2 can judge it):
 """
 from __future__ import annotations
 
+import copy
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, replace
@@ -105,10 +106,14 @@ def _link_params(link: Link | None) -> tuple[float, float, float, float, float, 
 
 def zone_link(snapshot, za: str, zb: str) -> Link | None:
     """The current link between two zones (overrides first, then the spec, intra-zone default); None if none/cut."""
+    return _zone_link(snapshot.cluster, snapshot.link_overrides, za, zb)
+
+
+def _zone_link(cluster, overrides, za: str, zb: str) -> Link | None:
     key = (za, zb)
-    if key in snapshot.link_overrides:
-        return snapshot.link_overrides[key]
-    idx = snapshot.cluster._link_index
+    if key in overrides:
+        return overrides[key]
+    idx = cluster._link_index
     if key in idx:
         return idx[key]
     if za == zb:
@@ -129,52 +134,58 @@ def origin_link(snapshot, job: Job, node: str) -> tuple[bool, Link | None]:
     return link is not None, link
 
 
-class NodeTable:
-    """Per-snapshot node arrays and zone-to-zone link matrices (built once per snapshot version)."""
+def _resolve(cluster, overrides, src: str, dst: str) -> Link | None:
+    """Snapshot.link without a snapshot: node-pair override, zone-pair override, spec; None when cut or absent."""
+    by = cluster.by_name
+    for key in ((src, dst), (by[src].zone, by[dst].zone)):
+        if key in overrides:
+            return overrides[key]
+    try:
+        return cluster.link(src, dst)
+    except SpecError:
+        return None
 
-    def __init__(self, snapshot):
-        self.snapshot = snapshot
-        statuses = list(snapshot.nodes.values())
-        self.names = [s.node.name for s in statuses]
+
+class ClusterTable:
+    """What does not change between snapshots of one cluster and link set: node constants, link matrices.
+
+    Cached by (cluster object, link overrides), so a simulation planning at every arrival, or a
+    burst of plans between telemetry updates, builds it once.
+    """
+
+    def __init__(self, cluster, overrides):
+        self.overrides = overrides
+        self.nodes = list(cluster.nodes)
+        self.names = [n.name for n in self.nodes]
         self.index = {n: i for i, n in enumerate(self.names)}
         self.n = len(self.names)
-        self.nodes = [s.node for s in statuses]
-        self.zones = sorted({n.zone for n in self.nodes} | set(snapshot.cluster.zones))
+        self.zones = sorted({n.zone for n in self.nodes})
         self.zone_index = {z: i for i, z in enumerate(self.zones)}
         self.zone_idx = np.array([self.zone_index[n.zone] for n in self.nodes], dtype=np.int64)
         self.speed = np.array([n.speed for n in self.nodes], dtype=float)
         self.cores = np.array([n.cores for n in self.nodes], dtype=float)
         self.mem = np.array([n.mem_gb for n in self.nodes], dtype=float)
-        util = np.array([s.cpu_util for s in statuses], dtype=float)
-        self.running = np.array([s.running_cpu for s in statuses], dtype=float)
-        self.capacity = self.cores * (1.0 - np.minimum(util + self.running / self.cores, MAX_BACKGROUND))
         self.fail_prob = np.array([n.fail_prob for n in self.nodes], dtype=float)
-        self.schedulable = np.array([s.schedulable for s in statuses], dtype=bool)
         sigs: dict[tuple, int] = {}
         self.sig_idx = np.array([sigs.setdefault((n.arch, n.formats), len(sigs)) for n in self.nodes], dtype=np.int64)
         self.sigs = list(sigs)
+        self.sig_probe = [self.nodes[int(np.argmax(self.sig_idx == k))] for k in range(len(self.sigs))]
         z = len(self.zones)
         params = np.zeros((6, z, z))
         for i, za in enumerate(self.zones):
             for j, zb in enumerate(self.zones):
-                params[:, i, j] = _link_params(zone_link(snapshot, za, zb))
+                params[:, i, j] = _link_params(_zone_link(cluster, overrides, za, zb))
         self.zparams = params
-        # node-pair links that differ from their zones' link: (src, dst) -> Link | None
+        # node-pair links that differ from their zones' link: src -> [(dst, Link | None)]
         self.exceptions: dict[int, list[tuple[int, Link | None]]] = {}
-        pairs = {k for k in snapshot.link_overrides if k[0] in self.index and k[1] in self.index}
-        for (a, b) in snapshot.cluster._link_index:
+        pairs = {k for k in overrides if k[0] in self.index and k[1] in self.index}
+        for (a, b) in cluster._link_index:
             if a in self.index and b in self.index:
-                za, zb = self.nodes[self.index[a]].zone, self.nodes[self.index[b]].zone
-                if (za, zb) not in snapshot.link_overrides:
+                if (self.nodes[self.index[a]].zone, self.nodes[self.index[b]].zone) not in overrides:
                     pairs.add((a, b))
         for a, b in pairs:
-            if a == b:
-                continue
-            try:
-                link = snapshot.link(a, b)
-            except SpecError:
-                link = None
-            self.exceptions.setdefault(self.index[a], []).append((self.index[b], link))
+            if a != b:
+                self.exceptions.setdefault(self.index[a], []).append((self.index[b], _resolve(cluster, overrides, a, b)))
         self._rows: dict[int, LinkRow] = {}
         self._origin_rows: dict[str | None, LinkRow] = {}
 
@@ -205,7 +216,7 @@ class NodeTable:
                 r = self._row_from_zone(self.zone_index[zone])
             else:  # a zone without nodes cannot have links: unreachable
                 r = LinkRow(*(np.zeros(self.n) for _ in range(5)), np.zeros(self.n, dtype=bool))
-            for (a, b), link in self.snapshot.link_overrides.items():
+            for (a, b), link in self.overrides.items():
                 if a == zone and b in self.index:
                     vals = _link_params(link)
                     for arr, v in zip((r.lat, r.ms_per_mb, r.jitter, r.loss, r.rto, r.ok), vals):
@@ -214,11 +225,45 @@ class NodeTable:
         return r
 
 
-class StageTable:
-    """Per-(job, snapshot, timing) arrays: stage x node mean service, formats, feasibility, DAG relations."""
+class NodeTable:
+    """Per-snapshot view: the static :class:`ClusterTable` arrays plus current load and up/cordon state.
 
-    def __init__(self, nt: NodeTable, job: Job, timing: TimingModel):
-        self.job = job
+    A ``snapshot.nodes`` mapping may offer ``status_arrays(names) -> (up, cordoned, cpu_util,
+    running_cpu)`` (four sequences in ``names`` order) to skip building one NodeStatus per node.
+    """
+
+    def __init__(self, snapshot):
+        ct = cluster_table(snapshot.cluster, snapshot.link_overrides)
+        self.static = ct
+        for name in ("nodes", "names", "index", "n", "zones", "zone_index", "zone_idx", "speed", "cores", "mem",
+                     "fail_prob", "sig_idx", "sigs", "zparams", "row", "origin_row"):
+            setattr(self, name, getattr(ct, name))
+        arrays = getattr(snapshot.nodes, "status_arrays", None)
+        if arrays is not None:
+            # optional fast path for live mappings (e.g. a running engine): skip building NodeStatus objects
+            up, cordoned, util, running = (np.asarray(a) for a in arrays(ct.names))
+        else:
+            statuses = [snapshot.nodes[name] for name in ct.names]
+            up = np.array([s.up for s in statuses], dtype=bool)
+            cordoned = np.array([s.cordoned for s in statuses], dtype=bool)
+            util = np.array([s.cpu_util for s in statuses], dtype=float)
+            running = np.array([s.running_cpu for s in statuses], dtype=float)
+        self.running = running.astype(float)
+        self.capacity = self.cores * (1.0 - np.minimum(util + self.running / self.cores, MAX_BACKGROUND))
+        self.up = up.astype(bool)
+        self.schedulable = self.up & ~cordoned.astype(bool)
+
+
+class StageTable:
+    """Per-(stages, cluster, timing) arrays: stage x node mean service, formats, feasibility, DAG relations.
+
+    Static: jobs from one template share it. :func:`stage_table` adds ``candidates`` (feasible and
+    schedulable now) for a snapshot.
+    """
+
+    candidates: np.ndarray
+
+    def __init__(self, nt: "ClusterTable", job: Job, timing: TimingModel):
         self.ids = list(job.topo_order)
         self.index = {sid: i for i, sid in enumerate(self.ids)}
         stages = [job.stages[job.stage_index[sid]] for sid in self.ids]
@@ -239,8 +284,7 @@ class StageTable:
                            constraints=replace(s.constraints, zones=None, nodes=None))
             fmts, factors = [], np.full(len(nt.sigs), np.nan)
             for k, (arch, formats) in enumerate(nt.sigs):
-                probe = nt.nodes[int(np.argmax(nt.sig_idx == k))]
-                res = timing.exec_format(free, replace(probe, arch=arch, formats=formats))
+                res = timing.exec_format(free, nt.sig_probe[k])
                 fmts.append(None if res is None else res[0])
                 if res is not None:
                     factors[k] = res[1]
@@ -254,7 +298,6 @@ class StageTable:
                 ok &= np.isin(np.arange(nt.n), [nt.index[n] for n in c.nodes if n in nt.index])
             self.feasible[i] = ok
             self.base_svc[i, ok] = s.compute.duration_ms * f[ok] / nt.speed[ok]
-        self.candidates = self.feasible & nt.schedulable[None, :]
         # ancestor relation (topo order: predecessors have smaller indices)
         anc = np.zeros((t, t), dtype=bool)
         for i in range(t):
@@ -264,7 +307,7 @@ class StageTable:
         self.ancestor = anc                       # anc[i, j]: j is an ancestor of i
         self.related = anc | anc.T | np.eye(t, dtype=bool)
         # lower bound of the time still needed after stage i ends (fastest feasible node, no transfers)
-        best = np.where(self.candidates, self.base_svc, np.inf).min(axis=1)
+        best = np.where(self.feasible, self.base_svc, np.inf).min(axis=1)
         best = np.where(np.isfinite(best), best, 0.0)
         rem = np.zeros(t)
         for i in reversed(range(t)):
@@ -291,8 +334,14 @@ class _LRU(OrderedDict):
         return value[-1]
 
 
+_CLUSTER_TABLES = _LRU(8)
 _NODE_TABLES = _LRU(4)
 _STAGE_TABLES = _LRU(64)
+
+
+def cluster_table(cluster, overrides) -> ClusterTable:
+    key = (id(cluster), frozenset(overrides.items()))
+    return _CLUSTER_TABLES.get_or(key, lambda: (cluster, ClusterTable(cluster, dict(overrides))))
 
 
 def node_table(snapshot) -> NodeTable:
@@ -301,9 +350,14 @@ def node_table(snapshot) -> NodeTable:
 
 
 def stage_table(snapshot, job: Job, timing: TimingModel) -> StageTable:
+    """The static StageTable of ``job``'s stages with this snapshot's ``candidates`` (feasible and schedulable)."""
     nt = node_table(snapshot)
-    return _STAGE_TABLES.get_or((id(snapshot), id(job), id(timing)),
-                                lambda: (snapshot, job, timing, StageTable(nt, job, timing)))
+    ct = nt.static
+    static = _STAGE_TABLES.get_or((id(ct), job.stages, id(timing)),
+                                  lambda: (ct, timing, StageTable(ct, job, timing)))
+    view = copy.copy(static)
+    view.candidates = static.feasible & nt.schedulable[None, :]
+    return view
 
 
 def node_slowdown(nt: NodeTable, cpu: float, extra_demand) -> np.ndarray:
@@ -392,7 +446,7 @@ def _fast(snapshot, job, placement, shadow, S, rng, timing) -> np.ndarray:
             raise SpecError(f"placement.{sid}", f"stage cannot run on node {placement[sid]!r} (constraints/resources)")
         if back[i] >= 0 and not st.feasible[i, back[i]]:
             raise SpecError(f"shadow.{sid}", f"stage cannot run on node {shadow[sid]!r} (constraints/resources)")
-    up = np.array([snapshot.nodes[name].up for name in nt.names], dtype=bool) if not nt.schedulable.all() else None
+    up = nt.up if not nt.up.all() else None
     # per-stage failure probability: the node's fail_prob split over the job's stages on it
     counts = np.bincount(prim, minlength=nt.n)
     p_fail = 1.0 - (1.0 - nt.fail_prob[prim]) ** (1.0 / counts[prim])
