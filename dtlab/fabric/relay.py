@@ -46,6 +46,19 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
+def chunk_release(arrived: float, restored_at: float, nbytes: int, last: bool, link: Link,
+                  rng: np.random.Generator) -> float:
+    """When (monotonic s) the relay may forward a chunk that arrived at ``arrived`` (see module doc)."""
+    lat = link.latency_ms + (link.jitter_ms * abs(rng.standard_normal()) if link.jitter_ms > 0 else 0.0)
+    at = max(arrived, restored_at) + lat / 1000.0
+    if link.loss > 0:
+        p_chunk = 1.0 - (1.0 - link.loss) ** max(1.0, nbytes / MSS)
+        if rng.random() < p_chunk:
+            rtt = 2 * link.latency_ms
+            at += (max(MIN_RTO_MS, 2 * rtt) if last else rtt) / 1000.0
+    return at
+
+
 @dataclass
 class Transfer:
     tid: int
@@ -192,13 +205,7 @@ class DataPath:
                     while (item := chunks.get()) is not None:
                         arrived, part, last = item
                         link, restored_at = self._wait_up(src, dst)
-                        lat = link.latency_ms + (link.jitter_ms * abs(rng.standard_normal()) if link.jitter_ms > 0 else 0.0)
-                        at = max(arrived, restored_at) + lat / 1000.0
-                        if link.loss > 0:
-                            p_chunk = 1.0 - (1.0 - link.loss) ** max(1.0, len(part) / MSS)
-                            if rng.random() < p_chunk:
-                                rtt = 2 * link.latency_ms
-                                at += (max(MIN_RTO_MS, 2 * rtt) if last else rtt) / 1000.0
+                        at = chunk_release(arrived, restored_at, len(part), last, link, rng)
                         release = max(release, at)
                         delay = release - time.monotonic()
                         if delay > 0:
