@@ -428,8 +428,10 @@ def _legacy(snapshot, job: Job, placement: Mapping[str, str], timing: TimingMode
         start = 0.0
         if not stage.after:
             ok, link = origin_link(snapshot, job, node.name)
-            start = link.latency_ms if link is not None else 0.0
+            start = (link.latency_ms if link is not None else 0.0) if ok else math.inf
         for p in stage.after:
+            if not snapshot.reachable(placement[p], node.name):
+                return math.inf
             link = snapshot.link(placement[p], node.name)
             start = max(start, finish[p] + (link.latency_ms if link is not None else 0.0))
         finish[sid] = start + stage.compute.duration_ms * fmt[1] / node.speed
@@ -456,6 +458,8 @@ def _fast(snapshot, job, placement, shadow, S, rng, timing) -> np.ndarray:
     dead = np.zeros(st.t, dtype=bool)         # never completes
     if up is not None:
         for i in range(st.t):
+            if back[i] >= 0 and not up[back[i]]:   # a down shadow is no shadow: re-plan instead
+                restart[i], replan[i] = prim[i], True
             if not up[prim[i]]:
                 if back[i] >= 0 and up[back[i]]:
                     run_on[i] = restart[i] = back[i]

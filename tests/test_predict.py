@@ -192,3 +192,24 @@ def test_bad_input_names_the_field(kwargs, field):
     with pytest.raises(dtlab.SpecError) as exc:
         sample_latencies(snap, j, placement, rng=0, **kwargs)
     assert exc.value.field == field
+
+
+def test_down_shadow_means_replan_as_in_des():
+    """Primary fails (p=1) and the shadow is down: restart on the same node after detect + replan."""
+    c = cluster([{"name": "a", "cores": 2, "zone": "z1", "fail_prob": 1.0}, {"name": "b", "cores": 2, "zone": "z1"}])
+    snap = snapshot_of(c, [{"kind": "node-down", "node": "b"}])
+    t = TimingModel(service_sigma=0.0)
+    lat = sample_latencies(snap, single_job(cpu=1, duration=100), {"s": "a"}, {"s": "b"}, samples=2000, rng=0, timing=t)
+    # lost work U*100 (mean 50), detect, replan, full rerun 100
+    assert lat.mean() == pytest.approx(50 + t.detect_ms + t.replan_ms + 100, rel=0.01)
+    if pytest.importorskip("simpy"):
+        des = sample_latencies(snap, single_job(cpu=1, duration=100), {"s": "a"}, {"s": "b"}, predictor="des",
+                               samples=500, rng=1, timing=t)
+        assert des.mean() == pytest.approx(lat.mean(), rel=0.02)
+
+
+def test_legacy_unreachable_is_inf():
+    snap = snapshot_of(two_zone(), [{"kind": "link", "a": "edge", "b": "cloud", "up": False}])
+    lat = sample_latencies(snap, pipeline_job(), {"a": "edge-1", "b": "cloud-0", "c": "edge-0"},
+                           predictor="legacy", samples=4, rng=0)
+    assert np.isinf(lat).all()
