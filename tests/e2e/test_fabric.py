@@ -118,9 +118,15 @@ def test_formats_emulated_and_wasm_run(fabric_ready):
         sub.submit(plan, job)
         sub.advance(None)
         stages = sub.results()["stages"].set_index("stage")
+        overheads = dict(sub.timing.overheads)   # host calibration when present, else defaults
     assert leftovers(fid) == []
     assert list(stages["format"]) == ["qemu-amd64", "qemu-riscv64", "wasm"]
     assert stages["ok"].all(), stages.to_dict("records")
+    for sid, node in plan.placement.items():
+        d = {"decode": 300, "infer": 300, "store": 200}[sid]
+        pred = d * overheads[plan.formats[sid]] / cluster.node(node).speed
+        ratio = stages.loc[sid, "duration_ms"] / pred
+        assert 0.5 <= ratio <= 2.5, f"{sid} ({plan.formats[sid]}): observed {stages.loc[sid, 'duration_ms']:.0f} vs {pred:.0f} ms"
     # emulation must cost more than the native reference on the same node speed
     assert stages.loc["infer", "duration_ms"] > 300 / 0.5
 
@@ -170,3 +176,45 @@ def test_close_after_interrupt_leaves_nothing(fabric_ready, tmp_path):
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=30)
     assert leftovers(fid) == []
+
+
+def test_link_degradation_and_cut_slow_transfers(fabric_ready):
+    from dtlab.substrates import make_substrate
+
+    cluster = cluster_from_dict(CLUSTER)
+    with make_substrate("fabric", cluster, seed=4, host_cores=0.3) as sub:
+        def send(mb=0.2):
+            tr = sub.datapath.send("cloud-0", "edge-0", mb)
+            assert tr.done.wait(60) and tr.error is None
+            return (tr.end - tr.start) * 1000.0
+        base = send()
+        sub.inject({"kind": "link-degradation", "at_s": 0, "duration_s": 30, "between": ["edge", "cloud"],
+                    "latency_ms": 150, "bandwidth_mbps": 10})
+        time.sleep(0.2)
+        degraded = send()
+        sub.inject({"kind": "partition", "at_s": sub.now_ms() / 1000.0, "duration_s": 1.0, "between": ["edge", "cloud"]})
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        cut = send(0.01)
+        held = (time.monotonic() - t0) * 1000.0
+        kinds = [e["kind"] for e in sub.events()]
+    # base: 10 ms + 0.2 MB at 40 Mbit/s = 50 ms; degraded: 150 ms + 160 ms
+    assert base < 200, base
+    assert degraded > base + 150 and degraded > 250, (base, degraded)
+    assert held >= 700, held      # held by the partition (~0.9 s left of it) then delivered
+    assert cut >= 700
+    assert "link" in kinds and "link-reset" in kinds
+
+
+def test_missing_cgroups_gives_clear_error(monkeypatch, tmp_path):
+    """Runs anywhere: a host without a CPU cgroup (simulated) gets an error naming what is missing."""
+    from dtlab.errors import SubstrateUnavailable
+    from dtlab.fabric import cgroups
+    from dtlab.substrates import make_substrate
+
+    monkeypatch.setattr(cgroups, "CGROUP_ROOT", tmp_path)
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    with pytest.raises(SubstrateUnavailable) as err:
+        make_substrate("fabric", cluster_from_dict(CLUSTER))
+    msg = str(err.value)
+    assert "root" in msg and str(tmp_path / "cpu") in msg and "cgroup.controllers" in msg
