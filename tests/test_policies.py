@@ -245,3 +245,15 @@ def test_rl_stub_documents_the_interface_and_refuses_to_plan():
 
     placement, shadow = FirstAllowed().plan(ctx)
     assert set(placement) == {s.id for s in job.stages} and shadow == {}
+
+
+def test_least_allocated_filters_nodes_whose_requests_are_full():
+    """'big' scores higher on the mean free fraction but cannot take 1 more core: the fit filter sends it to 'small'."""
+    c = cluster([{"name": "big", "cores": 100, "mem_gb": 1000}, {"name": "small", "cores": 2, "mem_gb": 2}])
+    st = dtlab.ClusterState(c)
+    st.apply_many([{"kind": "job-submit", "job": "hog", "stage_cpu": {"z": 99.5}},
+                   {"kind": "stage-start", "job": "hog", "stage": "z", "node": "big"}])
+    job = jobd([{"id": "s", "compute": {"cpu": 1, "mem_gb": 1.2, "duration_ms": 10}}])
+    assert dtlab.Twin(st).plan(job, policy="least-allocated").placement == {"s": "small"}
+    st.apply({"kind": "node-cordon", "node": "small"})   # nothing fits: overcommit rather than refuse
+    assert dtlab.Twin(st).plan(job, policy="least-allocated").placement == {"s": "big"}

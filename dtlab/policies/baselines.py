@@ -23,7 +23,10 @@ class LeastAllocated:
 
     Requests, not utilisation, as the scheduler does: cores claimed by running stages
     (``running_cpu``) and by this job's stages already placed, plus the stage's own request.
-    Ties go to the first node in cluster order (kube-scheduler breaks them at random).
+    Nodes whose free requests cannot take the stage are filtered out first, as the scheduler's
+    NodeResourcesFit filter does; when no node passes, all candidates stay (the twin has no
+    pending queue: the stage then shares an overcommitted node). Ties go to the first node in
+    cluster order (kube-scheduler breaks them at random).
     """
     name = "least-allocated"
 
@@ -35,7 +38,11 @@ class LeastAllocated:
         mem_used = np.zeros(nt.n)
         for i in range(st.t):
             ok = _reachable(b, i)
-            score = ((nt.cores - cpu_used - st.cpu[i]) / nt.cores + (nt.mem - mem_used - mem_req[i]) / nt.mem) / 2
+            free_cpu, free_mem = nt.cores - cpu_used - st.cpu[i], nt.mem - mem_used - mem_req[i]
+            fits = ok & (free_cpu >= 0) & (free_mem >= 0)     # the NodeResourcesFit filter
+            if fits.any():
+                ok = fits
+            score = (free_cpu / nt.cores + free_mem / nt.mem) / 2
             n = int(np.argmax(np.where(ok, score, -np.inf)))
             b.place(i, n, 0.0)
             cpu_used[n] += st.cpu[i]
