@@ -43,7 +43,7 @@ virtual seconds.
 from __future__ import annotations
 
 import math
-from array import array
+from heapq import heappop, heappush
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
@@ -63,8 +63,8 @@ Replan = Callable[[Job, str, str], "str | None"]
 
 
 class _Node:
-    __slots__ = ("name", "node", "cores", "bg", "capacity", "up", "down_at", "permanent", "active",
-                 "claimed", "last_t", "gen", "next_run", "next_t", "waiters", "inbound", "peak", "cpu0", "mixed")
+    __slots__ = ("name", "node", "cores", "bg", "capacity", "up", "down_at", "permanent", "groups", "count",
+                 "seq", "claimed", "last_t", "gen", "next_run", "next_t", "waiters", "inbound", "peak")
 
     def __init__(self, node, bg: float):
         self.name = node.name
@@ -75,22 +75,44 @@ class _Node:
         self.up = True
         self.down_at = -math.inf
         self.permanent = False
-        self.active: list[_Run] = []
-        self.claimed = 0.0          # sum of cpu caps of active runs
+        self.groups: dict[float, _Group] = {}   # cpu cap -> runs sharing the node with that cap
+        self.count = 0              # running stages
+        self.seq = 0                # start order (heap tie-break)
+        self.claimed = 0.0          # sum of cpu caps of running stages
         self.last_t = 0.0
         self.gen = 0
         self.next_run: _Run | None = None
         self.next_t = math.inf
         self.waiters: list[tuple[_JobRun, str]] = []   # stages waiting for this node to come back
-        self.inbound: set[_Run] = set()                 # runs receiving inputs for this node
+        self.inbound = _OrderedSet()                    # runs receiving inputs for this node
         self.peak = 0.0             # max over time of (allocated cores - capacity), should stay <= 0
-        self.cpu0 = 0.0             # cpu cap shared by all active runs unless `mixed`
-        self.mixed = False
+
+
+class _Group:
+    """Running stages of one node with the same cpu cap (they always get the same rate)."""
+    __slots__ = ("cpu", "v", "frac", "heap", "n")
+
+    def __init__(self, cpu: float):
+        self.cpu = cpu
+        self.v = 0.0                # virtual clock: work (ms at full rate) each member has done since
+        self.frac = 1.0             # rate as a fraction of the cap
+        self.heap: list = []        # (target v, seq, run)
+        self.n = 0
+
+
+class _OrderedSet(dict):
+    """A set that iterates in insertion order (set order follows ids and would break determinism)."""
+
+    def add(self, item) -> None:
+        self[item] = None
+
+    def discard(self, item) -> None:
+        self.pop(item, None)
 
 
 class _Run:
     """One attempt of one stage on one node."""
-    __slots__ = ("jr", "sid", "node", "attempt", "fmt", "cpu", "work", "remaining", "frac",
+    __slots__ = ("jr", "sid", "node", "attempt", "fmt", "cpu", "work", "group", "target", "running",
                  "ready_ms", "start_ms", "pending", "doomed", "dead")
 
     def __init__(self, jr, sid, node, attempt, fmt, cpu, work, ready_ms):
@@ -101,13 +123,19 @@ class _Run:
         self.fmt = fmt
         self.cpu = cpu
         self.work = work
-        self.remaining = work
-        self.frac = 1.0
+        self.group: _Group | None = None
+        self.target = 0.0
+        self.running = False
         self.ready_ms = ready_ms
         self.start_ms = math.nan
         self.pending = 0
         self.doomed = False
         self.dead = False
+
+    @property
+    def remaining(self) -> float:
+        """Work left (ms at full rate), as of the node's last PS update."""
+        return self.work if self.group is None else self.target - self.group.v
 
 
 class _JobRun:
@@ -134,7 +162,7 @@ class _JobRun:
         self.extra_work = 0.0
         self.failures: Mapping[str, float] = _EMPTY
         self.attempts: dict[str, int] = {}
-        self.runs: set[_Run] = set()
+        self.runs = _OrderedSet()
         self.nodes_used: list[str] = []
 
 
@@ -342,7 +370,7 @@ class Engine:
         work = stage.compute.duration_ms * jr.scale * fmt[1] / ns.node.speed * jr.noise[sid]
         run = _Run(jr, sid, node, attempt, fmt[0], float(stage.compute.cpu), work, now)
         if attempt == 1 and sid in jr.failures:
-            run.work = run.remaining = work * jr.failures[sid]
+            run.work = work * jr.failures[sid]
             run.doomed = True
         jr.runs.add(run)
         job = jr.job
@@ -505,7 +533,7 @@ class Engine:
             ns = self._nodes[run.node]
             if run in ns.inbound:
                 ns.inbound.discard(run)
-            elif run.start_ms == run.start_ms and ns.up:
+            elif run.running:
                 self._ps_remove(ns, run, now)
                 self._record_stage(run, now, "cancelled")
         jr.runs.clear()
@@ -529,7 +557,8 @@ class Engine:
         ns.down_at = now
         ns.permanent = duration_ms is None
         lost: list[_Run] = []
-        for run in ns.active:
+        for run in self._ps_running(ns):
+            run.running = False
             run.dead = True
             run.jr.extra_work += run.work - max(run.remaining, 0.0)
             self._record_stage(run, now, "failed")
@@ -539,8 +568,9 @@ class Engine:
             run.dead = True
             self._record_stage(run, now, "lost")
             lost.append(run)
-        ns.active = []
-        ns.inbound = set()
+        ns.groups = {}
+        ns.count = 0
+        ns.inbound = _OrderedSet()
         ns.claimed = 0.0
         ns.gen += 1
         ns.next_run, ns.next_t = None, math.inf
@@ -587,7 +617,7 @@ class Engine:
                 if run in ns.inbound:
                     ns.inbound.discard(run)
                     self._record_stage(run, now, "killed")
-                elif run.start_ms == run.start_ms and run in ns.active:
+                elif run.running:
                     self._ps_remove(ns, run, now)
                     jr.extra_work += run.work - max(run.remaining, 0.0)
                     self._record_stage(run, now, "killed")
@@ -649,7 +679,7 @@ class Engine:
         ns.capacity = ns.cores * (1.0 - util)
         if self.listeners:
             self._emit({"kind": "telemetry", "node": ns.name, "cpu_util": util})
-        if ns.active:
+        if ns.count:
             self._ps_schedule(ns, now)
 
     def node_running_cpu(self) -> dict[str, float]:
@@ -662,89 +692,105 @@ class Engine:
         return ns.up, ns.bg, ns.claimed
 
     # ------------------------------------------------------------ processor sharing
+    # Water-filling gives every run with the same cpu cap the same rate, so runs are grouped by
+    # cap: a group keeps a virtual clock ``v`` (work done per run since the group formed) and a
+    # heap of finishing points ``target = v_at_start + work``. An event costs O(groups + log n),
+    # not O(n), which keeps a busy node (M/M/1 at rho 0.9) as cheap as an idle one.
     def _ps_advance(self, ns: _Node, now: float) -> None:
         dt = now - ns.last_t
-        if dt > 0:
-            for r in ns.active:
-                r.remaining -= dt * r.frac
+        if dt > 0 and ns.count:
+            for g in ns.groups.values():
+                g.v += dt * g.frac
         ns.last_t = now
 
     def _ps_add(self, ns: _Node, run: _Run, now: float) -> None:
         self._ps_advance(ns, now)
-        if not ns.active:
-            ns.cpu0, ns.mixed = run.cpu, False
-        elif run.cpu != ns.cpu0:
-            ns.mixed = True
-        ns.active.append(run)
+        g = ns.groups.get(run.cpu)
+        if g is None:
+            g = ns.groups[run.cpu] = _Group(run.cpu)
+        run.group = g
+        run.target = g.v + run.work
+        run.running = True
+        ns.seq += 1
+        heappush(g.heap, (run.target, ns.seq, run))
+        g.n += 1
+        ns.count += 1
         ns.claimed += run.cpu
         if ns.claimed <= ns.capacity + EPS_MS and ns.next_run is not None:
             # uncontended before and after: nobody's rate changed; only the new run may finish first
-            run.frac = 1.0
-            t = now + run.remaining
+            g.frac = 1.0
+            t = now + run.work
             if t < ns.next_t:
                 self._ps_arm(ns, run, t, now)
             return
         self._ps_schedule(ns, now)
 
     def _ps_remove(self, ns: _Node, run: _Run, now: float) -> None:
+        """Take a running run off its node (killed/cancelled); its heap entry is dropped lazily."""
         self._ps_advance(ns, now)
-        ns.active.remove(run)
-        ns.claimed -= run.cpu
-        if not ns.active:
-            ns.claimed = 0.0
+        self._ps_drop(ns, run)
         self._ps_schedule(ns, now)
+
+    def _ps_drop(self, ns: _Node, run: _Run) -> None:
+        run.running = False
+        g = run.group
+        g.n -= 1
+        ns.count -= 1
+        ns.claimed -= run.cpu
+        if g.n == 0 and ns.groups.get(g.cpu) is g:
+            del ns.groups[g.cpu]
+        if ns.count == 0:
+            ns.claimed = 0.0
+
+    def _ps_running(self, ns: _Node) -> list[_Run]:
+        """The runs sharing ``ns`` now, in start order."""
+        runs = [e for g in ns.groups.values() for e in g.heap if e[2].running]
+        runs.sort(key=_seq_of)
+        return [e[2] for e in runs]
 
     def _ps_schedule(self, ns: _Node, now: float) -> None:
         """Recompute allocations (max-min fair, capped at each run's cpu) and arm the next completion."""
-        active = ns.active
-        cap = ns.capacity
-        if not active:
+        groups = ns.groups
+        if not ns.count:
             ns.gen += 1
             ns.next_run, ns.next_t = None, math.inf
             return
-        best, best_t = None, math.inf
+        cap = ns.capacity
         if ns.claimed <= cap + EPS_MS:
             alloc = ns.claimed
-            for r in active:
-                r.frac = 1.0
-                if r.remaining < best_t:
-                    best, best_t = r, r.remaining
-        elif not ns.mixed:
-            frac = cap / (len(active) * ns.cpu0)   # equal caps, contended: an equal share each
+            for g in groups.values():
+                g.frac = 1.0
+        elif len(groups) == 1:
+            for g in groups.values():
+                g.frac = cap / (g.n * g.cpu)     # one cap, contended: an equal share each
             alloc = cap
-            if frac > 0:
-                for r in active:
-                    r.frac = frac
-                    if r.remaining < best_t:
-                        best, best_t = r, r.remaining
-                best_t /= frac
-            else:
-                for r in active:
-                    r.frac = 0.0
         else:
             # water-filling: smallest caps are served in full, the rest share what is left equally
-            order = sorted(active, key=_cpu_of)
-            left = cap
-            k = len(order)
-            alloc = 0.0
-            for i, r in enumerate(order):
-                share = left / (k - i)
-                if r.cpu <= share:
-                    r.frac = 1.0
-                    left -= r.cpu
-                    alloc += r.cpu
+            left, k, alloc = cap, ns.count, 0.0
+            order = sorted(groups.values(), key=_cpu_of)
+            for i, g in enumerate(order):
+                share = left / k
+                if g.cpu <= share:
+                    g.frac = 1.0
+                    left -= g.cpu * g.n
+                    k -= g.n
+                    alloc += g.cpu * g.n
                 else:
-                    for r2 in order[i:]:
-                        r2.frac = share / r2.cpu
-                    alloc += share * (k - i)
+                    for g2 in order[i:]:
+                        g2.frac = share / g2.cpu
+                    alloc += share * k
                     break
-            if cap > 0:
-                for r in active:
-                    t = r.remaining / r.frac
-                    if t < best_t:
-                        best, best_t = r, t
         if alloc - cap > ns.peak:
             ns.peak = alloc - cap
+        best, best_t = None, math.inf
+        for g in groups.values():
+            heap = g.heap
+            while not heap[0][2].running:
+                heappop(heap)
+            if g.frac > 0:
+                t = (heap[0][0] - g.v) / g.frac
+                if t < best_t:
+                    best, best_t = heap[0][2], t
         if best is None:
             ns.gen += 1
             ns.next_run, ns.next_t = None, math.inf
@@ -764,24 +810,21 @@ class Engine:
         if ev.ps_gen != ns.gen:
             return  # superseded by a later reallocation
         now = self.env.now
-        dt = now - ns.last_t
-        ns.last_t = now
+        self._ps_advance(ns, now)
         first = ns.next_run
-        active = ns.active
-        active.remove(first)
-        done = [first]
-        if active:
-            if dt > 0:
-                for r in active:
-                    r.remaining -= dt * r.frac
-            finished = [r for r in active if r.remaining <= EPS_MS]
-            if finished:
-                done.extend(finished)
-                ns.active = active = [r for r in active if r.remaining > EPS_MS]
-        if active:
-            ns.claimed -= sum(r.cpu for r in done)
-        else:
-            ns.claimed = 0.0
+        done = []
+        for g in list(ns.groups.values()):
+            heap, v = g.heap, g.v
+            while heap:
+                run = heap[0][2]
+                if not run.running:
+                    heappop(heap)
+                elif run is first or heap[0][0] - v <= EPS_MS:
+                    heappop(heap)
+                    done.append(run)
+                    self._ps_drop(ns, run)
+                else:
+                    break
         ns.next_run, ns.next_t = None, math.inf
         self._ps_schedule(ns, now)
         for r in done:
@@ -849,8 +892,13 @@ class Engine:
         return {name: ns.peak for name, ns in self._nodes.items()}
 
 
-def _cpu_of(run: _Run) -> float:
-    return run.cpu
+def _cpu_of(item) -> float:
+    return item.cpu
+
+
+def _seq_of(entry) -> int:
+    return entry[1]
+
 
 
 def _check_util(util, field: str) -> float:
