@@ -1,7 +1,8 @@
 """`dtlab run | results | figures`: the experiment subcommands of the dtlab CLI.
 
 ``register(subparsers)`` adds them to the main ``dtlab`` parser; ``python -m dtlab.cli_run`` runs
-them on their own. Exit codes: 0 all good, 1 a notebook failed, 2 bad params or usage.
+them on their own. Exit codes (as ``dtlab.cli``): 0 all good, 1 a notebook failed, 2 bad params or usage, 3 other
+dtlab errors (e.g. an experiment module that is not available).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 2
     except DtlabError as exc:
         print(f"dtlab run: {exc}", file=sys.stderr)
-        return 2
+        return 3
     failed = [o for o in outcomes if o.status == "failed"]
     for o in failed:
         print(f"dtlab run: {o.error}\n    executed notebook: {o.run_dir}", file=sys.stderr)

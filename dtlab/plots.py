@@ -64,24 +64,25 @@ SERIES: dict[str, tuple[str, str, str]] = {
     "native": ("Native", OKABE_ITO["blue"], "o"),
     "qemu-arm64": ("QEMU arm64", OKABE_ITO["orange"], "s"),
     "qemu-riscv64": ("QEMU riscv64", OKABE_ITO["vermillion"], "^"),
+    "qemu-amd64": ("QEMU amd64", OKABE_ITO["sky_blue"], "v"),
     "wasm": ("Wasm", OKABE_ITO["bluish_green"], "D"),
-    # failover strategies
-    "shadow": ("Shadow failover", OKABE_ITO["bluish_green"], "o"),
-    "replan": ("Re-plan", OKABE_ITO["blue"], "s"),
-    "no-dt": ("No DT", GREY, "v"),
+    # failover strategies (V4): the colour of the policy each one plans with
+    "shadow-resilient": ("Shadow (DT resilient)", OKABE_ITO["bluish_green"], "s"),
+    "shadow-cvar": ("Shadow (DT CVaR)", OKABE_ITO["reddish_purple"], "^"),
+    "replan-greedy": ("Re-plan (DT greedy)", OKABE_ITO["blue"], "o"),
+    "no-twin": ("No twin (K8s least-alloc.)", OKABE_ITO["vermillion"], "D"),
     # drift handling
     "recalibrated": ("With recalibration", OKABE_ITO["bluish_green"], "o"),
     "static": ("Without recalibration", OKABE_ITO["vermillion"], "s"),
 }
 _ALIASES = {
     "least_allocated": "least-allocated", "leastallocated": "least-allocated",
-    "k8s-default": "least-allocated", "default": "least-allocated", "roundrobin": "round-robin",
+    "k8s-default": "least-allocated", "roundrobin": "round-robin",
     "round_robin": "round-robin", "rl_stub": "rl-stub", "rl": "rl-stub", "qemu_arm64": "qemu-arm64",
-    "qemu_riscv64": "qemu-riscv64", "shadow-failover": "shadow", "failover": "shadow",
-    "re-plan": "replan", "no_dt": "no-dt", "nodt": "no-dt", "recalibration": "recalibrated",
-    "online": "recalibrated", "with-recalibration": "recalibrated", "true": "recalibrated",
-    "off": "static", "without-recalibration": "static", "false": "static", "no-recalibration": "static",
-    "none-predictor": "none",
+    "qemu_riscv64": "qemu-riscv64",
+    "no-dt": "no-twin", "no_dt": "no-twin", "nodt": "no-twin", "recalibration": "recalibrated",
+    "online": "recalibrated", "with-recalibration": "recalibrated",
+    "without-recalibration": "static", "no-recalibration": "static",
 }
 
 
@@ -246,9 +247,13 @@ def _per_group_ci(df: pd.DataFrame, by: Sequence[str], value: str) -> pd.DataFra
     return pd.DataFrame(rows, columns=[*by, "mean", "lo", "hi", "n"])
 
 
-def _bars(ax, labels: Sequence, means, los, his, colours, hatches=None, width=0.8, offset=0.0):
+def _bars(ax, labels: Sequence, means, los, his, colours, hatches=None, width=0.8, offset=0.0,
+          bounds: tuple[float, float] = (0.0, np.inf)):
+    """Bars with CI whiskers; ``bounds`` clips the interval to the quantity's range (a rate stays
+    within [0, 100] % even when a t-interval over two seeds says otherwise)."""
     x = np.arange(len(labels)) + offset
     means, los, his = (np.asarray(v, dtype=float) for v in (means, los, his))
+    los, his = np.clip(los, *bounds), np.clip(his, *bounds)
     err = np.vstack([np.clip(means - los, 0, None), np.clip(his - means, 0, None)])
     bars = ax.bar(x, means, width=width, color=colours, edgecolor="black", linewidth=0.4,
                   yerr=err, error_kw={"elinewidth": 0.6, "ecolor": "black"})
@@ -268,6 +273,8 @@ def figure_v1(tables: Mapping[str, pd.DataFrame]) -> Figure:
     """V1: job latency (mean, p95, p99) and deadline-miss rate per policy, 95 % CI over seeds."""
     df = tables["results"]
     _require(df, ["policy", "latency_mean_ms", "latency_p95_ms", "latency_p99_ms", "miss_rate"], "V1 results")
+    if "rate_per_s" in df.columns and df["rate_per_s"].nunique() > 1:
+        return _figure_v1_sweep(df)
     policies = order(df["policy"].unique())
     fig, (ax_lat, ax_miss) = figure(columns=2, height_ratio=0.33, ncols=2,
                                     gridspec_kw={"width_ratios": [2.2, 1]})
@@ -284,12 +291,38 @@ def figure_v1(tables: Mapping[str, pd.DataFrame]) -> Figure:
     _legend(ax_lat, ncols=3, loc="upper left")
     _panel_label(ax_lat, "(a) latency, 95 % CI over seeds")
     ci = _per_group_ci(df, ["policy"], "miss_rate").set_index("policy").loc[policies]
-    _bars(ax_miss, policies, 100 * ci["mean"], 100 * ci["lo"], 100 * ci["hi"], [color(p) for p in policies])
+    _bars(ax_miss, policies, 100 * ci["mean"], 100 * ci["lo"], 100 * ci["hi"], [color(p) for p in policies],
+          bounds=(0.0, 100.0))
     ax_miss.set_xticks(np.arange(len(policies)), [display_name(p) for p in policies], rotation=40, ha="right",
                        rotation_mode="anchor")
     ax_miss.set_ylabel("deadline misses (%)")
     ax_miss.set_ylim(bottom=0)
     _panel_label(ax_miss, "(b) deadline-miss rate")
+    return fig
+
+
+def _figure_v1_sweep(df: pd.DataFrame) -> Figure:
+    """V1 over several arrival rates: mean and p95 latency and miss rate vs load, one line per policy."""
+    fig, axes = figure(columns=2, height_ratio=0.3, ncols=3)
+    panels = ((axes[0], "latency_mean_ms", 1e-3, "mean job latency (s)", "(a) mean latency"),
+              (axes[1], "latency_p95_ms", 1e-3, "p95 job latency (s)", "(b) p95 latency"),
+              (axes[2], "miss_rate", 100.0, "deadline misses (%)", "(c) deadline-miss rate"))
+    for i, p in enumerate(order(df["policy"].unique())):
+        c, m = style_of(p, i)
+        dash = "-" if series_key(p) in ("greedy", "resilient", "cvar") else "--"   # DT solid, baselines dashed
+        sub = df[df["policy"] == p]
+        for ax, col, scale, _, _ in panels:
+            ci = _per_group_ci(sub, ["rate_per_s"], col).sort_values("rate_per_s")
+            ax.plot(ci["rate_per_s"], scale * ci["mean"], dash, color=c, marker=m, label=display_name(p))
+            top = 100.0 if col == "miss_rate" else np.inf
+            ax.fill_between(ci["rate_per_s"], (scale * ci["lo"]).clip(lower=0), (scale * ci["hi"]).clip(upper=top),
+                            color=c, alpha=0.12, linewidth=0)
+    for ax, _, _, ylabel, title in panels:
+        ax.set_xlabel("arrival rate (jobs/s)")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(bottom=0)
+        _panel_label(ax, title)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=6)
     return fig
 
 
@@ -343,22 +376,25 @@ def figure_v3(tables: Mapping[str, pd.DataFrame]) -> Figure:
     plan = tables.get("plan_latency")
     fig, axes = figure(columns=2, height_ratio=0.36, ncols=2 if plan is not None else 1)
     ax_fmt = axes[0] if plan is not None else axes
-    rank = {f: i for i, f in enumerate(order(df["format"].unique()))}
-    by_node = "node" in df.columns and df["node"].nunique() > 1
-    rows = df.assign(_rank=df["format"].map(rank)).sort_values(["_rank", *(["node"] if by_node else [])])
-    labels = [f"{display_name(r.format)}\n{r.node}" if by_node else display_name(r.format)
-              for r in rows.itertuples()]
-    x = _bars(ax_fmt, labels, rows["observed_mean"], rows["ci_low"], rows["ci_high"],
-              [color(f) for f in rows["format"]], width=0.7)
-    if "twin_factor" in rows.columns:
-        ax_fmt.scatter(x, rows["twin_factor"], marker="_", s=120, color="black", linewidths=1.2,
-                       zorder=3, label="twin's factor")
-    if "truth_factor" in rows.columns and rows["truth_factor"].notna().any():
-        ax_fmt.scatter(x, rows["truth_factor"], marker="x", s=14, color="black", linewidths=0.8,
-                       zorder=3, label="ground truth (sim)")
-    ax_fmt.axhline(1.0, color="black", linewidth=0.5)
-    ax_fmt.set_xticks(x, labels, rotation=30 if len(labels) > 6 else 0, ha="right" if len(labels) > 6 else "center",
-                      fontsize=6 if len(labels) > 6 else 7)
+    formats = order(df["format"].unique())
+    # one point per node that offers the format (CI over seeds), the twin's factor as a black dash
+    for i, fmt in enumerate(formats):
+        sub = df[df["format"] == fmt].sort_values("node" if "node" in df.columns else "format")
+        offsets = np.linspace(-0.3, 0.3, len(sub)) if len(sub) > 1 else np.zeros(1)
+        mean = sub["observed_mean"].to_numpy(dtype=float)
+        err = np.vstack([np.clip(mean - sub["ci_low"].clip(lower=0).to_numpy(dtype=float), 0, None),
+                         np.clip(sub["ci_high"].to_numpy(dtype=float) - mean, 0, None)])
+        c, m = style_of(fmt, i)
+        ax_fmt.errorbar(i + offsets, mean, yerr=err, fmt=m, color=c, markersize=3.5, elinewidth=0.7,
+                        label="observed (one per node)" if i == 0 else None)
+        if "twin_factor" in sub.columns:
+            ax_fmt.hlines(sub["twin_factor"].mean(), i - 0.4, i + 0.4, color="black", linewidth=1.2,
+                          label="twin's factor" if i == 0 else None)
+        if "truth_factor" in sub.columns and sub["truth_factor"].notna().any():
+            ax_fmt.hlines(sub["truth_factor"].mean(), i - 0.4, i + 0.4, color="black", linewidth=0.8,
+                          linestyles=":", label="ground truth (sim)" if i == 0 else None)
+    ax_fmt.axhline(1.0, color=GREY, linewidth=0.5)
+    ax_fmt.set_xticks(np.arange(len(formats)), [display_name(f).replace(" ", "\n", 1) for f in formats])
     ax_fmt.set_ylabel("slowdown vs native (x)")
     ax_fmt.set_ylim(bottom=0)
     _legend(ax_fmt, loc="upper left")
@@ -390,47 +426,96 @@ def figure_v3(tables: Mapping[str, pd.DataFrame]) -> Figure:
 
 @styled
 def figure_v5(tables: Mapping[str, pd.DataFrame]) -> Figure:
-    """V5: plan latency (p50 solid, p99 dashed) vs cluster size per policy, and state throughput."""
+    """V5: plan latency p50 and p99 vs twin size per policy (warm/fresh twin as line style), and
+    the twin state's update throughput and snapshot time; bands are 95 % CI over seeds."""
     df = tables["results"]
     _require(df, ["nodes", "policy", "p50_ms", "p99_ms"], "V5 results")
     state = tables.get("state")
-    fig, axes = figure(columns=2, height_ratio=0.36, ncols=2 if state is not None else 1)
-    ax = axes[0] if state is not None else axes
-    for i, p in enumerate(order(df["policy"].unique())):
-        c, m = style_of(p, i)
-        sub = df[df["policy"] == p]
-        for col, ls, suffix in (("p50_ms", "-", "p50"), ("p99_ms", "--", "p99")):
-            ci = _per_group_ci(sub, ["nodes"], col).sort_values("nodes")
-            ax.plot(ci["nodes"], ci["mean"], ls, color=c, marker=m, label=f"{display_name(p)} {suffix}")
-            ax.fill_between(ci["nodes"], ci["lo"], ci["hi"], color=c, alpha=0.2, linewidth=0)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("twin size (nodes)")
-    ax.set_ylabel("plan latency (ms)")
-    _legend(ax, loc="upper left")
-    _panel_label(ax, "(a) plan latency vs cluster size")
+    fig, axes = figure(columns=2, height_ratio=0.3, ncols=3 if state is not None else 2)
+    modes = list(dict.fromkeys(df["mode"])) if "mode" in df.columns else [None]
+    dashes = ["-", "--", ":", "-."]
+    for ax, col, title in ((axes[0], "p50_ms", "(a) median plan latency"),
+                           (axes[1], "p99_ms", "(b) p99 plan latency")):
+        for i, p in enumerate(order(df["policy"].unique())):
+            c, m = style_of(p, i)
+            for j, mode in enumerate(modes):
+                sub = df[(df["policy"] == p) & ((df["mode"] == mode) if mode is not None else True)]
+                ci = _per_group_ci(sub, ["nodes"], col).sort_values("nodes")
+                label = display_name(p) + (f" ({mode})" if mode is not None and len(modes) > 1 else "")
+                ax.plot(ci["nodes"], ci["mean"], dashes[j % 4], color=c, marker=m, label=label)
+                ax.fill_between(ci["nodes"], ci["lo"].clip(lower=ci["mean"] / 100), ci["hi"], color=c,
+                                alpha=0.15, linewidth=0)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("twin size (nodes)")
+        ax.set_ylabel("plan latency (ms)")
+        _panel_label(ax, title)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center",
+               ncols=min(4, len(axes[0].get_legend_handles_labels()[0])))
     if state is not None:
-        ax2 = axes[1]
+        ax2 = axes[2]
         _require(state, ["nodes", "apply_events_per_s"], "V5 state")
         ci = _per_group_ci(state, ["nodes"], "apply_events_per_s").sort_values("nodes")
-        ax2.plot(ci["nodes"], ci["mean"], "-o", color=OKABE_ITO["blue"], label="state updates / s")
-        ax2.fill_between(ci["nodes"], ci["lo"], ci["hi"], color=OKABE_ITO["blue"], alpha=0.2, linewidth=0)
+        ax2.plot(ci["nodes"], ci["mean"], "-o", color=OKABE_ITO["blue"], label="events applied / s")
+        ax2.fill_between(ci["nodes"], ci["lo"].clip(lower=ci["mean"] / 100), ci["hi"], color=OKABE_ITO["blue"],
+                         alpha=0.15, linewidth=0)
         ax2.set_xscale("log")
         ax2.set_yscale("log")
         ax2.set_xlabel("twin size (nodes)")
-        ax2.set_ylabel("applied events per second")
+        ax2.set_ylabel("state events applied per second")
         if "snapshot_ms" in state.columns:
             ax3 = ax2.twinx()
             ax3.spines["right"].set_visible(True)
             ci = _per_group_ci(state, ["nodes"], "snapshot_ms").sort_values("nodes")
-            ax3.plot(ci["nodes"], ci["mean"], "--s", color=OKABE_ITO["vermillion"], label="snapshot (ms)")
+            ax3.plot(ci["nodes"], ci["mean"], "--s", color=OKABE_ITO["vermillion"], label="snapshot (ms, right)")
             ax3.set_yscale("log")
             ax3.set_ylabel("snapshot time (ms)")
             ax3.grid(False)
             h1, l1 = ax2.get_legend_handles_labels()
             h2, l2 = ax3.get_legend_handles_labels()
-            ax2.legend(h1 + h2, l1 + l2, loc="upper center")
-        _panel_label(ax2, "(b) twin state throughput")
+            ax2.legend(h1 + h2, l1 + l2, loc="lower left")
+        _panel_label(ax2, "(c) twin state cost")
+    return fig
+
+
+@styled
+def figure_v4(tables: Mapping[str, pd.DataFrame]) -> Figure:
+    """V4: recovery time, deadline-miss rate and jobs lost per fault scenario and failover strategy
+    (95 % CI over seeds; jobs lost summed over seeds, since the claim is that it is zero)."""
+    df = tables["results"]
+    _require(df, ["scenario", "strategy", "recovery_ms_mean", "deadline_miss_rate", "jobs_lost"], "V4 results")
+    scenarios = list(dict.fromkeys(df["scenario"]))
+    strategies = order(df["strategy"].unique())
+    fig, axes = figure(columns=2, height_ratio=0.34, ncols=3)
+    width = 0.8 / max(len(strategies), 1)
+    x = np.arange(len(scenarios))
+    for j, strat in enumerate(strategies):
+        sub = df[df["strategy"] == strat]
+        c, _ = style_of(strat, j)
+        off = (j - (len(strategies) - 1) / 2) * width
+        for ax, col, scale, top in ((axes[0], "recovery_ms_mean", 1e-3, np.inf),
+                                    (axes[1], "deadline_miss_rate", 100.0, 100.0)):
+            ci = _per_group_ci(sub, ["scenario"], col).set_index("scenario").reindex(scenarios)
+            _bars(ax, scenarios, scale * ci["mean"], scale * ci["lo"], scale * ci["hi"], [c] * len(scenarios),
+                  width=width, offset=off, bounds=(0.0, top))
+        lost = sub.groupby("scenario")["jobs_lost"].sum().reindex(scenarios)
+        axes[2].bar(x + off, lost, width=width, color=c, edgecolor="black", linewidth=0.4,
+                    label=display_name(strat))
+    labels = [s.replace("-", " ") for s in scenarios]
+    for ax, ylabel, title in ((axes[0], "recovery time (s)", "(a) recovery after a fault"),
+                              (axes[1], "deadline misses (%)", "(b) deadline misses"),
+                              (axes[2], "jobs lost (sum over seeds)", "(c) jobs lost")):
+        ax.set_xticks(x, labels, rotation=35, ha="right", rotation_mode="anchor")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(bottom=0)
+        _panel_label(ax, title)
+    axes[2].yaxis.get_major_locator().set_params(integer=True)
+    if not np.nansum(df["jobs_lost"].to_numpy(dtype=float)):
+        # an empty panel looks like a plotting bug; say what it means
+        axes[2].set_ylim(0, 1)
+        axes[2].text(0.5, 0.5, "no job lost\nin any run", transform=axes[2].transAxes, ha="center",
+                     va="center")
+    fig.legend(*axes[2].get_legend_handles_labels(), loc="outside lower center", ncols=len(strategies))
     return fig
 
 
@@ -464,6 +549,7 @@ FIGURES: dict[str, tuple[str, Callable[[Mapping[str, pd.DataFrame]], Figure]]] =
     "V1": ("V1_controller_vs_baseline", figure_v1),
     "V2": ("V2_prediction_accuracy", figure_v2),
     "V3": ("V3_execution_overhead", figure_v3),
+    "V4": ("V4_shadow_failover", figure_v4),
     "V5": ("V5_scalability", figure_v5),
     "V6": ("V6_drift_robustness", figure_v6),
 }

@@ -226,3 +226,22 @@ def format_runs(table: pd.DataFrame) -> str:
         lines.append(f"{row.experiment:<4} {row.run_id:<12} {row.status:<7} {started:<19} {dur} "
                      f"{row.substrate or '-':<7} {row.headline}")
     return "\n".join(lines)
+
+
+def metrics_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
+    """Flat metrics (``X``, ``X.ci_low``, ``X.ci_high``) as one row per ``X``: metric, value, ci_low, ci_high.
+
+    The same key table for every experiment, so notebooks and ``dtlab results`` read alike.
+    """
+    rows: dict[str, dict] = {}
+    for key, value in metrics.items():
+        key = str(key)
+        for suffix in (".ci_low", ".ci_high"):
+            if key.endswith(suffix):
+                rows.setdefault(key[: -len(suffix)], {})[suffix[1:]] = value
+                break
+        else:
+            rows.setdefault(key, {})["value"] = value
+    table = pd.DataFrame([{"metric": k, **v} for k, v in rows.items()],
+                         columns=["metric", "value", "ci_low", "ci_high"])
+    return table

@@ -160,7 +160,7 @@ def validate_params(exp: Experiment, params: Mapping[str, Any], notebook: Path,
 
     Effective = the experiment module's ``DEFAULTS`` overlaid by ``params`` (so a partial file
     means "defaults for the rest", never the notebook's smoke-sized defaults); the module's own
-    validation (``validate(params)`` if it has one, else ``DEFAULTS`` keys) must accept it.
+    validation (see ``_module_validation``) must accept it.
     """
     declared = notebook_parameters(notebook)
     if OUT_DIR_PARAM in params:
@@ -174,17 +174,41 @@ def validate_params(exp: Experiment, params: Mapping[str, Any], notebook: Path,
     effective = dict(defaults) if isinstance(defaults, Mapping) else {}
     effective.update(params)
     effective = {k: v for k, v in effective.items() if k in declared and k != OUT_DIR_PARAM}
-    validator = getattr(module, "validate", None)
     try:
-        if callable(validator):
-            validator(dict(effective))
-        elif isinstance(defaults, Mapping):
-            for key in effective:
-                if key not in defaults:
-                    raise SpecError(key, f"not a parameter of {exp.module} (DEFAULTS has: {', '.join(defaults)})")
+        _module_validation(module, exp)(dict(effective))
     except SpecError as exc:
         raise SpecError(f"{source}:{exc.field}" if exc.field else source, exc.rule) from None
     return effective
+
+
+def _module_validation(module, exp: Experiment):
+    """The experiment's own params check, whichever shape the module offers.
+
+    Preferred: ``check(params)`` (everything ``run`` would reject, without running). Else the
+    common ``validate(params, DEFAULTS, name)`` or a one-argument ``validate(params)``; else the
+    ``DEFAULTS`` keys. ``run`` re-checks everything anyway; this only moves errors before the kernel.
+    """
+    import inspect
+
+    defaults = getattr(module, "DEFAULTS", None)
+    check = getattr(module, "check", None)
+    if callable(check):
+        return check
+    validator = getattr(module, "validate", None)
+    if callable(validator):
+        try:
+            arity = len(inspect.signature(validator).parameters)
+        except (TypeError, ValueError):
+            arity = 1
+        if arity >= 3 and isinstance(defaults, Mapping):
+            return lambda params: validator(params, defaults, exp.id)
+        return validator
+
+    def keys_only(params):
+        for key in params:
+            if isinstance(defaults, Mapping) and key not in defaults:
+                raise SpecError(key, f"not a parameter of {exp.module} (DEFAULTS has: {', '.join(defaults)})")
+    return keys_only
 
 
 def import_experiment(exp: Experiment):
