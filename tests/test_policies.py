@@ -257,3 +257,33 @@ def test_least_allocated_filters_nodes_whose_requests_are_full():
     assert dtlab.Twin(st).plan(job, policy="least-allocated").placement == {"s": "small"}
     st.apply({"kind": "node-cordon", "node": "small"})   # nothing fits: overcommit rather than refuse
     assert dtlab.Twin(st).plan(job, policy="least-allocated").placement == {"s": "big"}
+
+
+from hypothesis import HealthCheck, given, settings, strategies as hs  # noqa: E402
+
+_HETERO = dtlab.load_cluster(f"{EXAMPLES}/cluster-hetero.yaml")
+_JOBS = [dtlab.load_job(f"{EXAMPLES}/{n}.yaml") for n in ("job-single", "job-pipeline", "job-fanout", "job-legacy")]
+_NAMES = [n.name for n in _HETERO.nodes]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(down=hs.sets(hs.sampled_from(_NAMES)), cordoned=hs.sets(hs.sampled_from(_NAMES)),
+       job=hs.sampled_from(_JOBS), policy=hs.sampled_from(ALL), seed=hs.integers(0, 2**16))
+def test_property_plans_use_only_allowed_nodes_or_raise_for_a_reason(down, cordoned, job, policy, seed):
+    """Any mix of down/cordoned nodes: a plan uses only schedulable feasible nodes; InfeasibleError only if some
+    stage really has no schedulable feasible node (every zone pair of the example cluster is linked)."""
+    st = dtlab.ClusterState(_HETERO)
+    st.apply_many([{"kind": "node-down", "node": n} for n in down] + [{"kind": "node-cordon", "node": n} for n in cordoned])
+    banned = down | cordoned
+    tm = TimingModel()
+    allowed = {s.id: {n.name for n in _HETERO.nodes if n.name not in banned and tm.exec_format(s, n)} for s in job.stages}
+    try:
+        plan = dtlab.Twin(st).plan(job, policy=policy, seed=seed, samples=32)
+    except dtlab.InfeasibleError as exc:
+        empty = [sid for sid, nodes in allowed.items() if not nodes]
+        assert empty and any(repr(sid) in str(exc) for sid in empty)
+        return
+    for sid, node in plan.placement.items():
+        assert node in allowed[sid]
+    for sid, node in plan.shadow.items():
+        assert node in allowed[sid] and node != plan.placement[sid]
