@@ -35,6 +35,7 @@ COMMANDS: list[str] = [
     "dtlab.cli_chaos",
     "dtlab.cli_fabric",
     "dtlab.cli_workload",
+    "dtlab.api.serve",
 ]
 
 EXIT_SPEC = 2

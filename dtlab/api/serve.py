@@ -9,7 +9,7 @@ from ..errors import DtlabError
 from .app import ApiConfig, create_app
 
 
-def add_parser(sub) -> None:
+def register(sub) -> None:
     p = sub.add_parser("serve", help="serve the DT REST API (plan, observe, snapshot, metrics)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--cluster", help="Cluster spec the twin's state starts from")
