@@ -244,3 +244,17 @@ def test_results_save_is_deterministic_and_load_round_trips(tmp_path):
     tables = results.load_tables(tmp_path / "a")
     pd.testing.assert_frame_equal(tables["results"], R.table)
     assert textwrap.dedent(results.format_runs(results.list_runs(tmp_path))) == "no runs found"
+
+
+def test_same_params_give_identical_metrics_json_on_sim(tmp_path):
+    """Through the whole runner (papermill, kernel, save): V1 smoke twice -> byte-identical metrics."""
+    outs = []
+    for name in ("a", "b"):
+        [outcome] = runner.run(["V1"], smoke=True, out_root=tmp_path / name, progress=False)
+        assert outcome.status == "ok", outcome.error
+        outs.append(outcome)
+    assert outs[0].run_id == outs[1].run_id
+    assert json.loads((outs[0].run_dir / "run.json").read_text())["substrate"] == "sim"
+    for name in ("metrics.json", "results.csv", "figures/V1_controller_vs_baseline.png",
+                 "figures/V1_controller_vs_baseline.pdf"):
+        assert (outs[0].run_dir / name).read_bytes() == (outs[1].run_dir / name).read_bytes(), name
