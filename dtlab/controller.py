@@ -9,7 +9,15 @@ answered by the substrate switching to the shadow rather than by planning from s
 ``on_plan`` callbacks see ``(job, plan, snapshot, arrival_ms)`` (V2 re-predicts the
 chosen placement with other predictors on the same snapshot); ``recalibrator`` (see
 :mod:`dtlab.calibration.online`) sees every plan and every event batch and may return
-correction events that are applied together with the batch.
+correction events that are applied together with the batch; ``on_events`` callbacks see
+every applied batch after it is in the state (the service reacts to node-down there).
+
+``freshness_s`` (None: off) is the telemetry freshness budget: a plan whose placement or
+shadow relies on a node with older telemetry (in the substrate's clock) is *refused*, not
+submitted, and recorded with decision ``refused-stale`` and the reason. ``act(plan, job)``
+is the gate + submit half of ``step`` on its own, for plans made elsewhere (the REST API).
+A submit that raises is rolled back (``substrate.cancel(job)`` when the substrate has it)
+so no job is left half-submitted.
 """
 from __future__ import annotations
 
@@ -23,6 +31,9 @@ from .errors import InfeasibleError
 from .model import Job
 from .plan import Plan
 from .state import Snapshot
+from .telemetry import StaleTelemetry, check_fresh
+
+SUBMITTED, INFEASIBLE, REFUSED_STALE, ROLLED_BACK = "submitted", "infeasible", "refused-stale", "rolled-back"
 
 
 class Recalibrator(Protocol):
@@ -56,7 +67,8 @@ class Controller:
 
     def __init__(self, twin, substrate, policy: str = "greedy", predictor: str = "fast", samples: int = 128,
                  seed: int = 0, on_plan: Iterable[Callable[[Job, Plan, Snapshot, float], None]] = (),
-                 recalibrator: Recalibrator | None = None):
+                 recalibrator: Recalibrator | None = None, freshness_s: float | None = None,
+                 on_events: Iterable[Callable[[list[dict[str, Any]]], None]] = ()):
         self.twin = twin
         self.substrate = substrate
         self.policy = policy
@@ -65,6 +77,8 @@ class Controller:
         self.seed = int(seed)
         self.on_plan = list(on_plan)
         self.recalibrator = recalibrator
+        self.freshness_s = None if freshness_s is None else float(freshness_s)
+        self.on_events = list(on_events)
         self.records: list[dict[str, Any]] = []
         self.events_applied = 0
         self._n = 0
@@ -77,6 +91,8 @@ class Controller:
             events = events + self.recalibrator.observe(events)
         if events:
             self.twin.state.apply_many(events)
+            for callback in self.on_events:
+                callback(events)
         self.events_applied += len(events)
         return len(events)
 
@@ -92,18 +108,44 @@ class Controller:
         t0 = time.perf_counter()
         try:
             plan = self.twin.plan(job, policy=self.policy, samples=self.samples, seed=seed,
-                                  predictor=self.predictor)
+                                  predictor=self.predictor, snapshot=snap)
         except InfeasibleError as exc:
-            self.records.append(self._record(job, None, arrival, (time.perf_counter() - t0) * 1000, str(exc)))
+            self.records.append(self._record(job, None, arrival, (time.perf_counter() - t0) * 1000, str(exc),
+                                             INFEASIBLE))
             return None
-        loop_ms = (time.perf_counter() - t0) * 1000
         for callback in self.on_plan:
             callback(job, plan, snap, arrival)
+        return plan if self.act(plan, job, snap) == SUBMITTED else None
+
+    def act(self, plan: Plan, job: Job, snapshot: Snapshot | None = None) -> str:
+        """Submit ``plan`` unless it relies on stale telemetry; record the decision and return it.
+
+        Either the whole job is submitted or, if ``substrate.submit`` raises, it is cancelled
+        again (when the substrate can) and the exception propagates after recording ``rolled-back``.
+        """
+        arrival = self.substrate.now_ms()
+        if self.freshness_s is not None:
+            snap = snapshot if snapshot is not None else self.twin.state.snapshot()
+            try:
+                check_fresh(plan, snap, self.freshness_s, now=arrival / 1000.0)
+            except StaleTelemetry as exc:
+                self.records.append(self._record(job, plan, arrival, plan.elapsed_ms, str(exc), REFUSED_STALE))
+                return REFUSED_STALE
         if self.recalibrator is not None:
             self.recalibrator.expect(job, plan)
-        self.substrate.submit(plan, job)
-        self.records.append(self._record(job, plan, arrival, loop_ms, ""))
-        return plan
+        try:
+            self.substrate.submit(plan, job)
+        except BaseException as exc:
+            cancel = getattr(self.substrate, "cancel", None)
+            note = "substrate has no cancel(); it may hold part of the job"
+            if cancel is not None:
+                cancel(job.name)
+                note = "cancelled"
+            self.records.append(self._record(job, plan, arrival, plan.elapsed_ms,
+                                             f"submit failed ({note}): {exc!r}", ROLLED_BACK))
+            raise
+        self.records.append(self._record(job, plan, arrival, plan.elapsed_ms, "", SUBMITTED))
+        return SUBMITTED
 
     def run_workload(self, stream: Iterable[Any], drain: bool = True) -> pd.DataFrame:
         """Run every arrival of ``stream`` through the loop; returns plans joined with observed outcomes."""
@@ -115,7 +157,8 @@ class Controller:
         return self.results()
 
     # ------------------------------------------------------------ records
-    def _record(self, job: Job, plan: Plan | None, arrival_ms: float, loop_ms: float, error: str) -> dict[str, Any]:
+    def _record(self, job: Job, plan: Plan | None, arrival_ms: float, loop_ms: float, error: str,
+                decision: str = SUBMITTED) -> dict[str, Any]:
         pred = plan.prediction if plan is not None else {}
         return {
             "job": job.name, "planned_ms": arrival_ms, "policy": self.policy, "predictor": self.predictor,
@@ -123,7 +166,7 @@ class Controller:
             "pred_mean_ms": pred.get("mean_ms"), "pred_p50_ms": pred.get("p50_ms"),
             "pred_p95_ms": pred.get("p95_ms"), "pred_miss_prob": pred.get("deadline_miss_prob"),
             "plan_ms": plan.elapsed_ms if plan else loop_ms, "state_version": plan.state_version if plan else None,
-            "rejected": plan is None, "error": error,
+            "rejected": decision != SUBMITTED, "decision": decision, "error": error,
         }
 
     def plans(self) -> pd.DataFrame:
