@@ -64,7 +64,7 @@ Replan = Callable[[Job, str, str], "str | None"]
 
 class _Node:
     __slots__ = ("name", "node", "cores", "bg", "capacity", "up", "down_at", "permanent", "groups", "count",
-                 "seq", "claimed", "last_t", "gen", "next_run", "next_t", "waiters", "inbound", "peak")
+                 "seq", "claimed", "last_t", "gen", "next_run", "next_t", "exact", "waiters", "inbound", "peak")
 
     def __init__(self, node, bg: float):
         self.name = node.name
@@ -83,6 +83,7 @@ class _Node:
         self.gen = 0
         self.next_run: _Run | None = None
         self.next_t = math.inf
+        self.exact = True           # the pending timeout is the real next completion (not early)
         self.waiters: list[tuple[_JobRun, str]] = []   # stages waiting for this node to come back
         self.inbound = _OrderedSet()                    # runs receiving inputs for this node
         self.peak = 0.0             # max over time of (allocated cores - capacity), should stay <= 0
@@ -168,7 +169,7 @@ class _JobRun:
 
 class _Template:
     """Static per-job-shape data, computed once per distinct ``job.stages`` tuple."""
-    __slots__ = ("stages", "by_id", "npred", "succ", "roots", "ids", "refs", "ones")
+    __slots__ = ("stages", "by_id", "npred", "succ", "roots", "ids", "refs", "ones", "cost")
 
     def __init__(self, job: Job):
         self.stages = job.stages
@@ -182,6 +183,7 @@ class _Template:
         self.roots = [s.id for s in job.stages if not s.after]
         self.refs = job.stages  # keep the tuple alive so id() stays unique
         self.ones = {sid: 1.0 for sid in self.ids}
+        self.cost: dict[tuple[str, str], tuple] = {}   # (stage, node) -> (format, ms per unit scale, cpu, stage)
 
 
 class Engine:
@@ -361,16 +363,20 @@ class Engine:
         if not ns.up:
             self._failover(jr, sid, ns)
             return
-        stage = jr.info.by_id[sid]
-        fmt = self._format(stage, ns)
-        if not fmt:
-            raise SpecError(f"placement.{sid}", f"stage {sid!r} cannot run on node {node!r}")
+        cost = jr.info.cost.get((sid, node))
+        if cost is None:
+            stage = jr.info.by_id[sid]
+            fmt = self._format(stage, ns)
+            if not fmt:
+                raise SpecError(f"placement.{sid}", f"stage {sid!r} cannot run on node {node!r}")
+            cost = jr.info.cost[(sid, node)] = (
+                fmt[0], stage.compute.duration_ms * fmt[1] / ns.node.speed, float(stage.compute.cpu), stage)
+        fmt_key, base_ms, cpu, stage = cost
         attempt = jr.attempts.get(sid, 0) + 1
         jr.attempts[sid] = attempt
-        work = stage.compute.duration_ms * jr.scale * fmt[1] / ns.node.speed * jr.noise[sid]
-        run = _Run(jr, sid, node, attempt, fmt[0], float(stage.compute.cpu), work, now)
+        run = _Run(jr, sid, node, attempt, fmt_key, cpu, base_ms * jr.scale * jr.noise[sid], now)
         if attempt == 1 and sid in jr.failures:
-            run.work = work * jr.failures[sid]
+            run.work *= jr.failures[sid]
             run.doomed = True
         jr.runs.add(run)
         job = jr.job
@@ -723,7 +729,7 @@ class Engine:
             if t < ns.next_t:
                 self._ps_arm(ns, run, t, now)
             return
-        self._ps_schedule(ns, now)
+        self._ps_schedule(ns, now, arrival=True)
 
     def _ps_remove(self, ns: _Node, run: _Run, now: float) -> None:
         """Take a running run off its node (killed/cancelled); its heap entry is dropped lazily."""
@@ -748,8 +754,13 @@ class Engine:
         runs.sort(key=_seq_of)
         return [e[2] for e in runs]
 
-    def _ps_schedule(self, ns: _Node, now: float) -> None:
-        """Recompute allocations (max-min fair, capped at each run's cpu) and arm the next completion."""
+    def _ps_schedule(self, ns: _Node, now: float, arrival: bool = False) -> None:
+        """Recompute allocations (max-min fair, capped at each run's cpu) and arm the next completion.
+
+        After an ``arrival`` every rate can only drop (water-filling is monotone), so a pending
+        timeout can only be early: it is kept unless the newcomer finishes first, and the early
+        tick re-arms once. That saves a timeout per arrival on a busy node.
+        """
         groups = ns.groups
         if not ns.count:
             ns.gen += 1
@@ -795,10 +806,15 @@ class Engine:
             ns.gen += 1
             ns.next_run, ns.next_t = None, math.inf
             return
-        self._ps_arm(ns, best, now + max(best_t, 0.0), now)
+        t = now + max(best_t, 0.0)
+        if arrival and ns.next_run is not None and t >= ns.next_t:
+            ns.exact = False
+            return
+        self._ps_arm(ns, best, t, now)
 
     def _ps_arm(self, ns: _Node, run: _Run, t: float, now: float) -> None:
         ns.gen += 1
+        ns.exact = True
         ns.next_run, ns.next_t = run, t
         ev = Timeout(self.env, t - now)
         ev.ps_node = ns          # simpy events have no __slots__: carry the target on the event
@@ -811,6 +827,11 @@ class Engine:
             return  # superseded by a later reallocation
         now = self.env.now
         self._ps_advance(ns, now)
+        if not ns.exact:
+            # armed before arrivals slowed the node down: nothing is due yet, arm the real time
+            ns.next_run, ns.next_t = None, math.inf
+            self._ps_schedule(ns, now)
+            return
         first = ns.next_run
         done = []
         for g in list(ns.groups.values()):
