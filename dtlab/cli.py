@@ -36,6 +36,7 @@ COMMANDS: list[str] = [
     "dtlab.cli_fabric",
     "dtlab.cli_workload",
     "dtlab.api.serve",
+    "dtlab.cli_sweep",
 ]
 
 EXIT_SPEC = 2
