@@ -37,6 +37,7 @@ COMMANDS: list[str] = [
     "dtlab.cli_workload",
     "dtlab.api.serve",
     "dtlab.cli_sweep",
+    "dtlab.controller_service",
 ]
 
 EXIT_SPEC = 2
