@@ -114,6 +114,7 @@ class ControllerService:
         self._stop = threading.Event()
         self.stop_reason = ""
         self._last_reconcile = 0.0
+        self._down: set[str] = set()
         self.in_flight: dict[str, Plan] = {}
         self.failovers: list[dict[str, Any]] = []
         self.counts = {"submitted": 0, "refused-stale": 0, "infeasible": 0, "rolled-back": 0}
@@ -251,7 +252,13 @@ class ControllerService:
     def _on_events(self, events: list[dict[str, Any]]) -> None:
         """After a batch is in the twin's state: answer node-down events with the shadows."""
         self.metrics.events.inc(len(events))
-        down = [e["node"] for e in events if e.get("kind") == "node-down"]
+        down = []
+        for e in events:   # a failure may be reported twice (chaos notification + observer): act on transitions
+            if e.get("kind") == "node-down" and e.get("node") not in self._down:
+                self._down.add(e["node"])
+                down.append(e["node"])
+            elif e.get("kind") in ("node-up", "node-add", "node-remove"):
+                self._down.discard(e.get("node") if isinstance(e.get("node"), str) else None)
         if not down or not self.in_flight:
             return
         snap = self.twin.state.snapshot()
