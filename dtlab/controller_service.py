@@ -305,7 +305,8 @@ class ControllerService:
         """Drop jobs the substrate reports finished (lost jobs never get a successful stage-end)."""
         self._last_reconcile = time.monotonic()
         with self._lock:
-            done = set(self.substrate.results()["jobs"]["job"])
+            jobs = self.substrate.results()["jobs"]
+            done = set(jobs["job"][jobs["ok"].notna()])   # real substrates list running jobs with ok unset
             for name in [n for n in self.in_flight if n in done]:
                 del self.in_flight[name]
             self.metrics.in_flight.set(len(self.in_flight))
