@@ -42,6 +42,7 @@ GREY = "#999999"
 _CYCLE = [OKABE_ITO[k] for k in ("blue", "orange", "bluish_green", "vermillion", "reddish_purple",
                                  "sky_blue", "black", "yellow")]
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+_DASHES = ["-", "--", ":", "-."]   # by position in a plot, so overlapping lines stay distinguishable
 
 # Every name a series can carry in any experiment: policies (V1, V4, V6), predictors (V2),
 # execution formats (V3), failover strategies (V4). key -> (display name, colour, marker).
@@ -336,13 +337,14 @@ def figure_v2(tables: Mapping[str, pd.DataFrame]) -> Figure:
     for i, p in enumerate(predictors):
         sub = df[df["predictor"] == p]
         c, m = style_of(p, i)
-        ax_sc.scatter(sub["observed_ms"], sub["predicted_ms"], s=6, color=c, marker=m, alpha=0.6,
-                      linewidths=0, label=display_name(p))
+        # hollow markers: predictors that agree (DES and fast path) must not hide each other
+        ax_sc.scatter(sub["observed_ms"], sub["predicted_ms"], s=8, marker=m, facecolors="none",
+                      edgecolors=c, alpha=0.7, linewidths=0.6, label=display_name(p))
         ape = np.sort(sub["ape"].to_numpy(dtype=float))
         ape = ape[np.isfinite(ape)]
         if ape.size:
-            ax_cdf.step(100 * ape, np.arange(1, ape.size + 1) / ape.size, where="post", color=c,
-                        label=display_name(p))
+            ax_cdf.step(100 * ape, np.arange(1, ape.size + 1) / ape.size, _DASHES[i % 4], where="post",
+                        color=c, label=display_name(p))
     both = pd.concat([df["observed_ms"], df["predicted_ms"]]).to_numpy(dtype=float)
     both = both[np.isfinite(both) & (both > 0)]
     if both.size:
@@ -385,18 +387,20 @@ def figure_v3(tables: Mapping[str, pd.DataFrame]) -> Figure:
         err = np.vstack([np.clip(mean - sub["ci_low"].clip(lower=0).to_numpy(dtype=float), 0, None),
                          np.clip(sub["ci_high"].to_numpy(dtype=float) - mean, 0, None)])
         c, m = style_of(fmt, i)
-        ax_fmt.errorbar(i + offsets, mean, yerr=err, fmt=m, color=c, markersize=3.5, elinewidth=0.7,
-                        label="observed (one per node)" if i == 0 else None)
+        ax_fmt.errorbar(i + offsets, mean, yerr=err, fmt=m, color=c, markersize=3.5, elinewidth=0.7)
         if "twin_factor" in sub.columns:
             ax_fmt.hlines(sub["twin_factor"].mean(), i - 0.4, i + 0.4, color="black", linewidth=1.2,
                           label="twin's factor" if i == 0 else None)
         if "truth_factor" in sub.columns and sub["truth_factor"].notna().any():
             ax_fmt.hlines(sub["truth_factor"].mean(), i - 0.4, i + 0.4, color="black", linewidth=0.8,
                           linestyles=":", label="ground truth (sim)" if i == 0 else None)
+    ax_fmt.errorbar([], [], yerr=[], fmt="o", color="black", markersize=3.5, elinewidth=0.7,
+                    label="observed, one per node")   # neutral legend proxy: colours mean formats
     ax_fmt.axhline(1.0, color=GREY, linewidth=0.5)
     ax_fmt.set_xticks(np.arange(len(formats)), [display_name(f).replace(" ", "\n", 1) for f in formats])
     ax_fmt.set_ylabel("slowdown vs native (x)")
-    ax_fmt.set_ylim(bottom=0)
+    top = np.nanmax(np.concatenate([df["ci_high"].to_numpy(dtype=float), df["observed_mean"].to_numpy(dtype=float)]))
+    ax_fmt.set_ylim(0, 1.45 * top if np.isfinite(top) and top > 0 else None)   # headroom for the legend
     _legend(ax_fmt, loc="upper left")
     _panel_label(ax_fmt, "(a) execution-format overhead, 95 % CI")
     if plan is not None:
@@ -473,7 +477,7 @@ def figure_v5(tables: Mapping[str, pd.DataFrame]) -> Figure:
             ax3.grid(False)
             h1, l1 = ax2.get_legend_handles_labels()
             h2, l2 = ax3.get_legend_handles_labels()
-            ax2.legend(h1 + h2, l1 + l2, loc="lower left")
+            ax2.legend(h1 + h2, l1 + l2, loc="best")
         _panel_label(ax2, "(c) twin state cost")
     return fig
 
@@ -540,7 +544,7 @@ def figure_v6(tables: Mapping[str, pd.DataFrame]) -> Figure:
         ax.set_xlabel("time (s, window start)")
         ax.set_ylabel(ylabel)
         ax.set_ylim(bottom=0)
-        _legend(ax, loc="upper left")
+        _legend(ax, loc="best")
         _panel_label(ax, title)
     return fig
 

@@ -244,6 +244,9 @@ def prepare(exp: str | Experiment, params_file: str | os.PathLike | None = None,
 
 
 # --- kernel ---------------------------------------------------------------------------------------
+KERNEL_QUIET = "--IPKernelApp.log_level=ERROR"   # ipykernel's per-start TCP warning is noise in batch runs
+
+
 def ensure_kernel(name: str = KERNEL_NAME) -> str:
     """A kernelspec that runs THIS interpreter, so a fresh .venv works without a global Jupyter.
 
@@ -255,18 +258,22 @@ def ensure_kernel(name: str = KERNEL_NAME) -> str:
 
     try:
         spec = KernelSpecManager().get_kernel_spec(name)
-        if spec.argv and spec.argv[0] == sys.executable:
+        if spec.argv and spec.argv[0] == sys.executable and KERNEL_QUIET in spec.argv:
             return name
     except NoSuchKernel:
         pass
     display = f"Python (dtlab, {Path(sys.prefix).name})"
     try:
-        install(kernel_name=name, display_name=display, prefix=sys.prefix)
+        where = install(kernel_name=name, display_name=display, prefix=sys.prefix)
     except OSError:
         private = Path.home() / ".cache" / "dtlab" / "jupyter"
-        install(kernel_name=name, display_name=display, prefix=str(private))
+        where = install(kernel_name=name, display_name=display, prefix=str(private))
         os.environ["JUPYTER_PATH"] = os.pathsep.join(
             [str(private / "share" / "jupyter"), *filter(None, [os.environ.get("JUPYTER_PATH")])])
+    spec_file = Path(where) / "kernel.json"
+    spec = json.loads(spec_file.read_text())
+    spec["argv"] = [*spec["argv"], KERNEL_QUIET]
+    _results.atomic_write_text(spec_file, json.dumps(spec, indent=1) + "\n")
     return name
 
 
