@@ -81,6 +81,7 @@ class Controller:
         self.on_events = list(on_events)
         self.records: list[dict[str, Any]] = []
         self.events_applied = 0
+        self.last_refusal: StaleTelemetry | None = None   # the newest stale-telemetry refusal (nodes and ages)
         self._n = 0
 
     # ------------------------------------------------------------ the loop, one step at a time
@@ -129,6 +130,7 @@ class Controller:
             try:
                 check_fresh(plan, snap, self.freshness_s, now=arrival / 1000.0)
             except StaleTelemetry as exc:
+                self.last_refusal = exc
                 self.records.append(self._record(job, plan, arrival, plan.elapsed_ms, str(exc), REFUSED_STALE))
                 return REFUSED_STALE
         if self.recalibrator is not None:

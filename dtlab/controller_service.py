@@ -37,7 +37,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable, Iterator, TextIO
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -233,21 +232,14 @@ class ControllerService:
         if decision == SUBMITTED:
             self.in_flight[job.name] = plan
         elif decision == REFUSED_STALE:
-            stale = self._stale_nodes(rec)
-            for node in stale:
+            refusal = self.controller.last_refusal
+            for node in sorted(refusal.stale if refusal is not None else ()):
                 self.metrics.stale.labels(node).inc()
             log.warning("job %s: %s", job.name, rec["error"])
         self.metrics.in_flight.set(len(self.in_flight))
         self.metrics.version.set(self.twin.state.version)
         self._write({"type": "decision", **rec})
         return rec
-
-    def _stale_nodes(self, rec: dict[str, Any]) -> list[str]:
-        nodes = {p.split("=", 1)[1] for p in (rec["placement"] + "," + rec["shadow"]).split(",") if "=" in p}
-        snap = self.twin.state.snapshot()
-        now = self.substrate.now_ms() / 1000.0
-        return sorted(n for n in nodes if n in snap.nodes and (
-            snap.telemetry_age_s(n, now) is None or snap.telemetry_age_s(n, now) > self.config.freshness_s))
 
     def _on_events(self, events: list[dict[str, Any]]) -> None:
         """After a batch is in the twin's state: answer node-down events with the shadows."""
@@ -291,12 +283,12 @@ class ControllerService:
         self._write(entry)
 
     def _prune(self) -> None:
-        """Drop finished jobs (every stage ended ok, or the substrate recorded the job as done)."""
+        """Drop jobs whose every stage ended ok in the twin's state (lost jobs: see _reconcile)."""
         if not self.in_flight:
             return
-        snap = self.twin.state.snapshot()
+        stages = self.twin.state.snapshot().stages
         for name, plan in list(self.in_flight.items()):
-            if all((s := snap.stages.get((name, sid))) is not None and s.phase == "succeeded" for sid in plan.placement):
+            if all(getattr(stages.get((name, sid)), "phase", None) == "succeeded" for sid in plan.placement):
                 del self.in_flight[name]
         self.metrics.in_flight.set(len(self.in_flight))
         self.metrics.version.set(self.twin.state.version)

@@ -83,7 +83,8 @@ def test_stale_telemetry_is_refused_and_explained():
     assert summary["submitted"] == 0 and summary["refused-stale"] == 6
     assert all(r["decision"] == "refused-stale" and "freshness budget" in r["error"] for r in decisions)
     assert svc.substrate.results()["jobs"].empty                       # nothing was actuated
-    refused_nodes = {n for r in decisions for n in re.findall(r"([\w-]+) \((?:never reported|[\d.]+ s old)", r["error"])}
+    named = r"([\w-]+) \((?:never reported|[\d.]+ s old)"
+    refused_nodes = {n for r in decisions for n in re.findall(named, r["error"])}
     assert refused_nodes
     for node in refused_nodes:
         assert metric(svc.metrics.registry, "dtlab_controller_stale_refusals_total", node=node) >= 1
