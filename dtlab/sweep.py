@@ -231,7 +231,7 @@ def _set(params: dict, key: str, value: Any, defaults: Mapping[str, Any]) -> Non
             value = [value]
         params[head] = value
         return
-    node = dict(params.get(head) or {})
+    node = dict(params.get(head, defaults.get(head)) or {})     # keep the other entries (V4's failure rate)
     params[head] = node
     parts = sub.split(".")
     for part in parts[:-1]:
@@ -524,13 +524,15 @@ def summary_figures(table: pd.DataFrame, experiment: str, grid: Grid, fig_dir: P
                 hi_arr = pd.Series(his).clip(upper=1.0 if measure.endswith("rate") else None)
                 c, mk = plots.style_of(firsts[i] if distinct else f"#{i}", i)
                 ax.plot(xs, ms, "-", color=c, marker=mk, label=plots.display_name(line) if "," not in line else line)
-                ax.fill_between(xs, lo_arr, hi_arr, color=c, alpha=0.15, linewidth=0)
+                ax.fill_between(xs, lo_arr, hi_arr, color=c, alpha=0.12, linewidth=0)
             if numeric:
                 xs_all = [float(v) for v in x_labels]
                 if min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 50:
                     ax.set_xscale("log")
             else:
-                ax.set_xticks(range(len(x_labels)), [str(v) for v in x_labels])
+                long = sum(len(str(v)) for v in x_labels) > 40
+                ax.set_xticks(range(len(x_labels)), [str(v) for v in x_labels],
+                              rotation=30 if long else 0, ha="right" if long else "center")
             ax.set_xlabel(x_key)
             ax.set_ylabel(f"{measure} (mean, 95% CI)")
             if nonneg:

@@ -81,6 +81,8 @@ def test_expand_points():
     assert p.params["predictors"] == ["fast"]                                          # scalar -> [scalar]
     assert points[3].params["predictors"] == ["des", "none"] and p.params["seeds"] == [0]
     assert p.params["jobs"] == base["jobs"]                                            # base params kept
+    v4 = sw.expand("V4", sw.parse_grid({"substrate_opts.telemetry_noise": [0.3]}), {}, [0])[0]
+    assert v4.params["substrate_opts"] == {"failure_rate_per_h": 0.0, "telemetry_noise": 0.3}  # DEFAULTS' entry kept
     again = sw.expand("V2", grid, {**base, "substrate_opts": {"tail_prob": 0.1}}, [0, 1, 2])
     assert [q.id for q in again] == [q.id for q in points]                             # stable ids
 
