@@ -171,6 +171,62 @@ def test_failed_submit_is_rolled_back():
     assert svc.controller.records[-1]["decision"] == "rolled-back" and not svc.in_flight
 
 
+def test_sigterm_during_a_submit_lets_that_submit_finish_then_stops():
+    svc, record = service()
+
+    class SignalledMidSubmit(type(svc.substrate)):
+        def submit(self, plan, job):
+            os.kill(os.getpid(), signal.SIGTERM)     # delivered while this submit runs
+            time.sleep(0.05)
+            super().submit(plan, job)
+
+    svc.substrate.__class__ = SignalledMidSubmit
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        svc.install_signal_handlers()
+        summary = svc.run(workload(5))
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    assert summary["reason"] == "SIGTERM" and summary["submitted"] == 1
+    first = [r for r in lines(record) if r["type"] == "decision"]
+    assert [r["decision"] for r in first] == ["submitted"]
+    svc.substrate.advance(None)
+    assert list(svc.substrate.results()["jobs"]["job"]) == [first[0]["job"]]   # whole job ran, nothing after
+
+
+def test_cli_api_mode_acts_on_non_dry_run_plans_and_stops_on_sigterm(tmp_path):
+    import yaml
+    record, err = tmp_path / "record.jsonl", tmp_path / "stderr.log"
+    cmd = [sys.executable, "-m", "dtlab.cli", "controller", "--substrate", "sim", "--cluster", str(CLUSTER_FILE),
+           "--api-port", "0", "--insecure-dev", "--record", str(record), "--opt", "failure_rate_per_h=0"]
+    with open(err, "wb") as stderr:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (m := re.search(r"REST API on http://127.0.0.1:(\d+)", err.read_text())):
+            assert proc.poll() is None and time.monotonic() < deadline, err.read_text()
+            time.sleep(0.2)
+        job = yaml.safe_load((REPO / "examples" / "job-single.yaml").read_text())
+        req = urllib.request.Request(f"http://127.0.0.1:{m.group(1)}/plan", method="POST",
+                                     data=json.dumps({"job": job, "dry_run": False, "samples": 8}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            plan = json.loads(r.read())
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, err.read_text()
+    rec = [json.loads(x) for x in record.read_text().splitlines()]
+    assert [(r["type"], r.get("job"), r.get("decision")) for r in rec[:-1]] == [("decision", job["metadata"]["name"],
+                                                                                  "submitted")]
+    assert rec[0]["placement"] == ",".join(f"{k}={v}" for k, v in plan["placement"].items())
+    assert rec[-1]["type"] == "stopped" and rec[-1]["reason"] == "SIGTERM" and rec[-1]["submitted"] == 1
+
+
 def test_config_errors_name_the_field():
     with pytest.raises(SpecError, match="freshness_s"):
         ServiceConfig(freshness_s=0)
