@@ -65,7 +65,7 @@ def measure_compute(quick: bool = False, formats=None, kernels=None, reps: int |
     formats = list(formats or [f for f in worker.FORMATS if f != "native"])
     kernels = list(kernels or worker.KERNELS)
     reps = reps or (3 if quick else 10)
-    target_ms = target_ms or (30.0 if quick else 120.0)
+    target_ms = target_ms or (30.0 if quick else 60.0)
     unavailable = {f: worker.missing(f) for f in formats if worker.missing(f)}
     formats = [f for f in formats if f not in unavailable]
     ratios: dict[str, dict[str, list[float]]] = {f: {k: [] for k in kernels} for f in formats}
@@ -266,3 +266,15 @@ def measure_network(cluster=None, sizes_mb=(0.001, 2.0), reps: int = 5, seed: in
         meta = sub.metadata()
     return {"kind": "HostNetworkCalibration", "netem": meta["netem"], "reps": reps, "samples": rows,
             "note": "RTT ~ time of the smallest message (one way + ack); bulk includes latency"}
+
+
+def timing_model(path: str | Path | None = None, base=None):
+    """(TimingModel, note): the twin's timing with this host's measured overheads when a calibration
+    file exists, else the defaults and a note saying `dtlab calibrate compute` was not run."""
+    from ..timing import TimingModel
+
+    base = base or TimingModel()
+    try:
+        return base.with_overheads(load_overheads(path)), ""
+    except DtlabError as exc:
+        return base, f"default overhead factors ({exc})"

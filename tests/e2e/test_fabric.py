@@ -218,3 +218,31 @@ def test_missing_cgroups_gives_clear_error(monkeypatch, tmp_path):
         make_substrate("fabric", cluster_from_dict(CLUSTER))
     msg = str(err.value)
     assert "root" in msg and str(tmp_path / "cpu") in msg and "cgroup.controllers" in msg
+
+
+def test_calibrate_compute_writes_loadable_factors(tmp_path):
+    from dtlab.fabric import calibrate, worker
+
+    require(all(worker.missing(f) is None for f in ("native", "qemu-arm64", "wasm")),
+            f"toolchains/runtimes missing: {[worker.missing(f) for f in ('native', 'qemu-arm64', 'wasm')]}")
+    doc = calibrate.measure_compute(formats=["qemu-arm64", "wasm"], kernels=["hash", "mix"], reps=3, target_ms=5)
+    path = calibrate.write(doc, tmp_path / "cal.yaml")
+    over = calibrate.load_overheads(path)
+    assert set(over) == {"native", "qemu-arm64", "wasm"}
+    st = doc["factors"]["qemu-arm64"]["mix"]
+    assert st["n"] == 3 and st["ci_low"] <= st["factor"] <= st["ci_high"]
+    assert over["qemu-arm64"] == pytest.approx(st["factor"], rel=1e-3)
+    assert over["qemu-arm64"] > 1.2          # emulating a foreign ISA is never free for this kernel
+    assert doc["startup_ms"]["qemu-arm64"] > doc["startup_ms"]["native"]
+    tm, note = calibrate.timing_model(path)
+    assert note == "" and tm.overheads["wasm"] == over["wasm"]
+
+
+def test_calibrate_network_matches_shaped_link(fabric_ready):
+    from dtlab.fabric import calibrate
+
+    doc = calibrate.measure_network(reps=2)
+    for row in doc["samples"]:
+        assert row["mechanism"] in ("htb+netem", "htb+relay")
+        # never faster than the link's latency + serialisation, and not wildly slower
+        assert 0.9 * row["predicted_ms"] <= row["median_ms"] <= 2.0 * row["predicted_ms"] + 20, row
