@@ -1,0 +1,360 @@
+"""notebooks/whatif.ipynb in a real JupyterLab, driven by headless Chromium (Selenium + system chromedriver).
+
+Why a browser at all: the headless widget tests (tests/test_dashboard.py) call the Python side directly, so
+they cannot see a broken front end — a missing widget extension, a slider whose value never reaches the
+kernel, or a debounced recompute (it runs on a timer thread) whose output never reaches the page. Here a
+user's path is replayed: Run > Run All Cells, the `latency ×` slider moved with the keyboard; the table must
+change in the expected direction and the latency-CDF / placement figure must be an image that is redrawn.
+
+JupyterLab serves a temporary copy of the notebook so running it (and autosave) never rewrites the tracked
+file; the kernel is the project venv's (kernelspec ``python3`` resolves ``python`` to the server's
+interpreter, .venv/bin/python). Everything started here is stopped in teardown, by pid.
+DTLAB_UI_NOTEBOOK=<path> runs another notebook (e.g. a variant under trial) through the same checks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.heavy import require
+
+REPO = Path(__file__).resolve().parents[2]
+VENV = REPO / ".venv"
+NOTEBOOK = Path(os.environ.get("DTLAB_UI_NOTEBOOK", REPO / "notebooks" / "whatif.ipynb"))
+SCREENSHOT = REPO / "outputs" / "ui" / "whatif.png"
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+BUDGET_S = 170  # whole test incl. setup/teardown, enforced by pytest-timeout (brief: < 3 minutes)
+SLIDER_LABEL = "latency ×"
+
+pytestmark = [pytest.mark.heavy("chromium"), pytest.mark.timeout(BUDGET_S)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.25):
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+            if last:
+                return last
+        except Exception as exc:  # not there yet
+            last = exc
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}: {last!r}")
+
+
+def _stop(procs, grace_s: float = 10.0) -> list[str]:
+    """Terminate, then kill, the given psutil processes; returns the ones that needed SIGKILL."""
+    import psutil
+
+    alive = []
+    for p in procs:
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                p.terminate()
+                alive.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    _, survivors = psutil.wait_procs(alive, timeout=grace_s)
+    killed = []
+    for p in survivors:
+        try:
+            killed.append(f"{p.pid} {p.name()}")
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(survivors, timeout=5)
+    return killed
+
+
+def _assert_gone(procs, who: str) -> None:
+    import psutil
+
+    left = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                left.append(f"{p.pid} {p.name()}")
+        except psutil.NoSuchProcess:
+            pass
+    assert not left, f"{who} left processes behind: {left}"
+
+
+class Lab:
+    """A JupyterLab server on 127.0.0.1 with a random token; config, settings and runtime dirs are private."""
+
+    def __init__(self, tmp: Path):
+        self.port, self.token = _free_port(), secrets.token_hex(24)
+        self.root = tmp / "root"
+        self.root.mkdir()
+        shutil.copy(NOTEBOOK, self.root / NOTEBOOK.name)
+        home = tmp / "jupyter"
+        settings = home / "lab-settings" / "@jupyterlab" / "apputils-extension"
+        settings.mkdir(parents=True)
+        # no "Would you like to receive news?" toast over the notebook, no update check on a closed network
+        (settings / "notification.jupyterlab-settings").write_text(
+            json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+        env = dict(os.environ,
+                   PATH=f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+                   JUPYTER_CONFIG_DIR=str(home / "config"), JUPYTER_RUNTIME_DIR=str(home / "runtime"),
+                   JUPYTERLAB_SETTINGS_DIR=str(home / "lab-settings"),
+                   JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"), IPYTHONDIR=str(home / "ipython"))
+        env.pop("MPLBACKEND", None)  # a CI "Agg" would hide the inline figure
+        self.log = open(tmp / "jupyterlab.log", "wb")
+        self.proc = subprocess.Popen(
+            [str(VENV / "bin" / "jupyter"), "lab", "--no-browser", f"--IdentityProvider.token={self.token}",
+             f"--ServerApp.root_dir={self.root}", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={self.port}",
+             "--ServerApp.port_retries=0", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+             "--LabApp.extension_manager=readonly", "--ServerApp.terminals_enabled=False",
+             "--MappingKernelManager.default_kernel_name=python3"]
+            + (["--allow-root"] if os.geteuid() == 0 else []),
+            cwd=self.root, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def api(self, path: str, method: str = "GET"):
+        req = urllib.request.Request(f"{self.base}{path}", method=method,
+                                     headers={"Authorization": f"token {self.token}"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            body = resp.read()
+        return json.loads(body) if body else None
+
+    def wait_ready(self, timeout_s: float) -> None:
+        def up():
+            if self.proc.poll() is not None:
+                return "exited"
+            return self.api("/api/status") is not None
+        state = _wait_for(up, timeout_s, "JupyterLab /api/status")
+        if state == "exited":
+            self.log.flush()
+            tail = Path(self.log.name).read_text(errors="replace")[-1500:]
+            raise AssertionError(f"jupyter lab exited with {self.proc.returncode}:\n{tail}")
+
+    def close(self) -> None:
+        import psutil
+
+        try:
+            procs = [psutil.Process(self.proc.pid)] + psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            procs = []
+        try:  # kernels run in their own session: shut them down through the server first
+            for kernel in self.api("/api/kernels") or []:
+                self.api(f"/api/kernels/{kernel['id']}", method="DELETE")
+            self.api("/api/shutdown", method="POST")
+        except Exception:
+            pass
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
+        _stop(procs)
+        self.log.close()
+        _assert_gone(procs, "JupyterLab")
+
+
+@pytest.fixture()
+def lab(tmp_path):
+    require(shutil.which("chromium") is not None and shutil.which("chromedriver") is not None,
+            "Chromium + chromedriver not installed (apt-get install chromium chromium-driver)")
+    require((VENV / "bin" / "jupyter").exists(), "project venv with jupyterlab missing (.venv/bin/jupyter)")
+    server = Lab(tmp_path)
+    try:
+        server.wait_ready(60)
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture()
+def browser(tmp_path, lab):
+    import psutil
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium") or CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1500,1300", f"--user-data-dir={tmp_path / 'chromium'}"):
+        opts.add_argument(flag)
+    service = Service(executable_path=shutil.which("chromedriver") or CHROMEDRIVER,
+                      log_output=str(tmp_path / "chromedriver.log"))
+    driver = webdriver.Chrome(options=opts, service=service)
+    driver.set_page_load_timeout(60)
+    procs = []
+    try:
+        root = psutil.Process(service.process.pid)
+        procs = [root] + root.children(recursive=True)
+        yield driver
+    finally:
+        try:
+            driver.quit()
+        finally:
+            _stop(procs)
+            _assert_gone(procs, "chromedriver/Chromium")
+
+
+# ---------------------------------------------------------------- page helpers (JS so stale nodes never bite)
+_TABLE_JS = """
+const tables = [...document.querySelectorAll('.widget-html-content table')]
+  .filter(t => [...t.querySelectorAll('th')].some(th => th.textContent.trim() === 'p95 ms'));
+if (tables.length !== 1) return null;
+const rows = [...tables[0].querySelectorAll('tr')].map(tr => [...tr.children].map(c => c.textContent.trim()));
+const status = [...document.querySelectorAll('.widget-html-content')]
+  .map(e => e.textContent.trim()).find(t => /^updated in \\d+ ms$/.test(t)) || null;
+// the figure: an <img> anywhere in the dashboard's output (an Output widget's PNG or an Image widget)
+const area = tables[0].closest('.jp-OutputArea-output');
+const img = area ? area.querySelector('img') : null;
+const out = area ? area.querySelector('.widget-output') : null;
+return {rows: rows, status: status, figure: img ? img.getAttribute('src') : null,
+        figure_text: out ? out.textContent.trim().slice(0, 200) : null};
+"""
+
+_SLIDER_JS = """
+const label = arguments[0];
+const boxes = [...document.querySelectorAll('.widget-slider')]
+  .filter(b => { const l = b.querySelector('.widget-label'); return l && l.textContent.trim() === label; });
+if (boxes.length !== 1) return null;
+const handle = boxes[0].querySelector('.noUi-handle');
+const readout = boxes[0].querySelector('.widget-readout');
+return {handle: handle, readout: readout ? readout.textContent.trim() : null};
+"""
+
+
+def _table(driver):
+    """{policy: {column: float}} and the status line, or None while the widget is not rendered."""
+    got = driver.execute_script(_TABLE_JS)
+    if not got or len(got["rows"]) < 2:
+        return None
+    header, *rows = got["rows"]
+    table = {}
+    for row in rows:
+        if len(row) == len(header):
+            table[row[0]] = {h: float(v) for h, v in zip(header[1:], row[1:])}
+    return {"table": table, "status": got["status"], "figure": got["figure"],
+            "figure_text": got["figure_text"]} if table else None
+
+
+def _run_all_cells(driver):
+    from selenium.webdriver.common.by import By
+
+    run_menu = _wait_for(lambda: [e for e in driver.find_elements(By.CSS_SELECTOR, ".lm-MenuBar-item")
+                                  if e.text.strip() == "Run"], 30, "the Run menu")[0]
+    run_menu.click()
+    item = _wait_for(lambda: [e for e in driver.find_elements(By.CSS_SELECTOR, ".lm-Menu .lm-Menu-item")
+                              if e.text.strip().startswith("Run All Cells")
+                              and "lm-mod-disabled" not in e.get_attribute("class")], 10, "Run > Run All Cells")
+    item[0].click()
+
+
+def test_whatif_notebook_runs_and_slider_updates_table_in_chromium(lab, browser):
+    try:
+        _drive(lab, browser)
+    except BaseException:
+        # what the page looked like when it went wrong, for CI logs (outputs/ is git-ignored)
+        failure = SCREENSHOT.with_name("whatif-failure")
+        failure.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            browser.save_screenshot(str(failure.with_suffix(".png")))
+            failure.with_suffix(".html").write_text(browser.page_source)
+        except Exception:
+            pass
+        raise
+
+
+def _drive(lab, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    t0 = time.monotonic()
+    browser.get(f"{lab.base}/lab/tree/{NOTEBOOK.name}?token={lab.token}")
+    _wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Cell.jp-CodeCell"), 60,
+              "the notebook to open")
+    # The kernel comes up in the background; Run All queues behind it, but wait for "Idle" so a slow start
+    # shows up as what it is rather than as a missing widget.
+    _wait_for(lambda: browser.execute_script(
+        "const s = document.querySelector('#jp-main-statusbar'); return s && s.textContent.includes('Idle');"),
+        60, "the kernel to be idle")
+    _run_all_cells(browser)
+
+    before = _wait_for(lambda: _table(browser), 90, "the what-if table to render")
+    t_rendered = time.monotonic() - t0
+    assert {"DT greedy", "K8s least-allocated"} <= set(before["table"]), before
+    for name, row in before["table"].items():
+        assert row["p95 ms"] >= row["p50 ms"] > 0 and 0 <= row["P(miss)"] <= 1, (name, row)
+    assert before["status"], "no 'updated in N ms' status line"
+    try:  # the figure is drawn right after the table; give it a moment so `before` holds the first one
+        before = _wait_for(lambda: (lambda now: now if now["figure"] else None)(_table(browser)), 5, "figure")
+    except AssertionError:
+        pass  # checked (with a clear message) after the slider part
+
+    slider = _wait_for(lambda: browser.execute_script(_SLIDER_JS, SLIDER_LABEL), 10, f"the {SLIDER_LABEL!r} slider")
+    assert slider["readout"] == "1.00", slider["readout"]
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].focus();",
+                           slider["handle"])
+    pressed = time.monotonic()
+    slider["handle"].send_keys(Keys.END)  # noUiSlider: End jumps to the maximum (10 ×)
+    _wait_for(lambda: browser.execute_script(_SLIDER_JS, SLIDER_LABEL)["readout"] == "10.00", 10,
+              "the slider readout to reach 10.00")
+
+    def changed():
+        now = _table(browser)
+        return now if now and now["table"] != before["table"] else None
+    after = _wait_for(changed, 30, "the table to update after the slider moved", interval_s=0.05)
+    seen_ms = (time.monotonic() - pressed) * 1000
+
+    la_before, la_after = before["table"]["K8s least-allocated"], after["table"]["K8s least-allocated"]
+    # least-allocated ignores the network and spreads stages across zones: 10 × link latency must cost it
+    assert la_after["p50 ms"] > la_before["p50 ms"] and la_after["p95 ms"] > la_before["p95 ms"], (la_before,
+                                                                                                  la_after)
+    assert set(after["table"]) == set(before["table"])
+    assert after["status"], "status line vanished after the update"
+
+    sessions = lab.api("/api/sessions")
+    assert [s["kernel"]["name"] for s in sessions] == ["python3"], sessions
+    argv0 = lab.api("/api/kernelspecs")["kernelspecs"]["python3"]["spec"]["argv"][0]
+    # "python" is replaced by the server's own interpreter (jupyter_client), which is .venv/bin/python
+    assert argv0 in ("python", "python3") or Path(argv0).resolve().is_relative_to(VENV.resolve()), argv0
+
+    # The CDF / placement figure: an image on first render, and redrawn by the debounced update (which runs
+    # on a timer thread, so output that depends on the cell's parent message never reaches the page).
+    def redrawn():
+        now = _table(browser)
+        return now if now and now["figure"] and now["figure"] != before["figure"] else None
+    try:
+        after = _wait_for(redrawn, 15, "the figure to be redrawn")
+        figure_problem = None
+    except AssertionError:
+        now = _table(browser) or {}
+        figure_problem = (f"figure before the slider move: {_describe(before)}; "
+                          f"15 s after the table updated: {_describe(now)}")
+
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    browser.execute_script("arguments[0].scrollIntoView({block: 'start'});", browser.execute_script(
+        "return document.querySelector('.widget-html-content table').closest('.jp-OutputArea')"))
+    assert browser.save_screenshot(str(SCREENSHOT))
+    print(f"\nui: notebook rendered {t_rendered:.1f} s after page load; slider -> table update seen in the browser "
+          f"{seen_ms:.0f} ms after the key press (includes the {0.3:.1f} s debounce); kernel {after['status']}; "
+          f"least-allocated p50 {la_before['p50 ms']:.0f} -> {la_after['p50 ms']:.0f} ms; screenshot {SCREENSHOT}")
+    assert figure_problem is None, figure_problem
+
+
+def _describe(state) -> str:
+    if state.get("figure"):
+        return f"an image ({len(state['figure'])} chars of data URI)"
+    return f"no image, the output shows {state.get('figure_text')!r}"
