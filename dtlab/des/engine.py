@@ -64,7 +64,7 @@ Replan = Callable[[Job, str, str], "str | None"]
 
 class _Node:
     __slots__ = ("name", "node", "cores", "bg", "capacity", "up", "down_at", "permanent", "groups", "count",
-                 "seq", "claimed", "last_t", "gen", "next_run", "next_t", "exact", "waiters", "inbound", "peak")
+                 "seq", "g1", "claimed", "last_t", "gen", "next_run", "next_t", "exact", "waiters", "inbound", "peak")
 
     def __init__(self, node, bg: float):
         self.name = node.name
@@ -76,6 +76,7 @@ class _Node:
         self.down_at = -math.inf
         self.permanent = False
         self.groups: dict[float, _Group] = {}   # cpu cap -> runs sharing the node with that cap
+        self.g1: _Group | None = None   # the only group, when there is exactly one (fast path)
         self.count = 0              # running stages
         self.seq = 0                # start order (heap tie-break)
         self.claimed = 0.0          # sum of cpu caps of running stages
@@ -575,6 +576,7 @@ class Engine:
             self._record_stage(run, now, "lost")
             lost.append(run)
         ns.groups = {}
+        ns.g1 = None
         ns.count = 0
         ns.inbound = _OrderedSet()
         ns.claimed = 0.0
@@ -705,8 +707,12 @@ class Engine:
     def _ps_advance(self, ns: _Node, now: float) -> None:
         dt = now - ns.last_t
         if dt > 0 and ns.count:
-            for g in ns.groups.values():
+            g = ns.g1
+            if g is not None:
                 g.v += dt * g.frac
+            else:
+                for g in ns.groups.values():
+                    g.v += dt * g.frac
         ns.last_t = now
 
     def _ps_add(self, ns: _Node, run: _Run, now: float) -> None:
@@ -714,6 +720,7 @@ class Engine:
         g = ns.groups.get(run.cpu)
         if g is None:
             g = ns.groups[run.cpu] = _Group(run.cpu)
+            ns.g1 = g if len(ns.groups) == 1 else None
         run.group = g
         run.target = g.v + run.work
         run.running = True
@@ -745,6 +752,7 @@ class Engine:
         ns.claimed -= run.cpu
         if g.n == 0 and ns.groups.get(g.cpu) is g:
             del ns.groups[g.cpu]
+            ns.g1 = next(iter(ns.groups.values())) if len(ns.groups) == 1 else None
         if ns.count == 0:
             ns.claimed = 0.0
 
@@ -767,6 +775,27 @@ class Engine:
             ns.next_run, ns.next_t = None, math.inf
             return
         cap = ns.capacity
+        g = ns.g1
+        if g is not None:
+            # one cap on the node: everyone gets min(1, capacity / demand) of it (alloc <= cap by construction)
+            if ns.claimed <= cap + EPS_MS:
+                g.frac = 1.0
+            else:
+                g.frac = cap / (g.n * g.cpu)
+            heap = g.heap
+            while not heap[0][2].running:
+                heappop(heap)
+            if g.frac <= 0:
+                ns.gen += 1
+                ns.next_run, ns.next_t = None, math.inf
+                return
+            best = heap[0][2]
+            t = now + max((heap[0][0] - g.v) / g.frac, 0.0)
+            if arrival and ns.next_run is not None and t >= ns.next_t:
+                ns.exact = False
+                return
+            self._ps_arm(ns, best, t, now)
+            return
         if ns.claimed <= cap + EPS_MS:
             alloc = ns.claimed
             for g in groups.values():
