@@ -10,17 +10,20 @@ substrate started). ``close()`` kills every process and removes every cgroup, na
 it also runs at interpreter exit and on SIGINT/SIGTERM, and ``dtlab fabric cleanup`` sweeps leftovers
 of crashed runs by name prefix.
 
-Not modelled: ``job.input_mb`` from the origin zone (there is no origin node to send from), and a
-stage's ``cpu`` > 1 runs single-threaded at one core's share (exact for an isolated stage, not for
-contention between multi-core stages).
+A stage's work is ``cpu * duration_ms`` reference CPU-ms split over ``ceil(cpu)`` single-threaded
+workers in a stage cgroup capped at ``cpu * speed * scale`` cores, inside the node's quota: the
+twin's processor sharing with a per-stage cap. Not modelled: ``job.input_mb`` from the origin zone
+(there is no origin node to send from) and memory limits.
 """
 from __future__ import annotations
 
 import atexit
+import math
 import shutil
 import os
 import secrets
 import signal
+import subprocess
 import threading
 import time
 import weakref
@@ -328,8 +331,9 @@ class FabricSubstrate(SubstrateBase):
         elif ev.kind == "pod-kill":
             with self._lock:
                 for rec in self._stages:
-                    if rec["job"] == ev.job and (ev.stage is None or rec["stage"] == ev.stage) and rec.get("_proc"):
-                        _kill(rec["_proc"])
+                    if rec["job"] == ev.job and (ev.stage is None or rec["stage"] == ev.stage):
+                        for p in rec.get("_procs", ()):
+                            _kill(p)
 
     def _run_job(self, plan: Plan, job: Job, rec: dict[str, Any]) -> None:
         done: dict[str, threading.Event] = {s.id: threading.Event() for s in job.stages}
@@ -393,51 +397,62 @@ class FabricSubstrate(SubstrateBase):
                 if choice is None:
                     continue
                 fmt = choice[0]
-            iters = worker.iterations_for(stage.compute.duration_ms, self.kernel, self.scale)
+            # duration_ms is the wall time with `cpu` cores: cpu*duration of CPU work, split over
+            # ceil(cpu) single-threaded workers that share a stage quota of cpu*speed*scale cores
+            # (the twin's processor sharing with a per-stage cap of `cpu` cores)
+            cpu = max(stage.compute.cpu, 0.01)
+            nproc = max(1, math.ceil(cpu - 1e-9))
+            iters = worker.iterations_for(stage.compute.duration_ms * cpu / nproc, self.kernel, self.scale)
             argv = worker.command(fmt, self.kernel, iters, seed=self.seed + 1)
             cg = self._cg_node[node_name].child(_safe(f"{job.name}-{stage.id}-{secrets.token_hex(2)}"),
-                                                node.speed * self.scale)
+                                                cpu * node.speed * self.scale)
             ns = self.net.ns(node_name) if self.net else None
-            # start in the fabric's top cgroup; the worker moves itself into the stage cgroup when
-            # its kernel starts, so emulator/runtime start-up is not stretched by the fabric scale
-            # No preexec_fn: forking this (big, threaded) interpreter costs tens of ms, vfork does not.
+            # No preexec_fn (forking this big threaded interpreter costs tens of ms; vfork does not).
+            # Start-up runs in the fabric's top cgroup (prioritised over host load, capped by the
+            # budget); the worker moves itself into the stage cgroup when its kernel starts, so
+            # emulator/runtime start-up is not stretched by the fabric scale.
             env = dict(os.environ, DTLAB_JOIN_CGROUP=cg.procs_path)
             if ns:
                 argv = [self._nsenter, f"--net=/var/run/netns/{ns}", *argv]
-            # start-up runs in the fabric's top cgroup: prioritised over host load, capped by the budget
             argv = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', self._cg_top.procs_path, *argv]
-            import subprocess
             with self._lock:
                 if self._closed:
                     return None
                 t_start = time.monotonic()
-                if fmt == "wasm" and self._zygote is not None:
-                    proc = self._zygote.spawn(argv[-3:], cg.procs_path)
-                else:
-                    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-                self._procs[node_name].add(proc)
+                procs = []
+                for _ in range(nproc):
+                    if fmt == "wasm" and self._zygote is not None:
+                        procs.append(self._zygote.spawn(argv[-3:], cg.procs_path))
+                    else:
+                        procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                                      text=True, env=env))
+                self._procs[node_name].update(procs)
                 srec = {"job": job.name, "stage": stage.id, "node": node_name, "format": fmt,
                         "start_ms": self._ms(t_start), "end_ms": None, "duration_ms": None, "ok": None,
-                        "iterations": iters, "_proc": proc}
+                        "iterations": iters * nproc, "workers": nproc, "_procs": procs}
                 self._stages.append(srec)
                 if rec := self._jobs.get(job.name):
                     if rec["start_ms"] is None:
                         rec["start_ms"] = srec["start_ms"]
             self._emit({"kind": "stage-start", "job": job.name, "stage": stage.id, "node": node_name}, t_start)
-            out, err = proc.communicate()
-            t_end = time.monotonic()
-            self._procs[node_name].discard(proc)
-            ok = proc.returncode == 0
-            kernel_ms = None
-            if ok:
+            ok, kernel_ms, errors = True, 0.0, []
+            for proc in procs:
+                out, err = proc.communicate()
+                self._procs[node_name].discard(proc)
+                if proc.returncode != 0:
+                    ok = False
+                    errors.append(err.strip()[-200:] or f"exit {proc.returncode}")
+                    continue
                 try:
-                    kernel_ms = worker.parse_run(fmt, out, 0.0).kernel_ms
+                    kernel_ms = max(kernel_ms, worker.parse_run(fmt, out, 0.0).kernel_ms)
                 except (ValueError, IndexError, KeyError):
                     ok = False
+                    errors.append(f"unparsable worker output: {out[-120:]!r}")
+            t_end = time.monotonic()
             with self._lock:
                 srec.update(end_ms=self._ms(t_end), duration_ms=(t_end - t_start) * 1000.0, ok=ok,
-                            kernel_ms=kernel_ms, error=None if ok else (err.strip()[-200:] or f"exit {proc.returncode}"))
-                srec.pop("_proc", None)
+                            kernel_ms=kernel_ms if ok else None, error="; ".join(errors) or None)
+                srec.pop("_procs", None)
             self._emit({"kind": "stage-end", "job": job.name, "stage": stage.id, "node": node_name, "ok": ok}, t_end)
             try:
                 cg.remove(timeout_s=2.0)
