@@ -317,7 +317,10 @@ class Engine:
             # the same placement object as last time (a simulation's forced placement): checked already
             self._names.add(name)
             self._submitted += 1
-            self._at(at_ms, self._start_job, job, info, name, placement, _EMPTY, scale, _EMPTY)
+            if at_ms is None:
+                self._start_job(job, info, name, placement, _EMPTY, scale, _EMPTY)
+            else:
+                self._at(at_ms, self._start_job, job, info, name, placement, _EMPTY, scale, _EMPTY)
             return
         for sid in info.ids:
             node = placement.get(sid)

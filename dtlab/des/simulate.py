@@ -91,7 +91,8 @@ def simulate(cluster_or_state: Cluster | ClusterState, workload: Workload, plan_
     stream = arrival_stream(workload, np.random.default_rng(arr_seq))
     count = [0]
 
-    def arrive(t: float, name: str, scale: float) -> None:
+    def arrive(ev) -> None:
+        name, scale = ev.job_name, ev.job_scale
         if forced is not None:
             placement, shadow = forced, None
         else:
@@ -108,7 +109,8 @@ def simulate(cluster_or_state: Cluster | ClusterState, workload: Workload, plan_
             return
         t, name, scale = item
         ev = Timeout(env, max(t - env.now, 0.0))
-        ev.callbacks.append(lambda _e: arrive(t, name, scale))
+        ev.job_name, ev.job_scale = name, scale     # simpy events take attributes: no closure per job
+        ev.callbacks.append(arrive)
 
     schedule_next()
     engine.run()
