@@ -32,6 +32,22 @@ def _killing_run(params, marker: str, counter: str):
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _flaky_run(params, marker: str, counter: str, broken_rate: float):
+    """Test-only hook: ``broken_rate`` always raises; any other point raises once overall (then retried)."""
+    from dtlab.experiments import v1
+
+    rate = params["rates_per_s"][0]
+    with open(counter, "a") as f:
+        f.write(json.dumps({"rate": rate, "seed": params["seeds"][0], "pid": os.getpid()}) + "\n")
+    if rate == broken_rate:
+        raise RuntimeError("this point always fails")
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return v1.run(params)
+    raise RuntimeError("transient failure")
+
+
 def _calls(counter: Path) -> list[dict]:
     return [json.loads(line) for line in counter.read_text().splitlines()] if counter.exists() else []
 
@@ -140,20 +156,29 @@ def test_sweep_survives_killed_worker_and_resumes(tmp_path):
         for ext in ("pdf", "png"):
             assert (exp_dir / "figures" / f"{name}.{ext}").stat().st_size > 1000
 
-    # resume after an "interrupted" sweep: only the missing point runs, on an existing scheduler
+    # resume after an "interrupted" sweep, on an existing scheduler, with the grid grown by a value whose
+    # points always fail: only the missing point runs (after one retried exception), the broken points
+    # are reported after 1 + 2 retries, finished points stay untouched
     before = _mtimes(exp_dir)
     lost = res.points[1].id
     import shutil
     shutil.rmtree(exp_dir / lost)
+    flaky = functools.partial(_flaky_run, marker=str(tmp_path / "flaked"), counter=str(counter), broken_rate=2.0)
+    grown = {**GRID, "grid": {"rates_per_s": [0.5, 1.0, 2.0]}}
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        res2 = sw.sweep("V1", GRID, seeds=2, smoke=True, out=out, scheduler=cluster.scheduler_address,
-                        progress=False, run_fn=hook)
-    assert res2.ran == [lost] and len(res2.skipped) == 3 and res2.failed == {}
-    assert len(_calls(counter)) == 6
+        res2 = sw.sweep("V1", grown, seeds=2, smoke=True, out=out, scheduler=cluster.scheduler_address,
+                        progress=False, run_fn=flaky)
+    broken = {p.id for p in res2.points if p.values["rates_per_s"] == 2.0}
+    assert res2.ran == [lost] and len(res2.skipped) == 3 and set(res2.failed) == broken and len(broken) == 2
+    assert all("always fails" in msg for msg in res2.failed.values())
+    lost_key = (res.points[1].values["rates_per_s"], res.points[1].seed)
+    new_calls = _calls(counter)[5:]
+    assert sorted((c["rate"], c["seed"]) for c in new_calls) == sorted([lost_key] * 2 + [(2.0, 0), (2.0, 1)] * 3)
     after = _mtimes(exp_dir)
     assert {k: v for k, v in after.items() if k != lost} == {k: v for k, v in before.items() if k != lost}
+    assert not any((exp_dir / b).exists() for b in broken)
     pd.testing.assert_frame_equal(pd.read_csv(exp_dir / "sweep.csv"), table)   # same numbers (sim is seeded)
 
     # nothing left to do: no cluster, no calls
     res3 = sw.sweep("V1", GRID, seeds=2, smoke=True, out=out, progress=False, run_fn=hook, figures=False)
-    assert res3.ran == [] and len(res3.skipped) == 4 and len(_calls(counter)) == 6
+    assert res3.ran == [] and len(res3.skipped) == 4 and len(_calls(counter)) == 5 + 8
