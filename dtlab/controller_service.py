@@ -114,6 +114,7 @@ class ControllerService:
         self.stop_reason = ""
         self._last_reconcile = 0.0
         self._down: set[str] = set()
+        self._moved: dict[tuple[str, str], str] = {}   # (job, stage) -> the shadow it was moved to
         self.in_flight: dict[str, Plan] = {}
         self.failovers: list[dict[str, Any]] = []
         self.counts = {"submitted": 0, "refused-stale": 0, "infeasible": 0, "rolled-back": 0}
@@ -248,7 +249,8 @@ class ControllerService:
         for e in events:   # a failure may be reported twice (chaos notification + observer): act on transitions
             if e.get("kind") == "node-down" and e.get("node") not in self._down:
                 self._down.add(e["node"])
-                down.append(e["node"])
+                if e["node"] not in down:
+                    down.append(e["node"])
             elif e.get("kind") in ("node-up", "node-add", "node-remove"):
                 self._down.discard(e.get("node") if isinstance(e.get("node"), str) else None)
         if not down or not self.in_flight:
@@ -258,13 +260,16 @@ class ControllerService:
             for job_name, plan in list(self.in_flight.items()):
                 for sid, planned in plan.placement.items():
                     status = snap.stages.get((job_name, sid))
-                    if planned != node or (status is not None and status.phase == "succeeded"):
+                    if self._moved.get((job_name, sid), planned) != node or (
+                            status is not None and status.phase == "succeeded"):
                         continue
                     self._failover(job_name, sid, node, plan.shadow.get(sid), snap)
 
     def _failover(self, job: str, stage: str, node: str, shadow: str | None, snap) -> None:
         if shadow is None:
             result, why = "no-shadow", "no shadow was planned; the substrate retries or waits (no re-plan)"
+        elif (job, stage) in self._moved:
+            result, why = "no-shadow", "its shadow failed too; the substrate retries or waits (no re-plan)"
         elif shadow in snap.nodes and not snap.nodes[shadow].up:
             result, why = "shadow-down", f"shadow {shadow} is down too"
         elif self.shadow_failover == "call":
@@ -275,6 +280,8 @@ class ControllerService:
         else:
             result, why = "unsupported", (f"substrate {self.substrate.name} cannot move stages to shadows; "
                                           f"the stage waits for the substrate's own recovery")
+        if result == "moved":
+            self._moved[(job, stage)] = shadow   # now runs there: a later failure of the planned node misses it
         entry = {"type": "failover", "job": job, "stage": stage, "failed_node": node, "shadow": shadow,
                  "result": result, "why": why, "substrate_ms": self.substrate.now_ms()}
         self.failovers.append(entry)
@@ -289,9 +296,14 @@ class ControllerService:
         stages = self.twin.state.snapshot().stages
         for name, plan in list(self.in_flight.items()):
             if all(getattr(stages.get((name, sid)), "phase", None) == "succeeded" for sid in plan.placement):
-                del self.in_flight[name]
+                self._forget(name)
         self.metrics.in_flight.set(len(self.in_flight))
         self.metrics.version.set(self.twin.state.version)
+
+    def _forget(self, name: str) -> None:
+        plan = self.in_flight.pop(name)
+        for sid in plan.placement:
+            self._moved.pop((name, sid), None)
 
     def _reconcile(self) -> None:
         """Drop jobs the substrate reports finished (lost jobs never get a successful stage-end)."""
@@ -300,7 +312,7 @@ class ControllerService:
             jobs = self.substrate.results()["jobs"]
             done = set(jobs["job"][jobs["ok"].notna()])   # real substrates list running jobs with ok unset
             for name in [n for n in self.in_flight if n in done]:
-                del self.in_flight[name]
+                self._forget(name)
             self.metrics.in_flight.set(len(self.in_flight))
 
     def _write(self, line: dict[str, Any]) -> None:

@@ -119,6 +119,21 @@ def test_node_down_moves_stages_to_shadows_without_replanning():
     assert bool(done["ok"]) and done["failed_over"] == 1 and done["nodes"] == plan.shadow["s"]
 
 
+def test_moved_stage_is_not_moved_again_when_its_planned_node_fails_again():
+    svc, record = service(policy="resilient")
+    job = Job(name="long", stages=(Stage(id="s", compute=Compute(duration_ms=20_000.0)),))
+    svc.step(job, 0.0)
+    plan = svc.in_flight["long"]
+    for at in (1.0, 8.0):    # down, up at 4 s, down again while the stage runs on its shadow
+        svc.substrate.inject({"kind": "node-failure", "at_s": at, "duration_s": 3.0,
+                              "selector": {"names": [plan.placement["s"]]}})
+    svc.substrate.inject({"kind": "node-failure", "at_s": 12.0, "duration_s": 60.0,
+                          "selector": {"names": [plan.shadow["s"]]}})   # then the shadow itself fails
+    svc.run([], duration_s=30)
+    moves = [(r["failed_node"], r["result"]) for r in lines(record) if r["type"] == "failover"]
+    assert moves == [(plan.placement["s"], "moved"), (plan.shadow["s"], "no-shadow")]
+
+
 def test_node_down_without_shadow_is_reported_not_replanned():
     svc, record = service(policy="greedy")
     job = Job(name="long", stages=(Stage(id="s", compute=Compute(duration_ms=20_000.0)),))
