@@ -15,7 +15,7 @@ def register(subparsers) -> None:
         "sweep", help="sweep an experiment over a parameter grid x seeds on Dask (resumable)",
         description="Run the cartesian product of the grid's parameters x seeds, one experiment run per "
                     "point (<out>/<EXP>/<point-id>/), skip finished points, and merge everything into "
-                    "<out>/<EXP>/sweep.csv plus figures/sweep_<measure>.pdf|png (95%% CI over seeds).")
+                    "<out>/<EXP>/sweep.csv plus figures/sweep_<measure>.pdf|png (95% CI over seeds).")
     p.add_argument("experiment", metavar="EXP", help="V1 .. V6")
     p.add_argument("--grid", required=True, help="sweep YAML (see params/sweeps/)")
     p.add_argument("--seeds", type=int, default=None,
