@@ -3,7 +3,8 @@
 ``measure_compute`` runs every kernel natively and in every other format, interleaved and paired
 (native, then each format, per repetition) so slow drift of a shared host hits both sides of a
 ratio. The factor of one repetition is ``cost(format) / cost(native)`` with the cost taken inside the
-process around the kernel: its CPU clock where both sides have one, else its wall time (start-up of the emulator or Wasm runtime is reported
+process around the kernel: its CPU clock (for Wasm the runner's CPU time around ``_start``), else its
+wall time (start-up of the emulator or Wasm runtime is reported
 separately as ``startup_ms``, because the twin's ``duration_ms`` does not include it). Factors are
 summarised as geometric means with a 95% t-interval on the log ratios, since they multiply.
 
@@ -95,7 +96,7 @@ def measure_compute(quick: bool = False, formats=None, kernels=None, reps: int |
         "host": {"node": platform.node(), "machine": platform.machine(), "cpus": os.cpu_count(),
                  "kernel": platform.release(), "loadavg_1m": os.getloadavg()[0]},
         "quick": quick,
-        "method": ("paired interleaved runs; factor = in-process kernel CPU ms (wall ms for wasm) format/native; "
+        "method": ("paired interleaved runs; factor = kernel CPU ms format/native (wasm: runner CPU around _start); "
                    "geometric mean, 95% t-interval on log ratios"),
         "reps": reps,
         "target_native_ms": target_ms,
@@ -110,8 +111,9 @@ def measure_compute(quick: bool = False, formats=None, kernels=None, reps: int |
 
 
 def paired_ratio(run, native) -> float:
-    """Format/native cost of one pair: process CPU clock when both report it (robust to a busy
-    host), else in-process wall time (WASI has no process clock)."""
+    """Format/native cost of one pair: process CPU time when both report it (robust to a busy host;
+    for Wasm the runner's CPU time around ``_start``, as WASI has no process clock), else the
+    in-process wall time."""
     if run.cpu_ms > 0 and native.cpu_ms > 0:
         return run.cpu_ms / native.cpu_ms
     return run.kernel_ms / native.kernel_ms

@@ -20,7 +20,7 @@ import select
 import signal
 import sys
 
-from wasm_run import _load  # same directory; this file is run as a script
+from wasm_run import _load, run_start  # same directory; this file is run as a script
 
 
 def main(path: str) -> int:
@@ -84,11 +84,7 @@ def _child(engine, module, path, req, wasmtime) -> int:
         if req.get("cgroup"):
             with open(req["cgroup"], "w") as fh:
                 fh.write(str(os.getpid()))
-        try:
-            instance.exports(store)["_start"](store)
-        except wasmtime.ExitTrap as exc:
-            return exc.code
-        return 0
+        return run_start(instance, store, wasmtime)
     except BaseException as exc:   # report, never fall back into the parent's loop
         try:
             os.write(2, f"wasm child: {exc!r}\n".encode())
