@@ -113,7 +113,8 @@ class ControllerService:
         self._stop = threading.Event()
         self.stop_reason = ""
         self._last_reconcile = 0.0
-        self._down: set[str] = set()
+        self._down = {name for name, st in twin.state.snapshot().nodes.items() if not st.up}
+        self._done_stages: set[tuple[str, str]] = set()   # of in-flight jobs, from stage-end events
         self._moved: dict[tuple[str, str], str] = {}   # (job, stage) -> the shadow it was moved to
         self.in_flight: dict[str, Plan] = {}
         self.failovers: list[dict[str, Any]] = []
@@ -150,18 +151,31 @@ class ControllerService:
                 raise _refused("the controller is stopping; no new work is accepted", "dry_run")
             t0 = time.perf_counter()
             self.controller.sync()
-            self.controller.act(plan, job)
-            rec = self._after(job, plan, t0)
+            rec = self._guarded(lambda: self.controller.act(plan, job) and plan, job, t0)
         if rec["decision"] != SUBMITTED:
-            raise _refused(rec["error"], "job")
+            raise _refused(f"not actuated ({rec['decision']}): {rec['error']}", "job")
         return rec
 
     def step(self, job: Job, at_ms: float | None = None) -> dict[str, Any]:
         """Sense, plan and act on one arrival; returns the decision record."""
         with self._lock:
-            t0 = time.perf_counter()
-            plan = self.controller.step(job, at_ms)
-            return self._after(job, plan, t0)
+            return self._guarded(lambda: self.controller.step(job, at_ms), job, time.perf_counter())
+
+    def _guarded(self, decide, job: Job, t0: float) -> dict[str, Any]:
+        """Run one decision; a submit that failed (and was rolled back) is recorded and the service goes on."""
+        n = len(self.controller.records)
+        try:
+            plan = decide()
+        except Exception as exc:
+            if len(self.controller.records) == n:     # failed before any decision (e.g. sensing): not ours
+                raise
+            log.error("job %s: submit failed and was rolled back: %r", job.name, exc)
+            plan = None
+        except BaseException:
+            if len(self.controller.records) > n:
+                self._after(job, None, t0)
+            raise
+        return self._after(job, plan, t0)
 
     def sense(self, until_ms: float | None = None) -> None:
         """Let substrate time pass to ``until_ms`` (virtual clocks) and drain its events into the twin."""
@@ -243,34 +257,33 @@ class ControllerService:
         return rec
 
     def _on_events(self, events: list[dict[str, Any]]) -> None:
-        """After a batch is in the twin's state: answer node-down events with the shadows."""
-        self.metrics.events.inc(len(events))
-        down = []
-        for e in events:   # a failure may be reported twice (chaos notification + observer): act on transitions
-            if e.get("kind") == "node-down" and e.get("node") not in self._down:
-                self._down.add(e["node"])
-                if e["node"] not in down:
-                    down.append(e["node"])
-            elif e.get("kind") in ("node-up", "node-add", "node-remove"):
-                self._down.discard(e.get("node") if isinstance(e.get("node"), str) else None)
-        if not down or not self.in_flight:
-            return
-        snap = self.twin.state.snapshot()
-        for node in down:
-            for job_name, plan in list(self.in_flight.items()):
-                for sid, planned in plan.placement.items():
-                    status = snap.stages.get((job_name, sid))
-                    if self._moved.get((job_name, sid), planned) != node or (
-                            status is not None and status.phase == "succeeded"):
-                        continue
-                    self._failover(job_name, sid, node, plan.shadow.get(sid), snap)
+        """After a batch is in the twin's state: answer node-down events with the shadows.
 
-    def _failover(self, job: str, stage: str, node: str, shadow: str | None, snap) -> None:
+        Walked in event order (a batch may span many seconds): node up/down and finished
+        stages are tracked as the events go, so each failure sees the world as it was then.
+        """
+        self.metrics.events.inc(len(events))
+        for e in events:
+            kind, node = e.get("kind"), e.get("node")
+            if kind == "stage-end" and e.get("ok", True) and e.get("job") in self.in_flight:
+                self._done_stages.add((e["job"], e.get("stage")))
+            elif kind in ("node-up", "node-add", "node-remove"):
+                self._down.discard(node if isinstance(node, str) else None)
+            elif kind == "node-down" and node not in self._down:
+                # a failure may be reported twice (chaos notification + observer): act on the transition
+                self._down.add(node)
+                for job_name, plan in list(self.in_flight.items()):
+                    for sid, planned in plan.placement.items():
+                        key = (job_name, sid)
+                        if self._moved.get(key, planned) == node and key not in self._done_stages:
+                            self._failover(job_name, sid, node, plan.shadow.get(sid))
+
+    def _failover(self, job: str, stage: str, node: str, shadow: str | None) -> None:
         if shadow is None:
             result, why = "no-shadow", "no shadow was planned; the substrate retries or waits (no re-plan)"
         elif (job, stage) in self._moved:
             result, why = "no-shadow", "its shadow failed too; the substrate retries or waits (no re-plan)"
-        elif shadow in snap.nodes and not snap.nodes[shadow].up:
+        elif shadow in self._down:
             result, why = "shadow-down", f"shadow {shadow} is down too"
         elif self.shadow_failover == "call":
             self.substrate.failover(job, stage, shadow)
@@ -290,12 +303,11 @@ class ControllerService:
         self._write(entry)
 
     def _prune(self) -> None:
-        """Drop jobs whose every stage ended ok in the twin's state (lost jobs: see _reconcile)."""
+        """Drop jobs whose every stage ended ok (lost jobs: see _reconcile)."""
         if not self.in_flight:
             return
-        stages = self.twin.state.snapshot().stages
         for name, plan in list(self.in_flight.items()):
-            if all(getattr(stages.get((name, sid)), "phase", None) == "succeeded" for sid in plan.placement):
+            if all((name, sid) in self._done_stages for sid in plan.placement):
                 self._forget(name)
         self.metrics.in_flight.set(len(self.in_flight))
         self.metrics.version.set(self.twin.state.version)
@@ -304,6 +316,7 @@ class ControllerService:
         plan = self.in_flight.pop(name)
         for sid in plan.placement:
             self._moved.pop((name, sid), None)
+            self._done_stages.discard((name, sid))
 
     def _reconcile(self) -> None:
         """Drop jobs the substrate reports finished (lost jobs never get a successful stage-end)."""
