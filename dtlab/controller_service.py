@@ -401,6 +401,8 @@ def run(args: argparse.Namespace) -> int:
     from .twin import Twin
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not args.workload and args.duration_s is None and args.api_port is None:
+        raise SpecError("--workload", "nothing to do: give --workload, --api-port or --duration-s")
     config = ServiceConfig(policy=args.policy, predictor=args.predictor, samples=args.samples, seed=args.seed,
                            freshness_s=args.freshness_s, speed=args.speed, drain_s=args.drain_s)
     cluster = load_cluster(args.cluster)
@@ -412,10 +414,11 @@ def run(args: argparse.Namespace) -> int:
         from .workload.stream import job_stream
         workload = load_workload_param(args.workload, args.jobs, args.rate)
         stream = job_stream(workload, np.random.default_rng(args.seed))
-    record = open(args.record, "a", encoding="utf-8") if args.record else None
     servers = []
     substrate = make_substrate(args.substrate, cluster, seed=args.seed, **_opts(args.opt))
+    record = None
     try:
+        record = open(args.record, "a", encoding="utf-8") if args.record else None
         twin = Twin(substrate.cluster())
         service = ControllerService(twin, substrate, config, record=record)
         service.install_signal_handlers()
@@ -427,8 +430,6 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr, flush=True)
         if args.api_port is not None:
             servers.append(_serve_api(service, args))
-        if not args.workload and args.duration_s is None and args.api_port is None:
-            raise SpecError("--workload", "nothing to do: give --workload, --api-port or --duration-s")
         print(f"dtlab controller: running on substrate {substrate.name} (policy {config.policy})",
               file=sys.stderr, flush=True)
         summary = service.run(stream if args.workload else _forever(), duration_s=args.duration_s)
