@@ -22,9 +22,9 @@ there - and the one place it approximates it (so experiment V2 can judge it):
   Links are not shared between concurrent transfers.
 * **DAG**: topological order; a stage starts at ``max`` over predecessors of (their end
   + transfer) - the exact critical-path recursion, per sample.
-* **Capacity**: node n offers ``cores * (1 - b)`` with ``b = min(cpu_util +
-  running_cpu / cores, 0.95)``: telemetry background and stages already running are
-  load this job cannot use (as the des path).
+* **Capacity**: node n offers ``cores * (1 - b)`` with ``b =
+  timing.background_share(cores, cpu_util, running_cpu)``: telemetry background is lost
+  outright, stages already running are processor-sharing co-runners (as the des path).
 * **Contention among this job's stages (the approximation)**: the engine shares a node
   among concurrent stages by processor sharing (water-filling, each capped at its
   ``cpu``). The fast path cannot replay PS per sample, so it applies one *static
@@ -57,11 +57,10 @@ import numpy as np
 from .errors import SpecError
 from .model import DEFAULT_INTRA_ZONE, Job, Link
 from .plan import summarize
-from .timing import TimingModel, rto_ms, throughput_mbps
+from .timing import TimingModel, background_share, rto_ms, throughput_mbps
 
 PREDICTORS = ("fast", "legacy", "des")
 JITTER_MEAN = math.sqrt(2 / math.pi)  # E|N(0,1)|
-MAX_BACKGROUND = 0.95                 # as dtlab.des.predict: a saturated node is slow (20x), not dead
 _DEFAULT_TIMING = TimingModel()
 
 
@@ -249,7 +248,7 @@ class NodeTable:
             util = np.array([s.cpu_util for s in statuses], dtype=float)
             running = np.array([s.running_cpu for s in statuses], dtype=float)
         self.running = running.astype(float)
-        self.capacity = self.cores * (1.0 - np.minimum(util + self.running / self.cores, MAX_BACKGROUND))
+        self.capacity = self.cores * (1.0 - background_share(self.cores, util, self.running))
         self.up = up.astype(bool)
         self.schedulable = self.up & ~cordoned.astype(bool)
 

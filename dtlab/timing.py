@@ -98,6 +98,25 @@ class TimingModel:
         return out
 
 
+MAX_BACKGROUND = 0.95  # a saturated node predicts "very slow" (20x), never "never"
+
+
+def background_share(cores, cpu_util, running_cpu):
+    """Share of a node's cores a newly placed stage cannot use (scalars or numpy arrays).
+
+    Telemetry background ``cpu_util`` is capacity lost outright. Stages already running
+    (``running_cpu`` cores) are co-runners under processor sharing: while they fit, they
+    take their cores; once the node is oversubscribed a newcomer still gets its fair
+    share ``avail / (running + 1)`` rather than nothing. Co-runners are assumed to stay
+    for the whole stage, which errs on the slow side (in PS they leave and free cores).
+    """
+    avail = np.asarray(cores, dtype=float) * (1.0 - np.minimum(cpu_util, MAX_BACKGROUND))
+    running = np.asarray(running_cpu, dtype=float)
+    usable = np.maximum(avail - running, avail / (running + 1.0))
+    share = 1.0 - usable / np.asarray(cores, dtype=float)
+    return np.clip(share, 0.0, MAX_BACKGROUND)
+
+
 def throughput_mbps(link: Link) -> float:
     """Bandwidth, capped by the Mathis et al. (1997) TCP bound when the link loses packets."""
     if link.loss <= 0 or link.latency_ms <= 0:

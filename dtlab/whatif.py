@@ -24,9 +24,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .model import Cluster, Job, Link
-from .timing import TimingModel
-
-MAX_BACKGROUND = 0.95
+from .timing import MAX_BACKGROUND, TimingModel
 
 
 def pair_key(a: str, b: str) -> str:

@@ -12,18 +12,12 @@ import numpy as np
 
 from ..model import Cluster, Job
 from ..state import NodeStatus, Snapshot
-from ..timing import TimingModel
+from ..timing import TimingModel, background_share
 from .engine import Engine
 
-# Background never takes more than this share of a node in a prediction, so a saturated
-# node predicts "very slow" (20x) rather than "never".
-MAX_BACKGROUND_UTIL = 0.95
-
-
 def effective_background(status: NodeStatus) -> float:
-    """Share of a node's cores the predicted job cannot use: telemetry plus stages already running."""
-    util = status.cpu_util + status.running_cpu / status.node.cores
-    return min(max(util, 0.0), MAX_BACKGROUND_UTIL)
+    """Share of a node's cores the predicted job cannot use (:func:`dtlab.timing.background_share`)."""
+    return float(background_share(status.node.cores, status.cpu_util, status.running_cpu))
 
 
 def stage_failure_probs(job: Job, placement: Mapping[str, str], cluster: Cluster) -> dict[str, float]:
@@ -51,7 +45,8 @@ def sample_latencies_des(snapshot: Snapshot, job: Job, placement: Mapping[str, s
     The model (shared with the ``fast`` path):
 
     * **Capacity.** Node n offers ``cores * (1 - b)`` cores with
-      ``b = min(cpu_util + running_cpu / cores, 0.95)`` (:func:`effective_background`).
+      ``b = timing.background_share(cores, cpu_util, running_cpu)``: telemetry load is
+      lost outright; running stages are processor-sharing co-runners that stay.
       Stages of this job share it by processor sharing, each capped at its ``cpu``; a
       stage alone on its node runs ``cpu / min(cpu, capacity)`` times slower than its
       service time.
