@@ -119,9 +119,9 @@ def background_share(cores, cpu_util, running_cpu):
 
 def throughput_mbps(link: Link) -> float:
     """Bandwidth, capped by the Mathis et al. (1997) TCP bound when the link loses packets."""
-    if link.loss <= 0 or link.latency_ms <= 0:
-        return link.bandwidth_mbps
     rtt_s = 2 * link.latency_ms / 1000.0
+    if link.loss <= 0 or rtt_s <= 0:  # (a denormal latency underflows to an RTT of 0)
+        return link.bandwidth_mbps
     mathis = MSS_BYTES * 8 / rtt_s * 1.22 / math.sqrt(link.loss) / 1e6
     return min(link.bandwidth_mbps, mathis)
 
