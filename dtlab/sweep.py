@@ -261,17 +261,18 @@ def expand(experiment: str, grid: Grid, base: Mapping[str, Any], seeds: Sequence
     points, keys = [], grid.keys
     for combo in itertools.product(*(values for _, values in grid.axes)):
         for seed in seeds:
-            params = {**dict(base), **dict(grid.fixed)}
-            for key, value in zip(keys, combo):
+            params = dict(base)
+            for key, value in [*grid.fixed.items(), *zip(keys, combo)]:
                 _set(params, key, value, module.DEFAULTS)
             params["seeds"] = [int(seed)]
             try:
                 full = validate(params, module.DEFAULTS, exp)
             except SpecError as exc:
-                swept = next((k for k in keys if k.partition(".")[0] == exc.field.partition(".")[0]
-                              or k == exc.field), None)
-                raise SpecError(f"grid.{swept}" if swept else exc.field,
-                                f"{exc.rule} (point {dict(zip(keys, combo))})") from None
+                head = exc.field.partition(".")[0]
+                swept = next((k for k in keys if k.partition(".")[0] == head), None)
+                fixed = next((k for k in grid.fixed if k.partition(".")[0] == head), None)
+                where = f"grid.{swept}" if swept else f"params.{fixed}" if fixed else exc.field
+                raise SpecError(where, f"{exc.rule} (point {dict(zip(keys, combo))})") from None
             points.append(Point(id=point_id(exp, full), seed=int(seed),
                                 values=dict(zip(keys, combo)), params=full))
     return points

@@ -67,6 +67,8 @@ def _mtimes(out: Path) -> dict[str, int]:
     ({"jobs": [10, 10]}, "grid.jobs"),
     ({"grid": {"jobs": [10]}, "params": {"jobs": 5}}, "params.jobs"),
     ({"grid": {"jobs": [10]}, "params": {"bogus": 5}}, "params.bogus"),
+    ({"grid": {"jobs": [10]}, "params": {"samples": "many"}}, "params.samples"),
+    ({"grid": {"jobs": [10]}, "params": {"seeds": [3]}}, "params.seeds"),
     ({"grid": {"jobs": [10]}, "experiment": "V2"}, "experiment"),
     ({"grid": {"jobs": [10]}, "metrics": ["mape"]}, "metrics[0]"),
     ({"grid": {"jobs": [10]}, "grdi": 1}, "grdi"),
@@ -97,6 +99,8 @@ def test_expand_points():
     assert p.params["predictors"] == ["fast"]                                          # scalar -> [scalar]
     assert points[3].params["predictors"] == ["des", "none"] and p.params["seeds"] == [0]
     assert p.params["jobs"] == base["jobs"]                                            # base params kept
+    fixed = sw.parse_grid({"grid": {"jobs": [5]}, "params": {"substrate_opts.tail_prob": 0.0}})
+    assert sw.expand("V2", fixed, base, [0])[0].params["substrate_opts"] == {"tail_prob": 0.0}
     v4 = sw.expand("V4", sw.parse_grid({"substrate_opts.telemetry_noise": [0.3]}), {}, [0])[0]
     assert v4.params["substrate_opts"] == {"failure_rate_per_h": 0.0, "telemetry_noise": 0.3}  # DEFAULTS' entry kept
     again = sw.expand("V2", grid, {**base, "substrate_opts": {"tail_prob": 0.1}}, [0, 1, 2])
