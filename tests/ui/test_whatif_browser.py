@@ -53,6 +53,8 @@ def _wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.25):
             last = predicate()
             if last:
                 return last
+        except _CellError:
+            raise
         except Exception as exc:  # not there yet
             last = exc
         time.sleep(interval_s)
@@ -236,6 +238,17 @@ return {handle: handle, readout: readout ? readout.textContent.trim() : null};
 """
 
 
+_TRACEBACK_JS = """
+const err = [...document.querySelectorAll('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')]
+  .map(e => e.textContent).find(t => t.includes('Traceback (most recent call last)'));
+return err ? err.slice(-1500) : null;
+"""
+
+
+class _CellError(Exception):
+    """A cell's traceback on the page: _wait_for re-raises it instead of treating it as 'not there yet'."""
+
+
 def _table(driver):
     """{policy: {column: float}} and the status line, or None while the widget is not rendered."""
     got = driver.execute_script(_TABLE_JS)
@@ -292,7 +305,15 @@ def _drive(lab, browser):
         60, "the kernel to be idle")
     _run_all_cells(browser)
 
-    before = _wait_for(lambda: _table(browser), 90, "the what-if table to render")
+    def rendered_or_error():
+        traceback = browser.execute_script(_TRACEBACK_JS)
+        if traceback:
+            raise _CellError(traceback)
+        return _table(browser)
+    try:
+        before = _wait_for(rendered_or_error, 90, "the what-if table to render")
+    except _CellError as exc:  # fail now, with the kernel's message, instead of after the 90 s wait
+        raise AssertionError(f"a notebook cell raised:\n{exc}") from None
     t_rendered = time.monotonic() - t0
     assert {"DT greedy", "K8s least-allocated"} <= set(before["table"]), before
     for name, row in before["table"].items():
