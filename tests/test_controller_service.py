@@ -26,6 +26,7 @@ from dtlab.experiments.common import load_workload_param
 from dtlab.model import Compute, Job, Stage
 from dtlab.substrates import make_substrate
 from dtlab.workload.stream import job_stream
+from tests.heavy import require
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_FILE = REPO / "examples" / "cluster-hetero.yaml"
@@ -135,6 +136,28 @@ def test_moved_stage_is_not_moved_again_when_its_planned_node_fails_again(one_ba
     svc.run([], duration_s=30)
     moves = [(r["failed_node"], r["result"]) for r in lines(record) if r["type"] == "failover"]
     assert moves == [(plan.placement["s"], "moved"), (plan.shadow["s"], "no-shadow")]
+
+
+def test_fabric_node_down_moves_the_running_stage_to_its_shadow():
+    """The same failover with real processes (heavy: the fabric substrate's cgroups)."""
+    from dtlab.substrates import available
+    ok, why = available("fabric")
+    require(ok, f"fabric substrate unavailable: {why}")
+    record = io.StringIO()
+    with make_substrate("fabric", CLUSTER, seed=0, network=False) as sub:
+        svc = ControllerService(dtlab.Twin(CLUSTER), sub, ServiceConfig(policy="resilient", samples=16),
+                                record=record)
+        svc.step(Job(name="long", stages=(Stage(id="s", compute=Compute(duration_ms=3000.0)),)))
+        plan = svc.in_flight["long"]
+        sub.inject({"kind": "node-failure", "at_s": sub.now_ms() / 1000 + 0.5, "duration_s": 60.0,
+                    "selector": {"names": [plan.placement["s"]]}})
+        summary = svc.run([], duration_s=60)
+        stages = sub.results()["stages"]
+    assert summary["reason"] == "done" and summary["failovers"] == 1
+    assert [(r["failed_node"], r["shadow"], r["result"]) for r in lines(record) if r["type"] == "failover"] == [
+        (plan.placement["s"], plan.shadow["s"], "moved")]
+    finished = stages[stages["ok"].astype(bool)]
+    assert list(finished["node"]) == [plan.shadow["s"]]                  # it really finished on the shadow
 
 
 def test_node_down_without_shadow_is_reported_not_replanned():
