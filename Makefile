@@ -49,7 +49,7 @@ experiments: $(STAMP) ## run V1..V6 with params/ on the embedded sim substrate (
 test: test-unit test-notebooks test-smoke ## unit tests, notebooks under nbval, papermill smoke run of V1..V6
 
 test-unit: $(STAMP) ## pytest unit tests (tests/)
-	@$(call elapsed,$(PY) -m pytest -q,unit tests)
+	@$(call elapsed,$(PY) -m pytest -q --durations=10,unit tests)
 
 test-notebooks: $(STAMP) ## execute every notebook with its smoke defaults (pytest --nbval-lax)
 	@$(call elapsed,$(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env notebooks/,nbval)
