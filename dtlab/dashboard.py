@@ -8,6 +8,7 @@ not assumed.
 """
 from __future__ import annotations
 
+import io
 import threading
 import time
 from pathlib import Path
@@ -42,12 +43,13 @@ class WhatIf:
         self._timer: threading.Timer | None = None
         self.result: dict[str, dict[str, float]] = {}
         self.outcomes: dict = {}
-        self.last_update_ms: float | None = None
+        self.last_update_ms: float | None = None   # compute + draw, as the user waits for it
+        self.last_compute_ms: float | None = None
         self.cluster = load_cluster(cluster) if isinstance(cluster, (str, Path)) else cluster
         self.job = load_job(job, cluster=self.cluster) if isinstance(job, (str, Path)) else job
         self.controls: dict[str, w.Widget] = {}
         self._policies = list(policies)
-        self._figure_out = w.Output()
+        self._figure_out = w.Image(format="png")  # a widget: updates from the debounce thread reach the page
         self._table = w.HTML()
         self._status = w.HTML()
         self._build_controls(cluster, job)
@@ -152,8 +154,11 @@ class WhatIf:
             policies = list(self.controls["policies"].value) or self._policies
             self.outcomes = evaluate(self.cluster, self.job, policies, self.knobs(), self.samples, self.seed)
             self.result = {p: o.prediction for p, o in self.outcomes.items() if o.error is None}
-            self.last_update_ms = (time.perf_counter() - start) * 1000
+            self.last_compute_ms = (time.perf_counter() - start) * 1000
             self._render()
+            self.last_update_ms = (time.perf_counter() - start) * 1000
+            self._status.value = (f"updated in {self.last_update_ms:.0f} ms "
+                                  f"(predictions {self.last_compute_ms:.0f} ms, drawing the rest)")
             return self.result
 
     # ------------------------------------------------------------ rendering
@@ -167,11 +172,11 @@ class WhatIf:
             for p, o in self.outcomes.items())
         self._table.value = ("<table><tr><th>policy</th><th>p50 ms</th><th>p95 ms</th><th>CVaR95 ms</th>"
                              f"<th>P(miss)</th></tr>{rows}</table>")
-        self._status.value = f"updated in {self.last_update_ms:.0f} ms"
-        with self._figure_out:
-            from IPython.display import display
-            self._figure_out.clear_output(wait=True)
-            display(self.figure())
+        # PNG bytes into an Image widget, not display() into an Output: a bare Figure has no PNG formatter unless
+        # pyplot's inline backend is active, and display() from the Timer thread has no parent message to go to
+        buf = io.BytesIO()
+        self.figure().savefig(buf, format="png", dpi=110)
+        self._figure_out.value = buf.getvalue()
 
     def figure(self):
         """Latency CDF per policy next to the node × stage placement map (zones on the node axis)."""
@@ -192,7 +197,8 @@ def whatif_figure(outcomes, cluster: Cluster, job: Job):
         cdf.plot(o.latencies_ms / 1000, y, color=colour, label=plots.display_name(policy))
     if job.deadline_ms:
         cdf.axvline(job.deadline_ms / 1000, color=plots.GREY, linestyle="--", linewidth=0.8, label="deadline")
-    cdf.set_xlabel("predicted job latency (s)")
+    cdf.set_xscale("log")  # policies differ by orders of magnitude when a link degrades
+    cdf.set_xlabel("predicted job latency (s, log scale)")
     cdf.set_ylabel("CDF")
     if ok:
         cdf.legend(loc="lower right")

@@ -11,10 +11,9 @@ from .app import ApiConfig, create_app
 
 def register(sub) -> None:
     p = sub.add_parser("serve", help="serve the DT REST API (plan, observe, snapshot, metrics)")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--cluster", help="Cluster spec the twin's state starts from")
-    src.add_argument("--substrate", choices=["sim", "fabric", "kube"],
-                     help="start from what the substrate's observer sees")
+    p.add_argument("--cluster", help="Cluster spec the twin's state starts from (required for sim and fabric)")
+    p.add_argument("--substrate", choices=["sim", "fabric", "kube"],
+                   help="also start from what this substrate's observer sees (its events feed the state)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: loopback only)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--insecure-dev", action="store_true",
@@ -31,10 +30,17 @@ def build_twin(args):
     from ..model import load_cluster
     from ..twin import Twin
 
-    if args.cluster:
-        return Twin(load_cluster(args.cluster)), None
+    from ..errors import SpecError
+
+    cluster = load_cluster(args.cluster) if args.cluster else None
+    if args.substrate is None:
+        if cluster is None:
+            raise SpecError("--cluster", "give a Cluster spec, or --substrate to observe one")
+        return Twin(cluster), None
+    if cluster is None and args.substrate != "kube":
+        raise SpecError("--cluster", f"the {args.substrate} substrate is built from a Cluster spec")
     from ..substrates import make_substrate  # substrate-backed state: the observer feeds the twin
-    substrate = make_substrate(args.substrate)
+    substrate = make_substrate(args.substrate, cluster)
     twin = Twin(substrate.cluster())
     twin.state.apply_many(substrate.events())
     return twin, substrate

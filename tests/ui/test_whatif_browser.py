@@ -218,7 +218,7 @@ const tables = [...document.querySelectorAll('.widget-html-content table')]
 if (tables.length !== 1) return null;
 const rows = [...tables[0].querySelectorAll('tr')].map(tr => [...tr.children].map(c => c.textContent.trim()));
 const status = [...document.querySelectorAll('.widget-html-content')]
-  .map(e => e.textContent.trim()).find(t => /^updated in \\d+ ms$/.test(t)) || null;
+  .map(e => e.textContent.trim()).find(t => /^updated in \\d+ ms/.test(t)) || null;
 // the figure: an <img> anywhere in the dashboard's output (an Output widget's PNG or an Image widget)
 const area = tables[0].closest('.jp-OutputArea-output');
 const img = area ? area.querySelector('img') : null;
