@@ -1,6 +1,7 @@
 """A warm Wasm launcher: load Wasmtime and the compiled module once, fork one child per stage.
 
-    python wasm_zygote.py MODULE.wasm        (requests on stdin, replies on stdout, JSON lines)
+    python wasm_zygote.py MODULE.wasm [TAG]  (requests on stdin, replies on stdout, JSON lines;
+                                              TAG only names the processes, e.g. for cleanup)
 
 Why: starting a Python interpreter and Wasmtime per stage costs 50-200 ms on a busy host, far
 more than a production Wasm runtime's start-up (a few ms), and that cost would be charged to

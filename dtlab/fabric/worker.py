@@ -190,7 +190,7 @@ def iterations_for(duration_ms: float, kernel: str = "mix", scale: float = 1.0) 
 class WasmZygote:
     """Client of wasm_zygote.py: ``spawn(args, cgroup_procs) -> ZygoteProc`` (see that module)."""
 
-    def __init__(self, launch_prefix: list[str] | None = None):
+    def __init__(self, launch_prefix: list[str] | None = None, tag: str = ""):
         import tempfile
         import threading
 
@@ -199,7 +199,8 @@ class WasmZygote:
             raise SubstrateUnavailable(f"format wasm: {why}")
         self._tmp = tempfile.mkdtemp(prefix="dtlab-wasm-")
         script = Path(__file__).resolve().parent / "wasm_zygote.py"
-        self.proc = subprocess.Popen([*(launch_prefix or []), sys.executable, str(script), str(binary("wasm"))],
+        self.proc = subprocess.Popen([*(launch_prefix or []), sys.executable, str(script), str(binary("wasm")),
+                                      *([tag] if tag else [])],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         first = self.proc.stdout.readline()
         if '"ready"' not in first:

@@ -133,7 +133,8 @@ class FabricSubstrate(SubstrateBase):
             self._cg_top.prioritise()
             if any("wasm" in n.formats for n in cluster.nodes) and worker.missing("wasm") is None:
                 # warm launcher in the top cgroup: Wasm start-up costs a fork, as with a real runtime
-                self._zygote = worker.WasmZygote(["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', self._cg_top.procs_path])
+                self._zygote = worker.WasmZygote(["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', self._cg_top.procs_path],
+                                                 tag=f"{cgroups.PREFIX}{self.fid}")   # names its processes for sweeps
             self._cg_node = {n.name: self._cg_top.child(_safe(n.name), n.cores * n.speed * self.scale)
                              for n in cluster.nodes}
             # -------- network

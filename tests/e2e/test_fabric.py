@@ -60,6 +60,16 @@ def leftovers(fid: str) -> list[str]:
     found += [f"netns {l.split()[0]}" for l in ns.splitlines() if f"dtlab-{fid}-" in l]
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
     found += [f"link {l.split(':')[1].strip()}" for l in links.splitlines() if f"dtb{fid}" in l or f"dtv{fid}" in l]
+    # processes: stage workers carry the fabric's cgroup path in their environment, the Wasm
+    # launcher (and its forks) the fabric tag on their command line
+    tag = f"dtlab-{fid}".encode()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            try:
+                if tag in (proc / "cmdline").read_bytes() or tag in (proc / "environ").read_bytes():
+                    found.append(f"process {proc.name}")
+            except OSError:
+                pass
     return found
 
 
