@@ -138,7 +138,8 @@ class SimSubstrate(SubstrateBase):
         self.seed = int(seed)
         root = np.random.SeedSequence([self.seed, 0x51A])
         world_seq, engine_seq, truth_seq = root.spawn(3)
-        self._world = np.random.default_rng(world_seq)
+        # one stream per world process, so how finely advance() steps cannot reorder the draws
+        self._world_bg, self._world_tel, self._world_link = (np.random.default_rng(q) for q in world_seq.spawn(3))
         self.timing, self._true_cluster, self._speed_factor = truth_world(
             cluster, self.opts, np.random.default_rng(truth_seq))
         self._engine = Engine(self._true_cluster, self.timing, np.random.default_rng(engine_seq))
@@ -155,6 +156,7 @@ class SimSubstrate(SubstrateBase):
         self._next_link = self.opts["link_step_s"] * 1000.0
         self._fault_windows: dict[tuple[str, str], list[tuple[float, float]]] = {}
         self._util_log: list[tuple[float, str, float]] = []
+        self._util_steps: list[dict[str, float]] = []   # background per grid step, for telemetry
 
     # ------------------------------------------------------------ protocol
     def cluster(self) -> Cluster:
@@ -281,23 +283,25 @@ class SimSubstrate(SubstrateBase):
             p_fail = 1.0 - math.exp(-o["failure_rate_per_h"] * bg_step / 3_600_000.0)
             for n in nodes:
                 u = self._util[n.name]
-                u += 0.1 * (o["background_mean"] - u) + o["background_step_sd"] * self._world.standard_normal()
+                u += 0.1 * (o["background_mean"] - u) + o["background_step_sd"] * self._world_bg.standard_normal()
                 u = float(min(o["background_max"], max(0.0, u)))
                 self._util[n.name] = u
                 self._engine.set_background(n.name, u, at_ms=t)
                 self._util_log.append((t, n.name, u))
-                if p_fail > 0 and self._world.random() < p_fail and t > self._down_until[n.name]:
-                    at = t + self._world.random() * bg_step
-                    dur = float(self._world.exponential(o["repair_s"] * 1000.0)) + 1.0
+                if p_fail > 0 and self._world_bg.random() < p_fail and t > self._down_until[n.name]:
+                    at = t + self._world_bg.random() * bg_step
+                    dur = float(self._world_bg.exponential(o["repair_s"] * 1000.0)) + 1.0
                     self._down_until[n.name] = at + dur
                     self._engine.fail_node(n.name, at, dur)
+            self._util_steps.append(dict(self._util))
             self._next_bg += bg_step
         tel_step = o["telemetry_period_s"] * 1000.0
         while self._next_tel <= until_ms:
             t = self._next_tel
+            truth = self._util_steps[min(int(t // bg_step), len(self._util_steps) - 1)]
             for n in nodes:
-                u = self._util[n.name]
-                noisy = float(min(1.0, max(0.0, u + o["telemetry_noise"] * self._world.standard_normal())))
+                u = truth[n.name]
+                noisy = float(min(1.0, max(0.0, u + o["telemetry_noise"] * self._world_tel.standard_normal())))
                 self._push(t + o["telemetry_delay_s"] * 1000.0,
                            {"kind": "telemetry", "node": n.name, "cpu_util": noisy, "ts": t / 1000.0})
             self._next_tel += tel_step
@@ -305,7 +309,7 @@ class SimSubstrate(SubstrateBase):
         while self._next_link <= until_ms:
             t = self._next_link
             for link in self._cluster.links:
-                m = float(self._world.lognormal(0.0, o["link_sigma"])) if o["link_sigma"] > 0 else 1.0
+                m = float(self._world_link.lognormal(0.0, o["link_sigma"])) if o["link_sigma"] > 0 else 1.0
                 if self._in_fault((link.a, link.b), t):
                     continue
                 varied = replace(link, latency_ms=link.latency_ms * m, bandwidth_mbps=link.bandwidth_mbps / math.sqrt(m))
