@@ -1,0 +1,491 @@
+"""The ``kube`` substrate: jobs run as pods on a real API server (the local KWOK plane or any cluster).
+
+Behind the substrate protocol (:mod:`dtlab.substrates.base`), so V1/V4/V5 run on it with
+``substrate: kube`` in params. Options (``substrate_opts``): ``kubeconfig`` (else the local
+plane ``plane``, started from the Cluster when none runs and ``start_plane`` allows it;
+then it is stopped again by ``close``), ``namespace`` (dtlab), ``time_scale`` (multiplies
+every pod's run time; 1.0 = the twin's milliseconds), ``noise`` (seeded LogNormal service
+noise on top of the predicted time, so the observed world is not the twin's mean),
+``pinning`` (nodeName | affinity, see :mod:`dtlab.kube.actuator`), ``dry_run``,
+``max_attempts`` per stage, ``drain_limit_s``.
+
+* **Clock**: wall time, ms since the substrate was made; ``advance`` sleeps/polls.
+* **DAG order**: a stage's pod is created when all its predecessors' pods Succeeded
+  (observed by :class:`dtlab.kube.observer.Observer`, not assumed). The pod's run time
+  (the KWOK completion-delay annotation) is the stage's predicted service time on its
+  node in its format (:class:`dtlab.timing.TimingModel`) times the seeded noise, plus
+  the predicted transfer time of its inputs from predecessors on other nodes, times
+  ``time_scale``. On a real cluster the annotation is inert and the worker image runs.
+* **Failures**: a node that the observer sees NotReady (or a pod that failed/was evicted
+  there) moves the node's unfinished stages to the plan's shadow node at once (the old pod
+  is deleted with grace 0, a new attempt is created: ``<job>-<stage>-<attempt>``); a pod
+  deleted while its node is fine (pod-kill) is retried on the same node. After
+  ``max_attempts`` the stage, and its job, fail.
+* **inject**: node-failure -> the KWOK node-not-ready label (``localplane.set_node_failed``
+  does the same for the local plane) and removed after ``duration_s``; pod-kill -> delete
+  the job's (stage's) pods with grace 0; partition / link-degradation -> the twin's link
+  events only (a KWOK plane has no data path; the netem DaemonSet in cluster/manifests
+  realises them on real nodes). The twin learns node-down/up from the observer, as it
+  would of a real failure; the ``chaos`` notifications come from ``to_state_events``.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import replace
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from ..errors import DtlabError, SpecError, SubstrateUnavailable
+from ..model import Cluster, Job
+from ..plan import Plan
+from ..timing import TimingModel
+from . import register
+from .base import JOB_COLUMNS, STAGE_COLUMNS, SubstrateBase
+
+KUBE_DEFAULTS: dict[str, Any] = {
+    "kubeconfig": None, "plane": "default", "start_plane": True, "namespace": "dtlab", "time_scale": 1.0,
+    "noise": True, "pinning": "nodeName", "dry_run": False, "max_attempts": 3, "drain_limit_s": 600.0,
+    "poll_s": 0.05, "keep_pods": False, "image": None,
+}
+_NODE_FAIL_REASONS = {"Evicted", "NodeLost", "TaintManagerEviction", "DeletionByTaintManager", "NodeAffinity",
+                      "OutOfcpu", "OutOfmemory", "Terminated"}
+
+
+def kube_options(opts: Mapping[str, Any] | None) -> dict[str, Any]:
+    """KUBE_DEFAULTS overlaid with ``opts``; unknown keys and bad values are SpecErrors naming the key."""
+    opts = dict(opts or {})
+    unknown = sorted(set(opts) - set(KUBE_DEFAULTS))
+    if unknown:
+        raise SpecError(f"substrate_opts.{unknown[0]}", f"unknown kube option (known: {sorted(KUBE_DEFAULTS)})")
+    out = {**KUBE_DEFAULTS, **opts}
+    for k in ("time_scale", "drain_limit_s", "poll_s"):
+        v = out[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+            raise SpecError(f"substrate_opts.{k}", f"must be a number > 0, got {v!r}")
+    if isinstance(out["max_attempts"], bool) or not isinstance(out["max_attempts"], int) or out["max_attempts"] < 1:
+        raise SpecError("substrate_opts.max_attempts", "must be an integer >= 1")
+    if out["pinning"] not in ("nodeName", "affinity"):
+        raise SpecError("substrate_opts.pinning", "must be 'nodeName' or 'affinity'")
+    return out
+
+
+class KubeSubstrate(SubstrateBase):
+    """Jobs as pods on a Kubernetes API server, observed through list+watch."""
+
+    name = "kube"
+
+    def __init__(self, cluster: Cluster, seed: int = 0, timing: TimingModel | None = None, **opts: Any):
+        from ..kube import localplane
+        from ..kube.actuator import DEFAULT_IMAGE, Actuator
+        from ..kube.observer import Observer
+
+        self.opts = kube_options(opts)
+        self._cluster = cluster
+        self.seed = int(seed)
+        self.timing = timing or TimingModel()
+        self._rng = np.random.default_rng(np.random.SeedSequence([self.seed, 0x6B75]))
+        self._lock = threading.RLock()
+        self._events: list[dict[str, Any]] = []
+        self._jobs: dict[str, dict[str, Any]] = {}
+        self._stages: list[dict[str, Any]] = []          # one record per attempt
+        self._by_pod: dict[str, dict[str, Any]] = {}      # pod name -> attempt record
+        self._down: set[str] = set()
+        self._timers: list[threading.Timer] = []
+        self._errors: list[str] = []
+        self._owns_plane = False
+        self.observer = None
+        kc = self.opts["kubeconfig"] or localplane.kubeconfig(self.opts["plane"])
+        if kc is None:
+            if not self.opts["start_plane"]:
+                raise SubstrateUnavailable(f"no kubeconfig given and local plane {self.opts['plane']!r} is not "
+                                           "running (`dtlab cluster up`)")
+            localplane.up(cluster, name=self.opts["plane"], timeout=180)
+            self._owns_plane = True
+            kc = localplane.kubeconfig(self.opts["plane"])
+        self.kubeconfig = kc
+        try:
+            self.actuator = Actuator(kc, namespace=self.opts["namespace"], dry_run=self.opts["dry_run"],
+                                     pinning=self.opts["pinning"], seed=self.seed)
+            self.image = self.opts["image"] or DEFAULT_IMAGE
+            self.actuator.ensure_namespace()
+            present = {n.metadata.name for n in self.actuator.list_nodes()}
+            missing = [n.name for n in cluster.nodes if n.name not in present]
+            if missing:
+                raise SpecError("cluster.nodes", f"nodes not in the Kubernetes cluster: {missing}")
+            if any("wasm" in n.formats for n in cluster.nodes):
+                _ensure_runtime_class(self.actuator)
+            self._t0 = time.time()
+            self.observer = Observer(kc, sink=self._on_events, namespace=self.opts["namespace"],
+                                     known_nodes=[n.name for n in cluster.nodes],
+                                     clock=lambda epoch: epoch - self._t0).start()
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------ protocol
+    def cluster(self) -> Cluster:
+        return self._cluster
+
+    def now_ms(self) -> float:
+        return (time.time() - self._t0) * 1000.0
+
+    def submit(self, plan: Plan, job: Job) -> None:
+        self._check_open()
+        if job.name in self._jobs:
+            raise SpecError("job", f"job {job.name!r} was already submitted")
+        for s in job.stages:
+            node = plan.placement.get(s.id)
+            if node is None:
+                raise SpecError(f"placement.{s.id}", "stage has no node in the plan")
+            if node not in self._cluster.by_name:
+                raise SpecError(f"placement.{s.id}", f"unknown node {node!r}")
+        now = self.now_ms()
+        noise = self.timing.service_noise(self._rng, len(job.stages)) if self.opts["noise"] \
+            else np.ones(len(job.stages))
+        rec = {"job": job.name, "arrival_ms": now, "start_ms": None, "end_ms": None,
+               "deadline_ms": job.deadline_ms, "ok": None, "nodes": sorted(set(plan.placement.values()))}
+        state = {"job": job, "plan": plan, "rec": rec, "noise": dict(zip([s.id for s in job.stages], noise)),
+                 "stages": {s.id: {"phase": "waiting", "attempt": -1, "node": None, "tried": []}
+                            for s in job.stages}}
+        with self._lock:
+            self._jobs[job.name] = state
+            self._events.append({"kind": "job-submit", "job": job.name, "ts": now / 1000.0,
+                                 "deadline_ms": job.deadline_ms,
+                                 "stage_cpu": {s.id: s.compute.cpu for s in job.stages}})
+            actions = [a for s in job.stages if not s.after for a in self._launch(state, s.id)]
+        self._run(actions)
+
+    def advance(self, until_ms: float | None) -> None:
+        """Wait in wall time until ``until_ms`` (None: until every submitted job ended, at most drain_limit_s)."""
+        self._check_open()
+        if until_ms is None:
+            deadline = time.monotonic() + self.opts["drain_limit_s"]
+            while not self.all_done() and time.monotonic() < deadline:
+                time.sleep(self.opts["poll_s"])
+            return
+        while self.now_ms() < until_ms:
+            time.sleep(min(self.opts["poll_s"], max(0.0, (until_ms - self.now_ms()) / 1000.0)))
+
+    def events(self) -> list[dict[str, Any]]:
+        now_s = self.now_ms() / 1000.0
+        with self._lock:
+            ready = [e for e in self._events if e["ts"] <= now_s]
+            self._events = [e for e in self._events if e["ts"] > now_s]
+        ready.sort(key=lambda e: e["ts"])
+        return ready
+
+    def inject(self, fault: Mapping[str, Any]) -> None:
+        """Realise a FaultScenario fault at ``at_s`` seconds of the substrate clock (clamped to now)."""
+        from ..chaos.realise import as_event
+        from ..chaos.spec import to_state_events
+
+        self._check_open()
+        ev = as_event(fault, self._cluster)
+        now_s = self.now_ms() / 1000.0
+        if ev.start_s < now_s:
+            ev = replace(ev, start_s=now_s)
+        with self._lock:   # node-down/up come from the observer, when they really happen
+            self._events += [dict(e) for e in to_state_events(ev) if e["kind"] not in ("node-down", "node-up")]
+        if ev.kind == "node-failure":
+            self._at(ev.start_s, lambda: [self.actuator.set_node_failed(n, True) for n in ev.nodes])
+            if ev.duration_s is not None:
+                self._at(ev.end_s, lambda: [self.actuator.set_node_failed(n, False) for n in ev.nodes])
+        elif ev.kind == "pod-kill":
+            self._at(ev.start_s, lambda: self.kill(ev.job, ev.stage))
+
+    def results(self) -> dict[str, pd.DataFrame]:
+        with self._lock:
+            jobs = pd.DataFrame([dict(s["rec"]) for s in self._jobs.values()], columns=list(JOB_COLUMNS))
+            stages = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in self._stages])
+        if len(jobs):
+            jobs["latency_ms"] = jobs["end_ms"] - jobs["arrival_ms"]
+            jobs["missed"] = [bool(d) and (lat != lat or lat > d) or ok is False
+                              for d, lat, ok in zip(jobs["deadline_ms"], jobs["latency_ms"], jobs["ok"])]
+        if len(stages):
+            stages["duration_ms"] = stages["end_ms"] - stages["start_ms"]
+        for c in STAGE_COLUMNS:
+            if c not in stages.columns:
+                stages[c] = pd.Series(dtype=object)
+        stages = stages[list(STAGE_COLUMNS) + [c for c in stages.columns if c not in STAGE_COLUMNS]]
+        return {"jobs": jobs, "stages": stages}
+
+    def close(self) -> None:
+        """Stop the observer and timers, delete this substrate's pods, stop an owned plane. Idempotent."""
+        if getattr(self, "_close_done", False):
+            return
+        self._close_done = True
+        for t in self._timers:
+            t.cancel()
+        if self.observer is not None:
+            self.observer.stop()
+        errors = []
+        if not self.opts["keep_pods"] and hasattr(self, "actuator"):
+            for name in list(self._jobs):
+                try:
+                    self.actuator.delete_job(name)
+                except DtlabError as exc:
+                    errors.append(str(exc))
+        if self._owns_plane:
+            from ..kube import localplane
+            localplane.down(self.opts["plane"])
+        super().close()
+        if errors:
+            raise DtlabError("kube close: " + "; ".join(errors[:3]))
+
+    # ------------------------------------------------------------ extras (controller, CLI, tests)
+    def cancel(self, job: str) -> None:
+        """Delete every pod of ``job`` and mark it failed (the controller's rollback)."""
+        with self._lock:
+            st = self._jobs.get(job)
+            if st is not None:
+                for s in st["stages"].values():
+                    s["phase"] = "cancelled"
+                self._finish(st, ok=False)
+        self.actuator.delete_job(job)
+
+    def kill(self, job: str, stage: str | None = None) -> list[str]:
+        """pod-kill: delete the job's (stage's) current pods with grace 0; the substrate retries them."""
+        return self.actuator.delete_job(job, stage)
+
+    def all_done(self) -> bool:
+        with self._lock:
+            return all(s["rec"]["ok"] is not None for s in self._jobs.values())
+
+    def job_status(self, job: str) -> dict[str, Any]:
+        """Per-stage view: node, pod, attempt, phase, start/end ms (CLI output)."""
+        with self._lock:
+            st = self._jobs[job]
+            out = {}
+            for sid, s in st["stages"].items():
+                r = s.get("record") or {}
+                out[sid] = {"node": s["node"], "pod": r.get("pod"), "attempt": s["attempt"], "phase": s["phase"],
+                            "start_ms": r.get("start_ms"), "end_ms": r.get("end_ms")}
+            return {"job": job, **{k: st["rec"][k] for k in ("arrival_ms", "start_ms", "end_ms", "ok")},
+                    "stages": out}
+
+    def metadata(self) -> dict[str, Any]:
+        return {"substrate": "kube", "kubeconfig": self.kubeconfig, "namespace": self.opts["namespace"],
+                "time_scale": self.opts["time_scale"], "pinning": self.opts["pinning"],
+                "owns_plane": self._owns_plane, "observer": self.observer.stats() if self.observer else None,
+                "actuator_retries": self.actuator.retries, "errors": list(self._errors)}
+
+    # ------------------------------------------------------------ DAG driver
+    def _duration_ms(self, st: dict[str, Any], sid: str, node_name: str, fmt: str | None) -> tuple[str, float]:
+        job: Job = st["job"]
+        stage = job.stages[job.stage_index[sid]]
+        node = self._cluster.node(node_name)
+        choice = self.timing.exec_format(stage, node)
+        if fmt and fmt in self.timing.overheads:
+            factor = self.timing.overheads[fmt]
+        elif choice is not None:
+            fmt, factor = choice
+        else:
+            fmt, factor = fmt or "native", 1.0
+        service = self.timing.mean_service_ms(stage, node, factor) * float(st["noise"][sid])
+        transfer = 0.0
+        for p in stage.after:
+            src = st["stages"][p]["node"]
+            prev = job.stages[job.stage_index[p]]
+            if src and src != node_name and prev.output_mb > 0:
+                try:
+                    transfer = max(transfer, self.timing.mean_transfer_ms(prev.output_mb,
+                                                                          self._cluster.link(src, node_name)))
+                except SpecError:
+                    pass
+        return fmt, (service + transfer) * self.opts["time_scale"]
+
+    def _launch(self, st: dict[str, Any], sid: str, node: str | None = None, reason: str = "") -> list[tuple]:
+        """(Under the lock.) The next attempt of ``sid``: choose the node, record it, return the create action."""
+        from ..kube.actuator import pod_spec_for
+
+        plan: Plan = st["plan"]
+        s = st["stages"][sid]
+        if node is None:
+            node = plan.placement[sid]
+            shadow = plan.shadow.get(sid)
+            if node in self._down and shadow and shadow not in self._down:
+                node = shadow
+        s["attempt"] += 1
+        s["node"] = node
+        s["phase"] = "pending"
+        s["tried"].append(node)
+        fmt = plan.formats.get(sid) if node == plan.placement[sid] else None
+        fmt, dur = self._duration_ms(st, sid, node, fmt)
+        spec = pod_spec_for(st["job"], sid, self._cluster.node(node), fmt, s["attempt"], dur, self.image)
+        record = {"job": st["job"].name, "stage": sid, "node": node, "format": fmt, "start_ms": None,
+                  "end_ms": None, "duration_ms": None, "ok": None, "pod": spec.name, "attempt": s["attempt"],
+                  "planned_ms": dur, "reason": reason or None, "_current": True}
+        s["record"] = record
+        self._stages.append(record)
+        self._by_pod[spec.name] = record
+        return [("create", spec)]
+
+    def _on_events(self, batch: list[dict[str, Any]]) -> None:
+        """Observer sink (watch threads): queue state events for the twin and drive the DAG."""
+        actions: list[tuple] = []
+        with self._lock:
+            for ev in batch:
+                kind = ev["kind"]
+                if kind in ("stage-start", "stage-end"):
+                    rec = self._by_pod.get(ev.get("pod"))
+                    if rec is None or not rec["_current"]:
+                        continue       # not ours, or an attempt we already replaced (its end was reported)
+                    self._events.append(ev)
+                    actions += self._stage_event(ev, rec)
+                else:
+                    self._events.append(ev)
+                    if kind == "node-down":
+                        self._down.add(ev["node"])
+                        actions += self._node_down(ev["node"])
+                    elif kind == "node-up":
+                        self._down.discard(ev["node"])
+        self._run(actions)
+
+    def _stage_event(self, ev: dict[str, Any], rec: dict[str, Any]) -> list[tuple]:
+        st = self._jobs.get(rec["job"])
+        if st is None:
+            return []
+        s = st["stages"][rec["stage"]]
+        t_ms = ev["ts"] * 1000.0
+        if ev["kind"] == "stage-start":
+            rec["start_ms"] = t_ms
+            s["phase"] = "running"
+            if st["rec"]["start_ms"] is None or t_ms < st["rec"]["start_ms"]:
+                st["rec"]["start_ms"] = t_ms
+            return []
+        if rec["start_ms"] is not None:        # relisted ends carry 1-s Kubernetes timestamps
+            t_ms = max(t_ms, rec["start_ms"])
+        rec["end_ms"], rec["ok"], rec["reason"] = t_ms, bool(ev.get("ok", True)), ev.get("reason")
+        rec["_current"] = False
+        if s["phase"] == "cancelled":
+            return []
+        if rec["ok"]:
+            s["phase"] = "succeeded"
+            return self._successors(st, rec["stage"])
+        node_failed = rec["node"] in self._down or (ev.get("reason") in _NODE_FAIL_REASONS)
+        return self._retry(st, rec["stage"], node_failed, ev.get("reason") or "failed")
+
+    def _successors(self, st: dict[str, Any], sid: str) -> list[tuple]:
+        job: Job = st["job"]
+        actions: list[tuple] = []
+        for succ in job.successors(sid):
+            stage = job.stages[job.stage_index[succ]]
+            if st["stages"][succ]["phase"] == "waiting" and \
+                    all(st["stages"][p]["phase"] == "succeeded" for p in stage.after):
+                actions += self._launch(st, succ)
+        if all(s["phase"] == "succeeded" for s in st["stages"].values()):
+            self._finish(st, ok=True)
+        return actions
+
+    def _retry(self, st: dict[str, Any], sid: str, node_failed: bool, reason: str) -> list[tuple]:
+        """Next attempt: the shadow when the node failed (if usable), else the same node; or fail the job."""
+        s = st["stages"][sid]
+        if s["attempt"] + 1 >= self.opts["max_attempts"]:
+            s["phase"] = "failed"
+            self._finish(st, ok=False)
+            return []
+        node = s["node"]
+        if node_failed:
+            plan: Plan = st["plan"]
+            candidates = [plan.shadow.get(sid), plan.placement[sid]]
+            usable = [c for c in candidates if c and c != node and c not in self._down]
+            if not usable:
+                s["phase"] = "failed"
+                self._finish(st, ok=False)
+                return []
+            node = usable[0]
+        return self._launch(st, sid, node, reason=f"retry after {reason}")
+
+    def _node_down(self, node: str) -> list[tuple]:
+        """Shadow failover: replace every unfinished attempt on ``node`` now (do not wait for eviction)."""
+        actions: list[tuple] = []
+        for st in self._jobs.values():
+            if st["rec"]["ok"] is not None:
+                continue
+            for sid, s in st["stages"].items():
+                rec = s.get("record")
+                if s["node"] != node or s["phase"] not in ("pending", "running") or rec is None:
+                    continue
+                rec["_current"] = False
+                rec["ok"], rec["reason"] = False, "node-down"
+                rec["end_ms"] = self.now_ms()
+                if rec["start_ms"] is not None:   # tell the twin the attempt ended, before the new one starts
+                    self._events.append({"kind": "stage-end", "job": rec["job"], "stage": sid, "node": node,
+                                         "ok": False, "reason": "node-down", "pod": rec["pod"],
+                                         "attempt": rec["attempt"], "ts": rec["end_ms"] / 1000.0})
+                actions.append(("delete", rec["pod"]))
+                actions += self._retry(st, sid, True, "node-down")
+        return actions
+
+    def _finish(self, st: dict[str, Any], ok: bool) -> None:
+        if st["rec"]["ok"] is None:
+            st["rec"]["ok"] = ok
+            st["rec"]["end_ms"] = self.now_ms() if not ok else max(
+                (s["record"]["end_ms"] for s in st["stages"].values() if s.get("record")), default=self.now_ms())
+
+    def _run(self, actions: list[tuple]) -> None:
+        """Do API calls outside the lock (the actuator retries through an apiserver outage)."""
+        for op, arg in actions:
+            try:
+                if op == "create":
+                    self.actuator.create_pod(arg)
+                else:
+                    self.actuator.delete_pod(arg)
+            except DtlabError as exc:
+                self._errors.append(str(exc))
+                if op == "create":
+                    with self._lock:
+                        rec = self._by_pod.get(arg.name)
+                        st = self._jobs.get(arg.job)
+                        if rec is not None and st is not None and rec["_current"]:
+                            rec.update(_current=False, ok=False, reason=f"create failed: {exc}")
+                            st["stages"][arg.stage]["phase"] = "failed"
+                            self._finish(st, ok=False)
+
+    def _at(self, at_s: float, fn) -> None:
+        def safe():
+            try:
+                fn()
+            except DtlabError as exc:
+                self._errors.append(str(exc))
+        timer = threading.Timer(max(0.0, at_s - self.now_ms() / 1000.0), safe)
+        timer.daemon = True
+        self._timers.append(timer)
+        timer.start()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DtlabError("kube substrate is closed")
+
+
+def _ensure_runtime_class(actuator) -> None:
+    """Create the ``wasm`` RuntimeClass if missing (pods naming a missing one are rejected); 403 is fine."""
+    from kubernetes import client
+    from ..kube.actuator import KubeError, WASM_RUNTIME_CLASS
+    node_api = client.NodeV1Api(actuator.core.api_client)
+    body = {"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": WASM_RUNTIME_CLASS},
+            "handler": "wasmtime", "scheduling": {"nodeSelector": {"dtlab.io/format-wasm": "true"}}}
+    try:
+        actuator._call("create RuntimeClass wasm", lambda: node_api.create_runtime_class(
+            body, _request_timeout=actuator.timeout_s), ok_status=(409, 403))
+    except KubeError:
+        pass
+
+
+def _available() -> tuple[bool, str]:
+    try:
+        import kubernetes  # noqa: F401
+    except ImportError:
+        return False, "the `kubernetes` Python client is not installed"
+    from ..kube import localplane
+    if localplane.kubeconfig("default"):
+        return True, ""
+    ok, why = localplane.binaries_available()
+    return (True, "") if ok else (False, f"no local plane running and it cannot be started: {why}")
+
+
+register("kube", lambda cluster, **opts: KubeSubstrate(cluster, **opts), _available)
