@@ -4,7 +4,12 @@ Writers (observer threads, the API, the controller) call :meth:`ClusterState.app
 with plain-dict events; readers (planners) take :meth:`ClusterState.snapshot`, an
 immutable view carrying the version it was taken at. An apply touches only the
 objects the event names (O(changed)); a snapshot is rebuilt only when the
-version moved since the last one, so a burst of plans shares one copy.
+version moved since the last one, so a burst of plans shares one copy. Nodes and
+stages live in :class:`_CowMap`, a bucketed map whose snapshot shares every bucket
+an event did not touch: taking a snapshot after an event costs O(buckets) pointer
+copies plus O(bucket size) per touched bucket, not O(cluster). Per-node load is also
+kept as column arrays, which the planner's node table reads without one Python
+step per node (``status_arrays``).
 
 Event kinds (every event may carry ``ts``, seconds since the epoch or virtual seconds):
 
@@ -29,7 +34,10 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping
+from collections.abc import Mapping as _MappingABC
+from typing import Any, Iterable, Iterator, Mapping
+
+import numpy as np
 
 from .errors import SpecError
 from .model import Cluster, Link, Node, cluster_from_dict
@@ -37,6 +45,221 @@ from .model import Cluster, Link, Node, cluster_from_dict
 EVENT_KINDS = ("node-add", "node-remove", "node-down", "node-up", "node-cordon", "node-uncordon",
                "telemetry", "link", "link-reset", "job-submit", "stage-start", "stage-end", "chaos")
 LINK_FIELDS = ("latency_ms", "bandwidth_mbps", "loss", "jitter_ms")
+
+
+# ---------------------------------------------------------------- persistent maps
+
+_CHUNK = 256             # keys per insertion-order chunk
+_BUCKET_LOAD = 16        # mean entries per bucket before the bucket count grows 4x
+
+
+class _CowMap:
+    """Insertion-ordered mutable map with O(buckets) :meth:`freeze` sharing untouched buckets.
+
+    Why not a dict: copying a dict of 50,000 nodes for every snapshot taken between
+    events makes each plan O(cluster). Here keys are spread over ``hash(key) & mask``
+    buckets (small dicts of key -> (position, value)) and an append-only list of key
+    chunks records insertion order. ``freeze`` hands out the current bucket and chunk
+    lists and bumps a generation; a later write copies a bucket (or the tail chunk)
+    only if it was created before the freeze (copy-on-write), so frozen views never
+    change. Removal leaves a tombstone in the order list (skipped on iteration;
+    compacted when tombstones outnumber live keys). Iteration order is dict order
+    (insertion; an update keeps the position, remove + re-add moves to the end),
+    independent of PYTHONHASHSEED. Not thread-safe: ClusterState holds its lock.
+    """
+
+    def __init__(self, items: Iterable[tuple[Any, Any]] = ()):
+        items = list(items)
+        self._gen = 1
+        self.layout = object()        # replaced when positions change (compaction)
+        nb = 64
+        while _BUCKET_LOAD * nb < len(items):
+            nb *= 4
+        self._reset(nb)
+        for k, v in items:
+            self[k] = v
+
+    def _reset(self, nbuckets: int) -> None:
+        self._mask = nbuckets - 1
+        self._buckets: list[dict] = [{} for _ in range(nbuckets)]
+        self._bgen = [self._gen] * nbuckets
+        self._order: list[list] = []
+        self._ogen: list[int] = []
+        self._n = 0                   # positions used (live + tombstones)
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __contains__(self, key) -> bool:
+        return key in self._buckets[hash(key) & self._mask]
+
+    def get(self, key, default=None):
+        e = self._buckets[hash(key) & self._mask].get(key)
+        return default if e is None else e[1]
+
+    def pos(self, key) -> int:
+        return self._buckets[hash(key) & self._mask][key][0]
+
+    def _own(self, b: int) -> dict:
+        if self._bgen[b] != self._gen:
+            self._buckets[b] = dict(self._buckets[b])
+            self._bgen[b] = self._gen
+        return self._buckets[b]
+
+    def __setitem__(self, key, value) -> None:
+        d = self._own(hash(key) & self._mask)
+        e = d.get(key)
+        if e is not None:
+            d[key] = (e[0], value)
+            return
+        pos = self._n
+        c = pos // _CHUNK
+        if c == len(self._order):
+            self._order.append([])
+            self._ogen.append(self._gen)
+        elif self._ogen[c] != self._gen:
+            self._order[c] = list(self._order[c])
+            self._ogen[c] = self._gen
+        self._order[c].append(key)
+        d[key] = (pos, value)
+        self._n += 1
+        self._len += 1
+        if self._len > _BUCKET_LOAD * (self._mask + 1):
+            self._rebuild(4 * (self._mask + 1))
+
+    def pop(self, key, *default):
+        b = hash(key) & self._mask
+        if key not in self._buckets[b]:
+            if default:
+                return default[0]
+            raise KeyError(key)
+        _, value = self._own(b).pop(key)
+        self._len -= 1
+        if self._n > 2 * self._len + _CHUNK:
+            self._rebuild(self._mask + 1)
+        return value
+
+    def _rebuild(self, nbuckets: int) -> None:
+        items = list(self.items())
+        self._gen += 1
+        self._reset(nbuckets)
+        self.layout = object()
+        for k, v in items:
+            self[k] = v
+
+    def items(self) -> Iterator[tuple[Any, Any]]:
+        return _iter_items(self._buckets, self._mask, self._order, self._n)
+
+    def values(self) -> Iterator[Any]:
+        return (v for _, v in self.items())
+
+    def __iter__(self) -> Iterator[Any]:
+        return (k for k, _ in self.items())
+
+    def freeze(self) -> tuple:
+        """(buckets, mask, order, n, len): an immutable view's data; later writes copy what they touch."""
+        view = (tuple(self._buckets), self._mask, tuple(self._order), self._n, self._len)
+        self._gen += 1
+        return view
+
+
+def _iter_items(buckets, mask, order, n) -> Iterator[tuple[Any, Any]]:
+    pos = 0
+    for chunk in order:
+        for key in chunk:
+            if pos >= n:
+                return
+            e = buckets[hash(key) & mask].get(key)
+            if e is not None and e[0] == pos:
+                yield key, e[1]
+            pos += 1
+
+
+class FrozenMap(_MappingABC):
+    """Read-only view of a :class:`_CowMap` at one moment (a snapshot's ``nodes`` / ``stages``)."""
+
+    __slots__ = ("_buckets", "_mask", "_order", "_n", "_len")
+
+    def __init__(self, view: tuple):
+        self._buckets, self._mask, self._order, self._n, self._len = view
+
+    def __getitem__(self, key):
+        e = self._buckets[hash(key) & self._mask].get(key)
+        if e is None:
+            raise KeyError(key)
+        return e[1]
+
+    def __contains__(self, key) -> bool:
+        return key in self._buckets[hash(key) & self._mask]
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[Any]:
+        return (k for k, _ in self.items())
+
+    def items(self):   # a generator, cheaper than the ItemsView's per-key __getitem__
+        return _iter_items(self._buckets, self._mask, self._order, self._n)
+
+    def values(self):
+        return (v for _, v in self.items())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self)} entries)"
+
+    def __getstate__(self):
+        return dict(self.items())
+
+    def __setstate__(self, state):
+        FrozenMap.__init__(self, _CowMap(state.items()).freeze())
+
+
+class _Layout:
+    """Positions of the node columns; caches name->position index arrays per names list (planner tables)."""
+
+    def __init__(self):
+        self.perms: dict[int, tuple[list, np.ndarray]] = {}
+
+
+class NodeMap(FrozenMap):
+    """A snapshot's nodes: name -> NodeStatus, plus ``status_arrays`` for the planner (dtlab.predict.NodeTable)."""
+
+    __slots__ = ("_cols", "_layout")
+
+    def __init__(self, view: tuple, cols: tuple[np.ndarray, ...], layout: _Layout):
+        super().__init__(view)
+        self._cols, self._layout = cols, layout
+
+    def status_arrays(self, names) -> tuple[np.ndarray, ...]:
+        """(up, cordoned, cpu_util, running_cpu) in ``names`` order: fancy indexing, no per-node Python."""
+        hit = self._layout.perms.get(id(names))
+        if hit is None or hit[0] is not names:
+            perm = np.fromiter((self._buckets[hash(k) & self._mask][k][0] for k in names), dtype=np.int64,
+                               count=len(names))
+            if len(self._layout.perms) > 8:
+                self._layout.perms.clear()
+            hit = self._layout.perms[id(names)] = (names, perm)
+        perm = hit[1]
+        return tuple(c[perm] for c in self._cols)
+
+    def __setstate__(self, state):
+        m = _CowMap(state.items())
+        cols = _columns(m)
+        NodeMap.__init__(self, m.freeze(), cols, _Layout())
+
+
+def _columns(nodes: _CowMap) -> tuple[np.ndarray, ...]:
+    """Column arrays (up, cordoned, cpu_util, running_cpu) indexed by position, rebuilt from scratch."""
+    size = max(64, nodes._n)
+    cols = (np.zeros(size, dtype=bool), np.zeros(size, dtype=bool), np.zeros(size), np.zeros(size))
+    for name, s in nodes.items():
+        _put_cols(cols, nodes.pos(name), s)
+    return cols
+
+
+def _put_cols(cols, pos: int, s: "NodeStatus") -> None:
+    cols[0][pos], cols[1][pos], cols[2][pos], cols[3][pos] = s.up, s.cordoned, s.cpu_util, s.running_cpu
 
 
 @dataclass(frozen=True)
@@ -129,9 +352,13 @@ class ClusterState:
     def __init__(self, cluster: Cluster):
         self._lock = threading.RLock()
         self._cluster = cluster
-        self._nodes: dict[str, NodeStatus] = {n.name: NodeStatus(n) for n in cluster.nodes}
+        self._nodes = _CowMap((n.name, NodeStatus(n)) for n in cluster.nodes)
+        self._cols = _columns(self._nodes)
+        self._cols_layout = self._nodes.layout
+        self._cols_shared = False     # handed to a snapshot: copy before the next write
+        self._node_layout = _Layout()
         self._links: dict[tuple[str, str], Link | None] = {}
-        self._stages: dict[tuple[str, str], StageStatus] = {}
+        self._stages = _CowMap()
         self._jobs: dict[str, dict[str, Any]] = {}
         self._chaos: list[dict[str, Any]] = []
         self._version = 0
@@ -154,11 +381,12 @@ class ClusterState:
                 if self._nodes_changed:
                     cluster = self._cluster = cluster.with_nodes(s.node for s in self._nodes.values())
                     self._nodes_changed = False
+                self._cols_shared = True
                 self._snap = Snapshot(
                     version=self._version, taken_at=time.time(), cluster=cluster,
-                    nodes=MappingProxyType(dict(self._nodes)),
-                    link_overrides=MappingProxyType(dict(self._links)),
-                    stages=MappingProxyType(dict(self._stages)),
+                    nodes=NodeMap(self._nodes.freeze(), self._cols, self._node_layout),
+                    link_overrides=MappingProxyType(dict(self._links)),   # a handful of entries
+                    stages=FrozenMap(self._stages.freeze()),
                 )
             return self._snap
 
@@ -166,6 +394,23 @@ class ClusterState:
     def apply(self, event: Mapping[str, Any]) -> int:
         """Apply one event; returns the new version. Invalid events raise SpecError and change nothing."""
         return self.apply_many([event])
+
+    def _sync_cols(self, changed: Mapping[str, NodeStatus | None]) -> None:
+        """Bring the node columns up to date for the ``changed`` nodes (copy first if a snapshot holds them)."""
+        if self._cols_layout is not self._nodes.layout:     # positions moved (compaction): rebuild
+            self._cols, self._cols_layout, self._cols_shared = _columns(self._nodes), self._nodes.layout, False
+            self._node_layout = _Layout()
+            return
+        cols = self._cols
+        if self._nodes._n > len(cols[0]):
+            size = max(2 * len(cols[0]), self._nodes._n)
+            cols = tuple(np.concatenate([c, np.zeros(size - len(c), dtype=c.dtype)]) for c in cols)
+        elif self._cols_shared:
+            cols = tuple(c.copy() for c in cols)
+        self._cols, self._cols_shared = cols, False
+        for name, status in changed.items():
+            if status is not None:
+                _put_cols(cols, self._nodes.pos(name), status)
 
     def apply_many(self, events: Iterable[Mapping[str, Any]]) -> int:
         """Apply a batch atomically: all events are validated first, then applied under one lock."""
@@ -243,9 +488,10 @@ class _Staging:
             self.put(replace(status, cpu_util=float(util), telemetry_ts=float(ts) if ts is not None else time.time()))
         elif kind in ("link", "link-reset"):
             a, b = event.get("a"), event.get("b")
-            known = set(self.state._cluster.zones) | set(self.state._nodes)
+            zones = self.state._cluster.zones
             for key, value in (("a", a), ("b", b)):
-                if value not in known:
+                if not isinstance(value, str) or (value not in zones and value not in self.state._nodes
+                                                  and self.nodes.get(value) is None):
                     raise SpecError(p + key, f"{value!r} is neither a zone nor a node")
             if kind == "link-reset":
                 self.links[(a, b)] = "reset"
@@ -339,12 +585,14 @@ class _Staging:
                 st._nodes.pop(name, None)
             else:
                 st._nodes[name] = status
+        st._sync_cols(self.nodes)
         for key, link in self.links.items():
             if link == "reset":
                 st._links.pop(key, None)
             else:
                 st._links[key] = link
-        st._stages.update(self.stages)
+        for key, stage in self.stages.items():
+            st._stages[key] = stage
         for job, info in self.jobs.items():
             st._jobs.setdefault(job, {}).update(info)
         st._chaos.extend(self.chaos)
