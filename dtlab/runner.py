@@ -395,7 +395,12 @@ def execute(prep: PreparedRun, out_root: str | os.PathLike = "outputs", force: b
 
 
 def _execute_in_worker(prep: PreparedRun, out_root: str, force: bool) -> RunOutcome:
-    return execute(prep, out_root, force=force, progress=False)
+    # an unexpected error in one worker must not hide the other experiments' outcomes
+    try:
+        return execute(prep, out_root, force=force, progress=False)
+    except Exception as exc:  # noqa: BLE001
+        return RunOutcome(prep.experiment.id, prep.run_id, Path(out_root) / prep.experiment.id, "failed",
+                          error=f"{prep.experiment.id}: {type(exc).__name__}: {exc}")
 
 
 def run(names: Sequence[str], params_file: str | os.PathLike | None = None, smoke: bool = False,
