@@ -8,7 +8,6 @@ depending on any real experiment's runtime.
 from __future__ import annotations
 
 import json
-import textwrap
 
 import nbformat
 import pytest
@@ -243,7 +242,10 @@ def test_results_save_is_deterministic_and_load_round_trips(tmp_path):
     assert list(metrics) == ["z", "a", "nan", "arr"] and metrics["nan"] is None and metrics["arr"] == [0, 1]
     tables = results.load_tables(tmp_path / "a")
     pd.testing.assert_frame_equal(tables["results"], R.table)
-    assert textwrap.dedent(results.format_runs(results.list_runs(tmp_path))) == "no runs found"
+    assert results.format_runs(results.list_runs(tmp_path)) == "no runs found"
+    mt = results.metrics_table({"x": 1.0, "x.ci_low": 0.5, "x.ci_high": 1.5, "n": 3})
+    assert mt.to_dict("records")[0] == {"metric": "x", "value": 1.0, "ci_low": 0.5, "ci_high": 1.5}
+    assert list(mt["metric"]) == ["x", "n"]
 
 
 def test_same_params_give_identical_metrics_json_on_sim(tmp_path):
