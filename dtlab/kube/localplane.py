@@ -8,8 +8,10 @@ Public API (stdlib + pyyaml + the official ``kubernetes`` client)::
     status(name="default") -> dict
     down(name="default", *, keep_workdir=True) -> None
     kubeconfig(name="default") -> str | None
-    stop_component(component, name="default") / start_component(component, name="default")
-    register_nodes(nodes, kubeconfig_path) -> list[str]
+    stop_component(component, name="default", *, graceful=False)   # SIGKILL: crash
+    start_component(component, name="default", timeout=60.0)       # same flags/ports
+    set_node_failed(node, failed=True, name="default")              # KWOK Ready=False
+    register_nodes(nodes, kubeconfig_path, workers=16) -> list[str]
     node_manifest(node) -> dict ; default_nodes(n) -> list[dict]
     find_binaries() -> dict[str, Path]   (raises BinariesMissing)
 
@@ -63,6 +65,7 @@ KWOK_VERSION = "0.8.0"
 
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 COMPLETE_DELAY_ANNOTATION = "pod-complete.stage.kwok.x-k8s.io/delay"
+NODE_FAIL_LABEL = "node-not-ready.stage.kwok.x-k8s.io"  # KWOK's chaos stage; see cluster/kwok/stages.yaml
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 
 # Failure-detection timings (seconds); short so fault tests run in seconds.
@@ -132,19 +135,34 @@ def stages_file() -> Path:
 
 # ---------------------------------------------------------------- helpers
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def _free_ports(n: int) -> list[int]:
+    """n distinct free loopback ports *below* the ephemeral range, so that no outgoing
+    connection can grab a component's port while it restarts (e.g. kube-apiserver)."""
+    import random
+    hi = _ephemeral_low()
+    lo = max(1024, hi - 12000)
+    rnd = random.SystemRandom()
     ports: list[int] = []
-    while len(ports) < n:
-        p = _free_port()
-        if p not in ports:
-            ports.append(p)
-    return ports
+    for _ in range(2000):
+        if len(ports) == n:
+            return ports
+        p = rnd.randrange(lo, hi)
+        if p in ports:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", p))
+            except OSError:
+                continue
+        ports.append(p)
+    raise LocalPlaneError(f"no {n} free loopback ports in [{lo}, {hi})")
 
 
 def _port_open(port: int) -> bool:
@@ -273,6 +291,8 @@ def _commands(bins: Mapping[str, Path], wd: Path, ports: Mapping[str, int]) -> d
             f"--root-ca-file={pki / 'ca.crt'}", f"--service-account-private-key-file={pki / 'sa.key'}",
             f"--node-monitor-period={NODE_MONITOR_PERIOD}",
             f"--node-monitor-grace-period={NODE_MONITOR_GRACE}",
+            # taint/evict failed nodes quickly instead of 1 node per 10 s per zone
+            "--node-eviction-rate=10", "--secondary-node-eviction-rate=10",
             "--kube-api-qps=1000", "--kube-api-burst=2000",
             "--profiling=false", "--v=1",
         ],
@@ -313,12 +333,14 @@ def _spawn(name: str, cmd: list[str], wd: Path) -> dict[str, Any]:
     return {"pid": p.pid, "start_time": st, "cmd": cmd, "log": str(logdir / f"{name}.log")}
 
 
-def _kill(proc: Mapping[str, Any], timeout: float = 10.0) -> None:
+def _kill(proc: Mapping[str, Any], timeout: float = 3.0, graceful: bool = True) -> None:
+    """SIGTERM, then SIGKILL after `timeout` s (graceful=False: SIGKILL at once, like a crash)."""
     if not _alive(proc):
         _reap(proc.get("pid"))
         return
     pid = proc["pid"]
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+    steps = ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)) if graceful else ((signal.SIGKILL, 5.0),)
+    for sig, wait in steps:
         try:
             os.killpg(pid, sig)  # each component leads its own session/process group
         except ProcessLookupError:
@@ -433,8 +455,12 @@ def node_manifest(node: Any) -> dict[str, Any]:
                      "annotations": {KWOK_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"}},
         "spec": {},
         "status": {"allocatable": dict(resources), "capacity": dict(resources),
+                   # every field is required by the kubernetes client's model validation
                    "nodeInfo": {"architecture": arch, "operatingSystem": "linux",
-                                "kubeletVersion": f"v{K8S_VERSION}-kwok"}},
+                                "kubeletVersion": f"v{K8S_VERSION}-kwok",
+                                "kubeProxyVersion": "", "containerRuntimeVersion": f"kwok-v{KWOK_VERSION}",
+                                "kernelVersion": f"kwok-v{KWOK_VERSION}", "osImage": "dtlab-kwok",
+                                "bootID": "", "machineID": "", "systemUUID": ""}},
     }
 
 
@@ -448,19 +474,27 @@ def _nodes_list(nodes: Any) -> list[Any]:
     return [asdict(n) if is_dataclass(n) and not isinstance(n, type) else n for n in nodes]
 
 
-def _core_api(kubeconfig_path: str):
+def _core_api(kubeconfig_path: str, pool: int = 4):
     from kubernetes import client, config  # imported lazily: heavy
-    api_client = config.new_client_from_config(config_file=str(kubeconfig_path))
-    return client.CoreV1Api(api_client)
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=str(kubeconfig_path), client_configuration=cfg)
+    cfg.connection_pool_maxsize = max(pool, 4)
+    return client.CoreV1Api(client.ApiClient(cfg))
 
 
-def register_nodes(nodes: Any, kubeconfig_path: str | os.PathLike) -> list[str]:
-    """Create (or replace the labels/capacity of) one KWOK node per spec; returns names."""
+def register_nodes(nodes: Any, kubeconfig_path: str | os.PathLike, workers: int = 16) -> list[str]:
+    """Create (or update labels/capacity of) one KWOK node per spec, `workers` requests in
+    parallel; returns the node names in input order."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from kubernetes.client.rest import ApiException
-    api = _core_api(str(kubeconfig_path))
-    names = []
-    for n in _nodes_list(nodes):
-        body = node_manifest(n)
+    api = _core_api(str(kubeconfig_path), pool=workers)
+    bodies = [node_manifest(n) for n in _nodes_list(nodes)]
+    names = [b["metadata"]["name"] for b in bodies]
+    if len(set(names)) != len(names):
+        raise ValueError("duplicate node names")
+
+    def create(body: dict[str, Any]) -> None:
         try:
             api.create_node(body)
         except ApiException as e:
@@ -469,8 +503,22 @@ def register_nodes(nodes: Any, kubeconfig_path: str | os.PathLike) -> list[str]:
             api.patch_node(body["metadata"]["name"], {"metadata": body["metadata"]})
             api.patch_node_status(body["metadata"]["name"], {"status": {
                 "allocatable": body["status"]["allocatable"], "capacity": body["status"]["capacity"]}})
-        names.append(body["metadata"]["name"])
+
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(bodies) or 1))) as ex:
+        list(ex.map(create, bodies))  # re-raises the first error
     return names
+
+
+def set_node_failed(node: str, failed: bool = True, name: str = "default") -> None:
+    """Fault injection: make KWOK report node Ready=False (failed=True) or Ready again.
+
+    The node-lifecycle controller then taints it not-ready:NoExecute and evicts its pods
+    after the TOLERATION_SECONDS (5 s) default toleration.
+    """
+    kc = kubeconfig(name)
+    if not kc:
+        raise LocalPlaneError(f"local plane {name!r} is not running")
+    _core_api(kc).patch_node(node, {"metadata": {"labels": {NODE_FAIL_LABEL: "true" if failed else None}}})
 
 
 def _ready_nodes(api, names: Iterable[str]) -> set[str]:
@@ -541,12 +589,24 @@ def up(nodes: list[dict] | int | Any = 6, workdir: str | os.PathLike | None = No
     bins = find_binaries()
     if shutil.which("openssl") is None:
         raise LocalPlaneError("the `openssl` CLI is required")
+    for attempt in range(3):
+        try:
+            return _up_once(bins, nodes, workdir, name, timeout)
+        except LocalPlaneError as e:  # a free port taken between probe and bind: retry
+            if "address already in use" not in str(e) or attempt == 2:
+                raise
+
+
+def _up_once(bins: Mapping[str, Path], nodes: Any, workdir: str | os.PathLike | None,
+             name: str, timeout: float) -> dict[str, Any]:
     if _load_state(name):
         down(name)
     wd = Path(workdir) if workdir else _plane_dir(name) / "run"
-    if wd.exists():
+    if wd.exists() and any(wd.iterdir()):
+        if not ((wd / "pki").is_dir() or (wd / "kubeconfig").is_file()):
+            raise LocalPlaneError(f"workdir {wd} is not empty and not a previous local plane")
         shutil.rmtree(wd)
-    wd.mkdir(parents=True)
+    wd.mkdir(parents=True, exist_ok=True)
     _make_pki(wd / "pki")
     ports = dict(zip(("etcd", "etcd-peer", "kube-apiserver", "kube-controller-manager",
                       "kube-scheduler", "kwok"), _free_ports(6)))
@@ -564,20 +624,20 @@ def up(nodes: list[dict] | int | Any = 6, workdir: str | os.PathLike | None = No
         for comp in COMPONENTS:
             _start(comp, st, timeout)
         api = _core_api(st["kubeconfig"])
-        # pods need the `default` ServiceAccount (created by the controller-manager)
-        def _sa_ready() -> bool:
+
+        def _sa_ready() -> bool:  # pods need the `default` ServiceAccount (made by the KCM)
             try:
                 api.read_namespaced_service_account("default", "default")
                 return True
-            except Exception:
+            except Exception:  # noqa: BLE001
                 return False
-        _wait(_sa_ready, "default ServiceAccount", timeout,
-              [(c, st["processes"][c]) for c in COMPONENTS])
+        procs = [(c, st["processes"][c]) for c in COMPONENTS]
+        _wait(_sa_ready, "default ServiceAccount", timeout, procs)
         names = register_nodes(nodes, st["kubeconfig"])
         st["nodes"] = names
         _save_state(name, st)
         _wait(lambda: _ready_nodes(api, names) == set(names), f"{len(names)} nodes Ready",
-              timeout, [(c, st["processes"][c]) for c in COMPONENTS])
+              timeout, procs)
     except BaseException:
         down(name)
         raise
@@ -586,12 +646,13 @@ def up(nodes: list[dict] | int | Any = 6, workdir: str | os.PathLike | None = No
     return st
 
 
-def stop_component(component: str, name: str = "default") -> None:
-    """Kill one component (e.g. kube-apiserver for fault tests); its entry stays in the state."""
+def stop_component(component: str, name: str = "default", *, graceful: bool = False) -> None:
+    """Kill one component (e.g. kube-apiserver for fault tests): SIGKILL by default, like a
+    crash; graceful=True sends SIGTERM first. Its entry stays in the state for start_component."""
     st = _load_state(name)
     if not st:
         raise LocalPlaneError(f"local plane {name!r} is not running")
-    _kill(st["processes"][component])
+    _kill(st["processes"][component], graceful=graceful)
 
 
 def start_component(component: str, name: str = "default", timeout: float = 60.0) -> None:
@@ -601,7 +662,14 @@ def start_component(component: str, name: str = "default", timeout: float = 60.0
         raise LocalPlaneError(f"local plane {name!r} is not running")
     if _alive(st["processes"].get(component, {})):
         return
-    _start(component, st, timeout)
+    for attempt in range(5):
+        try:
+            _start(component, st, timeout)
+            return
+        except LocalPlaneError as e:  # the old socket may linger a moment after a kill
+            if "address already in use" not in str(e) or attempt == 4:
+                raise
+            time.sleep(1.0)
 
 
 def status(name: str = "default") -> dict[str, Any]:
@@ -658,6 +726,10 @@ def down(name: str = "default", *, keep_workdir: bool = True) -> None:
     _state_path(name).unlink(missing_ok=True)
     if not keep_workdir:
         shutil.rmtree(st["workdir"], ignore_errors=True)
+    try:
+        _plane_dir(name).rmdir()  # only if empty (workdir elsewhere or removed)
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":  # python -m dtlab.kube.localplane up|status|down [N]
