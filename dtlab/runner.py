@@ -382,6 +382,9 @@ def execute(prep: PreparedRun, out_root: str | os.PathLike = "outputs", force: b
             error = f"{exp.id}: notebook ran but did not write {', '.join(missing)}"
     except Exception as exc:  # noqa: BLE001 - any kernel/notebook failure becomes a failed run
         error = _describe_failure(exc, exp)
+    except BaseException:      # Ctrl-C: leave no half-built run directory behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     seconds = time.perf_counter() - t0
     info.update(status="failed" if error else "ok", error=error, finished=_now(), duration_s=round(seconds, 3))
     _results.atomic_write_text(tmp / _results.RUN_FILE, _results.dumps(info))
