@@ -38,6 +38,7 @@ COMMANDS: list[str] = [
     "dtlab.api.serve",
     "dtlab.cli_sweep",
     "dtlab.controller_service",
+    "dtlab.cli_cluster",
 ]
 
 EXIT_SPEC = 2

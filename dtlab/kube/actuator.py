@@ -164,7 +164,11 @@ def pod_manifest(spec: PodSpec, namespace: str = NAMESPACE, pinning: str = "node
 
 
 def _status(exc: BaseException) -> int | None:
-    return getattr(exc, "status", None) if type(exc).__name__ == "ApiException" else None
+    """HTTP status of an ApiException (kubernetes >= 35 raises subclasses: ConflictException, ...)."""
+    for cls in type(exc).__mro__:
+        if cls.__name__ == "ApiException":
+            return getattr(exc, "status", None)
+    return None
 
 
 def retryable(exc: BaseException) -> bool:

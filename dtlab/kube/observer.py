@@ -109,6 +109,25 @@ def pod_info(obj: Mapping[str, Any]) -> dict[str, Any]:
             "start_ts": parse_time(status.get("startTime")) or started, "end_ts": finished}
 
 
+def _shutdown(resp: Any) -> None:
+    import socket
+    for path in (("_fp", "fp", "raw", "_sock"), ("_connection", "sock"), ("connection", "sock")):
+        obj = resp
+        for attr in path:
+            obj = getattr(obj, attr, None)
+            if obj is None:
+                break
+        if isinstance(obj, socket.socket):
+            try:
+                obj.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+    try:
+        resp.close()
+    except Exception:  # noqa: BLE001
+        pass
+
+
 class Observer:
     """Watches one cluster and feeds ``sink(events)`` (e.g. ``ClusterState.apply_many``).
 
@@ -160,13 +179,17 @@ class Observer:
                                                    f"{self.last_error}")
         return self
 
+    def list_once(self) -> "Observer":
+        """One synchronous LIST of every resource (no watch): a snapshot for one-shot planning."""
+        for kind in self.kinds:
+            self._relist(kind)
+        return self
+
     def stop(self) -> None:
+        """Stop both threads now: shut the watch sockets down (a plain close does not wake a blocked read)."""
         self._stop.set()
         for resp in list(self._resp.values()):
-            try:
-                resp.close()
-            except Exception:  # noqa: BLE001
-                pass
+            _shutdown(resp)
         for t in self._threads:
             t.join(timeout=5)
         self._threads.clear()
@@ -247,6 +270,8 @@ class Observer:
         self._resp[kind] = resp
         self.counters["watches"] += 1
         try:
+            if self._stop.is_set():     # stop() ran before the socket was registered
+                return
             for line in iter_resp_lines(resp):
                 if self._stop.is_set():
                     return
