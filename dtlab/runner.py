@@ -386,6 +386,10 @@ def execute(prep: PreparedRun, out_root: str | os.PathLike = "outputs", force: b
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     seconds = time.perf_counter() - t0
+    # `substrate: auto` is a request; the experiment's metrics say which substrate it actually got
+    got = _results.read_json(tmp / _results.METRICS_FILE) if (tmp / _results.METRICS_FILE).exists() else {}
+    if isinstance(got.get("substrate"), str):
+        info.update(substrate_requested=info["substrate"], substrate=got["substrate"])
     info.update(status="failed" if error else "ok", error=error, finished=_now(), duration_s=round(seconds, 3))
     _results.atomic_write_text(tmp / _results.RUN_FILE, _results.dumps(info))
     if error:
