@@ -387,9 +387,7 @@ def execute(prep: PreparedRun, out_root: str | os.PathLike = "outputs", force: b
         raise
     seconds = time.perf_counter() - t0
     # `substrate: auto` is a request; the experiment's metrics say which substrate it actually got
-    got = _results.read_json(tmp / _results.METRICS_FILE) if (tmp / _results.METRICS_FILE).exists() else {}
-    if isinstance(got.get("substrate"), str):
-        info.update(substrate_requested=info["substrate"], substrate=got["substrate"])
+    info.update(_substrate_info(tmp, info["substrate"]))
     info.update(status="failed" if error else "ok", error=error, finished=_now(), duration_s=round(seconds, 3))
     _results.atomic_write_text(tmp / _results.RUN_FILE, _results.dumps(info))
     if error:
@@ -399,6 +397,24 @@ def execute(prep: PreparedRun, out_root: str | os.PathLike = "outputs", force: b
         return RunOutcome(exp.id, prep.run_id, failed, "failed", seconds, error)
     _replace_dir(tmp, final)
     return RunOutcome(exp.id, prep.run_id, final, "ok", seconds)
+
+
+def _substrate_info(run_dir: Path, requested: str) -> dict:
+    """The substrate the run really used (``substrate: auto`` resolves inside the experiment), from
+    the metrics the notebook saved: ``substrate``, ``substrate_requested``, ``substrate_note`` and, on
+    the fabric, ``substrate_metadata`` (cgroups, scale, link-shaping mechanism per link)."""
+    path = run_dir / _results.METRICS_FILE
+    try:
+        metrics = _results.read_json(path) if path.exists() else {}
+    except (OSError, DtlabError):
+        metrics = {}
+    if not isinstance(metrics.get("substrate"), str):
+        return {}
+    out = {"substrate_requested": metrics.get("substrate_requested", requested)}
+    for key in ("substrate", "substrate_note", "substrate_metadata"):
+        if key in metrics:
+            out[key] = metrics[key]
+    return out
 
 
 def _execute_in_worker(prep: PreparedRun, out_root: str, force: bool) -> RunOutcome:

@@ -234,6 +234,133 @@ SUBSTRATE_DEFAULTS: dict[str, Any] = {
     "substrate_opts": {},
     "cluster": "examples/cluster-hetero.yaml",
 }
+AUTO = "auto"
+
+
+def auto_substrate_defaults(fabric_sizes: Mapping[str, Any]) -> dict[str, Any]:
+    """Substrate parameters of an experiment that prefers real execution (V1-V3).
+
+    ``substrate: auto`` resolves to ``fabric`` when :func:`dtlab.fabric.available` says this host
+    can run it, else to ``sim`` with the reason in ``substrate_note``. ``fabric`` maps parameter
+    names to the sizes used when the run lands on the fabric: fabric runs take wall-clock time, so
+    the full sim sizes would not fit ``make experiments``' budget. ``fabric: {}`` runs the top-level
+    sizes on the fabric as well.
+    """
+    return {**SUBSTRATE_DEFAULTS, "substrate": AUTO, "fabric": dict(fabric_sizes)}
+
+
+@dataclass
+class SubstrateChoice:
+    """Which substrate a run asked for, which one it got and why; the twin's timing on that substrate.
+
+    ``metadata`` is filled by :func:`open_substrate` from the first real substrate opened (the
+    fabric's cgroup version, scale, link-shaping mechanism per link ...), for run.json.
+    """
+    requested: str
+    name: str
+    note: str = ""
+    timing: Any = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, Any]:
+        """The result-metric keys every V1-V3 run carries (the runner copies them into run.json)."""
+        out: dict[str, Any] = {"substrate": self.name, "substrate_requested": self.requested,
+                               "substrate_note": self.note}
+        if self.metadata:
+            out["substrate_metadata"] = dict(self.metadata)
+        return out
+
+
+def host_timing(calibrate_if_missing: bool = True) -> tuple[Any, str]:
+    """(TimingModel with this host's measured format factors, note).
+
+    A missing host calibration is measured once with ``dtlab calibrate compute --quick`` (under a
+    minute): on the fabric the twin predicts real runs, and with the default factors (QEMU 3.0x where
+    this host measures ~3.7x) V2 would report the error of an uncalibrated twin, not the design's
+    "after calibration" number. If that measurement fails the defaults are used and the note says so.
+    """
+    import time
+
+    from ..fabric import calibrate
+
+    timing, note = calibrate.timing_model()
+    if not note:
+        return timing, f"twin timing: host calibration {calibrate.default_out()}"
+    if not calibrate_if_missing:
+        return timing, note
+    t0 = time.monotonic()
+    try:
+        path = calibrate.write(calibrate.measure_compute(quick=True))
+    except Exception as exc:  # noqa: BLE001 - any failure: run with defaults, say so
+        return timing, f"{note}; quick calibration failed: {type(exc).__name__}: {exc}"
+    timing, note2 = calibrate.timing_model(path)
+    if note2:
+        return timing, note2
+    return timing, (f"twin timing: host calibration was missing, measured it now with the quick "
+                    f"calibration ({time.monotonic() - t0:.0f} s) -> {path}")
+
+
+def choose_substrate(requested: str) -> SubstrateChoice:
+    """Resolve ``auto`` (fabric if available, else sim with the reason); an explicit ``fabric`` that
+    cannot run here is a :class:`SubstrateUnavailable` naming what is missing."""
+    from .. import fabric as _fabric
+    from .. import substrates
+    from ..errors import SubstrateUnavailable
+
+    known = [AUTO, *substrates.names()]
+    if requested not in known:
+        raise SpecError("substrate", f"unknown substrate {requested!r} (known: {known})")
+    if requested not in (AUTO, "fabric"):
+        return SubstrateChoice(requested, requested)
+    ok, why = _fabric.available()
+    if not ok:
+        if requested == "fabric":
+            raise SubstrateUnavailable(f"substrate 'fabric' was requested but cannot run on this host: {why} "
+                                       "(substrate: auto falls back to sim)")
+        return SubstrateChoice(requested, "sim", f"fabric unavailable ({why}); ran on sim")
+    timing, note = host_timing()
+    return SubstrateChoice(requested, "fabric", note, timing)
+
+
+def check_params(params: Mapping[str, Any] | None, defaults: Mapping[str, Any], experiment: str
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(validated params, validated params with the ``fabric`` sizes applied), without running or
+    calibrating anything: what the runner checks before a kernel starts (an explicit ``fabric``
+    that cannot run here is a :class:`SubstrateUnavailable` already then)."""
+    from .. import fabric as _fabric
+    from ..errors import SubstrateUnavailable
+
+    p = validate(params, defaults, experiment)
+    sizes = dict(p.get("fabric") or {})
+    for key in sizes:
+        if key not in defaults or key in ("substrate", "fabric"):
+            allowed = sorted(k for k in defaults if k not in ("substrate", "fabric"))
+            raise SpecError(f"fabric.{key}", f"not a parameter {experiment} can size on the fabric (known: {allowed})")
+    try:
+        sized = validate({**p, **sizes}, defaults, experiment)
+    except SpecError as exc:
+        raise SpecError(f"fabric.{exc.field}", exc.rule) from None
+    if p.get("substrate") == "fabric":
+        ok, why = _fabric.available()
+        if not ok:
+            raise SubstrateUnavailable(f"substrate 'fabric' was requested but cannot run on this host: {why} "
+                                       "(substrate: auto falls back to sim)")
+    return p, sized
+
+
+def resolve(params: Mapping[str, Any] | None, defaults: Mapping[str, Any], experiment: str
+            ) -> tuple[dict[str, Any], SubstrateChoice]:
+    """Validated params with the substrate resolved (``p["substrate"]`` is the one that runs) and,
+    on the fabric, the ``fabric`` size overrides applied; plus the :class:`SubstrateChoice`."""
+    p, checked = check_params(params, defaults, experiment)
+    sizes = dict(p.get("fabric") or {})
+    choice = choose_substrate(p["substrate"])
+    if choice.name == "fabric" and sizes:
+        p = checked
+        applied = ", ".join(f"{k}={v}" for k, v in sizes.items())
+        choice.note = "; ".join(x for x in (choice.note, f"fabric sizes: {applied}") if x)
+    p["substrate"] = choice.name
+    return p, choice
 
 
 def load_workload_param(path: str, jobs: int | None, rate_per_s: float | None):
@@ -254,26 +381,42 @@ def load_workload_param(path: str, jobs: int | None, rate_per_s: float | None):
     return wl
 
 
-def open_substrate(params: Mapping[str, Any], cluster: Cluster, seed: int, **extra: Any):
-    """The run's substrate (params ``substrate``, ``substrate_opts``) seeded for one seed."""
+def open_substrate(params: Mapping[str, Any], cluster: Cluster, seed: int,
+                   choice: SubstrateChoice | None = None, **extra: Any):
+    """The run's substrate (params ``substrate``, ``substrate_opts``) seeded for one seed.
+
+    With a ``choice`` on the fabric, the substrate chooses formats with the same (host-calibrated)
+    timing as the twin, and the first substrate's ``metadata()`` is kept in ``choice.metadata``.
+    """
     from ..substrates import make_substrate
 
     opts = {**dict(params.get("substrate_opts") or {}), **extra}
-    return make_substrate(params["substrate"], cluster, seed=seed, **opts)
+    if choice is not None and params["substrate"] == "fabric" and choice.timing is not None:
+        opts.setdefault("timing", choice.timing)
+    sub = make_substrate(params["substrate"], cluster, seed=seed, **opts)
+    if choice is not None and not choice.metadata and params["substrate"] == "fabric":
+        meta = getattr(sub, "metadata", None)
+        if callable(meta):
+            choice.metadata = dict(meta())
+    return sub
 
 
 def run_controller(params: Mapping[str, Any], cluster: Cluster, workload, seed: int, policy: str,
                    predictor: str, samples: int, substrate_extra: Mapping[str, Any] | None = None,
-                   on_plan=(), recalibrate: dict | None = None, before=None):
-    """One controller run (fresh twin + substrate) of a workload; returns (per-job DataFrame, controller)."""
+                   on_plan=(), recalibrate: dict | None = None, before=None,
+                   choice: SubstrateChoice | None = None):
+    """One controller run (fresh twin + substrate) of a workload; returns (per-job DataFrame, controller).
+
+    With a ``choice`` the twin plans with ``choice.timing`` (on the fabric: this host's calibration).
+    """
     from ..controller import Controller
     from ..twin import Twin
     from ..workload.stream import job_stream
 
-    twin = Twin(cluster)
+    twin = Twin(cluster, timing=choice.timing if choice is not None else None)
     if before is not None:
         before(twin)      # lets a caller hold the run's twin (V2 predicts with its timing model)
-    with open_substrate(params, cluster, seed, **dict(substrate_extra or {})) as sub:
+    with open_substrate(params, cluster, seed, choice, **dict(substrate_extra or {})) as sub:
         recal = None
         if recalibrate is not None:
             from ..calibration.online import OnlineCalibrator

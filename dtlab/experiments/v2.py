@@ -12,6 +12,19 @@ Each prediction is compared with the job's observed latency (arrival to end) on 
 substrate: absolute percentage error per job; MAPE, median APE and p95 APE per seed,
 with 95% t-intervals over seeds. Jobs that did not complete are left out of the errors
 (their count is reported).
+
+**Per stage** (the issue's "CPU-bound stages" check): every completed stage's observed service
+time (end - start on the substrate) against the twin's mean service time for the node and
+format it ran on, ``duration_ms * overhead[format] / speed`` (no co-runners: at the example
+rates nodes are rarely oversubscribed). Table ``stages``, metrics ``stage.mape``,
+``stage.median_ape``, ``stage.p95_ape`` (CIs over seeds) and ``stage.pooled_*`` over all stages.
+On the fabric ``kernel_ape`` also compares the worker's in-process kernel time, i.e. without the
+process/emulator start-up the twin does not model.
+
+Substrate: ``substrate: auto`` (default) runs on the ``fabric`` when this host can, with the
+twin's format factors from this host's calibration (``dtlab calibrate compute``; measured once
+with ``--quick`` if missing), else on ``sim`` (``substrate_note`` says why). On the fabric the
+``fabric`` sizes replace the top-level ones: 40 jobs at 1 job/s, 2 seeds (~1.5 minutes).
 """
 from __future__ import annotations
 
@@ -21,12 +34,14 @@ import numpy as np
 import pandas as pd
 
 from ..model import Job
-from .common import (SUBSTRATE_DEFAULTS, ExperimentResult, child_seed, load_cluster_param, load_workload_param,
-                     metrics_from_summary, require_choices, require_positive, run_controller, summarize_seeds,
-                     validate)
+from .common import (ExperimentResult, auto_substrate_defaults, check_params, child_seed, load_cluster_param,
+                     load_workload_param, metrics_from_summary, require_choices, require_positive, resolve,
+                     run_controller, summarize_seeds)
 
+# on the fabric (wall-clock), these sizes replace the top-level ones (see the module docstring)
+FABRIC_SIZES: dict[str, Any] = {"jobs": 40, "seeds": [0, 1], "substrate_opts": {"host_cores": 2.0}}
 DEFAULTS: dict[str, Any] = {
-    **SUBSTRATE_DEFAULTS,
+    **auto_substrate_defaults(FABRIC_SIZES),
     "workload": "examples/workload.yaml",
     "jobs": 150,
     "rate_per_s": 1.0,
@@ -37,7 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "seeds": [0, 1, 2],
 }
 # seconds-sized parameters (tests, params/smoke/)
-SMOKE: dict[str, Any] = {"jobs": 15, "seeds": [0, 1], "samples": 32}
+SMOKE: dict[str, Any] = {"substrate": "sim", "jobs": 15, "seeds": [0, 1], "samples": 32}
 PREDICTORS = ("des", "fast", "legacy", "none")
 METRICS = ("mape", "median_ape", "p95_ape")
 
@@ -52,23 +67,65 @@ def critical_path_ms(job: Job) -> float:
     return max(finish.values())
 
 
+def check(params: dict | None) -> dict[str, Any]:
+    """What the runner checks before the kernel starts (see common.check_params)."""
+    return check_params(params, DEFAULTS, "V2")[0]
+
+
+def stage_predictions(stages: pd.DataFrame, jobs: dict[str, Job], cluster, timing) -> pd.DataFrame:
+    """Completed stages of ``stages`` (substrate records) with the twin's mean service time and APE."""
+    rows = []
+    for r in stages.to_dict("records"):
+        job = jobs.get(r["job"])
+        if job is None or not r.get("ok") or r.get("duration_ms") is None:
+            continue
+        stage = next(s for s in job.stages if s.id == r["stage"])
+        node = cluster.node(r["node"])
+        fmt = r.get("format")
+        if not isinstance(fmt, str):
+            choice = timing.exec_format(stage, node)
+            fmt = choice[0] if choice else None
+        if fmt is None or fmt not in timing.overheads:
+            continue
+        predicted = timing.mean_service_ms(stage, node, timing.overheads[fmt])
+        observed = float(r["duration_ms"])
+        kernel = r.get("kernel_ms")
+        kernel = float(kernel) if kernel is not None and kernel == kernel else np.nan
+        rows.append({"job": r["job"], "stage": r["stage"], "node": r["node"], "format": fmt,
+                     "cpu": stage.compute.cpu, "predicted_ms": predicted, "observed_ms": observed,
+                     "ape": abs(predicted - observed) / observed if observed > 0 else np.nan,
+                     "kernel_ms": kernel, "kernel_ape": abs(predicted - kernel) / kernel if kernel > 0 else np.nan})
+    return pd.DataFrame(rows, columns=["job", "stage", "node", "format", "cpu", "predicted_ms", "observed_ms",
+                                       "ape", "kernel_ms", "kernel_ape"])
+
+
+def _ape_stats(x: pd.Series) -> dict[str, float]:
+    x = x.dropna().to_numpy(dtype=float)
+    if x.size == 0:
+        return {"mape": np.nan, "median_ape": np.nan, "p95_ape": np.nan, "n": 0}
+    return {"mape": float(x.mean()), "median_ape": float(np.median(x)), "p95_ape": float(np.percentile(x, 95)),
+            "n": int(x.size)}
+
+
 def run(params: dict | None = None) -> ExperimentResult:
     from .. import policies
     from ..predict import sample_latencies
 
-    p = validate(params, DEFAULTS, "V2")
+    p, choice = resolve(params, DEFAULTS, "V2")
     require_choices(p, "policy", policies.names())
     require_choices(p, "plan_predictor", ("fast", "des", "legacy"))
     require_choices(p, "predictors", PREDICTORS)
     require_positive(p, "samples", "jobs")
     cluster = load_cluster_param(p["cluster"])
     workload = load_workload_param(p["workload"], p["jobs"], p["rate_per_s"])
-    rows = []
+    rows, stage_rows = [], []
     for seed in p["seeds"]:
         predicted: list[dict[str, Any]] = []
         holder: dict[str, Any] = {}
+        planned: dict[str, Job] = {}
 
-        def on_plan(job, plan, snap, arrival_ms, seed=seed):
+        def on_plan(job, plan, snap, arrival_ms, seed=seed, planned=planned):
+            planned[job.name] = job
             timing = getattr(holder.get("twin"), "timing", None)
             for k, name in enumerate(p["predictors"]):
                 if name == "none":
@@ -80,8 +137,12 @@ def run(params: dict | None = None) -> ExperimentResult:
                     value = float(np.mean(lat))
                 predicted.append({"job": job.name, "predictor": name, "predicted_ms": value})
 
-        df, _ = run_controller(p, cluster, workload, seed, p["policy"], p["plan_predictor"], p["samples"],
-                               on_plan=[on_plan], before=lambda twin: holder.__setitem__("twin", twin))
+        df, ctl = run_controller(p, cluster, workload, seed, p["policy"], p["plan_predictor"], p["samples"],
+                                 on_plan=[on_plan], before=lambda twin: holder.__setitem__("twin", twin),
+                                 choice=choice)
+        st = stage_predictions(ctl.substrate.results()["stages"], planned, cluster, ctl.twin.timing)
+        st.insert(0, "seed", seed)
+        stage_rows.append(st)
         obs = df[["job", "planned_ms", "latency_ms", "ok"]].rename(columns={"planned_ms": "arrival_ms",
                                                                            "latency_ms": "observed_ms"})
         pred = pd.DataFrame(predicted).merge(obs, on="job", how="left")
@@ -97,12 +158,39 @@ def run(params: dict | None = None) -> ExperimentResult:
     summary = summarize_seeds(per_seed, ["predictor"], METRICS)
     metrics = metrics_from_summary(summary, ["predictor"])
     metrics["jobs_not_completed"] = int((~table.drop_duplicates(["seed", "job"])["ok"].astype(bool)).sum())
-    metrics["substrate"] = p["substrate"]
+
+    # -------------------------------------------------- per stage (CPU-bound service times)
+    stages = pd.concat(stage_rows, ignore_index=True)
+    stage_seed = pd.DataFrame([{"seed": s, **_ape_stats(g["ape"])} for s, g in stages.groupby("seed", sort=False)],
+                              columns=["seed", "mape", "median_ape", "p95_ape", "n"])
+    stage_seed.insert(0, "scope", "stage")
+    metrics.update(metrics_from_summary(summarize_seeds(stage_seed, ["scope"], METRICS), ["scope"]))
+    pooled = _ape_stats(stages["ape"])
+    for k in METRICS:
+        metrics[f"stage.pooled_{k}"] = _round(pooled[k])
+    metrics["stage.n"] = pooled["n"]
+    by_group = [{"by": "format", "group": f, "measure": "service", **_ape_stats(g["ape"])}
+                for f, g in stages.groupby("format")]
+    by_group += [{"by": "stage", "group": f, "measure": "service", **_ape_stats(g["ape"])}
+                 for f, g in stages.groupby("stage")]
+    if stages["kernel_ape"].notna().any():
+        kernel = _ape_stats(stages["kernel_ape"])
+        for k in METRICS:
+            metrics[f"stage_kernel.pooled_{k}"] = _round(kernel[k])
+        by_group += [{"by": "format", "group": f, "measure": "kernel", **_ape_stats(g["kernel_ape"])}
+                     for f, g in stages.groupby("format")]
+    metrics.update(choice.metrics())
     cdf = []
     for name, g in table.dropna(subset=["ape"]).groupby("predictor", sort=False):
         x = np.sort(g["ape"].to_numpy())
         cdf.append(pd.DataFrame({"predictor": name, "ape": x, "cdf": np.arange(1, x.size + 1) / x.size}))
     return ExperimentResult(table=table, metrics=metrics,
-                            extra={"summary": summary, "per_seed": per_seed,
+                            extra={"summary": summary, "per_seed": per_seed, "stages": stages,
+                                   "stage_summary": pd.DataFrame(by_group, columns=["by", "group", "measure", "mape",
+                                                                                    "median_ape", "p95_ape", "n"]),
                                    "cdf": pd.concat(cdf, ignore_index=True) if cdf else pd.DataFrame()},
                             params=p)
+
+
+def _round(x: float) -> float | None:
+    return None if x is None or x != x else round(float(x), 6)

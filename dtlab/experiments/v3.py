@@ -11,6 +11,16 @@ table shows how far the twin's defaults are off (what calibration would fix).
 **Controller overhead**: wall-clock plan latency (``Twin.plan``) per policy and predictor
 for the example jobs on the experiment's cluster, mean with a 95% t-interval over seeds,
 plus p50/p99 over all plans.
+
+**Substrate**: ``substrate: auto`` (default) measures on the ``fabric`` when this host can (real
+native, ``qemu-*-static`` and Wasm processes in cgroups), else on ``sim`` (``substrate_note`` says
+why). On the fabric the table also carries the factors of this host's calibration file
+(``host_calibration_factor``, what the twin plans with there), the table ``published`` compares the
+measured factors with published figures and the design's "QEMU adds 25-80%" claim
+(:func:`dtlab.fabric.calibrate.compare_published`, for the V3 measurement and for the host
+calibration), and metric ``qemu_claim_verdict`` says whether the claim holds on this host. Fabric
+runs are wall-clock, so there the ``fabric`` sizes replace the top-level ones: 3 reps of 300 ms
+probes over 2 seeds (~20 probes per rep: about 2 minutes), the same plan-latency sizes.
 """
 from __future__ import annotations
 
@@ -23,11 +33,14 @@ import pandas as pd
 from ..model import Compute, Constraints, Job, Stage, load_job
 from ..plan import Plan
 from ..timing import TimingModel, exec_format
-from .common import (SUBSTRATE_DEFAULTS, CI, ExperimentResult, child_seed, load_cluster_param, mean_ci,
-                     open_substrate, put_ci, require_choices, require_positive, resolve_path, validate)
+from .common import (CI, ExperimentResult, auto_substrate_defaults, check_params, child_seed, load_cluster_param,
+                     mean_ci, open_substrate, put_ci, require_choices, require_positive, resolve, resolve_path)
 
+# on the fabric (wall-clock), these sizes replace the top-level ones (see the module docstring)
+FABRIC_SIZES: dict[str, Any] = {"reps": 3, "duration_ms": 300.0, "seeds": [0, 1],
+                                "substrate_opts": {"host_cores": 2.0}}
 DEFAULTS: dict[str, Any] = {
-    **SUBSTRATE_DEFAULTS,
+    **auto_substrate_defaults(FABRIC_SIZES),
     "reps": 50,
     "duration_ms": 500.0,
     "policies": ["greedy", "resilient", "cvar", "least-allocated", "random", "round-robin"],
@@ -38,7 +51,7 @@ DEFAULTS: dict[str, Any] = {
     "seeds": [0, 1, 2],
 }
 # seconds-sized parameters (tests, params/smoke/)
-SMOKE: dict[str, Any] = {"reps": 4, "plans": 2, "seeds": [0, 1], "predictors": ["fast", "legacy"]}
+SMOKE: dict[str, Any] = {"substrate": "sim", "reps": 4, "plans": 2, "seeds": [0, 1], "predictors": ["fast", "legacy"]}
 
 
 def format_probes(cluster, duration_ms: float = 500.0) -> list[tuple[str, str, Stage]]:
@@ -115,10 +128,42 @@ def plan_latency(cluster, jobs: list[Job], policy: str, predictor: str, plans: i
     return out
 
 
+def published_comparison(factors: pd.DataFrame, kernel: str) -> tuple[pd.DataFrame, str, str]:
+    """(table, verdict on V3's measurement, verdict on the host calibration file) against published
+    figures and the "QEMU adds 25-80%" claim. V3's per-(node, rep) paired ratios become one
+    geometric-mean factor per format (the calibration file's convention) for ``kernel``."""
+    from ..errors import DtlabError
+    from ..fabric import calibrate
+
+    doc: dict[str, Any] = {"factors": {}}
+    for fmt, g in factors[factors["format"] != "native"].groupby("format", sort=False):
+        ratios = [float(x) for x in g["factor"] if x > 0]
+        if ratios:
+            st = calibrate.geo_ci(ratios)
+            doc["factors"][fmt] = {kernel: {k: (None if v != v else v) for k, v in st.items()}}
+    tables, verdicts = [], []
+    for source, measured in (("V3 substrate", doc), ("host calibration", None)):
+        try:
+            t = calibrate.compare_published(measured)
+        except (DtlabError, OSError) as exc:
+            verdicts.append(f"not compared: {exc}")
+            continue
+        verdicts.append(calibrate.qemu_claim_verdict(t) if not t.empty else "no QEMU measurements")
+        t.insert(0, "source", source)
+        tables.append(t)
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    return table, verdicts[0], verdicts[1]
+
+
+def check(params: dict | None) -> dict[str, Any]:
+    """What the runner checks before the kernel starts (see common.check_params)."""
+    return check_params(params, DEFAULTS, "V3")[0]
+
+
 def run(params: dict | None = None) -> ExperimentResult:
     from .. import policies
 
-    p = validate(params, DEFAULTS, "V3")
+    p, choice = resolve(params, DEFAULTS, "V3")
     require_choices(p, "policies", [n for n in policies.names() if n != "rl_stub"])
     require_choices(p, "predictors", ("fast", "des", "legacy"))
     require_positive(p, "reps", "duration_ms", "plans", "samples")
@@ -132,7 +177,7 @@ def run(params: dict | None = None) -> ExperimentResult:
     # -------------------------------------------------- format factors
     per_seed, truth = [], {}
     for seed in p["seeds"]:
-        with open_substrate(p, cluster, seed) as sub:
+        with open_substrate(p, cluster, seed, choice) as sub:
             measured = measure_formats(sub, p["reps"], p["duration_ms"])
             if hasattr(sub, "true_overheads"):
                 t = sub.true_overheads()
@@ -141,11 +186,13 @@ def run(params: dict | None = None) -> ExperimentResult:
         f.insert(0, "seed", seed)
         per_seed.append(f)
     factors = pd.concat(per_seed, ignore_index=True)
+    host = dict(choice.timing.overheads) if choice.timing is not None else {}
     rows, metrics = [], {}
     for (node, fmt), g in factors.groupby(["node", "format"], sort=False):
         ci = mean_ci(g["factor"])
         rows.append({"format": fmt, "node": node, "twin_factor": twin_overheads.get(fmt, np.nan),
-                     "truth_factor": truth.get(fmt, np.nan), "observed_mean": ci.mean,
+                     "truth_factor": truth.get(fmt, np.nan), "host_calibration_factor": host.get(fmt, np.nan),
+                     "observed_mean": ci.mean,
                      "ci_low": ci.low, "ci_high": ci.high, "n": ci.n})
     by_format = factors.groupby(["format", "seed"], sort=False)["factor"].mean().reset_index()
     for fmt, g in by_format.groupby("format", sort=False):
@@ -153,7 +200,15 @@ def run(params: dict | None = None) -> ExperimentResult:
         metrics[f"{fmt}.twin_factor"] = twin_overheads.get(fmt)
         if fmt in truth:
             metrics[f"{fmt}.truth_factor"] = round(truth[fmt], 6)
+        if fmt in host:
+            metrics[f"{fmt}.host_calibration_factor"] = round(host[fmt], 6)
     table = pd.DataFrame(rows)
+    extra_tables: dict[str, pd.DataFrame] = {}
+    if p["substrate"] == "fabric":
+        published, verdict, verdict_cal = published_comparison(factors, choice.metadata.get("kernel", "mix"))
+        extra_tables["published"] = published
+        metrics["qemu_claim_verdict"] = verdict
+        metrics["qemu_claim_verdict_host_calibration"] = verdict_cal
 
     # -------------------------------------------------- controller overhead
     lat_rows, all_ms = [], {}
@@ -173,8 +228,8 @@ def run(params: dict | None = None) -> ExperimentResult:
                           "ci_high": ci.high, "p50_ms": float(np.percentile(x, 50)),
                           "p99_ms": float(np.percentile(x, 99)), "plans": int(x.size)})
         put_ci(metrics, f"plan_ms.{policy}.{predictor}", ci)
-    metrics["substrate"] = p["substrate"]
+    metrics.update(choice.metrics())
     return ExperimentResult(table=table, metrics=metrics,
                             extra={"plan_latency": pd.DataFrame(plan_rows), "plan_latency_per_seed": per_seed_lat,
-                                   "format_factors_per_seed": factors},
+                                   "format_factors_per_seed": factors, **extra_tables},
                             params=p)
