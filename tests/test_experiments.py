@@ -139,3 +139,139 @@ def test_get_and_result_save(tmp_path, smoke_results):
         get("V9")
     written = smoke_results[v2].save(tmp_path)
     assert {p.name for p in written} >= {"results.csv", "metrics.json", "cdf.csv", "summary.csv"}
+
+
+# ---------------------------------------------------------------- substrate: auto / fabric (issue 5 item 7)
+TINY = {
+    v1: {"jobs": 4, "seeds": [0], "rates_per_s": [1.0], "policies": ["greedy"]},
+    v2: {"jobs": 4, "seeds": [0], "samples": 16, "predictors": ["fast", "none"]},
+    v3: {"reps": 1, "seeds": [0], "plans": 1, "predictors": ["fast"], "policies": ["greedy"]},
+}
+AUTO_MODULES = [v1, v2, v3]
+
+
+def _no_fabric(monkeypatch, why="root privileges (test says no)"):
+    import dtlab.fabric
+    monkeypatch.setattr(dtlab.fabric, "available", lambda *a, **k: (False, why))
+
+
+@pytest.mark.parametrize("mod", AUTO_MODULES, ids=lambda m: m.__name__.rsplit(".", 1)[1])
+def test_auto_is_the_default_and_falls_back_to_sim_with_the_reason(mod, monkeypatch):
+    _no_fabric(monkeypatch)
+    assert mod.DEFAULTS["substrate"] == "auto" and mod.DEFAULTS["fabric"]
+    r = mod.run({**TINY[mod], "fabric": {"seeds": [5, 6]}})
+    m = r.metrics
+    assert m["substrate"] == "sim" and m["substrate_requested"] == "auto"
+    assert "fabric unavailable" in m["substrate_note"] and "root privileges (test says no)" in m["substrate_note"]
+    assert "substrate_metadata" not in m
+    assert r.params["seeds"] == [0]            # the fabric sizes only apply on the fabric
+    assert len(r.table) > 0
+
+
+@pytest.mark.parametrize("mod", AUTO_MODULES, ids=lambda m: m.__name__.rsplit(".", 1)[1])
+def test_explicit_fabric_unavailable_names_what_is_missing(mod, monkeypatch):
+    _no_fabric(monkeypatch, "cgroups: no CPU cgroup found")
+    for call in (mod.run, mod.check):          # run, and the runner's check before a kernel starts
+        with pytest.raises(dtlab.SubstrateUnavailable, match="cgroups: no CPU cgroup found"):
+            call({**TINY[mod], "substrate": "fabric"})
+
+
+def test_explicit_sim_never_asks_for_the_fabric(monkeypatch):
+    import dtlab.fabric
+
+    def boom(*a, **k):
+        raise AssertionError("sim run looked at the fabric")
+    monkeypatch.setattr(dtlab.fabric, "available", boom)
+    assert v1.run({**TINY[v1], "substrate": "sim"}).metrics["substrate_note"] == ""
+
+
+def test_fabric_sizes_are_validated_and_applied_only_on_the_fabric(monkeypatch):
+    import dtlab.fabric
+    from dtlab.timing import TimingModel
+
+    with pytest.raises(SpecError) as e:
+        v1.check({"fabric": {"jobz": 3}})
+    assert e.value.field == "fabric.jobz"
+    with pytest.raises(SpecError) as e:
+        v2.check({"fabric": {"substrate": "sim"}})
+    assert e.value.field == "fabric.substrate"
+    with pytest.raises(SpecError) as e:
+        v3.check({"fabric": {"reps": "many"}})
+    assert e.value.field == "fabric.reps"
+    calibrated = TimingModel().with_overheads({"wasm": 1.07})
+    monkeypatch.setattr(dtlab.fabric, "available", lambda *a, **k: (True, ""))
+    monkeypatch.setattr(common, "host_timing", lambda: (calibrated, "twin timing: test calibration"))
+    p, choice = common.resolve({"jobs": 50, "fabric": {"jobs": 7}}, v1.DEFAULTS, "V1")
+    assert p["substrate"] == "fabric" and p["jobs"] == 7 and p["rates_per_s"] == v1.DEFAULTS["rates_per_s"]
+    assert choice.timing is calibrated and "jobs=7" in choice.note and "test calibration" in choice.note
+    p, _ = common.resolve({"jobs": 50, "fabric": {}}, v1.DEFAULTS, "V1")     # fabric: {} keeps the sizes
+    assert p["jobs"] == 50 and p["rates_per_s"] == v1.DEFAULTS["rates_per_s"]
+
+
+def test_missing_host_calibration_is_measured_once_or_named(monkeypatch, tmp_path):
+    from dtlab.fabric import calibrate
+    from dtlab.timing import TimingModel
+
+    calls = []
+    path = tmp_path / "cal.yaml"
+
+    def fake_timing_model(p=None):
+        if p is None and not calls:
+            return TimingModel(), "default overhead factors (no host calibration)"
+        return TimingModel().with_overheads({"wasm": 1.1}), ""
+    monkeypatch.setattr(calibrate, "timing_model", fake_timing_model)
+    monkeypatch.setattr(calibrate, "measure_compute", lambda quick: calls.append(quick) or {"overheads": {}})
+    monkeypatch.setattr(calibrate, "write", lambda doc: path)
+    timing, note = common.host_timing()
+    assert calls == [True] and timing.overheads["wasm"] == 1.1 and "quick calibration" in note and str(path) in note
+
+    calls.clear()
+
+    def failing(quick):
+        raise dtlab.DtlabError("qemu-aarch64-static exploded")
+    monkeypatch.setattr(calibrate, "measure_compute", failing)
+    timing, note = common.host_timing()
+    assert timing.overheads == TimingModel().overheads
+    assert "default overhead factors" in note and "qemu-aarch64-static exploded" in note
+
+
+def test_v2_stage_errors_are_the_twin_service_time_against_the_observed(smoke_results):
+    import pandas as pd
+
+    from dtlab.model import load_job
+    from dtlab.timing import TimingModel
+
+    cluster = common.load_cluster_param(v2.DEFAULTS["cluster"])
+    job = load_job(REPO_ROOT / "examples/job-pipeline.yaml", cluster)
+    stages = pd.DataFrame([
+        # decode (400 ms reference) as wasm on edge-a-1 (speed 0.4): twin says 400 * 1.3 / 0.4 = 1300 ms
+        {"job": job.name, "stage": "decode", "node": "edge-a-1", "format": "wasm", "duration_ms": 1000.0,
+         "ok": True, "kernel_ms": 1300.0},
+        {"job": job.name, "stage": "infer", "node": "cloud-0", "format": "native", "duration_ms": 5.0, "ok": False},
+        {"job": "someone-else", "stage": "decode", "node": "cloud-0", "format": "native", "duration_ms": 5.0, "ok": True},
+    ])
+    st = v2.stage_predictions(stages, {job.name: job}, cluster, TimingModel())
+    assert len(st) == 1
+    row = st.iloc[0]
+    assert row["predicted_ms"] == pytest.approx(1300.0) and row["ape"] == pytest.approx(0.3)
+    assert row["kernel_ape"] == pytest.approx(0.0)
+    # and the smoke run reports them
+    r = smoke_results[v2]
+    assert len(r.extra["stages"]) == r.metrics["stage.n"] > 0
+    for key in ("stage.mape", "stage.median_ape", "stage.p95_ape", "stage.pooled_median_ape"):
+        assert isinstance(r.metrics[key], float) and math.isfinite(r.metrics[key]), key
+    assert r.metrics["stage.pooled_median_ape"] == pytest.approx(float(np.median(r.extra["stages"]["ape"])), abs=1e-6)
+
+
+def test_runner_records_the_substrate_the_run_got(tmp_path):
+    import json
+
+    from dtlab import runner
+    (tmp_path / "metrics.json").write_text(json.dumps({
+        "x": 1.0, "substrate": "fabric", "substrate_requested": "auto", "substrate_note": "twin timing: ...",
+        "substrate_metadata": {"link_shaping": {"a->b": "htb+relay"}, "scale": 0.05}}))
+    info = runner._substrate_info(tmp_path, "auto")
+    assert info["substrate"] == "fabric" and info["substrate_requested"] == "auto"
+    assert info["substrate_metadata"]["link_shaping"] == {"a->b": "htb+relay"}
+    (tmp_path / "metrics.json").write_text(json.dumps({"x": 1.0}))     # an experiment without the keys
+    assert runner._substrate_info(tmp_path, "sim") == {}
