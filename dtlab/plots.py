@@ -466,7 +466,7 @@ def figure_v5(tables: Mapping[str, pd.DataFrame]) -> Figure:
         ax2.set_xscale("log")
         ax2.set_yscale("log")
         ax2.set_xlabel("twin size (nodes)")
-        ax2.set_ylabel("state events applied per second")
+        ax2.set_ylabel("events applied / s")
         if "snapshot_ms" in state.columns:
             ax3 = ax2.twinx()
             ax3.spines["right"].set_visible(True)
