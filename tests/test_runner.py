@@ -267,3 +267,15 @@ def test_same_params_give_identical_metrics_json_on_sim(tmp_path):
     written, skipped = runner.regenerate_figures(tmp_path / "a")
     assert png in written and not skipped
     assert png.read_bytes() == before
+
+
+def test_a_bad_value_for_a_real_experiment_is_rejected_before_any_kernel(tmp_path):
+    """V1's own check runs in `prepare` (values, not only keys), so no notebook is executed for it."""
+    bad = tmp_path / "v1.yaml"
+    bad.write_text("substrate: sim\nseeds: [0, -1]\n")
+    with pytest.raises(SpecError, match=r"v1\.yaml:seeds"):
+        runner.prepare("V1", bad)
+    bad.write_text("fabric: {bogus: 1}\n")
+    with pytest.raises(SpecError, match=r"v1\.yaml:fabric\.bogus"):
+        runner.prepare("V1", bad)
+    assert not (tmp_path / "outputs").exists()
