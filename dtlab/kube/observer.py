@@ -164,6 +164,7 @@ class Observer:
         self.last_error: str | None = None
         self._lags: list[float] = []
         self._synced = {k: threading.Event() for k in self.kinds}
+        self._expected: dict[str, tuple[float, dict[str, Any]]] = {}   # pod name -> (registered, stage fields)
 
     # ------------------------------------------------------------ lifecycle
     def start(self, wait_s: float = 30.0) -> "Observer":
@@ -193,6 +194,15 @@ class Observer:
         for t in self._threads:
             t.join(timeout=5)
         self._threads.clear()
+
+    def expect(self, pod: str, job: str, stage: str, node: str | None, attempt: int = 0) -> None:
+        """Register a pod the caller created. If a later relist neither finds it nor has ever seen it
+        (created and deleted while the watch was down, then compacted away), a failed ``stage-end``
+        with reason ``vanished`` is reported instead of waiting for it forever."""
+        with self._lock:
+            if not any(p["name"] == pod for p in self._pods.values()):
+                self._expected[pod] = (time.time(), {"job": job, "stage": stage, "node": node, "pod": pod,
+                                                     "attempt": attempt})
 
     # ------------------------------------------------------------ views
     def nodes(self) -> dict[str, dict[str, Any]]:
@@ -239,6 +249,7 @@ class Observer:
                 delay = min(self.backoff_max_s, delay * 2)
 
     def _relist(self, kind: str) -> None:
+        t_req = time.time()
         resp = self._list_fn(kind)(_preload_content=False, _request_timeout=10)
         data = json.loads(resp.data)
         self.counters["lists"] += 1
@@ -259,6 +270,11 @@ class Observer:
                 events += self._pod_change(obj, recv, live=False)
             for uid in [u for u, p in self._pods.items() if u not in seen and not p.get("gone")]:
                 events += self._pod_deleted(uid, recv, live=False)
+            with self._lock:   # expected before this LIST was sent, never seen, not listed: it vanished
+                for name in [n for n, (t, _) in self._expected.items() if t < t_req]:
+                    base = self._expected.pop(name)[1]
+                    events.append(({"kind": "stage-end", **base, "ok": False, "reason": "vanished", "ts": recv},
+                                   None))
         self._rv[kind] = (data.get("metadata") or {}).get("resourceVersion")
         self._emit(events)
 
@@ -345,6 +361,7 @@ class Observer:
         base = {"job": info["job"], "stage": info["stage"], "node": info["node"], "pod": info["name"],
                 "attempt": info["attempt"]}
         with self._lock:
+            self._expected.pop(info["name"], None)
             rec = self._pods.setdefault(info["uid"], {**info, "started": False, "ended": False})
             rec.update(node=info["node"], phase=info["phase"])
             if info["phase"] in ("Running", "Succeeded", "Failed") and not rec["started"] and info["node"]:

@@ -78,7 +78,10 @@ class KubeSubstrate(SubstrateBase):
 
     name = "kube"
 
-    def __init__(self, cluster: Cluster, seed: int = 0, timing: TimingModel | None = None, **opts: Any):
+    def __init__(self, cluster: Cluster, seed: int = 0, timing: TimingModel | None = None, *,
+                 actuator: Any = None, observer_factory: Any = None, **opts: Any):
+        """``actuator`` / ``observer_factory(sink, known_nodes, clock)``: injected in unit tests (fakes);
+        by default both are built on the kubeconfig."""
         from ..kube import localplane
         from ..kube.actuator import DEFAULT_IMAGE, Actuator
         from ..kube.observer import Observer
@@ -98,8 +101,8 @@ class KubeSubstrate(SubstrateBase):
         self._errors: list[str] = []
         self._owns_plane = False
         self.observer = None
-        kc = self.opts["kubeconfig"] or localplane.kubeconfig(self.opts["plane"])
-        if kc is None:
+        kc = self.opts["kubeconfig"] or (None if actuator is not None else localplane.kubeconfig(self.opts["plane"]))
+        if kc is None and actuator is None:
             if not self.opts["start_plane"]:
                 raise SubstrateUnavailable(f"no kubeconfig given and local plane {self.opts['plane']!r} is not "
                                            "running (`dtlab cluster up`)")
@@ -108,20 +111,21 @@ class KubeSubstrate(SubstrateBase):
             kc = localplane.kubeconfig(self.opts["plane"])
         self.kubeconfig = kc
         try:
-            self.actuator = Actuator(kc, namespace=self.opts["namespace"], dry_run=self.opts["dry_run"],
-                                     pinning=self.opts["pinning"], seed=self.seed)
+            self.actuator = actuator or Actuator(kc, namespace=self.opts["namespace"], dry_run=self.opts["dry_run"],
+                                                 pinning=self.opts["pinning"], seed=self.seed)
             self.image = self.opts["image"] or DEFAULT_IMAGE
             self.actuator.ensure_namespace()
             present = {n.metadata.name for n in self.actuator.list_nodes()}
             missing = [n.name for n in cluster.nodes if n.name not in present]
             if missing:
                 raise SpecError("cluster.nodes", f"nodes not in the Kubernetes cluster: {missing}")
-            if any("wasm" in n.formats for n in cluster.nodes):
+            if kc is not None and any("wasm" in n.formats for n in cluster.nodes):
                 _ensure_runtime_class(self.actuator)
             self._t0 = time.time()
-            self.observer = Observer(kc, sink=self._on_events, namespace=self.opts["namespace"],
-                                     known_nodes=[n.name for n in cluster.nodes],
-                                     clock=lambda epoch: epoch - self._t0).start()
+            factory = observer_factory or (lambda sink, known_nodes, clock: Observer(
+                kc, sink=sink, namespace=self.opts["namespace"], known_nodes=known_nodes, clock=clock))
+            self.observer = factory(self._on_events, [n.name for n in cluster.nodes],
+                                    lambda epoch: epoch - self._t0).start()
         except BaseException:
             self.close()
             raise
@@ -433,6 +437,9 @@ class KubeSubstrate(SubstrateBase):
             try:
                 if op == "create":
                     self.actuator.create_pod(arg)
+                    expect = getattr(self.observer, "expect", None)
+                    if expect is not None:
+                        expect(arg.name, arg.job, arg.stage, arg.node, arg.attempt)
                 else:
                     self.actuator.delete_pod(arg)
             except DtlabError as exc:
