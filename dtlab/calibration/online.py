@@ -147,7 +147,7 @@ class _NodeLoad:
         self.cores = float(cores)
         self.bg = float(bg)
         self.t: float | None = None
-        self.runs: dict[tuple[str, str], list[float]] = {}    # key -> [cpu, work got (ms at full allocation)]
+        self.runs: dict[tuple[str, str], list[float]] = {}    # key -> [cpu, work got (ms at full allocation), start]
 
     def advance(self, t: float) -> None:
         if self.t is not None and t > self.t and self.runs:
@@ -191,12 +191,15 @@ class OnlineCalibrator:
     memory of the cluster-wide drift level in substrate seconds; ``clip``: bound of one
     innovation in log space; ``min_samples``: samples before an estimate is applied;
     ``min_change``: relative move of a node's factor that triggers a new correction;
-    ``trend``: follow a steady drift with a slope; ``bounds``: range of any factor.
+    ``trend``: follow a steady drift with a slope; ``bounds``: range of any factor;
+    ``checkpoint_s``: also record every node's factor at this period of substrate time
+    (``checkpoints``; V6 compares them with the ground truth).
     """
 
-    def __init__(self, twin, alpha: float = 0.2, min_change: float = 0.02, min_samples: int = 5,
+    def __init__(self, twin, alpha: float = 0.05, min_change: float = 0.02, min_samples: int = 5,
                  timing: TimingModel | None = None, half_life_s: float = 60.0, clip: float = DEFAULT_CLIP,
-                 trend: bool = True, bounds: tuple[float, float] = (0.05, 20.0)):
+                 trend: bool = True, bounds: tuple[float, float] = (0.05, 20.0),
+                 checkpoint_s: float | None = None):
         if not 0 < alpha <= 1:
             raise SpecError("ewma_alpha", f"must be in (0, 1], got {alpha!r}")
         if not half_life_s > 0:
@@ -205,6 +208,8 @@ class OnlineCalibrator:
             raise SpecError("clip", f"must be > 0 (log-space bound of one innovation), got {clip!r}")
         if not 0 < bounds[0] <= 1 <= bounds[1]:
             raise SpecError("bounds", f"need 0 < low <= 1 <= high, got {bounds!r}")
+        if checkpoint_s is not None and not checkpoint_s > 0:
+            raise SpecError("checkpoint_s", f"must be > 0 or None, got {checkpoint_s!r}")
         self.twin = twin
         self.alpha = float(alpha)
         self.min_change = float(min_change)
@@ -226,6 +231,9 @@ class OnlineCalibrator:
         self._expect: dict[tuple[str, str], _Expect] = {}
         self.history: list[dict[str, Any]] = []     # corrections sent: node, ratio (= factor), speed, ts
         self.trace: list[dict[str, Any]] = []       # per sample: ts, node, log ratio, factor after it
+        self.checkpoint_s = checkpoint_s
+        self.checkpoints: list[dict[str, Any]] = []  # every checkpoint_s: each node's factor as then known
+        self._next_checkpoint = checkpoint_s
 
     # ------------------------------------------------------------ reading the estimate
     def factor(self, node: str, at_s: float | None = None) -> float:
@@ -252,6 +260,7 @@ class OnlineCalibrator:
             kind = e.get("kind")
             ts = e.get("ts")
             if ts is not None and kind != "telemetry":    # telemetry ts is when it was measured, not now
+                self._checkpoint(float(ts))
                 self.now_s = max(self.now_s, float(ts))
             if kind == "job-submit" and isinstance(e.get("stage_cpu"), dict):
                 self._stage_cpu.setdefault(e.get("job"), {}).update(
@@ -268,17 +277,27 @@ class OnlineCalibrator:
                 load.advance(float(ts))
                 if kind == "stage-start":
                     cpu = self._stage_cpu.get(key[0], {}).get(key[1], 1.0)
-                    load.runs[key] = [cpu, 0.0]
+                    load.runs[key] = [cpu, 0.0, float(ts)]
                     continue
                 run = load.runs.pop(key, None)
                 exp = self._expect.pop(key, None) if e.get("ok", True) else None
                 if run is not None and exp is not None:
-                    sampled |= self._sample(e["node"], exp.stage, run[1], float(ts))
+                    # stamped at the middle of the service interval: what the node was like while it served
+                    sampled |= self._sample(e["node"], exp.stage, run[1], 0.5 * (run[2] + float(ts)))
         if not sampled:
             return []
         return self._corrections()
 
     # ------------------------------------------------------------ internals
+    def _checkpoint(self, upto_s: float) -> None:
+        """Record every node's factor at each checkpoint time before ``upto_s`` (what was known then)."""
+        while self._next_checkpoint is not None and self._next_checkpoint < upto_s:
+            t = self._next_checkpoint
+            for node in self.spec:
+                self.checkpoints.append({"ts": t, "node": node, "factor": self.factor(node, t),
+                                         "samples": self.count.get(node, 0)})
+            self._next_checkpoint = t + self.checkpoint_s
+
     def _sample(self, node: str, stage, work_ms: float, ts: float) -> bool:
         spec = self.spec[node]
         fmt = self.timing.exec_format(stage, spec)

@@ -3,17 +3,38 @@
 The ground truth drifts while the controller runs: every node gets slower
 (``speed_drift_per_min``), jobs get bigger (``workload_drift_per_min``), and telemetry is
 late (``telemetry_delay_s``) and noisy (``telemetry_noise``) -- on top of the sim's static
-calibration error. Two modes run on the same world and workload per seed:
+calibration error (per-node speed, format overheads), heavy-tailed service times,
+background load, failures and link variation. Two modes run on the same world and
+workload per seed:
 
 * ``static``: the twin keeps its spec speeds and default overheads;
-* ``online``: :class:`dtlab.calibration.online.OnlineCalibrator` (EWMA of observed/predicted
-  stage service time per node, ``ewma_alpha``) corrects the twin's node speeds as it goes.
+* ``online``: :class:`dtlab.calibration.online.OnlineCalibrator` learns each node's
+  slowness from stage service intervals (net of the processor sharing the stage met) and
+  corrects the twin's node speeds as it goes (``ewma_alpha``: weight of a new sample in a
+  node's own estimate; the cluster-wide drift level has a half-life of 60 s virtual).
 
-Per time window of ``window_s`` (by arrival): prediction error (MAPE of the planned
-prediction's mean against observed latency), median APE, median predicted/observed
-ratio (bias: < 1 the twin is optimistic) and deadline-miss rate; overall and last-window
-means with 95% t-intervals over seeds. MAPE punishes over-prediction harder (an APE can
-exceed 1 only when predicting high), so read it next to the median ratio.
+Tables:
+
+* ``results`` (per mode, seed, time window of ``window_s`` by arrival): prediction error
+  (MAPE of the planned prediction's mean against observed latency), median APE, median
+  predicted/observed ratio (< 1: the twin is optimistic) and deadline-miss rate.
+* ``windows``: the same per mode and window as mean and 95% t-interval over seeds.
+* ``tracking`` (sim only; every ``window_s``, per seed and node): the factor the online
+  estimator believed (observed/spec service, from what it had seen by then) next to the
+  ground truth: ``true_speed_factor`` = sim ``true_speed / spec speed``, ``work_factor``
+  (job growth), and ``target_factor`` = ``work_factor / true_speed_factor * noise_median``
+  -- the median ratio a perfect estimator would report for a native stage
+  (``noise_median``: median of the sim's heavy-tailed service noise; the estimator is a
+  median estimator, see its module). A node the policy never used has no samples of its
+  own and gets the cluster-wide level: its static speed error cannot be seen.
+* ``runs`` (per mode, seed), ``corrections`` (every node-add the estimator sent).
+
+Metrics: per mode overall and last-window means with 95% t-intervals over seeds;
+``tracking.online_abs_log_error`` (mean over seeds of the median ``|log(est/target)|``
+over checkpoints after the first window, nodes with samples) next to
+``tracking.spec_abs_log_error`` (the same for the spec, i.e. a factor of 1). MAPE
+punishes over-prediction harder (an APE can exceed 1 only when predicting high), so read
+it next to the median APE and median ratio.
 """
 from __future__ import annotations
 
@@ -24,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from .common import (SUBSTRATE_DEFAULTS, ExperimentResult, load_cluster_param, load_workload_param, mean_ci,
-                     put_ci, require_choices, require_positive, run_controller, validate)
+                     put_ci, require_choices, require_positive, run_controller, summarize_seeds, validate)
 
 DEFAULTS: dict[str, Any] = {
     **SUBSTRATE_DEFAULTS,
@@ -35,7 +56,7 @@ DEFAULTS: dict[str, Any] = {
     "predictor": "fast",
     "samples": 64,
     "modes": ["static", "online"],
-    "ewma_alpha": 0.2,
+    "ewma_alpha": 0.05,
     "window_s": 30.0,
     "speed_drift_per_min": -0.08,
     "workload_drift_per_min": 0.04,
@@ -46,6 +67,25 @@ DEFAULTS: dict[str, Any] = {
 # seconds-sized parameters (tests, params/smoke/)
 SMOKE: dict[str, Any] = {"jobs": 30, "seeds": [0, 1]}
 MODES = ("static", "online")
+WINDOW_METRICS = ("mape", "median_ape", "median_ratio", "miss_rate")
+NOISE_DRAWS = 200_000
+
+
+def _load_probe(loads: dict[str, float]):
+    """on_plan callback: the twin's own peak demand/capacity over the chosen nodes when the job was planned.
+
+    Above 1 the twin expected the job to share a node with running stages beyond its
+    capacity, i.e. its prediction leans on the predictor's contention approximation.
+    """
+    def probe(job, plan, snap, _arrival):
+        peak = 0.0
+        for sid, node in plan.placement.items():
+            st = snap.nodes[node]
+            cap = st.node.cores * (1.0 - st.cpu_util)
+            cpu = job.stages[job.stage_index[sid]].compute.cpu
+            peak = max(peak, (st.running_cpu + cpu) / cap if cap > 0 else math.inf)
+        loads[job.name] = peak
+    return probe
 
 
 def _windows(df: pd.DataFrame, window_s: float) -> pd.DataFrame:
@@ -57,6 +97,42 @@ def _windows(df: pd.DataFrame, window_s: float) -> pd.DataFrame:
     return (df.groupby("window_start_s").agg(jobs=("job", "size"), mape=("ape", "mean"),
                                              median_ape=("ape", "median"), median_ratio=("ratio", "median"),
                                              miss_rate=("missed", "mean")).reset_index())
+
+
+def noise_median(sub, seed: int) -> float:
+    """Median of the ground truth's multiplicative service noise (seeded Monte Carlo of its own draw)."""
+    x = sub.timing.service_noise(np.random.default_rng([seed, 0x6E]), NOISE_DRAWS)
+    return float(np.exp(np.median(np.log(x))))
+
+
+def tracking_table(cal, sub, seed: int) -> pd.DataFrame:
+    """The estimator's checkpoints joined with the sim's truth at the same instants (empty off sim)."""
+    cols = ["seed", "t_s", "node", "samples", "est_factor", "true_speed_factor", "work_factor", "target_factor",
+            "rel_error"]
+    if cal is None or not cal.checkpoints or not hasattr(sub, "true_speed"):
+        return pd.DataFrame(columns=cols)
+    med = noise_median(sub, seed)
+    rows = []
+    for c in cal.checkpoints:
+        at_ms = c["ts"] * 1000.0
+        spec = cal.spec[c["node"]].speed
+        sf = sub.true_speed(c["node"], at_ms) / spec
+        wf = sub.work_factor(at_ms)
+        target = wf / sf * med
+        rows.append({"seed": seed, "t_s": c["ts"], "node": c["node"], "samples": c["samples"],
+                     "est_factor": c["factor"], "true_speed_factor": sf, "work_factor": wf, "target_factor": target,
+                     "rel_error": c["factor"] / target - 1.0})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _tracking_error(track: pd.DataFrame, window_s: float) -> tuple[float, float]:
+    """(estimator, spec) median |log(factor / target)| over checkpoints after the first window, used nodes."""
+    t = track[(track["t_s"] >= window_s) & (track["samples"] > 0)]
+    if t.empty:
+        return math.nan, math.nan
+    est = np.abs(np.log(t["est_factor"] / t["target_factor"]))
+    spec = np.abs(np.log(1.0 / t["target_factor"]))
+    return float(est.median()), float(spec.median())
 
 
 def run(params: dict | None = None) -> ExperimentResult:
@@ -71,12 +147,14 @@ def run(params: dict | None = None) -> ExperimentResult:
     workload = load_workload_param(p["workload"], p["jobs"], p["rate_per_s"])
     drift = {k: p[k] for k in ("speed_drift_per_min", "workload_drift_per_min", "telemetry_delay_s",
                                "telemetry_noise")}
-    windows, per_run, corrections = [], [], []
+    windows, per_run, corrections, tracking = [], [], [], []
     for seed in p["seeds"]:
         for mode in p["modes"]:
-            recal = {"alpha": p["ewma_alpha"]} if mode == "online" else None
+            recal = {"alpha": p["ewma_alpha"], "checkpoint_s": p["window_s"]} if mode == "online" else None
+            loads: dict[str, float] = {}
             df, ctl = run_controller(p, cluster, workload, seed, p["policy"], p["predictor"], p["samples"],
-                                     substrate_extra=drift, recalibrate=recal)
+                                     substrate_extra=drift, recalibrate=recal, on_plan=[_load_probe(loads)])
+            df["plan_load"] = df["job"].map(loads)
             w = _windows(df, p["window_s"])
             w.insert(0, "seed", seed)
             w.insert(0, "mode", mode)
@@ -84,25 +162,43 @@ def run(params: dict | None = None) -> ExperimentResult:
             ok = df[df["ok"]]
             ape = (ok["pred_mean_ms"] - ok["latency_ms"]).abs() / ok["latency_ms"]
             ratio = ok["pred_mean_ms"] / ok["latency_ms"]
-            per_run.append({"mode": mode, "seed": seed, "mape": float(ape.mean()) if len(ape) else math.nan,
-                            "median_ape": float(ape.median()) if len(ape) else math.nan,
-                            "median_ratio": float(ratio.median()) if len(ratio) else math.nan,
-                            "miss_rate": float(df["missed"].mean()),
-                            "last_window_mape": float(w["mape"].iloc[-1]) if len(w) else math.nan,
-                            "last_window_miss_rate": float(w["miss_rate"].iloc[-1]) if len(w) else math.nan})
-            if ctl.recalibrator is not None:
-                h = pd.DataFrame(ctl.recalibrator.history)
+            row = {"mode": mode, "seed": seed, "mape": float(ape.mean()) if len(ape) else math.nan,
+                   "median_ape": float(ape.median()) if len(ape) else math.nan,
+                   "median_ratio": float(ratio.median()) if len(ratio) else math.nan,
+                   "miss_rate": float(df["missed"].mean()),
+                   "last_window_mape": float(w["mape"].iloc[-1]) if len(w) else math.nan,
+                   "last_window_miss_rate": float(w["miss_rate"].iloc[-1]) if len(w) else math.nan}
+            for name, sel in (("uncontended", ok["plan_load"] <= 1.0), ("contended", ok["plan_load"] > 1.0)):
+                row[f"mape_{name}"] = float(ape[sel].mean()) if sel.any() else math.nan
+                row[f"median_ratio_{name}"] = float(ratio[sel].median()) if sel.any() else math.nan
+                row[f"share_{name}"] = float(sel.mean()) if len(sel) else math.nan
+            cal = ctl.recalibrator
+            if cal is not None:
+                h = pd.DataFrame(cal.history)
                 if len(h):
                     h.insert(0, "seed", seed)
                     corrections.append(h)
+                track = tracking_table(cal, ctl.substrate, seed)
+                if len(track):
+                    tracking.append(track)
+                    row["tracking_error"], row["spec_tracking_error"] = _tracking_error(track, p["window_s"])
+            per_run.append(row)
     table = pd.concat(windows, ignore_index=True)
     runs = pd.DataFrame(per_run)
     metrics: dict[str, Any] = {}
     for mode, g in runs.groupby("mode", sort=False):
-        for m in ("mape", "median_ape", "median_ratio", "miss_rate", "last_window_mape", "last_window_miss_rate"):
+        for m in ("mape", "median_ape", "median_ratio", "miss_rate", "last_window_mape", "last_window_miss_rate",
+                  "mape_uncontended", "mape_contended", "median_ratio_uncontended", "median_ratio_contended",
+                  "share_contended"):
             put_ci(metrics, f"{mode}.{m}", mean_ci(g[m]))
+    if "tracking_error" in runs:
+        put_ci(metrics, "tracking.online_abs_log_error", mean_ci(runs["tracking_error"].dropna()))
+        put_ci(metrics, "tracking.spec_abs_log_error", mean_ci(runs["spec_tracking_error"].dropna()))
     metrics["substrate"] = p["substrate"]
-    extra = {"runs": runs}
+    extra = {"runs": runs,
+             "windows": summarize_seeds(table, ["mode", "window_start_s"], WINDOW_METRICS)}
     if corrections:
         extra["corrections"] = pd.concat(corrections, ignore_index=True)
+    if tracking:
+        extra["tracking"] = pd.concat(tracking, ignore_index=True)
     return ExperimentResult(table=table, metrics=metrics, extra=extra, params=p)
