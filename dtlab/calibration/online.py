@@ -23,22 +23,30 @@ from the substrate's own stage-start/stage-end events and corrects the twin with
   make slower and faster symmetric and turn the multiplicative model below additive.
   The estimate is a *median*-type location of the ratio (not the mean, which a
   heavy-tailed service draw drags up): right for the relative errors V2/V6 report.
-* **Two levels.** ``x = G(t) + R_node + noise``. ``G`` is a cluster-wide level (all
-  samples, net of each node's residual): speed drift common to every node and workload
-  drift (bigger jobs) both act per job, are indistinguishable from stage timings, and
-  land here -- and because ``G`` applies to *every* node, a node the policy rarely uses
-  is not left looking relatively fast while the rest of the world slowed down.
-  ``R_node`` is what is particular to one node (its calibration error, its own drift),
-  learned from ``x - G``. Workload drift would belong in a per-template duration factor
-  if anything told it apart from a uniform slowdown; on stage timings alone nothing does,
-  and for prediction only the product matters.
-* **Drift tracking in virtual time.** ``G`` is an exponentially weighted local-linear fit
-  (half-life ``half_life_s`` of substrate time, not of sample count: information ages with
-  time) read at *now*, so a steady drift is followed without the ``half-life / ln 2`` lag
-  of a plain EWMA. The slope is used only once ``trend_min_samples`` effective samples
+* **Two levels.** ``x = G(t) + R_node + noise``. ``G`` is a cluster-wide level pooling
+  every node's samples: speed drift common to every node and workload drift (bigger
+  jobs) both act per job, are indistinguishable from stage timings, and land here -- and
+  because ``G`` applies to *every* node, a node the policy rarely uses is not left
+  looking relatively fast while the rest of the world slowed down. ``R_node`` is what is
+  particular to one node (its calibration error, its own drift), learned from ``x - G``.
+  Residuals are not fed back into ``G``: a fed-back residual integrates the level's lag
+  and steals the drift's slope. So ``G`` leans towards the nodes used most, whose
+  residuals stay near 0, and when the mix of nodes shifts the others' residuals re-learn.
+  Workload drift would belong in a per-template duration factor if anything told it
+  apart from a uniform slowdown; on stage timings alone nothing does, and for prediction
+  only the product matters. Format overheads are not separated either: a node's factor
+  is for the mix of formats it ran (the sim's biases are per format, most stages native).
+* **Drift tracking in virtual time.** A sample is stamped at the middle of its service
+  interval (what the node was like while it served). ``G`` is an exponentially weighted
+  local-linear fit (half-life ``half_life_s`` of substrate time, not of sample count:
+  information ages with time) read at *now*, so a steady drift is followed without the
+  ``half-life / ln 2`` lag of a plain EWMA. The slope is used only once ``trend_min_samples`` effective samples
   span the window; before that it is a weighted mean. ``R_node`` is a bias-corrected
   count EWMA (weight ``max(alpha, 1/n)``): the first samples average, later ones weigh
-  ``alpha``; per-node sample rates differ too much for one time constant to fit all.
+  ``alpha``; per-node sample rates differ too much for one time constant to fit all. A
+  small ``alpha`` (default 0.05, ~40 samples of memory) because a node's own error is
+  mostly static while per-stage noise is large (log-sd ~0.35 on the sim): at 0.2 the
+  residual's own noise (~0.12 log-sd) was as large as the error it was meant to remove.
 * **Robust and bounded.** Each innovation ``e = x - G - R`` is clipped Huber-style to
   ``+-min(clip, max(0.2, 2.5 * scale))``, ``scale`` a running robust estimate of the
   innovations' log-sd (EWMA of ``1.25 * |clipped e|`` from a prior of 0.3): in a quiet
@@ -49,6 +57,11 @@ from the substrate's own stage-start/stage-end events and corrects the twin with
   drains; the clip is what keeps such a burst from compounding.) Factors are clamped to
   ``bounds``; nothing is applied before ``min_samples`` samples (``G`` counts all, ``R``
   its node's), and a correction is only sent when it moved by more than ``min_change``.
+
+Events must come in time order (the substrate protocol's promise): the replay only moves
+forward. What the estimator cannot see: the true background load (it uses the twin's
+late, noisy telemetry, like the predictor), and errors of the predictor's own contention
+approximation -- those are the predictor's to fix, not a node's speed to absorb.
 
 Going through a state event (not by poking the predictor) keeps each correction visible
 in snapshots, atomic with the batch it came from, and identical on every substrate.

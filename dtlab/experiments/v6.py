@@ -11,7 +11,7 @@ workload per seed:
 * ``online``: :class:`dtlab.calibration.online.OnlineCalibrator` learns each node's
   slowness from stage service intervals (net of the processor sharing the stage met) and
   corrects the twin's node speeds as it goes (``ewma_alpha``: weight of a new sample in a
-  node's own estimate; the cluster-wide drift level has a half-life of 60 s virtual).
+  node's own residual; the cluster-wide drift level has a half-life of 60 s virtual).
 
 Tables:
 
@@ -29,7 +29,13 @@ Tables:
   own and gets the cluster-wide level: its static speed error cannot be seen.
 * ``runs`` (per mode, seed), ``corrections`` (every node-add the estimator sent).
 
-Metrics: per mode overall and last-window means with 95% t-intervals over seeds;
+Metrics: per mode overall and last-window means with 95% t-intervals over seeds; the
+same errors split by whether the twin planned the job into contention (``plan_load``:
+peak of (running cpu + stage cpu) / capacity over its nodes in the twin's snapshot, > 1
+= contended; ``mape_uncontended``, ``mape_contended``, ``share_contended``). The split
+separates what recalibration can fix (node speed) from the predictor's own contention
+approximation (co-runners assumed to stay for the whole stage: pessimistic), which a
+correct speed exposes rather than cancels;
 ``tracking.online_abs_log_error`` (mean over seeds of the median ``|log(est/target)|``
 over checkpoints after the first window, nodes with samples) next to
 ``tracking.spec_abs_log_error`` (the same for the spec, i.e. a factor of 1). MAPE
