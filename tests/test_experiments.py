@@ -260,16 +260,19 @@ def test_v2_stage_errors_are_the_twin_service_time_against_the_observed(smoke_re
     job = load_job(REPO_ROOT / "examples/job-pipeline.yaml", cluster)
     stages = pd.DataFrame([
         # decode (400 ms reference) as wasm on edge-a-1 (speed 0.4): twin says 400 * 1.3 / 0.4 = 1300 ms
-        {"job": job.name, "stage": "decode", "node": "edge-a-1", "format": "wasm", "duration_ms": 1000.0,
-         "ok": True, "kernel_ms": 1300.0},
-        {"job": job.name, "stage": "infer", "node": "cloud-0", "format": "native", "duration_ms": 5.0, "ok": False},
-        {"job": "someone-else", "stage": "decode", "node": "cloud-0", "format": "native", "duration_ms": 5.0, "ok": True},
+        {"job": job.name, "stage": "decode", "node": "edge-a-1", "format": "wasm", "start_ms": 0.0,
+         "duration_ms": 1000.0, "ok": True, "kernel_ms": 1300.0},
+        {"job": job.name, "stage": "infer", "node": "cloud-0", "format": "native", "start_ms": 9.0, "duration_ms": 5.0,
+         "ok": False},
+        {"job": "someone-else", "stage": "decode", "node": "cloud-0", "format": "native", "start_ms": 0.0,
+         "duration_ms": 5.0, "ok": True},
     ])
     st = v2.stage_predictions(stages, {job.name: job}, cluster, TimingModel())
     assert len(st) == 1
     row = st.iloc[0]
     assert row["predicted_ms"] == pytest.approx(1300.0) and row["ape"] == pytest.approx(0.3)
     assert row["kernel_ape"] == pytest.approx(0.0)
+    assert row["predicted_ps_ms"] == pytest.approx(1300.0)       # alone on its node: no sharing
     # and the smoke run reports them
     r = smoke_results[v2]
     assert len(r.extra["stages"]) == r.metrics["stage.n"] > 0
@@ -290,3 +293,15 @@ def test_runner_records_the_substrate_the_run_got(tmp_path):
     assert info["substrate_metadata"]["link_shaping"] == {"a->b": "htb+relay"}
     (tmp_path / "metrics.json").write_text(json.dumps({"x": 1.0}))     # an experiment without the keys
     assert runner._substrate_info(tmp_path, "sim") == {}
+
+
+def test_processor_sharing_of_stage_times():
+    ps = v2.ps_service_ms
+    a = np.array
+    np.testing.assert_allclose(ps(a([0., 0.]), a([100., 100.]), a([1., 1.]), 2), [100, 100])     # fits
+    np.testing.assert_allclose(ps(a([0., 0.]), a([100., 100.]), a([1., 1.]), 1), [200, 200])     # fair share
+    # alone for 50 ms, then half speed each: the first ends at 150, the second 50 ms later alone
+    np.testing.assert_allclose(ps(a([0., 50.]), a([100., 100.]), a([2., 2.]), 2), [150, 150])
+    # max-min fair with caps: cap-1 stage gets its core, the cap-2 stage the rest (half speed)
+    np.testing.assert_allclose(ps(a([0., 0.]), a([100., 100.]), a([2., 1.]), 2), [150, 100])
+    np.testing.assert_allclose(ps(a([0., 500.]), a([100., 100.]), a([1., 1.]), 1), [100, 100])   # idle gap
