@@ -506,3 +506,15 @@ def test_kube_options_are_validated():
     with pytest.raises(SpecError, match="substrate_opts.pinning"):
         kube_options({"pinning": "nodeSelector"})
     assert kube_options({"time_scale": 0.5})["time_scale"] == 0.5
+
+
+def test_replan_hook_is_asked_when_no_shadow_is_usable(kube_sub):
+    sub, fa = kube_sub
+    asked = []
+    sub.set_replan(lambda job, sid, failed: asked.append((job.name, sid, failed)) or "edge-b-1")
+    plan = Plan(job="dag", policy="x", placement=dict(PLAN.placement), shadow={})
+    sub.submit(plan, JOB)
+    b = fa.created[1]
+    sub._on_events([_ev("stage-start", b), {"kind": "node-down", "node": "cloud-0", "ts": 0.0}])
+    assert asked == [("dag", "b", "cloud-0")] and not sub.node_up("cloud-0") and sub.node_up("edge-a-0")
+    assert (fa.created[-1].stage, fa.created[-1].node, fa.created[-1].attempt) == ("b", "edge-b-1", 1)

@@ -255,6 +255,16 @@ class KubeSubstrate(SubstrateBase):
         """pod-kill: delete the job's (stage's) current pods with grace 0; the substrate retries them."""
         return self.actuator.delete_job(job, stage)
 
+    def set_replan(self, fn) -> None:
+        """Re-plan-on-failure hook (V4): ``fn(job, stage_id, failed_node) -> node | None`` is asked when a
+        stage lost its node and has no usable shadow; None (or no hook) fails the stage."""
+        self._replan = fn
+
+    def node_up(self, name: str) -> bool:
+        """Whether ``name`` is up as observed (Ready, not NotReady)."""
+        with self._lock:
+            return name not in self._down
+
     def all_done(self) -> bool:
         with self._lock:
             return all(s["rec"]["ok"] is not None for s in self._jobs.values())
@@ -397,6 +407,15 @@ class KubeSubstrate(SubstrateBase):
             plan: Plan = st["plan"]
             candidates = [plan.shadow.get(sid), plan.placement[sid]]
             usable = [c for c in candidates if c and c != node and c not in self._down]
+            replan = getattr(self, "_replan", None)
+            if not usable and replan is not None:
+                try:
+                    alt = replan(st["job"], sid, node)
+                except Exception as exc:  # noqa: BLE001 - a failing hook fails the stage, not the watch
+                    self._errors.append(f"replan {st['job'].name}/{sid}: {exc!r}")
+                    alt = None
+                if alt is not None and alt in self._cluster.by_name and alt not in self._down:
+                    usable = [alt]
             if not usable:
                 s["phase"] = "failed"
                 self._finish(st, ok=False)
