@@ -518,3 +518,11 @@ def test_replan_hook_is_asked_when_no_shadow_is_usable(kube_sub):
     sub._on_events([_ev("stage-start", b), {"kind": "node-down", "node": "cloud-0", "ts": 0.0}])
     assert asked == [("dag", "b", "cloud-0")] and not sub.node_up("cloud-0") and sub.node_up("edge-a-0")
     assert (fa.created[-1].stage, fa.created[-1].node, fa.created[-1].attempt) == ("b", "edge-b-1", 1)
+
+
+def test_nodes_outside_the_cluster_spec_are_not_reported(kube_sub):
+    sub, fa = kube_sub
+    sub._on_events([{"kind": "node-add", "node": {"name": "k3d-server-0", "arch": "amd64", "cores": 2},
+                     "ts": 0.0}, {"kind": "node-down", "node": "k3d-server-0", "ts": 0.0},
+                    {"kind": "node-cordon", "node": "cloud-1", "ts": 0.0}])
+    assert [(e["kind"], e["node"]) for e in sub.events()] == [("node-cordon", "cloud-1")]

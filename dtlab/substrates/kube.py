@@ -351,6 +351,9 @@ class KubeSubstrate(SubstrateBase):
                     self._events.append(ev)
                     actions += self._stage_event(ev, rec)
                 else:
+                    name = ev["node"]["name"] if kind == "node-add" else ev.get("node")
+                    if kind.startswith("node") and name not in self._cluster.by_name:
+                        continue       # nodes outside the Cluster spec (control plane, others' nodes)
                     self._events.append(ev)
                     if kind == "node-down":
                         self._down.add(ev["node"])
