@@ -23,7 +23,7 @@ endef
 elapsed = start=$$(date +%s); $(1); echo "[$(2): $$(( $$(date +%s) - start )) s]"
 
 .PHONY: help venv experiments test test-unit test-notebooks test-smoke lab bench figures results \
-        clean clean-all cluster-bin cluster fabric-deps fuzz test-ui
+        clean clean-all cluster-bin cluster fabric-deps test-deps fuzz test-ui
 
 help: ## show this help
 	@echo "dtlab: research workbench for digital-twin control of heterogeneous Kubernetes clusters"
@@ -79,18 +79,36 @@ clean-all: clean ## also remove every result under $(OUT)/ and the .venv
 	find $(OUT) -mindepth 1 -maxdepth 1 ! -name .gitkeep ! -name README.md -exec rm -rf {} +
 	rm -rf $(VENV)
 
-# --- placeholders: other parts of the project fill these in -------------------------------------
-cluster-bin: ## build the local Kubernetes control plane from source (Go; long, one-time)
-	$(call run-script,cluster/localplane/build.sh)
+# --- heavy components: real control plane, fabric, browser, Prometheus -----------------------------
+CLUSTER      ?= local
+CLUSTER_SPEC ?= examples/cluster-hetero.yaml
 
-cluster: ## start the local control plane with KWOK nodes (placeholder)
-	$(call run-script,cluster/localplane/up.sh)
+cluster-bin: ## build kube-apiserver, controller-manager, scheduler, kubectl, etcd, KWOK from Go modules (cached by version)
+	bash cluster/localplane/build.sh
 
-fabric-deps: ## install what the fabric substrate needs (cross compilers, QEMU, wasi; needs root)
-	$(call run-script,scripts/fabric-deps.sh)
+cluster: $(STAMP) ## start a cluster: CLUSTER=local (built from source, KWOK nodes from CLUSTER_SPEC) or CLUSTER=k3d|kind (Docker hosts)
+ifeq ($(CLUSTER),local)
+	@$(MAKE) --no-print-directory cluster-bin
+	$(DTLAB) cluster up --cluster $(CLUSTER_SPEC)
+	@echo "kubeconfig: $$($(DTLAB) cluster kubeconfig)   (stop with: $(DTLAB) cluster down)"
+else ifeq ($(CLUSTER),k3d)
+	k3d cluster create --config cluster/manifests/k3d-cluster.yaml
+	kubectl apply -f cluster/manifests/rbac.yaml -f cluster/manifests/runtimeclass-wasm.yaml
+else ifeq ($(CLUSTER),kind)
+	kind create cluster --config cluster/manifests/kind-config.yaml
+	kubectl apply -f cluster/manifests/rbac.yaml -f cluster/manifests/runtimeclass-wasm.yaml
+else
+	@echo "CLUSTER must be local, k3d or kind (got $(CLUSTER))"; exit 2
+endif
+
+fabric-deps: ## install what the fabric substrate needs (cross compilers, QEMU, clang+wasi-libc; root) and build the kernels
+	bash scripts/fabric-deps.sh
+
+test-deps: ## install the Debian packages heavy tests use (Prometheus, node exporter, Chromium; root)
+	bash scripts/test-deps.sh
 
 fuzz: $(STAMP) ## schemathesis (>= 1,000 cases) against a live `dtlab serve` on loopback
-	$(call run-script,scripts/fuzz.sh)
+	bash scripts/fuzz.sh
 
-test-ui: $(STAMP) ## headless-browser test of the what-if notebook (placeholder)
-	$(call run-script,scripts/test-ui.sh)
+test-ui: $(STAMP) ## JupyterLab + headless Chromium: run whatif.ipynb, move a slider, screenshot to outputs/ui/
+	bash scripts/test-ui.sh
