@@ -235,6 +235,7 @@ def test_missing_host_calibration_is_measured_once_or_named(monkeypatch, tmp_pat
             return TimingModel(), "default overhead factors (no host calibration)"
         return TimingModel().with_overheads({"wasm": 1.1}), ""
     monkeypatch.setattr(calibrate, "timing_model", fake_timing_model)
+    monkeypatch.setattr(calibrate, "default_out", lambda: tmp_path / "calibration.host.yaml")
     monkeypatch.setattr(calibrate, "measure_compute", lambda quick: calls.append(quick) or {"overheads": {}})
     monkeypatch.setattr(calibrate, "write", lambda doc: path)
     timing, note = common.host_timing()

@@ -288,11 +288,20 @@ def host_timing(calibrate_if_missing: bool = True) -> tuple[Any, str]:
         return timing, f"twin timing: host calibration {calibrate.default_out()}"
     if not calibrate_if_missing:
         return timing, note
+    import fcntl
+
     t0 = time.monotonic()
-    try:
-        path = calibrate.write(calibrate.measure_compute(quick=True))
-    except Exception as exc:  # noqa: BLE001 - any failure: run with defaults, say so
-        return timing, f"{note}; quick calibration failed: {type(exc).__name__}: {exc}"
+    lock_path = calibrate.default_out().with_suffix(".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:        # `dtlab run all -j 2`: V1 and V2 must not both measure
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        timing, note_now = calibrate.timing_model()
+        if not note_now:
+            return timing, f"twin timing: host calibration {calibrate.default_out()} (measured by a parallel run)"
+        try:
+            path = calibrate.write(calibrate.measure_compute(quick=True))
+        except Exception as exc:  # noqa: BLE001 - any failure: run with defaults, say so
+            return timing, f"{note}; quick calibration failed: {type(exc).__name__}: {exc}"
     timing, note2 = calibrate.timing_model(path)
     if note2:
         return timing, note2
