@@ -6,31 +6,17 @@
 set -euo pipefail
 pkgs=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-riscv64-linux-gnu libc6-dev-riscv64-cross
       qemu-user-static clang lld wasi-libc iproute2)
-missing=()
-for p in "${pkgs[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
+extra=()
 # the wasm32 builtins package is named after the clang version on some releases
 if ! ls /usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a >/dev/null 2>&1; then
     if command -v apt-cache >/dev/null; then
         ver="$(clang --version 2>/dev/null | sed -n 's/.*clang version \([0-9]*\).*/\1/p' | head -1)"
         for cand in ${ver:+libclang-rt-$ver-dev-wasm32} libclang-rt-dev-wasm32 libclang-rt-14-dev-wasm32; do
-            if apt-cache show "$cand" >/dev/null 2>&1; then missing+=("$cand"); break; fi
+            if apt-cache show "$cand" >/dev/null 2>&1; then extra+=("$cand"); break; fi
         done
     fi
 fi
-if ((${#missing[@]})); then
-    if [[ $(id -u) -ne 0 ]]; then
-        echo "fabric-deps: missing ${missing[*]}; run as root (or: sudo apt-get install -y ${missing[*]})" >&2
-        exit 1
-    fi
-    echo "fabric-deps: installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null || {
-        apt-get update -qq && apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; }
-else
-    echo "fabric-deps: all present"
-fi
+bash "$(dirname "$0")/apt-ensure.sh" fabric-deps "${pkgs[@]}" "${extra[@]}"
 # build the kernels now so the first fabric run does not pay for it
 here="$(cd "$(dirname "$0")/.." && pwd)"
 out="$(bash "$here/images/worker/build.sh")"
