@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import dtlab
 from dtlab.extender import EXPLANATION_ANNOTATION
 from dtlab.kube import localplane
 from tests.heavy import require
+from tests.netutil import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_FILE = REPO / "examples" / "cluster-hetero.yaml"
@@ -34,29 +34,6 @@ PLANE = "dtlab-extender-e2e"
 SCHEDULER = "dtlab-scheduler"
 BIG = ("cloud-0", "cloud-1", "cloud-arm-0")   # the only nodes with > 4 cores: a 4.5-core pod fits nowhere else
 BUSY = 0.95
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout_s: float, what: str, procs=()):
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        for name, p in procs:
-            if p.poll() is not None:
-                raise AssertionError(f"{name} exited with {p.returncode} while waiting for {what}")
-        try:
-            last = predicate()
-            if last:
-                return last
-        except Exception as exc:  # noqa: BLE001 - not up yet
-            last = exc
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}: {last!r}")
 
 
 def http_ok(url: str, ctx=None) -> bool:
@@ -113,7 +90,7 @@ def stack(tmp_path_factory):
             [sys.executable, "-m", "dtlab.cli", "serve", "--cluster", str(CLUSTER_FILE), "--extender",
              "--kubeconfig", kc, "--insecure-dev", "--host", "127.0.0.1", "--port", str(api_port)], serve_log)))
         base = f"http://127.0.0.1:{api_port}"
-        wait_for(lambda: http_ok(f"{base}/healthz"), 60, "dtlab serve /healthz", procs)
+        wait_for(lambda: http_ok(f"{base}/healthz"), 60, "dtlab serve /healthz", procs=procs)
 
         sched_cfg = tmp / "dtlab-scheduler.yaml"
         sched_cfg.write_text(yaml.safe_dump({
@@ -134,7 +111,7 @@ def stack(tmp_path_factory):
         insecure = ssl.create_default_context()
         insecure.check_hostname, insecure.verify_mode = False, ssl.CERT_NONE  # its self-signed serving cert
         wait_for(lambda: http_ok(f"https://127.0.0.1:{sched_port}/healthz", insecure), 90,
-                 "the dtlab-scheduler kube-scheduler /healthz", procs)
+                 "the dtlab-scheduler kube-scheduler /healthz", procs=procs)
         core = client.CoreV1Api(kconfig.new_client_from_config(config_file=kc))
         yield {"core": core, "base": base, "procs": procs, "logs": (serve_log, sched_log), "nodes": plane["nodes"]}
     finally:
@@ -178,7 +155,7 @@ def bound_node(core, name: str, stack) -> str:
     def node_name():
         return core.read_namespaced_pod(name, "default").spec.node_name
     try:
-        return wait_for(node_name, 60, f"pod {name} bound", stack["procs"])
+        return wait_for(node_name, 60, f"pod {name} bound", procs=stack["procs"])
     except AssertionError as exc:
         logs = "\n".join(f"--- {p.name}:\n{tail(p)}" for p in stack["logs"])
         raise AssertionError(f"{exc}\n{logs}") from None

@@ -3,10 +3,8 @@
 Needs Debian's `prometheus` and `prometheus-node-exporter` (installed by `make test-deps`).
 """
 import shutil
-import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -16,28 +14,9 @@ from dtlab.api import ApiConfig, create_app
 from dtlab.plan import Plan
 from dtlab.telemetry import PrometheusClient, StaleTelemetry, check_fresh
 from tests.heavy import require
+from tests.netutil import free_port, wait_for
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout_s, what):
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-            if last:
-                return last
-        except Exception as exc:  # not up yet
-            last = exc
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}: {last!r}")
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -26,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.heavy import require
+from tests.netutil import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 VENV = REPO / ".venv"
@@ -39,26 +39,9 @@ SLIDER_LABEL = "latency ×"
 pytestmark = [pytest.mark.heavy("chromium"), pytest.mark.timeout(BUDGET_S)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.25):
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-            if last:
-                return last
-        except _CellError:
-            raise
-        except Exception as exc:  # not there yet
-            last = exc
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}: {last!r}")
+def _wait_for_cells(predicate, timeout_s: float, what: str, interval_s: float = 0.25):
+    """wait_for, but a notebook cell's error fails at once instead of after the timeout."""
+    return wait_for(predicate, timeout_s, what, interval_s=interval_s, reraise=(_CellError,))
 
 
 def _stop(procs, grace_s: float = 10.0) -> list[str]:
@@ -102,7 +85,7 @@ class Lab:
     """A JupyterLab server on 127.0.0.1 with a random token; config, settings and runtime dirs are private."""
 
     def __init__(self, tmp: Path):
-        self.port, self.token = _free_port(), secrets.token_hex(24)
+        self.port, self.token = free_port(), secrets.token_hex(24)
         self.root = tmp / "root"
         self.root.mkdir()
         shutil.copy(NOTEBOOK, self.root / NOTEBOOK.name)
@@ -141,7 +124,7 @@ class Lab:
             if self.proc.poll() is not None:
                 return "exited"
             return self.api("/api/status") is not None
-        state = _wait_for(up, timeout_s, "JupyterLab /api/status")
+        state = _wait_for_cells(up, timeout_s, "JupyterLab /api/status")
         if state == "exited":
             self.log.flush()
             tail = Path(self.log.name).read_text(errors="replace")[-1500:]
@@ -266,10 +249,10 @@ def _table(driver):
 def _run_all_cells(driver):
     from selenium.webdriver.common.by import By
 
-    run_menu = _wait_for(lambda: [e for e in driver.find_elements(By.CSS_SELECTOR, ".lm-MenuBar-item")
+    run_menu = _wait_for_cells(lambda: [e for e in driver.find_elements(By.CSS_SELECTOR, ".lm-MenuBar-item")
                                   if e.text.strip() == "Run"], 30, "the Run menu")[0]
     run_menu.click()
-    item = _wait_for(lambda: [e for e in driver.find_elements(By.CSS_SELECTOR, ".lm-Menu .lm-Menu-item")
+    item = _wait_for_cells(lambda: [e for e in driver.find_elements(By.CSS_SELECTOR, ".lm-Menu .lm-Menu-item")
                               if e.text.strip().startswith("Run All Cells")
                               and "lm-mod-disabled" not in e.get_attribute("class")], 10, "Run > Run All Cells")
     item[0].click()
@@ -296,11 +279,11 @@ def _drive(lab, browser):
 
     t0 = time.monotonic()
     browser.get(f"{lab.base}/lab/tree/{NOTEBOOK.name}?token={lab.token}")
-    _wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Cell.jp-CodeCell"), 60,
+    _wait_for_cells(lambda: browser.find_elements(By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Cell.jp-CodeCell"), 60,
               "the notebook to open")
     # The kernel comes up in the background; Run All queues behind it, but wait for "Idle" so a slow start
     # shows up as what it is rather than as a missing widget.
-    _wait_for(lambda: browser.execute_script(
+    _wait_for_cells(lambda: browser.execute_script(
         "const s = document.querySelector('#jp-main-statusbar'); return s && s.textContent.includes('Idle');"),
         60, "the kernel to be idle")
     _run_all_cells(browser)
@@ -311,7 +294,7 @@ def _drive(lab, browser):
             raise _CellError(traceback)
         return _table(browser)
     try:
-        before = _wait_for(rendered_or_error, 90, "the what-if table to render")
+        before = _wait_for_cells(rendered_or_error, 90, "the what-if table to render")
     except _CellError as exc:  # fail now, with the kernel's message, instead of after the 90 s wait
         raise AssertionError(f"a notebook cell raised:\n{exc}") from None
     t_rendered = time.monotonic() - t0
@@ -320,23 +303,23 @@ def _drive(lab, browser):
         assert row["p95 ms"] >= row["p50 ms"] > 0 and 0 <= row["P(miss)"] <= 1, (name, row)
     assert before["status"], "no 'updated in N ms' status line"
     try:  # the figure is drawn right after the table; give it a moment so `before` holds the first one
-        before = _wait_for(lambda: (lambda now: now if now["figure"] else None)(_table(browser)), 5, "figure")
+        before = _wait_for_cells(lambda: (lambda now: now if now["figure"] else None)(_table(browser)), 5, "figure")
     except AssertionError:
         pass  # checked (with a clear message) after the slider part
 
-    slider = _wait_for(lambda: browser.execute_script(_SLIDER_JS, SLIDER_LABEL), 10, f"the {SLIDER_LABEL!r} slider")
+    slider = _wait_for_cells(lambda: browser.execute_script(_SLIDER_JS, SLIDER_LABEL), 10, f"the {SLIDER_LABEL!r} slider")
     assert slider["readout"] == "1.00", slider["readout"]
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].focus();",
                            slider["handle"])
     pressed = time.monotonic()
     slider["handle"].send_keys(Keys.END)  # noUiSlider: End jumps to the maximum (10 ×)
-    _wait_for(lambda: browser.execute_script(_SLIDER_JS, SLIDER_LABEL)["readout"] == "10.00", 10,
+    _wait_for_cells(lambda: browser.execute_script(_SLIDER_JS, SLIDER_LABEL)["readout"] == "10.00", 10,
               "the slider readout to reach 10.00")
 
     def changed():
         now = _table(browser)
         return now if now and now["table"] != before["table"] else None
-    after = _wait_for(changed, 30, "the table to update after the slider moved", interval_s=0.05)
+    after = _wait_for_cells(changed, 30, "the table to update after the slider moved", interval_s=0.05)
     seen_ms = (time.monotonic() - pressed) * 1000
 
     la_before, la_after = before["table"]["K8s least-allocated"], after["table"]["K8s least-allocated"]
@@ -358,7 +341,7 @@ def _drive(lab, browser):
         now = _table(browser)
         return now if now and now["figure"] and now["figure"] != before["figure"] else None
     try:
-        after = _wait_for(redrawn, 15, "the figure to be redrawn", interval_s=0.05)
+        after = _wait_for_cells(redrawn, 15, "the figure to be redrawn", interval_s=0.05)
         figure_problem = None
         fig_ms = f"{(time.monotonic() - pressed) * 1000:.0f} ms"
     except AssertionError:
