@@ -431,11 +431,13 @@ def figure_v3(tables: Mapping[str, pd.DataFrame]) -> Figure:
 @styled
 def figure_v5(tables: Mapping[str, pd.DataFrame]) -> Figure:
     """V5: plan latency p50 and p99 vs twin size per policy (warm/fresh twin as line style), and
-    the twin state's update throughput and snapshot time; bands are 95 % CI over seeds."""
+    the twin state's update throughput and snapshot time; bands are 95 % CI over seeds. With a ``kube``
+    table (substrate kube): observe lag p50/p99 and live plan p99 vs KWOK nodes against the 1 s budget."""
     df = tables["results"]
     _require(df, ["nodes", "policy", "p50_ms", "p99_ms"], "V5 results")
     state = tables.get("state")
-    fig, axes = figure(columns=2, height_ratio=0.3, ncols=3 if state is not None else 2)
+    kube = tables.get("kube")       # substrate kube: observe lag vs nodes against the 1 s freshness budget
+    fig, axes = figure(columns=2, height_ratio=0.3, ncols=2 + (state is not None) + (kube is not None))
     modes = list(dict.fromkeys(df["mode"])) if "mode" in df.columns else [None]
     dashes = ["-", "--", ":", "-."]
     for ax, col, title in ((axes[0], "p50_ms", "(a) median plan latency"),
@@ -479,6 +481,22 @@ def figure_v5(tables: Mapping[str, pd.DataFrame]) -> Figure:
             h2, l2 = ax3.get_legend_handles_labels()
             ax2.legend(h1 + h2, l1 + l2, loc="best")
         _panel_label(ax2, "(c) twin state cost")
+    if kube is not None:
+        ax4 = axes[-1]
+        _require(kube, ["nodes", "observe_lag_p50_ms", "observe_lag_p99_ms"], "V5 kube")
+        for col, (c, m), label in (("observe_lag_p50_ms", (OKABE_ITO["blue"], "o"), "observe lag p50"),
+                                   ("observe_lag_p99_ms", (OKABE_ITO["vermillion"], "s"), "observe lag p99")):
+            ci = _per_group_ci(kube, ["nodes"], col).sort_values("nodes")
+            ax4.plot(ci["nodes"], ci["mean"], "-", color=c, marker=m, label=label)
+        ci = _per_group_ci(df, ["nodes"], "p99_ms").sort_values("nodes")
+        ax4.plot(ci["nodes"], ci["mean"], ":", color=OKABE_ITO["black"], marker="^", label="plan p99")
+        ax4.axhline(1000.0, color=GREY, linestyle="--", linewidth=1, label="1 s budget")
+        ax4.set_xscale("log")
+        ax4.set_yscale("log")
+        ax4.set_xlabel("KWOK nodes")
+        ax4.set_ylabel("ms")
+        ax4.legend(loc="best")
+        _panel_label(ax4, f"({'abcd'[len(axes) - 1]}) observe lag")
     return fig
 
 
