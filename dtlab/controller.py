@@ -18,6 +18,13 @@ submitted, and recorded with decision ``refused-stale`` and the reason. ``act(pl
 is the gate + submit half of ``step`` on its own, for plans made elsewhere (the REST API).
 A submit that raises is rolled back (``substrate.cancel(job)`` when the substrate has it)
 so no job is left half-submitted.
+
+After a successful submit the controller tells its own state what it planned: a
+``job-submit`` event with ``stage_ms`` (each stage's predicted service at full allocation
+on its planned node, :func:`planned_stage_ms`), so when the stages run the predictors know
+how long each co-runner still has (the substrate's own job-submit merges with it). Plans
+are made on the snapshot pinned to the substrate's clock (``Snapshot.at``), against which
+co-runners' elapsed time is measured.
 """
 from __future__ import annotations
 
@@ -32,6 +39,7 @@ from .model import Job
 from .plan import Plan
 from .state import Snapshot
 from .telemetry import StaleTelemetry, check_fresh
+from .timing import TimingModel
 
 SUBMITTED, INFEASIBLE, REFUSED_STALE, ROLLED_BACK = "submitted", "infeasible", "refused-stale", "rolled-back"
 
@@ -105,7 +113,7 @@ class Controller:
         arrival = self.substrate.now_ms()
         seed = self.seed * 1_000_003 + self._n
         self._n += 1
-        snap = self.twin.state.snapshot()
+        snap = self.twin.state.snapshot().at(arrival / 1000.0)
         t0 = time.perf_counter()
         try:
             plan = self.twin.plan(job, policy=self.policy, samples=self.samples, seed=seed,
@@ -146,6 +154,10 @@ class Controller:
             self.records.append(self._record(job, plan, arrival, plan.elapsed_ms,
                                              f"submit failed ({note}): {exc!r}", ROLLED_BACK))
             raise
+        self.twin.state.apply({"kind": "job-submit", "job": job.name, "ts": arrival / 1000.0,
+                               "deadline_ms": job.deadline_ms,
+                               "stage_cpu": {s.id: s.compute.cpu for s in job.stages},
+                               "stage_ms": planned_stage_ms(job, plan.placement, self.twin, snapshot)})
         self.records.append(self._record(job, plan, arrival, plan.elapsed_ms, "", SUBMITTED))
         return SUBMITTED
 
@@ -187,6 +199,19 @@ class Controller:
         df["missed"] = df["missed"].astype("boolean").fillna(True).astype(bool)
         df["ok"] = df["ok"].astype("boolean").fillna(False).astype(bool)
         return df
+
+
+def planned_stage_ms(job: Job, placement: dict[str, str], twin, snapshot: Snapshot | None = None) -> dict[str, float]:
+    """{stage: duration * overhead / speed} on its planned node (dtlab.timing); stages that cannot run there are left out."""
+    timing = getattr(twin, "timing", None) or TimingModel()
+    nodes = (snapshot if snapshot is not None else twin.state.snapshot()).nodes
+    out = {}
+    for s in job.stages:
+        status = nodes.get(placement.get(s.id)) if placement.get(s.id) is not None else None
+        fmt = timing.exec_format(s, status.node) if status is not None else None
+        if fmt is not None:
+            out[s.id] = timing.mean_service_ms(s, status.node, fmt[1])
+    return out
 
 
 def _fmt(mapping: dict[str, str]) -> str:

@@ -23,8 +23,14 @@ there - and the one place it approximates it (so experiment V2 can judge it):
 * **DAG**: topological order; a stage starts at ``max`` over predecessors of (their end
   + transfer) - the exact critical-path recursion, per sample.
 * **Capacity**: node n offers ``cores * (1 - b)`` with ``b =
-  timing.background_share(cores, cpu_util, running_cpu)``: telemetry background is lost
-  outright, stages already running are processor-sharing co-runners (as the des path).
+  timing.background_share(cores, cpu_util, R)``: telemetry background is lost outright;
+  ``R`` is the co-runners' cores. The des path runs co-runners as PS tasks with their
+  remaining work (:func:`dtlab.timing.corunner_work`); here, for a stage of mean
+  full-allocation service ``S`` on n, each co-runner with known remaining work ``rem``
+  counts ``cpu * min(1, rem / S)`` (:func:`dtlab.timing.overlap_cpu`: present for that part
+  of the stage), co-runners the twin did not plan count fully (they stay). First order:
+  exact while nothing is oversubscribed or a co-runner outlasts the stage, optimistic when
+  a node goes from oversubscribed to not mid-stage (PS slowdown is convex in demand).
 * **Contention among this job's stages (the approximation)**: the engine shares a node
   among concurrent stages by processor sharing (water-filling, each capped at its
   ``cpu``). The fast path cannot replay PS per sample, so it applies one *static
@@ -57,7 +63,7 @@ import numpy as np
 from .errors import SpecError
 from .model import DEFAULT_INTRA_ZONE, Job, Link
 from .plan import summarize
-from .timing import TimingModel, background_share, rto_ms, throughput_mbps
+from .timing import TimingModel, background_share, corunner_work, overlap_cpu, rto_ms, throughput_mbps
 
 PREDICTORS = ("fast", "legacy", "des")
 JITTER_MEAN = math.sqrt(2 / math.pi)  # E|N(0,1)|
@@ -229,6 +235,11 @@ class NodeTable:
 
     A ``snapshot.nodes`` mapping may offer ``status_arrays(names) -> (up, cordoned, cpu_util,
     running_cpu)`` (four sequences in ``names`` order) to skip building one NodeStatus per node.
+
+    ``capacity`` counts every running stage as staying; :meth:`capacity_for` /
+    :meth:`capacity_at` give the capacity a stage of a given service time sees, with
+    co-runners of known remaining work (read once here, only for nodes with running work,
+    at ``snapshot.clock``) counted for their overlap only.
     """
 
     def __init__(self, snapshot):
@@ -248,9 +259,62 @@ class NodeTable:
             util = np.array([s.cpu_util for s in statuses], dtype=float)
             running = np.array([s.running_cpu for s in statuses], dtype=float)
         self.running = running.astype(float)
-        self.capacity = self.cores * (1.0 - background_share(self.cores, util, self.running))
+        self.util = np.asarray(util, dtype=float)
+        self.capacity = self.cores * (1.0 - background_share(self.cores, self.util, self.running))
         self.up = up.astype(bool)
         self.schedulable = self.up & ~cordoned.astype(bool)
+        self._read_corunners(snapshot)
+
+    def _read_corunners(self, snapshot) -> None:
+        """Flatten co-runners with known remaining work: per co-runner node/cpu/remaining, per node staying cores."""
+        self.stay = self.running                   # cores that stay for any stage, per node
+        self.co_nodes = np.empty(0, dtype=np.int64)  # nodes with at least one leaving co-runner
+        self._co_at: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        busy = np.flatnonzero(self.running > 0)
+        if not busy.size:
+            return
+        now = getattr(snapshot, "clock", None)
+        nodes, names = snapshot.nodes, self.names
+        idx, cpus, rems, stay = [], [], [], None
+        for n in busy.tolist():
+            known, stays = corunner_work(nodes[names[n]], now)
+            if not known:
+                continue
+            if stay is None:
+                stay = self.running.copy()
+            stay[n] = stays
+            c = np.array([k[0] for k in known])
+            r = np.array([k[1] for k in known])
+            self._co_at[n] = (c, r)
+            idx.extend([n] * len(known))
+            cpus.append(c)
+            rems.append(r)
+        if stay is None:
+            return
+        self.stay = stay
+        co_node = np.array(idx, dtype=np.int64)
+        self.co_nodes, self.co_local = np.unique(co_node, return_inverse=True)
+        self.co_node, self.co_cpu, self.co_rem = co_node, np.concatenate(cpus), np.concatenate(rems)
+
+    def capacity_for(self, svc: np.ndarray) -> np.ndarray:
+        """Capacity of every node for a stage whose mean full-allocation service there is ``svc`` (shape (N,))."""
+        nodes = self.co_nodes
+        if not nodes.size:
+            return self.capacity
+        w = overlap_cpu(self.co_cpu, self.co_rem, svc[self.co_node])
+        running = self.stay[nodes] + np.bincount(self.co_local, w, minlength=nodes.size)
+        cap = self.capacity.copy()
+        cores = self.cores[nodes]
+        cap[nodes] = cores * (1.0 - background_share(cores, self.util[nodes], running))
+        return cap
+
+    def capacity_at(self, n: int, svc: float) -> float:
+        """Capacity of node ``n`` for a stage of mean full-allocation service ``svc`` (ms)."""
+        hit = self._co_at.get(n)
+        if hit is None:
+            return float(self.capacity[n])
+        running = self.stay[n] + float(overlap_cpu(hit[0], hit[1], svc).sum())
+        return float(self.cores[n] * (1.0 - background_share(self.cores[n], self.util[n], running)))
 
 
 class StageTable:
@@ -359,9 +423,14 @@ def stage_table(snapshot, job: Job, timing: TimingModel) -> StageTable:
     return view
 
 
-def node_slowdown(nt: NodeTable, cpu: float, extra_demand) -> np.ndarray:
-    """Static processor-sharing slowdown ``max(1, demand / capacity)`` (see the module docstring)."""
-    return np.maximum(1.0, (extra_demand + cpu) / nt.capacity)
+def node_slowdown(nt: NodeTable, cpu: float, extra_demand, svc: np.ndarray | None = None) -> np.ndarray:
+    """Static processor-sharing slowdown ``max(1, demand / capacity)`` (see the module docstring).
+
+    ``svc``: the stage's mean full-allocation service per node (``StageTable.base_svc[i]``), so
+    co-runners that leave early count only for their overlap; None: every co-runner stays.
+    """
+    capacity = nt.capacity if svc is None else nt.capacity_for(svc)
+    return np.maximum(1.0, (extra_demand + cpu) / capacity)
 
 
 # ====================================================================== predictors
@@ -473,9 +542,11 @@ def _fast(snapshot, job, placement, shadow, S, rng, timing) -> np.ndarray:
     for i in range(st.t):
         n = run_on[i]
         share = (run_on == n) & ~st.related[i]
-        svc_first[i] = st.base_svc[i, n] * max(1.0, (st.cpu[i] + st.cpu[share].sum()) / nt.capacity[n])
+        base = st.base_svc[i, n]
+        svc_first[i] = base * max(1.0, (st.cpu[i] + st.cpu[share].sum()) / nt.capacity_at(n, base))
         r = restart[i]
-        svc_restart[i] = svc_first[i] if r == n else st.base_svc[i, r] * max(1.0, st.cpu[i] / nt.capacity[r])
+        svc_restart[i] = svc_first[i] if r == n else \
+            st.base_svc[i, r] * max(1.0, st.cpu[i] / nt.capacity_at(r, st.base_svc[i, r]))
     origin = job.origin_zone
     orow = nt.origin_row(origin)
     links: dict[tuple[int, int], tuple[bool, Link | None]] = {}

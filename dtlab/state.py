@@ -22,14 +22,24 @@ telemetry           ``node``, ``cpu_util`` in [0,1] (background share of cores b
 link                ``a``, ``b`` (zones or nodes); any of latency_ms, bandwidth_mbps,
                     loss, jitter_ms; ``up: false`` cuts the link (partition)
 link-reset          ``a``, ``b``: back to the spec's link
-job-submit          ``job``: name; optional ``deadline_ms`` and ``stage_cpu`` {stage: cores}
+job-submit          ``job``: name; optional ``deadline_ms``, ``stage_cpu`` {stage: cores} and
+                    ``stage_ms`` {stage: the twin's predicted service ms at full allocation on the
+                    planned node}; a later job-submit for the same job merges (a missing key keeps
+                    the earlier value), so the controller's and the substrate's events can both arrive
 stage-start         ``job``, ``stage``, ``node``
 stage-end           ``job``, ``stage``, ``node``, ``ok`` (default true)
 chaos               ``fault``: a FaultScenario fault dict (recorded; its effects come as the events above)
 ==================  =====================================================================
+
+**Co-runners.** Each NodeStatus also lists the stages running on it (``corunners``: job,
+stage, cpu, start_ts, service_ms), so a predictor can estimate when each will leave
+(:meth:`CoRunner.remaining_ms`); ``service_ms`` is None for stages the twin did not plan (no
+``stage_ms``), which predictors treat as staying. ``Snapshot.clock`` is the newest event
+``ts`` applied (the state's notion of now; ``Snapshot.at`` pins it to a known time).
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -263,6 +273,29 @@ def _put_cols(cols, pos: int, s: "NodeStatus") -> None:
 
 
 @dataclass(frozen=True)
+class CoRunner:
+    """A stage running on a node, with what the twin planned for it (to estimate when it leaves)."""
+    job: str
+    stage: str
+    cpu: float
+    start_ts: float | None         # stage-start ts (seconds); None: unknown
+    service_ms: float | None       # predicted service at full allocation; None: not planned by the twin
+
+    def remaining_ms(self, now: float | None, share: float = 1.0) -> float:
+        """Work left (ms at full allocation): ``max(0, service_ms - elapsed * share)``; inf if unknown.
+
+        ``share`` is the fraction of its ``cpu`` the stage got while running (1 on a node
+        that was not oversubscribed). Unknown start or clock: nothing elapsed (an upper bound).
+        """
+        if self.service_ms is None:
+            return math.inf
+        if now is None or self.start_ts is None:
+            return self.service_ms
+        elapsed_ms = max(0.0, (now - self.start_ts) * 1000.0)
+        return max(0.0, self.service_ms - elapsed_ms * share)
+
+
+@dataclass(frozen=True)
 class NodeStatus:
     node: Node
     up: bool = True
@@ -270,6 +303,7 @@ class NodeStatus:
     cpu_util: float = 0.0          # background utilisation from telemetry
     telemetry_ts: float | None = None
     running_cpu: float = 0.0       # cores claimed by stages the twin knows are running
+    corunners: tuple[CoRunner, ...] = ()   # those stages (start order)
 
     @property
     def schedulable(self) -> bool:
@@ -295,6 +329,18 @@ class Snapshot:
     nodes: Mapping[str, NodeStatus]
     link_overrides: Mapping[tuple[str, str], Link | None]   # None = cut
     stages: Mapping[tuple[str, str], StageStatus]
+    clock: float | None = None              # newest event ts applied (seconds); None: no ts seen
+
+    def at(self, now: float) -> "Snapshot":
+        """This snapshot with ``clock`` pinned to ``now`` (e.g. the substrate's time at planning).
+
+        Event ts lag the present (telemetry is stamped when sampled, and nothing happens
+        between events), so the planner passes the time it knows; co-runners' elapsed time
+        is measured against it.
+        """
+        if isinstance(now, bool) or not isinstance(now, (int, float)) or not math.isfinite(now):
+            raise SpecError("now", f"must be a finite number of seconds, got {now!r}")
+        return replace(self, clock=float(now))
 
     def link(self, src: str, dst: str) -> Link | None:
         """Current link from node ``src`` to ``dst`` (None for same node); raises if cut."""
@@ -364,6 +410,7 @@ class ClusterState:
         self._version = 0
         self._snap: Snapshot | None = None
         self._nodes_changed = False
+        self._clock: float | None = None      # newest event ts applied
 
     @property
     def version(self) -> int:
@@ -387,6 +434,7 @@ class ClusterState:
                     nodes=NodeMap(self._nodes.freeze(), self._cols, self._node_layout),
                     link_overrides=MappingProxyType(dict(self._links)),   # a handful of entries
                     stages=FrozenMap(self._stages.freeze()),
+                    clock=self._clock,
                 )
             return self._snap
 
@@ -421,8 +469,24 @@ class ClusterState:
                 staged.apply(event, f"[{i}]" if len(events) > 1 else "")
             if staged.changed:
                 staged.commit()
+                if staged.clock is not None and (self._clock is None or staged.clock > self._clock):
+                    self._clock = staged.clock
                 self._version += 1
             return self._version
+
+
+def _stage_ms(value: Any, path: str) -> dict[str, float]:
+    """``stage_ms`` of a job-submit: {stage id: finite service ms >= 0}."""
+    if not isinstance(value, Mapping):
+        raise SpecError(path, "must map stage ids to predicted service ms")
+    out = {}
+    for k, v in value.items():
+        if not isinstance(k, str):
+            raise SpecError(path, f"keys must be stage ids, got {k!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise SpecError(f"{path}.{k}", f"must be a finite number of ms >= 0, got {v!r}")
+        out[k] = float(v)
+    return out
 
 
 class _Staging:
@@ -436,6 +500,7 @@ class _Staging:
         self.jobs: dict[str, dict[str, Any]] = {}
         self.chaos: list[dict[str, Any]] = []
         self.changed = False
+        self.clock: float | None = None       # newest ts in the batch
 
     def node(self, name: Any, path: str) -> NodeStatus:
         if not isinstance(name, str):
@@ -459,6 +524,8 @@ class _Staging:
         ts = event.get("ts")
         if ts is not None and (isinstance(ts, bool) or not isinstance(ts, (int, float))):
             raise SpecError(p + "ts", "must be a number (seconds)")
+        if ts is not None and math.isfinite(ts) and (self.clock is None or ts > self.clock):
+            self.clock = float(ts)
         if kind == "node-add":
             spec = event.get("node")
             if not isinstance(spec, Mapping):
@@ -520,8 +587,10 @@ class _Staging:
             stage_cpu = event.get("stage_cpu", {})
             if not isinstance(stage_cpu, Mapping):
                 raise SpecError(p + "stage_cpu", "must map stage ids to cores")
-            self.jobs[job] = {"submitted_ts": ts, "deadline_ms": event.get("deadline_ms"),
-                              "stage_cpu": dict(stage_cpu)}
+            info = {"submitted_ts": ts, "deadline_ms": event.get("deadline_ms"), "stage_cpu": dict(stage_cpu)}
+            if "stage_ms" in event:
+                info["stage_ms"] = _stage_ms(event["stage_ms"], p + "stage_ms")
+            self.jobs.setdefault(job, {}).update(info)
             self.changed = True
         elif kind in ("stage-start", "stage-end"):
             job, stage, node = event.get("job"), event.get("stage"), event.get("node")
@@ -559,10 +628,21 @@ class _Staging:
         cpu = self._stage_cpu(new)
         if from_running:
             s = self.node(prev.node, "node")
-            self.put(replace(s, running_cpu=max(0.0, s.running_cpu - cpu)))
+            key = (prev.job, prev.stage)
+            self.put(replace(s, running_cpu=max(0.0, s.running_cpu - cpu),
+                             corunners=tuple(c for c in s.corunners if (c.job, c.stage) != key)))
         if to_running:
             s = self.node(new.node, "node")
-            self.put(replace(s, running_cpu=s.running_cpu + cpu))
+            co = CoRunner(new.job, new.stage, cpu, new.start_ts, self._stage_ms(new))
+            self.put(replace(s, running_cpu=s.running_cpu + cpu, corunners=s.corunners + (co,)))
+
+    def _stage_ms(self, status: StageStatus) -> float | None:
+        """The twin's planned service ms of the stage (staged job-submit first, then the committed one)."""
+        for store in (self.jobs, self.state._jobs):
+            ms = store.get(status.job, {}).get("stage_ms", {}).get(status.stage)
+            if ms is not None:
+                return ms
+        return None
 
     def _stage_cpu(self, status: StageStatus) -> float:
         info = self.jobs.get(status.job) or self.state._jobs.get(status.job, {})

@@ -107,14 +107,71 @@ def background_share(cores, cpu_util, running_cpu):
     Telemetry background ``cpu_util`` is capacity lost outright. Stages already running
     (``running_cpu`` cores) are co-runners under processor sharing: while they fit, they
     take their cores; once the node is oversubscribed a newcomer still gets its fair
-    share ``avail / (running + 1)`` rather than nothing. Co-runners are assumed to stay
-    for the whole stage, which errs on the slow side (in PS they leave and free cores).
+    share ``avail / (running + 1)`` rather than nothing. ``running_cpu`` as given is
+    assumed to stay for the whole stage; pass :func:`overlap_cpu` of the co-runners whose
+    remaining work is known instead, so those that leave early count only for the part
+    of the stage they overlap.
     """
     avail = np.asarray(cores, dtype=float) * (1.0 - np.minimum(cpu_util, MAX_BACKGROUND))
     running = np.asarray(running_cpu, dtype=float)
     usable = np.maximum(avail - running, avail / (running + 1.0))
     share = 1.0 - usable / np.asarray(cores, dtype=float)
     return np.clip(share, 0.0, MAX_BACKGROUND)
+
+
+def progress_share(cores, cpu_util, running_cpu):
+    """Fraction of its ``cpu`` a running co-runner has been getting: 1, or ``avail / running`` if oversubscribed.
+
+    A first-order guess at its past: the twin does not replay the node's history, so it
+    takes today's load (telemetry background, cores of the stages running now) as the
+    load since the co-runner started.
+    """
+    avail = np.asarray(cores, dtype=float) * (1.0 - np.minimum(cpu_util, MAX_BACKGROUND))
+    running = np.asarray(running_cpu, dtype=float)
+    return np.minimum(1.0, avail / np.maximum(running, 1e-12))
+
+
+def overlap_cpu(cpu, remaining_ms, service_ms):
+    """Cores co-runners claim on average over a newcomer's stage: ``cpu * min(1, remaining / service)``.
+
+    ``remaining_ms`` (a co-runner's work left) and ``service_ms`` (the newcomer's) are
+    both at full allocation. Under processor sharing both slow down by about the same
+    factor while they overlap, so the co-runner is present for about ``remaining /
+    service`` of the newcomer's work; averaging its cores over the newcomer's work is
+    the first-order (work-weighted mean demand) version of the PS replay the des path
+    runs. It is optimistic when the node flips from oversubscribed to not mid-stage
+    (slowdown is convex in demand). ``remaining_ms`` inf = stays; ``service_ms`` 0 =
+    full overlap. Broadcasts.
+    """
+    rem = np.asarray(remaining_ms, dtype=float)
+    svc = np.asarray(service_ms, dtype=float)
+    frac = np.where(svc > 0, np.minimum(1.0, rem / np.where(svc > 0, svc, 1.0)), 1.0)
+    return np.asarray(cpu, dtype=float) * frac
+
+
+def corunner_work(status, now: float | None) -> tuple[list[tuple[float, float]], float]:
+    """Co-runners of a node: ``([(cpu, remaining ms)] of those with known work, cores of those that stay)``.
+
+    ``status`` is a :class:`dtlab.state.NodeStatus` (duck-typed: ``node.cores``,
+    ``cpu_util``, ``running_cpu``, optional ``corunners``); ``now`` its snapshot's clock
+    (seconds). Remaining work = ``max(0, service_ms - elapsed * share)`` with ``share``
+    from :func:`progress_share` (full speed unless the node is oversubscribed now).
+    Stages the twin did not plan (no ``service_ms``) and running cores no co-runner
+    accounts for (mappings without ``corunners``) stay. Both predictors read this, so
+    they start from the same remaining work.
+    """
+    corunners = getattr(status, "corunners", ())
+    running = float(status.running_cpu)
+    if not corunners:
+        return [], running
+    share = float(progress_share(status.node.cores, status.cpu_util, running))
+    known, known_cpu = [], 0.0
+    for c in corunners:
+        if c.service_ms is None:
+            continue
+        known.append((float(c.cpu), c.remaining_ms(now, share)))
+        known_cpu += float(c.cpu)
+    return known, max(0.0, running - known_cpu)
 
 
 def throughput_mbps(link: Link) -> float:

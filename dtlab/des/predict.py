@@ -10,14 +10,59 @@ from typing import Mapping
 
 import numpy as np
 
-from ..model import Cluster, Job
+from ..model import Cluster, Compute, Job, Stage
 from ..state import NodeStatus, Snapshot
-from ..timing import TimingModel, background_share
+from ..timing import TimingModel, background_share, corunner_work
 from .engine import Engine
 
+STAY_MS = 1e12        # work of a co-runner that stays (not planned by the twin): outlasts any prediction
+_PHANTOM = "\x00co-runner-"   # phantom job names: cannot clash with a job name from a spec
+
+
 def effective_background(status: NodeStatus) -> float:
-    """Share of a node's cores the predicted job cannot use (:func:`dtlab.timing.background_share`)."""
+    """Share of a node's cores lost if every running stage stayed (:func:`dtlab.timing.background_share`).
+
+    Kept for callers that want one number per node; :func:`sample_latencies_des` itself runs
+    the co-runners as tasks (:func:`corunner_tasks`) and uses only telemetry as background.
+    """
     return float(background_share(status.node.cores, status.cpu_util, status.running_cpu))
+
+
+def corunner_tasks(status: NodeStatus, now: float | None) -> list[tuple[float, float]]:
+    """(cpu, remaining ms at full allocation) of the stages running on a node; STAY_MS for those that stay.
+
+    From :func:`dtlab.timing.corunner_work` (the fast path reads the same); co-runners
+    already done by the estimate (remaining 0) are left out.
+    """
+    known, stays = corunner_work(status, now)
+    tasks = [(cpu, rem) for cpu, rem in known if rem > 0]
+    if stays > 1e-9:
+        tasks.append((stays, STAY_MS))
+    return tasks
+
+
+def _phantoms(snapshot: Snapshot, used, timing: TimingModel) -> tuple[list[tuple[Job, str, float]], dict[str, float]]:
+    """Co-runners as one-stage jobs ``(job, node, scale)`` whose service is their remaining work.
+
+    A phantom stage has ``duration_ms`` 1, so ``scale = remaining * speed / overhead`` makes the
+    engine's service ``remaining * X`` (X the timing model's noise, mean 1). No transfers (no
+    origin), no failures. A co-runner that cannot be expressed (no format for it on its node)
+    is folded into the node's background instead (its cores, returned per node).
+    """
+    out, extra = [], {}
+    now = getattr(snapshot, "clock", None)
+    for name in sorted(used):
+        status = snapshot.nodes[name]
+        node = status.node
+        for cpu, rem in corunner_tasks(status, now):
+            cpu = min(cpu, float(node.cores))
+            stage = Stage("co", Compute(cpu=cpu, mem_gb=0.0, duration_ms=1.0))
+            fmt = timing.exec_format(stage, node) if cpu > 0 else None
+            if fmt is None:
+                extra[name] = extra.get(name, 0.0) + cpu
+                continue
+            out.append((Job(f"{_PHANTOM}{len(out)}", (stage,)), name, rem * node.speed / fmt[1]))
+    return out, extra
 
 
 def stage_failure_probs(job: Job, placement: Mapping[str, str], cluster: Cluster) -> dict[str, float]:
@@ -44,12 +89,13 @@ def sample_latencies_des(snapshot: Snapshot, job: Job, placement: Mapping[str, s
 
     The model (shared with the ``fast`` path):
 
-    * **Capacity.** Node n offers ``cores * (1 - b)`` cores with
-      ``b = timing.background_share(cores, cpu_util, running_cpu)``: telemetry load is
-      lost outright; running stages are processor-sharing co-runners that stay.
-      Stages of this job share it by processor sharing, each capped at its ``cpu``; a
-      stage alone on its node runs ``cpu / min(cpu, capacity)`` times slower than its
-      service time.
+    * **Capacity.** Node n offers ``cores * (1 - min(cpu_util, 0.95))``: telemetry load
+      is lost outright. Stages already running there (the snapshot's co-runners) are
+      submitted as one-stage phantom jobs on n at time 0 whose work is their remaining
+      work (:func:`corunner_tasks`; ``STAY_MS`` for co-runners the twin did not plan,
+      which stay), capped at their ``cpu``, without transfers or failures. Stages of this
+      job and the phantoms share n by processor sharing (water-filling), each capped at
+      its ``cpu``, so co-runners that finish free their cores exactly as in the engine.
     * **Service** of stage s on node n: ``duration_ms * overhead(format) / speed * X``,
       ``X`` = ``timing.service_noise`` drawn once per stage per sample.
     * **Transfers**: ``timing.sample_transfer_ms`` over ``snapshot``'s links for each
@@ -75,7 +121,9 @@ def sample_latencies_des(snapshot: Snapshot, job: Job, placement: Mapping[str, s
     used = set(placement.values()) | set(shadow.values())
     sub = Cluster(full.name, tuple(n for n in full.nodes if n.name in used), full.links)
     nodes = snapshot.nodes
-    background = {name: effective_background(nodes[name]) for name in used}
+    phantoms, folded = _phantoms(snapshot, used, timing)
+    background = {name: float(background_share(nodes[name].node.cores, nodes[name].cpu_util, folded.get(name, 0.0)))
+                  for name in used}
     down = [name for name in used if not nodes[name].up]
     p_fail = stage_failure_probs(job, placement, sub)
     risky = [sid for sid, p in p_fail.items() if p > 0]
@@ -90,9 +138,11 @@ def sample_latencies_des(snapshot: Snapshot, job: Job, placement: Mapping[str, s
         eng = Engine(sub, timing, rng, background=background, links=links, down=down,
                      record_stages=False, formats=formats)
         eng.replan = _same_node
+        for pj, node, scale in phantoms:
+            eng.submit(pj, {"co": node}, scale=scale)
         eng.submit(job, placement, shadow, stage_failures=failures)
         eng.run()
-        jr = eng._done[0]
+        jr = next(r for r in eng._done if r.name == job.name)
         out[i] = np.inf if jr.lost else jr.end_ms - jr.arrival_ms
     return out
 

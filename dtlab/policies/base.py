@@ -93,7 +93,7 @@ class Builder:
 
     def svc_mean(self, i: int) -> np.ndarray:
         st = self.st
-        return st.base_svc[i] * node_slowdown(self.nt, st.cpu[i], self.extra_demand(i))
+        return st.base_svc[i] * node_slowdown(self.nt, st.cpu[i], self.extra_demand(i), st.base_svc[i])
 
     def finish_mean(self, i: int) -> np.ndarray:
         """Mean end time of stage i on each node; inf where it may not or cannot run."""
