@@ -108,3 +108,45 @@ def test_concurrent_apply_and_snapshot_are_consistent(state):
         t.join()
     assert not errors
     assert state.snapshot().version == n_writers * per_writer
+
+
+def test_stage_ms_gives_corunners_with_remaining_work(state):
+    state.apply({"kind": "job-submit", "job": "j1", "stage_cpu": {"a": 2, "b": 1}, "stage_ms": {"a": 1500, "b": 400},
+                 "ts": 9.0})
+    # the substrate's own job-submit (no stage_ms) merges without dropping the twin's
+    state.apply({"kind": "job-submit", "job": "j1", "stage_cpu": {"a": 2, "b": 1}, "ts": 9.0})
+    state.apply_many([{"kind": "stage-start", "job": "j1", "stage": "a", "node": "cloud-0", "ts": 10.0},
+                      {"kind": "stage-start", "job": "j1", "stage": "b", "node": "cloud-0", "ts": 10.5},
+                      {"kind": "stage-start", "job": "other", "stage": "x", "node": "cloud-0", "ts": 10.5}])
+    snap = state.snapshot()
+    assert snap.clock == 10.5
+    co = {(c.job, c.stage): c for c in snap.nodes["cloud-0"].corunners}
+    assert set(co) == {("j1", "a"), ("j1", "b"), ("other", "x")}
+    assert (co["j1", "a"].cpu, co["j1", "a"].start_ts, co["j1", "a"].service_ms) == (2.0, 10.0, 1500.0)
+    assert co["other", "x"].service_ms is None                       # not planned by the twin: stays
+    assert co["other", "x"].remaining_ms(11.0) == float("inf")
+    assert co["j1", "a"].remaining_ms(11.0) == pytest.approx(500.0)      # 1 s elapsed at full speed
+    assert co["j1", "a"].remaining_ms(11.0, share=0.5) == pytest.approx(1000.0)
+    assert co["j1", "b"].remaining_ms(12.0) == 0.0                   # overdue: leaving
+    pinned = snap.at(11.0)
+    assert pinned.clock == 11.0 and snap.clock == 10.5 and pinned.nodes is snap.nodes
+    state.apply({"kind": "stage-end", "job": "j1", "stage": "a", "node": "cloud-0", "ts": 11.5})
+    after = state.snapshot()
+    assert [(c.job, c.stage) for c in after.nodes["cloud-0"].corunners] == [("j1", "b"), ("other", "x")]
+    assert after.nodes["cloud-0"].running_cpu == 2.0
+    assert len(snap.nodes["cloud-0"].corunners) == 3, "an old snapshot must not change"
+
+
+@pytest.mark.parametrize("stage_ms,field", [
+    ([1, 2], "stage_ms"),
+    ({"a": -1}, "stage_ms.a"),
+    ({"a": float("nan")}, "stage_ms.a"),
+    ({"a": True}, "stage_ms.a"),
+    ({"a": "10"}, "stage_ms.a"),
+])
+def test_bad_stage_ms_names_the_field(state, stage_ms, field):
+    v = state.version
+    with pytest.raises(SpecError) as err:
+        state.apply({"kind": "job-submit", "job": "j", "stage_ms": stage_ms})
+    assert err.value.field == field
+    assert state.version == v
