@@ -327,3 +327,27 @@ def test_greedy_avoids_the_node_whose_corunners_stay():
     stays = dtlab.Twin(dtlab.ClusterState(c))
     stays.state.apply_many([{k: v for k, v in e.items() if k != "stage_ms"} for e in events])
     assert stays.plan(single_job(cpu=4, duration=1000), policy="greedy").prediction["p50_ms"] > 1900
+
+
+def test_controller_tells_the_state_its_planned_stage_ms():
+    """After submit the controller's job-submit carries stage_ms: the running stage is a co-runner with known work."""
+    pytest.importorskip("simpy")
+    from dtlab.controller import Controller
+    from dtlab.substrates import make_substrate
+    c = two_zone()
+    twin = dtlab.Twin(c)
+    j = single_job(cpu=1, duration=5000)
+    with make_substrate("sim", c, seed=0, failure_rate_per_h=0.0, link_sigma=0.0) as sub:
+        ctl = Controller(twin, sub, policy="greedy", samples=16)
+        plan = ctl.step(j, 0.0)
+        sub.advance(1500.0)
+        ctl.sync()
+        snap = twin.state.snapshot()
+    node = snap.nodes[plan.placement["s"]]
+    factor = TIMING.exec_format(j.stages[0], node.node)[1]
+    [co] = node.corunners
+    assert (co.job, co.stage, co.cpu, co.start_ts) == ("one", "s", 1.0, 0.0)
+    assert co.service_ms == pytest.approx(5000 * factor / node.node.speed)
+    # the state's clock is the newest event ts (<= 1.5 s); pinned to 1.5 s, 1.5 s of work is done
+    assert snap.clock <= 1.5
+    assert co.remaining_ms(snap.at(1.5).clock) == pytest.approx(co.service_ms - 1500)
