@@ -262,8 +262,37 @@ def _put(queue, writer, item) -> None:
                                  "(the writer is a spawned process)") from None
 
 
-def kube_scale(template, job, nodes: int, seed: int, p: dict, plane: str | None = None) -> dict[str, Any]:
-    """One node count on a fresh local plane: plans, observe lag, memory, API latency, state agreement."""
+class _scale_heartbeats:
+    """Lengthen the plane's node lease (and the node-monitor grace that must exceed it) while it starts.
+
+    Why: KWOK renews every node's Lease each ``lease/4`` seconds; with localplane's 10 s (chosen so
+    fault tests detect a dead node in seconds) 1,000 nodes are 400 lease PUTs/s, which a shared 2-core
+    host cannot serve: leases expire and healthy nodes flap NotReady (their pods get evicted). V5
+    measures the twin, not failure detection, so it uses ``lease_s`` (default 40 s, grace 2x). The
+    values are localplane's module settings read by ``up``; restored on exit.
+    """
+
+    def __init__(self, lp, lease_s: float):
+        self.lp, self.lease_s = lp, lease_s
+
+    def __enter__(self):
+        self.saved = (self.lp.NODE_LEASE_SECONDS, self.lp.NODE_MONITOR_GRACE)
+        if self.lease_s:
+            self.lp.NODE_LEASE_SECONDS = int(self.lease_s)
+            self.lp.NODE_MONITOR_GRACE = f"{int(2 * self.lease_s)}s"
+        return self
+
+    def __exit__(self, *exc):
+        self.lp.NODE_LEASE_SECONDS, self.lp.NODE_MONITOR_GRACE = self.saved
+        return False
+
+
+def kube_scale(template, job, nodes: int, seed: int, p: dict, plane: str | None = None,
+               lease_s: float = 40.0) -> dict[str, Any]:
+    """One node count on a fresh local plane: plans, observe lag, memory, API latency, state agreement.
+
+    ``lease_s``: KWOK node lease for this plane (see :class:`_scale_heartbeats`; 0 keeps localplane's).
+    """
     import multiprocessing as mp
     from dataclasses import replace
 
@@ -283,7 +312,8 @@ def kube_scale(template, job, nodes: int, seed: int, p: dict, plane: str | None 
              for n in cluster.nodes]
     deadline = time.monotonic() + p["kube_timeout_s"]
     t0 = time.perf_counter()
-    st = lp.up(specs, name=plane, timeout=max(180.0, nodes * 0.2))
+    with _scale_heartbeats(lp, lease_s):
+        st = lp.up(specs, name=plane, timeout=max(180.0, nodes * 0.2))
     up_s = time.perf_counter() - t0
     obs = writer = None
     out: dict[str, Any] = {"nodes": nodes, "seed": seed, "up_s": up_s, "nodes_per_s": nodes / up_s}
