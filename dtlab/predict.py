@@ -63,7 +63,8 @@ import numpy as np
 from .errors import SpecError
 from .model import DEFAULT_INTRA_ZONE, Job, Link
 from .plan import summarize
-from .timing import TimingModel, background_share, corunner_work, overlap_cpu, rto_ms, throughput_mbps
+from .timing import (MAX_BACKGROUND, TimingModel, background_share, overlap_cpu, progress_share, remaining_work_ms, rto_ms,
+                     throughput_mbps)
 
 PREDICTORS = ("fast", "legacy", "des")
 JITTER_MEAN = math.sqrt(2 / math.pi)  # E|N(0,1)|
@@ -266,54 +267,68 @@ class NodeTable:
         self._read_corunners(snapshot)
 
     def _read_corunners(self, snapshot) -> None:
-        """Flatten co-runners with known remaining work: per co-runner node/cpu/remaining, per node staying cores."""
+        """Flatten co-runners with known remaining work: per co-runner node/cpu/remaining, per node staying cores.
+
+        One Python step per co-runner on a node with running work (attribute reads only); the
+        remaining work (:func:`dtlab.timing.remaining_work_ms`, progress share of each node) is
+        vectorised. Same rule as :func:`dtlab.timing.corunner_work`, which the des path reads.
+        """
         self.stay = self.running                   # cores that stay for any stage, per node
         self.co_nodes = np.empty(0, dtype=np.int64)  # nodes with at least one leaving co-runner
-        self._co_at: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._co_at: dict[int, slice] = {}
         busy = np.flatnonzero(self.running > 0)
         if not busy.size:
             return
-        now = getattr(snapshot, "clock", None)
-        nodes, names = snapshot.nodes, self.names
-        idx, cpus, rems, stay = [], [], [], None
+        nodes, names, nan = snapshot.nodes, self.names, math.nan
+        rows, cpu, start, svc = [], [], [], []
         for n in busy.tolist():
-            known, stays = corunner_work(nodes[names[n]], now)
-            if not known:
-                continue
-            if stay is None:
-                stay = self.running.copy()
-            stay[n] = stays
-            c = np.array([k[0] for k in known])
-            r = np.array([k[1] for k in known])
-            self._co_at[n] = (c, r)
-            idx.extend([n] * len(known))
-            cpus.append(c)
-            rems.append(r)
-        if stay is None:
+            for c in getattr(nodes[names[n]], "corunners", ()):
+                if c.service_ms is not None:
+                    rows.append(n)
+                    cpu.append(c.cpu)
+                    start.append(nan if c.start_ts is None else c.start_ts)
+                    svc.append(c.service_ms)
+        if not rows:
             return
-        self.stay = stay
-        co_node = np.array(idx, dtype=np.int64)
-        self.co_nodes, self.co_local = np.unique(co_node, return_inverse=True)
-        self.co_node, self.co_cpu, self.co_rem = co_node, np.concatenate(cpus), np.concatenate(rems)
+        co_node = np.array(rows, dtype=np.int64)     # ascending (busy is sorted): one segment per node
+        co_cpu = np.array(cpu, dtype=float)
+        share = progress_share(self.cores[co_node], self.util[co_node], self.running[co_node])
+        co_rem = remaining_work_ms(np.array(svc, dtype=float), np.array(start, dtype=float),
+                                   getattr(snapshot, "clock", None), share)
+        self.stay = np.maximum(0.0, self.running - np.bincount(co_node, co_cpu, minlength=self.n))
+        self.co_nodes, first, counts = np.unique(co_node, return_index=True, return_counts=True)
+        self.co_local = np.repeat(np.arange(self.co_nodes.size), counts)
+        self.co_node, self.co_cpu, self.co_rem = co_node, co_cpu, co_rem
+        self._co_at = {n: slice(f, f + k) for n, f, k in zip(self.co_nodes.tolist(), first.tolist(), counts.tolist())}
+        nodes = self.co_nodes
+        self._co_stay, self._co_cores = self.stay[nodes], self.cores[nodes]
+        self._co_avail = self._co_cores * (1.0 - np.minimum(self.util[nodes], MAX_BACKGROUND))
+        self._co_min = self._co_cores * (1.0 - MAX_BACKGROUND)   # background_share's clip, as capacity
 
     def capacity_for(self, svc: np.ndarray) -> np.ndarray:
-        """Capacity of every node for a stage whose mean full-allocation service there is ``svc`` (shape (N,))."""
+        """Capacity of every node for a stage whose mean full-allocation service there is ``svc`` (shape (N,)).
+
+        ``cores * (1 - background_share(cores, util, stay + sum overlap_cpu))`` on the nodes with
+        leaving co-runners (inlined, with the per-node constants precomputed: the planner's hot path).
+        """
         nodes = self.co_nodes
         if not nodes.size:
             return self.capacity
-        w = overlap_cpu(self.co_cpu, self.co_rem, svc[self.co_node])
-        running = self.stay[nodes] + np.bincount(self.co_local, w, minlength=nodes.size)
+        s = svc[self.co_node]
+        frac = np.minimum(1.0, np.divide(self.co_rem, s, out=np.full(s.shape, np.inf), where=s > 0))
+        running = self._co_stay + np.bincount(self.co_local, self.co_cpu * frac, minlength=nodes.size)
+        avail = self._co_avail
+        usable = np.maximum(avail - running, avail / (running + 1.0))
         cap = self.capacity.copy()
-        cores = self.cores[nodes]
-        cap[nodes] = cores * (1.0 - background_share(cores, self.util[nodes], running))
+        cap[nodes] = np.clip(usable, self._co_min, self._co_cores)
         return cap
 
     def capacity_at(self, n: int, svc: float) -> float:
         """Capacity of node ``n`` for a stage of mean full-allocation service ``svc`` (ms)."""
-        hit = self._co_at.get(n)
-        if hit is None:
+        seg = self._co_at.get(n)
+        if seg is None:
             return float(self.capacity[n])
-        running = self.stay[n] + float(overlap_cpu(hit[0], hit[1], svc).sum())
+        running = self.stay[n] + float(overlap_cpu(self.co_cpu[seg], self.co_rem[seg], svc).sum())
         return float(self.cores[n] * (1.0 - background_share(self.cores[n], self.util[n], running)))
 
 

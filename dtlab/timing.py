@@ -149,6 +149,20 @@ def overlap_cpu(cpu, remaining_ms, service_ms):
     return np.asarray(cpu, dtype=float) * frac
 
 
+def remaining_work_ms(service_ms, start_ts, now: float | None, share):
+    """Co-runners' work left (ms at full allocation): ``max(0, service_ms - elapsed * share)``. Broadcasts.
+
+    ``start_ts`` and ``now`` in seconds; a NaN start or no clock counts as nothing elapsed
+    (an upper bound). Same rule as :meth:`dtlab.state.CoRunner.remaining_ms`.
+    """
+    svc = np.asarray(service_ms, dtype=float)
+    if now is None:
+        return svc.copy()
+    start = np.asarray(start_ts, dtype=float)
+    elapsed = np.where(np.isnan(start), 0.0, np.maximum(0.0, (now - np.where(np.isnan(start), 0.0, start)) * 1000.0))
+    return np.maximum(0.0, svc - elapsed * np.asarray(share, dtype=float))
+
+
 def corunner_work(status, now: float | None) -> tuple[list[tuple[float, float]], float]:
     """Co-runners of a node: ``([(cpu, remaining ms)] of those with known work, cores of those that stay)``.
 
@@ -165,13 +179,13 @@ def corunner_work(status, now: float | None) -> tuple[list[tuple[float, float]],
     if not corunners:
         return [], running
     share = float(progress_share(status.node.cores, status.cpu_util, running))
-    known, known_cpu = [], 0.0
-    for c in corunners:
-        if c.service_ms is None:
-            continue
-        known.append((float(c.cpu), c.remaining_ms(now, share)))
-        known_cpu += float(c.cpu)
-    return known, max(0.0, running - known_cpu)
+    planned = [c for c in corunners if c.service_ms is not None]
+    if not planned:
+        return [], running
+    rem = remaining_work_ms([c.service_ms for c in planned],
+                            [math.nan if c.start_ts is None else c.start_ts for c in planned], now, share)
+    known = [(float(c.cpu), float(r)) for c, r in zip(planned, rem)]
+    return known, max(0.0, running - sum(c for c, _ in known))
 
 
 def throughput_mbps(link: Link) -> float:

@@ -351,3 +351,26 @@ def test_controller_tells_the_state_its_planned_stage_ms():
     # the state's clock is the newest event ts (<= 1.5 s); pinned to 1.5 s, 1.5 s of work is done
     assert snap.clock <= 1.5
     assert co.remaining_ms(snap.at(1.5).clock) == pytest.approx(co.service_ms - 1500)
+
+
+def test_capacity_for_is_the_overlap_rule_per_node():
+    """The planner's vectorised capacity equals background_share over stay + sum cpu*min(1, rem/S), node by node."""
+    from dtlab.predict import node_table
+    from dtlab.timing import background_share
+    snap = corunner_snapshot("cloud-0", [(2, 300), (2, 1200), (1, 2900)], util=0.2)
+    st = dtlab.ClusterState(two_zone())
+    st.apply_many([{"kind": "job-submit", "job": "u", "stage_cpu": {"x": 1}},           # not planned: stays
+                   {"kind": "stage-start", "job": "u", "stage": "x", "node": "cloud-0", "ts": 99.0}])
+    nt = node_table(snap)
+    k = nt.index["cloud-0"]
+    for s_ms in (0.0, 250.0, 600.0, 2400.0, 10_000.0):
+        svc = np.full(nt.n, s_ms)
+        running = sum(c * min(1.0, r / s_ms) if s_ms > 0 else c for c, r in ((2, 300), (2, 1200), (1, 2900)))
+        expected = 8 * (1 - background_share(8, 0.2, running))
+        assert nt.capacity_for(svc)[k] == pytest.approx(expected)
+        assert nt.capacity_at(k, s_ms) == pytest.approx(expected)
+        others = [i for i in range(nt.n) if i != k]
+        assert np.array_equal(nt.capacity_for(svc)[others], nt.capacity[others])
+    # a co-runner the twin did not plan stays at any S
+    nt2 = node_table(st.snapshot().at(100.0))
+    assert nt2.capacity_at(k, 1.0) == pytest.approx(8 * (1 - background_share(8, 0.0, 1.0)))
