@@ -37,8 +37,9 @@ def register(subparsers) -> None:
     g.add_argument("--nodes", type=int, help="N default heterogeneous nodes (amd64/arm64/riscv64)")
     g.add_argument("--cluster", help="Cluster spec (examples/cluster-hetero.yaml): one KWOK node per node")
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness (default 180)")
-    for s in (up, sub.add_parser("status", help="components, readiness and node counts"),
-              sub.add_parser("down", help="stop every process of the plane"),
+    down = sub.add_parser("down", help="stop every process of the plane")
+    down.add_argument("--purge", action="store_true", help="also delete the plane's workdir (logs, etcd data)")
+    for s in (up, sub.add_parser("status", help="components, readiness and node counts"), down,
               sub.add_parser("kubeconfig", help="print the kubeconfig path of the running plane")):
         s.add_argument("--name", default="default", help="plane name (default 'default')")
         s.add_argument("--json", action="store_true", help="JSON output")
@@ -108,7 +109,7 @@ def run_cluster(args: argparse.Namespace) -> int:
     if action == "down":
         was = lp.status(args.name).get("running") or lp.kubeconfig(args.name) is not None
         try:
-            lp.down(args.name)
+            lp.down(args.name, keep_workdir=not args.purge)
         except lp.LocalPlaneError as exc:
             raise DtlabError(str(exc)) from None
         print(f"local plane {args.name!r} " + ("stopped: no process or port left" if was else "was not running"))

@@ -309,3 +309,27 @@ def test_cli_submit_wait_prints_every_stage(plane):
     out = subprocess.run(base + ["cluster", "status", "--name", PLANE], capture_output=True, text=True, env=env,
                          timeout=60)
     assert out.returncode == 0 and "7/7 Ready" in out.stdout, out.stdout
+
+
+def test_cli_cluster_up_and_down_leave_nothing(plane, tmp_path):
+    """`dtlab cluster up --cluster` registers one node per spec node; `down` leaves no process."""
+    from dtlab.kube import localplane as lp
+
+    name = f"kube-e2e-cli-{os.getpid()}"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    base = [sys.executable, "-m", "dtlab.cli", "cluster"]
+    try:
+        out = subprocess.run(base + ["up", "--cluster", str(REPO / "examples" / "cluster-hetero.yaml"),
+                                     "--name", name, "--json"], capture_output=True, text=True, env=env, timeout=240)
+        assert out.returncode == 0, out.stderr
+        info = json.loads(out.stdout)
+        assert sorted(info["nodes"]) == sorted(n.name for n in CLUSTER.nodes)
+        pids = [p["pid"] for p in lp.status(name)["components"].values()]
+    finally:
+        down = subprocess.run(base + ["down", "--name", name, "--purge"], capture_output=True, text=True, env=env,
+                              timeout=120)
+    assert down.returncode == 0 and "no process or port left" in down.stdout, down
+    assert not any(Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+                   for pid in pids)
+    assert lp.kubeconfig(name) is None
+    assert not (lp.cache_dir() / "localplane" / name).exists(), "--purge removes the workdir"
