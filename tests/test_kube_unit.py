@@ -526,3 +526,18 @@ def test_nodes_outside_the_cluster_spec_are_not_reported(kube_sub):
                      "ts": 0.0}, {"kind": "node-down", "node": "k3d-server-0", "ts": 0.0},
                     {"kind": "node-cordon", "node": "cloud-1", "ts": 0.0}])
     assert [(e["kind"], e["node"]) for e in sub.events()] == [("node-cordon", "cloud-1")]
+
+
+def test_time_scale_shortens_pods_but_keeps_the_twins_milliseconds():
+    from dtlab.substrates.kube import KubeSubstrate
+    cluster = load_cluster(REPO / "examples" / "cluster-hetero.yaml")
+    fa = FakeActuator()
+    with KubeSubstrate(cluster, actuator=fa, observer_factory=lambda *a: FakeObserver(), noise=False,
+                       time_scale=0.25) as sub:
+        sub.submit(PLAN, JOB)
+        assert fa.created[0].duration_ms == pytest.approx(1000 / 0.6 * 0.25)      # wall time on KWOK
+        assert sub.results()["stages"]["planned_ms"].iloc[0] == pytest.approx(1000 / 0.6)
+        t0 = sub.now_ms()
+        import time
+        time.sleep(0.05)
+        assert sub.now_ms() - t0 >= 0.05 * 1000 / 0.25 * 0.9                       # substrate ms run 4x

@@ -3,13 +3,16 @@
 Behind the substrate protocol (:mod:`dtlab.substrates.base`), so V1/V4/V5 run on it with
 ``substrate: kube`` in params. Options (``substrate_opts``): ``kubeconfig`` (else the local
 plane ``plane``, started from the Cluster when none runs and ``start_plane`` allows it;
-then it is stopped again by ``close``), ``namespace`` (dtlab), ``time_scale`` (multiplies
-every pod's run time; 1.0 = the twin's milliseconds), ``noise`` (seeded LogNormal service
+then it is stopped again by ``close``), ``namespace`` (dtlab), ``time_scale`` (wall seconds per
+substrate second: 0.2 runs five times faster than the twin's clock; pods run ``time_scale`` times
+their predicted time and the substrate clock, events and results are divided back, so every
+number stays in the twin's milliseconds; Kubernetes' own delays - KWOK's 1-2 s node-not-ready,
+watch latency - are not scaled), ``noise`` (seeded LogNormal service
 noise on top of the predicted time, so the observed world is not the twin's mean),
 ``pinning`` (nodeName | affinity, see :mod:`dtlab.kube.actuator`), ``dry_run``,
 ``max_attempts`` per stage, ``drain_limit_s``.
 
-* **Clock**: wall time, ms since the substrate was made; ``advance`` sleeps/polls.
+* **Clock**: wall time since the substrate was made, divided by ``time_scale``; ``advance`` sleeps/polls.
 * **DAG order**: a stage's pod is created when all its predecessors' pods Succeeded
   (observed by :class:`dtlab.kube.observer.Observer`, not assumed). The pod's run time
   (the KWOK completion-delay annotation) is the stage's predicted service time on its
@@ -125,7 +128,7 @@ class KubeSubstrate(SubstrateBase):
             factory = observer_factory or (lambda sink, known_nodes, clock: Observer(
                 kc, sink=sink, namespace=self.opts["namespace"], known_nodes=known_nodes, clock=clock))
             self.observer = factory(self._on_events, [n.name for n in cluster.nodes],
-                                    lambda epoch: epoch - self._t0).start()
+                                    lambda epoch: (epoch - self._t0) / self.opts["time_scale"]).start()
         except BaseException:
             self.close()
             raise
@@ -135,7 +138,7 @@ class KubeSubstrate(SubstrateBase):
         return self._cluster
 
     def now_ms(self) -> float:
-        return (time.time() - self._t0) * 1000.0
+        return (time.time() - self._t0) * 1000.0 / self.opts["time_scale"]
 
     def submit(self, plan: Plan, job: Job) -> None:
         self._check_open()
@@ -172,7 +175,8 @@ class KubeSubstrate(SubstrateBase):
                 time.sleep(self.opts["poll_s"])
             return
         while self.now_ms() < until_ms:
-            time.sleep(min(self.opts["poll_s"], max(0.0, (until_ms - self.now_ms()) / 1000.0)))
+            time.sleep(min(self.opts["poll_s"],
+                           max(0.0, (until_ms - self.now_ms()) / 1000.0 * self.opts["time_scale"])))
 
     def events(self) -> list[dict[str, Any]]:
         now_s = self.now_ms() / 1000.0
@@ -332,7 +336,7 @@ class KubeSubstrate(SubstrateBase):
         spec = pod_spec_for(st["job"], sid, self._cluster.node(node), fmt, s["attempt"], dur, self.image)
         record = {"job": st["job"].name, "stage": sid, "node": node, "format": fmt, "start_ms": None,
                   "end_ms": None, "duration_ms": None, "ok": None, "pod": spec.name, "attempt": s["attempt"],
-                  "planned_ms": dur, "reason": reason or None, "_current": True}
+                  "planned_ms": dur / self.opts["time_scale"], "reason": reason or None, "_current": True}
         s["record"] = record
         self._stages.append(record)
         self._by_pod[spec.name] = record
@@ -481,7 +485,7 @@ class KubeSubstrate(SubstrateBase):
                 fn()
             except DtlabError as exc:
                 self._errors.append(str(exc))
-        timer = threading.Timer(max(0.0, at_s - self.now_ms() / 1000.0), safe)
+        timer = threading.Timer(max(0.0, (at_s - self.now_ms() / 1000.0) * self.opts["time_scale"]), safe)
         timer.daemon = True
         self._timers.append(timer)
         timer.start()
