@@ -48,3 +48,18 @@ def test_pure_twin_runs_at_50k_nodes():
     row = res.table[res.table["mode"] == "fresh"].iloc[0]
     assert row["nodes"] == 50000 and row["plans"] == 2 and row["p50_ms"] > 0
     assert res.metrics["apply_events_per_s.50000"] > 0
+
+
+def test_figure_v5_kube_panel_draws_lag_and_the_budget():
+    import pandas as pd
+
+    from dtlab import plots
+    rows = [{"nodes": n, "policy": "greedy+cvar", "mode": "live", "seed": 0, "p50_ms": 0.6, "p99_ms": 9.0,
+             "mean_ms": 1.0, "plans": 10} for n in (100, 1000)]
+    kube = pd.DataFrame([{"nodes": n, "seed": 0, "observe_lag_p50_ms": 30.0, "observe_lag_p99_ms": lag}
+                         for n, lag in ((100, 150.0), (1000, 420.0))])
+    fig = plots.figure_v5({"results": pd.DataFrame(rows), "kube": kube})
+    ax = fig.axes[2]
+    ys = {tuple(line.get_ydata()) for line in ax.get_lines()}
+    assert (150.0, 420.0) in ys and (1000.0, 1000.0) in ys           # lag p99 curve and the 1 s budget line
+    assert "observe lag" in ax.get_title(loc="left")
