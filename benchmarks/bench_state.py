@@ -29,13 +29,19 @@ from dtlab.state import ClusterState, NodeStatus, Snapshot
 from dtlab.twin import Twin
 
 
+class _Dict(dict):
+    def put(self, key, value):      # the one method ClusterState's commit calls beyond dict's
+        self[key] = value
+        return 0
+
+
 class FullCopyState(ClusterState):
     """The pre-issue-9 snapshot: plain dicts, copied whole when the version moved (O(nodes + stages))."""
 
     def __init__(self, cluster):
         super().__init__(cluster)
-        self._nodes = {n.name: NodeStatus(n) for n in cluster.nodes}
-        self._stages = {}
+        self._nodes = _Dict((n.name, NodeStatus(n)) for n in cluster.nodes)
+        self._stages = _Dict()
 
     def _sync_cols(self, changed):       # no column arrays: NodeTable walks the NodeStatus objects
         pass

@@ -118,11 +118,20 @@ class _CowMap:
         return self._buckets[b]
 
     def __setitem__(self, key, value) -> None:
-        d = self._own(hash(key) & self._mask)
+        self.put(key, value)
+
+    def put(self, key, value) -> int:
+        """Set ``key`` (copy-on-write of its bucket); returns its position."""
+        b = hash(key) & self._mask
+        if self._bgen[b] == self._gen:
+            d = self._buckets[b]
+        else:
+            d = self._buckets[b] = dict(self._buckets[b])
+            self._bgen[b] = self._gen
         e = d.get(key)
         if e is not None:
             d[key] = (e[0], value)
-            return
+            return e[0]
         pos = self._n
         c = pos // _CHUNK
         if c == len(self._order):
@@ -137,6 +146,8 @@ class _CowMap:
         self._len += 1
         if self._len > _BUCKET_LOAD * (self._mask + 1):
             self._rebuild(4 * (self._mask + 1))
+            return self.pos(key)
+        return pos
 
     def pop(self, key, *default):
         b = hash(key) & self._mask
@@ -443,8 +454,8 @@ class ClusterState:
         """Apply one event; returns the new version. Invalid events raise SpecError and change nothing."""
         return self.apply_many([event])
 
-    def _sync_cols(self, changed: Mapping[str, NodeStatus | None]) -> None:
-        """Bring the node columns up to date for the ``changed`` nodes (copy first if a snapshot holds them)."""
+    def _sync_cols(self, changed: list[tuple[int, NodeStatus]]) -> None:
+        """Write the ``changed`` (position, status) pairs into the node columns (copied first if a snapshot holds them)."""
         if self._cols_layout is not self._nodes.layout:     # positions moved (compaction): rebuild
             self._cols, self._cols_layout, self._cols_shared = _columns(self._nodes), self._nodes.layout, False
             self._node_layout = _Layout()
@@ -453,12 +464,13 @@ class ClusterState:
         if self._nodes._n > len(cols[0]):
             size = max(2 * len(cols[0]), self._nodes._n)
             cols = tuple(np.concatenate([c, np.zeros(size - len(c), dtype=c.dtype)]) for c in cols)
+            self._cols, self._cols_shared = cols, False
         elif self._cols_shared:
-            cols = tuple(c.copy() for c in cols)
-        self._cols, self._cols_shared = cols, False
-        for name, status in changed.items():
-            if status is not None:
-                _put_cols(cols, self._nodes.pos(name), status)
+            cols = self._cols = tuple(c.copy() for c in cols)
+            self._cols_shared = False
+        up, cordoned, util, running = cols
+        for pos, s in changed:
+            up[pos], cordoned[pos], util[pos], running[pos] = s.up, s.cordoned, s.cpu_util, s.running_cpu
 
     def apply_many(self, events: Iterable[Mapping[str, Any]]) -> int:
         """Apply a batch atomically: all events are validated first, then applied under one lock."""
@@ -660,19 +672,21 @@ class _Staging:
 
     def commit(self) -> None:
         st = self.state
-        for name, status in self.nodes.items():
-            if status is None:
-                st._nodes.pop(name, None)
-            else:
-                st._nodes[name] = status
-        st._sync_cols(self.nodes)
+        if self.nodes:
+            changed = []
+            for name, status in self.nodes.items():
+                if status is None:
+                    st._nodes.pop(name, None)
+                else:
+                    changed.append((st._nodes.put(name, status), status))
+            st._sync_cols(changed)
         for key, link in self.links.items():
             if link == "reset":
                 st._links.pop(key, None)
             else:
                 st._links[key] = link
         for key, stage in self.stages.items():
-            st._stages[key] = stage
+            st._stages.put(key, stage)
         for job, info in self.jobs.items():
             st._jobs.setdefault(job, {}).update(info)
         st._chaos.extend(self.chaos)
