@@ -26,6 +26,14 @@ reported alongside); the twin's list/watch memory (RSS growth of this process fr
 the first LIST to the end); the API server's request latency during the run (delta of its
 ``apiserver_request_duration_seconds`` histogram, WATCH excluded); nodes and pods per second;
 and whether the twin's state matches the API server's at the end (node count, pod phases).
+
+Where one 24 GB, 2-core host stops (measured 2026-11-27, shared with other work): not at
+memory - with 5,000 KWOK nodes and 5,000 pods kube-apiserver held about 1.5 GB and the
+twin's RSS grew 127 MB (mostly the observer's copy of every v1 Node) - but at CPU: KWOK
+renews each node's Lease every lease/4 s, so with localplane's 10 s lease 1,000 nodes
+already flapped NotReady (see :class:`_scale_heartbeats`); with 40 s leases 5,000 nodes
+stayed Ready (registered at ~31 nodes/s) and the run passed, while 10,000 nodes would need
+~1,000 lease writes/s before a single pod, more than two cores serve. Pure twin: 50,000.
 """
 from __future__ import annotations
 
