@@ -11,7 +11,8 @@ bound number is visible as such.
 For each node count (1,000; and 5,000 when ``--big`` and memory allow): start a fresh plane
 with one node, create N KWOK nodes (localplane.node_manifest, as the e2e uses) and wait
 until all are Ready; then create P pods (nodeName round-robin over the new nodes, no
-completion delay, so KWOK keeps them Running) and wait until all are Running. Then the
+completion delay, so KWOK keeps them Running; ``--one-node``: all on one node, as KWOK's CI)
+and wait until all are Running. Then the
 plane is stopped (no process left).
 
 Run: .venv/bin/python benchmarks/bench_kube.py [--nodes 1000] [--pods 10000] [--big] [--workers 24]
@@ -119,7 +120,7 @@ def _up_with_lease(name: str, lease_s: int) -> dict:
         lp.NODE_LEASE_SECONDS, lp.NODE_MONITOR_GRACE = saved
 
 
-def run(n_nodes: int, n_pods: int, workers: int, limit_s: float, lease_s: int = 40) -> dict:
+def run(n_nodes: int, n_pods: int, workers: int, limit_s: float, lease_s: int = 40, one_node: bool = False) -> dict:
     name = f"bench-kube-{os.getpid()}-{n_nodes}"
     t_up = time.monotonic()
     st = _up_with_lease(name, lease_s)
@@ -148,7 +149,7 @@ def run(n_nodes: int, n_pods: int, workers: int, limit_s: float, lease_s: int = 
         names = [b["metadata"]["name"] for b in bodies]
         pods = [{"apiVersion": "v1", "kind": "Pod",
                  "metadata": {"name": f"bench-pod-{i:05d}", "namespace": "default"},
-                 "spec": {"nodeName": names[i % len(names)], "automountServiceAccountToken": False,
+                 "spec": {"nodeName": names[0 if one_node else i % len(names)], "automountServiceAccountToken": False,
                           "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]}}
                 for i in range(n_pods)]
         rv = core.list_namespaced_pod("default", limit=1).metadata.resource_version
@@ -185,6 +186,8 @@ def main(argv=None) -> int:
     ap.add_argument("--big", action="store_true", help="also 5,000 nodes (needs ~6 GB free)")
     ap.add_argument("--workers", type=int, default=24, help="client threads creating objects (default 24)")
     ap.add_argument("--limit", type=float, default=300.0, help="give up waiting after this many s (default 300)")
+    ap.add_argument("--one-node", action="store_true",
+                    help="all pods on one node, as KWOK's CI does (default: round-robin over the nodes)")
     ap.add_argument("--lease", type=int, default=40,
                     help="KWOK node lease seconds (default 40 as in KWOK's CI; 0 keeps the plane's 10 s)")
     args = ap.parse_args(argv)
@@ -201,7 +204,7 @@ def main(argv=None) -> int:
         if n >= 5000 and _free_gb() < 6:
             print(f"{n} nodes: skipped, only {_free_gb():.1f} GB free")
             continue
-        r = run(n, args.pods, args.workers, args.limit, args.lease)
+        r = run(n, args.pods, args.workers, args.limit, args.lease, args.one_node)
         print(f"{n} nodes: plane up {r['plane_up_s']:.1f} s; created in {r['node_create_s']:.1f} s "
               f"({n / r['node_create_s']:.0f}/s client); all Ready after {r['nodes_ready_s']:.1f} s = "
               f"{r['nodes_ready_per_s']:.0f} nodes Ready/s ({r['nodes_ready_per_s'] / ref_n:.2f}x reference)")
