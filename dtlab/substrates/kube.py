@@ -100,6 +100,7 @@ class KubeSubstrate(SubstrateBase):
         self._stages: list[dict[str, Any]] = []          # one record per attempt
         self._by_pod: dict[str, dict[str, Any]] = {}      # pod name -> attempt record
         self._down: set[str] = set()
+        self._failed_nodes: set[str] = set()              # nodes this substrate marked failed (restored by close)
         self._timers: list[threading.Timer] = []
         self._errors: list[str] = []
         self._owns_plane = False
@@ -199,9 +200,9 @@ class KubeSubstrate(SubstrateBase):
         with self._lock:   # node-down/up come from the observer, when they really happen
             self._events += [dict(e) for e in to_state_events(ev) if e["kind"] not in ("node-down", "node-up")]
         if ev.kind == "node-failure":
-            self._at(ev.start_s, lambda: [self.actuator.set_node_failed(n, True) for n in ev.nodes])
+            self._at(ev.start_s, lambda: [self._fail_node(n, True) for n in ev.nodes])
             if ev.duration_s is not None:
-                self._at(ev.end_s, lambda: [self.actuator.set_node_failed(n, False) for n in ev.nodes])
+                self._at(ev.end_s, lambda: [self._fail_node(n, False) for n in ev.nodes])
         elif ev.kind == "pod-kill":
             self._at(ev.start_s, lambda: self.kill(ev.job, ev.stage))
 
@@ -231,6 +232,13 @@ class KubeSubstrate(SubstrateBase):
         if self.observer is not None:
             self.observer.stop()
         errors = []
+        for n in sorted(getattr(self, "_failed_nodes", ())):   # a run's faults do not outlive it on a shared plane
+            try:
+                self.actuator.set_node_failed(n, False)
+            except DtlabError as exc:
+                errors.append(str(exc))
+        if getattr(self, "_failed_nodes", None) and not self._owns_plane:
+            self._wait_ready(sorted(self._failed_nodes), errors)
         if not self.opts["keep_pods"] and hasattr(self, "actuator"):
             for name in list(self._jobs):
                 try:
@@ -478,6 +486,26 @@ class KubeSubstrate(SubstrateBase):
                             rec.update(_current=False, ok=False, reason=f"create failed: {exc}")
                             st["stages"][arg.stage]["phase"] = "failed"
                             self._finish(st, ok=False)
+
+    def _fail_node(self, node: str, failed: bool) -> None:
+        """The KWOK label, remembered so ``close`` can restore nodes whose recovery timer never fired."""
+        self.actuator.set_node_failed(node, failed)
+        with self._lock:
+            (self._failed_nodes.add if failed else self._failed_nodes.discard)(node)
+
+    def _wait_ready(self, nodes: list[str], errors: list[str], timeout_s: float = 30.0) -> None:
+        """After restoring nodes at close: wait (bounded) until the API reports them Ready again."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                ready = {n.metadata.name for n in self.actuator.list_nodes()
+                         if any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or []))}
+            except (DtlabError, AttributeError):
+                return
+            if set(nodes) <= ready:
+                return
+            time.sleep(0.2)
+        errors.append(f"nodes not Ready {timeout_s:.0f} s after restoring them: {nodes}")
 
     def _at(self, at_s: float, fn) -> None:
         def safe():
