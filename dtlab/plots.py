@@ -215,6 +215,16 @@ def _first(df: pd.DataFrame, *candidates: str, what: str) -> str:
     raise DtlabError(f"{what}: table has none of the columns {list(candidates)}; has {list(df.columns)}")
 
 
+def _log_y(ax) -> None:
+    """Log y axis labelled 0.2, 0.5, 1, 2, 5 ... in plain numbers (no 4x10^0 minor labels)."""
+    from matplotlib import ticker
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _pos: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+
+
 def _legend(ax, **kw):
     handles, labels = ax.get_legend_handles_labels()
     if handles:
@@ -390,7 +400,11 @@ def figure_v3(tables: Mapping[str, pd.DataFrame]) -> Figure:
         ax_fmt.errorbar(i + offsets, mean, yerr=err, fmt=m, color=c, markersize=3.5, elinewidth=0.7)
         if "twin_factor" in sub.columns:
             ax_fmt.hlines(sub["twin_factor"].mean(), i - 0.4, i + 0.4, color="black", linewidth=1.2,
-                          label="twin's factor" if i == 0 else None)
+                          label="twin's default factor" if i == 0 else None)
+        if "host_calibration_factor" in sub.columns and sub["host_calibration_factor"].notna().any():
+            # on fabric the twin plans with the host's measured calibration, not the defaults
+            ax_fmt.hlines(sub["host_calibration_factor"].mean(), i - 0.4, i + 0.4, color="black", linewidth=0.8,
+                          linestyles="--", label="host calibration" if i == 0 else None)
         if "truth_factor" in sub.columns and sub["truth_factor"].notna().any():
             ax_fmt.hlines(sub["truth_factor"].mean(), i - 0.4, i + 0.4, color="black", linewidth=0.8,
                           linestyles=":", label="ground truth (sim)" if i == 0 else None)
@@ -423,7 +437,8 @@ def figure_v3(tables: Mapping[str, pd.DataFrame]) -> Figure:
         if np.isfinite(top) and top > 0:
             ax_plan.set_ylim(top=top * 10)   # headroom for the legend above the bars
         ax_plan.set_ylabel("plan latency (ms, log)")
-        _legend(ax_plan, loc="upper left", ncols=len(predictors))
+        _legend(ax_plan, loc="upper left", ncols=len(predictors), fontsize="small", columnspacing=0.8,
+                handlelength=1.5)
         _panel_label(ax_plan, "(b) controller overhead per plan")
     return fig
 
@@ -452,7 +467,7 @@ def figure_v5(tables: Mapping[str, pd.DataFrame]) -> Figure:
                 ax.fill_between(ci["nodes"], ci["lo"].clip(lower=ci["mean"] / 100), ci["hi"], color=c,
                                 alpha=0.15, linewidth=0)
         ax.set_xscale("log")
-        ax.set_yscale("log")
+        _log_y(ax)
         ax.set_xlabel("twin size (nodes)")
         ax.set_ylabel("plan latency (ms)")
         _panel_label(ax, title)
@@ -466,7 +481,7 @@ def figure_v5(tables: Mapping[str, pd.DataFrame]) -> Figure:
         ax2.fill_between(ci["nodes"], ci["lo"].clip(lower=ci["mean"] / 100), ci["hi"], color=OKABE_ITO["blue"],
                          alpha=0.15, linewidth=0)
         ax2.set_xscale("log")
-        ax2.set_yscale("log")
+        _log_y(ax2)
         ax2.set_xlabel("twin size (nodes)")
         ax2.set_ylabel("events applied / s")
         if "snapshot_ms" in state.columns:
@@ -474,7 +489,7 @@ def figure_v5(tables: Mapping[str, pd.DataFrame]) -> Figure:
             ax3.spines["right"].set_visible(True)
             ci = _per_group_ci(state, ["nodes"], "snapshot_ms").sort_values("nodes")
             ax3.plot(ci["nodes"], ci["mean"], "--s", color=OKABE_ITO["vermillion"], label="snapshot (ms, right)")
-            ax3.set_yscale("log")
+            _log_y(ax3)
             ax3.set_ylabel("snapshot time (ms)")
             ax3.grid(False)
             h1, l1 = ax2.get_legend_handles_labels()
