@@ -32,7 +32,9 @@ nodes it failed when it closes, so runs on one plane start from the same healthy
 slower in the twin's milliseconds than on ``sim``. Recovery times there are matched by window (an
 attempt that failed on a faulted node while the fault lasted), as wall-clock substrates record
 when the failure was observed, not the fault's instant; partitions and degradations have no data
-path on KWOK (the twin's link model only), so they add no recovery times on ``kube``.
+path on KWOK (the twin's link model only), so they add no recovery times on ``kube``. ``no-twin``
+cannot wait for a failed node there (the kube substrate fails a stage with no usable node), so its
+jobs hit by a node failure are lost on ``kube`` where on ``sim`` they wait for the repair.
 """
 from __future__ import annotations
 

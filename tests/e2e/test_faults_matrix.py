@@ -242,3 +242,11 @@ def test_v4_on_kube_shadows_lose_no_job_and_recovery_is_recorded(plane):
     for n in core.list_node().items:
         if n.metadata.name in CLUSTER.by_name:
             assert any(c.type == "Ready" and c.status == "True" for c in n.status.conditions), n.metadata.name
+
+
+def test_v4_kube_params_file_is_valid():
+    from dtlab import runner
+
+    prep = runner.prepare("V4", params_file=REPO / "params" / "V4-kube.yaml")
+    assert prep.params["substrate"] == "kube" and prep.params["substrate_opts"]["time_scale"] == 0.1
+    assert set(prep.params["scenarios"]) >= {"zone-blackout", "rolling-node-failures", "edge-node-loss"}
