@@ -68,10 +68,12 @@ COMPLETE_DELAY_ANNOTATION = "pod-complete.stage.kwok.x-k8s.io/delay"
 NODE_FAIL_LABEL = "node-not-ready.stage.kwok.x-k8s.io"  # KWOK's chaos stage; see cluster/kwok/stages.yaml
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 
-# Failure-detection timings (seconds); short so fault tests run in seconds.
-NODE_LEASE_SECONDS = 10          # KWOK renews the node Lease every ~1/4 of this
+# Failure-detection timings. Fault tests fail nodes through KWOK's node-not-ready stage (immediate),
+# not by stopping heartbeats, so the lease can be as long as KWOK's CI uses: a 10 s lease made
+# healthy nodes flap NotReady on a loaded 2-core host (seen in CI-like runs and at 1,000 nodes).
+NODE_LEASE_SECONDS = 40          # KWOK renews the node Lease every ~1/4 of this
 NODE_MONITOR_PERIOD = "1s"
-NODE_MONITOR_GRACE = "10s"       # Lease not renewed for this long -> node NotReady/Unknown
+NODE_MONITOR_GRACE = "80s"       # Lease not renewed for this long -> node NotReady/Unknown
 TOLERATION_SECONDS = 5           # default not-ready/unreachable NoExecute toleration
 
 _REPO = Path(__file__).resolve().parents[2]
