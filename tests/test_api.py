@@ -146,3 +146,28 @@ def test_token_is_never_logged(client, caplog):
     client.post("/observe", json=[{"kind": "node-cordon", "node": "cloud-0"}], headers=auth())
     client.post("/observe", json=[{"kind": "node-cordon", "node": "cloud-0"}], headers=auth("guess-" + TOKEN))
     assert TOKEN not in caplog.text
+
+
+def test_serve_feeds_the_state_from_a_substrate():
+    """`dtlab serve --substrate sim`: the observer's events keep reaching the twin's state."""
+    import argparse
+    import threading
+
+    from dtlab.api.serve import build_twin, feed
+
+    args = argparse.Namespace(cluster=str(EXAMPLES / "cluster-hetero.yaml"), substrate="sim")
+    twin, substrate = build_twin(args)
+    stop = threading.Event()
+    thread = threading.Thread(target=feed, args=(substrate, twin.state, stop, 0.05), daemon=True)
+    thread.start()
+    try:
+        import time
+        deadline = time.monotonic() + 10
+        while twin.state.snapshot().nodes["cloud-0"].telemetry_ts is None:
+            assert time.monotonic() < deadline, "no telemetry from the sim substrate reached the state"
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        substrate.close()
+    assert not thread.is_alive()
