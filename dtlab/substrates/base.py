@@ -71,3 +71,45 @@ class SubstrateBase:
     @property
     def closed(self) -> bool:
         return self._closed
+
+
+class WallClockSubstrate(SubstrateBase):
+    """Shared pieces of the substrates that run in real time (fabric, kube).
+
+    Observed state events queue in ``self._events`` (guarded by ``self._lock``) with ``ts`` in
+    seconds of the substrate clock; ``events()`` hands over those that are due. ``_timed_fault``
+    turns a FaultScenario fault into a timed chaos event no earlier than now and queues the
+    notifications the twin is told about.
+    """
+
+    _events: list[dict[str, Any]]
+
+    def _check_open(self) -> None:
+        if self._closed:
+            from ..errors import DtlabError
+            raise DtlabError(f"{self.name} substrate is closed")
+
+    def events(self) -> list[dict[str, Any]]:
+        now_s = self.now_ms() / 1000.0
+        with self._lock:
+            ready = [e for e in self._events if e["ts"] <= now_s]
+            self._events = [e for e in self._events if e["ts"] > now_s]
+        ready.sort(key=lambda e: e["ts"])
+        return ready
+
+    def _timed_fault(self, fault: Mapping[str, Any], observed: tuple[str, ...] = ()):
+        """The fault as a ``ChaosEvent`` starting no earlier than now; queues its state notifications
+        except the kinds in ``observed`` (those the substrate reports itself when they really happen)."""
+        from dataclasses import replace
+
+        from ..chaos.realise import as_event
+        from ..chaos.spec import to_state_events
+
+        self._check_open()
+        ev = as_event(fault, self._cluster)
+        now_s = self.now_ms() / 1000.0
+        if ev.start_s < now_s:
+            ev = replace(ev, start_s=now_s)
+        with self._lock:
+            self._events += [dict(e) for e in to_state_events(ev) if e["kind"] not in observed]
+        return ev

@@ -37,7 +37,7 @@ from ..model import Cluster, Job, Link
 from ..plan import Plan
 from ..timing import TimingModel
 from . import register
-from .base import JOB_COLUMNS, STAGE_COLUMNS, SubstrateBase
+from .base import JOB_COLUMNS, STAGE_COLUMNS, WallClockSubstrate
 
 _LIVE: "weakref.WeakSet[FabricSubstrate]" = weakref.WeakSet()
 _HANDLERS_INSTALLED = False
@@ -73,7 +73,7 @@ def _install_handlers() -> None:
         signal.signal(sig, handler)
 
 
-class FabricSubstrate(SubstrateBase):
+class FabricSubstrate(WallClockSubstrate):
     name = "fabric"
 
     def __init__(self, cluster: Cluster, seed: int = 0, host_cores: float | None = None, kernel: str = "mix",
@@ -201,27 +201,9 @@ class FabricSubstrate(SubstrateBase):
         if delay > 0:
             time.sleep(delay)
 
-    def events(self) -> list[dict[str, Any]]:
-        now_s = self.now_ms() / 1000.0
-        with self._lock:
-            ready = [e for e in self._events if e["ts"] <= now_s]
-            self._events = [e for e in self._events if e["ts"] > now_s]
-        ready.sort(key=lambda e: e["ts"])
-        return ready
-
     def inject(self, fault: Mapping[str, Any]) -> None:
         """Realise a FaultScenario fault at ``at_s`` seconds of the substrate clock (clamped to now)."""
-        from ..chaos.realise import as_event
-        from ..chaos.spec import to_state_events
-
-        self._check_open()
-        ev = as_event(fault, self._cluster)
-        now_s = self.now_ms() / 1000.0
-        if ev.start_s < now_s:
-            ev = replace(ev, start_s=now_s)
-        with self._lock:
-            for e in to_state_events(ev):
-                self._events.append(dict(e))
+        ev = self._timed_fault(fault)
         self._at(ev.start_s, lambda: self._fault(ev, True))
         if ev.duration_s is not None:
             self._at(ev.end_s, lambda: self._fault(ev, False))
@@ -272,10 +254,6 @@ class FabricSubstrate(SubstrateBase):
             raise DtlabError("fabric close: " + "; ".join(errors))
 
     # ------------------------------------------------------------ internals
-    def _check_open(self) -> None:
-        if self._closed:
-            raise DtlabError("fabric substrate is closed")
-
     def _emit(self, event: dict[str, Any], t: float | None = None) -> None:
         event.setdefault("ts", (self.now_ms() if t is None else self._ms(t)) / 1000.0)
         with self._lock:
@@ -292,7 +270,7 @@ class FabricSubstrate(SubstrateBase):
         if self.net is None:
             return
         if link is None:   # cut: the relay holds data; with netem, drop everything
-            mech = self.net.shape(a, b, 1e4, 0.0, 0.0, 1.0 if self.net.netem else 0.0)
+            self.net.shape(a, b, 1e4, 0.0, 0.0, 1.0 if self.net.netem else 0.0)
             self.mechanism[f"{a}->{b}"] = "cut:" + ("netem loss 100%" if self.net.netem else "relay hold")
             return
         self.mechanism[f"{a}->{b}"] = self.net.shape(a, b, link.bandwidth_mbps, link.latency_ms, link.jitter_ms, link.loss)

@@ -33,10 +33,8 @@ noise on top of the predicted time, so the observed world is not the twin's mean
 """
 from __future__ import annotations
 
-import math
 import threading
 import time
-from dataclasses import replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -47,7 +45,7 @@ from ..model import Cluster, Job
 from ..plan import Plan
 from ..timing import TimingModel
 from . import register
-from .base import JOB_COLUMNS, STAGE_COLUMNS, SubstrateBase
+from .base import JOB_COLUMNS, STAGE_COLUMNS, WallClockSubstrate
 
 KUBE_DEFAULTS: dict[str, Any] = {
     "kubeconfig": None, "plane": "default", "start_plane": True, "namespace": "dtlab", "time_scale": 1.0,
@@ -76,7 +74,7 @@ def kube_options(opts: Mapping[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-class KubeSubstrate(SubstrateBase):
+class KubeSubstrate(WallClockSubstrate):
     """Jobs as pods on a Kubernetes API server, observed through list+watch."""
 
     name = "kube"
@@ -179,26 +177,10 @@ class KubeSubstrate(SubstrateBase):
             time.sleep(min(self.opts["poll_s"],
                            max(0.0, (until_ms - self.now_ms()) / 1000.0 * self.opts["time_scale"])))
 
-    def events(self) -> list[dict[str, Any]]:
-        now_s = self.now_ms() / 1000.0
-        with self._lock:
-            ready = [e for e in self._events if e["ts"] <= now_s]
-            self._events = [e for e in self._events if e["ts"] > now_s]
-        ready.sort(key=lambda e: e["ts"])
-        return ready
-
     def inject(self, fault: Mapping[str, Any]) -> None:
         """Realise a FaultScenario fault at ``at_s`` seconds of the substrate clock (clamped to now)."""
-        from ..chaos.realise import as_event
-        from ..chaos.spec import to_state_events
-
-        self._check_open()
-        ev = as_event(fault, self._cluster)
-        now_s = self.now_ms() / 1000.0
-        if ev.start_s < now_s:
-            ev = replace(ev, start_s=now_s)
-        with self._lock:   # node-down/up come from the observer, when they really happen
-            self._events += [dict(e) for e in to_state_events(ev) if e["kind"] not in ("node-down", "node-up")]
+        # node-down/up come from the observer, when they really happen
+        ev = self._timed_fault(fault, observed=("node-down", "node-up"))
         if ev.kind == "node-failure":
             self._at(ev.start_s, lambda: [self._fail_node(n, True) for n in ev.nodes])
             if ev.duration_s is not None:
@@ -517,10 +499,6 @@ class KubeSubstrate(SubstrateBase):
         timer.daemon = True
         self._timers.append(timer)
         timer.start()
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise DtlabError("kube substrate is closed")
 
 
 def _ensure_runtime_class(actuator) -> None:

@@ -28,14 +28,14 @@ from __future__ import annotations
 
 import heapq
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 
 from ..errors import SpecError
-from ..model import Cluster, Job, Node, Stage
+from ..model import Cluster, Job
 from ..plan import Plan
 from ..timing import DEFAULT_OVERHEADS, TimingModel
 from . import register
