@@ -88,10 +88,9 @@ def register(subparsers) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dtlab", description=__doc__.splitlines()[0])
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    """``python -m dtlab.cli_run ...`` is ``dtlab ...`` (one parser, one error policy)."""
+    from .cli import main as dtlab_main
+    return dtlab_main(argv)
 
 
 if __name__ == "__main__":
