@@ -10,25 +10,16 @@ check, both mean sojourn times next to the Erlang C value.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import numpy as np
 import simpy
 
 from dtlab.des.simulate import simulate
-from dtlab.model import cluster_from_dict, workload_from_dict
+from dtlab.des.queueing import erlang_c_sojourn_ms, mmc_case
 from dtlab.timing import TimingModel
 
 MEAN_SERVICE_MS = 1000.0
-
-
-def erlang_c_sojourn_ms(c: int, rho: float, mean_service_ms: float) -> float:
-    a = c * rho
-    head = sum(a ** k / math.factorial(k) for k in range(c))
-    tail = a ** c / math.factorial(c) / (1 - rho)
-    p_wait = tail / (head + tail)
-    return p_wait * mean_service_ms / (c * (1 - rho)) + mean_service_ms
 
 
 def raw_simpy(c: int, rho: float, jobs: int, seed: int) -> tuple[float, float]:
@@ -60,14 +51,7 @@ def raw_simpy(c: int, rho: float, jobs: int, seed: int) -> tuple[float, float]:
 
 
 def dtlab_simulate(c: int, rho: float, jobs: int, seed: int) -> tuple[float, float]:
-    workload = workload_from_dict({
-        "apiVersion": "dtlab/v1", "kind": "Workload",
-        "arrivals": {"process": "poisson", "rate_per_s": rho * c * 1000.0 / MEAN_SERVICE_MS},
-        "jobs": {"count": jobs, "duration_scale": {"dist": "exponential"},
-                 "template": {"apiVersion": "dtlab/v1", "kind": "Job", "metadata": {"name": "mmc"},
-                              "spec": {"stages": [{"id": "s", "compute": {"cpu": 1, "duration_ms": MEAN_SERVICE_MS}}]}}},
-    })
-    cluster = cluster_from_dict({"nodes": [{"name": "node-0", "cores": c}]})
+    cluster, workload = mmc_case(c, rho, jobs, MEAN_SERVICE_MS)
     t0 = time.process_time()
     df = simulate(cluster, workload, None, seed, TimingModel(service_sigma=0.0))
     elapsed = time.process_time() - t0

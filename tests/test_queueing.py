@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from dtlab.des.simulate import simulate
-from dtlab.model import cluster_from_dict, workload_from_dict
+from dtlab.des.queueing import erlang_c_sojourn_ms, mmc_case
 from dtlab.timing import TimingModel
 
 MEAN_SERVICE_MS = 1000.0
@@ -38,30 +38,6 @@ CASES = [
 ]
 
 
-def erlang_c_sojourn_ms(c: int, rho: float, mean_service_ms: float) -> float:
-    """M/M/c mean time in system: P(wait) / (c mu - lambda) + 1 / mu."""
-    a = c * rho
-    head = sum(a ** k / math.factorial(k) for k in range(c))
-    tail = a ** c / math.factorial(c) / (1.0 - rho)
-    p_wait = tail / (head + tail)
-    return p_wait * mean_service_ms / (c * (1.0 - rho)) + mean_service_ms
-
-
-def mmc_workload(c: int, rho: float, count: int):
-    """The issue's Workload shape (item 9), verbatim apart from rate and count."""
-    return workload_from_dict({
-        "apiVersion": "dtlab/v1",
-        "kind": "Workload",
-        "arrivals": {"process": "poisson", "rate_per_s": rho * c * 1000.0 / MEAN_SERVICE_MS},
-        "jobs": {
-            "count": count,
-            "template": {"apiVersion": "dtlab/v1", "kind": "Job", "metadata": {"name": "mmc"},
-                         "spec": {"stages": [{"id": "s", "compute": {"cpu": 1, "duration_ms": MEAN_SERVICE_MS}}]}},
-            "duration_scale": {"dist": "exponential"},
-        },
-    })
-
-
 def test_erlang_c_reference_values():
     # textbook values: M/M/1 sojourn 1/(mu - lambda); M/M/2 at rho 0.5 has P(wait) = 1/3
     assert erlang_c_sojourn_ms(1, 0.9, 1.0) == pytest.approx(10.0)
@@ -70,13 +46,11 @@ def test_erlang_c_reference_values():
 
 @pytest.mark.parametrize("cores,rho,reps,jobs", CASES, ids=[f"c{c}-rho{r}" for c, r, _, _ in CASES])
 def test_mmc_mean_sojourn_matches_erlang_c(cores, rho, reps, jobs):
-    cluster = cluster_from_dict({"nodes": [{"name": "node-0", "cores": cores, "speed": 1.0, "arch": "amd64",
-                                            "formats": ["native"]}]})
     timing = TimingModel(service_sigma=0.0)
     warmup = max(2_000, jobs // 50)
     means = []
     for seed in range(reps):
-        df = simulate(cluster, mmc_workload(cores, rho, jobs), None, seed, timing)
+        df = simulate(*mmc_case(cores, rho, jobs, MEAN_SERVICE_MS), None, seed, timing)
         assert len(df) == jobs and not df["lost"].any()
         assert (df["nodes"] == "node-0").all()
         means.append(df["latency_ms"].iloc[warmup:].mean())
