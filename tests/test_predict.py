@@ -80,6 +80,19 @@ def scenarios():
     ]
 
 
+def assert_fast_matches_des(name, snap, j, placement, shadow, rel=0.05):
+    """p50 and p95 of the fast path within ``rel`` of the SimPy reference on the same scenario."""
+    pytest.importorskip("simpy")
+    fast = sample_latencies(snap, j, placement, shadow, predictor="fast", samples=20000,
+                            rng=np.random.default_rng(1), timing=TIMING)
+    des = sample_latencies(snap, j, placement, shadow, predictor="des", samples=3000,
+                           rng=np.random.default_rng(2), timing=TIMING)
+    f50, f95 = np.percentile(fast, [50, 95])
+    d50, d95 = np.percentile(des, [50, 95])
+    assert f50 == pytest.approx(d50, rel=rel), (name, f50, d50)
+    assert f95 == pytest.approx(d95, rel=rel), (name, f95, d95)
+
+
 @pytest.mark.parametrize("name,snap,j,placement,shadow", scenarios(), ids=[s[0] for s in scenarios()])
 def test_fast_agrees_with_des(name, snap, j, placement, shadow):
     """fast vs des: p50 and p95 within 5%.
@@ -93,15 +106,7 @@ def test_fast_agrees_with_des(name, snap, j, placement, shadow):
     oversubscribing a node, where fast is a documented static approximation
     (test_fast_is_pessimistic_when_own_stages_oversubscribe).
     """
-    pytest.importorskip("simpy")
-    fast = sample_latencies(snap, j, placement, shadow, predictor="fast", samples=20000,
-                            rng=np.random.default_rng(1), timing=TIMING)
-    des = sample_latencies(snap, j, placement, shadow, predictor="des", samples=3000,
-                           rng=np.random.default_rng(2), timing=TIMING)
-    f50, f95 = np.percentile(fast, [50, 95])
-    d50, d95 = np.percentile(des, [50, 95])
-    assert f50 == pytest.approx(d50, rel=0.05), (name, f50, d50)
-    assert f95 == pytest.approx(d95, rel=0.05), (name, f95, d95)
+    assert_fast_matches_des(name, snap, j, placement, shadow)
 
 
 def test_fast_is_pessimistic_when_own_stages_oversubscribe():
@@ -258,15 +263,7 @@ def test_fast_agrees_with_des_when_corunners_leave(name, snap, j, placement, sha
     fair share ``avail / (running + 1)`` is the water-filling share. The looser regime is
     tested separately (test_fast_is_optimistic_when_oversubscription_ends_mid_stage).
     """
-    pytest.importorskip("simpy")
-    fast = sample_latencies(snap, j, placement, shadow, predictor="fast", samples=20000,
-                            rng=np.random.default_rng(1), timing=TIMING)
-    des = sample_latencies(snap, j, placement, shadow, predictor="des", samples=3000,
-                           rng=np.random.default_rng(2), timing=TIMING)
-    f50, f95 = np.percentile(fast, [50, 95])
-    d50, d95 = np.percentile(des, [50, 95])
-    assert f50 == pytest.approx(d50, rel=0.05), (name, f50, d50)
-    assert f95 == pytest.approx(d95, rel=0.05), (name, f95, d95)
+    assert_fast_matches_des(name, snap, j, placement, shadow)
 
 
 def test_fast_is_optimistic_when_oversubscription_ends_mid_stage():

@@ -8,18 +8,13 @@ when DTLAB_REQUIRE_HEAVY=1). Run: `pytest tests/e2e/test_chaos_kube.py -v`.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-try:
-    from tests.heavy import require
-except ImportError:  # tests/ not on sys.path (pytest rootdir-relative import mode)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from tests.heavy import require
+from tests.heavy import require  # tests/ is importable: pytest pythonpath = ["."]
 
 from dtlab import load_cluster
 from dtlab.chaos import load_scenario

@@ -7,7 +7,6 @@ and produce non-empty tables; V2's prediction errors against measured times are 
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,11 +14,7 @@ import pytest
 import dtlab.fabric
 
 ROOT = Path(__file__).resolve().parents[2]
-try:
-    from tests.heavy import require
-except ImportError:  # tests/ not on sys.path (pytest rootdir-relative import mode)
-    sys.path.insert(0, str(ROOT))
-    from tests.heavy import require
+from tests.heavy import require  # tests/ is importable: pytest pythonpath = ["."]
 
 # ``fabric: {}``: run these top-level sizes on the fabric (not the experiments' fabric defaults)
 TINY = {

@@ -21,11 +21,7 @@ from dtlab.model import cluster_from_dict, job_from_dict
 from dtlab.plan import Plan
 
 ROOT = Path(__file__).resolve().parents[2]
-try:
-    from tests.heavy import require
-except ImportError:  # tests/ not on sys.path (pytest rootdir-relative import mode)
-    sys.path.insert(0, str(ROOT))
-    from tests.heavy import require
+from tests.heavy import require  # tests/ is importable: pytest pythonpath = ["."]
 
 CLUSTER = {
     "apiVersion": "dtlab/v1", "kind": "Cluster", "metadata": {"name": "fab3"},

@@ -27,17 +27,12 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-try:
-    from tests.heavy import require
-except ImportError:  # tests/ not on sys.path (pytest rootdir-relative import mode)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from tests.heavy import require
+from tests.heavy import require  # tests/ is importable: pytest pythonpath = ["."]
 
 from dtlab import load_cluster
 from dtlab.controller import Controller

@@ -11,18 +11,13 @@ import importlib.util
 import os
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-try:
-    from tests.heavy import require
-except ImportError:  # tests/ not on sys.path (pytest rootdir-relative import mode)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from tests.heavy import require
+from tests.heavy import require  # tests/ is importable: pytest pythonpath = ["."]
 
 from dtlab.kube import localplane as lp
 

@@ -12,16 +12,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
-try:
-    from tests.heavy import require
-except ImportError:  # tests/ not on sys.path (pytest rootdir-relative import mode)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from tests.heavy import require
+from tests.heavy import require  # tests/ is importable: pytest pythonpath = ["."]
 
 from dtlab.experiments import v5
 from dtlab.experiments.common import load_cluster_param, validate
