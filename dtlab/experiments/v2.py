@@ -222,21 +222,17 @@ def run(params: dict | None = None) -> ExperimentResult:
 
     # -------------------------------------------------- per stage (CPU-bound service times)
     stages = pd.concat(stage_rows, ignore_index=True)
-    stage_seed = pd.DataFrame([{"seed": s, **_ape_stats(g["ape"])} for s, g in stages.groupby("seed", sort=False)],
-                              columns=["seed", "mape", "median_ape", "p95_ape", "n"])
-    stage_seed.insert(0, "scope", "stage")
-    metrics.update(metrics_from_summary(summarize_seeds(stage_seed, ["scope"], METRICS), ["scope"]))
-    pooled = _ape_stats(stages["ape"])
-    for k in METRICS:
-        metrics[f"stage.pooled_{k}"] = _round(pooled[k])
-    metrics["stage.n"] = pooled["n"]
-    ps_seed = pd.DataFrame([{"seed": s, **_ape_stats(g["ape_ps"])} for s, g in stages.groupby("seed", sort=False)],
-                           columns=["seed", "mape", "median_ape", "p95_ape", "n"])
-    ps_seed.insert(0, "scope", "stage_ps")
-    metrics.update(metrics_from_summary(summarize_seeds(ps_seed, ["scope"], METRICS), ["scope"]))
-    pooled_ps = _ape_stats(stages["ape_ps"])
-    for k in METRICS:
-        metrics[f"stage_ps.pooled_{k}"] = _round(pooled_ps[k])
+    # "stage": the twin's service time alone; "stage_ps": with its processor-sharing model applied
+    for scope, column in (("stage", "ape"), ("stage_ps", "ape_ps")):
+        per_seed = pd.DataFrame([{"seed": s, **_ape_stats(g[column])} for s, g in stages.groupby("seed", sort=False)],
+                                columns=["seed", "mape", "median_ape", "p95_ape", "n"])
+        per_seed.insert(0, "scope", scope)
+        metrics.update(metrics_from_summary(summarize_seeds(per_seed, ["scope"], METRICS), ["scope"]))
+        pooled = _ape_stats(stages[column])
+        for k in METRICS:
+            metrics[f"{scope}.pooled_{k}"] = _round(pooled[k])
+        if scope == "stage":
+            metrics["stage.n"] = pooled["n"]
     by_group = [{"by": "format", "group": f, "measure": "service", **_ape_stats(g["ape"])}
                 for f, g in stages.groupby("format")]
     by_group += [{"by": "stage", "group": f, "measure": "service", **_ape_stats(g["ape"])}

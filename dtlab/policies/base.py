@@ -61,18 +61,13 @@ class Builder:
 
     def ready_mean(self, i: int) -> np.ndarray:
         """Mean time all inputs of stage i would arrive at each node (inf: unreachable)."""
-        st, nt = self.st, self.nt
-        ready = np.zeros(nt.n)
-        if not st.preds[i]:
-            orow = nt.origin_row(self.ctx.job.origin_zone)
-            if orow is not None:
-                ready = orow.mean_ms(self.ctx.job.input_mb)
-        for p in st.preds[i]:
-            ready = np.maximum(ready, self.fin_mean[p] + nt.row(int(self.node[p])).mean_ms(st.out_mb[p]))
-        return ready
+        return self._inputs_mean(i, after_finish=True)
 
     def resend_mean(self, i: int) -> np.ndarray:
         """Mean time to (re-)send stage i's inputs to each node once its predecessors are done."""
+        return self._inputs_mean(i, after_finish=False)
+
+    def _inputs_mean(self, i: int, after_finish: bool) -> np.ndarray:
         st, nt = self.st, self.nt
         out = np.zeros(nt.n)
         if not st.preds[i]:
@@ -80,7 +75,8 @@ class Builder:
             if orow is not None:
                 out = orow.mean_ms(self.ctx.job.input_mb)
         for p in st.preds[i]:
-            out = np.maximum(out, nt.row(int(self.node[p])).mean_ms(st.out_mb[p]))
+            start = self.fin_mean[p] if after_finish else 0.0
+            out = np.maximum(out, start + nt.row(int(self.node[p])).mean_ms(st.out_mb[p]))
         return out
 
     def extra_demand(self, i: int) -> np.ndarray:
