@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from . import stats
 from .errors import DtlabError
 
 # --- sizes -------------------------------------------------------------------------------------
@@ -232,20 +233,10 @@ def _legend(ax, **kw):
 
 
 def mean_ci(values) -> tuple[float, float, float]:
-    """Mean and 95 % t-interval (normal for n > 30) of a sample; (mean, lo, hi), lo=hi=mean for n=1."""
-    x = np.asarray(values, dtype=float)
-    x = x[np.isfinite(x)]
-    if x.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    m = float(x.mean())
-    if x.size == 1:
-        return m, m, m
-    t975 = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36, 9: 2.31, 10: 2.26,
-            15: 2.14, 20: 2.09, 30: 2.04}
-    n = x.size
-    t = next((v for k, v in sorted(t975.items()) if n <= k), 1.96)
-    half = t * float(x.std(ddof=1)) / np.sqrt(n)
-    return m, m - half, m + half
+    """Mean and 95 % t-interval of a sample as (mean, lo, hi): dtlab.stats.mean_ci, the same rule as
+    metrics.json, so error bars and metrics agree."""
+    ci = stats.mean_ci(values)
+    return ci.mean, ci.low, ci.high
 
 
 def _per_group_ci(df: pd.DataFrame, by: Sequence[str], value: str) -> pd.DataFrame:

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from dtlab.errors import DtlabError, SpecError, SubstrateUnavailable
+from dtlab import stats
 from dtlab.fabric import calibrate, cgroups, worker
 from dtlab.model import Link
 
@@ -114,11 +115,11 @@ def test_geo_ci_is_geometric_and_covers_the_mean():
     st = calibrate.geo_ci(ratios)
     assert st["factor"] == pytest.approx(4.0)
     assert st["ci_low"] < 4.0 < st["ci_high"]
-    half = calibrate.t975(2) * np.std(np.log(ratios), ddof=1) / math.sqrt(3)
+    half = stats.t975(2) * np.std(np.log(ratios), ddof=1) / math.sqrt(3)
     assert st["ci_high"] == pytest.approx(4.0 * math.exp(half))
     flat = calibrate.geo_ci([1.5] * 5)
     assert flat["ci_low"] == pytest.approx(1.5) and flat["ci_high"] == pytest.approx(1.5)
-    assert calibrate.t975(1) > calibrate.t975(10) > calibrate.t975(1000) == 1.96
+    assert stats.t975(1) > stats.t975(10) > stats.t975(1000) == 1.96
 
 
 def test_paired_ratio_prefers_cpu_clock():

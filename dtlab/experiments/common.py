@@ -21,42 +21,8 @@ from ..model import Cluster, Node, load_cluster
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-# two-sided 95% Student t quantiles t_{0.975, df}; beyond the table the normal 1.96 is within 2%
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
-         10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110,
-         18: 2.101, 19: 2.093, 20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060,
-         26: 2.056, 27: 2.052, 28: 2.048, 29: 2.045, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
-
-
-def t975(df: int) -> float:
-    """Two-sided 95% t quantile (table lookup, conservative: the next smaller tabulated df)."""
-    if df < 1:
-        return math.nan
-    if df in _T975:
-        return _T975[df]
-    if df > 120:
-        return 1.960
-    return _T975[max(k for k in _T975 if k <= df)]
-
-
-@dataclass(frozen=True)
-class CI:
-    mean: float
-    low: float
-    high: float
-    n: int
-
-
-def mean_ci(values: Iterable[float]) -> CI:
-    """Mean and 95% t-interval of per-seed values (NaNs dropped; one value gives a zero-width interval)."""
-    x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
-    if x.size == 0:
-        return CI(math.nan, math.nan, math.nan, 0)
-    m = float(x.mean())
-    if x.size == 1:
-        return CI(m, m, m, 1)
-    half = t975(x.size - 1) * float(x.std(ddof=1)) / math.sqrt(x.size)
-    return CI(m, m - half, m + half, int(x.size))
+# the statistics live in dtlab.stats (one home); re-exported here for the experiments
+from ..stats import CI, mean_ci, t975  # noqa: E402,F401
 
 
 def summarize_seeds(df: pd.DataFrame, by: Sequence[str], metrics: Sequence[str]) -> pd.DataFrame:

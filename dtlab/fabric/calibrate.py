@@ -25,34 +25,18 @@ from typing import Any, Mapping
 import yaml
 
 from ..errors import DtlabError, SpecError
+from .. import stats
 from . import worker
 
 STAGE_KERNEL = "mix"
-# two-sided 95% Student t quantiles by degrees of freedom (no scipy dependency)
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
-         10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
-
-
-def t975(df: int) -> float:
-    if df <= 0:
-        return float("nan")
-    keys = sorted(_T975)
-    for k in keys:
-        if df <= k:
-            return _T975[k]
-    return 1.960
-
-
 def geo_ci(ratios: list[float]) -> dict[str, float]:
     """Geometric mean and 95% CI (t-interval on logs) of positive ratios."""
     logs = [math.log(r) for r in ratios if r > 0]
     n = len(logs)
     if n == 0:
         raise DtlabError("no positive ratios to summarise")
-    m = statistics.fmean(logs)
-    half = t975(n - 1) * statistics.stdev(logs) / math.sqrt(n) if n > 1 else float("nan")
-    return {"factor": math.exp(m), "ci_low": math.exp(m - half) if n > 1 else float("nan"),
-            "ci_high": math.exp(m + half) if n > 1 else float("nan"), "n": n,
+    ci = stats.geo_ci(ratios)
+    return {"factor": ci.mean, "ci_low": ci.low, "ci_high": ci.high, "n": n,
             "min": min(ratios), "max": max(ratios)}
 
 
