@@ -17,5 +17,5 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 echo "$tag: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
-apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null || {
-    apt-get update -qq && apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; }
+apt-get install -y -o DPkg::Lock::Timeout=600 --no-install-recommends "${missing[@]}" >/dev/null || {
+    apt-get update -qq && apt-get install -y -o DPkg::Lock::Timeout=600 --no-install-recommends "${missing[@]}" >/dev/null; }
