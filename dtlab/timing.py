@@ -13,7 +13,7 @@ Model, documented once:
   ``wasm`` if the node offers it. The cheapest allowed format (lowest overhead
   factor) is used. Default factors: native 1.0; QEMU 3.0 (arm64/amd64 guests) and
   3.5 (riscv64), inside the 2-8x range of published user-mode QEMU figures
-  (``shared/data/calibration/published-overheads.yaml``); wasm 1.3 (Wasmtime-class
+  (``data/calibration/published-overheads.yaml``); wasm 1.3 (Wasmtime-class
   runtimes: 1.2-1.55x). Measured calibration replaces them (``TimingModel.overheads``).
 * **Service time.** ``duration_ms`` is the time on one core of speed 1.0, native
   amd64, when the stage gets its ``cpu`` cores. On node n in format f:

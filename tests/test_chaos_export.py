@@ -1,5 +1,5 @@
 """Chaos Mesh export: every manifest of every shipped scenario validates against the real CRD
-openAPIV3Schema (from tests/data/chaos-mesh-crds), the Workflow's timing reproduces the
+openAPIV3Schema (from data/chaos-mesh-crds), the Workflow's timing reproduces the
 scenario's, and the link deltas are what the spec means."""
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from dtlab.chaos.export import PERMANENT_HOLD_S, go_duration, to_manifests, writ
 from dtlab.chaos.spec import SCENARIO_DIR, expand, shipped_scenarios
 from dtlab.cli_chaos import main as chaos_main
 
-CRD_DIR = Path(__file__).parent / "data" / "chaos-mesh-crds"
+CRD_DIR = Path(__file__).resolve().parents[1] / "data" / "chaos-mesh-crds"
 CLUSTER = load_cluster("examples/cluster-hetero.yaml")
 
 

@@ -8,7 +8,6 @@ from dtlab.workload import arrival_stream, readers
 from dtlab.workload.generate import (TEMPLATES, arrival_times, diurnal_times, draw_durations, mmpp_times,
                                      write_workload)
 
-real = pytest.mark.skipif(not readers.AZURE_2021.exists(), reason="reference data not found")
 
 
 def test_poisson_rate_and_exponential_gaps():
@@ -59,7 +58,6 @@ def test_durations_parametric_means():
         draw_durations({"dist": "pareto"}, rng, 3)
 
 
-@real
 def test_durations_from_a_trace_are_its_values():
     d = draw_durations({"trace": "azure-functions-2021"}, np.random.default_rng(4), 500)
     real_values = set(readers.read_azure_functions_2021()["duration_s"])
@@ -81,7 +79,6 @@ def test_spec_workload_file_loads_and_streams_deterministically(tmp_path, proces
     assert np.all(np.diff(times) >= 0) and times[0] > 0
 
 
-@real
 def test_materialised_trace_workload_replays_the_written_stream(tmp_path):
     out = write_workload(tmp_path / "azure.yaml", template="single", count=300, process="mmpp",
                          arrivals={"rates_per_s": [10.0, 1.0], "mean_sojourn_s": [1.0, 5.0]},
@@ -98,7 +95,6 @@ def test_materialised_trace_workload_replays_the_written_stream(tmp_path):
     assert again.jobs_path.read_text() == out.jobs_path.read_text()     # same seed, same file
 
 
-@real
 def test_openb_trace_arrivals_in_a_workload():
     from dtlab.model import workload_from_dict
     w = workload_from_dict({"arrivals": {"trace": {"format": "alibaba-openb", "time_scale": 0.001}},
@@ -130,7 +126,6 @@ def test_workload_generate_cli(tmp_path):
     assert main(["workload", "generate", "--out", str(out), "--process", "mmpp", "--count", "4"]) == 2
 
 
-@real
 def test_trace_absolute_durations_reproduce_creation_to_deletion():
     from dtlab.model import workload_from_dict
     w = workload_from_dict({"arrivals": {"trace": {"format": "alibaba-openb", "time_scale": 0.01,

@@ -8,10 +8,8 @@ from dtlab.errors import SpecError
 from dtlab.workload import readers as r
 
 FIXTURES = Path(__file__).parent / "data" / "traces"
-real = pytest.mark.skipif(not r.OPENB_NODES.exists(), reason=f"reference data not found at {r.DATA_DIR}")
 
 
-@real
 def test_openb_nodes_real_file():
     df = r.read_openb_nodes()
     assert len(df) == 1523
@@ -21,7 +19,6 @@ def test_openb_nodes_real_file():
     assert (df.loc[df["gpu"] > 0, "model"] != "").all()
 
 
-@real
 @pytest.mark.parametrize("variant,rows", [("default", 8152), ("gpushare40", 8152),
                                           ("cpu050", 7439), ("multigpu50", 9061)])
 def test_openb_pods_real_files(variant, rows):
@@ -36,7 +33,6 @@ def test_openb_pods_real_files(variant, rows):
         assert (df["deletion_time"] >= df["creation_time"]).all()
 
 
-@real
 def test_v2017_batch_task_real_file():
     df = r.read_alibaba_v2017_batch_task()
     assert len(df) == 80553
@@ -46,7 +42,6 @@ def test_v2017_batch_task_real_file():
     assert df["end_time_s"].isna().sum() == 208        # end 0 in the file = not ended
 
 
-@real
 def test_azure_2021_real_file():
     df = r.read_azure_functions_2021()
     # the data README says 198; the file has 199 data rows (200 lines, no trailing newline)
@@ -95,10 +90,8 @@ def test_missing_file_and_unknown_format():
 from dtlab.model import Cluster, Link, Node  # noqa: E402
 from dtlab.workload import topology as topo  # noqa: E402
 
-rtt_real = pytest.mark.skipif(not topo.RIPE_RTT.exists(), reason="reference data not found")
 
 
-@rtt_real
 def test_ripe_rtt_real_file_and_symmetric_half_rtt_matrix():
     df = topo.read_ripe_rtt()
     assert len(df) == 6827
@@ -110,7 +103,6 @@ def test_ripe_rtt_real_file_and_symmetric_half_rtt_matrix():
     assert m.loc["US", "DE"] == pytest.approx(row["rtt_avg"].iloc[0] / 2)
 
 
-@rtt_real
 def test_topology_links_and_cluster():
     links = topo.topology_from_rtt(["DE", "US", "JP"], bandwidth_mbps=100, loss=0.01)
     assert len(links) == 3 and all(isinstance(l, Link) for l in links)
@@ -135,3 +127,25 @@ def test_rtt_missing_pair_and_bad_row(tmp_path):
     with pytest.raises(r.TraceError) as info:
         topo.read_ripe_rtt(path)
     assert (info.value.line, info.value.column) == (2, "rtt_avg")
+
+
+def test_data_dir_env_override_and_missing_data_says_where_to_get_it(tmp_path, monkeypatch):
+    from dtlab import datadir
+    from dtlab.errors import SpecError
+    assert (datadir.data_dir() / "README.md").exists()          # a checkout ships its data
+    monkeypatch.setenv("DTLAB_DATA_DIR", str(tmp_path))
+    assert datadir.data_dir() == tmp_path
+    with pytest.raises(SpecError, match="DTLAB_DATA_DIR"):
+        r.read_openb_nodes(datadir.data_path("traces", "alibaba-openb", "openb_node_list_all_node.csv"))
+    with pytest.raises(SpecError, match="file not found$"):     # a user's own path: no data hint
+        datadir.require("/nonexistent/trace.csv")
+
+
+def test_project_never_reads_the_sibling_shared_folder():
+    """The repository is self-contained: nothing outside the changelog names the sibling shared folder."""
+    import subprocess
+    root = Path(__file__).resolve().parents[1]
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=root, capture_output=True, text=True, check=True).stdout.split()
+    hits = [f for f in files if f != "CHANGELOG.md" and (root / f).is_file()
+            and (".." + "/shared") in (root / f).read_text(errors="ignore")]
+    assert hits == [], f"files referring to the sibling shared folder: {hits}"

@@ -8,7 +8,6 @@ from dtlab.replay import (COLUMNS, ClusterArrays, inflate, policy_names, replay_
                           write_allocation)
 from dtlab.workload import readers
 
-real = pytest.mark.skipif(not readers.OPENB_NODES.exists(), reason="reference data not found")
 
 
 def small_cluster(rng, n=40):
@@ -173,7 +172,6 @@ def test_timed_replay_frees_resources_at_deletion():
     assert res.usage["failed"].iloc[-1] == 1
 
 
-@real
 def test_openb_default_replay_full_scale_is_consistent():
     nodes, pods = readers.read_openb_nodes(), readers.read_openb_pods()
     res = replay_allocation(nodes, pods, "best-fit", seed=0)

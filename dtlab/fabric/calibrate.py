@@ -26,6 +26,7 @@ import yaml
 
 from ..errors import DtlabError, SpecError
 from .. import stats
+from ..datadir import data_path
 from . import worker
 
 STAGE_KERNEL = "mix"
@@ -142,9 +143,7 @@ def load_overheads(path: str | Path | None = None) -> dict[str, float]:
 
 # ------------------------------------------------------------ published figures (V3)
 def published_path() -> Path:
-    env = os.environ.get("DTLAB_SHARED")
-    base = Path(env) if env else Path(__file__).resolve().parents[3] / "shared"
-    return base / "data" / "calibration" / "published-overheads.yaml"
+    return data_path("calibration", "published-overheads.yaml")
 
 
 # our kernel -> the TCG benchmark it resembles (per-instruction numbers; indicative only)

@@ -24,7 +24,6 @@ Formats (any path in the same layout loads the same way):
 """
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +32,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ..datadir import data_dir, missing_hint
 from ..errors import SpecError
 
-# ``../shared/data`` relative to the project root; DTLAB_DATA_DIR overrides it (other checkouts, CI).
-DATA_DIR = Path(os.environ.get("DTLAB_DATA_DIR", Path(__file__).resolve().parents[2].parent / "shared" / "data"))
+# the repository's data/ folder; DTLAB_DATA_DIR overrides it (dtlab.datadir is the one resolver)
+DATA_DIR = data_dir()
 TRACE_DIR = DATA_DIR / "traces"
 OPENB_NODES = TRACE_DIR / "alibaba-openb" / "openb_node_list_all_node.csv"
 OPENB_PODS = TRACE_DIR / "alibaba-openb" / "openb_pod_list_default.csv"
@@ -74,7 +74,7 @@ class Col:
 def _read(path, columns: Sequence[Col], what: str) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
-        raise TraceError(path, None, None, f"{what} file not found")
+        raise TraceError(path, None, None, f"{what} file not found{missing_hint(path)}")
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False,
                           skip_blank_lines=False, skipinitialspace=True,

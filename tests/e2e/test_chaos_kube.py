@@ -1,4 +1,4 @@
-"""e2e: the Chaos Mesh CRDs (tests/data/chaos-mesh-crds) install into the local API server, every
+"""e2e: the Chaos Mesh CRDs (data/chaos-mesh-crds) install into the local API server, every
 manifest exported from every shipped scenario passes a server-side dry-run with strict field
 validation, and their node selectors select real (KWOK) nodes of the cluster.
 
@@ -22,7 +22,7 @@ from dtlab.chaos.export import to_manifests
 from dtlab.chaos.spec import SCENARIO_DIR, ZONE_LABEL, shipped_scenarios
 
 REPO = Path(__file__).resolve().parents[2]
-CRD_DIR = REPO / "tests" / "data" / "chaos-mesh-crds"
+CRD_DIR = REPO / "data" / "chaos-mesh-crds"
 PLURAL = {"NetworkChaos": "networkchaos", "PodChaos": "podchaos", "Workflow": "workflows"}
 PLANE = f"chaos-e2e-{os.getpid()}"
 NAMESPACE = "dtlab"
