@@ -13,6 +13,9 @@ STAMP  := $(VENV)/.dtlab-installed
 OUT    ?= outputs
 J      ?= 2
 LAB_PORT ?= 8888
+RUN_ARGS ?=
+LAB_ARGS ?=
+FRESH_ARGS ?=
 
 # run-script FILE: run a script another part of the project provides, or say it is not there yet
 define run-script
@@ -23,7 +26,7 @@ endef
 elapsed = start=$$(date +%s); $(1); echo "[$(2): $$(( $$(date +%s) - start )) s]"
 
 .PHONY: help venv experiments test test-unit test-notebooks test-smoke lab bench figures results \
-        clean clean-all cluster-bin cluster fabric-deps test-deps fuzz test-ui
+        clean clean-all cluster-bin cluster fabric-deps test-deps fuzz test-ui deps fresh-check
 
 help: ## show this help
 	@echo "dtlab: research workbench for digital-twin control of heterogeneous Kubernetes clusters"
@@ -40,7 +43,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP) ## create .venv and install dtlab with its dev extras (only when pyproject.toml changed)
 
 experiments: $(STAMP) ## run V1..V6 with params/ (sim; V1/V2 on the fabric if this host has it); skips finished runs
-	@$(call elapsed,$(DTLAB) run all --out $(OUT) -j $(J),dtlab run all)
+	@$(call elapsed,$(DTLAB) run all --out $(OUT) -j $(J) $(RUN_ARGS),dtlab run all)
 	@echo
 	@$(DTLAB) results --out $(OUT)
 	@echo
@@ -59,7 +62,7 @@ test-smoke: $(STAMP) ## dtlab run all with params/smoke/ through papermill (into
 
 lab: $(STAMP) ## open the notebooks in JupyterLab (loopback only)
 	$(PY) -c "from dtlab.runner import ensure_kernel; ensure_kernel()"
-	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --port $(LAB_PORT) --notebook-dir notebooks
+	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --port $(LAB_PORT) --notebook-dir notebooks $(LAB_ARGS)
 
 bench: $(STAMP) ## speed benchmarks (print numbers and ratios to a baseline)
 	$(PY) benchmarks/run_all.py
@@ -100,6 +103,11 @@ else ifeq ($(CLUSTER),kind)
 else
 	@echo "CLUSTER must be local, k3d or kind (got $(CLUSTER))"; exit 2
 endif
+
+deps: venv test-deps fabric-deps cluster-bin ## every install step of the project (what .ci/run and fresh-check run)
+
+fresh-check: ## prove `make deps` on a fresh Debian bookworm root (debootstrap; root; cached base)
+	bash scripts/fresh-check.sh $(FRESH_ARGS)
 
 fabric-deps: ## install what the fabric substrate needs (cross compilers, QEMU, clang+wasi-libc; root) and build the kernels
 	bash scripts/fabric-deps.sh
