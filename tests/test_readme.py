@@ -54,7 +54,7 @@ def readme_blocks(text: str) -> list[list[str]]:
             continue
         if cur is None or not line:
             continue
-        line = re.sub(r"\s{2,}#.*$", "", line)          # trailing comment after two spaces
+        line = re.sub(r"\s+#(\s.*)?$", "", line)          # trailing "  # comment"
         if line.endswith("\\"):
             pending += line[:-1].rstrip() + " "
             continue
@@ -72,7 +72,8 @@ class Ctx:
     log: list[str] = field(default_factory=list)
 
     def fmt(self, cmd: str) -> str:
-        return cmd.replace("/tmp/", f"{self.tmp}/").format(tmp=self.tmp, port=self.port)
+        return (cmd.replace("/tmp/", f"{self.tmp}/").replace("{tmp}", str(self.tmp))
+                .replace("{port}", str(self.port)))
 
 
 def _sh(ctx: Ctx, cmd: str, timeout: float) -> subprocess.CompletedProcess:
@@ -119,11 +120,17 @@ def server(sub: str, probe: str, ready_s: float = 120) -> Handler:
         ctx.port = free_port()
         line = ctx.fmt(sub)
         ctx.log.append(line)
-        proc = subprocess.Popen(["bash", "-c", f"exec {line}"], cwd=REPO, env=ctx.env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        errlog = ctx.tmp / f"server-{len(ctx.procs)}.log"     # a file, not a pipe: a chatty server never blocks
+        with errlog.open("w") as err:
+            proc = subprocess.Popen(["bash", "-c", f"exec {line}"], cwd=REPO, env=ctx.env, stdout=err,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
         ctx.procs.append((cmd, proc))
-        wait_for(lambda: requests.get(ctx.fmt(probe), timeout=2).status_code < 500, ready_s, f"{cmd} to answer",
-                 procs=[(cmd, proc)])
+        try:
+            wait_for(lambda: requests.get(ctx.fmt(probe), timeout=2).status_code < 500, ready_s,
+                     f"{cmd} to answer", procs=[(cmd, proc)])
+        except AssertionError as exc:
+            err = errlog.read_text()[-3000:]
+            raise AssertionError(f"{exc}\n{err}") from None
     return h
 
 
@@ -162,6 +169,13 @@ def _root() -> tuple[bool, str]:
     return os.geteuid() == 0, "needs root (apt-get)"
 
 
+def _fresh() -> tuple[bool, str]:
+    import shutil
+    if os.geteuid() != 0:
+        return False, "fresh-check needs root (debootstrap, chroot, mounts)"
+    return shutil.which("go") is not None, "fresh-check lends the host's Go toolchain; none on PATH"
+
+
 SMOKE_EDIT = "cp params/smoke/V1.yaml my-v1.yaml"   # $EDITOR: the edit a user makes, at smoke size
 
 # Every README command (after comment stripping and whitespace folding) -> how the test runs it.
@@ -182,6 +196,10 @@ HOW: dict[str, Handler] = {
     "--policy greedy --out /tmp/results.csv": run(check=lambda c, p: (c.tmp / "results.csv").stat()),
     ".venv/bin/dtlab policies": run(check=lambda c, p: "cvar" in p.stdout or pytest.fail(p.stdout)),
     "make fabric-deps": run(needs=_root),
+    "make deps": run(needs=_root, timeout=1800),
+    # CI runs the full check before `make test` when the install scripts changed; here the stamp makes it
+    # seconds, and without a stamp (a developer machine) it runs the whole check once
+    "make fresh-check": run("make fresh-check FRESH_ARGS=--if-changed", timeout=1800, needs=_fresh),
     ".venv/bin/dtlab calibrate compute --quick":
         run(".venv/bin/dtlab calibrate compute --quick --out {tmp}/calibration.yaml", needs=_fabric,
             check=lambda c, p: (c.tmp / "calibration.yaml").stat()),
@@ -203,9 +221,10 @@ HOW: dict[str, Handler] = {
     "'[{\"kind\": \"node-down\", \"node\": \"edge-a-0\"}]'":
         run("curl -sf localhost:{port}/observe -H \"Authorization: Bearer $DTLAB_API_TOKEN\" "
             "-H 'Content-Type: application/json' -d '[{\"kind\": \"node-down\", \"node\": \"edge-a-0\"}]'"),
-    ".venv/bin/dtlab controller --substrate sim --cluster examples/cluster-hetero.yaml --jobs 50 --port 9100":
-        server(".venv/bin/dtlab controller --substrate sim --cluster examples/cluster-hetero.yaml --jobs 50 "
-               "--port {port}", "http://127.0.0.1:{port}/metrics"),
+    ".venv/bin/dtlab controller --substrate sim --cluster examples/cluster-hetero.yaml --workload "
+    "examples/workload.yaml --jobs 50 --port 9100":
+        server(".venv/bin/dtlab controller --substrate sim --cluster examples/cluster-hetero.yaml --workload "
+               "examples/workload.yaml --jobs 50 --port {port}", "http://127.0.0.1:{port}/metrics"),
     ".venv/bin/dtlab chaos validate chaos/scenarios/bad-day.yaml --cluster examples/cluster-hetero.yaml": run(),
     ".venv/bin/dtlab chaos export chaos/scenarios/bad-day.yaml -o /tmp/chaos":
         run(check=lambda c, p: next((c.tmp / "chaos").iterdir())),
