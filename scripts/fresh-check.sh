@@ -86,14 +86,18 @@ mkdir -p "$root/dev/pts"
 goroot="$(go env GOROOT 2>/dev/null || true)"
 [[ -n "$goroot" && -x "$goroot/bin/go" ]] || { echo "fresh-check: the host has no Go toolchain to lend (README: Go >= 1.26)" >&2; exit 1; }
 bind "$goroot" "$root/usr/local/go" ro
-mkdir -p "$(go env GOMODCACHE)" "$(go env GOCACHE)" "$HOME/.cache/pip" /var/cache/apt/archives
+mkdir -p "$(go env GOMODCACHE)" "$(go env GOCACHE)" "$HOME/.cache/pip" "$cache/fresh/apt-archives/partial"
 bind "$(go env GOMODCACHE)" "$root/root/go/pkg/mod"
 bind "$(go env GOCACHE)" "$root/root/.cache/go-build"
 bind "$HOME/.cache/pip" "$root/root/.cache/pip"
-bind /var/cache/apt/archives "$root/var/cache/apt/archives"
+# apt's downloads in a cache of the check's own (the host's archives dir holds a lock other apt runs take)
+bind "$cache/fresh/apt-archives" "$root/var/cache/apt/archives"
 cp -L /etc/resolv.conf "$root/etc/resolv.conf"
 [[ -f /etc/ssl/certs/ca-certificates.crt ]] && cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
-cp /etc/apt/sources.list.d/debian.sources "$root/etc/apt/sources.list.d/" 2>/dev/null || true
+# the machine's package sources (bookworm + updates + security), as a fresh machine here would have them
+if [[ -f /etc/apt/sources.list.d/debian.sources ]]; then
+    rm -f "$root/etc/apt/sources.list"; cp /etc/apt/sources.list.d/debian.sources "$root/etc/apt/sources.list.d/"
+fi
 # no daemons started by package scripts inside the chroot (Debian's convention for chroots)
 printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"; chmod +x "$root/usr/sbin/policy-rc.d"
 git clone -q --no-hardlinks "$here" "$root/src/dtlab"
