@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Install what the fabric substrate needs on Debian/Ubuntu: cross compilers (aarch64, riscv64),
+# Install what the fabric substrate needs on Debian/Ubuntu: gcc (native kernel), cross compilers (aarch64, riscv64),
 # QEMU user-mode emulators, clang + lld + wasi-libc (+ wasm32 compiler-rt builtins), iproute2.
 # The Wasm runtime is the PyPI `wasmtime` package (a dtlab dependency). Idempotent and quick when
 # everything is present: it only calls apt-get for packages that are missing. Needs root for apt.
 set -euo pipefail
-pkgs=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-riscv64-linux-gnu libc6-dev-riscv64-cross
+pkgs=(gcc libc6-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-riscv64-linux-gnu libc6-dev-riscv64-cross
       qemu-user-static clang lld wasi-libc iproute2)
 # Base packages first: the wasm32 builtins package below is named after the clang version, so clang
 # must be installed before it is asked for its version (a fresh machine has no clang).

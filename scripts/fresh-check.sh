@@ -81,7 +81,7 @@ bind() {  # bind SRC DST [ro]
 mount -t proc proc "$root/proc"; mounts+=("$root/proc")
 bind /sys "$root/sys" ro
 bind /dev "$root/dev"
-mkdir -p "$root/dev/pts"
+bind /dev/pts "$root/dev/pts"
 # caches and machine facts (see the header)
 goroot="$(go env GOROOT 2>/dev/null || true)"
 [[ -n "$goroot" && -x "$goroot/bin/go" ]] || { echo "fresh-check: the host has no Go toolchain to lend (README: Go >= 1.26)" >&2; exit 1; }
