@@ -400,7 +400,10 @@ def run_controller(params: Mapping[str, Any], cluster: Cluster, workload, seed: 
                          seed=child_seed(seed, policy, predictor), on_plan=on_plan, recalibrator=recal)
         stream = job_stream(workload, np.random.default_rng(child_seed(seed, "workload")))
         df = ctl.run_workload(stream)
+        stages = sub.results()["stages"]
     df.insert(0, "seed", seed)
+    from . import regime
+    df.attrs["regime"] = regime.measure(df, stages, cluster, workload.template)   # small dict: the run's regime
     return df, ctl
 
 
