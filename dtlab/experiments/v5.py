@@ -72,7 +72,7 @@ DEFAULTS: dict[str, Any] = {
     "policies": ["greedy", "cvar"],
     "predictor": "fast",
     "samples": 256,
-    "plans": 30,
+    "plans": 100,               # x seeds, pooled: >= 500 plans per point for a bootstrap p99 (see docstring)
     "job": "examples/job-pipeline.yaml",
     "apply_events": 20000,
     "snapshots": 20,

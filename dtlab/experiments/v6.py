@@ -1,5 +1,27 @@
 """V6: does the twin stay right when the world drifts?
 
+Hypothesis: when node speeds and job sizes drift away from the spec, a twin that recalibrates
+online keeps its prediction error near its no-drift level while a static twin's error grows with
+the drift; where the error changes placements, deadline misses follow.
+
+Regime (``params/V6.yaml``; measured in metrics.json as ``regime.*``): drift strong enough to move
+the error but not to saturate the world -- nodes lose 4 % of their spec speed and jobs grow 2 % per
+virtual minute, so after the 8 minutes of 240 arrivals at 0.5 jobs/s a job needs ~1.5x its nominal
+time; deadlines are ``deadline_slack`` = 2.5 x the isolated latency (as in V4), so the final window
+still meets about half of them (``static.last_window_miss_rate`` < 0.9) and misses can respond to
+better predictions. Edge-a (where the jobs' inputs live) carries the load at a measured
+utilisation of ~0.4 (``regime.util.edge-a``). The stronger drift this experiment used to run
+(-8 %/min, +4 %/min over 200 jobs) made the world 2.7x slower by the end and both variants missed
+nearly every deadline: misses could not show anything.
+
+Seeds to CI: both modes run on the same seeds (same world, arrivals and drift), so the effect of
+recalibration is the paired per-seed difference ``static - online`` (``effect.<metric>`` with a
+95 % t-interval and ``.seeds_needed`` for an interval half as wide as the effect). The MAPE
+difference has a per-seed sd of ~0.03 against an effect of ~0.06 (last window: ~0.2): 8 seeds give
+an interval that excludes 0; the miss-rate difference is within a few points of 0 and would need
+far more seeds (reported as ``effect.miss_rate.seeds_needed``) -- in this world the only zone that
+avoids the lossy uplink is edge-a, so better predictions rarely find a better placement.
+
 The ground truth drifts while the controller runs: every node gets slower
 (``speed_drift_per_min``), jobs get bigger (``workload_drift_per_min``), and telemetry is
 late (``telemetry_delay_s``) and noisy (``telemetry_noise``) -- on top of the sim's static
