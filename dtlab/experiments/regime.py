@@ -191,3 +191,22 @@ def host(metrics: dict[str, Any], when: str = "start") -> dict[str, Any]:
     metrics[f"{PREFIX}.host_load1.{when}"] = load1
     metrics[f"{PREFIX}.host_cpus"] = os.cpu_count()
     return metrics
+
+
+def record_runs(metrics: dict[str, Any], runs: Iterable[pd.DataFrame], by: str | None = None) -> dict[str, Any]:
+    """:func:`record` from the per-run job tables of :func:`dtlab.experiments.common.run_controller`
+    (each carries its measured regime in ``df.attrs["regime"]``); with ``by`` (e.g. ``rate_per_s``)
+    one set of keys per value, ``regime.r<value>.*`` for numbers, since the regime differs per load."""
+    runs = [r for r in runs if isinstance(r, pd.DataFrame) and r.attrs.get("regime") is not None]
+    if by is None:
+        return record(metrics, [r.attrs["regime"] for r in runs])
+    groups: dict[Any, list] = {}
+    for r in runs:
+        key = r[by].iloc[0] if by in r.columns and len(r) else None
+        groups.setdefault(key, []).append(r.attrs["regime"])
+    for key, regs in groups.items():
+        sub: dict[str, Any] = {}
+        record(sub, regs)
+        tag = f"r{key:g}" if isinstance(key, (int, float)) else str(key)      # V1's metric convention
+        metrics.update({k.replace(f"{PREFIX}.", f"{PREFIX}.{tag}.", 1): v for k, v in sub.items()})
+    return metrics
