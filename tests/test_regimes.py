@@ -114,3 +114,15 @@ def test_v1_v2_sim_smoke_record_their_regime(mod, name):
 def test_v3_records_the_host_load():
     m = v3.run(_smoke("V3", substrate="sim")).metrics
     assert "regime.host_load1.end" in m and m["regime.host_cpus"] >= 1
+
+
+@pytest.mark.parametrize("stem", ["V1_controller_vs_baseline", "V2_prediction_accuracy", "V3_execution_overhead",
+                                  "V4_shadow_failover", "V5_scalability", "V6_drift_robustness"])
+def test_notebook_intro_states_hypothesis_and_regime_and_the_figure_has_a_caption(stem):
+    import json
+    nb = json.loads((ROOT / "notebooks" / f"{stem}.ipynb").read_text())
+    intro = "".join(nb["cells"][0]["source"])
+    assert "**Hypothesis.**" in intro and "**Regime.**" in intro
+    cells = nb["cells"]
+    shows = next(i for i, c in enumerate(cells) if c["cell_type"] == "code" and "Image(" in "".join(c["source"]))
+    assert cells[shows - 1]["cell_type"] == "markdown" and "What to look for" in "".join(cells[shows - 1]["source"])
