@@ -489,7 +489,7 @@ def figure_v5(tables: Mapping[str, pd.DataFrame]) -> Figure:
     if state is not None:
         ax2 = axes[2]
         _require(state, ["nodes", "apply_events_per_s"], "V5 state")
-        ci = _per_group_ci(state, ["nodes"], "apply_events_per_s").sort_values("nodes")
+        ci = _per_group_boot(state, ["nodes"], "apply_events_per_s").sort_values("nodes")   # as metrics.json
         ax2.plot(ci["nodes"], ci["mean"], "-o", color=OKABE_ITO["blue"], label="events applied / s")
         ax2.fill_between(ci["nodes"], ci["lo"].clip(lower=ci["mean"] / 100), ci["hi"], color=OKABE_ITO["blue"],
                          alpha=0.15, linewidth=0)
@@ -500,7 +500,7 @@ def figure_v5(tables: Mapping[str, pd.DataFrame]) -> Figure:
         if "snapshot_ms" in state.columns:
             ax3 = ax2.twinx()
             ax3.spines["right"].set_visible(True)
-            ci = _per_group_ci(state, ["nodes"], "snapshot_ms").sort_values("nodes")
+            ci = _per_group_boot(state, ["nodes"], "snapshot_ms").sort_values("nodes")
             ax3.plot(ci["nodes"], ci["mean"], "--s", color=OKABE_ITO["vermillion"], label="snapshot (ms, right)")
             _log_y(ax3)
             ax3.set_ylabel("snapshot time (ms)")
