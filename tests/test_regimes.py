@@ -126,3 +126,17 @@ def test_notebook_intro_states_hypothesis_and_regime_and_the_figure_has_a_captio
     cells = nb["cells"]
     shows = next(i for i, c in enumerate(cells) if c["cell_type"] == "code" and "Image(" in "".join(c["source"]))
     assert cells[shows - 1]["cell_type"] == "markdown" and "What to look for" in "".join(cells[shows - 1]["source"])
+
+
+def test_wall_clock_substrate_records_without_outcome_or_times_still_measure():
+    # kube/fabric stage records: `ok` instead of `outcome`, unfinished attempts without times (object dtype)
+    stages = pd.DataFrame([
+        {"job": "x", "stage": "decode", "node": "edge-a-0", "start_ms": 0.0, "end_ms": 500.0, "ok": True},
+        {"job": "x", "stage": "infer", "node": "cloud-0", "start_ms": 600.0, "end_ms": None, "ok": None},
+    ], dtype=object)
+    jobs = pd.DataFrame({"planned_ms": [0.0, 1000.0], "deadline_ms": [3000.0, 3000.0],
+                         "pred_mean_ms": [1500.0, None]})
+    got = regime.measure(jobs, stages, CLUSTER, JOB)
+    assert got["util.edge-a"] == pytest.approx(1 * 500.0 / (8 * 1000.0))
+    assert got["link_load.cloud~edge-a"] == 0.0          # the unfinished infer moved nothing yet
+    assert got["slack.p50"] == pytest.approx(2.0)

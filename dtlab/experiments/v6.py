@@ -17,7 +17,7 @@ nearly every deadline: misses could not show anything.
 Seeds to CI: both modes run on the same seeds (same world, arrivals and drift), so the effect of
 recalibration is the paired per-seed difference ``static - online`` (``effect.<metric>`` with a
 95 % t-interval and ``.seeds_needed`` for an interval half as wide as the effect). The MAPE
-difference has a per-seed sd of ~0.03 against an effect of ~0.06 (last window: ~0.2): 8 seeds give
+difference has a per-seed sd of ~0.03 against an effect of ~0.06 (last window: ~0.16): 8 seeds give
 an interval that excludes 0; the miss-rate difference is within a few points of 0 and would need
 far more seeds (reported as ``effect.miss_rate.seeds_needed``) -- in this world the only zone that
 avoids the lossy uplink is edge-a, so better predictions rarely find a better placement.
