@@ -106,6 +106,8 @@ DEFAULTS: dict[str, Any] = {
 SMOKE: dict[str, Any] = {"jobs": 16, "seeds": [0, 1], "samples": 16,
                          "scenarios": [CONTROL, "zone-blackout", "rolling-node-failures", "bad-day"]}
 METRICS = ("recovery_ms_mean", "jobs_lost", "deadline_miss_rate", "extra_work_ms")
+BOUNDS = {"recovery_ms_mean": stats.NONNEG, "jobs_lost": stats.NONNEG, "deadline_miss_rate": stats.RATE,
+          "extra_work_ms": stats.NONNEG}
 FAILED_OUTCOMES = ("failed", "lost", "killed")
 
 
@@ -147,7 +149,7 @@ def run(params: dict | None = None) -> ExperimentResult:
                 rows.append(row)
                 jobs.append(df)
     table = pd.DataFrame(rows)
-    summary = summarize_seeds(table, ["scenario", "strategy"], METRICS)
+    summary = summarize_seeds(table, ["scenario", "strategy"], METRICS, bounds=BOUNDS)
     metrics = metrics_from_summary(summary, ["scenario", "strategy"])
     metrics["substrate"] = p["substrate"]
     shadow_rows = table[table["strategy"].str.startswith("shadow-")]

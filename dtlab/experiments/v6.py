@@ -269,7 +269,8 @@ def run(params: dict | None = None) -> ExperimentResult:
         for m in ("mape", "median_ape", "median_ratio", "miss_rate", "last_window_mape", "last_window_miss_rate",
                   "mape_uncontended", "mape_contended", "median_ratio_uncontended", "median_ratio_contended",
                   "share_contended"):
-            put_ci(metrics, f"{mode}.{m}", mean_ci(g[m]))
+            bounds = stats.RATE if "miss_rate" in m or m.startswith("share_") else stats.NONNEG
+            put_ci(metrics, f"{mode}.{m}", mean_ci(g[m], bounds=bounds))
     if "tracking_error" in runs:
         put_ci(metrics, "tracking.online_abs_log_error", mean_ci(runs["tracking_error"].dropna()))
         put_ci(metrics, "tracking.spec_abs_log_error", mean_ci(runs["spec_tracking_error"].dropna()))
@@ -278,7 +279,9 @@ def run(params: dict | None = None) -> ExperimentResult:
     regime.record(metrics, regimes, nominal_slack=p["deadline_slack"], isolated_ms=round(isolated_ms, 1),
                   rate_per_s=p["rate_per_s"])
     extra = {"runs": runs, "jobs": pd.concat(jobs, ignore_index=True),
-             "windows": summarize_seeds(table, ["mode", "window_start_s"], WINDOW_METRICS)}
+             "windows": summarize_seeds(table, ["mode", "window_start_s"], WINDOW_METRICS,
+                                        bounds={"miss_rate": stats.RATE, "mape": stats.NONNEG,
+                                                "median_ape": stats.NONNEG, "median_ratio": stats.NONNEG})}
     if corrections:
         extra["corrections"] = pd.concat(corrections, ignore_index=True)
     if tracking:
