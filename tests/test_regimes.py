@@ -140,3 +140,21 @@ def test_wall_clock_substrate_records_without_outcome_or_times_still_measure():
     assert got["util.edge-a"] == pytest.approx(1 * 500.0 / (8 * 1000.0))
     assert got["link_load.cloud~edge-a"] == 0.0          # the unfinished infer moved nothing yet
     assert got["slack.p50"] == pytest.approx(2.0)
+
+
+def test_paired_seeds_needed_follows_the_spread_of_the_differences():
+    from dtlab import stats
+    # differences 0.1, 0.3 (mean 0.2, sd 0.1414): half-width 0.1 needs (1.96 * 0.1414 / 0.1)^2 -> 8 seeds
+    assert stats.paired_seeds_needed([0.6, 0.8], [0.5, 0.5]) == 8
+    assert stats.paired_seeds_needed([0.5, 0.5], [0.5, 0.5]) is None      # no effect to resolve
+    assert stats.paired_seeds_needed([0.5], [0.1]) is None                # one pair: no spread
+
+
+def test_v4_fault_effect_is_the_paired_difference_to_the_no_fault_run():
+    rows = [{"scenario": s, "strategy": "x", "seed": k, "deadline_miss_rate": r}
+            for s, rates in (("none", [0.0, 0.1, 0.05]), ("f", [0.3, 0.5, 0.35])) for k, r in enumerate(rates)]
+    m = v4.fault_effects(pd.DataFrame(rows))
+    # per-seed differences 0.3, 0.4, 0.3: mean 1/3, sd 0.0577, t(2) = 4.303 -> +- 0.1434
+    assert m["effect.f.x.deadline_miss_rate"] == pytest.approx(1 / 3, abs=1e-6)
+    assert m["effect.f.x.deadline_miss_rate.ci_low"] == pytest.approx(1 / 3 - 0.1434, abs=1e-3)
+    assert m["none.best_strategy"] == "x" and m["none.best_miss_rate"] == pytest.approx(0.05)

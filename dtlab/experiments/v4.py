@@ -11,8 +11,9 @@ Regime (``params/V4.yaml``; measured values land in metrics.json as ``regime.*``
 placement keeps the job on edge-a's nodes, the zone the shipped faults hit. Arrivals come from the
 workload generator (Poisson, 0.5 jobs/s, lognormal job sizes), which keeps edge-a's measured
 utilisation around 0.2 (``regime.util.edge-a``; the sim adds its hidden background of 0.15):
-contention is present but the zone is not saturated. Deadlines are ``deadline_slack`` x the job's isolated latency (the twin's p50 of the
-template alone on an idle cluster, ``regime.isolated_ms``); 2.5 is what the service-time spread of
+contention is present but the zone is not saturated. Deadlines are ``deadline_slack`` x the job's
+isolated latency (the twin's p50 of the template alone on an idle cluster, ``regime.isolated_ms``);
+2.5 is what the service-time spread of
 the ground truth needs for ~90 % of jobs to make it without faults (sim log-sd 0.35 plus a 5 %
 Pareto tail plus lognormal 0.3 job sizes: exp(1.28 x ~0.5) ~ 1.9, plus queueing), while a fault
 that moves a stage off edge-a or makes it wait tens of seconds still misses. So the no-fault row
@@ -196,10 +197,7 @@ def fault_effects(table: pd.DataFrame, metric: str = "deadline_miss_rate") -> di
         ci = stats.paired_diff_ci(a, b)
         key = f"effect.{scenario}.{strategy}.{metric}"
         put_ci(out, key, ci)
-        diffs = np.asarray(a) - np.asarray(b)
-        sd = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else math.nan
-        needed = stats.seeds_needed(sd, abs(ci.mean) / 2) if math.isfinite(sd) and ci.mean else 0
-        out[f"{key}.seeds_needed"] = needed or None
+        out[f"{key}.seeds_needed"] = stats.paired_seeds_needed(a, b)
     return out
 
 

@@ -202,11 +202,7 @@ def recalibration_effects(runs: pd.DataFrame) -> dict[str, Any]:
         b = [float(by.loc[("online", s), m]) for s in seeds]
         ci = stats.paired_diff_ci(a, b)
         put_ci(out, f"effect.{m}", ci)
-        d = np.asarray(a) - np.asarray(b)
-        d = d[np.isfinite(d)]
-        sd = float(np.std(d, ddof=1)) if d.size > 1 else math.nan
-        needed = stats.seeds_needed(sd, abs(ci.mean) / 2) if math.isfinite(sd) and ci.mean else 0
-        out[f"effect.{m}.seeds_needed"] = needed or None
+        out[f"effect.{m}.seeds_needed"] = stats.paired_seeds_needed(a, b)
     return out
 
 
