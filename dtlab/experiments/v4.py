@@ -151,11 +151,13 @@ def run(params: dict | None = None) -> ExperimentResult:
                 jobs.append(df)
     table = pd.DataFrame(rows)
     summary = summarize_seeds(table, ["scenario", "strategy"], METRICS, bounds=BOUNDS)
-    metrics = metrics_from_summary(summary, ["scenario", "strategy"])
+    effects = fault_effects(table)
+    best = {k: effects.pop(k) for k in list(effects) if k.startswith(f"{CONTROL}.best_")}
+    metrics = {**best, **metrics_from_summary(summary, ["scenario", "strategy"])}   # headline first
     metrics["substrate"] = p["substrate"]
     shadow_rows = table[table["strategy"].str.startswith("shadow-")]
     metrics["jobs_lost_with_shadows"] = int(shadow_rows["jobs_lost"].sum()) if len(shadow_rows) else None
-    metrics.update(fault_effects(table))
+    metrics.update(effects)
     regime.record(metrics, regimes, nominal_slack=p["deadline_slack"], isolated_ms=round(isolated_ms, 1),
                   rate_per_s=p["rate_per_s"], measured_in=scenarios[0][0],
                   background_mean=_background(p))

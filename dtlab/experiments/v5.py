@@ -148,7 +148,7 @@ def run(params: dict | None = None) -> ExperimentResult:
         return _run_kube(p, template, job)
     rows, state_rows, samples_rows = [], [], []
     metrics: dict[str, Any] = {}
-    regime.host(metrics, "start")
+    host_start = regime.host({}, "start")     # added after the plan metrics (they are the headline)
     for nodes in p["node_counts"]:
         for seed in p["seeds"]:
             cluster = synthetic_cluster(template, nodes, seed=seed)
@@ -169,7 +169,7 @@ def run(params: dict | None = None) -> ExperimentResult:
                                                       "wall_ms": wall, "cpu_ms": cpu}))
             state_rows.append({"nodes": nodes, "seed": seed,
                                **state_costs(cluster, p["apply_events"], p["snapshots"], seed)})
-    regime.host(metrics, "end")
+    end = regime.host({}, "end")
     table = pd.DataFrame(rows)
     state = pd.DataFrame(state_rows)
     plans = pd.concat(samples_rows, ignore_index=True)
@@ -180,6 +180,7 @@ def run(params: dict | None = None) -> ExperimentResult:
     for nodes, g in state.groupby("nodes", sort=False):    # bootstrap over seeds: one busy-host seed is not a
         for col in ("apply_events_per_s", "snapshot_ms"):     # reason for a band reaching zero (t-interval did)
             put_ci(metrics, f"{col}.{nodes}", stats.bootstrap_ci(g[col].tolist(), bounds=stats.NONNEG))
+    metrics.update({**host_start, **end})
     return ExperimentResult(table=table, metrics=metrics, extra={"state": state, "plans": plans}, params=p)
 
 
