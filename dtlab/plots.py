@@ -216,12 +216,13 @@ def _first(df: pd.DataFrame, *candidates: str, what: str) -> str:
     raise DtlabError(f"{what}: table has none of the columns {list(candidates)}; has {list(df.columns)}")
 
 
-def _log_y(ax) -> None:
-    """Log y axis labelled 0.2, 0.5, 1, 2, 5 ... in plain numbers (no 4x10^0 minor labels)."""
+def _log_y(ax, subs: tuple[float, ...] = (1.0, 2.0, 5.0)) -> None:
+    """Log y axis labelled 0.2, 0.5, 1, 2, 5 ... in plain numbers (no 4x10^0 minor labels);
+    ``subs=(1.0,)`` labels decades only, for data spanning many of them."""
     from matplotlib import ticker
 
     ax.set_yscale("log")
-    ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=subs))
     ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _pos: f"{v:g}"))
     ax.yaxis.set_minor_formatter(ticker.NullFormatter())
 
@@ -246,6 +247,21 @@ def _per_group_ci(df: pd.DataFrame, by: Sequence[str], value: str) -> pd.DataFra
         keys = keys if isinstance(keys, tuple) else (keys,)
         m, lo, hi = mean_ci(grp[value])
         rows.append({**dict(zip(by, keys)), "mean": m, "lo": lo, "hi": hi, "n": int(grp[value].notna().sum())})
+    return pd.DataFrame(rows, columns=[*by, "mean", "lo", "hi", "n"])
+
+
+def _per_group_boot(df: pd.DataFrame, by: Sequence[str], value: str, q: float | None = None,
+                    bounds: stats.Bounds = stats.NONNEG) -> pd.DataFrame:
+    """Per group, the mean (``q=None``) or the ``q`` quantile of ``value`` over its pooled rows (jobs,
+    plans, recovery events) with a percentile-bootstrap 95 % interval clipped to ``bounds``
+    (:func:`dtlab.stats.bootstrap_ci` / :func:`dtlab.stats.quantile_ci`): the method for rates and
+    quantiles, which a t-interval over a few seeds gets wrong (negative rates, decades-wide p99s)."""
+    rows = []
+    for keys, grp in df.groupby(list(by), sort=False):
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        x = grp[value].astype(float).tolist()
+        ci = stats.quantile_ci(x, q, bounds=bounds) if q is not None else stats.bootstrap_ci(x, bounds=bounds)
+        rows.append({**dict(zip(by, keys)), "mean": ci.mean, "lo": ci.low, "hi": ci.high, "n": ci.n})
     return pd.DataFrame(rows, columns=[*by, "mean", "lo", "hi", "n"])
 
 
@@ -437,7 +453,9 @@ def figure_v3(tables: Mapping[str, pd.DataFrame]) -> Figure:
 @styled
 def figure_v5(tables: Mapping[str, pd.DataFrame]) -> Figure:
     """V5: plan latency p50 and p99 vs twin size per policy (warm/fresh twin as line style), and
-    the twin state's update throughput and snapshot time; bands are 95 % CI over seeds. With a ``kube``
+    the twin state's update throughput and snapshot time. Plan-latency bands are bootstrap 95 % CIs of
+    the quantile of plan times pooled over seeds (``plans`` table; without it, t-intervals over
+    per-seed quantiles); state bands are 95 % CIs over seeds. With a ``kube``
     table (substrate kube): observe lag p50/p99 and live plan p99 vs KWOK nodes against the 1 s budget."""
     df = tables["results"]
     _require(df, ["nodes", "policy", "p50_ms", "p99_ms"], "V5 results")
@@ -446,13 +464,17 @@ def figure_v5(tables: Mapping[str, pd.DataFrame]) -> Figure:
     fig, axes = figure(columns=2, height_ratio=0.3, ncols=2 + (state is not None) + (kube is not None))
     modes = list(dict.fromkeys(df["mode"])) if "mode" in df.columns else [None]
     dashes = ["-", "--", ":", "-."]
-    for ax, col, title in ((axes[0], "p50_ms", "(a) median plan latency"),
-                           (axes[1], "p99_ms", "(b) p99 plan latency")):
+    plans = tables.get("plans")     # every plan's time: pooled quantiles with bootstrap CIs
+    pooled = plans is not None and {"nodes", "policy", "wall_ms"} <= set(plans.columns)
+    for ax, col, q, title in ((axes[0], "p50_ms", 0.5, "(a) median plan latency"),
+                              (axes[1], "p99_ms", 0.99, "(b) p99 plan latency")):
         for i, p in enumerate(order(df["policy"].unique())):
             c, m = style_of(p, i)
             for j, mode in enumerate(modes):
-                sub = df[(df["policy"] == p) & ((df["mode"] == mode) if mode is not None else True)]
-                ci = _per_group_ci(sub, ["nodes"], col).sort_values("nodes")
+                src = plans if pooled else df
+                sub = src[(src["policy"] == p) & ((src["mode"] == mode) if mode is not None else True)]
+                ci = (_per_group_boot(sub, ["nodes"], "wall_ms", q) if pooled
+                      else _per_group_ci(sub, ["nodes"], col)).sort_values("nodes")
                 label = display_name(p) + (f" ({mode})" if mode is not None and len(modes) > 1 else "")
                 ax.plot(ci["nodes"], ci["mean"], dashes[j % 4], color=c, marker=m, label=label)
                 ax.fill_between(ci["nodes"], ci["lo"].clip(lower=ci["mean"] / 100), ci["hi"], color=c,
@@ -467,7 +489,7 @@ def figure_v5(tables: Mapping[str, pd.DataFrame]) -> Figure:
     if state is not None:
         ax2 = axes[2]
         _require(state, ["nodes", "apply_events_per_s"], "V5 state")
-        ci = _per_group_ci(state, ["nodes"], "apply_events_per_s").sort_values("nodes")
+        ci = _per_group_boot(state, ["nodes"], "apply_events_per_s").sort_values("nodes")   # as metrics.json
         ax2.plot(ci["nodes"], ci["mean"], "-o", color=OKABE_ITO["blue"], label="events applied / s")
         ax2.fill_between(ci["nodes"], ci["lo"].clip(lower=ci["mean"] / 100), ci["hi"], color=OKABE_ITO["blue"],
                          alpha=0.15, linewidth=0)
@@ -478,14 +500,15 @@ def figure_v5(tables: Mapping[str, pd.DataFrame]) -> Figure:
         if "snapshot_ms" in state.columns:
             ax3 = ax2.twinx()
             ax3.spines["right"].set_visible(True)
-            ci = _per_group_ci(state, ["nodes"], "snapshot_ms").sort_values("nodes")
+            ci = _per_group_boot(state, ["nodes"], "snapshot_ms").sort_values("nodes")
             ax3.plot(ci["nodes"], ci["mean"], "--s", color=OKABE_ITO["vermillion"], label="snapshot (ms, right)")
             _log_y(ax3)
             ax3.set_ylabel("snapshot time (ms)")
             ax3.grid(False)
             h1, l1 = ax2.get_legend_handles_labels()
             h2, l2 = ax3.get_legend_handles_labels()
-            ax2.legend(h1 + h2, l1 + l2, loc="best")
+            # below the panel, never on the curves (they cross the whole axes)
+            ax2.legend(h1 + h2, l1 + l2, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncols=1)
         _panel_label(ax2, "(c) twin state cost")
     if kube is not None:
         ax4 = axes[-1]
@@ -508,8 +531,12 @@ def figure_v5(tables: Mapping[str, pd.DataFrame]) -> Figure:
 
 @styled
 def figure_v4(tables: Mapping[str, pd.DataFrame]) -> Figure:
-    """V4: recovery time, deadline-miss rate and jobs lost per fault scenario and failover strategy
-    (95 % CI over seeds; jobs lost summed over seeds, since the claim is that it is zero)."""
+    """V4: recovery time, deadline-miss rate and jobs lost per fault scenario and failover strategy.
+
+    With the saved ``recovery`` and ``jobs`` tables: median recovery time of the affected stages and
+    the miss rate of the jobs, pooled over seeds, each with a bootstrap 95 % CI (the rate's clipped to
+    [0, 100] %); the no-fault control is shaded. Without them, 95 % t-intervals over seeds. Jobs
+    lost are summed over seeds, since the claim is that it is zero."""
     df = tables["results"]
     _require(df, ["scenario", "strategy", "recovery_ms_mean", "deadline_miss_rate", "jobs_lost"], "V4 results")
     scenarios = list(dict.fromkeys(df["scenario"]))
@@ -517,26 +544,48 @@ def figure_v4(tables: Mapping[str, pd.DataFrame]) -> Figure:
     fig, axes = figure(columns=2, height_ratio=0.34, ncols=3)
     width = 0.8 / max(len(strategies), 1)
     x = np.arange(len(scenarios))
+    jobs = tables.get("jobs")           # per job: miss rate bootstrapped over jobs
+    recovery = tables.get("recovery")   # per affected stage: median recovery, bootstrapped
     for j, strat in enumerate(strategies):
         sub = df[df["strategy"] == strat]
-        c, _ = style_of(strat, j)
+        c, m = style_of(strat, j)
         off = (j - (len(strategies) - 1) / 2) * width
-        for ax, col, scale, top in ((axes[0], "recovery_ms_mean", 1e-3, np.inf),
-                                    (axes[1], "deadline_miss_rate", 100.0, 100.0)):
-            ci = _per_group_ci(sub, ["scenario"], col).set_index("scenario").reindex(scenarios)
-            _bars(ax, scenarios, scale * ci["mean"], scale * ci["lo"], scale * ci["hi"], [c] * len(scenarios),
-                  width=width, offset=off, bounds=(0.0, top))
+        if recovery is not None and {"scenario", "strategy", "recovery_ms"} <= set(recovery.columns):
+            rs = recovery[recovery["strategy"] == strat]
+            ci = _per_group_boot(rs, ["scenario"], "recovery_ms", 0.5).set_index("scenario").reindex(scenarios)
+            mean = 1e-3 * ci["mean"].to_numpy(dtype=float)
+            err = np.vstack([np.clip(mean - 1e-3 * ci["lo"].to_numpy(dtype=float), 0, None),
+                             np.clip(1e-3 * ci["hi"].to_numpy(dtype=float) - mean, 0, None)])
+            axes[0].errorbar(x + off, mean, yerr=err, fmt=m, color=c, markersize=3.5, elinewidth=0.7)
+        else:
+            ci = _per_group_ci(sub, ["scenario"], "recovery_ms_mean").set_index("scenario").reindex(scenarios)
+            _bars(axes[0], scenarios, 1e-3 * ci["mean"], 1e-3 * ci["lo"], 1e-3 * ci["hi"], [c] * len(scenarios),
+                  width=width, offset=off)
+        if jobs is not None and {"scenario", "strategy", "missed"} <= set(jobs.columns):
+            js = jobs[jobs["strategy"] == strat].assign(missed=lambda d: d["missed"].astype(float))
+            ci = _per_group_boot(js, ["scenario"], "missed", bounds=stats.RATE)
+        else:
+            ci = _per_group_ci(sub, ["scenario"], "deadline_miss_rate")
+        ci = ci.set_index("scenario").reindex(scenarios)
+        _bars(axes[1], scenarios, 100 * ci["mean"], 100 * ci["lo"], 100 * ci["hi"], [c] * len(scenarios),
+              width=width, offset=off, bounds=(0.0, 100.0))
         lost = sub.groupby("scenario")["jobs_lost"].sum().reindex(scenarios)
         axes[2].bar(x + off, lost, width=width, color=c, edgecolor="black", linewidth=0.4,
                     label=display_name(strat))
     labels = [s.replace("-", " ") for s in scenarios]
-    for ax, ylabel, title in ((axes[0], "recovery time (s)", "(a) recovery after a fault"),
+    for ax, ylabel, title in ((axes[0], "median recovery (s)", "(a) recovery after a fault"),
                               (axes[1], "deadline misses (%)", "(b) deadline misses"),
                               (axes[2], "jobs lost (sum over seeds)", "(c) jobs lost")):
         ax.set_xticks(x, labels, rotation=35, ha="right", rotation_mode="anchor")
         ax.set_ylabel(ylabel)
-        ax.set_ylim(bottom=0)
+        if ax is not axes[0] or recovery is None:
+            ax.set_ylim(bottom=0)
         _panel_label(ax, title)
+    if recovery is not None and len(recovery) and (recovery["recovery_ms"] > 0).any():
+        _log_y(axes[0], subs=(1.0,))     # partitions clear in ms, waiting for a repair takes minutes
+    if "none" in scenarios:  # the no-fault control: what the world costs without any fault
+        axes[1].axvspan(scenarios.index("none") - 0.5, scenarios.index("none") + 0.5, color=GREY, alpha=0.12,
+                        linewidth=0)
     axes[2].yaxis.get_major_locator().set_params(integer=True)
     if not np.nansum(df["jobs_lost"].to_numpy(dtype=float)):
         # an empty panel looks like a plotting bug; say what it means
@@ -549,15 +598,29 @@ def figure_v4(tables: Mapping[str, pd.DataFrame]) -> Figure:
 
 @styled
 def figure_v6(tables: Mapping[str, pd.DataFrame]) -> Figure:
-    """V6: prediction error and deadline misses over time under drift, with vs without recalibration."""
+    """V6: prediction error and deadline misses over time under drift, with vs without recalibration.
+
+    With the saved ``jobs`` table, each window's MAPE and miss rate over the jobs pooled across seeds
+    with a bootstrap 95 % CI (the rate's clipped to [0, 100] %); without it, t-intervals over seeds."""
     df = tables["results"]
     _require(df, ["mode", "window_start_s", "mape", "miss_rate"], "V6 results")
     fig, (ax_err, ax_miss) = figure(columns=2, height_ratio=0.33, ncols=2)
+    jobs = tables.get("jobs")     # per job: window means bootstrapped over the pooled jobs
+    pooled = jobs is not None and {"mode", "window_start_s", "ape", "missed"} <= set(jobs.columns)
     for i, mode in enumerate(order(df["mode"].unique())):
         c, m = style_of(mode, i)
         sub = df[df["mode"] == mode]
         for ax, col, cap in ((ax_err, "mape", np.inf), (ax_miss, "miss_rate", 1.0)):
-            ci = _per_group_ci(sub, ["window_start_s"], col).sort_values("window_start_s")
+            if pooled:
+                js = jobs[jobs["mode"] == mode].assign(missed=lambda d: d["missed"].astype(float))
+                value = "ape" if col == "mape" else "missed"
+                ci = _per_group_boot(js.dropna(subset=[value]), ["window_start_s"], value,
+                                     bounds=stats.RATE if col == "miss_rate" else stats.NONNEG)
+            else:
+                ci = _per_group_ci(sub, ["window_start_s"], col)
+            ci = ci.sort_values("window_start_s")
+            # the window the arrivals end in holds a handful of jobs: a point from it is noise
+            ci = ci[ci["n"] >= 0.5 * ci["n"].median()] if len(ci) > 2 else ci
             ax.plot(ci["window_start_s"], 100 * ci["mean"], "-", color=c, marker=m,
                     label=display_name(mode))
             # a rate's interval cannot leave [0, 1]; clipping keeps few-seed bands honest-looking
@@ -568,8 +631,9 @@ def figure_v6(tables: Mapping[str, pd.DataFrame]) -> Figure:
         ax.set_xlabel("time (s, window start)")
         ax.set_ylabel(ylabel)
         ax.set_ylim(bottom=0)
-        _legend(ax, loc="best")
         _panel_label(ax, title)
+    ax_miss.set_ylim(0, 100)
+    fig.legend(*ax_err.get_legend_handles_labels(), loc="outside lower center", ncols=2)   # off the data
     return fig
 
 

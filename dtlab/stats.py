@@ -143,3 +143,14 @@ def seeds_needed(sd: float, margin: float, z: float = 1.96) -> int:
     if margin <= 0 or not math.isfinite(sd):
         return 0
     return max(2, math.ceil((z * sd / margin) ** 2))
+
+
+def paired_seeds_needed(a: Sequence[float], b: Sequence[float], fraction: float = 0.5) -> int | None:
+    """Seeds for a paired 95 % interval of ``a - b`` whose half-width is ``fraction`` of the observed
+    mean difference (per-seed sd of the differences, :func:`seeds_needed`); None without an effect
+    or with fewer than two pairs. How an experiment says how many seeds its headline needs."""
+    x = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    x = x[np.isfinite(x)]
+    if x.size < 2 or not float(x.mean()):
+        return None
+    return seeds_needed(float(x.std(ddof=1)), abs(float(x.mean())) * fraction) or None

@@ -25,14 +25,20 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 from ..stats import CI, mean_ci, t975  # noqa: E402,F401
 
 
-def summarize_seeds(df: pd.DataFrame, by: Sequence[str], metrics: Sequence[str]) -> pd.DataFrame:
-    """Tidy CI table: one row per group and metric with mean, ci_low, ci_high, n (rows of ``df`` are seeds)."""
+def summarize_seeds(df: pd.DataFrame, by: Sequence[str], metrics: Sequence[str],
+                    bounds: Mapping[str, tuple[float, float]] | None = None) -> pd.DataFrame:
+    """Tidy CI table: one row per group and metric with mean, ci_low, ci_high, n (rows of ``df`` are seeds).
+
+    ``bounds`` maps a metric to its possible range (``dtlab.stats.RATE`` for a miss rate): its
+    interval is clipped to it, so two seeds cannot put a rate's interval below 0 or above 1.
+    """
     rows = []
+    bounds = dict(bounds or {})
     groups = df.groupby(list(by), sort=False) if by else [((), df)]
     for key, g in groups:
         key = key if isinstance(key, tuple) else (key,)
         for m in metrics:
-            ci = mean_ci(g[m].tolist())
+            ci = mean_ci(g[m].tolist(), **({"bounds": bounds[m]} if m in bounds else {}))
             rows.append({**dict(zip(by, key)), "metric": m, "mean": ci.mean,
                          "ci_low": ci.low, "ci_high": ci.high, "n": ci.n})
     return pd.DataFrame(rows)
@@ -400,7 +406,10 @@ def run_controller(params: Mapping[str, Any], cluster: Cluster, workload, seed: 
                          seed=child_seed(seed, policy, predictor), on_plan=on_plan, recalibrator=recal)
         stream = job_stream(workload, np.random.default_rng(child_seed(seed, "workload")))
         df = ctl.run_workload(stream)
+        stages = sub.results()["stages"]
     df.insert(0, "seed", seed)
+    from . import regime
+    df.attrs["regime"] = regime.measure(df, stages, cluster, workload.template)   # small dict: the run's regime
     return df, ctl
 
 

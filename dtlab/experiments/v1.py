@@ -24,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from . import regime
 from .common import (ExperimentResult, auto_substrate_defaults, check_params, load_cluster_param, load_workload_param,
                      metrics_from_summary, require_choices, require_positive, resolve, run_controller,
                      latency_stats, summarize_seeds)
@@ -80,5 +81,6 @@ def run(params: dict | None = None) -> ExperimentResult:
     metrics = metrics_from_summary(summary, ["policy", "rate"])
     summary = summary.drop(columns="rate")
     metrics.update(choice.metrics())
+    regime.record_runs(metrics, jobs, by="rate_per_s")   # measured utilisation/slack per rate (regime.r<rate>.*)
     return ExperimentResult(table=table, metrics=metrics,
                             extra={"summary": summary, "jobs": pd.concat(jobs, ignore_index=True)}, params=p)

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from ..model import Job
+from . import regime
 from .common import (ExperimentResult, auto_substrate_defaults, check_params, child_seed, load_cluster_param,
                      load_workload_param, metrics_from_summary, require_choices, require_positive, resolve,
                      run_controller, summarize_seeds)
@@ -208,6 +209,7 @@ def run(params: dict | None = None) -> ExperimentResult:
                                                                            "latency_ms": "observed_ms"})
         pred = pd.DataFrame(predicted).merge(obs, on="job", how="left")
         pred.insert(0, "seed", seed)
+        pred.attrs["regime"] = df.attrs.get("regime")      # the run's measured regime (see record_runs)
         rows.append(pred)
     table = pd.concat(rows, ignore_index=True)
     table["ape"] = (table["predicted_ms"] - table["observed_ms"]).abs() / table["observed_ms"]
@@ -246,6 +248,7 @@ def run(params: dict | None = None) -> ExperimentResult:
         by_group += [{"by": "format", "group": f, "measure": "kernel", **_ape_stats(g["kernel_ape"])}
                      for f, g in stages.groupby("format")]
     metrics.update(choice.metrics())
+    regime.record_runs(metrics, rows)
     cdf = []
     for name, g in table.dropna(subset=["ape"]).groupby("predictor", sort=False):
         x = np.sort(g["ape"].to_numpy())

@@ -33,6 +33,7 @@ import pandas as pd
 from ..model import Compute, Constraints, Job, Stage, load_job
 from ..plan import Plan
 from ..timing import TimingModel, exec_format
+from . import regime
 from .common import (CI, ExperimentResult, auto_substrate_defaults, check_params, child_seed, load_cluster_param,
                      mean_ci, open_substrate, put_ci, require_choices, require_positive, resolve, resolve_path)
 
@@ -229,6 +230,7 @@ def run(params: dict | None = None) -> ExperimentResult:
                           "p99_ms": float(np.percentile(x, 99)), "plans": int(x.size)})
         put_ci(metrics, f"plan_ms.{policy}.{predictor}", ci)
     metrics.update(choice.metrics())
+    regime.host(metrics, "end")      # isolated stages on an otherwise idle node: the host's load is the regime
     return ExperimentResult(table=table, metrics=metrics,
                             extra={"plan_latency": pd.DataFrame(plan_rows), "plan_latency_per_seed": per_seed_lat,
                                    "format_factors_per_seed": factors, **extra_tables},
