@@ -151,8 +151,8 @@ def _run(fake, rec_factory, passes=60, crash_rng=None):
     """Passes of (maybe crashing) reconcilers, the kubelet advancing pods between passes."""
     rec = rec_factory()
     for t in range(passes):
-        if crash_rng is not None and crash_rng.random() < 0.3:
-            fake.crash_at = fake.calls + int(crash_rng.integers(1, 6))
+        if crash_rng is not None and crash_rng.random() < 0.7:
+            fake.crash_at = fake.calls + int(crash_rng.integers(1, 12))
         try:
             rec.pass_once()
         except Crash:
