@@ -98,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
     record = open(args.record, "a", buffering=1) if args.record else None
     rec = Reconciler(KubeIO(actuator, client.CustomObjectsApi(api), args.namespace), identity,
                      planner=twin_planner(kc, args.namespace, args.cluster), record=record)
+    rec.note("start", "", namespace=args.namespace, lease=args.lease_name)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -120,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
             if elector.is_leader() != leading:
                 leading = elector.is_leader()
                 log.info("operator %s %s", identity, "is the leader" if leading else "is not the leader")
-                rec._log("leader" if leading else "follower", "")
+                rec.note("leader" if leading else "follower", "")
             if leading and time.monotonic() >= next_pass:
                 try:
                     rec.pass_once(heartbeat)
@@ -135,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         elector.release()
         log.info("operator %s stopped: %s", identity, json.dumps(rec.counts))
         if record is not None:
-            rec._log("stopped", "", counts=rec.counts)
+            rec.note("stopped", "", counts=rec.counts)
             record.close()
     return 0
 

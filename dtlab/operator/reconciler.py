@@ -191,7 +191,7 @@ class Reconciler:
                           f"plan v1 by {entry.get('policy')}: {_fmt(entry['placement'])}")
             d = self._put(d, status)          # the plan is in the API server before any pod exists
             self.counts["plans"] += 1
-            self._log("plan", name, version=1, placement=entry["placement"], shadow=entry.get("shadow", {}))
+            self.note("plan", name, version=1, placement=entry["placement"], shadow=entry.get("shadow", {}))
             status = copy.deepcopy(d["status"])
         self._progress(d, job, cfg, status, pods, ready)
 
@@ -236,7 +236,7 @@ class Reconciler:
         for pod_name_ in deletes:
             self.io.delete_pod(pod_name_)
             self.counts["deletes"] += 1
-            self._log("delete", name, pod=pod_name_)
+            self.note("delete", name, pod=pod_name_)
         created = False
         for sid in job.topo_order:
             st = status["stages"][sid]
@@ -245,7 +245,7 @@ class Reconciler:
                 st["uid"] = out.get("uid")
                 created = True
                 self.counts["creates"] += int(bool(out.get("created")))
-                self._log("create", name, stage=sid, pod=out["name"], node=st["node"], attempt=st["attempt"],
+                self.note("create", name, stage=sid, pod=out["name"], node=st["node"], attempt=st["attempt"],
                           new=bool(out.get("created")), uid=out.get("uid"))
         if created:
             if status.get("phase") == "Planned":
@@ -294,7 +294,7 @@ class Reconciler:
             status["plans"].append(new)
             self._summarise(status)
             self.counts["failovers"] += 1
-            self._log("failover", plan["job"], stage=sid, node=node, shadow=shadow,
+            self.note("failover", plan["job"], stage=sid, node=node, shadow=shadow,
                       version=new["version"])
             node = shadow
         self._launch(status, sid, node=node, attempt=st["attempt"] + 1)
@@ -318,7 +318,7 @@ class Reconciler:
         else:
             return
         self.counts["finished"] += 1
-        self._log("finish", status["plans"][0]["job"], phase=status["phase"])
+        self.note("finish", status["plans"][0]["job"], phase=status["phase"])
 
     # ------------------------------------------------------------ helpers
     def _invalid(self, d: dict[str, Any], status: dict[str, Any], exc: SpecError) -> None:
@@ -326,7 +326,7 @@ class Reconciler:
         set_condition(status, "Invalid", True, "InvalidSpec", str(exc))
         self._put(d, status)
         self.counts["invalid"] += 1
-        self._log("invalid", d["metadata"]["name"], error=str(exc))
+        self.note("invalid", d["metadata"]["name"], error=str(exc))
 
     def _put(self, d: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
         body = {"apiVersion": API_VERSION, "kind": KIND, "metadata": d["metadata"], "spec": d.get("spec"),
@@ -358,7 +358,7 @@ class Reconciler:
                 "ownerReferences": [{"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"],
                                      "uid": meta["uid"], "controller": True, "blockOwnerDeletion": False}]}
 
-    def _log(self, action: str, dtjob: str, **fields: Any) -> None:
+    def note(self, action: str, dtjob: str, **fields: Any) -> None:
         line = {"t": time.time(), "by": self.identity, "action": action, "dtjob": dtjob, **fields}
         log.info("%s %s %s", action, dtjob, json.dumps(fields, default=str, sort_keys=True))
         if self.record is not None:
