@@ -58,8 +58,8 @@ def _stage_schema() -> dict[str, Any]:
         "compute": {"type": "object", "required": ["duration_ms"], "properties": {
             "cpu": _num(0, True), "mem_gb": _num(0), "duration_ms": _num(0, True)}},
         "constraints": {"type": "object", "properties": {
-            "arch": {"type": "array", "maxItems": 8, "items": {"type": "string", "enum": list(ARCHES)}},
-            "formats": {"type": "array", "maxItems": 8, "items": {"type": "string", "enum": list(NODE_FORMATS)}},
+            "arch": {"type": "array", "maxItems": 8, "items": {"type": "string", "maxLength": 16, "enum": list(ARCHES)}},
+            "formats": {"type": "array", "maxItems": 8, "items": {"type": "string", "maxLength": 16, "enum": list(NODE_FORMATS)}},
             "zones": _STRS, "nodes": _STRS}},
     }}
 
@@ -76,7 +76,7 @@ def spec_schema() -> dict[str, Any]:
                 "deadlineMs": _num(0, True),
                 "originZone": _STR,
                 "policy": {"type": "string", "minLength": 1, "maxLength": 63, "default": "greedy"},
-                "predictor": {"type": "string", "enum": ["fast", "des", "legacy"], "default": "fast"},
+                "predictor": {"type": "string", "maxLength": 16, "enum": ["fast", "des", "legacy"], "default": "fast"},
                 "samples": {"type": "integer", "minimum": 1, "maximum": 100000, "default": 128},
                 "seed": {"type": "integer", "minimum": 0, "default": 0},
                 "timeScale": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1000,
