@@ -13,8 +13,10 @@ watches would expire). One tick is one ``tryAcquireOrRenew``:
 The leader acts only while ``is_leader()``: its last successful renew is less than
 ``renew_deadline_s`` old (< ``lease_s``), so it stops acting before anyone else may take over.
 A SIGKILLed leader stops renewing; a candidate that saw its last renew at ``t_o`` takes over at
-``t_o + lease_s``, and ``t_o`` is at most one poll after the last renew, so the handover
-happens within ``lease_s + retry_s`` of the kill (measured in tests/e2e/test_operator.py).
+``t_o + lease_s`` (it wakes at that moment), and candidates poll every ``retry_s / 2``, so ``t_o`` is
+at most ``retry_s / 2`` after the last renew, which came before the kill: the handover happens
+within ``lease_s + retry_s / 2`` (+ two API calls) of the kill, inside the ``lease_s + retry_s``
+bound that tests/e2e/test_operator.py measures.
 ``release()`` (clean stop) empties ``holderIdentity`` so a successor need not wait.
 
 The lease is a liveness mechanism, not a fence: a leader paused longer than the lease could act
@@ -65,13 +67,18 @@ class LeaseElector:
     def is_leader(self) -> bool:
         return self._renewed_at is not None and self._clock() - self._renewed_at < self.renew_deadline_s
 
+    def _interval(self) -> float:
+        """The leader renews every retry period; a candidate looks twice as often, so it sees the last
+        renewal of a dead leader at most retry/2 late and the handover keeps retry/2 of slack."""
+        return self.retry_s if self.is_leader() else self.retry_s / 2
+
     def due(self) -> bool:
-        """Whether a tick is due now (retry period passed, or the watched lease is about to expire)."""
-        return self._clock() >= self._last_tick + self.retry_s or self._clock() >= self._expiry()
+        """Whether a tick is due now (its interval passed, or the watched lease is about to expire)."""
+        return self._clock() >= self._last_tick + self._interval() or self._clock() >= self._expiry()
 
     def wait_s(self) -> float:
         """Seconds until the next tick is due."""
-        return max(0.0, min(self._last_tick + self.retry_s, self._expiry()) - self._clock())
+        return max(0.0, min(self._last_tick + self._interval(), self._expiry()) - self._clock())
 
     def _expiry(self) -> float:
         if self._observed is None or not self._observed[0] or self._observed[0] == self.identity:
