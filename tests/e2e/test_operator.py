@@ -423,9 +423,9 @@ def test_invalid_dtjobs_are_rejected_or_marked_invalid_never_a_crash_loop(plane,
     op = Operator(plane["kubeconfig"], "inv-op", tmp_path)
     try:
         _create(api, [bad_twin, good])
-        final = _wait_terminal(api, {"inv-1", "inv-0"}, 120, [op])
+        final = _wait_terminal(api, {"inv-2", "inv-0"}, 120, [op])
         assert op.alive(), "the operator died on an invalid DTJob"
-        st = final["inv-1"]["status"]
+        st = final["inv-2"]["status"]
         assert st["phase"] == "Invalid" and "spec.job.stages[0].after[0]" in st["message"], st
         cond = {c["type"]: c for c in st["conditions"]}["Invalid"]
         assert cond["status"] == "True" and cond["reason"] == "InvalidSpec"
