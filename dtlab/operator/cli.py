@@ -55,6 +55,9 @@ def _positive(name: str, value: float | None) -> None:
 
 def _kubeconfig(args: argparse.Namespace) -> str:
     from ..kube import localplane as lp
+    import os
+    if args.kubeconfig and not os.path.isfile(args.kubeconfig):
+        raise SpecError("--kubeconfig", f"no such file: {args.kubeconfig}")
     kc = args.kubeconfig or lp.kubeconfig(args.plane)
     if kc is None:
         raise SubstrateUnavailable(f"no --kubeconfig and local plane {args.plane!r} is not running "
