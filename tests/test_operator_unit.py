@@ -394,3 +394,18 @@ def test_lease_release_lets_the_other_take_over_at_once():
 def test_lease_rejects_inconsistent_timings():
     with pytest.raises(ValueError):
         LeaseElector(FakeLeaseAPI(), "A", lease_s=5, renew_deadline_s=6, retry_s=1)
+
+
+# ------------------------------------------------------------------ CLI input checks (no cluster needed)
+@pytest.mark.parametrize("argv, code, text", [
+    (["operator", "--lease-duration-s", "-1"], 2, "--lease-duration-s: must be > 0"),
+    (["operator", "--lease-duration-s", "5", "--renew-deadline-s", "6"], 2, "--renew-deadline-s"),
+    (["operator", "--kubeconfig", "/nonexistent/kc"], 2, "no such file"),
+    (["operator", "--plane", "no-such-plane"], 3, "is not running"),
+    (["submit", str(REPO / "examples" / "job-pipeline.yaml"), "--operator", "--plane", "no-such-plane"], 3,
+     "is not running"),
+])
+def test_operator_cli_bad_input_is_a_clear_error(argv, code, text, capsys):
+    from dtlab.cli import main
+    assert main(argv) == code
+    assert text in capsys.readouterr().err
