@@ -228,6 +228,12 @@ def test_node_down_fails_over_to_the_recorded_shadow_as_a_new_plan_version():
     assert st["stages"]["decode"]["history"][0]["node"] == "a"
     assert ("delete", "j0-decode-0") in fake.ops and "j0-decode-1" in fake.pods
     assert st["planVersion"] == 2
+    # a crash between the status write and the delete leaves the old pod: the next pass deletes it
+    fake.pods["j0-decode-0"] = {"metadata": {"name": "j0-decode-0", "uid": "uid-1"}, "spec": {"nodeName": "a"},
+                                "status": {"phase": "Running"}}
+    rec.pass_once()
+    assert "j0-decode-0" not in fake.pods and [op for op in fake.ops if op == ("delete", "j0-decode-0")] == [
+        ("delete", "j0-decode-0")] * 2
     for t in range(1, 20):
         fake.kubelet(t)
         rec.pass_once()

@@ -229,6 +229,12 @@ class Reconciler:
                 self._failed(status, sid, f"node {st['node']} NotReady", node_failed=True, cfg=cfg)
             elif info["phase"] == "Running" and st["phase"] != "Running":
                 st.update(phase="Running", startTime=_iso(info["start_ts"]))
+        for st in stages.values():    # superseded attempts still alive (a crash came before their delete)
+            for h in st.get("history", []):
+                old = pods.get(h.get("pod"))
+                if old is not None and h["pod"] not in deletes and not old["metadata"].get("deletionTimestamp") \
+                        and (old.get("status") or {}).get("phase") in ("Pending", "Running", None):
+                    deletes.append(h["pod"])
         self._finish(status, job)
         if json.dumps(status, sort_keys=True) != before:
             d = self._put(d, status)          # record attempts before their pods exist
