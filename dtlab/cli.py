@@ -39,6 +39,7 @@ COMMANDS: list[str] = [
     "dtlab.cli_sweep",
     "dtlab.controller_service",
     "dtlab.cli_cluster",
+    "dtlab.operator.cli",
 ]
 
 EXIT_SPEC = 2

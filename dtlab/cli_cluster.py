@@ -64,6 +64,9 @@ def register(subparsers) -> None:
     s.add_argument("--wait", action="store_true", help="wait until every stage finished")
     s.add_argument("--timeout", type=float, default=600.0, help="--wait limit in seconds (default 600)")
     s.add_argument("--json", action="store_true", help="JSON output")
+    s.add_argument("--operator", action="store_true",
+                   help="create a DTJob for a running `dtlab operator` instead of planning here; wait for its "
+                        "plan (with --wait: its end)")
     s.set_defaults(func=run_submit)
 
 
@@ -84,6 +87,8 @@ def run_cluster(args: argparse.Namespace) -> int:
             st = lp.up(nodes, name=args.name, timeout=args.timeout)
         except lp.LocalPlaneError as exc:
             raise DtlabError(str(exc)) from None
+        from .operator.crd import install_on
+        install_on(st["kubeconfig"])     # the DTJob CRD, so `dtlab operator` / `submit --operator` work at once
         out = {"name": args.name, "kubeconfig": st["kubeconfig"], "nodes": st["nodes"],
                "apiserver": f"https://127.0.0.1:{st['ports']['kube-apiserver']}",
                "ready_s": round(st["ready_at"] - st["started_at"], 2)}
@@ -152,6 +157,9 @@ def run_submit(args: argparse.Namespace) -> int:
     from .substrates.kube import KubeSubstrate
     from .twin import Twin
 
+    if args.operator:
+        from .operator.cli import submit
+        return submit(args)
     kc = args.kubeconfig or lp.kubeconfig(args.plane)
     if kc is None:
         raise SubstrateUnavailable(f"no --kubeconfig and local plane {args.plane!r} is not running "

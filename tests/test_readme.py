@@ -134,6 +134,21 @@ def server(sub: str, probe: str, ready_s: float = 120) -> Handler:
     return h
 
 
+def background(sub: str, ready: str, ready_s: float = 120) -> Handler:
+    """Start a long-running command (``cmd &`` in the README) until the block ends; wait until its
+    stderr shows ``ready``."""
+    def h(ctx: Ctx, cmd: str) -> None:
+        line = ctx.fmt(sub)
+        ctx.log.append(line)
+        err = ctx.tmp / f"bg-{len(ctx.procs)}.log"
+        proc = subprocess.Popen(["bash", "-c", f"exec {line} 2>{err}"], cwd=REPO, env=ctx.env,
+                                stdout=subprocess.DEVNULL, start_new_session=True)
+        ctx.procs.append((cmd, proc))
+        wait_for(lambda: err.exists() and ready in err.read_text(), ready_s, f"{cmd}: {ready!r}",
+                 procs=[(cmd, proc)])
+    return h
+
+
 def _job_json() -> str:
     import yaml
     job = yaml.safe_load((REPO / "examples" / "job-pipeline.yaml").read_text())
@@ -211,6 +226,15 @@ HOW: dict[str, Handler] = {
         run(".venv/bin/dtlab submit examples/job-pipeline.yaml --substrate kube --policy cvar --wait --timeout 300",
             400, needs=_plane),
     ".venv/bin/dtlab cluster status; .venv/bin/dtlab cluster down": run(needs=_plane),
+    ".venv/bin/dtlab cluster up --cluster examples/cluster-hetero.yaml": run(timeout=400, needs=_plane),
+    ".venv/bin/dtlab operator --cluster examples/cluster-hetero.yaml &":
+        background(".venv/bin/dtlab operator --cluster examples/cluster-hetero.yaml", "is the leader"),
+    ".venv/bin/dtlab submit examples/job-pipeline.yaml --operator --policy cvar --wait":
+        run(".venv/bin/dtlab submit examples/job-pipeline.yaml --operator --policy cvar --wait --timeout 300",
+            400, needs=_plane),
+    '~/.cache/dtlab/k8s/v1.36.3/bin/kubectl --kubeconfig "$(.venv/bin/dtlab cluster kubeconfig)" get dtjobs -n dtlab':
+        run(needs=_plane, check=lambda c, p: "video-1" in p.stdout and "Succeeded" in p.stdout or pytest.fail(p.stdout)),
+    ".venv/bin/dtlab cluster down": run(needs=_plane),
     "export DTLAB_API_TOKEN=$(openssl rand -hex 16)": export,
     ".venv/bin/dtlab serve --cluster examples/cluster-hetero.yaml":
         server(".venv/bin/dtlab serve --cluster examples/cluster-hetero.yaml --port {port}",
@@ -261,7 +285,7 @@ def test_readme_block_runs(index, tmp_path):
                 pytest.fail(f"README command without a rule: {cmd}")
             HOW[cmd](ctx, cmd)
     finally:
-        if any(c.startswith("make cluster") for c in block):   # leave no plane behind on failure
+        if any(c.startswith(("make cluster", ".venv/bin/dtlab cluster up")) for c in block):   # no plane left behind
             subprocess.run([str(REPO / ".venv" / "bin" / "dtlab"), "cluster", "down"], cwd=REPO, env=env,
                            capture_output=True, timeout=120)
         for name, proc in reversed(ctx.procs):

@@ -122,8 +122,12 @@ class PodSpec:
         return pod_name(self.job, self.stage, self.attempt)
 
 
-def pod_manifest(spec: PodSpec, namespace: str = NAMESPACE, pinning: str = "nodeName") -> dict[str, Any]:
-    """The v1 Pod for ``spec`` (see the module docstring for the pinning choice)."""
+def pod_manifest(spec: PodSpec, namespace: str = NAMESPACE, pinning: str = "nodeName",
+                 extra_metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The v1 Pod for ``spec`` (see the module docstring for the pinning choice).
+
+    ``extra_metadata`` (labels, annotations, ownerReferences) is merged in before the spec
+    hash is taken, so it is part of what makes a 409 "our own pod" (dtlab.operator uses it)."""
     if pinning not in ("nodeName", "affinity"):
         raise KubeError("pinning", f"must be 'nodeName' or 'affinity', got {pinning!r}")
     fmt_family = spec.format.split("-")[0]
@@ -159,8 +163,24 @@ def pod_manifest(spec: PodSpec, namespace: str = NAMESPACE, pinning: str = "node
                                          KWOK_DELAY: f"{max(1, int(round(spec.duration_ms)))}ms",
                                          DURATION_ANNOTATION: f"{spec.nominal_ms if spec.nominal_ms is not None else spec.duration_ms:.0f}"}},
             "spec": pod_spec}
+    for key, value in (extra_metadata or {}).items():
+        if isinstance(value, Mapping):
+            body["metadata"].setdefault(key, {}).update(value)
+        else:
+            body["metadata"][key] = value
     body["metadata"]["annotations"][SPEC_HASH] = _short_hash(json.dumps(body, sort_keys=True), 16)
     return body
+
+
+def _with_uid(out: dict[str, Any], obj: Any) -> dict[str, Any]:
+    """``out`` plus ``uid`` (metadata.uid of the stored pod) when the API returned one."""
+    meta = getattr(obj, "metadata", None)
+    if meta is None and isinstance(obj, Mapping):
+        meta = obj.get("metadata")
+    uid = (meta.get("uid") if isinstance(meta, Mapping) else getattr(meta, "uid", None)) if meta else None
+    if isinstance(uid, str):
+        out["uid"] = uid
+    return out
 
 
 def _status(exc: BaseException) -> int | None:
@@ -261,15 +281,15 @@ class Actuator:
         return self._call("list nodes", lambda: self.core.list_node(_request_timeout=self.timeout_s)).items
 
     # ------------------------------------------------------------ pods
-    def create_pod(self, spec: PodSpec) -> dict[str, Any]:
-        """Create ``spec``'s pod; returns {name, created: bool, node}. 409 with the same spec hash is success."""
-        body = pod_manifest(spec, self.namespace, self.pinning)
+    def create_pod(self, spec: PodSpec, extra_metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Create ``spec``'s pod; returns {name, created: bool, node[, uid]}. 409 with the same spec hash is success."""
+        body = pod_manifest(spec, self.namespace, self.pinning, extra_metadata)
         name = body["metadata"]["name"]
         out = self._call(f"create pod {self.namespace}/{name}",
                          lambda: self.core.create_namespaced_pod(self.namespace, body, **self._kw()),
                          ok_status=(409,))
         if _status(out) != 409:
-            return {"name": name, "created": True, "node": spec.node}
+            return _with_uid({"name": name, "created": True, "node": spec.node}, out)
         existing = self._call(f"read pod {self.namespace}/{name}", lambda: self.core.read_namespaced_pod(
             name, self.namespace, _request_timeout=self.timeout_s))
         ann = (existing.metadata.annotations or {}) if hasattr(existing, "metadata") else \
@@ -278,7 +298,7 @@ class Actuator:
             raise KubeError(f"create pod {self.namespace}/{name}",
                             "a different pod with this name already exists (spec hash differs)", 409)
         self.conflicts_same += 1
-        return {"name": name, "created": False, "node": spec.node}
+        return _with_uid({"name": name, "created": False, "node": spec.node}, existing)
 
     def delete_pod(self, name: str, grace_s: int = 0) -> bool:
         """Delete one pod now (grace 0); False if it was already gone."""
