@@ -79,6 +79,8 @@ from ..errors import SpecError
 from ..model import API_VERSION, Cluster, Link, DEFAULT_INTRA_ZONE, load_cluster
 from ..spec_reader import Fields, join, read_documents
 
+MAX_REPEAT = 10_000  # occurrences of one repeated fault
+
 FAULT_KINDS = ("node-failure", "partition", "link-degradation", "pod-kill")
 LINK_CHANGE_FIELDS = ("latency_ms", "jitter_ms", "loss", "bandwidth_mbps")
 ZONE_LABEL = "topology.kubernetes.io/zone"
@@ -263,7 +265,9 @@ def _fault(f: Fields, top: bool) -> Fault:
     if r is not None:
         if not top:
             raise SpecError(r.path, "not allowed in a sequence step (repeat the whole sequence)")
-        repeat = Repeat(every_s=r.num("every_s", required=True, gt=0), times=r.int("times", required=True, ge=1))
+        repeat = Repeat(every_s=r.num("every_s", required=True, gt=0),
+                        times=r.int("times", required=True, ge=1, le=MAX_REPEAT,
+                                    why="each occurrence is a timed fault event"))
         r.done()
     fault = Fault(kind=kind, path=f.path, at_s=at_s, repeat=repeat)
     if kind == "sequence":
