@@ -19,6 +19,7 @@ API_VERSION = "dtlab/v1"
 LEGACY_JOB_API = "fabric.dt/v1"
 ARCHES = ("amd64", "arm64", "riscv64")
 MAX_WORKLOAD_JOBS = 1_000_000
+MAX_STAGES = 1_000
 NODE_FORMATS = ("native", "qemu", "wasm")
 # Intra-zone links are not listed in specs: a datacentre/LAN default.
 DEFAULT_INTRA_ZONE = {"latency_ms": 0.2, "bandwidth_mbps": 10_000.0, "loss": 0.0}
@@ -300,7 +301,11 @@ def job_from_dict(data: dict) -> Job:
     spec = f.sub("spec", required=True)
     input_mb = spec.num("input_mb", 0.0, ge=0)
     stages = []
-    for i, raw in enumerate(spec.list("stages", required=True)):
+    raw_stages = spec.list("stages", required=True)
+    if len(raw_stages) > MAX_STAGES:
+        raise SpecError("spec.stages", f"at most {MAX_STAGES:,} stages per job, got {len(raw_stages):,} "
+                                       "(placement and prediction cost grow with every stage)")
+    for i, raw in enumerate(raw_stages):
         s = Fields(raw, join("spec.stages", i))
         c = s.sub("compute", required=True)
         compute = Compute(cpu=c.num("cpu", 1.0, gt=0), mem_gb=c.num("mem_gb", 0.5, ge=0),
@@ -335,13 +340,14 @@ def job_from_dict(data: dict) -> Job:
 
 def _topo_order(stages: tuple[Stage, ...], path: str) -> tuple[str, ...]:
     remaining = {s.id: set(s.after) for s in stages}
+    position = {s.id: i for i, s in enumerate(stages)}
     order: list[str] = []
     while remaining:
         ready = [sid for sid in remaining if not remaining[sid]]
         if not ready:
             cycle = sorted(remaining)
             raise SpecError(path, f"stages form a cycle through {cycle}")
-        ready.sort(key=lambda sid: next(i for i, s in enumerate(stages) if s.id == sid))
+        ready.sort(key=position.__getitem__)
         for sid in ready:
             order.append(sid)
             del remaining[sid]

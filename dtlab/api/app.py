@@ -12,15 +12,13 @@ import hmac
 import json
 import logging
 import math
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Response, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
@@ -28,37 +26,12 @@ from werkzeug.exceptions import HTTPException
 from .. import strict_json
 from ..errors import DtlabError, InfeasibleError, SpecError
 from ..model import job_from_dict
+from .limits import PREDICTOR_COST, STAGE_COST, ApiConfig, plan_work  # noqa: F401 (re-exported)
 from .metrics import ServiceMetrics
 
 log = logging.getLogger("dtlab.api")
 PREDICTORS = ("des", "fast", "legacy")
 EPOCH_2001 = 1e9  # event timestamps above this are wall-clock seconds; below, virtual time (no lag)
-
-
-# Relative cost of one sample x one stage per predictor (fast = 1), measured with
-# `python benchmarks/plan_cost.py` on this 2-core host; `des` replays the SimPy engine per sample.
-PREDICTOR_COST = {"fast": 1.0, "legacy": 0.05, "des": 60.0}
-
-
-@dataclass
-class ApiConfig:
-    """Limits of the service. ``max_work`` is samples x stages x PREDICTOR_COST of one /plan
-    (about 1 s of one core at 1,000,000 on this host); callers without a valid token get
-    ``max_work_anonymous``. At most ``max_inflight`` plans compute at once (more: 429); a plan
-    answers 503 after ``request_timeout_s`` (its computation, bounded by the work cap, finishes in
-    the background and holds its slot until then). The waitress threads beyond ``max_inflight``
-    keep /healthz, /metrics and /snapshot answering while plans saturate the slots."""
-    token: str | None = field(default_factory=lambda: os.environ.get("DTLAB_API_TOKEN") or None)
-    insecure_dev: bool = False
-    # the extender's secret path prefix (see dtlab.extender): /extender/<secret>/filter
-    extender_secret: str | None = field(default_factory=lambda: os.environ.get("DTLAB_EXTENDER_SECRET") or None)
-    max_body_bytes: int = 1_000_000
-    max_samples: int = 20_000
-    max_events: int = 10_000
-    max_work: float = 2_000_000
-    max_work_anonymous: float = 300_000
-    max_inflight: int = 2
-    request_timeout_s: float = 10.0
 
 
 class StrictJSONProvider(DefaultJSONProvider):
@@ -193,10 +166,10 @@ def create_app(twin, config: ApiConfig | None = None, controller=None, extender=
         except SpecError as exc:
             raise SpecError(f"job.{exc.field}" if exc.field else "job", exc.rule) from None
         twin.policy(policy)  # an unknown policy is a 400 before any work is queued
-        work = samples * len(job.stages) * PREDICTOR_COST[predictor]
+        work = plan_work(samples, len(job.stages), predictor)
         cap = config.max_work if authorized() else config.max_work_anonymous
         if work > cap:
-            raise ClientError(413, f"over the work budget: samples x stages x predictor cost = {work:,.0f} > "
+            raise ClientError(413, f"over the work budget: stages x (500 + samples x predictor cost) = {work:,.0f} > "
                                    f"{cap:,.0f}{'' if authorized() else ' (without a token)'}; "
                                    "use fewer samples, fewer stages or the fast predictor", "samples")
         start = time.perf_counter()

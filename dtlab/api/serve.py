@@ -8,7 +8,7 @@ import threading
 import time
 
 from ..errors import DtlabError, SpecError
-from .app import ApiConfig, create_app
+from .limits import ApiConfig
 
 
 def register(sub) -> None:
@@ -27,8 +27,9 @@ def register(sub) -> None:
                    help="waitress worker threads (default 8; must exceed --max-inflight so /healthz stays up)")
     p.add_argument("--max-inflight", type=int, default=2, help="plans computing at once; more get 429 (default 2)")
     p.add_argument("--max-work", type=float, default=ApiConfig.max_work,
-                   help="work cap of one /plan with a valid token: samples x stages x predictor cost "
-                        f"(fast 1, des 60; default {ApiConfig.max_work:,.0f} = about 1 s of a core)")
+                   help="work cap of one /plan with a valid token: stages x (500 + samples x 2.5 fast, "
+                        "2 legacy, 50 des), about its microseconds of CPU (default "
+                        f"{ApiConfig.max_work:,.0f} = about 2 s of a core)")
     p.add_argument("--max-work-anonymous", type=float, default=ApiConfig.max_work_anonymous,
                    help=f"the same cap without a token (default {ApiConfig.max_work_anonymous:,.0f})")
     p.add_argument("--request-timeout", type=float, default=ApiConfig.request_timeout_s,
@@ -106,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
             kconfig.load_kube_config(args.kubeconfig)
             annotate = kube_annotator(client.CoreV1Api())
         extender = Extender(twin, annotate=annotate, max_nodes=args.extender_max_nodes)
+    from .app import create_app
     app = create_app(twin, config, extender=extender)
     print(f"dtlab serve: listening on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
     if extender is not None:
