@@ -145,7 +145,7 @@ def _check_numbers(value: Any, path: str) -> None:
         for i, v in enumerate(value):
             _check_numbers(v, f"{path}[{i}]")
     elif isinstance(value, float) and not math.isfinite(value):
-        raise SpecError(path, f"must be a finite number, got {value!r}")
+        raise SpecError(path, f"must be a finite number, got {short(value)}")
     elif isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) > 1e12 \
             and not path.startswith("seeds"):
         raise SpecError(path, f"must be at most 1e12 in magnitude, got {short(value)}")
@@ -188,7 +188,7 @@ def require_choices(params: Mapping[str, Any], key: str, choices: Iterable[str])
     for i, v in enumerate(values):
         if v not in choices:
             where = f"{key}[{i}]" if isinstance(params[key], (list, tuple)) else key
-            raise SpecError(where, f"must be one of {choices}, got {v!r}")
+            raise SpecError(where, f"must be one of {choices}, got {short(v)}")
 
 
 def resolve_path(path: str | os.PathLike, field_name: str) -> Path:
@@ -362,7 +362,7 @@ def choose_substrate(requested: str) -> SubstrateChoice:
 
     known = [AUTO, *substrates.names()]
     if requested not in known:
-        raise SpecError("substrate", f"unknown substrate {requested!r} (known: {known})")
+        raise SpecError("substrate", f"unknown substrate {short(requested)} (known: {known})")
     if requested not in (AUTO, "fabric"):
         return SubstrateChoice(requested, requested)
     ok, why = _fabric.available()
