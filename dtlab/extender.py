@@ -22,8 +22,11 @@ with ``nodeCacheCapable: true`` the scheduler sends only names, never node objec
 ``dtlab serve --extender`` mounts the routes under a secret path prefix,
 ``/extender/<DTLAB_EXTENDER_SECRET>/filter``: the scheduler's ``urlPrefix`` carries the secret,
 a caller without it gets 404, and the secret is compared in constant time. Without a secret the
-routes stay at ``/extender/...`` only with ``--insecure-dev``. Put a TLS-terminating proxy in front
-(``enableHTTPS``) when the scheduler is not on the same host, so the prefix is not sent in clear.
+routes stay at ``/extender/...`` only with ``--insecure-dev``. Stronger, and the choice when the
+scheduler is on another host: ``--extender-tls-cert/--extender-tls-key/--extender-client-ca``
+serve the routes on their own port over mutual TLS (``dtlab.api.tls``, stdlib ``ssl``): the
+scheduler's ``tlsConfig`` presents a client certificate signed by that CA, nothing else gets
+through the handshake, and the plain port no longer serves the extender at all.
 """
 from __future__ import annotations
 
@@ -276,6 +279,31 @@ def blueprint(extender: Extender, secret: str | None = None) -> Blueprint:
     bp.add_url_rule(rule + "/filter", "filter", lambda **_: handle(extender.filter), methods=["POST"])
     bp.add_url_rule(rule + "/prioritize", "prioritize", lambda **_: handle(extender.prioritize), methods=["POST"])
     return bp
+
+
+def extender_app(extender: Extender, max_body_bytes: int = 1_000_000):
+    """A Flask app with only the extender routes at ``/extender/<verb>``, for the mutual-TLS
+    listener (``dtlab.api.tls``), where the client certificate authenticates the caller."""
+    from flask import Flask
+    from werkzeug.exceptions import HTTPException
+
+    from .api.app import StrictJSONProvider
+
+    app = Flask("dtlab-extender")
+    app.json = StrictJSONProvider(app)
+    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
+    app.register_blueprint(blueprint(extender))
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc):
+        return jsonify({"Error": exc.description or exc.name}), exc.code
+
+    @app.errorhandler(Exception)
+    def _server_error(exc):
+        log.exception("internal error on %s", request.path)
+        return jsonify({"Error": "internal server error"}), 500
+
+    return app
 
 
 def kube_annotator(core_v1) -> Callable[[dict, dict], None]:

@@ -39,6 +39,11 @@ def register(sub) -> None:
     p.add_argument("--extender", action="store_true",
                    help="also serve the kube-scheduler extender routes /extender/filter and /extender/prioritize")
     p.add_argument("--kubeconfig", help="with --extender: annotate pods with the per-node explanation")
+    p.add_argument("--extender-tls-cert", help="with --extender: serve its routes over mutual TLS with this "
+                   "server certificate (PEM) on --extender-port instead of on the plain port")
+    p.add_argument("--extender-tls-key", help="the certificate's private key (PEM; default: inside the cert file)")
+    p.add_argument("--extender-client-ca", help="CA (PEM) that signed the scheduler's client certificate")
+    p.add_argument("--extender-port", type=int, default=8443, help="mutual-TLS extender port (default 8443)")
     p.add_argument("--extender-max-nodes", type=int, default=None,
                    help="node names per extender call (default: max(5000, 2 x the cluster's nodes); "
                         "never below the node count)")
@@ -91,7 +96,23 @@ def run(args: argparse.Namespace) -> int:
     if config.token is None and not config.insecure_dev:
         print("dtlab serve: DTLAB_API_TOKEN is not set: /observe and non-dry-run /plan will be refused",
               file=sys.stderr)
-    if args.extender and config.extender_secret is None and not config.insecure_dev:
+    tls = bool(args.extender_tls_cert or args.extender_client_ca)
+    if tls:
+        if not (args.extender and args.extender_tls_cert and args.extender_client_ca):
+            raise SpecError("--extender-tls-cert", "mutual TLS needs --extender, --extender-tls-cert and "
+                                                   "--extender-client-ca together")
+        import ssl
+
+        from ..pathcheck import input_file
+        from .tls import server_context
+        for option in ("extender_tls_cert", "extender_tls_key", "extender_client_ca"):
+            if getattr(args, option):
+                input_file(getattr(args, option), "--" + option.replace("_", "-") + " file")
+        try:
+            context = server_context(args.extender_tls_cert, args.extender_tls_key, args.extender_client_ca)
+        except (ssl.SSLError, ValueError) as exc:
+            raise SpecError("--extender-tls-cert", f"cannot load the certificate, key or CA: {exc}") from None
+    if args.extender and not tls and config.extender_secret is None and not config.insecure_dev:
         raise SpecError("DTLAB_EXTENDER_SECRET", "--extender needs a secret path prefix for its caller "
                         "(the scheduler's urlPrefix: http://HOST:PORT/extender/<secret>), or --insecure-dev")
     twin, substrate = build_twin(args)
@@ -108,18 +129,33 @@ def run(args: argparse.Namespace) -> int:
             annotate = kube_annotator(client.CoreV1Api())
         extender = Extender(twin, annotate=annotate, max_nodes=args.extender_max_nodes)
     from .app import create_app
-    app = create_app(twin, config, extender=extender)
-    print(f"dtlab serve: listening on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
-    if extender is not None:
-        where = "/extender/<DTLAB_EXTENDER_SECRET>/" if config.extender_secret else "/extender/ (unauthenticated)"
-        print(f"dtlab serve: scheduler extender at {where}{{filter,prioritize}}", file=sys.stderr, flush=True)
+    app = create_app(twin, config, extender=None if tls else extender)
+    tls_server = None
     try:
+        if tls:
+            from ..extender import extender_app
+            from .tls import serve_in_thread
+            try:
+                tls_server = serve_in_thread(extender_app(extender, args.max_body_bytes), args.host,
+                                             args.extender_port, context)
+            except OSError as exc:
+                raise DtlabError(f"cannot listen on {args.host}:{args.extender_port} for the extender: "
+                                 f"{exc.strerror or exc}") from None
+            print(f"dtlab serve: scheduler extender at https://{args.host}:{args.extender_port}/extender/"
+                  "{filter,prioritize} (client certificate required)", file=sys.stderr, flush=True)
+        elif extender is not None:
+            where = "/extender/<DTLAB_EXTENDER_SECRET>/" if config.extender_secret else "/extender/ (unauthenticated)"
+            print(f"dtlab serve: scheduler extender at {where}{{filter,prioritize}}", file=sys.stderr, flush=True)
+        print(f"dtlab serve: listening on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
         _raise_fd_limit(args.connection_limit + 64)
         serve(app, host=args.host, port=args.port, threads=args.threads, ident="dtlab",
               connection_limit=args.connection_limit, max_request_body_size=args.max_body_bytes,
               channel_timeout=30, cleanup_interval=5)
     finally:
         stop.set()
+        if tls_server is not None:
+            tls_server.shutdown()
+            tls_server.server_close()
         if substrate is not None:
             substrate.close()
     return 0
