@@ -297,3 +297,17 @@ def test_responses_never_carry_non_finite_numbers():
     from flask import Flask
     with pytest.raises(ValueError):
         StrictJSONProvider(Flask("t")).dumps({"x": float("inf")})
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -64, "lots", 0, 1e308])
+def test_stage_cpu_is_checked_where_events_are_validated(value):
+    """The state's own validation (every writer, not only HTTP): a bad stage_cpu names its path
+    and leaves running_cpu untouched, so no later stage-start or placement sees it."""
+    state = dtlab.ClusterState(dtlab.load_cluster(CLUSTER))
+    before = state.snapshot()
+    with pytest.raises(dtlab.SpecError) as err:
+        state.apply_many([{"kind": "job-submit", "job": "j", "stage_cpu": {"a": value}},
+                          {"kind": "stage-start", "job": "j", "stage": "a", "node": "cloud-0"}])
+    assert err.value.field == "[0].stage_cpu.a"
+    after = state.snapshot()
+    assert after.version == before.version and after.nodes["cloud-0"].running_cpu == 0
