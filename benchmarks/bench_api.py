@@ -48,7 +48,8 @@ def main() -> int:
 
     port = free_port()
     server = subprocess.Popen([str(ROOT / ".venv" / "bin" / "dtlab"), "serve", "--cluster", str(cluster_path),
-                               "--port", str(port), "--threads", str(args.clients)],
+                               "--port", str(port), "--threads", str(args.clients + 2),
+                               "--max-inflight", str(args.clients)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               env={**os.environ, "DTLAB_API_TOKEN": "bench"})
     url = f"http://127.0.0.1:{port}"

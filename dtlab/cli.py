@@ -106,6 +106,8 @@ class SimulateCommand:
         from .model import load_cluster, load_workload
         from .twin import Twin
         from . import policies
+        from .pathcheck import output_file
+        output_file(args.out, "results CSV")
         cluster = load_cluster(args.cluster)
         workload = load_workload(args.workload)
         policies.get(args.policy)  # fail on a bad name before loading SimPy
@@ -170,17 +172,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _clip(exc: Exception, limit: int = 2000) -> str:
+    """An error message for stderr, at most ``limit`` characters (bad values are quoted short anyway)."""
+    text = str(exc)
+    return text if len(text) <= limit else text[: limit - 15] + " ... (cut)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         code = args.func(args)
     except SpecError as exc:
-        print(f"dtlab {args.command}: error: {exc}", file=sys.stderr)
+        print(f"dtlab {args.command}: error: {_clip(exc)}", file=sys.stderr)
         return EXIT_SPEC
     except DtlabError as exc:
-        print(f"dtlab {args.command}: error: {exc}", file=sys.stderr)
+        print(f"dtlab {args.command}: error: {_clip(exc)}", file=sys.stderr)
         return EXIT_DTLAB
+    except (IsADirectoryError, NotADirectoryError, FileNotFoundError, PermissionError, FileExistsError) as exc:
+        # a path argument no explicit check caught (dtlab.pathcheck is the first line): still exit 2
+        print(f"dtlab {args.command}: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_SPEC
+    except RecursionError:
+        print(f"dtlab {args.command}: error: input nested too deeply", file=sys.stderr)
+        return EXIT_SPEC
     except KeyboardInterrupt:
         return 130
     return int(code or 0)

@@ -32,7 +32,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             return 0
         events = expand(scenario, cluster)
     except DtlabError as exc:
-        print(f"dtlab chaos validate: {exc}", file=sys.stderr)
+        print(f"dtlab chaos validate: {str(exc)[:2000]}", file=sys.stderr)
         return 2
     print(f"{scenario.name}: valid on cluster {cluster.name!r}: {len(events)} fault event(s), "
           f"ends at {scenario.end_s:g} s")
@@ -46,15 +46,17 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .chaos import export
+    from .pathcheck import output_dir
 
     try:
+        output_dir(args.out, "manifest directory")
         scenario, cluster = _load(args)
         if cluster is not None:
             from .chaos.spec import expand
             expand(scenario, cluster)  # reject selectors that match nothing before writing anything
         written = export.write(scenario, args.out, cluster=cluster, namespace=args.namespace)
     except DtlabError as exc:
-        print(f"dtlab chaos export: {exc}", file=sys.stderr)
+        print(f"dtlab chaos export: {str(exc)[:2000]}", file=sys.stderr)
         return 2
     print(f"wrote {len(written)} manifest(s) under {written[0].parent}: apply workflow.yaml for the "
           f"timed scenario (needs Chaos Mesh), or one file of standalone/ for a single fault")

@@ -21,10 +21,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
                               out_root=args.out, jobs=args.jobs, force=args.force,
                               progress=not args.quiet)
     except SpecError as exc:
-        print(f"dtlab run: invalid parameters: {exc}", file=sys.stderr)
+        print(f"dtlab run: invalid parameters: {str(exc)[:2000]}", file=sys.stderr)
         return 2
     except DtlabError as exc:
-        print(f"dtlab run: {exc}", file=sys.stderr)
+        print(f"dtlab run: {str(exc)[:2000]}", file=sys.stderr)
         return 3
     failed = [o for o in outcomes if o.status == "failed"]
     for o in failed:

@@ -24,7 +24,15 @@ def _floats(text: str) -> list[float]:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from .workload.generate import write_workload
+    from .model import MAX_WORKLOAD_JOBS
+    from .pathcheck import input_file, output_file
+    from .spec_reader import check_int
+    from .workload.generate import TEMPLATES, write_workload
+
+    check_int(args.count, "--count", ge=1, le=MAX_WORKLOAD_JOBS, why="every job is simulated in memory")
+    output_file(args.out, "Workload file")
+    if args.template not in TEMPLATES:
+        input_file(args.template, "Job template file")
 
     extra: dict = {}
     if args.process == "mmpp":
@@ -57,6 +65,15 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from .replay import policy_names, replay_allocation, replay_timed, write_allocation
     from .workload.readers import OPENB_NODES, OPENB_PODS, read_openb_nodes, read_openb_pods
 
+    from .pathcheck import input_file, output_dir
+
+    if not (args.inflate == 0 or 0 < args.inflate <= MAX_INFLATE):  # also rejects nan
+        raise SpecError("--inflate", f"must be 0 (as listed) or in (0, {MAX_INFLATE:g}], got {args.inflate!r} "
+                                     "(the sampled pod list grows with it: 1e6 would need ~68 GiB)")
+    for option, value in (("--nodes", args.nodes), ("--pods", args.pods)):
+        if value is not None:
+            input_file(value, f"{option} openb list")
+    output_dir(args.out)
     requested = args.policy or ["best-fit"]
     policies = policy_names() if requested == ["all"] else [p for ps in requested for p in ps.split(",")]
     seeds = args.seed or [0]
@@ -90,12 +107,15 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_INFLATE = 10.0  # x cluster GPU capacity; the paper's methodology uses 1.3
+
+
 def _guard(func):
     def run(args) -> int:
         try:
             return func(args)
         except DtlabError as exc:
-            print(f"dtlab {args.command}: error: {exc}", file=sys.stderr)
+            print(f"dtlab {args.command}: error: {str(exc)[:2000]}", file=sys.stderr)
             return 2 if isinstance(exc, SpecError) else 3
     return run
 

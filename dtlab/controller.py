@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas costs ~1 s of start-up; every `dtlab` command imports this module
+    import pandas as pd
 
 from .errors import InfeasibleError
 from .model import Job
@@ -184,6 +185,7 @@ class Controller:
         }
 
     def plans(self) -> pd.DataFrame:
+        import pandas as pd
         return pd.DataFrame(self.records)
 
     def results(self) -> pd.DataFrame:

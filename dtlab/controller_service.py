@@ -453,8 +453,11 @@ def _serve_api(service: ControllerService, args: argparse.Namespace):
     from waitress.server import create_server
 
     from .api.app import ApiConfig, create_app
-    app = create_app(service.twin, ApiConfig(insecure_dev=args.insecure_dev), controller=service)
-    server = create_server(app, host=args.host, port=args.api_port, threads=2, ident="dtlab-controller")
+    config = ApiConfig(insecure_dev=args.insecure_dev)
+    app = create_app(service.twin, config, controller=service)
+    # threads beyond the plans in flight keep /healthz answering; bodies capped like `dtlab serve`
+    server = create_server(app, host=args.host, port=args.api_port, threads=config.max_inflight + 2,
+                           ident="dtlab-controller", max_request_body_size=config.max_body_bytes)
     threading.Thread(target=server.run, name="dtlab-api", daemon=True).start()
     print(f"dtlab controller: REST API on http://{args.host}:{server.effective_port}", file=sys.stderr, flush=True)
     return server

@@ -9,17 +9,40 @@ mean latency of the pod as a one-stage job on that node, so the scheduler binds
 where the twin predicts the pod finishes first. Every decision carries a
 per-node explanation: logged, returned to the caller, and (when a Kubernetes
 client is given) written to the pod as the ``dtlab.io/explanation`` annotation.
+
+**Input.** Bodies go through the strict JSON reader (``dtlab.strict_json``); every field the
+extender reads is checked here (:func:`check_args`, :func:`pod_to_job`) and a malformed one is a
+400 ``{"Error": "<field path>: <rule>"}``, never a 500. ``NodeNames``/``Nodes.items`` hold at
+most ``max_nodes`` entries (default: the larger of 5,000 and twice the twin's node count);
+with ``nodeCacheCapable: true`` the scheduler sends only names, never node objects.
+
+**Caller authentication.** kube-scheduler's extender config can set ``urlPrefix`` and
+``tlsConfig`` but no request headers, so a bearer token is impossible. Client certificates
+(mutual TLS) need a TLS server, and waitress has none; rather than run a second server stack,
+``dtlab serve --extender`` mounts the routes under a secret path prefix,
+``/extender/<DTLAB_EXTENDER_SECRET>/filter``: the scheduler's ``urlPrefix`` carries the secret,
+a caller without it gets 404, and the secret is compared in constant time. Without a secret the
+routes stay at ``/extender/...`` only with ``--insecure-dev``. Stronger, and the choice when the
+scheduler is on another host: ``--extender-tls-cert/--extender-tls-key/--extender-client-ca``
+serve the routes on their own port over mutual TLS (``dtlab.api.tls``, stdlib ``ssl``): the
+scheduler's ``tlsConfig`` presents a client certificate signed by that CA, nothing else gets
+through the handshake, and the plain port no longer serves the extender at all.
 """
 from __future__ import annotations
 
+import hmac
 import json
 import logging
+import math
 from typing import Any, Callable
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, abort, jsonify, request
 
+from . import strict_json
 from .errors import SpecError
 from .model import ARCHES, Compute, Constraints, Job, Stage
+from .spec_reader import check_number
+from .strict_json import short
 from .timing import exec_format
 
 log = logging.getLogger("dtlab.extender")
@@ -29,22 +52,56 @@ EXPLANATION_ANNOTATION = "dtlab.io/explanation"
 FORMAT_LABEL = "dtlab.io/format"
 
 
+def _mapping(parent: dict, key: str, path: str) -> dict:
+    value = parent.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SpecError(f"{path}.{key}", f"must be an object, got {short(value)}")
+    return value
+
+
+def _list(parent: dict, key: str, path: str) -> list:
+    value = parent.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise SpecError(f"{path}.{key}", f"must be an array, got {short(value)}")
+    return value
+
+
 def pod_to_job(pod: dict[str, Any]) -> Job:
-    """A pod as a one-stage Job: cpu/memory from requests, duration from the dtlab annotation (default 1 s)."""
-    meta = pod.get("metadata") or {}
-    spec = pod.get("spec") or {}
-    annotations = meta.get("annotations") or {}
-    labels = meta.get("labels") or {}
+    """A pod as a one-stage Job: cpu/memory from requests, duration from the dtlab annotation (default 1 s).
+
+    Every field read is checked (SpecError with the ``Pod.`` field path): the scheduler sends
+    what the API server stored, but the extender must not trust its caller."""
+    if not isinstance(pod, dict):
+        raise SpecError("Pod", f"must be an object, got {short(pod)}")
+    meta = _mapping(pod, "metadata", "Pod")
+    spec = _mapping(pod, "spec", "Pod")
+    annotations = _mapping(meta, "annotations", "Pod.metadata")
+    labels = _mapping(meta, "labels", "Pod.metadata")
+    name = meta.get("name") or "pod"
+    if not isinstance(name, str):
+        raise SpecError("Pod.metadata.name", f"must be a string, got {short(name)}")
     cpu = mem_gb = 0.0
-    for c in spec.get("containers") or []:
-        req = ((c.get("resources") or {}).get("requests")) or {}
-        cpu += parse_cpu(req.get("cpu", "0"))
-        mem_gb += parse_mem_gb(req.get("memory", "0"))
+    for i, c in enumerate(_list(spec, "containers", "Pod.spec")):
+        path = f"Pod.spec.containers[{i}]"
+        if not isinstance(c, dict):
+            raise SpecError(path, f"must be an object, got {short(c)}")
+        req = _mapping(_mapping(c, "resources", path), "requests", path + ".resources")
+        cpu += _quantity(parse_cpu, req.get("cpu", "0"), path + ".resources.requests.cpu")
+        mem_gb += _quantity(parse_mem_gb, req.get("memory", "0"), path + ".resources.requests.memory")
+    raw = annotations.get(DURATION_ANNOTATION, 1000)
+    where = f"Pod.metadata.annotations.{DURATION_ANNOTATION}"
     try:
-        duration = float(annotations.get(DURATION_ANNOTATION, 1000))
-    except ValueError:
-        raise SpecError(f"Pod.metadata.annotations.{DURATION_ANNOTATION}", "must be a number of ms") from None
-    selector = spec.get("nodeSelector") or {}
+        duration = float(raw) if isinstance(raw, (str, int, float)) and not isinstance(raw, bool) else None
+    except (ValueError, OverflowError):
+        duration = None
+    if duration is None:
+        raise SpecError(where, f"must be a number of ms, got {short(raw)}")
+    duration = check_number(duration, where, gt=0)
+    selector = _mapping(spec, "nodeSelector", "Pod.spec")
     arch = selector.get("kubernetes.io/arch")
     fmt = labels.get(FORMAT_LABEL)
     # A nodeSelector on kubernetes.io/arch pins the node's arch, i.e. native execution there,
@@ -56,7 +113,18 @@ def pod_to_job(pod: dict[str, Any]) -> Job:
     constraints = Constraints(arch=(arch,) if arch in ARCHES and fmt != "qemu" else None, formats=formats)
     stage = Stage(id="main", compute=Compute(cpu=max(cpu, 0.1), mem_gb=mem_gb, duration_ms=max(duration, 1.0)),
                   constraints=constraints)
-    return Job(name=meta.get("name") or "pod", stages=(stage,))
+    return Job(name=name, stages=(stage,))
+
+
+def _quantity(parse, value: Any, path: str) -> float:
+    """A resource quantity (``"500m"``, ``"2Gi"``, a number) as a finite float within range."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)) or len(str(value)) > 40:
+        raise SpecError(path, f"must be a Kubernetes quantity, got {short(value)}")
+    try:
+        number = parse(value)
+    except (ValueError, OverflowError):
+        raise SpecError(path, f"must be a Kubernetes quantity, got {short(value)}") from None
+    return check_number(number, path, ge=0)
 
 
 def parse_cpu(value: Any) -> float:
@@ -73,6 +141,37 @@ def parse_mem_gb(value: Any) -> float:
     return float(text or 0) / 2**30
 
 
+def check_args(args: Any, max_nodes: int) -> list[str]:
+    """Validate ``ExtenderArgs`` and return the candidate node names (SpecError with the field path)."""
+    if not isinstance(args, dict):
+        raise SpecError("body", "must be an ExtenderArgs object")
+    if "Pod" not in args or not isinstance(args["Pod"], dict):
+        raise SpecError("Pod", f"is required: a Pod object, got {short(args.get('Pod'))}")
+    if args.get("NodeNames") is not None:
+        names, path = args["NodeNames"], "NodeNames"
+        if not isinstance(names, list):
+            raise SpecError(path, f"must be an array of node names, got {short(names)}")
+    else:
+        nodes = _mapping(args, "Nodes", "")
+        items = _list(nodes, "items", "Nodes")
+        path = "Nodes.items"
+        names = []
+        for i, n in enumerate(items[: max_nodes + 1]):
+            meta = n.get("metadata") if isinstance(n, dict) else None
+            if not isinstance(meta, dict):
+                raise SpecError(f"{path}[{i}].metadata", "is required: an object with the node name")
+            names.append(meta.get("name"))
+        names += [None] * max(0, len(items) - len(names))
+    if len(names) > max_nodes:
+        raise SpecError(path, f"at most {max_nodes:,} nodes per call (got {len(names):,}); "
+                              "use nodeCacheCapable: true or raise --extender-max-nodes")
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not name or len(name) > 253:
+            raise SpecError(f"{path}[{i}]" + ("" if path == "NodeNames" else ".metadata.name"),
+                            f"must be a node name, got {short(name)}")
+    return names
+
+
 def candidate_names(args: dict[str, Any]) -> list[str]:
     if args.get("NodeNames") is not None:
         return list(args["NodeNames"])
@@ -81,12 +180,21 @@ def candidate_names(args: dict[str, Any]) -> list[str]:
 
 
 class Extender:
-    def __init__(self, twin, samples: int = 64, annotate: Callable[[dict, dict], None] | None = None):
+    def __init__(self, twin, samples: int = 64, annotate: Callable[[dict, dict], None] | None = None,
+                 max_nodes: int | None = None):
         self.twin = twin
         self.samples = samples
         self.annotate = annotate  # (pod, explanation) -> None; e.g. a kubernetes client patch
+        self._max_nodes = max_nodes
+
+    @property
+    def max_nodes(self) -> int:
+        """Names per call: at least the twin's node count (so a full cluster always fits)."""
+        n = len(self.twin.state.snapshot().nodes)
+        return max(self._max_nodes or max(5000, 2 * n), n)
 
     def filter(self, args: dict[str, Any]) -> dict[str, Any]:
+        check_args(args, self.max_nodes)
         job = pod_to_job(args.get("Pod") or {})
         stage = job.stages[0]
         snap = self.twin.state.snapshot()
@@ -107,6 +215,7 @@ class Extender:
         return self._nodes_result(args, keep, failed)
 
     def prioritize(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        check_args(args, self.max_nodes)
         pod = args.get("Pod") or {}
         job = pod_to_job(pod)
         snap = self.twin.state.snapshot()
@@ -118,7 +227,8 @@ class Extender:
             pred = self.twin.predict(job, {"main": name}, predictor="fast", samples=self.samples, seed=0)
             predicted[name] = pred["mean_ms"]
         scores = score_from_latency(predicted)
-        explanation = {n: {"predicted_mean_ms": round(predicted[n], 1), "score": scores[n]} for n in predicted}
+        explanation = {n: {"predicted_mean_ms": round(predicted[n], 1), "score": scores[n]} for n in predicted
+                       if math.isfinite(predicted[n])}
         log.info("prioritize pod=%s %s", job.name, json.dumps(explanation, sort_keys=True))
         if self.annotate is not None and explanation:
             try:
@@ -145,30 +255,55 @@ def score_from_latency(predicted: dict[str, float]) -> dict[str, int]:
     return {n: int(round(MAX_PRIORITY * (hi - v) / (hi - lo))) for n, v in predicted.items()}
 
 
-def blueprint(extender: Extender) -> Blueprint:
+def blueprint(extender: Extender, secret: str | None = None) -> Blueprint:
+    """The extender routes: ``/extender/<verb>``, or ``/extender/<secret>/<verb>`` with a secret.
+
+    With a secret, the prefix is matched as a path parameter and compared in constant time, so
+    a wrong one is a 404 indistinguishable from a missing route."""
     bp = Blueprint("extender", __name__, url_prefix="/extender")
 
-    @bp.post("/filter")
-    def filter_():
-        args = request.get_json(force=True, silent=True)
-        if not isinstance(args, dict):
-            return jsonify({"Error": "body must be ExtenderArgs JSON"}), 400
-        try:
-            return jsonify(extender.filter(args))
-        except SpecError as exc:
-            return jsonify({"Error": str(exc), "FailedNodes": {}}), 400
+    def args_or_400():
+        if secret is not None:
+            presented = (request.view_args or {}).get("secret", "")
+            if not hmac.compare_digest(presented.encode(), secret.encode()):
+                abort(404)
+        return strict_json.loads(request.get_data(cache=True) or b"", where="body")
 
-    @bp.post("/prioritize")
-    def prioritize():
-        args = request.get_json(force=True, silent=True)
-        if not isinstance(args, dict):
-            return jsonify({"Error": "body must be ExtenderArgs JSON"}), 400
+    def handle(verb):
         try:
-            return jsonify(extender.prioritize(args))
+            return jsonify(verb(args_or_400()))
         except SpecError as exc:
-            return jsonify({"Error": str(exc)}), 400
+            return jsonify({"Error": str(exc)[:500], "FailedNodes": {}}), 400
 
+    rule = "/<secret>" if secret is not None else ""
+    bp.add_url_rule(rule + "/filter", "filter", lambda **_: handle(extender.filter), methods=["POST"])
+    bp.add_url_rule(rule + "/prioritize", "prioritize", lambda **_: handle(extender.prioritize), methods=["POST"])
     return bp
+
+
+def extender_app(extender: Extender, max_body_bytes: int = 1_000_000):
+    """A Flask app with only the extender routes at ``/extender/<verb>``, for the mutual-TLS
+    listener (``dtlab.api.tls``), where the client certificate authenticates the caller."""
+    from flask import Flask
+    from werkzeug.exceptions import HTTPException
+
+    from .api.app import StrictJSONProvider
+
+    app = Flask("dtlab-extender")
+    app.json = StrictJSONProvider(app)
+    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
+    app.register_blueprint(blueprint(extender))
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc):
+        return jsonify({"Error": exc.description or exc.name}), exc.code
+
+    @app.errorhandler(Exception)
+    def _server_error(exc):
+        log.exception("internal error on %s", request.path)
+        return jsonify({"Error": "internal server error"}), 500
+
+    return app
 
 
 def kube_annotator(core_v1) -> Callable[[dict, dict], None]:

@@ -13,13 +13,19 @@ from typing import Any, Mapping
 
 from .errors import SpecError
 from .spec_reader import Fields, join, read_documents
+from .strict_json import short
 
 API_VERSION = "dtlab/v1"
 LEGACY_JOB_API = "fabric.dt/v1"
 ARCHES = ("amd64", "arm64", "riscv64")
+MAX_WORKLOAD_JOBS = 1_000_000
+MAX_STAGES = 1_000
 NODE_FORMATS = ("native", "qemu", "wasm")
 # Intra-zone links are not listed in specs: a datacentre/LAN default.
 DEFAULT_INTRA_ZONE = {"latency_ms": 0.2, "bandwidth_mbps": 10_000.0, "loss": 0.0}
+# The rules of a link's numbers, shared by Cluster specs and `link` state events.
+LINK_RULES = {"latency_ms": {"ge": 0}, "bandwidth_mbps": {"gt": 0}, "loss": {"ge": 0, "lt": 1},
+              "jitter_ms": {"ge": 0}}
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,7 @@ class Cluster:
         try:
             return self.by_name[name]
         except KeyError:
-            raise SpecError("node", f"unknown node {name!r}") from None
+            raise SpecError("node", f"unknown node {short(name)}") from None
 
     @cached_property
     def _link_index(self) -> dict[tuple[str, str], Link]:
@@ -96,7 +102,7 @@ class Cluster:
             return idx[(za, zb)]
         if za == zb:
             return Link(za, zb, **DEFAULT_INTRA_ZONE)
-        raise SpecError("links", f"no link between zone {za!r} and zone {zb!r}")
+        raise SpecError("links", f"no link between zone {short(za)} and zone {short(zb)}")
 
     def with_nodes(self, nodes) -> "Cluster":
         return replace(self, nodes=tuple(nodes))
@@ -209,7 +215,7 @@ def _load_kind(source, kind: str, build):
 def _header(f: Fields, kind: str, versions=(API_VERSION,)) -> str:
     version = f.str("apiVersion", API_VERSION)
     if version not in versions:
-        raise SpecError("apiVersion", f"must be one of {list(versions)}, got {version!r}")
+        raise SpecError("apiVersion", f"must be one of {list(versions)}, got {short(version)}")
     f.str("kind", kind, choices=[kind])
     return version
 
@@ -238,7 +244,7 @@ def cluster_from_dict(data: dict) -> Cluster:
         )
         n.done()
         if node.name in seen:
-            raise SpecError(n.at("name"), f"duplicate node name {node.name!r}")
+            raise SpecError(n.at("name"), f"duplicate node name {short(node.name)}")
         seen.add(node.name)
         nodes.append(node)
     zones = {n.zone for n in nodes}
@@ -247,17 +253,17 @@ def cluster_from_dict(data: dict) -> Cluster:
         l = Fields(raw, join("links", i))
         link = Link(
             a=l.str("a", required=True), b=l.str("b", required=True),
-            latency_ms=l.num("latency_ms", required=True, ge=0),
-            bandwidth_mbps=l.num("bandwidth_mbps", required=True, gt=0),
-            loss=l.num("loss", 0.0, ge=0, lt=1),
-            jitter_ms=l.num("jitter_ms", 0.0, ge=0),
+            latency_ms=l.num("latency_ms", required=True, **LINK_RULES["latency_ms"]),
+            bandwidth_mbps=l.num("bandwidth_mbps", required=True, **LINK_RULES["bandwidth_mbps"]),
+            loss=l.num("loss", 0.0, **LINK_RULES["loss"]),
+            jitter_ms=l.num("jitter_ms", 0.0, **LINK_RULES["jitter_ms"]),
             directed=l.bool("directed", False),
         )
         l.done()
         for end in ("a", "b"):
             value = getattr(link, end)
             if value not in zones and value not in seen:
-                raise SpecError(l.at(end), f"{value!r} is neither a zone nor a node of this cluster")
+                raise SpecError(l.at(end), f"{short(value)} is neither a zone nor a node of this cluster")
         links.append(link)
     f.done()
     return Cluster(name=name, nodes=tuple(nodes), links=tuple(links))
@@ -295,7 +301,11 @@ def job_from_dict(data: dict) -> Job:
     spec = f.sub("spec", required=True)
     input_mb = spec.num("input_mb", 0.0, ge=0)
     stages = []
-    for i, raw in enumerate(spec.list("stages", required=True)):
+    raw_stages = spec.list("stages", required=True)
+    if len(raw_stages) > MAX_STAGES:
+        raise SpecError("spec.stages", f"at most {MAX_STAGES:,} stages per job, got {len(raw_stages):,} "
+                                       "(placement and prediction cost grow with every stage)")
+    for i, raw in enumerate(raw_stages):
         s = Fields(raw, join("spec.stages", i))
         c = s.sub("compute", required=True)
         compute = Compute(cpu=c.num("cpu", 1.0, gt=0), mem_gb=c.num("mem_gb", 0.5, ge=0),
@@ -317,11 +327,11 @@ def job_from_dict(data: dict) -> Job:
     ids = [s.id for s in stages]
     for i, sid in enumerate(ids):
         if sid in ids[:i]:
-            raise SpecError(f"spec.stages[{i}].id", f"duplicate stage id {sid!r}")
+            raise SpecError(f"spec.stages[{i}].id", f"duplicate stage id {short(sid)}")
     for i, s in enumerate(stages):
         for j, dep in enumerate(s.after):
             if dep not in ids:
-                raise SpecError(f"spec.stages[{i}].after[{j}]", f"unknown stage id {dep!r}")
+                raise SpecError(f"spec.stages[{i}].after[{j}]", f"unknown stage id {short(dep)}")
             if dep == s.id:
                 raise SpecError(f"spec.stages[{i}].after[{j}]", "a stage cannot come after itself")
     _topo_order(tuple(stages), "spec.stages")
@@ -330,13 +340,14 @@ def job_from_dict(data: dict) -> Job:
 
 def _topo_order(stages: tuple[Stage, ...], path: str) -> tuple[str, ...]:
     remaining = {s.id: set(s.after) for s in stages}
+    position = {s.id: i for i, s in enumerate(stages)}
     order: list[str] = []
     while remaining:
         ready = [sid for sid in remaining if not remaining[sid]]
         if not ready:
             cycle = sorted(remaining)
             raise SpecError(path, f"stages form a cycle through {cycle}")
-        ready.sort(key=lambda sid: next(i for i, s in enumerate(stages) if s.id == sid))
+        ready.sort(key=position.__getitem__)
         for sid in ready:
             order.append(sid)
             del remaining[sid]
@@ -376,7 +387,8 @@ def workload_from_dict(data: dict, base_dir: Path | None = None) -> Workload:
             template = job_from_dict(template_raw)
         except SpecError as exc:
             raise SpecError(join(j.at("template"), exc.field) if exc.field else j.at("template"), exc.rule) from None
-    count = j.int("count", 100, ge=1)
+    count = j.int("count", 100, ge=1, le=MAX_WORKLOAD_JOBS,
+                  why="every job is simulated in memory; split larger workloads")
     ds = j.sub("duration_scale")
     scale = DurationScale()
     if ds is not None:

@@ -47,22 +47,29 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
-def jsonable(value: Any) -> Any:
-    """Plain-JSON version of ``value``: numpy scalars/arrays unwrapped, NaN/inf -> null, keys as str."""
+def jsonable(value: Any, nonfinite: str = "null") -> Any:
+    """Plain-JSON version of ``value``: numpy scalars/arrays unwrapped, NaN/inf -> null, keys as str.
+
+    ``nonfinite="text"`` keeps NaN, inf and -inf apart as the strings "NaN", "Infinity",
+    "-Infinity" (run ids and recorded params must not merge distinct values)."""
     if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v, nonfinite) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
         items = sorted(value) if isinstance(value, (set, frozenset)) else value
-        return [jsonable(v) for v in items]
+        return [jsonable(v, nonfinite) for v in items]
     if isinstance(value, np.ndarray):
-        return [jsonable(v) for v in value.tolist()]
+        return [jsonable(v, nonfinite) for v in value.tolist()]
     if isinstance(value, (np.bool_, bool)):
         return bool(value)
     if isinstance(value, (np.integer, int)):
         return int(value)
     if isinstance(value, (np.floating, float)):
         value = float(value)
-        return value if math.isfinite(value) else None
+        if math.isfinite(value):
+            return value
+        if nonfinite == "text":
+            return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+        return None
     if isinstance(value, (pd.Timestamp,)):
         return value.isoformat()
     if value is None or isinstance(value, str):

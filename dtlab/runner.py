@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-import yaml
 
 from . import results as _results
 from .errors import DtlabError, SpecError
@@ -123,20 +122,13 @@ def default_params_file(exp: Experiment, smoke: bool = False, root: Path | None 
 
 
 # --- params -------------------------------------------------------------------------------------
+PARAMS_MAX_NODES = 50_000  # YAML nodes of a params file after alias expansion (real ones have < 500)
+
 def load_params_file(path: str | os.PathLike) -> dict:
     """A params YAML as a dict; bad YAML or a non-mapping is a ``SpecError`` naming the file and line."""
+    from .safe_yaml import load, read_text
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(str(path), "params file not found") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SpecError(str(path), f"not valid YAML{where}: {problem}") from None
+    data = load(read_text(path, what="params file"), where=str(path), max_nodes=PARAMS_MAX_NODES)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -222,8 +214,8 @@ def import_experiment(exp: Experiment):
 
 def run_id_for(exp: Experiment, params: Mapping[str, Any]) -> str:
     """Short content hash of (experiment, params): equal params -> equal id -> skip if finished."""
-    blob = json.dumps({"experiment": exp.id, "params": _results.jsonable(params)}, sort_keys=True,
-                      separators=(",", ":"))
+    blob = json.dumps({"experiment": exp.id, "params": _results.jsonable(params, nonfinite="text")},
+                      sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
@@ -368,7 +360,7 @@ def execute(prep: PreparedRun, out_root: str | os.PathLike = "outputs", force: b
     tmp.mkdir(parents=True)
     started, t0 = _now(), time.perf_counter()
     info = {"experiment": exp.id, "run_id": prep.run_id, "status": "running", "notebook": exp.notebook,
-            "params_file": str(prep.params_file) if prep.params_file else None, "params": prep.params,
+            "params_file": str(prep.params_file) if prep.params_file else None, "params": _results.jsonable(prep.params, nonfinite="text"),
             "seed": _seed_of(prep.params), "substrate": prep.params.get("substrate", "sim"),
             "started": started, **provenance(root)}
     error = None

@@ -15,6 +15,14 @@ from typing import Any, Iterable
 import yaml
 
 from .errors import SpecError
+from .strict_json import loads as strict_json_loads, short
+
+# Every number a spec or an event gives the twin is finite and within [-MAX_NUMBER, MAX_NUMBER];
+# a positive one (``gt=0``) is at least MIN_POSITIVE. Sums and products of a few such values stay
+# far from float overflow, so no prediction, snapshot or response can become inf/NaN.
+MAX_NUMBER = 1e9
+MIN_POSITIVE = 1e-6
+MAX_INT = 10**9
 
 
 def join(path: str, key: str | int) -> str:
@@ -57,9 +65,9 @@ class Fields:
         if value is None:
             return None
         if not isinstance(value, str) or not value:
-            raise SpecError(self.at(key), f"must be a non-empty string, got {value!r}")
+            raise SpecError(self.at(key), f"must be a non-empty string, got {short(value)}")
         if choices is not None and value not in choices:
-            raise SpecError(self.at(key), f"must be one of {sorted(choices)}, got {value!r}")
+            raise SpecError(self.at(key), f"must be one of {sorted(choices)}, got {short(value)}")
         return value
 
     def num(self, key: str, default: float | None = None, required: bool = False,
@@ -71,23 +79,16 @@ class Fields:
         return check_number(value, self.at(key), gt=gt, ge=ge, le=le, lt=lt)
 
     def int(self, key: str, default: int | None = None, required: bool = False,
-            ge: int | None = None) -> int | None:
+            ge: int | None = None, le: int = MAX_INT, why: str = "") -> int | None:
         value = self.raw(key, default, required)
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                value = int(value)
-            else:
-                raise SpecError(self.at(key), f"must be an integer, got {value!r}")
-        if ge is not None and value < ge:
-            raise SpecError(self.at(key), f"must be >= {ge}")
-        return value
+        return check_int(value, self.at(key), ge=ge, le=le, why=why)
 
     def bool(self, key: str, default: bool = False) -> bool:
         value = self.raw(key, default)
         if not isinstance(value, bool):
-            raise SpecError(self.at(key), f"must be true or false, got {value!r}")
+            raise SpecError(self.at(key), f"must be true or false, got {short(value)}")
         return value
 
     def str_list(self, key: str, choices: Iterable[str] | None = None,
@@ -102,9 +103,9 @@ class Fields:
         allowed = set(choices) if choices is not None else None
         for i, item in enumerate(value):
             if not isinstance(item, str):
-                raise SpecError(join(self.at(key), i), f"must be a string, got {item!r}")
+                raise SpecError(join(self.at(key), i), f"must be a string, got {short(item)}")
             if allowed is not None and item not in allowed:
-                raise SpecError(join(self.at(key), i), f"must be one of {sorted(allowed)}, got {item!r}")
+                raise SpecError(join(self.at(key), i), f"must be one of {sorted(allowed)}, got {short(item)}")
         return tuple(value)
 
     def list(self, key: str, required: bool = False) -> list[Any]:
@@ -123,18 +124,26 @@ class Fields:
 
     def done(self, ignore: Iterable[str] = ()) -> None:
         """Reject keys nobody asked for: typos must not pass silently."""
-        unknown = sorted(set(self.data) - self._seen - set(ignore))
+        unknown = sorted((str(k) for k in set(self.data) - self._seen - set(ignore)))
         if unknown:
-            raise SpecError(self.at(unknown[0]), "unknown key"
+            raise SpecError(self.at(short(unknown[0], 40).strip("'")), "unknown key"
                             + (f" (known: {', '.join(sorted(self._seen))})" if self._seen else ""))
 
 
 def check_number(value: Any, path: str, gt=None, ge=None, le=None, lt=None) -> float:
+    """The one range check of a spec/event number: finite, within MAX_NUMBER, then the field's rule."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpecError(path, f"must be a number, got {value!r}")
-    value = float(value)
+        raise SpecError(path, f"must be a number, got {short(value)}")
+    try:
+        value = float(value)
+    except OverflowError:
+        raise SpecError(path, f"must be at most {MAX_NUMBER:g} in magnitude") from None
     if not math.isfinite(value):
-        raise SpecError(path, "must be finite")
+        raise SpecError(path, f"must be finite, got {value!r}")
+    if abs(value) > MAX_NUMBER and le is None and lt is None:
+        raise SpecError(path, f"must be at most {MAX_NUMBER:g} in magnitude")
+    if gt == 0 and 0 < value < MIN_POSITIVE:
+        raise SpecError(path, f"must be >= {MIN_POSITIVE:g} (smaller positive values are not computable)")
     if gt is not None and not value > gt:
         raise SpecError(path, f"must be > {gt:g}")
     if ge is not None and not value >= ge:
@@ -146,24 +155,35 @@ def check_number(value: Any, path: str, gt=None, ge=None, le=None, lt=None) -> f
     return value
 
 
+def check_int(value: Any, path: str, ge: int | None = None, le: int = MAX_INT, why: str = "") -> int:
+    """An integer field: an int (or an integral float), ``ge <= value <= le``; ``why`` explains the cap."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(path, f"must be an integer, got {short(value)}")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise SpecError(path, f"must be an integer, got {short(value)}")
+        value = int(value)
+    if ge is not None and value < ge:
+        raise SpecError(path, f"must be >= {ge}")
+    if le is not None and value > le:
+        raise SpecError(path, f"must be <= {le:,}" + (f" ({why})" if why else ""))
+    return value
+
+
 def read_documents(source: str | Path | dict | list) -> list[dict]:
     """Load one or more spec documents from a path, a YAML/JSON string path, or already-parsed data."""
     if isinstance(source, dict):
         return [source]
     if isinstance(source, list):
         return list(source)
+    from .safe_yaml import load_all, read_text
     path = Path(source)
-    if not path.exists():
-        raise SpecError(str(path), "file not found")
-    text = path.read_text()
-    try:
-        if path.suffix == ".json":
-            data = json.loads(text)
-            docs = data if isinstance(data, list) else [data]
-        else:
-            docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise SpecError(str(path), f"not valid YAML/JSON: {exc}") from None
+    text = read_text(path)
+    if path.suffix == ".json":
+        data = strict_json_loads(text, where=str(path))
+        docs = data if isinstance(data, list) else [data]
+    else:
+        docs = [d for d in load_all(text, where=str(path)) if d is not None]
     if not docs:
         raise SpecError(str(path), "contains no document")
     return docs

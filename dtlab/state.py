@@ -50,7 +50,11 @@ from typing import Any, Iterable, Iterator, Mapping
 import numpy as np
 
 from .errors import SpecError
-from .model import Cluster, Link, Node, cluster_from_dict
+from .model import LINK_RULES, Cluster, Link, Node, cluster_from_dict
+from .spec_reader import check_number
+from .strict_json import short
+
+MAX_STAGE_CPU = 1e4  # cores one stage may claim: more than any node has, far from overflow
 
 EVENT_KINDS = ("node-add", "node-remove", "node-down", "node-up", "node-cordon", "node-uncordon",
                "telemetry", "link", "link-reset", "job-submit", "stage-start", "stage-end", "chaos")
@@ -494,10 +498,20 @@ def _stage_ms(value: Any, path: str) -> dict[str, float]:
     out = {}
     for k, v in value.items():
         if not isinstance(k, str):
-            raise SpecError(path, f"keys must be stage ids, got {k!r}")
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise SpecError(f"{path}.{k}", f"must be a finite number of ms >= 0, got {v!r}")
-        out[k] = float(v)
+            raise SpecError(path, f"keys must be stage ids, got {short(k)}")
+        out[k] = check_number(v, f"{path}.{k}", ge=0)
+    return out
+
+
+def _stage_cpu(value: Any, path: str) -> dict[str, float]:
+    """``stage_cpu`` of a job-submit: {stage id: cores > 0}, finite and at most MAX_STAGE_CPU."""
+    if not isinstance(value, Mapping):
+        raise SpecError(path, "must map stage ids to cores")
+    out = {}
+    for k, v in value.items():
+        if not isinstance(k, str):
+            raise SpecError(path, f"keys must be stage ids, got {short(k)}")
+        out[k] = check_number(v, f"{path}.{k}", gt=0, le=MAX_STAGE_CPU)
     return out
 
 
@@ -519,7 +533,7 @@ class _Staging:
             raise SpecError(path, "must be a node name")
         status = self.nodes[name] if name in self.nodes else self.state._nodes.get(name)
         if status is None:
-            raise SpecError(path, f"unknown node {name!r}")
+            raise SpecError(path, f"unknown node {short(name)}")
         return status
 
     def put(self, status: NodeStatus) -> None:
@@ -531,12 +545,12 @@ class _Staging:
             raise SpecError(prefix or "event", "must be a mapping")
         kind = event.get("kind")
         if kind not in EVENT_KINDS:
-            raise SpecError(f"{prefix}.kind".lstrip("."), f"must be one of {list(EVENT_KINDS)}, got {kind!r}")
+            raise SpecError(f"{prefix}.kind".lstrip("."), f"must be one of {list(EVENT_KINDS)}, got {short(kind)}")
         p = (prefix + ".") if prefix else ""
         ts = event.get("ts")
-        if ts is not None and (isinstance(ts, bool) or not isinstance(ts, (int, float))):
-            raise SpecError(p + "ts", "must be a number (seconds)")
-        if ts is not None and math.isfinite(ts) and (self.clock is None or ts > self.clock):
+        if ts is not None:  # wall-clock epoch seconds (~1.7e9) or virtual seconds
+            ts = check_number(ts, p + "ts", ge=0, le=1e11)
+        if ts is not None and (self.clock is None or ts > self.clock):
             self.clock = float(ts)
         if kind == "node-add":
             spec = event.get("node")
@@ -561,17 +575,15 @@ class _Staging:
             self.put(replace(status, **{field_: value}))
         elif kind == "telemetry":
             status = self.node(event.get("node"), p + "node")
-            util = event.get("cpu_util")
-            if isinstance(util, bool) or not isinstance(util, (int, float)) or not 0 <= util <= 1:
-                raise SpecError(p + "cpu_util", "must be a number in [0, 1]")
-            self.put(replace(status, cpu_util=float(util), telemetry_ts=float(ts) if ts is not None else time.time()))
+            util = check_number(event.get("cpu_util"), p + "cpu_util", ge=0, le=1)
+            self.put(replace(status, cpu_util=util, telemetry_ts=float(ts) if ts is not None else time.time()))
         elif kind in ("link", "link-reset"):
             a, b = event.get("a"), event.get("b")
             zones = self.state._cluster.zones
             for key, value in (("a", a), ("b", b)):
                 if not isinstance(value, str) or (value not in zones and value not in self.state._nodes
                                                   and self.nodes.get(value) is None):
-                    raise SpecError(p + key, f"{value!r} is neither a zone nor a node")
+                    raise SpecError(p + key, f"{short(value)} is neither a zone nor a node")
             if kind == "link-reset":
                 self.links[(a, b)] = "reset"
                 self.links[(b, a)] = "reset"
@@ -583,11 +595,8 @@ class _Staging:
                 changes = {}
                 for k in LINK_FIELDS:
                     if k in event:
-                        v = event[k]
-                        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (k == "loss" and v >= 1) \
-                                or (k == "bandwidth_mbps" and v <= 0):
-                            raise SpecError(p + k, "must be a valid non-negative number (loss < 1, bandwidth > 0)")
-                        changes[k] = float(v)
+                        # the same rules as a Cluster spec's links (model.cluster_from_dict)
+                        changes[k] = check_number(event[k], p + k, **LINK_RULES[k])
                 link = replace(base, a=a, b=b, **changes)
                 self.links[(a, b)] = link
                 self.links[(b, a)] = replace(link, a=b, b=a)
@@ -596,10 +605,11 @@ class _Staging:
             job = event.get("job")
             if not isinstance(job, str):
                 raise SpecError(p + "job", "must be a job name")
-            stage_cpu = event.get("stage_cpu", {})
-            if not isinstance(stage_cpu, Mapping):
-                raise SpecError(p + "stage_cpu", "must map stage ids to cores")
-            info = {"submitted_ts": ts, "deadline_ms": event.get("deadline_ms"), "stage_cpu": dict(stage_cpu)}
+            stage_cpu = _stage_cpu(event.get("stage_cpu", {}), p + "stage_cpu")
+            deadline = event.get("deadline_ms")
+            if deadline is not None:
+                deadline = check_number(deadline, p + "deadline_ms", gt=0)
+            info = {"submitted_ts": ts, "deadline_ms": deadline, "stage_cpu": stage_cpu}
             if "stage_ms" in event:
                 info["stage_ms"] = _stage_ms(event["stage_ms"], p + "stage_ms")
             self.jobs.setdefault(job, {}).update(info)
@@ -619,6 +629,8 @@ class _Staging:
                 self._claim(prev, new)
             else:
                 ok = event.get("ok", True)
+                if not isinstance(ok, bool):
+                    raise SpecError(p + "ok", f"must be true or false, got {short(ok)}")
                 new = StageStatus(job, stage, node or (prev.node if prev else None),
                                   "succeeded" if ok else "failed",
                                   start_ts=prev.start_ts if prev else None, end_ts=ts)

@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-import requests
 
 from .errors import DtlabError
 
@@ -40,6 +39,8 @@ class PrometheusClient:
 
     def query(self, promql: str, at: float | None = None) -> list[tuple[dict[str, str], float, float]]:
         """Instant query: list of (labels, sample timestamp, value)."""
+        import requests  # imported here: every `dtlab` command loads this module, few query Prometheus
+
         params = {"query": promql}
         if at is not None:
             params["time"] = f"{at:.3f}"

@@ -15,6 +15,7 @@ import numpy as np
 
 from . import policies
 from .errors import SpecError
+from .strict_json import short
 from .model import Cluster, Job
 from .plan import Plan
 from .predict import PREDICTORS, score_plan, stage_table
@@ -24,16 +25,28 @@ from .timing import TimingModel
 SIMULATE_SAMPLES = 32   # samples per plan inside simulate(): plans are many, each needs only a ranking
 
 
+MAX_SAMPLES = 1_000_000    # the fast predictor holds samples x stages floats per array
+MAX_SEED = 2**128 - 1      # SeedSequence entropy; seeds derived inside experiments exceed 2**64
+
+
 def _check_samples(samples) -> int:
-    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
-        raise SpecError("samples", f"must be an integer >= 1, got {samples!r}")
+    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or not 1 <= samples <= MAX_SAMPLES:
+        raise SpecError("samples", f"must be an integer in [1, {MAX_SAMPLES:,}], got {short(samples)}")
     return int(samples)
 
 
 def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise SpecError("seed", f"must be a non-negative integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise SpecError("seed", f"must be an integer in [0, 2**128 - 1], got {short(seed)}")
     return int(seed)
+
+
+def _run_policy(pol, ctx, name: str):
+    """``pol.plan(ctx)``; an interface-only policy (rl_stub) is a SpecError naming it, not a traceback."""
+    try:
+        return pol.plan(ctx)
+    except NotImplementedError as exc:
+        raise SpecError("policy", f"{name!r} cannot plan: {str(exc)[:300]}") from None
 
 
 class Twin:
@@ -66,7 +79,7 @@ class Twin:
         plan_rng, pred_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
         ctx = policies.PlanContext(snapshot=snap, job=job, timing=self.timing, rng=plan_rng, samples=samples,
                                    predictor=predictor, deadline_ms=job.deadline_ms)
-        placement, shadow = pol.plan(ctx)
+        placement, shadow = _run_policy(pol, ctx, policy)
         prediction = score_plan(snap, job, placement, shadow, predictor=predictor, samples=samples,
                                 rng=pred_rng, timing=self.timing)
         st = stage_table(snap, job, self.timing)
@@ -96,7 +109,7 @@ class Twin:
         def plan_fn(job, snapshot, rng):
             ctx = policies.PlanContext(snapshot=snapshot, job=job, timing=timing, rng=rng, samples=samples,
                                        predictor="fast", deadline_ms=job.deadline_ms)
-            return pol.plan(ctx)
+            return _run_policy(pol, ctx, policy)
         return plan_fn
 
     def simulate(self, workload, policy: str = "greedy", seed: int = 0):

@@ -11,18 +11,22 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import os
+import math
+import threading
 import time
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
 from importlib import resources
 from typing import Any
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Response, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 
+from .. import strict_json
 from ..errors import DtlabError, InfeasibleError, SpecError
 from ..model import job_from_dict
+from .limits import PREDICTOR_COST, STAGE_COST, ApiConfig, plan_work  # noqa: F401 (re-exported)
 from .metrics import ServiceMetrics
 
 log = logging.getLogger("dtlab.api")
@@ -30,13 +34,13 @@ PREDICTORS = ("des", "fast", "legacy")
 EPOCH_2001 = 1e9  # event timestamps above this are wall-clock seconds; below, virtual time (no lag)
 
 
-@dataclass
-class ApiConfig:
-    token: str | None = field(default_factory=lambda: os.environ.get("DTLAB_API_TOKEN") or None)
-    insecure_dev: bool = False
-    max_body_bytes: int = 1_000_000
-    max_samples: int = 20_000
-    max_events: int = 10_000
+class StrictJSONProvider(DefaultJSONProvider):
+    """Responses are valid JSON: a NaN/Infinity in a response is a ValueError, never written."""
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        kwargs.setdefault("default", self.default)
+        kwargs.setdefault("sort_keys", self.sort_keys)
+        return strict_json.dumps(obj, **kwargs)
 
 
 class ClientError(DtlabError):
@@ -57,21 +61,24 @@ def create_app(twin, config: ApiConfig | None = None, controller=None, extender=
     """
     config = config or ApiConfig()
     app = Flask("dtlab")
+    app.json = StrictJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     metrics = ServiceMetrics(twin.state)
+    gate = WorkGate(config.max_inflight)
     app.extensions["dtlab"] = {"twin": twin, "metrics": metrics, "config": config, "controller": controller}
     if extender is not None:
         from ..extender import blueprint
-        app.register_blueprint(blueprint(extender))
+        app.register_blueprint(blueprint(extender, config.extender_secret))
 
     def body() -> Any:
-        raw = request.get_data(cache=True)
-        if not raw:
-            raise ClientError(400, "request body is empty; expected JSON", "body")
-        try:
-            return json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ClientError(400, f"malformed JSON: {exc}", "body") from None
+        return read_json_body()
+
+    def authorized() -> bool:
+        if config.token is None:
+            return False
+        header = request.headers.get("Authorization", "")
+        scheme, _, presented = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), config.token.encode())
 
     def authorize() -> None:
         if config.token is None:
@@ -90,6 +97,8 @@ def create_app(twin, config: ApiConfig | None = None, controller=None, extender=
         resp = jsonify({"error": exc.error, "field": exc.field})
         if exc.status == 401:
             resp.headers["WWW-Authenticate"] = 'Bearer realm="dtlab"'
+        if exc.status in (429, 503):
+            resp.headers["Retry-After"] = "1"
         return resp, exc.status
 
     @app.errorhandler(SpecError)
@@ -156,11 +165,21 @@ def create_app(twin, config: ApiConfig | None = None, controller=None, extender=
             job = job_from_dict(data["job"])
         except SpecError as exc:
             raise SpecError(f"job.{exc.field}" if exc.field else "job", exc.rule) from None
+        twin.policy(policy)  # an unknown policy is a 400 before any work is queued
+        work = plan_work(samples, len(job.stages), predictor)
+        cap = config.max_work if authorized() else config.max_work_anonymous
+        if work > cap:
+            raise ClientError(413, f"over the work budget: stages x (500 + samples x predictor cost) = {work:,.0f} > "
+                                   f"{cap:,.0f}{'' if authorized() else ' (without a token)'}; "
+                                   "use fewer samples, fewer stages or the fast predictor", "samples")
         start = time.perf_counter()
-        result = twin.plan(job, policy=policy, samples=samples, seed=seed, predictor=predictor)
+        result = gate.run(lambda: twin.plan(job, policy=policy, samples=samples, seed=seed, predictor=predictor),
+                          config.request_timeout_s)
         metrics.plan_latency.labels(policy, predictor).observe((time.perf_counter() - start) * 1000)
         metrics.plans.labels(policy, str(dry_run).lower()).inc()
         out = result.to_dict()
+        if not _finite(out["prediction"]):
+            raise ClientError(422, "the predicted latency is not a finite number for this job", "job")
         out["dry_run"] = dry_run
         if not dry_run:
             if controller is None:
@@ -192,6 +211,52 @@ def create_app(twin, config: ApiConfig | None = None, controller=None, extender=
         return jsonify({"applied": len(events), "version": version})
 
     return app
+
+
+def read_json_body() -> Any:
+    """The request body through the one strict JSON reader (NaN/Infinity, depth, huge ints: 400)."""
+    raw = request.get_data(cache=True)
+    if not raw:
+        raise ClientError(400, "request body is empty; expected JSON", "body")
+    return strict_json.loads(raw, where="body")
+
+
+class WorkGate:
+    """At most ``slots`` computations at once, each answered within a time limit.
+
+    A request that finds no free slot gets 429 at once (it never queues behind slow work); one
+    whose computation outlives ``timeout_s`` gets 503 while the computation, already bounded by
+    the work budget, finishes in the background still holding its slot.
+    """
+
+    def __init__(self, slots: int):
+        self.slots = threading.BoundedSemaphore(max(1, slots))
+        self.pool = ThreadPoolExecutor(max_workers=max(1, slots), thread_name_prefix="dtlab-plan")
+
+    def run(self, fn, timeout_s: float):
+        if not self.slots.acquire(blocking=False):
+            raise ClientError(429, "too many plans in flight; retry shortly", None)
+        try:
+            future = self.pool.submit(fn)
+        except BaseException:
+            self.slots.release()
+            raise
+        future.add_done_callback(lambda _f: self.slots.release())
+        try:
+            return future.result(timeout=timeout_s)
+        except FutureTimeout:
+            raise ClientError(503, f"the plan took longer than the {timeout_s:g} s request time limit; "
+                                   "use fewer samples or stages", None) from None
+
+
+def _finite(values: Any) -> bool:
+    if isinstance(values, float):
+        return math.isfinite(values)
+    if isinstance(values, dict):
+        return all(_finite(v) for v in values.values())
+    if isinstance(values, (list, tuple)):
+        return all(_finite(v) for v in values)
+    return True
 
 
 def _int(data: dict, key: str, default: int, lo: int, hi: int) -> int:

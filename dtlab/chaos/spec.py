@@ -76,8 +76,11 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from ..errors import SpecError
+from ..strict_json import short
 from ..model import API_VERSION, Cluster, Link, DEFAULT_INTRA_ZONE, load_cluster
 from ..spec_reader import Fields, join, read_documents
+
+MAX_REPEAT = 10_000  # occurrences of one repeated fault
 
 FAULT_KINDS = ("node-failure", "partition", "link-degradation", "pod-kill")
 LINK_CHANGE_FIELDS = ("latency_ms", "jitter_ms", "loss", "bandwidth_mbps")
@@ -196,7 +199,7 @@ def scenario_from_dict(data: Mapping, base_dir: Path | None = None, default_name
     f = Fields(dict(data))
     version = f.str("apiVersion", API_VERSION)
     if version != API_VERSION:
-        raise SpecError("apiVersion", f"must be {API_VERSION!r}, got {version!r}")
+        raise SpecError("apiVersion", f"must be {short(API_VERSION)}, got {short(version)}")
     f.str("kind", "FaultScenario", choices=["FaultScenario"])
     meta = f.sub("metadata")
     name, description = default_name, ""
@@ -247,7 +250,7 @@ def _side(raw: Any, path: str) -> Side:
         return Side(selector=NodeSelector(names=tuple(raw)))
     if isinstance(raw, dict):
         return Side(selector=_selector(Fields(raw, path)))
-    raise SpecError(path, f"must be a zone or node name, a list of node names, or a selector mapping; got {raw!r}")
+    raise SpecError(path, f"must be a zone or node name, a list of node names, or a selector mapping; got {short(raw)}")
 
 
 def _fault(f: Fields, top: bool) -> Fault:
@@ -263,7 +266,9 @@ def _fault(f: Fields, top: bool) -> Fault:
     if r is not None:
         if not top:
             raise SpecError(r.path, "not allowed in a sequence step (repeat the whole sequence)")
-        repeat = Repeat(every_s=r.num("every_s", required=True, gt=0), times=r.int("times", required=True, ge=1))
+        repeat = Repeat(every_s=r.num("every_s", required=True, gt=0),
+                        times=r.int("times", required=True, ge=1, le=MAX_REPEAT,
+                                    why="each occurrence is a timed fault event"))
         r.done()
     fault = Fault(kind=kind, path=f.path, at_s=at_s, repeat=repeat)
     if kind == "sequence":
@@ -372,7 +377,7 @@ def resolve_selector(sel: NodeSelector, cluster: Cluster, path: str) -> tuple[st
     if sel.names is not None:
         for i, n in enumerate(sel.names):
             if n not in cluster.by_name:
-                raise SpecError(join(join(path, "names"), i), f"unknown node {n!r} in cluster {cluster.name!r}")
+                raise SpecError(join(join(path, "names"), i), f"unknown node {short(n)} in cluster {short(cluster.name)}")
     if sel.zones is not None:
         for i, z in enumerate(sel.zones):
             if z not in cluster.zones:
@@ -380,7 +385,7 @@ def resolve_selector(sel: NodeSelector, cluster: Cluster, path: str) -> tuple[st
                                 f"unknown zone {z!r} (zones: {', '.join(cluster.zones)})")
     nodes = tuple(n.name for n in cluster.nodes if sel.matches(n))
     if not nodes:
-        raise SpecError(path, f"selects no node of cluster {cluster.name!r}")
+        raise SpecError(path, f"selects no node of cluster {short(cluster.name)}")
     return nodes
 
 
@@ -391,7 +396,7 @@ def _resolve_side(side: Side, cluster: Cluster, path: str) -> tuple[str | None, 
             return side.ref, tuple(n.name for n in cluster.nodes if n.zone == side.ref)
         if side.ref in cluster.by_name:
             return side.ref, (side.ref,)
-        raise SpecError(path, f"{side.ref!r} is neither a zone nor a node of cluster {cluster.name!r}")
+        raise SpecError(path, f"{short(side.ref)} is neither a zone nor a node of cluster {short(cluster.name)}")
     return None, resolve_selector(side.selector, cluster, path)
 
 

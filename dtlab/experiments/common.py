@@ -17,7 +17,10 @@ import numpy as np
 import pandas as pd
 
 from ..errors import SpecError
-from ..model import Cluster, Node, load_cluster
+from ..model import MAX_WORKLOAD_JOBS, Cluster, Node, load_cluster
+from ..spec_reader import MAX_NUMBER
+from ..strict_json import short
+from ..twin import MAX_SAMPLES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -81,6 +84,7 @@ def validate(params: Mapping[str, Any] | None, defaults: Mapping[str, Any], expe
                 not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
             raise SpecError("seeds", "must be a non-empty list of non-negative integers (or a count)")
         out["seeds"] = [int(s) for s in seeds]
+    _check_numbers(out, "")
     for key, default in defaults.items():
         value = out[key]
         if key == "seeds" or value is None or default is None:
@@ -98,8 +102,82 @@ def validate(params: Mapping[str, Any] | None, defaults: Mapping[str, Any], expe
         else:
             ok = isinstance(value, type(default))
         if not ok:
-            raise SpecError(key, f"must be of type {type(default).__name__}, got {value!r}")
+            raise SpecError(key, f"must be of type {type(default).__name__}, got {short(value)}")
+    check_ranges(out)
+    check_spec_params(out)
     return out
+
+
+# Ranges of the parameters experiments share, by name (one home: every experiment's pre-run
+# check applies them through `validate`). (lower, upper, lower bound inclusive?)
+PARAM_RANGES: dict[str, tuple[float, float, bool]] = {
+    "jobs": (1, MAX_WORKLOAD_JOBS, True), "samples": (1, MAX_SAMPLES, True), "plans": (1, 1e6, True),
+    "reps": (1, 1e6, True), "pods": (1, 1e7, True), "snapshots": (1, 1e6, True),
+    "apply_events": (1, 1e8, True), "node_counts": (1, 1e6, True),
+    "rate_per_s": (0, 1e6, False), "rates_per_s": (0, 1e6, False), "duration_ms": (0, MAX_NUMBER, False),
+    "pod_ms": (0, MAX_NUMBER, False), "probes_per_s": (0, 1e4, False), "kube_timeout_s": (0, 1e6, False),
+    "window_s": (0, 1e7, False), "ewma_alpha": (0, 1, False), "telemetry_noise": (0, 10, True),
+    "telemetry_delay_s": (0, 1e7, True),
+}
+MAX_SEED = 2**63 - 1
+
+
+def check_ranges(params: Mapping[str, Any]) -> None:
+    """Every known count/rate/duration parameter within its range (lists: every item)."""
+    for key, (lo, hi, inclusive) in PARAM_RANGES.items():
+        value = params.get(key)
+        if value is None or isinstance(value, (str, Mapping)):
+            continue  # str/mapping: a path or another shape; the type check and the loaders judge it
+        items = list(enumerate(value)) if isinstance(value, (list, tuple)) else [(None, value)]
+        for i, v in items:
+            where = key if i is None else f"{key}[{i}]"
+            if isinstance(v, str):  # V3's `jobs` is a list of Job files
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise SpecError(where, f"must be a number, got {short(v)}")
+            if not ((lo <= v) if inclusive else (lo < v)) or not v <= hi:
+                raise SpecError(where, f"must be in {'[' if inclusive else '('}{lo:g}, {hi:g}], got {short(v)}")
+    for i, s in enumerate(params.get("seeds") or []):
+        if isinstance(s, int) and s > MAX_SEED:
+            raise SpecError(f"seeds[{i}]", "must be < 2**63")
+
+
+def _check_numbers(value: Any, path: str) -> None:
+    """No NaN/inf and nothing beyond 1e12 in magnitude anywhere in the params (nested too)."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _check_numbers(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_numbers(v, f"{path}[{i}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise SpecError(path, f"must be a finite number, got {short(value)}")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) > 1e12 \
+            and not path.startswith("seeds"):
+        raise SpecError(path, f"must be at most 1e12 in magnitude, got {short(value)}")
+
+
+# Params that name spec files, and the loader that must accept them before anything runs.
+SPEC_PARAMS = {"cluster": "cluster", "workload": "workload", "job": "job", "jobs": "job"}
+
+
+def check_spec_params(params: Mapping[str, Any]) -> None:
+    """Load every spec file a param names (a missing, directory or non-spec path fails here)."""
+    from ..model import load_job, load_workload
+    loaders = {"cluster": load_cluster, "workload": load_workload, "job": load_job}
+    for key, kind in SPEC_PARAMS.items():
+        value = params.get(key)
+        paths = [(key, value)] if isinstance(value, str) else \
+            [(f"{key}[{i}]", v) for i, v in enumerate(value)] if isinstance(value, list) else []
+        for where, path in paths:
+            if not isinstance(path, str):
+                continue
+            try:
+                loaders[kind](resolve_path(path, where))
+            except SpecError as exc:
+                if exc.field == where:
+                    raise
+                raise SpecError(where, f"{path}: {exc}") from None
 
 
 def require_positive(params: Mapping[str, Any], *keys: str) -> None:
@@ -116,7 +194,7 @@ def require_choices(params: Mapping[str, Any], key: str, choices: Iterable[str])
     for i, v in enumerate(values):
         if v not in choices:
             where = f"{key}[{i}]" if isinstance(params[key], (list, tuple)) else key
-            raise SpecError(where, f"must be one of {choices}, got {v!r}")
+            raise SpecError(where, f"must be one of {choices}, got {short(v)}")
 
 
 def resolve_path(path: str | os.PathLike, field_name: str) -> Path:
@@ -290,7 +368,7 @@ def choose_substrate(requested: str) -> SubstrateChoice:
 
     known = [AUTO, *substrates.names()]
     if requested not in known:
-        raise SpecError("substrate", f"unknown substrate {requested!r} (known: {known})")
+        raise SpecError("substrate", f"unknown substrate {short(requested)} (known: {known})")
     if requested not in (AUTO, "fabric"):
         return SubstrateChoice(requested, requested)
     ok, why = _fabric.available()

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 import yaml
 
 from ..errors import DtlabError, SpecError
-from .. import stats
+from .. import safe_yaml, stats
 from ..datadir import data_path
 from . import worker
 
@@ -125,7 +125,7 @@ def load(path: str | Path | None = None) -> dict[str, Any]:
     path = Path(path) if path else default_out()
     if not path.exists():
         raise DtlabError(f"no host calibration at {path}: run `dtlab calibrate compute`")
-    doc = yaml.safe_load(path.read_text()) or {}
+    doc = safe_yaml.load(safe_yaml.read_text(path), where=str(path)) or {}
     if not isinstance(doc.get("overheads"), dict):
         raise SpecError("overheads", f"missing or not a mapping in {path}")
     return doc
@@ -160,7 +160,8 @@ def compare_published(measured: Mapping[str, Any] | str | Path | None = None, pu
     import pandas as pd
 
     doc = measured if isinstance(measured, Mapping) else load(measured)
-    pub = yaml.safe_load(Path(published or published_path()).read_text())
+    pub_path = Path(published or published_path())
+    pub = safe_yaml.load(safe_yaml.read_text(pub_path), where=str(pub_path))
     claim = pub["seed_assumption"]["qemu_cpu_overhead"]
     qemu_lists = pub.get("qemu_user_mode", [])
     tcg = next((e for e in qemu_lists if "aarch64" in e), {})

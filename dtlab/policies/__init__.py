@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..errors import SpecError
+from ..strict_json import short
 from .base import PlanContext, Policy
 
 __all__ = ["PlanContext", "Policy", "get", "names", "register"]
@@ -47,7 +48,7 @@ def register(name: str):
         elif callable(obj):
             _REGISTRY[name] = lambda: _FunctionPolicy(obj, name)
         else:
-            raise SpecError("policy", f"cannot register {obj!r}: need a class with plan(ctx) or a function")
+            raise SpecError("policy", f"cannot register {short(obj)}: need a class with plan(ctx) or a function")
         return obj
     return deco
 
@@ -57,7 +58,7 @@ def get(name: str):
     try:
         factory = _REGISTRY[name]
     except (KeyError, TypeError):
-        raise SpecError("policy", f"unknown policy {name!r}; known: {', '.join(names())}") from None
+        raise SpecError("policy", f"unknown policy {short(name)}; known: {', '.join(names())}") from None
     policy = factory()
     if not getattr(policy, "name", None):
         try:

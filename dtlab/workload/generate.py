@@ -37,6 +37,7 @@ import pandas as pd
 import yaml
 
 from ..errors import SpecError
+from ..strict_json import short
 from ..model import API_VERSION, Workload
 from ..spec_reader import check_number
 
@@ -140,7 +141,7 @@ def arrival_times(process: str, rng: np.random.Generator, count: int, rate_per_s
     if process == "diurnal":
         _only(extra, ("amplitude", "period_s", "peak_s"), "diurnal")
         return diurnal_times(rng, count, rate_per_s, **extra)
-    raise SpecError("arrivals.process", f"must be poisson, constant, mmpp or diurnal, got {process!r}")
+    raise SpecError("arrivals.process", f"must be poisson, constant, mmpp or diurnal, got {short(process)}")
 
 
 def _only(extra: Mapping, allowed: tuple[str, ...], process: str) -> None:
@@ -185,7 +186,7 @@ def trace_durations(format: str, path=None) -> tuple[np.ndarray, np.ndarray]:
         order = np.argsort(start, kind="stable")
         return start[order], dur[order]
     else:
-        raise SpecError("trace.format", f"must be one of {list(TRACE_FORMATS)}, got {format!r}")
+        raise SpecError("trace.format", f"must be one of {list(TRACE_FORMATS)}, got {short(format)}")
     ok = np.isfinite(start) & np.isfinite(end) & (end >= start)
     start, dur = start[ok], (end - start)[ok]
     order = np.argsort(start, kind="stable")
@@ -209,7 +210,7 @@ def draw_durations(source: Mapping[str, Any], rng: np.random.Generator, n: int) 
     if dist == "lognormal":
         s = check_number(source.get("sigma", 0.5), "durations.sigma", ge=0)
         return rng.lognormal(np.log(mean) - 0.5 * s * s, s, n)
-    raise SpecError("durations.dist", f"must be one of {list(PARAMETRIC)} or give a trace, got {dist!r}")
+    raise SpecError("durations.dist", f"must be one of {list(PARAMETRIC)} or give a trace, got {short(dist)}")
 
 
 # ------------------------------------------------------------------ trace arrivals for stream.arrival_stream
@@ -225,7 +226,7 @@ def trace_arrivals(workload: Workload) -> Iterator[tuple[float, str, float]]:
         raise SpecError(f"arrivals.trace.{unknown[0]}", f"unknown key (known: {', '.join(known)})")
     mode = trace.get("durations", "relative")
     if mode not in ("relative", "absolute"):
-        raise SpecError("arrivals.trace.durations", f"must be relative or absolute, got {mode!r}")
+        raise SpecError("arrivals.trace.durations", f"must be relative or absolute, got {short(mode)}")
     fmt = trace["format"]
     scale_t = check_number(trace.get("time_scale", 1.0), "arrivals.trace.time_scale", gt=0)
     start_s = check_number(trace.get("start_s", 0.0), "arrivals.trace.start_s")
@@ -322,7 +323,7 @@ def write_workload(out: str | os.PathLike, *, template: str | Mapping = "single"
     else:
         dist = durations.get("dist", "constant")
         if dist not in PARAMETRIC:
-            raise SpecError("durations.dist", f"must be one of {list(PARAMETRIC)}, got {dist!r}")
+            raise SpecError("durations.dist", f"must be one of {list(PARAMETRIC)}, got {short(dist)}")
         unknown = sorted(set(durations) - {"dist", "sigma", "mean_s"})
         if unknown:
             raise SpecError(f"durations.{unknown[0]}", "unknown key (known: dist, sigma, mean_s)")

@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ..errors import SpecError
+from ..strict_json import short
 from ..model import DurationScale, Job, Workload
 
 BLOCK = 4096
@@ -49,7 +50,7 @@ def _constant(workload: Workload, rng: np.random.Generator) -> Iterator[float]:
 def _rate(workload: Workload) -> float:
     rate = workload.arrivals.rate_per_s
     if not rate or rate <= 0:
-        raise SpecError("arrivals.rate_per_s", f"must be > 0 for process {workload.arrivals.process!r}")
+        raise SpecError("arrivals.rate_per_s", f"must be > 0 for process {short(workload.arrivals.process)}")
     return float(rate)
 
 
@@ -71,7 +72,7 @@ def scale_draws(scale: DurationScale, rng: np.random.Generator, n: int) -> np.nd
     if scale.dist == "lognormal":
         s = scale.sigma
         return rng.lognormal(-0.5 * s * s, s, n) if s > 0 else np.ones(n)
-    raise SpecError("jobs.duration_scale.dist", f"must be constant, exponential or lognormal, got {scale.dist!r}")
+    raise SpecError("jobs.duration_scale.dist", f"must be constant, exponential or lognormal, got {short(scale.dist)}")
 
 
 def arrival_stream(workload: Workload, rng: np.random.Generator) -> Iterator[tuple[float, str, float]]:

@@ -1,0 +1,313 @@
+"""Issue 17, the HTTP half, against a REAL `dtlab serve` (waitress, threads) on loopback.
+
+Every reproducer of the issue gets a 4xx within a second and a valid /plan right after still
+answers 200; /healthz answers within a second while plans saturate the server or idle
+connections pile up; no response carries a non-finite number.
+"""
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import dtlab
+from dtlab import strict_json
+from dtlab.api import ApiConfig, create_app
+from tests.netutil import free_port, wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "examples" / "cluster-hetero.yaml"
+TOKEN = "hardening-token"
+SECRET = "extender-secret-0123456789"
+JOB = yaml.safe_load((ROOT / "examples" / "job-pipeline.yaml").read_text())
+
+
+class Server:
+    def __init__(self, port: int):
+        self.port = port
+
+    def call(self, method: str, path: str, body: bytes | str | None = None, token: str | None = None,
+             timeout: float = 30):
+        """(status, parsed JSON or raw text, seconds) of one request on a fresh connection."""
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        if isinstance(body, str):
+            body = body.encode()
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        t0 = time.monotonic()
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            resp = conn.getresponse()
+            raw = resp.read()
+        finally:
+            conn.close()
+        elapsed = time.monotonic() - t0
+        try:
+            data = strict_json.loads(raw)  # every JSON body must be strict JSON (no bare Infinity)
+        except strict_json.StrictJSONError:
+            data = raw.decode(errors="replace")
+        return resp.status, data, elapsed
+
+    def plan(self, body, token=None):
+        return self.call("POST", "/plan", body if isinstance(body, (str, bytes)) else json.dumps(body), token)
+
+    def assert_still_plans(self):
+        status, data, _ = self.plan({"job": JOB, "policy": "cvar", "samples": 64})
+        assert status == 200, data
+        assert data["placement"] and all(isinstance(v, float) for v in data["prediction"].values()
+                                         if not isinstance(v, int))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    env = {**os.environ, "DTLAB_API_TOKEN": TOKEN, "DTLAB_EXTENDER_SECRET": SECRET}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "dtlab.cli", "serve", "--cluster", str(CLUSTER),
+                                 "--port", str(port), "--extender"], stdout=out, stderr=subprocess.STDOUT,
+                                env=env, cwd=ROOT, start_new_session=True)
+    srv = Server(port)
+    try:
+        wait_for(lambda: srv.call("GET", "/healthz", timeout=2)[0] == 200, 60, "dtlab serve /healthz",
+                 procs=[("dtlab serve", proc)])
+        yield srv
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        text = log.read_text(errors="replace")
+        assert "internal error" not in text and "Traceback" not in text, text[-3000:]
+
+
+def job_with(**compute) -> dict:
+    job = json.loads(json.dumps(JOB))
+    job["spec"]["stages"][0]["compute"].update(compute)
+    return job
+
+
+def chain(n: int) -> dict:
+    return {"metadata": {"name": f"chain{n}"}, "spec": {"stages": [
+        {"id": f"s{i}", "compute": {"duration_ms": 100}, "after": [f"s{i - 1}"] if i else []} for i in range(n)]}}
+
+
+PLAN_REPRODUCERS = {
+    "10,000-deep JSON": "[" * 10_000 + "]" * 10_000,
+    "deep inside the job": '{"job": ' + '{"a": ' * 10_000 + "1" + "}" * 10_001,
+    "5,000-digit samples": '{"job": %s, "samples": %s}' % (json.dumps(JOB), "9" * 5000),
+    "policy rl_stub": json.dumps({"job": JOB, "policy": "rl_stub"}),
+    "400-digit duration_ms": json.dumps({"job": job_with(duration_ms="X")}).replace('"X"', "9" * 400),
+    "duration_ms 1e308": json.dumps({"job": job_with(duration_ms=1e308)}),
+    "NaN literal": '{"job": %s, "seed": NaN}' % json.dumps(JOB),
+    "Infinity literal": json.dumps({"job": job_with(duration_ms=float("inf"))}),
+    "1e400 float": json.dumps({"job": job_with(duration_ms="X")}).replace('"X"', "1e400"),
+    "cpu 1e-300": json.dumps({"job": job_with(cpu=1e-300)}),
+    "too many stages": json.dumps({"job": chain(1001)}),
+    "not UTF-8": b'{"job": "\xff"}',
+    "17 KB des plan without a token": json.dumps({"job": chain(300), "samples": 20_000, "predictor": "des"}),
+}
+
+
+@pytest.mark.parametrize("name", list(PLAN_REPRODUCERS))
+def test_plan_reproducers_are_4xx_within_a_second(server, name):
+    body = PLAN_REPRODUCERS[name]
+    status, data, elapsed = server.plan(body)
+    assert 400 <= status < 500 and isinstance(data, dict) and data["error"], (status, data)
+    assert elapsed < 1.0, f"{name}: {elapsed:.2f} s"
+    server.assert_still_plans()
+
+
+def test_nan_literal_reproducer_is_a_real_nan():
+    assert "NaN" in PLAN_REPRODUCERS["NaN literal"] and "Infinity" in PLAN_REPRODUCERS["Infinity literal"]
+
+
+def test_over_budget_names_the_budget_and_a_token_raises_it(server):
+    status, data, _ = server.plan({"job": chain(10), "samples": 3000, "predictor": "des"})
+    assert status == 413 and "work budget" in data["error"] and "without a token" in data["error"]
+    status, data, _ = server.plan({"job": chain(10), "samples": 3000, "predictor": "des"}, token=TOKEN)
+    assert status == 200, data
+
+
+def observe(server, events):
+    return server.call("POST", "/observe", json.dumps(events), token=TOKEN)
+
+
+@pytest.mark.parametrize("events", [
+    [{"kind": "link", "a": "edge-a", "b": "cloud", "latency_ms": 1e308}],
+    [{"kind": "link", "a": "edge-a", "b": "cloud", "bandwidth_mbps": 1e-300}],
+    [{"kind": "job-submit", "job": "j", "stage_cpu": {"a": -64}}, {"kind": "stage-start", "job": "j", "stage": "a",
+                                                                    "node": "cloud-0"}],
+    [{"kind": "job-submit", "job": "j", "stage_cpu": {"a": "lots"}}],
+    [{"kind": "job-submit", "job": "j", "stage_cpu": {"a": 1e9}}],
+    [{"kind": "job-submit", "job": "j", "deadline_ms": -1}],
+    [{"kind": "telemetry", "node": "cloud-0", "cpu_util": 0.5, "ts": 1e300}],
+    [{"kind": "stage-end", "job": "j", "stage": "a", "ok": "yes"}],
+    [{"kind": "node-add", "node": {"name": "x", "cores": 10**12}}],
+    [{"kind": "node-add", "node": {"name": "x", "speed": 1e-300}}],
+])
+def test_observe_cannot_poison_the_state(server, events):
+    before = server.call("GET", "/snapshot")[1]
+    status, data, elapsed = observe(server, [{"kind": "node-cordon", "node": "cloud-1"}] + events)
+    assert status == 400 and data["field"].startswith("events[1]"), data
+    assert elapsed < 1.0
+    assert server.call("GET", "/snapshot")[1] == before  # the whole batch was rejected
+    server.assert_still_plans()
+
+
+def test_observe_rejects_non_finite_json_literals(server):
+    for literal in ("NaN", "Infinity", "-Infinity"):
+        body = '[{"kind": "job-submit", "job": "j", "stage_cpu": {"a": %s}}]' % literal
+        status, data, _ = server.call("POST", "/observe", body, token=TOKEN)
+        assert status == 400 and data["field"] == "body", data
+
+
+EXTENDER_BAD = [
+    b"nope", b"[]", b"null", b"{}", b'{"Pod": "x"}', b'{"Pod": {"metadata": []}, "NodeNames": []}',
+    b'{"Pod": {"metadata": {"annotations": "x"}}, "NodeNames": []}',
+    b'{"Pod": {"metadata": {"annotations": {"dtlab.io/duration-ms": "abc"}}}, "NodeNames": []}',
+    b'{"Pod": {"metadata": {"annotations": {"dtlab.io/duration-ms": "nan"}}}, "NodeNames": []}',
+    b'{"Pod": {"metadata": {"annotations": {"dtlab.io/duration-ms": "1e400"}}}, "NodeNames": []}',
+    b'{"Pod": {"metadata": {"annotations": {"dtlab.io/duration-ms": []}}}, "NodeNames": []}',
+    b'{"Pod": {"spec": {"containers": "x"}}, "NodeNames": []}',
+    b'{"Pod": {"spec": {"containers": ["x"]}}, "NodeNames": []}',
+    b'{"Pod": {"spec": {"containers": [{"resources": []}]}}, "NodeNames": []}',
+    b'{"Pod": {"spec": {"containers": [{"resources": {"requests": {"cpu": "lots"}}}]}}, "NodeNames": []}',
+    b'{"Pod": {"spec": {"containers": [{"resources": {"requests": {"memory": {}}}}]}}, "NodeNames": []}',
+    b'{"Pod": {"spec": {"containers": [{"resources": {"requests": {"cpu": "1e999"}}}]}}, "NodeNames": []}',
+    b'{"Pod": {"spec": {"nodeSelector": []}}, "NodeNames": []}',
+    b'{"Pod": {"metadata": {"name": 5}}, "NodeNames": []}',
+    b'{"Pod": {}, "NodeNames": "cloud-0"}', b'{"Pod": {}, "NodeNames": [1]}',
+    b'{"Pod": {}, "Nodes": {"items": "x"}}', b'{"Pod": {}, "Nodes": {"items": [{}]}}',
+    b'{"Pod": {}, "Nodes": {"items": [{"metadata": {"name": 5}}]}}', b'{"Pod": {}, "Nodes": []}',
+    b'{"Pod": {}, "NodeNames": [' + b",".join([b'"n"'] * 6000) + b"]}",
+    b'{"Pod": {}, "NodeNames": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+]
+
+
+@pytest.mark.parametrize("verb", ["filter", "prioritize"])
+def test_extender_bad_input_is_400(server, verb):
+    for body in EXTENDER_BAD:
+        status, data, elapsed = server.call("POST", f"/extender/{SECRET}/{verb}", body)
+        assert status == 400 and isinstance(data, dict) and data["Error"], (body[:80], status, data)
+        assert elapsed < 1.0
+    status, data, _ = server.call("POST", f"/extender/{SECRET}/{verb}",
+                                  json.dumps({"Pod": {"metadata": {"name": "p"}}, "NodeNames": ["cloud-0"]}))
+    assert status == 200, data
+
+
+def test_extender_needs_the_secret_prefix(server):
+    body = json.dumps({"Pod": {"metadata": {"name": "p"}}, "NodeNames": ["cloud-0", "edge-a-0"]})
+    for path in ("/extender/filter", "/extender/wrong-secret/filter", f"/extender/{SECRET}x/filter"):
+        assert server.call("POST", path, body)[0] == 404
+    status, data, _ = server.call("POST", f"/extender/{SECRET}/filter", body)
+    assert status == 200 and set(data["NodeNames"]) | set(data["FailedNodes"]) == {"cloud-0", "edge-a-0"}
+
+
+def test_serve_refuses_an_unauthenticated_extender(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "DTLAB_EXTENDER_SECRET"}
+    proc = subprocess.run([sys.executable, "-m", "dtlab.cli", "serve", "--cluster", str(CLUSTER), "--extender",
+                           "--port", str(free_port())], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "DTLAB_EXTENDER_SECRET" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_body_over_the_limit_is_413(server):
+    status, _, elapsed = server.call("POST", "/plan", b'{"job": "' + b"x" * 1_200_000 + b'"}')
+    assert status == 413 and elapsed < 1.0
+    server.assert_still_plans()
+
+
+def healthz_latencies(server, stop: threading.Event, out: list) -> None:
+    while not stop.is_set():
+        status, _, elapsed = server.call("GET", "/healthz", timeout=10)
+        out.append((status, elapsed))
+        time.sleep(0.05)
+
+
+def test_healthz_answers_while_plans_saturate_the_server(server):
+    """Four at-budget plans (about 2 s of CPU each) and four over-budget ones at once: two compute,
+    the others are refused at once (429/413), and /healthz keeps answering within a second."""
+    heavy = json.dumps({"job": chain(10), "samples": 3900, "predictor": "des"})
+    over = PLAN_REPRODUCERS["17 KB des plan without a token"]
+    results: list = []
+    lat: list = []
+    stop = threading.Event()
+    probe = threading.Thread(target=healthz_latencies, args=(server, stop, lat))
+    probe.start()
+    try:
+        workers = [threading.Thread(target=lambda b=b, t=t: results.append(server.plan(b, token=t)[:2]))
+                   for b, t in [(heavy, TOKEN)] * 4 + [(over, None)] * 4]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(60)
+    finally:
+        stop.set()
+        probe.join(15)
+    statuses = sorted(s for s, _ in results)
+    assert statuses.count(413) == 4 and statuses.count(200) >= 1 and statuses.count(429) >= 1, statuses
+    assert set(statuses) <= {200, 413, 429}, statuses
+    assert len(lat) >= 5 and all(s == 200 for s, _ in lat)
+    worst = max(e for _, e in lat)
+    print(f"healthz under saturation: {len(lat)} probes, worst {worst * 1000:.0f} ms")
+    assert worst < 1.0, f"/healthz took {worst:.2f} s under saturation"
+    server.assert_still_plans()
+
+
+def test_healthz_answers_with_120_idle_connections(server):
+    socks = []
+    try:
+        for _ in range(120):
+            s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            socks.append(s)
+        time.sleep(0.3)
+        status, _, elapsed = server.call("GET", "/healthz", timeout=10)
+        assert status == 200 and elapsed < 1.0, elapsed
+    finally:
+        for s in socks:
+            s.close()
+    server.assert_still_plans()
+
+
+def test_a_plan_past_the_time_limit_is_503_and_the_slot_comes_back():
+    """The gate in-process (real threads): 503 at the limit; the computation finishes and frees its slot."""
+    twin = dtlab.Twin(dtlab.load_cluster(CLUSTER))
+    client = create_app(twin, ApiConfig(token=TOKEN, request_timeout_s=0.05, max_inflight=1)).test_client()
+    body = {"job": chain(10), "samples": 2000, "predictor": "des"}
+    t0 = time.monotonic()
+    r = client.post("/plan", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 503 and "time limit" in r.get_json()["error"] and time.monotonic() - t0 < 1.0
+    assert client.post("/plan", json={"job": JOB}).status_code == 429  # the slot is still computing
+    wait_for(lambda: client.post("/plan", json={"job": JOB}).status_code == 200, 60, "the slot to come back")
+
+
+def test_responses_never_carry_non_finite_numbers():
+    from dtlab.api.app import StrictJSONProvider
+    from flask import Flask
+    with pytest.raises(ValueError):
+        StrictJSONProvider(Flask("t")).dumps({"x": float("inf")})
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -64, "lots", 0, 1e308])
+def test_stage_cpu_is_checked_where_events_are_validated(value):
+    """The state's own validation (every writer, not only HTTP): a bad stage_cpu names its path
+    and leaves running_cpu untouched, so no later stage-start or placement sees it."""
+    state = dtlab.ClusterState(dtlab.load_cluster(CLUSTER))
+    before = state.snapshot()
+    with pytest.raises(dtlab.SpecError) as err:
+        state.apply_many([{"kind": "job-submit", "job": "j", "stage_cpu": {"a": value}},
+                          {"kind": "stage-start", "job": "j", "stage": "a", "node": "cloud-0"}])
+    assert err.value.field == "[0].stage_cpu.a"
+    after = state.snapshot()
+    assert after.version == before.version and after.nodes["cloud-0"].running_cpu == 0
