@@ -78,7 +78,7 @@ def run_network(args) -> int:
 def run_cleanup(args) -> int:
     from .fabric import cgroups, netns
 
-    removed = cgroups.sweep() + netns.sweep()
+    removed = cgroups.sweep() + cgroups.sweep_controllers() + netns.sweep()
     print(json.dumps({"removed": removed}))
     return 0
 
