@@ -218,6 +218,9 @@ def combine(records: list[Mapping[str, Any]]) -> dict[str, Any]:
              if (r.get("calibration") or {}).get("wall_ratio_max") is not None]
     if walls:
         out["calibration_wall_ratio_max"] = max(walls)
-    out["reasons"] = sorted({w for r in records for w in r.get("reasons", [])})
-    out["noisy"] = bool(out["reasons"])
+    limits = next((r["limits"] for r in records if r.get("limits")), LIMITS)
+    worst = {k: out.get(k) for k in ("loadavg_per_core_max", "steal_share", "foreign_share_node_cpus")}
+    worst["calibration"] = {"drift": out.get("calibration_drift_max"), "wall_ratio_max": out.get("calibration_wall_ratio_max")}
+    out["reasons"] = reasons(worst, limits)
+    out["noisy"] = bool(out["reasons"]) or any(r.get("noisy") for r in records)
     return out

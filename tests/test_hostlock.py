@@ -186,6 +186,7 @@ def test_noise_limits_and_combine():
     noisy = {"loadavg_1m": {"max": 9.0}, "loadavg_per_core_max": 4.5, "steal_share": 0.2,
              "calibration": {"drift": -0.3, "wall_ratio_max": 2.0}, "cpu_s": {"nodes": 2.0, "relay": 0.5}}
     noisy["reasons"] = hostnoise.reasons(noisy)
+    noisy["limits"] = dict(hostnoise.LIMITS)
     assert len(noisy["reasons"]) == 4 and any("calibration_drift 0.3 > 0.15" in r for r in noisy["reasons"])
     both = hostnoise.combine([clean, noisy])
     assert both["noisy"] and both["substrates"] == 2 and both["loadavg_per_core_max"] == 4.5

@@ -25,6 +25,11 @@ CGROUP_ROOT = Path(os.environ.get("DTLAB_CGROUP_ROOT", "/sys/fs/cgroup"))
 PREFIX = "dtlab-"
 PERIOD_US = 10_000
 MIN_QUOTA_US = 1_000
+MAX_PERIOD_US = 1_000_000
+# a node's (not a stage's) quota: at least this much per period, so that node-level throttling only
+# acts when the node's stages together exceed its cores (processor sharing) and never steals a
+# stage's own period through per-tick overrun debt at two nested levels
+NODE_MIN_QUOTA_US = 20_000
 
 
 @dataclass(frozen=True)
@@ -57,13 +62,14 @@ def detect(root: Path | None = None) -> CgroupFS:
     return fs
 
 
-def cores_to_quota(cores: float, period_us: int = PERIOD_US) -> tuple[int, int]:
-    """(quota_us, period_us) for a share of ``cores``; the period grows if the quota would fall under 1 ms."""
+def cores_to_quota(cores: float, period_us: int = PERIOD_US, min_quota_us: int = MIN_QUOTA_US) -> tuple[int, int]:
+    """(quota_us, period_us) for a share of ``cores``; the period grows (up to the kernel's 1 s) if the
+    quota would fall under ``min_quota_us`` (1 ms, the kernel's minimum, by default)."""
     if cores <= 0:
         raise ValueError("cores must be positive")
     quota = int(round(cores * period_us))
-    if quota < MIN_QUOTA_US:
-        period_us = int(round(period_us * MIN_QUOTA_US / quota))
+    if quota < min_quota_us:
+        period_us = min(MAX_PERIOD_US, int(round(period_us * min_quota_us / max(cores * period_us, 1e-9))))
         quota = int(round(cores * period_us))
     return max(quota, MIN_QUOTA_US), period_us
 
@@ -71,7 +77,7 @@ def cores_to_quota(cores: float, period_us: int = PERIOD_US) -> tuple[int, int]:
 class Cgroup:
     """One CPU cgroup directory (created on construction)."""
 
-    def __init__(self, fs: CgroupFS, rel: str, cores: float | None):
+    def __init__(self, fs: CgroupFS, rel: str, cores: float | None, min_quota_us: int = MIN_QUOTA_US):
         self.fs = fs
         self.path = fs.base / rel
         self.path.mkdir(parents=False, exist_ok=True)
@@ -79,10 +85,10 @@ class Cgroup:
             _enable_cpu_controller(self.path.parent)
         self.cores = None
         if cores is not None:
-            self.set_cores(cores)
+            self.set_cores(cores, min_quota_us)
 
-    def set_cores(self, cores: float) -> None:
-        quota, period = cores_to_quota(cores)
+    def set_cores(self, cores: float, min_quota_us: int = MIN_QUOTA_US) -> None:
+        quota, period = cores_to_quota(cores, min_quota_us=min_quota_us)
         if self.fs.version == 1:
             (self.path / "cpu.cfs_period_us").write_text(str(period))
             (self.path / "cpu.cfs_quota_us").write_text(str(quota))
@@ -112,8 +118,8 @@ class Cgroup:
         except FileNotFoundError:
             return []
 
-    def child(self, name: str, cores: float | None) -> "Cgroup":
-        return Cgroup(self.fs, str(self.path.relative_to(self.fs.base) / name), cores)
+    def child(self, name: str, cores: float | None, min_quota_us: int = MIN_QUOTA_US) -> "Cgroup":
+        return Cgroup(self.fs, str(self.path.relative_to(self.fs.base) / name), cores, min_quota_us)
 
     def cpu_usage_ms(self) -> float | None:
         """CPU time the group used (cpu.stat usage_usec on v2; cpuacct is separate on v1, so None)."""

@@ -42,8 +42,10 @@ twin's processor sharing with a per-stage cap. Not modelled: ``job.input_mb`` fr
   are real wall time and shrink by 1/T in reference time (the twin does not model start-up either);
   (3) a period phase of up to one CFS period per stage; (4) other users' processes on the nodes' cores.
 * *Where isolation is impossible* (one core, ``node_cpus: off``, no cpuset controller) the metadata
-  says ``isolated: false`` and the host-noise record measures the shared host; the twin is not yet
-  given that share (see the README's limitations).
+  says ``isolated: false`` and the twin models the emulation host as a shared resource under the
+  nodes: the opening calibration check (native kernel at the fabric's CPU weight) measures the
+  slowdown the host imposes, and node-add events divide every node's speed by it
+  (``shared_host_slowdown`` in the metadata); the host-noise record measures the rest.
 """
 from __future__ import annotations
 
@@ -160,7 +162,8 @@ class FabricSubstrate(WallClockSubstrate):
         self._timers: list[threading.Timer] = []
         self._closed = False
         self.net = self.datapath = self._zygote = None
-        self._cg_top = self._cs_nodes = self._cs_rest = self._acct_nodes = None
+        self._cg_top = self._cg_probe = self._cs_nodes = self._cs_rest = self._acct_nodes = None
+        self.host_slowdown: float | None = None
         self._cs_home: str | None = None
         self._hold = None
         self.noise: dict[str, Any] | None = None
@@ -215,17 +218,21 @@ class FabricSubstrate(WallClockSubstrate):
             if acct_base is not None and acct_base != cgroups.CGROUP_ROOT:
                 self._acct_nodes = cgroups.Cpuacct(acct_base, f"{cgroups.PREFIX}{self.fid}-nodes")
                 self._join.append(self._acct_nodes.procs_path)
+            # the calibration re-check runs as a stage would (highest CPU weight, nodes' cores) but unthrottled
+            self._cg_probe = cgroups.Cgroup(fs, f"{cgroups.PREFIX}{self.fid}-probe", None)
+            self._cg_probe.prioritise()
             self._noise = hostnoise.NoiseMonitor(
                 self.node_cpus, self._acct_nodes.usage_s if self._acct_nodes else None, self._cpu_parts,
-                calibrate_join=":".join([self._cg_top.procs_path, *self._join[1:2]]), limits=noise_limits,
+                calibrate_join=":".join([self._cg_probe.procs_path, *self._join[1:2]]), limits=noise_limits,
                 recheck=noise_recheck)
+            self.host_slowdown = self._shared_host_slowdown(cluster)
             self._rusage0 = resource.getrusage(resource.RUSAGE_SELF)
             if any("wasm" in n.formats for n in cluster.nodes) and worker.missing("wasm") is None:
                 # warm launcher in the top cgroup: Wasm start-up costs a fork, as with a real runtime
                 self._zygote = worker.WasmZygote([*_join_prefix(self._join)],
                                                  tag=f"{cgroups.PREFIX}{self.fid}")   # names its processes for sweeps
-            self._cg_node = {n.name: self._cg_top.child(_safe(n.name), n.cores * n.speed * self.scale)
-                             for n in cluster.nodes}
+            self._cg_node = {n.name: self._cg_top.child(_safe(n.name), n.cores * n.speed * self.scale,
+                                                        cgroups.NODE_MIN_QUOTA_US) for n in cluster.nodes}
             # -------- network
             self._links: dict[tuple[str, str], Link | None] = {}
             self.mechanism: dict[str, str] = {}
@@ -335,7 +342,7 @@ class FabricSubstrate(WallClockSubstrate):
                 "min_stage_share": self.min_stage_share, "cfs_period_ms_slowest": self.cfs_period_ms,
                 "time_scale": self.time_scale, "budget_cores": self.budget, "budget_note": self.budget_note,
                 "node_cpus": cgroups_fmt(self.node_cpus), "rest_cpus": cgroups_fmt(self.rest_cpus),
-                "isolated": self.isolated, "isolation": self.isolation_note,
+                "isolated": self.isolated, "isolation": self.isolation_note, "shared_host_slowdown": self.host_slowdown,
                 "exclusive": self._hold is not None,
                 "cgroup_version": self._cg_top.fs.version if self._cg_top else None,
                 "netem": bool(self.net and self.net.netem), "link_shaping": dict(self.mechanism),
@@ -362,6 +369,7 @@ class FabricSubstrate(WallClockSubstrate):
                      lambda: self.datapath and self.datapath.close(),
                      lambda: self.net and self.net.close(),
                      lambda: self._cg_top and self._cg_top.remove(),
+                     lambda: self._cg_probe and self._cg_probe.remove(),
                      self._leave_cpuset,
                      lambda: self._cs_nodes and self._cs_nodes.remove(),
                      lambda: self._cs_rest and self._cs_rest.remove(),
@@ -379,6 +387,22 @@ class FabricSubstrate(WallClockSubstrate):
             raise DtlabError("fabric close: " + "; ".join(errors))
 
     # ------------------------------------------------------------ internals
+    def _shared_host_slowdown(self, cluster: Cluster) -> float | None:
+        """Without a cpuset split the nodes share the host with the controller, relay and everyone else:
+        tell the twin, as every node's speed divided by the slowdown the opening calibration check
+        measured (native kernel wall / CPU time at the fabric's CPU weight), through node-add events
+        (as the online calibrator does). Returns that slowdown (None when isolated or not measured)."""
+        from ..calibration.online import _node_dict
+
+        cal = self._noise.cal0 if self._noise is not None else None
+        if self.isolated or not cal or not cal.get("cpu_ratio") or not cal.get("wall_ratio"):
+            return None
+        slowdown = max(1.0, cal["wall_ratio"] / cal["cpu_ratio"])
+        if slowdown > 1.02:
+            for n in cluster.nodes:
+                self._emit({"kind": "node-add", "node": _node_dict(replace(n, speed=n.speed / slowdown)), "ts": 0.0})
+        return round(slowdown, 4)
+
     def _leave_cpuset(self) -> None:
         """Put this process back into the cpuset it came from (a cpuset with tasks cannot be removed)."""
         if self._cs_rest is None or self._cs_home is None:

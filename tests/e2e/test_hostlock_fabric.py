@@ -118,3 +118,21 @@ def test_fabric_isolates_nodes_on_their_cpuset_and_records_noise(fabric_ok):
     cal = noise["calibration"]
     assert cal["start"]["cpu_ratio"] > 0 and cal["end"]["cpu_ratio"] > 0 and "drift" in cal
     assert isinstance(noise["noisy"], bool) and noise["noisy"] == bool(noise["reasons"])
+
+
+def test_without_isolation_the_twin_is_told_the_shared_host(fabric_ok):
+    from dtlab.model import cluster_from_dict
+    from dtlab.substrates import make_substrate
+
+    cluster = cluster_from_dict(CLUSTER)
+    with make_substrate("fabric", cluster, seed=0, network=False, node_cpus="off") as sub:
+        meta = sub.metadata()
+        events = sub.events()
+    assert meta["isolated"] is False and "isolation off" in meta["isolation"]
+    slowdown = meta["shared_host_slowdown"]
+    assert slowdown is not None and slowdown >= 1.0
+    adds = {e["node"]["name"]: e["node"]["speed"] for e in events if e["kind"] == "node-add"}
+    if slowdown > 1.02:     # a busy host: every node slower by the measured factor
+        assert adds == {n.name: pytest.approx(n.speed / slowdown) for n in cluster.nodes}
+    else:
+        assert adds == {}
