@@ -447,6 +447,13 @@ def _substrate_info(run_dir: Path, requested: str) -> dict:
     return out
 
 
+def schedule(preps: Sequence[PreparedRun]) -> list[list[PreparedRun]]:
+    """Tasks for parallel workers: every wall-clock run in ONE task (one after the other, so they
+    never measure each other), then one task per sim/twin-only run (those may run beside)."""
+    wall = [p for p in preps if wall_clock_reason(p)]
+    return ([wall] if wall else []) + [[p] for p in preps if p not in wall]
+
+
 def _execute_in_worker(preps: Sequence[PreparedRun], out_root: str, force: bool,
                        lock_timeout_s: float | None = None) -> list[RunOutcome]:
     """Run ``preps`` one after the other in this worker process (a list: the wall-clock runs share one
@@ -490,8 +497,7 @@ def run(names: Sequence[str], params_file: str | os.PathLike | None = None, smok
     if jobs > 1 and len(preps) > 1:
         import multiprocessing as mp
 
-        wall = [p for p in preps if wall_clock_reason(p)]
-        tasks = ([wall] if wall else []) + [[p] for p in preps if p not in wall]
+        tasks = schedule(preps)
         with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=mp.get_context("spawn")) as pool:
             futures = [pool.submit(_execute_in_worker, t, str(out_root), force, lock_timeout_s) for t in tasks]
             for fut in as_completed(futures):

@@ -222,3 +222,14 @@ def test_cpu_lists_and_the_split_between_nodes_and_the_rest():
     assert cgroups.split_cpus(list(range(4)), "2-3")[:2] == ([2, 3], [0, 1])
     with pytest.raises(ValueError, match="not available"):
         cgroups.split_cpus([0, 1], "5")
+
+
+def test_parallel_dtlab_run_puts_wall_clock_experiments_in_one_task(monkeypatch):
+    from dtlab import runner
+
+    monkeypatch.setattr(hostlock, "wall_clock", lambda params: "fabric" if params.get("substrate") == "fabric" else None)
+    preps = [runner.PreparedRun(runner.EXPERIMENTS[e], Path("x"), {"substrate": s}, run_id=e)
+             for e, s in (("V1", "fabric"), ("V2", "fabric"), ("V4", "sim"), ("V3", "fabric"), ("V5", "sim"))]
+    tasks = runner.schedule(preps)
+    assert [[p.run_id for p in t] for t in tasks] == [["V1", "V2", "V3"], ["V4"], ["V5"]]
+    assert [[p.run_id for p in t] for t in runner.schedule(preps[2:3])] == [["V4"]]

@@ -8,8 +8,16 @@ stage is multiplied by the same ``scale`` (see worker.py), so wall times come ou
 milliseconds whatever the scale.
 
 cgroup v1 (``/sys/fs/cgroup/cpu/...``, cpu.cfs_quota_us/cfs_period_us) and v2 (``cpu.max``) are
-both supported; the period is short (10 ms) so a quota of a fraction of a core throttles finely
-rather than letting a 100 ms stage finish in one burst.
+both supported; a stage's period is short (10 ms) so a quota of a fraction of a core throttles finely
+rather than letting a 100 ms stage finish in one burst. Two kernel facts bound that: the minimum
+quota is 1 ms (so a 1 %-of-a-core stage gets a 100 ms period), and the quota is enforced at the
+scheduler tick (4 ms here), so a stage overruns by up to a tick and repays it in later periods: its
+time is quantised in steps of about ``tick / quota`` periods, i.e. ``tick`` ms of CPU work. A node's
+group uses a quota of at least ``NODE_MIN_QUOTA_US`` (longer period) so it throttles only when its
+stages together exceed its cores.
+
+Isolation (issue 14): ``Cpuset`` confines the nodes' processes to their cores, ``Cpuacct`` counts
+their CPU (v1 keeps both in their own hierarchies), ``split_cpus`` decides which cores go where.
 """
 from __future__ import annotations
 

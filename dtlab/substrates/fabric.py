@@ -31,14 +31,16 @@ twin's processor sharing with a per-stage cap. Not modelled: ``job.input_mb`` fr
   ``scale`` 0.023: a 1-cpu stage on a speed-0.4 node is capped at ~1 % of a core.
 * *Time scale, not just shrinking*: quotas that small make CFS granularity dominate a stage (the
   minimum quota is 1 ms, so the slowest node's period is ~100 ms, and the bandwidth timer is enforced
-  per 4 ms tick). So the fabric **stretches time**: ``time_scale`` T (``auto``: the slowest node's CFS
-  period is at most 25 reference ms, 4.5 on this host for that cluster) multiplies every stage's work,
+  per 4 ms tick). So the fabric **stretches time**: ``time_scale`` T (``auto``: one tick of CPU at most
+  20 % of a 100 ms stage's work and the slowest CFS period at most 25 reference ms; 9 on this host
+  for that cluster, see :func:`auto_time_scale`) multiplies every stage's work,
   every link latency/jitter (bandwidth divided by T) and every wait, and the substrate clock
   (``now_ms``, all records, ``kernel_ms``) runs in reference ms = wall ms / T. The twin needs no change:
   it sees reference time. A run takes T times longer in wall time.
-* *What error it leaves*: (1) an idle cgroup runs its first quota plus up to one scheduler tick
-  (4 ms CPU) unthrottled, so a short stage finishes early: ~5 ms of CPU against ``100 * scale * T`` ms of
-  work for a 100 ms stage (~20-50 % at T 4.5, shrinking as 1/T); (2) process and emulator start-up
+* *What error it leaves*: (1) the quota is enforced per scheduler tick, so a stage runs its quota
+  plus up to one tick (4 ms CPU) before it is throttled and repays the overrun later; its time is
+  quantised in steps of about one tick of CPU work: ~4 ms against ``100 * scale * T`` ms of work for a
+  100 ms 1-cpu stage (~20 % by construction of ``auto``, shrinking as 1/T); (2) process and emulator start-up
   are real wall time and shrink by 1/T in reference time (the twin does not model start-up either);
   (3) a period phase of up to one CFS period per stage; (4) other users' processes on the nodes' cores.
 * *Where isolation is impossible* (one core, ``node_cpus: off``, no cpuset controller) the metadata
@@ -78,7 +80,10 @@ _LIVE: "weakref.WeakSet[FabricSubstrate]" = weakref.WeakSet()
 OPTIONS = ("seed", "host_cores", "kernel", "network", "timing", "calibration", "drain_limit_s", "node_cpus",
            "time_scale", "exclusive", "lock_timeout_s", "noise_limits", "noise_recheck")
 NODE_HEADROOM = 0.9          # node quotas fill 90 % of their cores: start-up, the Wasm launcher, the kernel's own work
-AUTO_PERIOD_REF_MS = 25.0    # time_scale auto: the slowest node's CFS period <= 25 reference ms
+AUTO_PERIOD_REF_MS = 25.0    # time_scale auto: the slowest node's CFS period <= 25 reference ms, and
+TICK_MS = 4.0                # (CONFIG_HZ=250) CPU a stage may overrun its quota by before it is throttled
+AUTO_TICK_ERROR = 0.2        # ... one tick <= 20 % of a 100 ms 1-cpu stage's CPU work
+AUTO_MAX = 20.0
 _HANDLERS_INSTALLED = False
 
 
@@ -187,7 +192,7 @@ class FabricSubstrate(WallClockSubstrate):
         # and stage times get coarse (tens of ms of throttling granularity): stretch time instead
         self.min_stage_share = min(n.speed for n in cluster.nodes) * self.scale
         self.cfs_period_ms = cgroups.cores_to_quota(self.min_stage_share)[1] / 1000.0
-        self.time_scale = float(auto_time_scale(self.cfs_period_ms) if time_scale == "auto" else time_scale)
+        self.time_scale = float(auto_time_scale(self.cfs_period_ms, self.scale) if time_scale == "auto" else time_scale)
         self._nsenter = shutil.which("nsenter")
         if network and self._nsenter is None:
             raise SubstrateUnavailable("fabric: `nsenter` not found (apt-get install util-linux)")
@@ -601,11 +606,19 @@ class FabricSubstrate(WallClockSubstrate):
         return None
 
 
-def auto_time_scale(period_ms: float) -> float:
-    """Time stretch so that the slowest node's CFS period is at most ``AUTO_PERIOD_REF_MS`` of reference
-    time: a 1-cpu stage then sees its quota refilled often enough that throttling granularity stays a
-    small part of its time. 1.0 (no stretch) when the quotas are large enough already."""
-    return max(1.0, math.ceil(2 * period_ms / AUTO_PERIOD_REF_MS) / 2)
+def auto_time_scale(period_ms: float, scale: float) -> float:
+    """The time stretch ``time_scale: auto`` picks (see the module docstring), the larger of:
+
+    * the slowest node's CFS period is at most ``AUTO_PERIOD_REF_MS`` of reference time, and
+    * a 100 ms, 1-cpu stage does at least ``TICK_MS / AUTO_TICK_ERROR`` ms of CPU work
+      (``100 * scale * T``), because CFS enforces a quota per scheduler tick: a stage's time is
+      quantised in steps of about one tick of CPU work, so this bounds that error at ~20 %.
+
+    Capped at ``AUTO_MAX``; 1.0 (no stretch) when the quotas are large enough already.
+    """
+    by_period = 2 * period_ms / AUTO_PERIOD_REF_MS
+    by_tick = 2 * TICK_MS / AUTO_TICK_ERROR / (100.0 * scale)
+    return min(AUTO_MAX, max(1.0, math.ceil(max(by_period, by_tick)) / 2))
 
 
 def cgroups_fmt(cpus) -> str:
