@@ -233,3 +233,21 @@ def test_parallel_dtlab_run_puts_wall_clock_experiments_in_one_task(monkeypatch)
     tasks = runner.schedule(preps)
     assert [[p.run_id for p in t] for t in tasks] == [["V1", "V2", "V3"], ["V4"], ["V5"]]
     assert [[p.run_id for p in t] for t in runner.schedule(preps[2:3])] == [["V4"]]
+
+
+def test_fabric_cleanup_never_sweeps_under_a_live_run(lockfile, monkeypatch, capsys):
+    from dtlab import cli
+    from dtlab.fabric import netns
+
+    swept = []
+    for mod, name in ((cgroups, "sweep"), (cgroups, "sweep_controllers"), (netns, "sweep")):
+        monkeypatch.setattr(mod, name, lambda *a, name=name, **k: swept.append(name) or [])
+    other = _hold_in_other_process(lockfile, 20)
+    try:
+        rc = cli.main(["fabric", "cleanup"])
+    finally:
+        other.kill()
+        other.wait()
+    assert rc == 1 and swept == []
+    assert "a wall-clock run is live" in capsys.readouterr().err
+    assert cli.main(["fabric", "cleanup"]) == 0 and swept == ["sweep", "sweep_controllers", "sweep"]
