@@ -42,7 +42,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## create .venv and install dtlab with its dev extras (only when pyproject.toml changed)
 
-experiments: $(STAMP) ## run V1..V6 with params/ (sim; V1/V2 on the fabric if this host has it); skips finished runs
+experiments: $(STAMP) ## run V1..V6 with params/ (sim; V1-V3 on the fabric if this host has it, one at a time under the host lock); skips finished runs
 	@$(call elapsed,$(DTLAB) run all --out $(OUT) -j $(J) $(RUN_ARGS),dtlab run all)
 	@echo
 	@$(DTLAB) results --out $(OUT)

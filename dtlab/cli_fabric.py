@@ -76,9 +76,17 @@ def run_network(args) -> int:
 
 
 def run_cleanup(args) -> int:
+    """Remove leftovers of crashed runs -- only while no wall-clock run holds the host lock (a crashed
+    run's lock is gone with its process), so a live run's cgroups and namespaces are never swept."""
+    from . import hostlock
     from .fabric import cgroups, netns
 
-    removed = cgroups.sweep() + netns.sweep()
+    try:
+        with hostlock.exclusive("dtlab fabric cleanup", timeout_s=0):
+            removed = cgroups.sweep() + cgroups.sweep_controllers() + netns.sweep()
+    except hostlock.HostBusy as exc:
+        print(f"dtlab fabric cleanup: nothing removed, a wall-clock run is live: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps({"removed": removed}))
     return 0
 

@@ -19,7 +19,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         outcomes = runner.run(args.experiments, params_file=args.params, smoke=args.smoke,
                               out_root=args.out, jobs=args.jobs, force=args.force,
-                              progress=not args.quiet)
+                              progress=not args.quiet, lock_timeout_s=args.lock_timeout)
     except SpecError as exc:
         print(f"dtlab run: invalid parameters: {str(exc)[:2000]}", file=sys.stderr)
         return 2
@@ -33,6 +33,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if done:
         print(f"outputs: {', '.join(str(o.run_dir) for o in done)}")
     return 1 if failed else 0
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 seconds (got {text})")
+    return value
 
 
 def _cmd_results(args: argparse.Namespace) -> int:
@@ -73,6 +83,9 @@ def register(subparsers) -> None:
     p.add_argument("-j", "--jobs", type=int, default=1, help="experiments to run in parallel processes")
     p.add_argument("--force", action="store_true", help="re-run even if a finished run has the same params")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--lock-timeout", type=_seconds, default=None, metavar="SECONDS",
+                   help="how long a wall-clock (fabric) run waits for the host lock before failing "
+                        "(default $DTLAB_LOCK_TIMEOUT or 3600)")
     p.set_defaults(func=_cmd_run)
 
     p = subparsers.add_parser("results", help="list runs with their headline metrics")

@@ -217,9 +217,20 @@ def list_runs(out_root: str | os.PathLike = "outputs", experiments: Iterable[str
             "started": info.get("started"), "duration_s": info.get("duration_s"),
             "substrate": info.get("substrate"), "path": str(run.run_dir),
             "headline": "  ".join(f"{k}={_fmt(v)}" for k, v in headline(run.metrics).items()),
+            "noise": noise_flag(info, run.metrics),
         })
     return pd.DataFrame(rows, columns=["experiment", "run_id", "status", "started", "duration_s",
-                                       "substrate", "path", "headline"])
+                                       "substrate", "path", "headline", "noise"])
+
+
+def noise_flag(info: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
+    """"" for a run without a host-noise record (sim), "clean", or "NOISY: <limits exceeded>"."""
+    noise = info.get("host_noise") or metrics.get("host_noise")
+    if not isinstance(noise, Mapping) or "noisy" not in noise:
+        return ""
+    if not noise["noisy"]:
+        return "clean"
+    return "NOISY: " + "; ".join(str(r) for r in noise.get("reasons") or [])
 
 
 def format_runs(table: pd.DataFrame) -> str:
@@ -230,8 +241,9 @@ def format_runs(table: pd.DataFrame) -> str:
     for row in table.itertuples(index=False):
         started = str(row.started or "")[:19].replace("T", " ")
         dur = f"{row.duration_s:7.1f}s" if isinstance(row.duration_s, (int, float)) else "       -"
+        noise = getattr(row, "noise", "") or ""
         lines.append(f"{row.experiment:<4} {row.run_id:<12} {row.status:<7} {started:<19} {dur} "
-                     f"{row.substrate or '-':<7} {row.headline}")
+                     f"{row.substrate or '-':<7} {row.headline}" + (f"\n     host noise: {noise}" if noise else ""))
     return "\n".join(lines)
 
 

@@ -344,16 +344,46 @@ def _replace_dir(src: Path, dst: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
 
 
+def wall_clock_reason(prep: PreparedRun) -> str | None:
+    """Why this run measures wall-clock time (see :func:`dtlab.hostlock.wall_clock`), or None."""
+    from . import hostlock
+    return hostlock.wall_clock(prep.params)
+
+
 def execute(prep: PreparedRun, out_root: str | os.PathLike = "outputs", force: bool = False,
-            progress: bool = False, kernel: str | None = None) -> RunOutcome:
-    """Execute a prepared run (skip if finished unless ``force``); never raises for a notebook error."""
-    import papermill
+            progress: bool = False, kernel: str | None = None, lock_timeout_s: float | None = None) -> RunOutcome:
+    """Execute a prepared run (skip if finished unless ``force``); never raises for a notebook error.
+
+    A wall-clock run (:func:`wall_clock_reason`) first takes the host lock (dtlab/hostlock.py) and
+    keeps it until its notebook finished; waiting is printed and recorded in run.json
+    (``host_lock``: exclusive, waited_s); not getting it within ``lock_timeout_s`` fails the run.
+    """
+    from . import hostlock
 
     exp = prep.experiment
     out_root = Path(out_root).resolve()
     final = out_root / exp.id / prep.run_id
     if not force and is_finished(final):
         return RunOutcome(exp.id, prep.run_id, final, "skipped")
+    reason = wall_clock_reason(prep)
+    if reason is None:
+        return _execute(prep, out_root, progress, kernel, {"exclusive": False, "why": "no wall-clock substrate"})
+    try:
+        hold = hostlock.acquire(f"dtlab run {exp.id} {prep.run_id} (pid {os.getpid()})", lock_timeout_s,
+                                on_wait=lambda msg: print(msg, file=sys.stderr, flush=True))
+    except hostlock.HostBusy as exc:
+        return RunOutcome(exp.id, prep.run_id, final, "failed", error=str(exc))
+    try:
+        return _execute(prep, out_root, progress, kernel, {**hold.info(), "why": reason})
+    finally:
+        hostlock.release(hold)
+
+
+def _execute(prep: PreparedRun, out_root: Path, progress: bool, kernel: str | None, host_lock: dict) -> RunOutcome:
+    import papermill
+
+    exp = prep.experiment
+    final = out_root / exp.id / prep.run_id
     kernel = kernel or ensure_kernel()
     root = project_root()
     tmp = out_root / exp.id / f".tmp-{prep.run_id}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -362,7 +392,7 @@ def execute(prep: PreparedRun, out_root: str | os.PathLike = "outputs", force: b
     info = {"experiment": exp.id, "run_id": prep.run_id, "status": "running", "notebook": exp.notebook,
             "params_file": str(prep.params_file) if prep.params_file else None, "params": _results.jsonable(prep.params, nonfinite="text"),
             "seed": _seed_of(prep.params), "substrate": prep.params.get("substrate", "sim"),
-            "started": started, **provenance(root)}
+            "host_lock": host_lock, "started": started, **provenance(root)}
     error = None
     try:
         papermill.execute_notebook(
@@ -403,27 +433,42 @@ def _substrate_info(run_dir: Path, requested: str) -> dict:
     if not isinstance(metrics.get("substrate"), str):
         return {}
     out = {"substrate_requested": metrics.get("substrate_requested", requested)}
-    for key in ("substrate", "substrate_note", "substrate_metadata"):
+    for key in ("substrate", "substrate_note", "substrate_metadata", "host_noise"):
         if key in metrics:
             out[key] = metrics[key]
     return out
 
 
-def _execute_in_worker(prep: PreparedRun, out_root: str, force: bool) -> RunOutcome:
-    # an unexpected error in one worker must not hide the other experiments' outcomes
-    try:
-        return execute(prep, out_root, force=force, progress=False)
-    except Exception as exc:  # noqa: BLE001
-        return RunOutcome(prep.experiment.id, prep.run_id, Path(out_root) / prep.experiment.id, "failed",
-                          error=f"{prep.experiment.id}: {type(exc).__name__}: {exc}")
+def schedule(preps: Sequence[PreparedRun]) -> list[list[PreparedRun]]:
+    """Tasks for parallel workers: every wall-clock run in ONE task (one after the other, so they
+    never measure each other), then one task per sim/twin-only run (those may run beside)."""
+    wall = [p for p in preps if wall_clock_reason(p)]
+    return ([wall] if wall else []) + [[p] for p in preps if p not in wall]
+
+
+def _execute_in_worker(preps: Sequence[PreparedRun], out_root: str, force: bool,
+                       lock_timeout_s: float | None = None) -> list[RunOutcome]:
+    """Run ``preps`` one after the other in this worker process (a list: the wall-clock runs share one
+    worker so that they never run at the same time; the others come one per task)."""
+    out = []
+    for prep in preps:
+        # an unexpected error in one run must not hide the other experiments' outcomes
+        try:
+            out.append(execute(prep, out_root, force=force, progress=False, lock_timeout_s=lock_timeout_s))
+        except Exception as exc:  # noqa: BLE001
+            out.append(RunOutcome(prep.experiment.id, prep.run_id, Path(out_root) / prep.experiment.id, "failed",
+                                  error=f"{prep.experiment.id}: {type(exc).__name__}: {exc}"))
+    return out
 
 
 def run(names: Sequence[str], params_file: str | os.PathLike | None = None, smoke: bool = False,
         out_root: str | os.PathLike = "outputs", jobs: int = 1, force: bool = False,
-        progress: bool = True, overrides: Mapping[str, Any] | None = None) -> list[RunOutcome]:
+        progress: bool = True, overrides: Mapping[str, Any] | None = None,
+        lock_timeout_s: float | None = None) -> list[RunOutcome]:
     """Run experiments (``["all"]`` for all six). Every params file is validated before the first
     kernel starts, so a typo in V6's file does not waste V1's minutes. ``jobs`` > 1 runs
-    experiments in parallel processes."""
+    experiments in parallel processes; the wall-clock ones (fabric) one at a time in one of them,
+    under the host lock (:func:`execute`), while sim/twin-only experiments run beside."""
     from tqdm.auto import tqdm
 
     experiments = resolve_experiments(names)
@@ -444,13 +489,16 @@ def run(names: Sequence[str], params_file: str | os.PathLike | None = None, smok
     if jobs > 1 and len(preps) > 1:
         import multiprocessing as mp
 
-        with ProcessPoolExecutor(max_workers=min(jobs, len(preps)), mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(_execute_in_worker, p, str(out_root), force) for p in preps]
+        tasks = schedule(preps)
+        with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(_execute_in_worker, t, str(out_root), force, lock_timeout_s) for t in tasks]
             for fut in as_completed(futures):
-                report(fut.result())
+                for o in fut.result():
+                    report(o)
     else:
         for p in preps:
-            report(execute(p, out_root, force=force, progress=progress and len(preps) == 1))
+            report(execute(p, out_root, force=force, progress=progress and len(preps) == 1,
+                           lock_timeout_s=lock_timeout_s))
     bar.close()
     order = {p.experiment.id: i for i, p in enumerate(preps)}
     return sorted(outcomes, key=lambda o: order[o.experiment])

@@ -50,6 +50,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -368,7 +369,20 @@ def sweep(experiment: str, grid: Grid | Mapping[str, Any] | str | os.PathLike, s
     skipped = [p.id for p in points if p.id not in {t.id for t in todo}]
     ran, failed = [], {}
     if todo:
-        ran, failed = _run_on_dask(exp, todo, out_dir, scheduler, workers, progress, run_fn)
+        from . import hostlock
+        wall = next((w for w in (hostlock.wall_clock(p.params) for p in todo) if w), None)
+        if wall and not scheduler:
+            # wall-clock points measure each other: one worker, the whole sweep under the host lock
+            # (the LocalCluster's worker processes inherit it); with --scheduler each point's fabric
+            # takes the lock itself
+            if workers > 1:
+                print(f"sweep {exp}: {wall}: one point at a time (workers 1, not {workers})", file=sys.stderr)
+            workers = 1
+            with hostlock.exclusive(f"dtlab sweep {exp} (pid {os.getpid()})",
+                                    on_wait=lambda msg: print(msg, file=sys.stderr, flush=True)):
+                ran, failed = _run_on_dask(exp, todo, out_dir, scheduler, workers, progress, run_fn)
+        else:
+            ran, failed = _run_on_dask(exp, todo, out_dir, scheduler, workers, progress, run_fn)
     table = merge(exp, points, out_dir, grid)
     figs = summary_figures(table, exp, grid, out_dir / "figures") if figures else []
     return SweepResult(exp, out_dir, points, ran, skipped, failed, table, figs)

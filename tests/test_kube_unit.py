@@ -6,6 +6,7 @@ another, 410 Gone mid-watch, replayed and missed events, the DAG/failover decisi
 """
 from __future__ import annotations
 
+import os
 import json
 import re
 from pathlib import Path
@@ -541,3 +542,24 @@ def test_time_scale_shortens_pods_but_keeps_the_twins_milliseconds():
         import time
         time.sleep(0.05)
         assert sub.now_ms() - t0 >= 0.05 * 1000 / 0.25 * 0.9                       # substrate ms run 4x
+
+
+def test_exclusive_kube_holds_the_host_lock_and_records_noise(tmp_path, monkeypatch):
+    """The hook for real nodes (issue 14): ``exclusive: true`` takes the host lock for the substrate's
+    life and records host noise by part (controller, plane); the default takes no lock."""
+    from dtlab import hostlock
+    from dtlab.substrates.kube import KubeSubstrate
+    monkeypatch.setenv(hostlock.ENV_PATH, str(tmp_path / "host.lock"))
+    monkeypatch.delenv(hostlock.ENV_HELD, raising=False)
+    cluster = load_cluster(REPO / "examples" / "cluster-hetero.yaml")
+    with KubeSubstrate(cluster, actuator=FakeActuator(), observer_factory=lambda *a: FakeObserver(), noise=False) as sub:
+        assert not hostlock.held() and sub.noise is None
+    sub = KubeSubstrate(cluster, actuator=FakeActuator(), observer_factory=lambda *a: FakeObserver(), noise=False,
+                        exclusive=True, lock_timeout_s=5)
+    try:
+        assert hostlock.held()
+        assert f"pid {os.getpid()}" in hostlock.holder()
+    finally:
+        sub.close()
+    assert not hostlock.held()
+    assert set(sub.noise["cpu_s"]) == {"controller", "plane"} and isinstance(sub.noise["noisy"], bool)

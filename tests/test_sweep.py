@@ -186,3 +186,30 @@ def test_sweep_survives_killed_worker_and_resumes(tmp_path):
     # nothing left to do: no cluster, no calls
     res3 = sw.sweep("V1", GRID, seeds=2, smoke=True, out=out, progress=False, run_fn=hook, figures=False)
     assert res3.ran == [] and len(res3.skipped) == 4 and len(_calls(counter)) == 5 + 8
+
+
+def _lock_probe_run(params, counter: str):
+    """Test-only hook: record which worker ran the point and whether it ran under the host lock."""
+    from dtlab import hostlock
+    from dtlab.experiments import v1
+
+    with open(counter, "a") as f:
+        f.write(json.dumps({"pid": os.getpid(), "held": hostlock.held()}) + "\n")
+    return v1.run(params)
+
+
+def test_wall_clock_sweep_runs_under_the_host_lock_one_point_at_a_time(tmp_path, monkeypatch, capsys):
+    from dtlab import hostlock
+
+    monkeypatch.setenv(hostlock.ENV_PATH, str(tmp_path / "host.lock"))
+    monkeypatch.delenv(hostlock.ENV_HELD, raising=False)
+    monkeypatch.setattr(hostlock, "wall_clock", lambda params: "test: pretend the points run on the fabric")
+    counter = tmp_path / "calls.jsonl"
+    res = sw.sweep("V1", {"grid": {"rates_per_s": [0.5, 1.0]}}, seeds=1, smoke=True, out=tmp_path / "out",
+                   workers=2, progress=False, run_fn=functools.partial(_lock_probe_run, counter=str(counter)),
+                   figures=False)
+    calls = _calls(counter)
+    assert res.failed == {} and len(calls) == 2
+    assert all(c["held"] for c in calls) and len({c["pid"] for c in calls}) == 1   # inherited, one worker
+    assert "one point at a time (workers 1, not 2)" in capsys.readouterr().err
+    assert not hostlock.held()

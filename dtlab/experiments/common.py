@@ -311,13 +311,22 @@ class SubstrateChoice:
     note: str = ""
     timing: Any = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    opened: list = field(default_factory=list)      # wall-clock substrates opened (their host noise)
 
     def metrics(self) -> dict[str, Any]:
-        """The result-metric keys every V1-V3 run carries (the runner copies them into run.json)."""
+        """The result-metric keys every V1-V3 run carries (the runner copies them into run.json);
+        on a wall-clock substrate also ``host_noise`` (dtlab/hostnoise.py, worst case over the
+        substrates the run opened) and ``host_noise.noisy``."""
         out: dict[str, Any] = {"substrate": self.name, "substrate_requested": self.requested,
                                "substrate_note": self.note}
         if self.metadata:
             out["substrate_metadata"] = dict(self.metadata)
+        records = [getattr(sub, "noise", None) for sub in self.opened]
+        if any(records):
+            from ..hostnoise import combine
+            noise = combine([r for r in records if r])
+            out["host_noise"] = noise
+            out["host_noise.noisy"] = noise["noisy"]
         return out
 
 
@@ -453,6 +462,8 @@ def open_substrate(params: Mapping[str, Any], cluster: Cluster, seed: int,
     if choice is not None and params["substrate"] == "fabric" and choice.timing is not None:
         opts.setdefault("timing", choice.timing)
     sub = make_substrate(params["substrate"], cluster, seed=seed, **opts)
+    if choice is not None and hasattr(sub, "noise"):
+        choice.opened.append(sub)          # its host noise is read after it closed (SubstrateChoice.metrics)
     if choice is not None and not choice.metadata and params["substrate"] == "fabric":
         meta = getattr(sub, "metadata", None)
         if callable(meta):

@@ -8,8 +8,16 @@ stage is multiplied by the same ``scale`` (see worker.py), so wall times come ou
 milliseconds whatever the scale.
 
 cgroup v1 (``/sys/fs/cgroup/cpu/...``, cpu.cfs_quota_us/cfs_period_us) and v2 (``cpu.max``) are
-both supported; the period is short (10 ms) so a quota of a fraction of a core throttles finely
-rather than letting a 100 ms stage finish in one burst.
+both supported; a stage's period is short (10 ms) so a quota of a fraction of a core throttles finely
+rather than letting a 100 ms stage finish in one burst. Two kernel facts bound that: the minimum
+quota is 1 ms (so a 1 %-of-a-core stage gets a 100 ms period), and the quota is enforced at the
+scheduler tick (4 ms here), so a stage overruns by up to a tick and repays it in later periods: its
+time is quantised in steps of about ``tick / quota`` periods, i.e. ``tick`` ms of CPU work. A node's
+group uses a quota of at least ``NODE_MIN_QUOTA_US`` (longer period) so it throttles only when its
+stages together exceed its cores.
+
+Isolation (issue 14): ``Cpuset`` confines the nodes' processes to their cores, ``Cpuacct`` counts
+their CPU (v1 keeps both in their own hierarchies), ``split_cpus`` decides which cores go where.
 """
 from __future__ import annotations
 
@@ -25,6 +33,11 @@ CGROUP_ROOT = Path(os.environ.get("DTLAB_CGROUP_ROOT", "/sys/fs/cgroup"))
 PREFIX = "dtlab-"
 PERIOD_US = 10_000
 MIN_QUOTA_US = 1_000
+MAX_PERIOD_US = 1_000_000
+# a node's (not a stage's) quota: at least this much per period, so that node-level throttling only
+# acts when the node's stages together exceed its cores (processor sharing) and never steals a
+# stage's own period through per-tick overrun debt at two nested levels
+NODE_MIN_QUOTA_US = 20_000
 
 
 @dataclass(frozen=True)
@@ -57,13 +70,14 @@ def detect(root: Path | None = None) -> CgroupFS:
     return fs
 
 
-def cores_to_quota(cores: float, period_us: int = PERIOD_US) -> tuple[int, int]:
-    """(quota_us, period_us) for a share of ``cores``; the period grows if the quota would fall under 1 ms."""
+def cores_to_quota(cores: float, period_us: int = PERIOD_US, min_quota_us: int = MIN_QUOTA_US) -> tuple[int, int]:
+    """(quota_us, period_us) for a share of ``cores``; the period grows (up to the kernel's 1 s) if the
+    quota would fall under ``min_quota_us`` (1 ms, the kernel's minimum, by default)."""
     if cores <= 0:
         raise ValueError("cores must be positive")
     quota = int(round(cores * period_us))
-    if quota < MIN_QUOTA_US:
-        period_us = int(round(period_us * MIN_QUOTA_US / quota))
+    if quota < min_quota_us:
+        period_us = min(MAX_PERIOD_US, int(round(period_us * min_quota_us / max(cores * period_us, 1e-9))))
         quota = int(round(cores * period_us))
     return max(quota, MIN_QUOTA_US), period_us
 
@@ -71,7 +85,7 @@ def cores_to_quota(cores: float, period_us: int = PERIOD_US) -> tuple[int, int]:
 class Cgroup:
     """One CPU cgroup directory (created on construction)."""
 
-    def __init__(self, fs: CgroupFS, rel: str, cores: float | None):
+    def __init__(self, fs: CgroupFS, rel: str, cores: float | None, min_quota_us: int = MIN_QUOTA_US):
         self.fs = fs
         self.path = fs.base / rel
         self.path.mkdir(parents=False, exist_ok=True)
@@ -79,10 +93,10 @@ class Cgroup:
             _enable_cpu_controller(self.path.parent)
         self.cores = None
         if cores is not None:
-            self.set_cores(cores)
+            self.set_cores(cores, min_quota_us)
 
-    def set_cores(self, cores: float) -> None:
-        quota, period = cores_to_quota(cores)
+    def set_cores(self, cores: float, min_quota_us: int = MIN_QUOTA_US) -> None:
+        quota, period = cores_to_quota(cores, min_quota_us=min_quota_us)
         if self.fs.version == 1:
             (self.path / "cpu.cfs_period_us").write_text(str(period))
             (self.path / "cpu.cfs_quota_us").write_text(str(quota))
@@ -112,8 +126,8 @@ class Cgroup:
         except FileNotFoundError:
             return []
 
-    def child(self, name: str, cores: float | None) -> "Cgroup":
-        return Cgroup(self.fs, str(self.path.relative_to(self.fs.base) / name), cores)
+    def child(self, name: str, cores: float | None, min_quota_us: int = MIN_QUOTA_US) -> "Cgroup":
+        return Cgroup(self.fs, str(self.path.relative_to(self.fs.base) / name), cores, min_quota_us)
 
     def cpu_usage_ms(self) -> float | None:
         """CPU time the group used (cpu.stat usage_usec on v2; cpuacct is separate on v1, so None)."""
@@ -186,4 +200,181 @@ def sweep(prefix: str = PREFIX, root: Path | None = None) -> list[str]:
         if d.is_dir() and d.name.startswith(prefix):
             remove_tree(d, fs.procs_file)
             removed.append(str(d))
+    return removed
+
+
+# ------------------------------------------------------------ cpusets and CPU accounting (isolation, noise)
+def parse_cpus(text: str) -> list[int]:
+    """``"0-2,5"`` -> ``[0, 1, 2, 5]`` (the kernel's cpu list format)."""
+    out: list[int] = []
+    for part in filter(None, (p.strip() for p in str(text).split(","))):
+        lo, _, hi = part.partition("-")
+        try:
+            out += list(range(int(lo), int(hi or lo) + 1))
+        except ValueError:
+            raise ValueError(f"not a CPU list: {text!r} (expected e.g. '1' or '1-3,6')") from None
+    return sorted(set(out))
+
+
+def format_cpus(cpus) -> str:
+    return ",".join(str(c) for c in sorted(cpus))
+
+
+def controller_dir(name: str, root: Path | None = None) -> Path | None:
+    """Where controller ``name`` (cpuset, cpuacct) lives: the cgroup v1 mount, or the v2 root; None if absent."""
+    root = Path(root or CGROUP_ROOT)
+    v1 = root / name
+    if (v1 / "cgroup.procs").exists() and any(v1.glob(f"{name}.*")):
+        return v1
+    ctl = root / "cgroup.controllers"
+    if ctl.exists() and name in ctl.read_text().split() and os.access(root, os.W_OK):
+        return root
+    return None
+
+
+class Group:
+    """A plain cgroup directory of one controller (cpuset or cpuacct) named ``rel`` under ``base``."""
+
+    def __init__(self, base: Path, rel: str):
+        self.base = base
+        self.path = base / rel
+        self.path.mkdir(parents=False, exist_ok=True)
+
+    @property
+    def procs_path(self) -> str:
+        return str(self.path / "cgroup.procs")
+
+    def attach(self, pid: int) -> None:
+        with open(self.procs_path, "w") as fh:
+            fh.write(str(pid))
+
+    def remove(self, timeout_s: float = 5.0) -> None:
+        """Move what is left inside to the controller's root (never kill: the controller's own process
+        may be in a cpuset) and remove the directory tree."""
+        evacuate_tree(self.path, self.base, timeout_s)
+
+
+def evacuate_tree(path: Path, base: Path, timeout_s: float = 5.0) -> None:
+    if not path.exists():
+        return
+    dirs = sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True) + [path]
+    deadline = time.monotonic() + timeout_s
+    for d in dirs:
+        while True:
+            try:
+                pids = (d / "cgroup.procs").read_text().split()
+            except FileNotFoundError:
+                break
+            for pid in pids:
+                try:
+                    with open(base / "cgroup.procs", "w") as fh:
+                        fh.write(pid)
+                except OSError:
+                    pass
+            try:
+                d.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EBUSY, errno.ENOTEMPTY) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
+
+class Cpuset(Group):
+    """A cpuset confining its processes to ``cpus`` (cgroup v1 ``cpuset.cpus``/``mems``, v2 the same files)."""
+
+    def __init__(self, base: Path, rel: str, cpus):
+        super().__init__(base, rel)
+        parent = self.path.parent
+        mems = (parent / "cpuset.mems").read_text().strip() or (parent / "cpuset.effective_mems").read_text().strip()
+        (self.path / "cpuset.cpus").write_text(format_cpus(cpus))
+        (self.path / "cpuset.mems").write_text(mems)     # v1: a cpuset without mems refuses tasks
+        self.cpus = sorted(cpus)
+
+
+class Cpuacct(Group):
+    """CPU accounting of a set of processes (cgroup v1 ``cpuacct.usage``; v2 ``cpu.stat usage_usec``)."""
+
+    def usage_s(self) -> float:
+        f = self.path / "cpuacct.usage"
+        try:
+            if f.exists():
+                return int(f.read_text()) / 1e9
+            for line in (self.path / "cpu.stat").read_text().splitlines():
+                k, v = line.split()
+                if k == "usage_usec":
+                    return int(v) / 1e6
+        except (OSError, ValueError):
+            pass
+        return float("nan")
+
+
+def own_cgroup(controller: str, pid: int | str = "self") -> str | None:
+    """The cgroup path (relative to the controller's mount) ``pid`` is in, from /proc/<pid>/cgroup."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, ctrls, path = line.split(":", 2)
+        if controller in ctrls.split(",") or (ctrls == "" and controller_dir(controller) == CGROUP_ROOT):
+            return path
+    return None
+
+
+def host_cpus(root: Path | None = None) -> list[int]:
+    """CPUs this process may use (the root cpuset's effective CPUs where readable, else the affinity)."""
+    base = controller_dir("cpuset", root)
+    for f in ((base / "cpuset.effective_cpus") if base else None, (base / "cpuset.cpus") if base else None,
+              (base / "cpuset.cpus.effective") if base else None):
+        if f is not None and f.exists():
+            try:
+                cpus = parse_cpus(f.read_text())
+                if cpus:
+                    return cpus
+            except (OSError, ValueError):
+                pass
+    return sorted(os.sched_getaffinity(0))
+
+
+def split_cpus(cpus: list[int], node_cpus: str = "auto") -> tuple[list[int], list[int], str]:
+    """(CPUs for the emulated nodes, CPUs for everything else, why) -- see substrates/fabric.py.
+
+    ``auto``: one core -> no split (nodes share it; the twin is told, see ``host_shared``); 2-3
+    cores -> the first core for the controller/relay/plane, the rest for the nodes; 4+ cores ->
+    a quarter (at least one) for the controller side, the rest for the nodes. ``off``: no split.
+    A CPU list (``"1"``, ``"2-7"``) names the nodes' CPUs; the others go to the rest.
+    """
+    cpus = sorted(cpus)
+    if node_cpus == "off":
+        return cpus, cpus, "isolation off (node_cpus: off): nodes share every core with the controller"
+    if node_cpus in ("auto", None, ""):
+        if len(cpus) < 2:
+            return cpus, cpus, "one core: nodes share it with the controller, relay and plane (no cpuset split)"
+        rest_n = 1 if len(cpus) < 4 else max(1, len(cpus) // 4)
+        return cpus[rest_n:], cpus[:rest_n], f"auto: {len(cpus)} cores, {len(cpus) - rest_n} for nodes"
+    nodes = parse_cpus(node_cpus)
+    bad = [c for c in nodes if c not in cpus]
+    if bad or not nodes:
+        raise ValueError(f"node_cpus {node_cpus!r}: CPUs {bad or nodes} not available (this host: {format_cpus(cpus)})")
+    rest = [c for c in cpus if c not in nodes] or cpus
+    return nodes, rest, f"node_cpus {node_cpus}" + ("" if rest != cpus else " (no CPU left for the rest: shared)")
+
+
+def sweep_controllers(prefix: str = PREFIX, root: Path | None = None) -> list[str]:
+    """Remove leftover cpuset/cpuacct groups named ``prefix*`` (the `dtlab fabric cleanup` sweep)."""
+    removed: list[str] = []
+    for name in ("cpuset", "cpuacct"):
+        base = controller_dir(name, root)
+        if base is None or base == Path(root or CGROUP_ROOT):
+            continue
+        for d in base.iterdir():
+            if d.is_dir() and d.name.startswith(prefix):
+                try:
+                    evacuate_tree(d, base)
+                    removed.append(str(d))
+                except OSError:
+                    pass
     return removed

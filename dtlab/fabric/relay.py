@@ -84,6 +84,7 @@ class DataPath:
         self._next = 1
         self._stop = threading.Event()
         self._sockets: list[socket.socket] = []
+        self.cpu_s = 0.0                # CPU seconds of the data-path threads that finished (host noise)
         for node in net.nodes:
             s = socket_in(net.ns(node))
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -106,7 +107,7 @@ class DataPath:
             self._next += 1
             tr = Transfer(tid, src, dst, nbytes, time.monotonic(), threading.Event())
             self._transfers[tid] = tr
-        threading.Thread(target=self._send, args=(tr,), daemon=True, name=f"send-{tid}").start()
+        threading.Thread(target=self._counted(self._send), args=(tr,), daemon=True, name=f"send-{tid}").start()
         return tr
 
     def close(self) -> None:
@@ -122,6 +123,17 @@ class DataPath:
                 tr.done.set()
 
     # ------------------------------------------------------------ internals
+    def _counted(self, fn):
+        """``fn`` run in its own thread, its CPU time (``time.thread_time``) added to ``cpu_s``."""
+        def run(*args):
+            try:
+                return fn(*args)
+            finally:
+                spent = time.thread_time()
+                with self._lock:
+                    self.cpu_s += spent
+        return run
+
     def _serve(self, s: socket.socket, handler) -> None:
         self._sockets.append(s)
 
@@ -131,7 +143,7 @@ class DataPath:
                     conn, _ = s.accept()
                 except OSError:
                     return
-                threading.Thread(target=handler, args=(conn,), daemon=True).start()
+                threading.Thread(target=self._counted(handler), args=(conn,), daemon=True).start()
         threading.Thread(target=loop, daemon=True).start()
 
     def _send(self, tr: Transfer) -> None:
@@ -200,7 +212,7 @@ class DataPath:
                                 chunks.put((time.monotonic(), part, left == 0))
                         finally:
                             chunks.put(None)
-                    threading.Thread(target=reader, daemon=True).start()
+                    threading.Thread(target=self._counted(reader), daemon=True).start()
                     release = 0.0
                     while (item := chunks.get()) is not None:
                         arrived, part, last = item

@@ -14,16 +14,52 @@ A stage's work is ``cpu * duration_ms`` reference CPU-ms split over ``ceil(cpu)`
 workers in a stage cgroup capped at ``cpu * speed * scale`` cores, inside the node's quota: the
 twin's processor sharing with a per-stage cap. Not modelled: ``job.input_mb`` from the origin zone
 (there is no origin node to send from) and memory limits.
+
+**Measurement isolation** (issue 14; what this host can and cannot keep out):
+
+* *Exclusive*: opening a fabric takes the host lock (dtlab/hostlock.py; ``exclusive: false`` opts
+  out) so two wall-clock runs never measure each other; ``dtlab run`` already holds it for the run.
+* *CPU split* (``node_cpus``): the emulated nodes' cgroups get their own cpuset, this process (the
+  controller, the twin, the relay threads) the other cores. ``auto``: 1 core -> no split; 2-3 cores
+  -> core 0 for the rest, the others for the nodes (this 2-core host: nodes on core 1); 4+ cores -> a
+  quarter for the rest. ``off`` or a CPU list (``"2-7"``) choose by hand. Other users' processes can
+  still run on the nodes' cores: the fabric's top cgroup has the maximum CPU weight, and the foreign
+  share of those cores is measured (host noise, dtlab/hostnoise.py).
+* *Quotas fit the cores*: ``scale = budget / sum(cores * speed)`` with ``budget`` = 0.9 x the nodes'
+  cores (10 % headroom for start-up and the Wasm launcher); a larger ``host_cores`` is clamped (the
+  metadata says so). On a 2-core host the 7-node example cluster (38.6 core-equivalents) gets
+  ``scale`` 0.023: a 1-cpu stage on a speed-0.4 node is capped at ~1 % of a core.
+* *Time scale, not just shrinking*: quotas that small make CFS granularity dominate a stage (the
+  minimum quota is 1 ms, so the slowest node's period is ~100 ms, and the bandwidth timer is enforced
+  per 4 ms tick). So the fabric **stretches time**: ``time_scale`` T (``auto``: one tick of CPU at most
+  20 % of a 100 ms stage's work and the slowest CFS period at most 25 reference ms; 9 on this host
+  for that cluster, see :func:`auto_time_scale`) multiplies every stage's work,
+  every link latency/jitter (bandwidth divided by T) and every wait, and the substrate clock
+  (``now_ms``, all records, ``kernel_ms``) runs in reference ms = wall ms / T. The twin needs no change:
+  it sees reference time. A run takes T times longer in wall time.
+* *What error it leaves*: (1) the quota is enforced per scheduler tick, so a stage runs its quota
+  plus up to one tick (4 ms CPU) before it is throttled and repays the overrun later; its time is
+  quantised in steps of about one tick of CPU work: ~4 ms against ``100 * scale * T`` ms of work for a
+  100 ms 1-cpu stage (~20 % by construction of ``auto``, shrinking as 1/T); (2) process and emulator start-up
+  are real wall time and shrink by 1/T in reference time (the twin does not model start-up either);
+  (3) a period phase of up to one CFS period per stage; (4) other users' processes on the nodes' cores.
+* *Where isolation is impossible* (one core, ``node_cpus: off``, no cpuset controller) the metadata
+  says ``isolated: false`` and the twin models the emulation host as a shared resource under the
+  nodes: the opening calibration check (native kernel at the fabric's CPU weight) measures the
+  slowdown the host imposes, and node-add events divide every node's speed by it
+  (``shared_host_slowdown`` in the metadata); the host-noise record measures the rest.
 """
 from __future__ import annotations
 
 import atexit
 import math
+import resource
 import shutil
 import os
 import secrets
 import signal
 import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -32,6 +68,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
+from .. import hostnoise
 from ..errors import DtlabError, SpecError, SubstrateUnavailable
 from ..model import Cluster, Job, Link
 from ..plan import Plan
@@ -40,6 +77,13 @@ from . import register
 from .base import JOB_COLUMNS, STAGE_COLUMNS, WallClockSubstrate
 
 _LIVE: "weakref.WeakSet[FabricSubstrate]" = weakref.WeakSet()
+OPTIONS = ("seed", "host_cores", "kernel", "network", "timing", "calibration", "drain_limit_s", "node_cpus",
+           "time_scale", "exclusive", "lock_timeout_s", "noise_limits", "noise_recheck")
+NODE_HEADROOM = 0.9          # node quotas fill 90 % of their cores: start-up, the Wasm launcher, the kernel's own work
+AUTO_PERIOD_REF_MS = 25.0    # time_scale auto: the slowest node's CFS period <= 25 reference ms, and
+TICK_MS = 4.0                # (CONFIG_HZ=250) CPU a stage may overrun its quota by before it is throttled
+AUTO_TICK_ERROR = 0.2        # ... one tick <= 20 % of a 100 ms 1-cpu stage's CPU work
+AUTO_MAX = 20.0
 _HANDLERS_INSTALLED = False
 
 
@@ -78,17 +122,28 @@ class FabricSubstrate(WallClockSubstrate):
 
     def __init__(self, cluster: Cluster, seed: int = 0, host_cores: float | None = None, kernel: str = "mix",
                  network: bool = True, timing: TimingModel | None = None, calibration: str | None = None,
-                 drain_limit_s: float = 600.0, **opts: Any):
+                 drain_limit_s: float = 600.0, node_cpus: str = "auto", time_scale: float | str = "auto",
+                 exclusive: bool = True, lock_timeout_s: float | None = None,
+                 noise_limits: Mapping[str, float] | None = None, noise_recheck: bool = True, **opts: Any):
+        from .. import hostlock
         from ..fabric import available, cgroups, worker
 
         if opts:
-            raise SpecError(f"substrate_opts.{sorted(opts)[0]}", "unknown fabric option (known: seed, host_cores, "
-                            "kernel, network, timing, calibration, drain_limit_s)")
+            raise SpecError(f"substrate_opts.{sorted(opts)[0]}", "unknown fabric option (known: " + ", ".join(OPTIONS) + ")")
         ok, why = available()
         if not ok:
             raise SubstrateUnavailable(f"fabric: {why}")
         if kernel not in worker.KERNELS:
             raise SpecError("substrate_opts.kernel", f"unknown kernel {kernel!r} (known: {worker.KERNELS})")
+        if not (time_scale == "auto" or (isinstance(time_scale, (int, float)) and not isinstance(time_scale, bool)
+                                         and 0 < time_scale <= 100)):
+            raise SpecError("substrate_opts.time_scale", f"must be 'auto' or a number in (0, 100] (got {time_scale!r})")
+        if host_cores is not None and not (isinstance(host_cores, (int, float)) and host_cores > 0):
+            raise SpecError("substrate_opts.host_cores", f"must be a positive number of cores (got {host_cores!r})")
+        try:
+            node_set, rest_set, self.isolation_note = cgroups.split_cpus(cgroups.host_cpus(), node_cpus)
+        except ValueError as exc:
+            raise SpecError("substrate_opts.node_cpus", str(exc)) from None
         self._cluster = cluster
         self.seed = int(seed)
         self.kernel = kernel
@@ -112,31 +167,77 @@ class FabricSubstrate(WallClockSubstrate):
         self._timers: list[threading.Timer] = []
         self._closed = False
         self.net = self.datapath = self._zygote = None
-        self._cg_top = None
-        # -------- CPU: scale the fabric to the host budget
+        self._cg_top = self._cg_probe = self._cs_nodes = self._cs_rest = self._acct_nodes = None
+        self.host_slowdown: float | None = None
+        self._cs_home: str | None = None
+        self._hold = None
+        self.noise: dict[str, Any] | None = None
+        self._noise = None
+        # -------- CPU: the nodes' cores, and a budget that fits them (see the module docstring)
+        self.node_cpus, self.rest_cpus = node_set, rest_set
+        self.isolated = not set(node_set) & set(rest_set)
+        fit = len(node_set) * NODE_HEADROOM if self.isolated else max(0.2, min(1.0, len(node_set) * 0.25))
+        self.budget_note = ""
+        budget = fit
+        if host_cores:
+            budget = float(host_cores)
+            if self.isolated and budget > fit:
+                self.budget_note = (f"host_cores {host_cores} > {fit:.2f} (the nodes' {len(node_set)} core(s) x "
+                                    f"{NODE_HEADROOM}): clamped so the node quotas fit their cpuset")
+                budget = fit
         demand = sum(n.cores * n.speed for n in cluster.nodes)
-        budget = float(host_cores) if host_cores else max(0.2, min(1.0, (os.cpu_count() or 1) * 0.25))
+        self.budget = budget
         self.scale = min(1.0, budget / demand)
         # a stage gets speed*scale of a core; under ~5% the 1 ms minimum quota forces long CFS periods
-        # and stage times get coarse (tens of ms of throttling granularity)
+        # and stage times get coarse (tens of ms of throttling granularity): stretch time instead
         self.min_stage_share = min(n.speed for n in cluster.nodes) * self.scale
-        worker.iterations_per_ms(kernel)      # calibrate (once per host) before the clock starts
-        self._zygote = None
+        self.cfs_period_ms = cgroups.cores_to_quota(self.min_stage_share)[1] / 1000.0
+        self.time_scale = float(auto_time_scale(self.cfs_period_ms, self.scale) if time_scale == "auto" else time_scale)
         self._nsenter = shutil.which("nsenter")
         if network and self._nsenter is None:
             raise SubstrateUnavailable("fabric: `nsenter` not found (apt-get install util-linux)")
         _LIVE.add(self)
         _install_handlers()
         try:
+            if exclusive:      # one wall-clock measurement at a time on this host (dtlab/hostlock.py)
+                self._hold = hostlock.acquire(f"fabric {self.fid} (pid {os.getpid()})", lock_timeout_s,
+                                              on_wait=lambda msg: print(msg, file=sys.stderr, flush=True))
+            worker.iterations_per_ms(kernel)      # calibrate (once per host) before the clock starts
             fs = cgroups.detect()
-            self._cg_top = cgroups.Cgroup(fs, f"{cgroups.PREFIX}{self.fid}", budget)
+            self._cg_top = cgroups.Cgroup(fs, f"{cgroups.PREFIX}{self.fid}", budget / NODE_HEADROOM
+                                          if self.isolated else budget)
             self._cg_top.prioritise()
+            self._join = [self._cg_top.procs_path]
+            cs_base = cgroups.controller_dir("cpuset")
+            if self.isolated and cs_base is not None:
+                # nodes on their cores; this process (controller, twin, relay threads) on the others
+                self._cs_nodes = cgroups.Cpuset(cs_base, f"{cgroups.PREFIX}{self.fid}-nodes", node_set)
+                self._cs_rest = cgroups.Cpuset(cs_base, f"{cgroups.PREFIX}{self.fid}-rest", rest_set)
+                self._cs_home = cgroups.own_cgroup("cpuset")
+                self._cs_rest.attach(os.getpid())
+                self._join.append(self._cs_nodes.procs_path)
+            elif self.isolated:
+                self.isolated = False
+                self.isolation_note += "; no cpuset controller: nodes share every core"
+            acct_base = cgroups.controller_dir("cpuacct")
+            if acct_base is not None and acct_base != cgroups.CGROUP_ROOT:
+                self._acct_nodes = cgroups.Cpuacct(acct_base, f"{cgroups.PREFIX}{self.fid}-nodes")
+                self._join.append(self._acct_nodes.procs_path)
+            # the calibration re-check runs as a stage would (highest CPU weight, nodes' cores) but unthrottled
+            self._cg_probe = cgroups.Cgroup(fs, f"{cgroups.PREFIX}{self.fid}-probe", None)
+            self._cg_probe.prioritise()
+            self._noise = hostnoise.NoiseMonitor(
+                self.node_cpus, self._acct_nodes.usage_s if self._acct_nodes else None, self._cpu_parts,
+                calibrate_join=":".join([self._cg_probe.procs_path, *self._join[1:2]]), limits=noise_limits,
+                recheck=noise_recheck)
+            self.host_slowdown = self._shared_host_slowdown(cluster)
+            self._rusage0 = resource.getrusage(resource.RUSAGE_SELF)
             if any("wasm" in n.formats for n in cluster.nodes) and worker.missing("wasm") is None:
                 # warm launcher in the top cgroup: Wasm start-up costs a fork, as with a real runtime
-                self._zygote = worker.WasmZygote(["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', self._cg_top.procs_path],
+                self._zygote = worker.WasmZygote([*_join_prefix(self._join)],
                                                  tag=f"{cgroups.PREFIX}{self.fid}")   # names its processes for sweeps
-            self._cg_node = {n.name: self._cg_top.child(_safe(n.name), n.cores * n.speed * self.scale)
-                             for n in cluster.nodes}
+            self._cg_node = {n.name: self._cg_top.child(_safe(n.name), n.cores * n.speed * self.scale,
+                                                        cgroups.NODE_MIN_QUOTA_US) for n in cluster.nodes}
             # -------- network
             self._links: dict[tuple[str, str], Link | None] = {}
             self.mechanism: dict[str, str] = {}
@@ -152,7 +253,7 @@ class FabricSubstrate(WallClockSubstrate):
                             except SpecError:
                                 self._links[(a.name, b.name)] = None
                             self._reshape(a.name, b.name)
-                self.datapath = DataPath(self.net, lambda s, d: self._links.get((s, d)),
+                self.datapath = DataPath(self.net, lambda s, d: self._wall_link(self._links.get((s, d))),
                                          use_relay=not self.net.netem, seed=self.seed)
         except BaseException:
             self.close()
@@ -164,10 +265,29 @@ class FabricSubstrate(WallClockSubstrate):
         return self._cluster
 
     def now_ms(self) -> float:
-        return (time.monotonic() - self._t0) * 1000.0
+        """Substrate time in reference ms: wall time since start divided by ``time_scale``."""
+        return (time.monotonic() - self._t0) * 1000.0 / self.time_scale
 
     def _ms(self, t: float) -> float:
-        return (t - self._t0) * 1000.0
+        return (t - self._t0) * 1000.0 / self.time_scale
+
+    def _wall_link(self, link: Link | None) -> Link | None:
+        """A link as realised in wall time: latency and jitter stretched, bandwidth shrunk by ``time_scale``."""
+        if link is None or self.time_scale == 1.0:
+            return link
+        k = self.time_scale
+        return replace(link, latency_ms=link.latency_ms * k, jitter_ms=link.jitter_ms * k,
+                       bandwidth_mbps=link.bandwidth_mbps / k)
+
+    def _cpu_parts(self) -> dict[str, float]:
+        """CPU seconds of this run by part: nodes (cpuacct), relay (its threads), controller (the rest of
+        this process: twin, controller loop, Python), plane (none on the fabric)."""
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        own = (ru.ru_utime + ru.ru_stime) - (self._rusage0.ru_utime + self._rusage0.ru_stime)
+        relay = self.datapath.cpu_s if self.datapath is not None else 0.0
+        nodes = self._acct_nodes.usage_s() if self._acct_nodes else float("nan")
+        return {"nodes": nodes, "relay": relay, "controller": max(0.0, own - relay),
+                "plane": 0.0}
 
     def submit(self, plan: Plan, job: Job) -> None:
         self._check_open()
@@ -193,11 +313,11 @@ class FabricSubstrate(WallClockSubstrate):
         """Wait in real time until ``until_ms`` (None: until all submitted jobs finished, bounded)."""
         self._check_open()
         if until_ms is None:
-            deadline = time.monotonic() + self.drain_limit_s
+            deadline = time.monotonic() + self.drain_limit_s * self.time_scale
             for t in list(self._threads):
                 t.join(max(0.0, deadline - time.monotonic()))
             return
-        delay = (until_ms - self.now_ms()) / 1000.0
+        delay = (until_ms - self.now_ms()) / 1000.0 * self.time_scale
         if delay > 0:
             time.sleep(delay)
 
@@ -224,7 +344,11 @@ class FabricSubstrate(WallClockSubstrate):
     def metadata(self) -> dict[str, Any]:
         """What run.json should record: how nodes and links were realised on this host."""
         return {"substrate": "fabric", "fabric_id": self.fid, "scale": self.scale, "kernel": self.kernel,
-                "min_stage_share": self.min_stage_share,
+                "min_stage_share": self.min_stage_share, "cfs_period_ms_slowest": self.cfs_period_ms,
+                "time_scale": self.time_scale, "budget_cores": self.budget, "budget_note": self.budget_note,
+                "node_cpus": cgroups_fmt(self.node_cpus), "rest_cpus": cgroups_fmt(self.rest_cpus),
+                "isolated": self.isolated, "isolation": self.isolation_note, "shared_host_slowdown": self.host_slowdown,
+                "exclusive": self._hold is not None,
                 "cgroup_version": self._cg_top.fs.version if self._cg_top else None,
                 "netem": bool(self.net and self.net.netem), "link_shaping": dict(self.mechanism),
                 "overheads": dict(self.timing.overheads)}
@@ -241,26 +365,64 @@ class FabricSubstrate(WallClockSubstrate):
             for p in list(procs):
                 _kill(p)
         errors = []
+        if getattr(self, "_noise", None) is not None:
+            try:
+                self.noise = self._noise.finish()
+            except Exception as exc:  # noqa: BLE001 - noise is a record, never a reason to leak cgroups
+                self.noise = {"error": f"{type(exc).__name__}: {exc}", "noisy": True, "reasons": ["noise record failed"]}
         for step in (lambda: getattr(self, "_zygote", None) and self._zygote.close(),
                      lambda: self.datapath and self.datapath.close(),
                      lambda: self.net and self.net.close(),
-                     lambda: self._cg_top and self._cg_top.remove()):
+                     lambda: self._cg_top and self._cg_top.remove(),
+                     lambda: self._cg_probe and self._cg_probe.remove(),
+                     self._leave_cpuset,
+                     lambda: self._cs_nodes and self._cs_nodes.remove(),
+                     lambda: self._cs_rest and self._cs_rest.remove(),
+                     lambda: self._acct_nodes and self._acct_nodes.remove()):
             try:
                 step()
             except Exception as exc:     # keep going: leave as little behind as possible
                 errors.append(str(exc))
         _LIVE.discard(self)
+        if getattr(self, "_hold", None) is not None:
+            from .. import hostlock
+            hostlock.release(self._hold)
+            self._hold = None
         if errors:
             raise DtlabError("fabric close: " + "; ".join(errors))
 
     # ------------------------------------------------------------ internals
+    def _shared_host_slowdown(self, cluster: Cluster) -> float | None:
+        """Without a cpuset split the nodes share the host with the controller, relay and everyone else:
+        tell the twin, as every node's speed divided by the slowdown the opening calibration check
+        measured (native kernel wall / CPU time at the fabric's CPU weight), through node-add events
+        (as the online calibrator does). Returns that slowdown (None when isolated or not measured)."""
+        from ..calibration.online import _node_dict
+
+        cal = self._noise.cal0 if self._noise is not None else None
+        if self.isolated or not cal or not cal.get("cpu_ratio") or not cal.get("wall_ratio"):
+            return None
+        slowdown = max(1.0, cal["wall_ratio"] / cal["cpu_ratio"])
+        if slowdown > 1.02:
+            for n in cluster.nodes:
+                self._emit({"kind": "node-add", "node": _node_dict(replace(n, speed=n.speed / slowdown)), "ts": 0.0})
+        return round(slowdown, 4)
+
+    def _leave_cpuset(self) -> None:
+        """Put this process back into the cpuset it came from (a cpuset with tasks cannot be removed)."""
+        if self._cs_rest is None or self._cs_home is None:
+            return
+        home = self._cs_rest.base / self._cs_home.lstrip("/")
+        with open(home / "cgroup.procs", "w") as fh:
+            fh.write(str(os.getpid()))
+
     def _emit(self, event: dict[str, Any], t: float | None = None) -> None:
         event.setdefault("ts", (self.now_ms() if t is None else self._ms(t)) / 1000.0)
         with self._lock:
             self._events.append(event)
 
     def _at(self, at_s: float, fn) -> None:
-        timer = threading.Timer(max(0.0, at_s - self.now_ms() / 1000.0), fn)
+        timer = threading.Timer(max(0.0, at_s - self.now_ms() / 1000.0) * self.time_scale, fn)
         timer.daemon = True
         self._timers.append(timer)
         timer.start()
@@ -273,7 +435,8 @@ class FabricSubstrate(WallClockSubstrate):
             self.net.shape(a, b, 1e4, 0.0, 0.0, 1.0 if self.net.netem else 0.0)
             self.mechanism[f"{a}->{b}"] = "cut:" + ("netem loss 100%" if self.net.netem else "relay hold")
             return
-        self.mechanism[f"{a}->{b}"] = self.net.shape(a, b, link.bandwidth_mbps, link.latency_ms, link.jitter_ms, link.loss)
+        wall = self._wall_link(link)
+        self.mechanism[f"{a}->{b}"] = self.net.shape(a, b, wall.bandwidth_mbps, wall.latency_ms, wall.jitter_ms, wall.loss)
 
     def _fault(self, ev, start: bool) -> None:
         if self._closed:
@@ -381,7 +544,8 @@ class FabricSubstrate(WallClockSubstrate):
             # (the twin's processor sharing with a per-stage cap of `cpu` cores)
             cpu = max(stage.compute.cpu, 0.01)
             nproc = max(1, math.ceil(cpu - 1e-9))
-            iters = worker.iterations_for(stage.compute.duration_ms * cpu / nproc, self.kernel, self.scale)
+            iters = worker.iterations_for(stage.compute.duration_ms * cpu / nproc, self.kernel,
+                                          self.scale * self.time_scale)
             argv = worker.command(fmt, self.kernel, iters, seed=self.seed + 1)
             cg = self._cg_node[node_name].child(_safe(f"{job.name}-{stage.id}-{secrets.token_hex(2)}"),
                                                 cpu * node.speed * self.scale)
@@ -393,7 +557,7 @@ class FabricSubstrate(WallClockSubstrate):
             env = dict(os.environ, DTLAB_JOIN_CGROUP=cg.procs_path)
             if ns:
                 argv = [self._nsenter, f"--net=/var/run/netns/{ns}", *argv]
-            argv = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', self._cg_top.procs_path, *argv]
+            argv = [*_join_prefix(self._join), *argv]
             with self._lock:
                 if self._closed:
                     return None
@@ -423,13 +587,13 @@ class FabricSubstrate(WallClockSubstrate):
                     errors.append(err.strip()[-200:] or f"exit {proc.returncode}")
                     continue
                 try:
-                    kernel_ms = max(kernel_ms, worker.parse_run(fmt, out, 0.0).kernel_ms)
+                    kernel_ms = max(kernel_ms, worker.parse_run(fmt, out, 0.0).kernel_ms / self.time_scale)
                 except (ValueError, IndexError, KeyError):
                     ok = False
                     errors.append(f"unparsable worker output: {out[-120:]!r}")
             t_end = time.monotonic()
             with self._lock:
-                srec.update(end_ms=self._ms(t_end), duration_ms=(t_end - t_start) * 1000.0, ok=ok,
+                srec.update(end_ms=self._ms(t_end), duration_ms=self._ms(t_end) - self._ms(t_start), ok=ok,
                             kernel_ms=kernel_ms if ok else None, error="; ".join(errors) or None)
                 srec.pop("_procs", None)
             self._emit({"kind": "stage-end", "job": job.name, "stage": stage.id, "node": node_name, "ok": ok}, t_end)
@@ -440,6 +604,31 @@ class FabricSubstrate(WallClockSubstrate):
             if ok:
                 return node_name
         return None
+
+
+def auto_time_scale(period_ms: float, scale: float) -> float:
+    """The time stretch ``time_scale: auto`` picks (see the module docstring), the larger of:
+
+    * the slowest node's CFS period is at most ``AUTO_PERIOD_REF_MS`` of reference time, and
+    * a 100 ms, 1-cpu stage does at least ``TICK_MS / AUTO_TICK_ERROR`` ms of CPU work
+      (``100 * scale * T``), because CFS enforces a quota per scheduler tick: a stage's time is
+      quantised in steps of about one tick of CPU work, so this bounds that error at ~20 %.
+
+    Capped at ``AUTO_MAX``; 1.0 (no stretch) when the quotas are large enough already.
+    """
+    by_period = 2 * period_ms / AUTO_PERIOD_REF_MS
+    by_tick = 2 * TICK_MS / AUTO_TICK_ERROR / (100.0 * scale)
+    return min(AUTO_MAX, max(1.0, math.ceil(max(by_period, by_tick)) / 2))
+
+
+def cgroups_fmt(cpus) -> str:
+    from ..fabric.cgroups import format_cpus
+    return format_cpus(cpus)
+
+
+def _join_prefix(paths: list[str]) -> list[str]:
+    """argv prefix: a shell that writes its pid into every ``cgroup.procs`` of ``paths``, then execs the rest."""
+    return ["/bin/sh", "-c", 'for f in $0; do echo $$ > "$f" || exit 3; done; exec "$@"', " ".join(paths)]
 
 
 def _safe(name: str) -> str:

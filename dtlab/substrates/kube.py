@@ -33,6 +33,7 @@ noise on top of the predicted time, so the observed world is not the twin's mean
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any, Mapping
@@ -51,6 +52,9 @@ KUBE_DEFAULTS: dict[str, Any] = {
     "kubeconfig": None, "plane": "default", "start_plane": True, "namespace": "dtlab", "time_scale": 1.0,
     "noise": True, "pinning": "nodeName", "dry_run": False, "max_attempts": 3, "drain_limit_s": 600.0,
     "poll_s": 0.05, "keep_pods": False, "image": None,
+    # exclusive: this cluster's nodes really execute work on this host (real kubelets): take the host
+    # lock (dtlab/hostlock.py) for the substrate's life and record host noise (dtlab/hostnoise.py)
+    "exclusive": False, "lock_timeout_s": None,
 }
 _NODE_FAIL_REASONS = {"Evicted", "NodeLost", "TaintManagerEviction", "DeletionByTaintManager", "NodeAffinity",
                       "OutOfcpu", "OutOfmemory", "Terminated"}
@@ -88,6 +92,18 @@ class KubeSubstrate(WallClockSubstrate):
         from ..kube.observer import Observer
 
         self.opts = kube_options(opts)
+        self._hold = self._noise = None
+        self.noise: dict[str, Any] | None = None
+        if self.opts["exclusive"]:
+            import resource
+            import sys
+
+            from .. import hostlock, hostnoise
+            self._hold = hostlock.acquire(f"kube substrate (pid {os.getpid()})", self.opts["lock_timeout_s"],
+                                          on_wait=lambda msg: print(msg, file=sys.stderr, flush=True))
+            self._rusage0 = resource.getrusage(resource.RUSAGE_SELF)
+            plane0 = hostnoise.pids_cpu_s(self._plane_pids())
+            self._noise = hostnoise.NoiseMonitor(parts=lambda: self._cpu_parts(plane0))
         self._cluster = cluster
         self.seed = int(seed)
         self.timing = timing or TimingModel()
@@ -103,14 +119,22 @@ class KubeSubstrate(WallClockSubstrate):
         self._errors: list[str] = []
         self._owns_plane = False
         self.observer = None
-        kc = self.opts["kubeconfig"] or (None if actuator is not None else localplane.kubeconfig(self.opts["plane"]))
-        if kc is None and actuator is None:
-            if not self.opts["start_plane"]:
-                raise SubstrateUnavailable(f"no kubeconfig given and local plane {self.opts['plane']!r} is not "
-                                           "running (`dtlab cluster up`)")
-            localplane.up(cluster, name=self.opts["plane"], timeout=180)
-            self._owns_plane = True
-            kc = localplane.kubeconfig(self.opts["plane"])
+        try:
+            kc = self.opts["kubeconfig"] or (None if actuator is not None else localplane.kubeconfig(self.opts["plane"]))
+            if kc is None and actuator is None:
+                if not self.opts["start_plane"]:
+                    raise SubstrateUnavailable(f"no kubeconfig given and local plane {self.opts['plane']!r} is not "
+                                               "running (`dtlab cluster up`)")
+                localplane.up(cluster, name=self.opts["plane"], timeout=180)
+                self._owns_plane = True
+                kc = localplane.kubeconfig(self.opts["plane"])
+        except BaseException:
+            if self._hold is not None:
+                from .. import hostlock
+                self._noise and self._noise.finish()
+                hostlock.release(self._hold)
+                self._hold = None
+            raise
         self.kubeconfig = kc
         try:
             self.actuator = actuator or Actuator(kc, namespace=self.opts["namespace"], dry_run=self.opts["dry_run"],
@@ -227,12 +251,33 @@ class KubeSubstrate(WallClockSubstrate):
                     self.actuator.delete_job(name)
                 except DtlabError as exc:
                     errors.append(str(exc))
+        if self._noise is not None:
+            self.noise = self._noise.finish()
         if self._owns_plane:
             from ..kube import localplane
             localplane.down(self.opts["plane"])
+        if self._hold is not None:
+            from .. import hostlock
+            hostlock.release(self._hold)
+            self._hold = None
         super().close()
         if errors:
             raise DtlabError("kube close: " + "; ".join(errors[:3]))
+
+    def _plane_pids(self) -> list[int]:
+        from ..kube import localplane
+        st = localplane._load_state(self.opts["plane"]) or {}
+        return [int(p["pid"]) for p in (st.get("processes") or {}).values() if p.get("pid")]
+
+    def _cpu_parts(self, plane0: float) -> dict[str, float]:
+        """Host noise by part: this process (controller, twin, watch) and the local plane's processes
+        (kubelets on real nodes come with their own plane state; KWOK nodes cost no node CPU)."""
+        import resource
+
+        from .. import hostnoise
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        own = (ru.ru_utime + ru.ru_stime) - (self._rusage0.ru_utime + self._rusage0.ru_stime)
+        return {"controller": own, "plane": max(0.0, hostnoise.pids_cpu_s(self._plane_pids()) - plane0)}
 
     # ------------------------------------------------------------ extras (controller, CLI, tests)
     def cancel(self, job: str) -> None:
