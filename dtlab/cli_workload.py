@@ -86,6 +86,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             print(f"{policy:<16} seed {seed}: at {row.arrived_pct:g} % arrived GPU allocated "
                   f"{row.gpu_alloc_pct:.2f} %, CPU {row.cpu_alloc_pct:.2f} %, failed pods {int(row.failed_pods)} "
                   f"({len(res.placements)} pods, {res.seconds:.2f} s)")
+            last = t.iloc[-1]
+            print(f"{'':<16} at {last.arrived_pct:g} % arrived: pods placed {last.placed_pct:.2f} %, twin-predicted "
+                  f"p95 {last.pred_p95_ms:.0f} ms, expected SLO misses {last.slo_miss_pct:.2f} % of arrived pods")
             if default_trace and inflate_ratio == 1.3 and policy in PUBLISHED_FINAL_GPU_ALLOC_PCT:
                 print(f"{'':<16} at {t.iloc[-1].arrived_pct:g} % arrived: {t.iloc[-1].gpu_alloc_pct:.2f} % "
                       f"(published: {PUBLISHED_FINAL_GPU_ALLOC_PCT[policy]:.2f} %)")

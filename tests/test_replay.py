@@ -316,3 +316,29 @@ def test_fgd_beats_best_fit_on_openb_and_keeps_the_published_order():
     assert final["fgd"] > final["best-fit"] > final["random"]                  # the study's order
     for p, value in final.items():                                           # and near its numbers
         assert abs(value - published[p]) < 1.5, (p, value, published[p])
+
+
+def test_slo_columns_come_from_the_twin_and_count_unplaced_pods_as_misses():
+    from dtlab.replay.slo import GPU_SPEED, JOB_CLASSES, job_class
+    rng = np.random.default_rng(5)
+    nodes, pods = small_cluster(rng, n=12), small_pods(rng, n=300)
+    res = replay_allocation(nodes, pods, "best-fit", seed=0, inflate_ratio=1.3)
+    t, pl = res.table, res.placements
+    assert list(t.columns) == COLUMNS
+    placed = pl["node"] >= 0
+    assert pl.loc[~placed, "miss_prob"].eq(1.0).all() and pl.loc[~placed, "pred_p95_ms"].isna().all()
+    assert pl.loc[placed, "pred_p95_ms"].gt(0).all() and pl["miss_prob"].between(0, 1).all()
+    # unplaced pods are misses, so the miss share is at least the unplaced share
+    assert (t["slo_miss_pct"] >= 100 - t["placed_pct"] - 1e-9).all()
+    last = t.iloc[-1]
+    assert last.placed_pct == pytest.approx(100 * placed.mean())
+    assert last.slo_miss_pct == pytest.approx(100 * pl["miss_prob"].mean())
+    # a slower GPU model -> a longer predicted p95 for the same class (the twin's speed scaling)
+    cls = pd.Series(job_class(res.pods["num_gpu"], res.pods["gpu_milli"]))
+    model = pd.Series(np.where(placed, nodes["model"].to_numpy()[np.maximum(pl["node"], 0)], ""))
+    one = placed & (cls == "gpu-1")
+    by_model = pl.loc[one, "pred_p95_ms"].groupby(model[one]).mean()
+    assert {"T4", "G2"} <= set(by_model.index)          # G2: no datasheet speed -> 1.0
+    assert by_model["T4"] > by_model["G2"]
+    assert by_model["T4"] / by_model["G2"] == pytest.approx(1 / GPU_SPEED["T4"], rel=0.1)
+    assert by_model.min() > JOB_CLASSES["gpu-1"][0] * 0.9

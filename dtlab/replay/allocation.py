@@ -23,8 +23,10 @@ import pandas as pd
 from ..errors import SpecError
 from .fit import ClusterArrays, Pods
 from .policies import make_chooser
+from .slo import predict_pods, slo_at_marks
 
-COLUMNS = ["policy", "seed", "arrived_pct", "gpu_alloc_pct", "cpu_alloc_pct", "failed_pods"]
+COLUMNS = ["policy", "seed", "arrived_pct", "gpu_alloc_pct", "cpu_alloc_pct", "failed_pods",
+           "placed_pct", "pred_p95_ms", "slo_miss_pct"]   # the last three: the twin's latency/SLO (slo.py)
 
 #: The study's published result to compare with: GPU allocated (% of capacity) at 130 % arrived on
 #: openb_pod_list_default, mean over its seeds 42-51 (dot-product: 42-50), read from its artefact's
@@ -73,11 +75,13 @@ class AllocationResult:
 
 
 def replay_allocation(nodes: pd.DataFrame, pods: pd.DataFrame, policy: str, seed: int = 0,
-                      inflate_ratio: float | None = 1.3, step_pct: float = 1.0) -> AllocationResult:
+                      inflate_ratio: float | None = 1.3, step_pct: float = 1.0,
+                      slo_classes: dict | None = None) -> AllocationResult:
     """Schedule ``pods`` in arrival order, no deletions.
 
     With ``inflate_ratio``: the seeded sample of :func:`inflate`, in sampling order. Without: the
     pods as given, sorted by ``creation_time`` when every pod has one (file order otherwise).
+    The SLO columns come from :mod:`dtlab.replay.slo` (``slo_classes`` overrides its job classes).
     """
     import time
 
@@ -121,10 +125,13 @@ def replay_allocation(nodes: pd.DataFrame, pods: pd.DataFrame, policy: str, seed
             m += 1
     seconds = time.perf_counter() - t0
     cluster.check()
-    table = pd.DataFrame(rows, columns=COLUMNS)
+    per_pod = predict_pods(pods, node_of, cluster.models, classes=slo_classes, seed=seed)
+    table = pd.concat([pd.DataFrame(rows, columns=COLUMNS[:6]),
+                       slo_at_marks(per_pod, node_of >= 0, mark_at[:len(rows)])], axis=1)
     placements = pd.DataFrame({"name": p.name, "node": node_of,
                                "node_name": np.where(node_of >= 0, cluster.names[np.maximum(node_of, 0)], ""),
                                "gpus": slots_of})
+    placements = pd.concat([placements, per_pod], axis=1)
     return AllocationResult(table=table, placements=placements, seconds=seconds, pods=pods)
 
 
