@@ -5,6 +5,7 @@ run them; experiments V1-V6 compare what the twin predicted with what happened.
 """
 from .errors import DtlabError, InfeasibleError, SpecError, SubstrateUnavailable
 from .model import Cluster, Job, Link, Node, Stage, Workload, load_cluster, load_job, load_workload
+from .jobfile import load_jobs
 from .plan import Plan
 from .state import ClusterState, Snapshot
 from .timing import TimingModel
@@ -14,7 +15,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Cluster", "ClusterState", "DtlabError", "InfeasibleError", "Job", "Link", "Node", "Plan",
     "Snapshot", "SpecError", "Stage", "SubstrateUnavailable", "TimingModel", "Twin", "Workload",
-    "load_cluster", "load_job", "load_workload",
+    "load_cluster", "load_job", "load_jobs", "load_workload",
 ]
 
 

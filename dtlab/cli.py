@@ -56,7 +56,8 @@ class PlanCommand:
                                   description="Place JOB on CLUSTER with a policy; print placement, shadow, "
                                               "predicted latency (mean, p50/p95/p99, CVaR95, deadline-miss) "
                                               "and the planning time.")
-        p.add_argument("job", help="Job spec (YAML/JSON; dtlab/v1 or fabric.dt/v1)")
+        p.add_argument("job", help="Job spec (YAML/JSON; dtlab/v1, fabric.dt/v1, or an older `jobs:` list file)")
+        p.add_argument("--job-id", default=None, help="which job of a file holding several (default: the only one)")
         p.add_argument("--cluster", required=True, help="Cluster spec")
         p.add_argument("--policy", default="greedy", help="policy name (default greedy; see `dtlab policies`)")
         p.add_argument("--samples", type=int, default=256, help="Monte Carlo samples (default 256)")
@@ -67,18 +68,26 @@ class PlanCommand:
 
     @staticmethod
     def run(args) -> int:
-        from .model import load_cluster, load_job
+        from .jobfile import load_jobs, pick_job
+        from .model import check_job_fits, load_cluster
         from .twin import Twin
         cluster = load_cluster(args.cluster)
-        job = load_job(args.job, cluster)
+        job = pick_job(load_jobs(args.job), args.job_id, args.job)
+        check_job_fits(job, cluster)
         plan = Twin(cluster).plan(job, policy=args.policy, samples=args.samples, seed=args.seed,
                                   predictor=args.predictor)
+        carried = _carried(job)
         if args.json:
-            json.dump(plan.to_dict(), sys.stdout, indent=2, sort_keys=True)
+            out = plan.to_dict()
+            if carried:
+                out["carried"] = carried  # fields of the job file the twin does not model
+            json.dump(out, sys.stdout, indent=2, sort_keys=True)
             print()
             return 0
         print(f"job {plan.job}: policy {plan.policy}, predictor {plan.predictor} ({plan.samples} samples), "
               f"planned in {plan.elapsed_ms:.1f} ms")
+        if carried:
+            print(f"  carried, not modelled by the twin: {json.dumps(carried, sort_keys=True)}")
         for sid, node in plan.placement.items():
             backup = f"   shadow {plan.shadow[sid]}" if sid in plan.shadow else ""
             print(f"  {sid:<16} -> {node:<16} [{plan.formats.get(sid)}]{backup}")
@@ -88,6 +97,15 @@ class PlanCommand:
         return 0
 
 
+def _carried(job) -> dict:
+    """The job's and its stages' fields the twin does not model (older job files), for display."""
+    out: dict = dict(job.carried)
+    stages = {s.id: dict(s.carried) for s in job.stages if s.carried}
+    if stages:
+        out["stages"] = stages
+    return out
+
+
 class SimulateCommand:
     """``dtlab simulate --cluster C --workload W --policy P --out results.csv``."""
 
@@ -95,7 +113,15 @@ class SimulateCommand:
     def add_parser(subparsers):
         p = subparsers.add_parser("simulate", help="run a workload through the SimPy twin, one CSV row per job")
         p.add_argument("--cluster", required=True, help="Cluster spec")
-        p.add_argument("--workload", required=True, help="Workload spec")
+        p.add_argument("--workload", default=None,
+                       help="Workload spec (required unless --jobs is given)")
+        p.add_argument("--jobs", default=None,
+                       help="a job file (older `jobs:` list or Job spec): its job (--job-id) replaces the "
+                            "workload's template; without --workload, a Poisson stream of it")
+        p.add_argument("--job-id", default=None, help="which job of --jobs (default: the only one)")
+        p.add_argument("--rate-per-s", type=float, default=1.0,
+                       help="arrival rate for --jobs without --workload (default 1.0)")
+        p.add_argument("--count", type=int, default=100, help="jobs for --jobs without --workload (default 100)")
         p.add_argument("--policy", default="greedy", help="policy name (default greedy)")
         p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
         p.add_argument("--out", default="results.csv", help="CSV output path (default results.csv)")
@@ -103,13 +129,28 @@ class SimulateCommand:
 
     @staticmethod
     def run(args) -> int:
-        from .model import load_cluster, load_workload
+        from dataclasses import replace
+        from .jobfile import load_jobs, pick_job
+        from .model import Arrivals, Workload, check_job_fits, load_cluster, load_workload
         from .twin import Twin
         from . import policies
         from .pathcheck import output_file
         output_file(args.out, "results CSV")
         cluster = load_cluster(args.cluster)
-        workload = load_workload(args.workload)
+        if args.workload is None and args.jobs is None:
+            raise SpecError("--workload", "is required (or give --jobs FILE)")
+        if args.jobs is not None:
+            if not args.rate_per_s > 0:
+                raise SpecError("--rate-per-s", f"must be > 0, got {args.rate_per_s}")
+            if args.count < 1:
+                raise SpecError("--count", f"must be >= 1, got {args.count}")
+            job = pick_job(load_jobs(args.jobs), args.job_id, args.jobs)
+            check_job_fits(job, cluster)
+            workload = (replace(load_workload(args.workload), template=job) if args.workload else
+                        Workload(name=job.name, arrivals=Arrivals("poisson", args.rate_per_s),
+                                 template=job, count=args.count))
+        else:
+            workload = load_workload(args.workload)
         policies.get(args.policy)  # fail on a bad name before loading SimPy
         df = Twin(cluster).simulate(workload, policy=args.policy, seed=args.seed)
         df.to_csv(args.out, index=False)

@@ -62,7 +62,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_replay(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .replay import policy_names, replay_allocation, replay_timed, write_allocation
+    from .replay import PUBLISHED_FINAL_GPU_ALLOC_PCT, policy_names, replay_allocation, replay_timed, write_allocation
     from .workload.readers import OPENB_NODES, OPENB_PODS, read_openb_nodes, read_openb_pods
 
     from .pathcheck import input_file, output_dir
@@ -77,6 +77,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     requested = args.policy or ["best-fit"]
     policies = policy_names() if requested == ["all"] else [p for ps in requested for p in ps.split(",")]
     seeds = args.seed or [0]
+    default_trace = args.nodes is None and args.pods is None
     nodes = read_openb_nodes(args.nodes or OPENB_NODES)
     pods = read_openb_pods(args.pods or OPENB_PODS)
     out = Path(args.out)
@@ -102,6 +103,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             print(f"{policy:<16} seed {seed}: at {row.arrived_pct:g} % arrived GPU allocated "
                   f"{row.gpu_alloc_pct:.2f} %, CPU {row.cpu_alloc_pct:.2f} %, failed pods {int(row.failed_pods)} "
                   f"({len(res.placements)} pods, {res.seconds:.2f} s)")
+            last = t.iloc[-1]
+            print(f"{'':<16} at {last.arrived_pct:g} % arrived: pods placed {last.placed_pct:.2f} %, twin-predicted "
+                  f"p95 {last.pred_p95_ms:.0f} ms, expected SLO misses {last.slo_miss_pct:.2f} % of arrived pods")
+            if default_trace and inflate_ratio == 1.3 and policy in PUBLISHED_FINAL_GPU_ALLOC_PCT:
+                print(f"{'':<16} at {t.iloc[-1].arrived_pct:g} % arrived: {t.iloc[-1].gpu_alloc_pct:.2f} % "
+                      f"(published: {PUBLISHED_FINAL_GPU_ALLOC_PCT[policy]:.2f} %)")
     paths = write_allocation(results, out)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
@@ -156,7 +163,7 @@ def register(subparsers) -> None:
     r.add_argument("--nodes", help="openb node list CSV (default: the openb trace's)")
     r.add_argument("--pods", help="openb pod list CSV (default: openb_pod_list_default.csv)")
     r.add_argument("--policy", action="append", default=None,
-                   help="random | first-fit | best-fit | dot-product | least-allocated | all; repeat or comma-separate "
+                   help="random | first-fit | best-fit | dot-product | least-allocated | fgd | all; repeat or comma-separate "
                         "(default best-fit)")
     r.add_argument("--inflate", type=float, default=1.3, help="target GPU demand / capacity (default 1.3; 0 = as listed)")
     r.add_argument("--seed", type=int, action="append", help="seed (repeat for several; default 0)")

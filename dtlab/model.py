@@ -130,6 +130,9 @@ class Stage:
     after: tuple[str, ...] = ()
     output_mb: float = 0.0
     constraints: Constraints = Constraints()
+    # fields a spec carried that the twin does not model (older job files: type, size_mb, gpu_vram_gb);
+    # kept for the user, ignored by every predictor, and left out of equality and hashing
+    carried: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,8 @@ class Job:
     deadline_ms: float | None = None
     origin_zone: str | None = None
     input_mb: float = 0.0  # data sent from the origin zone to every root stage
+    # job-level fields the twin does not model (older job files: priority, redundancy); see Stage.carried
+    carried: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @cached_property
     def stage_index(self) -> dict[str, int]:

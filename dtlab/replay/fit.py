@@ -122,11 +122,22 @@ class ClusterArrays:
             raise SpecError("placement", f"pod does not fit the GPUs of node {self.names[node]!r}")
         return slots
 
-    def place(self, node: int, cpu: int, mem: int, num_gpu: int, gpu_milli: int) -> np.ndarray:
-        """Claim a pod's resources on ``node``; returns the GPU slots used (for :meth:`release`)."""
+    def place(self, node: int, cpu: int, mem: int, num_gpu: int, gpu_milli: int,
+              slots: np.ndarray | None = None) -> np.ndarray:
+        """Claim a pod's resources on ``node``; returns the GPU slots used (for :meth:`release`).
+
+        ``slots``: the GPUs a policy chose (checked); None = :meth:`choose_gpus` (tightest fit).
+        """
         if self.cpu_free[node] < cpu or self.mem_free[node] < mem:
             raise SpecError("placement", f"pod does not fit node {self.names[node]!r}")
-        slots = self.choose_gpus(node, num_gpu, gpu_milli)
+        if slots is None:
+            slots = self.choose_gpus(node, num_gpu, gpu_milli)
+        else:
+            slots = np.asarray(slots, dtype=np.int64)
+            if (len(slots) != num_gpu or len(set(slots.tolist())) != len(slots)
+                    or (num_gpu and (self.gpu_free[node, slots] < gpu_milli).any())):
+                raise SpecError("placement", f"GPU slots {slots.tolist()} do not fit the pod on node "
+                                             f"{self.names[node]!r}")
         self.cpu_free[node] -= cpu
         self.mem_free[node] -= mem
         if num_gpu:

@@ -23,7 +23,7 @@ import pandas as pd
 
 from ..errors import SpecError
 from .fit import ClusterArrays, Pods
-from .policies import get as get_policy
+from .policies import make_chooser
 
 
 @dataclass
@@ -39,9 +39,9 @@ def replay_timed(nodes: pd.DataFrame, pods: pd.DataFrame, policy: str = "best-fi
     if "creation_time" not in pods.columns or pods["creation_time"].isna().any():
         raise SpecError("pods.creation_time", "time-based replay needs a creation time for every pod "
                         "(this pod list has none; use the allocation replay instead)")
-    choose = get_policy(policy)
     rng = np.random.default_rng(seed)
     cluster = ClusterArrays(nodes)
+    choose = make_chooser(policy, cluster, workload=pods)
     order = np.lexsort((np.arange(len(pods)), pods["creation_time"].to_numpy()))
     pods = pods.iloc[order].reset_index(drop=True)
     if until_s is not None:
@@ -68,8 +68,8 @@ def replay_timed(nodes: pd.DataFrame, pods: pd.DataFrame, policy: str = "best-fi
             req = (int(p.cpu[i]), int(p.mem[i]), int(p.num_gpu[i]), int(p.gpu_milli[i]))
             idx = np.flatnonzero(cluster.fits(*req, p.spec[i]))
             if len(idx):
-                node = choose(cluster, idx, req, rng)
-                slots[i] = cluster.place(node, *req)
+                node, chosen = choose(cluster, idx, req, rng)
+                slots[i] = cluster.place(node, *req, slots=chosen)
                 node_of[i] = node
                 running += 1
                 if not np.isnan(deleted[i]):
