@@ -22,17 +22,35 @@ from ..model import Cluster, Node, load_cluster
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # the statistics live in dtlab.stats (one home); re-exported here for the experiments
-from ..stats import CI, mean_ci, t975  # noqa: E402,F401
+from ..stats import CI, NONNEG, RATE, UNBOUNDED, Bounds, mean_ci, t975  # noqa: E402,F401
 
 
-def summarize_seeds(df: pd.DataFrame, by: Sequence[str], metrics: Sequence[str]) -> pd.DataFrame:
-    """Tidy CI table: one row per group and metric with mean, ci_low, ci_high, n (rows of ``df`` are seeds)."""
+def metric_bounds(name: str) -> Bounds:
+    """The possible range of a metric, from its name: rates/shares/probabilities in [0, 1], times
+    (``_ms``, ``_s``), counts and error magnitudes (``ape``, ``mape``) >= 0, anything else unbounded.
+    CIs are clipped to it (a t-interval over few seeds otherwise leaves the range)."""
+    n = name.lower()
+    if n.endswith(("_rate", "rate", "_prob", "_share", "_frac", "_pct_within", "within_10pct")) or "miss" in n:
+        return RATE
+    if n.endswith(("_ms", "_s", "_ms_mean", "jobs", "_lost", "completed", "ape", "mape", "_count", "_ratio")) \
+            or n.startswith(("mape", "ape")):
+        return NONNEG
+    return UNBOUNDED
+
+
+def summarize_seeds(df: pd.DataFrame, by: Sequence[str], metrics: Sequence[str],
+                    bounds: Mapping[str, Bounds] | None = None) -> pd.DataFrame:
+    """Tidy CI table: one row per group and metric with mean, ci_low, ci_high, n (rows of ``df`` are seeds).
+
+    Each CI is clipped to the metric's possible range: ``bounds[metric]`` or :func:`metric_bounds`.
+    """
     rows = []
     groups = df.groupby(list(by), sort=False) if by else [((), df)]
     for key, g in groups:
         key = key if isinstance(key, tuple) else (key,)
         for m in metrics:
-            ci = mean_ci(g[m].tolist())
+            b = (bounds or {}).get(m) or metric_bounds(m)
+            ci = mean_ci(g[m].tolist(), bounds=b)
             rows.append({**dict(zip(by, key)), "metric": m, "mean": ci.mean,
                          "ci_low": ci.low, "ci_high": ci.high, "n": ci.n})
     return pd.DataFrame(rows)
