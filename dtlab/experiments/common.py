@@ -246,10 +246,31 @@ class SubstrateChoice:
     timing: Any = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    network: dict[str, Any] | None = None      # the fitted link calibration the twin uses (fabric)
+    network_path: str = ""
+
+    def link_events(self, cluster: Cluster) -> list[dict[str, Any]]:
+        """On the fabric: state events giving the twin the links measured and fitted on this host
+        (:func:`dtlab.fabric.calibrate.network_calibration`, measured once per link set and cached);
+        elsewhere none. A failed measurement leaves the spec links and says so in the note."""
+        if self.name != "fabric":
+            return []
+        from ..fabric import calibrate
+        if self.network is None:
+            try:
+                self.network, path = calibrate.network_calibration(cluster)
+                self.network_path = str(path)
+            except Exception as exc:  # noqa: BLE001 - run with the spec links, say so
+                self.network = {}
+                self.note = "; ".join(x for x in (self.note, f"network calibration failed ({exc}); spec links") if x)
+        return calibrate.link_events(self.network)
+
     def metrics(self) -> dict[str, Any]:
         """The result-metric keys every V1-V3 run carries (the runner copies them into run.json)."""
         out: dict[str, Any] = {"substrate": self.name, "substrate_requested": self.requested,
                                "substrate_note": self.note}
+        if self.network:
+            out["network_calibration"] = f"{self.network_path} (created {self.network.get('created')})"
         if self.metadata:
             out["substrate_metadata"] = dict(self.metadata)
         return out
@@ -407,6 +428,10 @@ def run_controller(params: Mapping[str, Any], cluster: Cluster, workload, seed: 
     from ..workload.stream import job_stream
 
     twin = Twin(cluster, timing=choice.timing if choice is not None else None)
+    if choice is not None:
+        events = choice.link_events(cluster)
+        if events:
+            twin.state.apply_many(events)     # the twin's links: fitted to this host's data path
     if before is not None:
         before(twin)      # lets a caller hold the run's twin (V2 predicts with its timing model)
     with open_substrate(params, cluster, seed, choice, **dict(substrate_extra or {})) as sub:
