@@ -3,20 +3,26 @@
 Each policy drives the same controller loop on the same substrate, world and workload
 (per seed: identical arrivals, background load, failures and link variation), so the
 difference in observed latency and deadline misses is the policy's. DT policies
-(greedy, resilient, cvar) plan with the twin's predictor; baselines (least-allocated,
-random, round-robin) place without one. Means carry 95% t-intervals over seeds.
+(greedy, resilient, cvar) plan with the twin's predictor and its estimate of the arrival
+process (:mod:`dtlab.policies.load`); baselines place without a twin: ``k8s-default``
+(kube-scheduler default scoring + the data-locality preferences a user would set), ``heft``
+(heterogeneity-aware earliest finish time), ``load-risk-balancing`` (Trimaran), and the
+weak ``least-allocated``, ``random``, ``round-robin``. Baseline settings are fixed in their
+docstrings.
 
-The load matters: the example workload's edge zone saturates near 2 jobs/s, where a
-twin that only sees running work (not the backlog still to come) keeps choosing the
-fast-looking edge nodes. So V1 sweeps the arrival rate (``rates_per_s``); metric keys
-are ``<policy>.r<rate>.<metric>``.
+The load matters: the example workload's edge zone saturates near 1.7 jobs/s. V1 sweeps the
+arrival rate from light load to past saturation (``rates_per_s``); metric keys are
+``<policy>.r<rate>.<metric>`` with 95 % t-intervals over seeds clipped to the metric's range.
+
+**Headline** (:func:`compare_best`): per rate and metric (miss rate, p95 latency), the best DT
+policy minus the best baseline, paired over seeds (``vs_best_baseline.r<rate>.<metric>`` with
+CI, the policies, the non-inferiority ``margin`` and verdict, ``seeds`` and ``seeds_needed``).
 
 Substrate: ``substrate: auto`` (default) runs on the ``fabric`` (real processes in cgroups and
-network namespaces, twin with this host's calibration) when this host can, else on ``sim``;
-metrics ``substrate``/``substrate_note`` say which and why. Fabric runs take wall-clock time
-(a job takes ~1.5 s and arrivals are real), so on the fabric the ``fabric`` sizes replace the
-top-level ones: 20 jobs at 2 jobs/s (the contended rate where policies differ), 2 seeds, all six
-policies -- 12 controller runs of ~12 s, about 3 minutes on this 2-core host.
+network namespaces, twin with this host's compute calibration and fitted links) when this host
+can, else on ``sim``; metrics ``substrate``/``substrate_note`` say which and why. Fabric runs take
+wall-clock time (a job takes ~1.5 s and arrivals are real), so on the fabric the ``fabric`` sizes
+replace the top-level ones: 20 jobs at 2 jobs/s, 2 seeds, every policy.
 """
 from __future__ import annotations
 
