@@ -159,6 +159,9 @@ class Controller:
                                "deadline_ms": job.deadline_ms,
                                "stage_cpu": {s.id: s.compute.cpu for s in job.stages},
                                "stage_ms": planned_stage_ms(job, plan.placement, self.twin, snapshot)})
+        observe = getattr(self.twin, "observe_submission", None)
+        if observe is not None:        # the twin's arrival-process estimate (dtlab.policies.load)
+            observe(job, plan.placement, arrival / 1000.0, snapshot)
         self.records.append(self._record(job, plan, arrival, plan.elapsed_ms, "", SUBMITTED))
         return SUBMITTED
 

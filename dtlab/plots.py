@@ -55,6 +55,9 @@ SERIES: dict[str, tuple[str, str, str]] = {
     "cvar": ("DT CVaR", OKABE_ITO["reddish_purple"], "^"),
     "rl-stub": ("RL stub", OKABE_ITO["sky_blue"], "P"),
     "least-allocated": ("K8s least-allocated", OKABE_ITO["vermillion"], "D"),
+    "k8s-default": ("K8s default + locality", OKABE_ITO["black"], "h"),
+    "load-risk-balancing": ("Trimaran load-risk", OKABE_ITO["sky_blue"], "p"),   # rl-stub never runs in V1
+    "heft": ("HEFT", OKABE_ITO["yellow"], "d"),
     "random": ("Random", GREY, "v"),
     "round-robin": ("Round-robin", OKABE_ITO["orange"], "X"),
     # predictors
@@ -79,7 +82,7 @@ SERIES: dict[str, tuple[str, str, str]] = {
 }
 _ALIASES = {
     "least_allocated": "least-allocated", "leastallocated": "least-allocated",
-    "k8s-default": "least-allocated", "roundrobin": "round-robin",
+    "roundrobin": "round-robin", "trimaran": "load-risk-balancing",
     "round_robin": "round-robin", "rl_stub": "rl-stub", "rl": "rl-stub", "qemu_arm64": "qemu-arm64",
     "qemu_riscv64": "qemu-riscv64",
     "no-dt": "no-twin", "no_dt": "no-twin", "nodt": "no-twin", "recalibration": "recalibrated",

@@ -201,6 +201,44 @@ def headline(metrics: Mapping[str, Any], limit: int = 4) -> dict[str, Any]:
     return out
 
 
+COMPARE_PREFIX = "vs_best_baseline."
+
+
+def comparison_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
+    """V1's paired comparison (``vs_best_baseline.r<rate>.<metric>``): one row per rate and metric with
+    the best DT policy, the best baseline, the mean paired difference (DT - baseline) and its 95 % CI,
+    the non-inferiority margin and verdict, and the seeds it rests on. Empty for other experiments."""
+    rows = []
+    for key, value in metrics.items():
+        key = str(key)
+        if not key.startswith(COMPARE_PREFIX) or key.count(".") != 2:
+            continue
+        _, rate, metric = key.split(".")
+        get = lambda suffix: metrics.get(f"{key}.{suffix}")  # noqa: E731
+        rows.append({"rate": rate, "metric": metric, "dt_policy": get("dt_policy"),
+                     "baseline_policy": get("baseline_policy"), "diff": value, "ci_low": get("ci_low"),
+                     "ci_high": get("ci_high"), "margin": get("margin"), "noninferior": get("noninferior"),
+                     "seeds": get("seeds"), "ci_narrower_than_diff": get("ci_narrower_than_diff")})
+    cols = ["rate", "metric", "dt_policy", "baseline_policy", "diff", "ci_low", "ci_high", "margin", "noninferior",
+            "seeds", "ci_narrower_than_diff"]
+    table = pd.DataFrame(rows, columns=cols)
+    if not table.empty:
+        table["_r"] = table["rate"].str[1:].astype(float)
+        table = table.sort_values(["_r", "metric"]).drop(columns="_r").reset_index(drop=True)
+    return table
+
+
+def comparison_line(metrics: Mapping[str, Any]) -> str:
+    """``dtlab results``' one-line summary of :func:`comparison_table` ('' when there is none)."""
+    table = comparison_table(metrics)
+    parts = []
+    for row in table.itertuples(index=False):
+        verdict = "ok" if row.noninferior else "NOT non-inferior"
+        parts.append(f"{row.rate} {row.metric}: {row.dt_policy}-{row.baseline_policy} {_fmt(row.diff)} "
+                     f"[{_fmt(row.ci_low)}, {_fmt(row.ci_high)}] {verdict}")
+    return ("DT vs best baseline (paired, n=" + str(table["seeds"].iloc[0]) + "): " + "; ".join(parts)) if parts else ""
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -218,9 +256,10 @@ def list_runs(out_root: str | os.PathLike = "outputs", experiments: Iterable[str
             "substrate": info.get("substrate"), "path": str(run.run_dir),
             "headline": "  ".join(f"{k}={_fmt(v)}" for k, v in headline(run.metrics).items()),
             "noise": noise_flag(info, run.metrics),
+            "comparison": comparison_line(run.metrics),
         })
     return pd.DataFrame(rows, columns=["experiment", "run_id", "status", "started", "duration_s",
-                                       "substrate", "path", "headline", "noise"])
+                                       "substrate", "path", "headline", "noise", "comparison"])
 
 
 def noise_flag(info: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
@@ -244,6 +283,8 @@ def format_runs(table: pd.DataFrame) -> str:
         noise = getattr(row, "noise", "") or ""
         lines.append(f"{row.experiment:<4} {row.run_id:<12} {row.status:<7} {started:<19} {dur} "
                      f"{row.substrate or '-':<7} {row.headline}" + (f"\n     host noise: {noise}" if noise else ""))
+        if getattr(row, "comparison", ""):
+            lines.append(f"     {row.comparison}")
     return "\n".join(lines)
 
 

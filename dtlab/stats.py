@@ -154,3 +154,23 @@ def paired_seeds_needed(a: Sequence[float], b: Sequence[float], fraction: float 
     if x.size < 2 or not float(x.mean()):
         return None
     return seeds_needed(float(x.std(ddof=1)), abs(float(x.mean())) * fraction) or None
+
+def ks_statistic(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic ``sup |F_a - F_b|`` of two samples (NaN/inf dropped;
+    NaN if either is empty). V2 compares predicted and observed job-latency distributions with it."""
+    x, y = np.sort(_finite(a)), np.sort(_finite(b))
+    if x.size == 0 or y.size == 0:
+        return math.nan
+    grid = np.concatenate([x, y])
+    fa = np.searchsorted(x, grid, side="right") / x.size
+    fb = np.searchsorted(y, grid, side="right") / y.size
+    return float(np.max(np.abs(fa - fb)))
+
+
+def ks_critical(n: int, m: int, alpha: float = 0.05) -> float:
+    """Asymptotic two-sample KS critical value ``c(alpha) * sqrt((n + m) / (n m))``: the statistic two
+    samples of the *same* distribution stay below with probability 1 - alpha (sampling noise alone)."""
+    if n <= 0 or m <= 0:
+        return math.nan
+    c = math.sqrt(-0.5 * math.log(alpha / 2))
+    return c * math.sqrt((n + m) / (n * m))

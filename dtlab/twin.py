@@ -5,6 +5,12 @@ scores the chosen plan with the selected predictor; everything random comes from
 generators spawned from ``seed``, so the same seed on the same state gives the same plan
 and the same prediction. ``twin.simulate(workload)`` runs the SimPy engine over a whole
 workload with this twin's policy in the loop.
+
+Load awareness: the twin keeps an :class:`~dtlab.policies.load.ArrivalEstimator` fed by
+:meth:`Twin.observe_submission` (the controller reports every job it submitted; ``simulate``
+reports its own), and every plan's policy sees its forecast (arrival rate, offered load per
+node) as ``PlanContext.load``; see :mod:`dtlab.policies.load` for what the DT policies do
+with it. ``load_aware=False`` turns it off (the myopic policies of earlier versions).
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ from . import policies
 from .errors import SpecError
 from .strict_json import short
 from .model import Cluster, Job
+from .policies.load import ArrivalEstimator
 from .plan import Plan
 from .predict import PREDICTORS, score_plan, stage_table
 from .state import ClusterState
@@ -50,7 +57,8 @@ def _run_policy(pol, ctx, name: str):
 
 
 class Twin:
-    def __init__(self, cluster_or_state: Cluster | ClusterState, timing: TimingModel | None = None):
+    def __init__(self, cluster_or_state: Cluster | ClusterState, timing: TimingModel | None = None,
+                 load_aware: bool = True):
         if isinstance(cluster_or_state, ClusterState):
             self.state = cluster_or_state
         elif isinstance(cluster_or_state, Cluster):
@@ -59,6 +67,32 @@ class Twin:
             raise SpecError("cluster", f"must be a Cluster or ClusterState, got {type(cluster_or_state).__name__}")
         self.timing = timing or TimingModel()
         self._policies: dict[str, object] = {}
+        self.load_aware = bool(load_aware)
+        self.arrivals = ArrivalEstimator()
+
+    def observe_submission(self, job: Job, placement: Mapping[str, str], ts: float, snapshot=None) -> None:
+        """Record that ``job`` was submitted at ``ts`` (seconds) with ``placement``: one sample of the
+        arrival process, carrying the core-ms of work it put on each node (cores x the twin's mean
+        service at full allocation there)."""
+        snap = snapshot if snapshot is not None else self.state.snapshot()
+        st = stage_table(snap, job, self.timing)
+        nt_index = {n.name: k for k, n in enumerate(snap.cluster.nodes)}
+        work: dict[str, float] = {}
+        for sid, node in placement.items():
+            i, k = st.index.get(sid), nt_index.get(node)
+            if i is None or k is None or k >= st.base_svc.shape[1]:
+                continue
+            svc = float(st.base_svc[i, k])
+            if np.isfinite(svc):
+                work[node] = work.get(node, 0.0) + float(st.cpu[i]) * svc
+        self.arrivals.observe(float(ts), work)
+
+    def load_forecast(self, snapshot):
+        """The arrival forecast policies plan with at ``snapshot`` (None when off or too little evidence)."""
+        if not self.load_aware:
+            return None
+        now = snapshot.clock if snapshot.clock is not None else None
+        return self.arrivals.forecast(now)
 
     def policy(self, name: str):
         """This twin's instance of a registered policy (created on first use, so stateful ones persist)."""
@@ -78,7 +112,7 @@ class Twin:
         snap = snapshot if snapshot is not None else self.state.snapshot()
         plan_rng, pred_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
         ctx = policies.PlanContext(snapshot=snap, job=job, timing=self.timing, rng=plan_rng, samples=samples,
-                                   predictor=predictor, deadline_ms=job.deadline_ms)
+                                   predictor=predictor, deadline_ms=job.deadline_ms, load=self.load_forecast(snap))
         placement, shadow = _run_policy(pol, ctx, policy)
         prediction = score_plan(snap, job, placement, shadow, predictor=predictor, samples=samples,
                                 rng=pred_rng, timing=self.timing)
@@ -107,9 +141,13 @@ class Twin:
         timing = self.timing
 
         def plan_fn(job, snapshot, rng):
+            now = snapshot.clock if snapshot.clock is not None else snapshot.taken_at
+            load = self.arrivals.forecast(now) if self.load_aware else None
             ctx = policies.PlanContext(snapshot=snapshot, job=job, timing=timing, rng=rng, samples=samples,
-                                       predictor="fast", deadline_ms=job.deadline_ms)
-            return _run_policy(pol, ctx, policy)
+                                       predictor="fast", deadline_ms=job.deadline_ms, load=load)
+            placement, shadow = _run_policy(pol, ctx, policy)
+            self.observe_submission(job, placement, now, snapshot)
+            return placement, shadow
         return plan_fn
 
     def simulate(self, workload, policy: str = "greedy", seed: int = 0):

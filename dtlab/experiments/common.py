@@ -25,15 +25,27 @@ from ..twin import MAX_SAMPLES
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # the statistics live in dtlab.stats (one home); re-exported here for the experiments
-from ..stats import CI, mean_ci, t975  # noqa: E402,F401
+from ..stats import CI, NONNEG, RATE, UNBOUNDED, Bounds, mean_ci, t975  # noqa: E402,F401
+
+
+def metric_bounds(name: str) -> Bounds:
+    """The possible range of a metric, from its name: rates/shares/probabilities in [0, 1], times
+    (``_ms``, ``_s``), counts and error magnitudes (``ape``, ``mape``) >= 0, anything else unbounded.
+    CIs are clipped to it (a t-interval over few seeds otherwise leaves the range)."""
+    n = name.lower()
+    if n.endswith(("_rate", "rate", "_prob", "_share", "_frac", "_pct_within", "within_10pct")) or "miss" in n:
+        return RATE
+    if n.endswith(("_ms", "_s", "_ms_mean", "jobs", "_lost", "completed", "ape", "mape", "_count", "_ratio")) \
+            or n.startswith(("mape", "ape")):
+        return NONNEG
+    return UNBOUNDED
 
 
 def summarize_seeds(df: pd.DataFrame, by: Sequence[str], metrics: Sequence[str],
-                    bounds: Mapping[str, tuple[float, float]] | None = None) -> pd.DataFrame:
+                    bounds: Mapping[str, Bounds] | None = None) -> pd.DataFrame:
     """Tidy CI table: one row per group and metric with mean, ci_low, ci_high, n (rows of ``df`` are seeds).
 
-    ``bounds`` maps a metric to its possible range (``dtlab.stats.RATE`` for a miss rate): its
-    interval is clipped to it, so two seeds cannot put a rate's interval below 0 or above 1.
+    Each CI is clipped to the metric's possible range: ``bounds[metric]`` or :func:`metric_bounds`.
     """
     rows = []
     bounds = dict(bounds or {})
@@ -41,7 +53,8 @@ def summarize_seeds(df: pd.DataFrame, by: Sequence[str], metrics: Sequence[str],
     for key, g in groups:
         key = key if isinstance(key, tuple) else (key,)
         for m in metrics:
-            ci = mean_ci(g[m].tolist(), **({"bounds": bounds[m]} if m in bounds else {}))
+            b = (bounds or {}).get(m) or metric_bounds(m)
+            ci = mean_ci(g[m].tolist(), bounds=b)
             rows.append({**dict(zip(by, key)), "metric": m, "mean": ci.mean,
                          "ci_low": ci.low, "ci_high": ci.high, "n": ci.n})
     return pd.DataFrame(rows)
@@ -313,12 +326,33 @@ class SubstrateChoice:
     metadata: dict[str, Any] = field(default_factory=dict)
     opened: list = field(default_factory=list)      # wall-clock substrates opened (their host noise)
 
+    network: dict[str, Any] | None = None      # the fitted link calibration the twin uses (fabric)
+    network_path: str = ""
+
+    def link_events(self, cluster: Cluster) -> list[dict[str, Any]]:
+        """On the fabric: state events giving the twin the links measured and fitted on this host
+        (:func:`dtlab.fabric.calibrate.network_calibration`, measured once per link set and cached);
+        elsewhere none. A failed measurement leaves the spec links and says so in the note."""
+        if self.name != "fabric":
+            return []
+        from ..fabric import calibrate
+        if self.network is None:
+            try:
+                self.network, path = calibrate.network_calibration(cluster)
+                self.network_path = str(path)
+            except Exception as exc:  # noqa: BLE001 - run with the spec links, say so
+                self.network = {}
+                self.note = "; ".join(x for x in (self.note, f"network calibration failed ({exc}); spec links") if x)
+        return calibrate.link_events(self.network)
+
     def metrics(self) -> dict[str, Any]:
         """The result-metric keys every V1-V3 run carries (the runner copies them into run.json);
         on a wall-clock substrate also ``host_noise`` (dtlab/hostnoise.py, worst case over the
         substrates the run opened) and ``host_noise.noisy``."""
         out: dict[str, Any] = {"substrate": self.name, "substrate_requested": self.requested,
                                "substrate_note": self.note}
+        if self.network:
+            out["network_calibration"] = f"{self.network_path} (created {self.network.get('created')})"
         if self.metadata:
             out["substrate_metadata"] = dict(self.metadata)
         records = [getattr(sub, "noise", None) for sub in self.opened]
@@ -484,6 +518,10 @@ def run_controller(params: Mapping[str, Any], cluster: Cluster, workload, seed: 
     from ..workload.stream import job_stream
 
     twin = Twin(cluster, timing=choice.timing if choice is not None else None)
+    if choice is not None:
+        events = choice.link_events(cluster)
+        if events:
+            twin.state.apply_many(events)     # the twin's links: fitted to this host's data path
     if before is not None:
         before(twin)      # lets a caller hold the run's twin (V2 predicts with its timing model)
     with open_substrate(params, cluster, seed, choice, **dict(substrate_extra or {})) as sub:

@@ -25,10 +25,18 @@ of not knowing future arrivals.
 On the fabric ``kernel_ape`` also compares the worker's in-process kernel time, i.e. without the
 process/emulator start-up the twin does not model.
 
+**Distributions**: ``<predictor>.ks`` is the two-sample Kolmogorov-Smirnov statistic between the
+predicted and the observed job-latency distributions (:func:`distribution_fit`), beside
+``<predictor>.ks_noise95``, the value sampling noise alone reaches with this many jobs.
+``calibration_used`` names the calibration the twin ran with. ``noise_floor: true`` runs the first
+seed again (same arrivals, policy, seeds) and reports the per-job APE between the two runs
+(``noise_floor.*``): the substrate's own run-to-run noise, the floor under any model's error.
+
 Substrate: ``substrate: auto`` (default) runs on the ``fabric`` when this host can, with the
 twin's format factors from this host's calibration (``dtlab calibrate compute``; measured once
 with ``--quick`` if missing), else on ``sim`` (``substrate_note`` says why). On the fabric the
-``fabric`` sizes replace the top-level ones: 40 jobs at 1 job/s, 2 seeds (~1.5 minutes).
+``fabric`` sizes replace the top-level ones: 60 jobs at 1 job/s, 2 seeds, plus seed 0 again for the
+noise floor (~3 minutes).
 """
 from __future__ import annotations
 
@@ -37,14 +45,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from typing import Mapping
+
 from ..model import Job
+from ..stats import ks_critical, ks_statistic
 from . import regime
 from .common import (ExperimentResult, auto_substrate_defaults, check_params, child_seed, load_cluster_param,
                      load_workload_param, metrics_from_summary, require_choices, require_positive, resolve,
                      run_controller, summarize_seeds)
 
 # on the fabric (wall-clock), these sizes replace the top-level ones (see the module docstring)
-FABRIC_SIZES: dict[str, Any] = {"jobs": 40, "seeds": [0, 1], "substrate_opts": {"host_cores": 2.0}}
+FABRIC_SIZES: dict[str, Any] = {"jobs": 60, "seeds": [0, 1], "substrate_opts": {"host_cores": 2.0},
+                                "noise_floor": True}
 DEFAULTS: dict[str, Any] = {
     **auto_substrate_defaults(FABRIC_SIZES),
     "workload": "examples/workload.yaml",
@@ -55,6 +67,7 @@ DEFAULTS: dict[str, Any] = {
     "predictors": ["des", "fast", "legacy", "none"],
     "samples": 128,
     "seeds": [0, 1, 2],
+    "noise_floor": False,
 }
 # seconds-sized parameters (tests, params/smoke/)
 SMOKE: dict[str, Any] = {"substrate": "sim", "jobs": 15, "seeds": [0, 1], "samples": 32}
@@ -181,6 +194,7 @@ def run(params: dict | None = None) -> ExperimentResult:
     cluster = load_cluster_param(p["cluster"])
     workload = load_workload_param(p["workload"], p["jobs"], p["rate_per_s"])
     rows, stage_rows = [], []
+    draws: dict[str, dict[tuple[int, str], np.ndarray]] = {}     # predictor -> (seed, job) -> samples
     for seed in p["seeds"]:
         predicted: list[dict[str, Any]] = []
         holder: dict[str, Any] = {}
@@ -192,16 +206,20 @@ def run(params: dict | None = None) -> ExperimentResult:
             for k, name in enumerate(p["predictors"]):
                 if name == "none":
                     value = critical_path_ms(job)
+                    lat = np.array([value])
                 else:
                     rng = np.random.default_rng(child_seed(seed, job.name, name))
                     lat = sample_latencies(snap, job, plan.placement, plan.shadow, predictor=name,
                                            samples=p["samples"], rng=rng, timing=timing)
                     value = float(np.mean(lat))
                 predicted.append({"job": job.name, "predictor": name, "predicted_ms": value})
+                draws.setdefault(name, {})[(seed, job.name)] = np.asarray(lat, dtype=float)
 
         df, ctl = run_controller(p, cluster, workload, seed, p["policy"], p["plan_predictor"], p["samples"],
                                  on_plan=[on_plan], before=lambda twin: holder.__setitem__("twin", twin),
                                  choice=choice)
+        if seed == p["seeds"][0]:
+            first_run = df
         st = stage_predictions(ctl.substrate.results()["stages"], planned, cluster, ctl.twin.timing)
         st.insert(0, "seed", seed)
         stage_rows.append(st)
@@ -221,6 +239,10 @@ def run(params: dict | None = None) -> ExperimentResult:
     summary = summarize_seeds(per_seed, ["predictor"], METRICS)
     metrics = metrics_from_summary(summary, ["predictor"])
     metrics["jobs_not_completed"] = int((~table.drop_duplicates(["seed", "job"])["ok"].astype(bool)).sum())
+    metrics.update(distribution_fit(table, draws, p["policy"], p["rate_per_s"]))
+    metrics["calibration_used"] = calibration_used(choice)
+    if p["noise_floor"]:
+        metrics.update(noise_floor(p, cluster, workload, choice, first_run))
 
     # -------------------------------------------------- per stage (CPU-bound service times)
     stages = pd.concat(stage_rows, ignore_index=True)
@@ -259,6 +281,71 @@ def run(params: dict | None = None) -> ExperimentResult:
                                                                                     "median_ape", "p95_ape", "n"]),
                                    "cdf": pd.concat(cdf, ignore_index=True) if cdf else pd.DataFrame()},
                             params=p)
+
+
+def distribution_fit(table: pd.DataFrame, draws: Mapping[str, Mapping[tuple[int, str], np.ndarray]],
+                     policy: str, rate: float) -> dict[str, Any]:
+    """Two-sample KS between predicted and observed job-latency distributions, per predictor.
+
+    A cell is one (policy, rate) -- V2 runs one of each, pooled over seeds. The predicted
+    distribution of a cell is the mixture of the per-job predicted distributions (every sample of
+    every completed job, so each job weighs the same); the observed one is the jobs' latencies.
+    ``<predictor>.ks`` is the maximum over cells; ``<predictor>.ks_noise95`` the 95 % KS critical
+    value for the cell's sample sizes -- what sampling noise alone would reach (the jobs per cell
+    must keep it well below the 0.15 target for the statistic to mean anything).
+    """
+    out: dict[str, Any] = {}
+    done = table[table["ok"].astype(bool)].drop_duplicates(["seed", "job"])
+    observed = done["observed_ms"].to_numpy(dtype=float)
+    keys = list(zip(done["seed"], done["job"]))
+    for name, per_job in draws.items():
+        pred = [per_job[k] for k in keys if k in per_job]
+        if not pred or observed.size == 0:
+            continue
+        # equal weight per job: the same number of draws from each (the fewest any job has)
+        k = min(x.size for x in pred)
+        mixture = np.concatenate([x[:k] for x in pred])
+        ks = ks_statistic(mixture, observed)
+        out[f"{name}.ks"] = _round(ks)
+        out[f"{name}.ks_noise95"] = _round(ks_critical(observed.size, len(pred)))
+        out[f"{name}.ks_cells"] = 1
+        out[f"{name}.ks_cell"] = f"{policy}@r{rate:g}"
+    return out
+
+
+def calibration_used(choice) -> str:
+    """Which calibration the twin planned and predicted with (V2 records it in every run)."""
+    if getattr(choice, "timing", None) is None:
+        return "none: twin default timing (sim ground truth differs from it by design)"
+    from ..fabric import calibrate
+    try:
+        doc = calibrate.load()
+        return f"{calibrate.default_out()} (created {doc.get('created')}, quick={doc.get('quick')})"
+    except Exception as exc:  # noqa: BLE001 - report, do not fail the run
+        return f"defaults ({type(exc).__name__}: {exc})"
+
+
+def noise_floor(p: Mapping[str, Any], cluster, workload, choice, first: pd.DataFrame) -> dict[str, Any]:
+    """The substrate's own run-to-run noise: the first seed run again with the same params.
+
+    Same arrivals, same policy and seeds; the controller re-plans, so the plans are the same where
+    the observed state is (``noise_floor.same_placement``: share of jobs placed identically). The
+    per-job APE between the two runs' latencies (``noise_floor.median_ape``, ``.p95_ape``) is the
+    error floor no model of this substrate can beat; on ``sim`` it is 0 (deterministic).
+    """
+    seed = p["seeds"][0]
+    again, _ = run_controller(p, cluster, workload, seed, p["policy"], p["plan_predictor"], p["samples"], choice=choice)
+    both = first[["job", "latency_ms", "ok", "placement"]].merge(
+        again[["job", "latency_ms", "ok", "placement"]], on="job", suffixes=("", "_2"))
+    ok = both["ok"].astype(bool) & both["ok_2"].astype(bool)
+    ape = ((both.loc[ok, "latency_ms_2"] - both.loc[ok, "latency_ms"]).abs() / both.loc[ok, "latency_ms"]).to_numpy()
+    out: dict[str, Any] = {"noise_floor.jobs": int(ok.sum()),
+                           "noise_floor.same_placement": _round(float((both["placement"] == both["placement_2"]).mean()))
+                           if len(both) else None}
+    stats = _ape_stats(pd.Series(ape))
+    for k in METRICS:
+        out[f"noise_floor.{k}"] = _round(stats[k])
+    return out
 
 
 def _round(x: float) -> float | None:

@@ -15,8 +15,13 @@ compared on the same luck:
    probability to meet it is at least ``alpha`` compete on CVaR; if none does, the
    highest meet probability wins (CVaR breaks ties). Without a deadline: lowest CVaR.
 
+Under load (the twin has an arrival-rate estimate, :mod:`dtlab.policies.load`) every
+candidate's samples are shifted by its toll -- the delay the stage would impose on other
+jobs -- so the rule compares *social* latency: a node whose capacity is worth more to the
+jobs still to come loses, even when this job alone would meet its deadline there.
+
 Finally the stage-wise plan and the greedy (mean) plan are both scored by the fast
-predictor on the same random numbers and the better one by the same rule is returned,
+predictor on the same random numbers (plus each plan's toll) and the better one by the same rule is returned,
 so ``cvar`` is never worse than ``greedy`` on its own objective.
 """
 from __future__ import annotations
@@ -61,10 +66,12 @@ class CVaR:
         for i in range(st.t):
             f = b.finish_mean(i)
             b.require(i, f)
-            finite = int(np.isfinite(f).sum())
+            toll_all = b.toll(i)
+            key = f + toll_all                                    # shortlist on mean end time + toll
+            finite = int(np.isfinite(key).sum())
             k = min(self.top_k, finite)
-            cand = np.argpartition(f, k - 1)[:k] if k < f.size else np.arange(f.size)
-            cand = cand[np.lexsort((cand, f[cand]))][:k]       # deterministic: by mean, then index
+            cand = np.argpartition(key, k - 1)[:k] if k < key.size else np.arange(key.size)
+            cand = cand[np.lexsort((cand, key[cand]))][:k]       # deterministic: by mean, then index
             ready = np.zeros((S, k))
             if not st.preds[i]:
                 orow = nt.origin_row(ctx.job.origin_zone)
@@ -82,15 +89,17 @@ class CVaR:
                 u_fail, u_when = rng.random(S), rng.random(S)
                 penalty = u_when[:, None] * svc + tm.detect_ms + tm.replan_ms + svc
                 fin = np.where(u_fail[:, None] < pf[None, :], fin + penalty, fin)
-            j = choose(fin + st.remaining_lb[i], self.alpha, deadline)
-            b.place(i, int(cand[j]), float(f[cand[j]]))
+            toll = toll_all[cand]
+            j = choose(fin + st.remaining_lb[i] + toll[None, :], self.alpha, deadline)
+            b.place(i, int(cand[j]), float(f[cand[j]]), float(toll[j]))
             fin_s[i] = fin[:, j]
         placement = b.placement()
-        _, greedy = greedy_placement(ctx)
+        gb, greedy = greedy_placement(ctx)
         if greedy != placement:
             seed = int(rng.integers(2**63))
             lat = [sample_latencies(ctx.snapshot, ctx.job, pl, predictor="fast", samples=S,
-                                    rng=np.random.default_rng(seed), timing=tm) for pl in (placement, greedy)]
+                                    rng=np.random.default_rng(seed), timing=tm) + toll
+                   for pl, toll in ((placement, b.toll_total), (greedy, gb.toll_total))]
             if choose(np.stack(lat, axis=1), self.alpha, deadline) == 1:
                 placement = greedy
         return placement, {}

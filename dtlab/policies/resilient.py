@@ -11,6 +11,9 @@ to re-send the inputs to m and run there. The best shadow for each primary is th
 second-best ``B`` values. When no other zone can run the stage, the shadow is the best
 other node in the same zone; when there is none, the stage has no shadow (a failure then costs ``replan_ms`` and a rerun). Shadow nodes
 are assumed not to fail together with the primary (independent failure domains).
+
+Under load the primary minimises ``E`` plus the toll of :mod:`dtlab.policies.load` (the
+delay the stage imposes on other jobs); without an arrival estimate the toll is zero.
 """
 from __future__ import annotations
 
@@ -49,8 +52,9 @@ class Resilient:
             fail_cost = np.where(np.isfinite(other), other, ctx.timing.replan_ms + B)
             E = (1 - p) * F + p * (ready + 0.5 * svc + detect + fail_cost)
             E = np.where(ok, E, np.inf)
-            n = int(np.argmin(E))
-            b.place(i, n, float(E[n]))
+            toll = b.toll(i)
+            n = int(np.argmin(E + toll))
+            b.place(i, n, float(E[n]), float(toll[n]))
             m = self._shadow(nt, B, n)
             if m >= 0:
                 shadow[st.ids[i]] = nt.names[m]
