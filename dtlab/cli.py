@@ -39,6 +39,7 @@ COMMANDS: list[str] = [
     "dtlab.cli_sweep",
     "dtlab.controller_service",
     "dtlab.cli_cluster",
+    "dtlab.report.cli",
 ]
 
 EXIT_SPEC = 2
@@ -57,7 +58,9 @@ class PlanCommand:
                                               "and the planning time.")
         p.add_argument("job", help="Job spec (YAML/JSON; dtlab/v1 or fabric.dt/v1)")
         p.add_argument("--cluster", required=True, help="Cluster spec")
-        p.add_argument("--policy", default="greedy", help="policy name (default greedy; see `dtlab policies`)")
+        p.add_argument("--policy", default=None,
+                       help="policy name (default greedy, or energy when the job says "
+                            "policy: {optimize_for: energy}; see `dtlab policies`)")
         p.add_argument("--samples", type=int, default=256, help="Monte Carlo samples (default 256)")
         p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
         p.add_argument("--predictor", default="fast", choices=PREDICTORS, help="predictor path (default fast)")
@@ -70,10 +73,15 @@ class PlanCommand:
         from .twin import Twin
         cluster = load_cluster(args.cluster)
         job = load_job(args.job, cluster)
-        plan = Twin(cluster).plan(job, policy=args.policy, samples=args.samples, seed=args.seed,
+        twin = Twin(cluster)
+        policy = args.policy or ("energy" if job.optimize_for == "energy" else "greedy")
+        plan = twin.plan(job, policy=policy, samples=args.samples, seed=args.seed,
                                   predictor=args.predictor)
         if args.json:
-            json.dump(plan.to_dict(), sys.stdout, indent=2, sort_keys=True)
+            from .energy import stage_energy_j
+            out = plan.to_dict()
+            out["energy_stages_j"] = stage_energy_j(twin.state.snapshot(), job, plan.placement, twin.timing)
+            json.dump(out, sys.stdout, indent=2, sort_keys=True)
             print()
             return 0
         print(f"job {plan.job}: policy {plan.policy}, predictor {plan.predictor} ({plan.samples} samples), "

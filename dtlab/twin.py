@@ -13,7 +13,7 @@ from typing import Mapping
 
 import numpy as np
 
-from . import policies
+from . import energy, policies
 from .errors import SpecError
 from .model import Cluster, Job
 from .plan import Plan
@@ -69,6 +69,7 @@ class Twin:
         placement, shadow = pol.plan(ctx)
         prediction = score_plan(snap, job, placement, shadow, predictor=predictor, samples=samples,
                                 rng=pred_rng, timing=self.timing)
+        prediction.update(energy.predict(snap, job, placement, self.timing, samples, seed))  # issue 23
         st = stage_table(snap, job, self.timing)
         nt = ctx.nodes
         formats = {sid: st.format_of(nt, st.index[sid], nt.index[node]) for sid, node in placement.items()}

@@ -72,4 +72,4 @@ def names() -> list[str]:
 
 
 # built-in policies register themselves on import
-from . import baselines, cvar, greedy, resilient, rl_stub  # noqa: E402,F401
+from . import baselines, cvar, energy, greedy, resilient, rl_stub  # noqa: E402,F401

@@ -428,9 +428,15 @@ class FabricSubstrate(WallClockSubstrate):
                     ok = False
                     errors.append(f"unparsable worker output: {out[-120:]!r}")
             t_end = time.monotonic()
+            try:   # measured CPU time of the stage cgroup; node-equivalent: / (scale x node speed)
+                cpu_host_ms = cg.cpu_usage_ms()
+            except OSError:
+                cpu_host_ms = None
             with self._lock:
                 srec.update(end_ms=self._ms(t_end), duration_ms=(t_end - t_start) * 1000.0, ok=ok,
-                            kernel_ms=kernel_ms if ok else None, error="; ".join(errors) or None)
+                            kernel_ms=kernel_ms if ok else None, error="; ".join(errors) or None,
+                            cpu_host_ms=cpu_host_ms,
+                            cpu_ms=cpu_host_ms / (self.scale * node.speed) if cpu_host_ms is not None else None)
                 srec.pop("_procs", None)
             self._emit({"kind": "stage-end", "job": job.name, "stage": stage.id, "node": node_name, "ok": ok}, t_end)
             try:
