@@ -196,6 +196,50 @@ def add_job_energy(jobs: pd.DataFrame, substrate, cluster) -> pd.DataFrame:
     return out.merge(per_job.reset_index(), on="job", how="left")
 
 
+def energy_stats(jobs: pd.DataFrame) -> dict[str, float]:
+    """Per-run energy metric of a controller run's job table: mean ``energy_proxy_j`` of completed jobs."""
+    if "energy_proxy_j" not in jobs.columns:
+        return {"energy_proxy_j": math.nan}
+    ok = jobs["ok"].astype(bool) if "ok" in jobs.columns else slice(None)
+    e = jobs.loc[ok, "energy_proxy_j"].astype(float)
+    return {"energy_proxy_j": float(e.mean()) if e.notna().any() else math.nan}
+
+
+HOST_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "riscv64": "riscv64"}
+
+
+def host_node(node_class_: str | None = None) -> Node:
+    """This host as a Node (arch from ``platform.machine()``, cores from ``os.cpu_count()``) for the model."""
+    import platform
+
+    arch = HOST_ARCH.get(platform.machine().lower(), "amd64")
+    return Node(name=platform.node() or "host", arch=arch, cores=os.cpu_count() or 1,
+                power=Power(node_class=node_class_) if node_class_ else None)
+
+
+def format_energy(cpu_ms: Mapping[str, list[float]], node: Node | None = None) -> dict:
+    """``dtlab calibrate compute``'s energy section: per format, the CPU time of one run of the same
+    work (median over runs, whole process: emulator/runtime start-up included) x ``node``'s power model,
+    and its ratio to native. A proxy (model x measured CPU time); RAPL status says if a measurement exists."""
+    node = node or host_node()
+    idle, busy = power_of(node)
+    per = {}
+    for fmt, values in cpu_ms.items():
+        xs = sorted(v for v in values if v is not None and v > 0)
+        if not xs:
+            continue
+        med = float(np.median(xs))
+        per[fmt] = {"cpu_ms_median": round(med, 3), "energy_proxy_j": round(med / 1000.0 * busy, 6), "n": len(xs)}
+    nat = per.get("native", {}).get("energy_proxy_j")
+    for fmt, v in per.items():
+        v["vs_native"] = round(v["energy_proxy_j"] / nat, 4) if nat else None
+    ok, why = rapl_status()
+    return {"model": {"arch": node.arch, "node_class": node_class(node), "busy_w_per_core": round(busy, 4),
+                      "idle_w_per_core": round(idle, 4), "source": "dtlab.energy defaults (docs/energy.md)"},
+            "per_format": per, "rapl": {"available": ok, "why": why},
+            "note": "energy_proxy_j = measured process CPU time x the power model: an estimate, not a measurement"}
+
+
 # ------------------------------------------------------------------ RAPL: measured, where it exists
 def rapl_status(root: Path = RAPL_ROOT) -> tuple[bool, str]:
     """(available, why): RAPL energy counters readable under ``/sys/class/powercap``."""

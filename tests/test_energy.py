@@ -182,3 +182,29 @@ def test_rapl_status_says_why(tmp_path):
     (zone / "energy_uj").write_text("500000\n")          # wrapped around
     assert energy.rapl_delta_j(before, energy.read_rapl_uj(tmp_path), tmp_path) == pytest.approx(4.5)
     assert math.isnan(energy.rapl_delta_j(None, None))
+
+
+def test_format_energy_for_calibration():
+    """dtlab calibrate compute's energy section: CPU time x the host model, ratio to native, RAPL status."""
+    node = energy.host_node("server")
+    out = energy.format_energy({"native": [10.0, 12.0, 11.0], "wasm": [30.0, 33.0, 0.0], "qemu-arm64": []}, node)
+    busy = energy.power_of(node)[1]
+    assert out["per_format"]["native"]["energy_proxy_j"] == pytest.approx(11.0 / 1000 * busy, rel=1e-4)
+    assert out["per_format"]["wasm"]["n"] == 2                     # zero (unknown) CPU time is dropped
+    assert out["per_format"]["wasm"]["vs_native"] == pytest.approx(31.5 / 11.0, rel=1e-3)
+    assert "qemu-arm64" not in out["per_format"]
+    assert out["model"]["node_class"] == "server" and "not a measurement" in out["note"]
+    assert out["rapl"]["available"] == energy.rapl_status()[0]
+
+
+def test_v3_and_v1_report_energy():
+    """V3: energy_proxy_j per format (metrics with CIs, table column); V1: per policy."""
+    from dtlab.experiments import v1, v3
+    r3 = v3.run(dict(v3.SMOKE))
+    assert r3.metrics["native.energy_proxy_j"] > 0 and "native.energy_proxy_j.ci_low" in r3.metrics
+    q = [k for k in r3.metrics if k.startswith("qemu") and k.endswith(".energy_proxy_j")]
+    assert q and all(r3.metrics[k] > r3.metrics["native.energy_proxy_j"] for k in q)   # emulation burns CPU
+    assert (r3.table["energy_proxy_j"] > 0).all()
+    r1 = v1.run(dict(v1.SMOKE, policies=["greedy", "random"]))
+    assert (r1.table["energy_proxy_j"] > 0).all()
+    assert "greedy.r1.energy_proxy_j.ci_high" in r1.metrics
