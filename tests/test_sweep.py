@@ -186,3 +186,27 @@ def test_sweep_survives_killed_worker_and_resumes(tmp_path):
     # nothing left to do: no cluster, no calls
     res3 = sw.sweep("V1", GRID, seeds=2, smoke=True, out=out, progress=False, run_fn=hook, figures=False)
     assert res3.ran == [] and len(res3.skipped) == 4 and len(_calls(counter)) == 5 + 8
+
+
+def test_sweep_point_writes_run_json_with_run_provenance(tmp_path):
+    """Each sweep point carries the provenance `dtlab run` records (issue 23), so `dtlab compare`/report can read it."""
+    import subprocess
+
+    from dtlab.experiments import v1
+    from dtlab.runner import provenance, project_root
+
+    params = dict(v1.SMOKE, policies=["greedy"], seeds=[1])
+    point = tmp_path / "V1" / "p-abc"
+    point.parent.mkdir(parents=True)
+    status = sw.run_point("V1", params, str(point), {"values": {"policies": "greedy"}, "seed": 1})
+    assert status["status"] == "done"
+    info = json.loads((point / "run.json").read_text())
+    assert info["status"] == "ok" and info["experiment"] == "V1" and info["run_id"] == "p-abc"
+    assert info["params"] == json.loads(json.dumps(params)) and info["seed"] == [1]
+    assert info["substrate"] == "sim" and info["substrate_requested"] == "sim"
+    assert info["started"] <= info["finished"] and info["duration_s"] > 0
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert info["git"]["revision"] == head and isinstance(info["git"]["dirty"], bool)
+    expected = provenance(project_root())
+    assert set(info["packages"]) == set(expected["packages"]) and info["host"] == expected["host"]
+    assert info["sweep"]["values"] == {"policies": "greedy"}

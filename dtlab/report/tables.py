@@ -33,7 +33,7 @@ def bounds_of(metric: str) -> stats.Bounds:
     m = metric.lower()
     if any(t in m for t in ("rate", "prob", "frac", "share")) and not m.endswith("per_s"):
         return stats.RATE
-    if m.endswith(("_ms", "_s", "_j", "_w", "_mb", "jobs", "lost", "count")) or "latency" in m:
+    if m.endswith(("_ms", "_s", "_j", "_w", "_mb", "jobs", "lost", "count")) or "latency" in m or "factor" in m:
         return stats.NONNEG
     return stats.UNBOUNDED
 
