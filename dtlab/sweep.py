@@ -89,7 +89,7 @@ class Headline:
 
 HEADLINES: dict[str, Headline] = {
     "V1": Headline((r"(?P<policies>[^.]+)\.r(?P<rates_per_s>[0-9.eE+-]+)\."
-                    r"(?P<measure>latency_mean_ms|latency_p95_ms|latency_p99_ms|miss_rate)",),
+                    r"(?P<measure>latency_mean_ms|latency_p95_ms|latency_p99_ms|miss_rate|energy_proxy_j)",),
                    ("miss_rate", "latency_p95_ms")),
     "V2": Headline((r"(?P<predictors>[^.]+)\.(?P<measure>mape|median_ape|p95_ape)",), ("mape",)),
     "V3": Headline((r"(?P<measure>plan_ms)\.(?P<policies>[^.]+)\.(?P<predictors>[^.]+)",
