@@ -196,3 +196,11 @@ def test_report_writes_one_card_per_finished_run(outputs, tmp_path, capsys):
         assert list(d.glob("*.ipynb"))
     assert "<code>seeds</code>" in page                     # B's params differ from the defaults
     assert _run(["report", "--out", str(out), "--outputs", str(tmp_path / "none")]) == 3
+
+
+def test_negative_zero_and_bounds_from_the_full_key():
+    assert fmt_ci(-0.04, -0.3, 0.2) == ("0.0", "[-0.3, 0.2]")
+    long = headline_frame({"plan_p50_ms.greedy.100": 1.0, "plan_p50_ms.greedy.100.ci_low": -2.0,
+                           "plan_p50_ms.greedy.100.ci_high": 4.0, "des.mape": 0.2, "des.mape.ci_low": -0.2,
+                           "des.mape.ci_high": 0.6})
+    assert (long["ci_low"] >= 0).all()                  # a plan time (by its key) and an error are >= 0

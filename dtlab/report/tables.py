@@ -33,7 +33,8 @@ def bounds_of(metric: str) -> stats.Bounds:
     m = metric.lower()
     if any(t in m for t in ("rate", "prob", "frac", "share")) and not m.endswith("per_s"):
         return stats.RATE
-    if m.endswith(("_ms", "_s", "_j", "_w", "_mb", "jobs", "lost", "count")) or "latency" in m or "factor" in m:
+    if m.endswith(("_ms", "_s", "_j", "_w", "_mb", "jobs", "lost", "count")) or \
+            any(t in m for t in ("latency", "factor", "_ms.", "ape", "error", "ratio")):
         return stats.NONNEG
     return stats.UNBOUNDED
 
@@ -52,7 +53,8 @@ def ci_decimals(low: float, high: float) -> int | None:
 
 
 def _round(v: float, decimals: int) -> str:
-    return f"{round(v, decimals):.{max(decimals, 0)}f}"
+    r = round(v, decimals) + 0.0          # + 0.0 turns -0.0 into 0.0
+    return f"{r:.{max(decimals, 0)}f}"
 
 
 def fmt_ci(value: float, low: float | None = None, high: float | None = None) -> tuple[str, str]:
@@ -85,11 +87,11 @@ def headline_frame(metrics: Mapping[str, Any]) -> pd.DataFrame:
     has_ci = mt["ci_low"].notna() & mt["ci_high"].notna()
     if has_ci.any():
         mt = mt[has_ci]
+    clipped = [stats.clip_ci(stats.CI(r.value, r.ci_low, r.ci_high, 0), bounds_of(r.metric)) if
+               pd.notna(r.ci_low) and pd.notna(r.ci_high) else None for r in mt.itertuples(index=False)]
     parts = mt["metric"].str.rsplit(".", n=1)
     mt["group"] = [p[0] if len(p) == 2 else "" for p in parts]
     mt["metric"] = [p[-1] for p in parts]
-    clipped = [stats.clip_ci(stats.CI(r.value, r.ci_low, r.ci_high, 0), bounds_of(r.metric)) if
-               pd.notna(r.ci_low) and pd.notna(r.ci_high) else None for r in mt.itertuples(index=False)]
     mt["ci_low"] = [c.low if c else r for c, r in zip(clipped, mt["ci_low"])]
     mt["ci_high"] = [c.high if c else r for c, r in zip(clipped, mt["ci_high"])]
     return mt[["group", "metric", "value", "ci_low", "ci_high"]].reset_index(drop=True)
