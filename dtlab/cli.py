@@ -40,6 +40,7 @@ COMMANDS: list[str] = [
     "dtlab.controller_service",
     "dtlab.cli_cluster",
     "dtlab.operator.cli",
+    "dtlab.report.cli",
 ]
 
 EXIT_SPEC = 2
@@ -59,7 +60,9 @@ class PlanCommand:
         p.add_argument("job", help="Job spec (YAML/JSON; dtlab/v1, fabric.dt/v1, or an older `jobs:` list file)")
         p.add_argument("--job-id", default=None, help="which job of a file holding several (default: the only one)")
         p.add_argument("--cluster", required=True, help="Cluster spec")
-        p.add_argument("--policy", default="greedy", help="policy name (default greedy; see `dtlab policies`)")
+        p.add_argument("--policy", default=None,
+                       help="policy name (default greedy, or energy when the job says "
+                            "policy: {optimize_for: energy}; see `dtlab policies`)")
         p.add_argument("--samples", type=int, default=256, help="Monte Carlo samples (default 256)")
         p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
         p.add_argument("--predictor", default="fast", choices=PREDICTORS, help="predictor path (default fast)")
@@ -74,11 +77,15 @@ class PlanCommand:
         cluster = load_cluster(args.cluster)
         job = pick_job(load_jobs(args.job), args.job_id, args.job)
         check_job_fits(job, cluster)
-        plan = Twin(cluster).plan(job, policy=args.policy, samples=args.samples, seed=args.seed,
+        twin = Twin(cluster)
+        policy = args.policy or ("energy" if job.optimize_for == "energy" else "greedy")
+        plan = twin.plan(job, policy=policy, samples=args.samples, seed=args.seed,
                                   predictor=args.predictor)
         carried = _carried(job)
         if args.json:
+            from .energy import stage_energy_j
             out = plan.to_dict()
+            out["energy_stages_j"] = stage_energy_j(twin.state.snapshot(), job, plan.placement, twin.timing)
             if carried:
                 out["carried"] = carried  # fields of the job file the twin does not model
             json.dump(out, sys.stdout, indent=2, sort_keys=True)

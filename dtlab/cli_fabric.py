@@ -52,6 +52,14 @@ def run_compute(args) -> int:
     print("  startup_ms: " + ", ".join(f"{k} {v}" for k, v in doc["startup_ms"].items()))
     for fmt, why in doc["unavailable"].items():
         print(f"  {fmt}: not measured ({why})")
+    en = doc.get("energy") or {}
+    if en.get("per_format"):
+        m = en["model"]
+        print(f"  energy per run (proxy: process CPU time x {m['busy_w_per_core']} W/core, {m['arch']} "
+              f"{m['node_class']} model; not a measurement):")
+        for fmt, v in en["per_format"].items():
+            print(f"    {fmt:13s} {v['energy_proxy_j']:.4g} J  ({v['vs_native']}x native, CPU {v['cpu_ms_median']:.1f} ms)")
+        print(f"  RAPL: {en['rapl']['why']}")
     if args.compare:
         df = calibrate.compare_published(doc)
         print(df.to_string(index=False))

@@ -21,11 +21,25 @@ ARCHES = ("amd64", "arm64", "riscv64")
 MAX_WORKLOAD_JOBS = 1_000_000
 MAX_STAGES = 1_000
 NODE_FORMATS = ("native", "qemu", "wasm")
+OPTIMIZE_FOR = ("latency", "energy")   # Job spec.policy.optimize_for -> default policy greedy | energy
 # Intra-zone links are not listed in specs: a datacentre/LAN default.
 DEFAULT_INTRA_ZONE = {"latency_ms": 0.2, "bandwidth_mbps": 10_000.0, "loss": 0.0}
 # The rules of a link's numbers, shared by Cluster specs and `link` state events.
 LINK_RULES = {"latency_ms": {"ge": 0}, "bandwidth_mbps": {"gt": 0}, "loss": {"ge": 0, "lt": 1},
               "jitter_ms": {"ge": 0}}
+
+
+@dataclass(frozen=True)
+class Power:
+    """A node's power model (``spec.nodes[i].power``): watts per core when idle and when busy.
+
+    Any value left out comes from the defaults of the node's ``node_class`` (``server`` or ``edge``;
+    inferred from the core count when not given) and arch, see :mod:`dtlab.energy` and
+    ``docs/energy.md``. The model is an assumption applied to CPU time, never a measurement.
+    """
+    node_class: str | None = None
+    idle_w_per_core: float | None = None
+    busy_w_per_core: float | None = None
 
 
 @dataclass(frozen=True)
@@ -39,6 +53,7 @@ class Node:
     zone: str = "default"
     labels: tuple[tuple[str, str], ...] = ()
     fail_prob: float = 0.0  # probability the node fails while one job runs (twin's risk input)
+    power: Power | None = None  # None: the defaults of dtlab.energy for this arch and class
 
     @property
     def label_map(self) -> dict[str, str]:
@@ -144,6 +159,7 @@ class Job:
     input_mb: float = 0.0  # data sent from the origin zone to every root stage
     # job-level fields the twin does not model (older job files: priority, redundancy); see Stage.carried
     carried: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    optimize_for: str | None = None  # spec.policy.optimize_for: latency | energy (picks the default policy)
 
     @cached_property
     def stage_index(self) -> dict[str, int]:
@@ -246,6 +262,7 @@ def cluster_from_dict(data: dict) -> Cluster:
             zone=n.str("zone", "default"),
             labels=tuple(sorted(n.str_map("labels").items())),
             fail_prob=n.num("fail_prob", 0.0, ge=0, le=1),
+            power=_power(n.sub("power"), n.int("cores", 1, ge=1)),
         )
         n.done()
         if node.name in seen:
@@ -272,6 +289,29 @@ def cluster_from_dict(data: dict) -> Cluster:
         links.append(link)
     f.done()
     return Cluster(name=name, nodes=tuple(nodes), links=tuple(links))
+
+
+POWER_CLASSES = ("server", "edge")
+
+
+def _power(p: Fields | None, cores: int) -> Power | None:
+    """``power: {node_class, idle_w, busy_w}`` (whole node) or ``{idle_w_per_core, busy_w_per_core}``."""
+    if p is None:
+        return None
+    node_class = p.str("node_class", None, choices=POWER_CLASSES)
+    per_node = {k: p.num(k, None, ge=0) for k in ("idle_w", "busy_w")}
+    per_core = {k: p.num(k, None, ge=0) for k in ("idle_w_per_core", "busy_w_per_core")}
+    for kind in ("idle", "busy"):
+        if per_node[f"{kind}_w"] is not None and per_core[f"{kind}_w_per_core"] is not None:
+            raise SpecError(p.at(f"{kind}_w"), f"give {kind}_w (whole node) or {kind}_w_per_core, not both")
+        if per_node[f"{kind}_w"] is not None:
+            per_core[f"{kind}_w_per_core"] = per_node[f"{kind}_w"] / cores
+    idle, busy = per_core["idle_w_per_core"], per_core["busy_w_per_core"]
+    if idle is not None and busy is not None and busy < idle:
+        raise SpecError(p.at("busy_w" if per_node["busy_w"] is not None else "busy_w_per_core"),
+                        f"busy power must be >= idle power ({busy:g} < {idle:g} W per core)")
+    p.done()
+    return Power(node_class=node_class, idle_w_per_core=idle, busy_w_per_core=busy)
 
 
 def _constraints(c: Fields | None) -> Constraints:
@@ -305,6 +345,11 @@ def job_from_dict(data: dict) -> Job:
     meta.done(ignore=("labels", "annotations", "namespace"))
     spec = f.sub("spec", required=True)
     input_mb = spec.num("input_mb", 0.0, ge=0)
+    optimize_for = None
+    pol = spec.sub("policy")
+    if pol is not None:
+        optimize_for = pol.str("optimize_for", None, choices=OPTIMIZE_FOR)
+        pol.done()
     stages = []
     raw_stages = spec.list("stages", required=True)
     if len(raw_stages) > MAX_STAGES:
@@ -340,7 +385,8 @@ def job_from_dict(data: dict) -> Job:
             if dep == s.id:
                 raise SpecError(f"spec.stages[{i}].after[{j}]", "a stage cannot come after itself")
     _topo_order(tuple(stages), "spec.stages")
-    return Job(name=name, stages=tuple(stages), deadline_ms=deadline, origin_zone=origin_zone, input_mb=input_mb)
+    return Job(name=name, stages=tuple(stages), deadline_ms=deadline, origin_zone=origin_zone, input_mb=input_mb,
+               optimize_for=optimize_for)
 
 
 def _topo_order(stages: tuple[Stage, ...], path: str) -> tuple[str, ...]:

@@ -120,6 +120,8 @@ def save(result: Any, out_dir: str | os.PathLike) -> Path:
     if not isinstance(metrics, Mapping):
         raise DtlabError(f"experiment result has no dict `.metrics` (got {type(metrics).__name__})")
     atomic_write_text(out / METRICS_FILE, dumps(metrics))
+    from .report.tables import save_tables  # tables/headline.tex|md for the paper (dtlab table prints the same)
+    save_tables(metrics, out)
     return out
 
 

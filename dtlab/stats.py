@@ -101,6 +101,26 @@ def paired_diff_ci(a: Sequence[float], b: Sequence[float]) -> CI:
     return mean_ci(x[np.isfinite(x)].tolist())
 
 
+def welch_diff_ci(a: Sequence[float], b: Sequence[float]) -> CI:
+    """Difference of means ``mean(a) - mean(b)`` of two *independent* samples (different seeds, so
+    no pairing) with a 95 % Welch t-interval (Welch-Satterthwaite degrees of freedom, rounded down).
+    NaNs are dropped; fewer than two values on either side gives a NaN interval."""
+    x, y = _finite(a), _finite(b)
+    if x.size == 0 or y.size == 0:
+        return CI(math.nan, math.nan, math.nan, 0)
+    d = float(x.mean() - y.mean())
+    n = int(min(x.size, y.size))
+    if x.size < 2 or y.size < 2:
+        return CI(d, math.nan, math.nan, n)
+    vx, vy = float(x.var(ddof=1)) / x.size, float(y.var(ddof=1)) / y.size
+    se = math.sqrt(vx + vy)
+    if se == 0:
+        return CI(d, d, d, n)
+    df = (vx + vy) ** 2 / (vx ** 2 / (x.size - 1) + vy ** 2 / (y.size - 1))
+    half = t975(max(1, int(math.floor(df)))) * se
+    return CI(d, d - half, d + half, n)
+
+
 def bootstrap_ci(values: Sequence[float], stat: Callable[[np.ndarray], float] = np.mean,
                  bounds: Bounds = UNBOUNDED, reps: int = 2000, seed: int = 0) -> CI:
     """Percentile-bootstrap 95 % interval of ``stat`` over ``values`` (quantiles, rates of pooled

@@ -90,7 +90,7 @@ class Headline:
 
 HEADLINES: dict[str, Headline] = {
     "V1": Headline((r"(?P<policies>[^.]+)\.r(?P<rates_per_s>[0-9.eE+-]+)\."
-                    r"(?P<measure>latency_mean_ms|latency_p95_ms|latency_p99_ms|miss_rate)",),
+                    r"(?P<measure>latency_mean_ms|latency_p95_ms|latency_p99_ms|miss_rate|energy_proxy_j)",),
                    ("miss_rate", "latency_p95_ms")),
     "V2": Headline((r"(?P<predictors>[^.]+)\.(?P<measure>mape|median_ape|p95_ape)",), ("mape",)),
     "V3": Headline((r"(?P<measure>plan_ms)\.(?P<policies>[^.]+)\.(?P<predictors>[^.]+)",
@@ -304,10 +304,13 @@ def run_point(experiment: str, params: Mapping[str, Any], point_dir: str, info: 
     if is_done(final):
         return {"point": final.name, "status": "skipped", "elapsed_s": 0.0}
     fn = run_fn or _experiment_module(experiment).run
+    from . import runner
+
+    started = runner._now()
     t0 = time.perf_counter()
     result = fn(dict(params))
     elapsed = time.perf_counter() - t0
-    from .results import jsonable
+    from .results import RUN_FILE, dumps, jsonable
 
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     try:
@@ -315,6 +318,7 @@ def run_point(experiment: str, params: Mapping[str, Any], point_dir: str, info: 
         meta = {**dict(info), "experiment": experiment, "point": final.name, "params": dict(params),
                 "elapsed_s": round(elapsed, 3), "host": socket.gethostname(), "pid": os.getpid()}
         (tmp / "params.json").write_text(json.dumps(jsonable(meta), indent=2, sort_keys=True) + "\n")
+        (tmp / RUN_FILE).write_text(dumps(point_run_info(experiment, final.name, params, info, started, elapsed, tmp)))
         try:
             os.rename(tmp, final)
         except OSError:
@@ -325,6 +329,22 @@ def run_point(experiment: str, params: Mapping[str, Any], point_dir: str, info: 
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return {"point": final.name, "status": "done", "elapsed_s": round(elapsed, 3)}
+
+
+def point_run_info(experiment: str, point: str, params: Mapping[str, Any], info: Mapping[str, Any],
+                   started: str, elapsed_s: float, point_dir: Path) -> dict:
+    """``run.json`` of a sweep point: the same provenance ``dtlab run`` records (params, seed, substrate
+    actually used, git revision and dirty flag, package versions, host, start/end), plus the sweep's own info."""
+    from . import runner
+
+    substrate = dict(params).get("substrate", "sim")
+    out = {"experiment": experiment, "run_id": point, "status": "ok", "notebook": None, "params_file": None,
+           "params": dict(params), "seed": runner._seed_of(params), "substrate": substrate,
+           "started": started, **runner.provenance(runner.project_root()),
+           "sweep": {k: v for k, v in dict(info).items() if k not in ("params",)}}
+    out.update(runner._substrate_info(point_dir, substrate))
+    out.update(error=None, finished=runner._now(), duration_s=round(elapsed_s, 3))
+    return out
 
 
 # --- the sweep -----------------------------------------------------------------------------------

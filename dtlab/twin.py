@@ -19,7 +19,7 @@ from typing import Mapping
 
 import numpy as np
 
-from . import policies
+from . import energy, policies
 from .errors import SpecError
 from .strict_json import short
 from .model import Cluster, Job
@@ -116,6 +116,7 @@ class Twin:
         placement, shadow = _run_policy(pol, ctx, policy)
         prediction = score_plan(snap, job, placement, shadow, predictor=predictor, samples=samples,
                                 rng=pred_rng, timing=self.timing)
+        prediction.update(energy.predict(snap, job, placement, self.timing, samples, seed))  # issue 23
         st = stage_table(snap, job, self.timing)
         nt = ctx.nodes
         formats = {sid: st.format_of(nt, st.index[sid], nt.index[node]) for sid, node in placement.items()}

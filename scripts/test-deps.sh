@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the heavy tests use besides the fabric's: a real Prometheus and node exporter
-# (telemetry e2e) and Chromium + chromedriver (the JupyterLab browser test).
+# (telemetry e2e), Chromium + chromedriver (the JupyterLab and report-page browser tests) and a small
+# LaTeX (pdflatex + booktabs: `dtlab table` output is compiled by tests/test_report.py).
 set -euo pipefail
-exec bash "$(dirname "$0")/apt-ensure.sh" test-deps prometheus prometheus-node-exporter chromium chromium-driver curl
+exec bash "$(dirname "$0")/apt-ensure.sh" test-deps prometheus prometheus-node-exporter chromium chromium-driver curl \
+    texlive-latex-base texlive-latex-recommended

@@ -193,6 +193,32 @@ def _fresh() -> tuple[bool, str]:
 
 SMOKE_EDIT = "cp params/smoke/V1.yaml my-v1.yaml"   # $EDITOR: the edit a user makes, at smoke size
 
+
+def _energy_plan(ctx: Ctx, p: subprocess.CompletedProcess) -> None:
+    body = json.loads(p.stdout)
+    assert body["policy"] == "energy" and body["prediction"]["energy_j"] > 0, body
+
+
+def _v1_runs(ctx: Ctx) -> list[Path]:
+    return sorted((d.parent for d in (ctx.tmp / "out" / "V1").glob("*/run.json")), key=lambda d: d.stat().st_mtime)
+
+
+def _table(ctx: Ctx, cmd: str) -> None:
+    """<run-id>: the V1 smoke run the block's `dtlab run V1 --smoke` just made."""
+    run_dir = _v1_runs(ctx)[0]
+    p = _sh(ctx, f".venv/bin/dtlab table {{tmp}}/out/V1/{run_dir.name} --format latex", 120)
+    assert "\\toprule" in p.stdout and "greedy" in p.stdout, p.stdout
+
+
+def _compare(ctx: Ctx, cmd: str) -> None:
+    """<run-a>: that smoke run; <run-b>: the same at smoke size with other seeds, made here first."""
+    (ctx.tmp / "v1-b.yaml").write_text((REPO / "params" / "smoke" / "V1.yaml").read_text().replace(
+        "seeds: [0, 1]", "seeds: [2, 3]"))
+    _sh(ctx, ".venv/bin/dtlab run V1 -p {tmp}/v1-b.yaml --out {tmp}/out -q", 600)
+    a, b = _v1_runs(ctx)[:2]
+    p = _sh(ctx, f".venv/bin/dtlab compare {{tmp}}/out/V1/{a.name} {{tmp}}/out/V1/{b.name}", 120)
+    assert "seeds differ" in p.stdout and "latency_mean_ms" in p.stdout, p.stdout
+
 # Every README command (after comment stripping and whitespace folding) -> how the test runs it.
 HOW: dict[str, Handler] = {
     "make experiments": run("make experiments OUT={tmp}/out RUN_ARGS='--smoke -q' J=2", timeout=900),
@@ -256,6 +282,13 @@ HOW: dict[str, Handler] = {
     "--count 500 --out /tmp/wl.yaml": run(check=lambda c, p: (c.tmp / "wl.yaml").stat()),
     ".venv/bin/dtlab replay --policy best-fit --out /tmp/replay":
         run(check=lambda c, p: (c.tmp / "replay" / "allocation.csv").stat()),
+    ".venv/bin/dtlab plan examples/job-legacy.yaml --cluster examples/cluster-hetero.yaml --policy energy --json":
+        run(check=_energy_plan),
+    ".venv/bin/dtlab table outputs/V1/<run-id> --format latex": _table,
+    ".venv/bin/dtlab compare outputs/V1/<run-a> outputs/V1/<run-b>": _compare,
+    ".venv/bin/dtlab report --out outputs/report":
+        run(".venv/bin/dtlab report --out {tmp}/report --outputs {tmp}/out",
+            check=lambda c, p: "card" in (c.tmp / "report" / "index.html").read_text() or pytest.fail(p.stdout)),
     ".venv/bin/dtlab sweep V1 --grid params/sweeps/V1-rate-policy.yaml --seeds 3 --smoke":
         run(".venv/bin/dtlab sweep V1 --grid params/sweeps/V1-rate-policy.yaml --seeds 3 --smoke "
             "--out {tmp}/sweeps --no-figures -q", 900),

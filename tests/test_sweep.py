@@ -148,12 +148,13 @@ def test_sweep_survives_killed_worker_and_resumes(tmp_path):
     assert json.loads((exp_dir / retried.id / "metrics.json").read_text()) == json.loads(json.dumps(direct))
     assert not list(exp_dir.glob(".*tmp*")), "no temp folders left behind"
 
-    # merged table: one row per point x mean metric (2 policies x 1 rate x 4 measures)
+    # merged table: one row per point x mean metric (2 policies x 1 rate x 5 measures)
     table = pd.read_csv(exp_dir / "sweep.csv")
     assert list(table.columns) == ["experiment", "point", "seed", "rates_per_s", "metric", "value", "measure", "series"]
-    assert table.shape == (4 * 2 * 4, 8)
-    assert table.groupby(["rates_per_s", "seed"]).size().to_dict() == {(r, s): 8 for r in (0.5, 1.0) for s in (0, 1)}
-    assert set(table["measure"]) == {"latency_mean_ms", "latency_p95_ms", "latency_p99_ms", "miss_rate"}
+    assert table.shape == (4 * 2 * 5, 8)
+    assert table.groupby(["rates_per_s", "seed"]).size().to_dict() == {(r, s): 10 for r in (0.5, 1.0) for s in (0, 1)}
+    assert set(table["measure"]) == {"latency_mean_ms", "latency_p95_ms", "latency_p99_ms", "miss_rate",
+                                     "energy_proxy_j"}
     assert set(table["series"]) == {"greedy", "random"}
     assert not table["metric"].str.endswith("ci_low").any()
     for name in ("sweep_miss_rate", "sweep_latency_p95_ms"):
@@ -213,3 +214,25 @@ def test_wall_clock_sweep_runs_under_the_host_lock_one_point_at_a_time(tmp_path,
     assert all(c["held"] for c in calls) and len({c["pid"] for c in calls}) == 1   # inherited, one worker
     assert "one point at a time (workers 1, not 2)" in capsys.readouterr().err
     assert not hostlock.held()
+def test_sweep_point_writes_run_json_with_run_provenance(tmp_path):
+    """Each sweep point carries the provenance `dtlab run` records (issue 23), so `dtlab compare`/report can read it."""
+    import subprocess
+
+    from dtlab.experiments import v1
+    from dtlab.runner import provenance, project_root
+
+    params = dict(v1.SMOKE, policies=["greedy"], seeds=[1])
+    point = tmp_path / "V1" / "p-abc"
+    point.parent.mkdir(parents=True)
+    status = sw.run_point("V1", params, str(point), {"values": {"policies": "greedy"}, "seed": 1})
+    assert status["status"] == "done"
+    info = json.loads((point / "run.json").read_text())
+    assert info["status"] == "ok" and info["experiment"] == "V1" and info["run_id"] == "p-abc"
+    assert info["params"] == json.loads(json.dumps(params)) and info["seed"] == [1]
+    assert info["substrate"] == "sim" and info["substrate_requested"] == "sim"
+    assert info["started"] <= info["finished"] and info["duration_s"] > 0
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert info["git"]["revision"] == head and isinstance(info["git"]["dirty"], bool)
+    expected = provenance(project_root())
+    assert set(info["packages"]) == set(expected["packages"]) and info["host"] == expected["host"]
+    assert info["sweep"]["values"] == {"policies": "greedy"}

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import dtlab
+from dtlab.energy import ENERGY_KEYS
 from dtlab.plan import PREDICTION_KEYS
 
 EX = "examples"
@@ -22,7 +23,7 @@ def test_public_api_plan(cluster):
     assert isinstance(plan, dtlab.Plan)
     assert set(plan.placement) == {s.id for s in job.stages}
     assert plan.shadow == {}
-    assert set(plan.prediction) == set(PREDICTION_KEYS)
+    assert set(plan.prediction) == set(PREDICTION_KEYS) | set(ENERGY_KEYS)
     assert plan.prediction["p50_ms"] <= plan.prediction["p95_ms"] <= plan.prediction["p99_ms"]
     assert set(plan.formats) == set(plan.placement) and all(plan.formats.values())
     assert plan.samples == 256 and plan.predictor == "fast" and plan.policy == "cvar"

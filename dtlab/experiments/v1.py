@@ -30,6 +30,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..energy import add_job_energy, energy_stats
 from ..stats import clip_ci, paired_diff_ci, quantile_ci, rate_ci, seeds_needed
 from . import regime
 from .common import (CI, ExperimentResult, auto_substrate_defaults, check_params, load_cluster_param,
@@ -56,6 +57,7 @@ SMOKE: dict[str, Any] = {"substrate": "sim", "jobs": 20, "seeds": [0, 1], "rates
 METRICS = ("latency_mean_ms", "latency_p95_ms", "latency_p99_ms", "miss_rate")
 HEADLINE = ("miss_rate", "latency_p95_ms")      # the paired DT-vs-baseline comparison
 DT_POLICIES = ("greedy", "resilient", "cvar")
+ENERGY_METRICS = ("energy_proxy_j",)   # issue 23: mean per completed job, power model x substrate CPU time
 
 
 def check(params: dict | None) -> dict[str, Any]:
@@ -140,15 +142,16 @@ def run(params: dict | None = None) -> ExperimentResult:
         workload = load_workload_param(p["workload"], p["jobs"], rate)
         for seed in p["seeds"]:
             for policy in p["policies"]:
-                df, _ = run_controller(p, cluster, workload, seed, policy, p["predictor"], p["samples"],
+                df, ctl = run_controller(p, cluster, workload, seed, policy, p["predictor"], p["samples"],
                                        choice=choice)
                 df.insert(1, "rate_per_s", rate)
+                df = add_job_energy(df, ctl.substrate, cluster)       # issue 23: energy per policy
                 rows.append({"policy": policy, "rate_per_s": rate, "seed": seed, "dt": policy in DT_POLICIES,
-                             **latency_stats(df)})
+                             **latency_stats(df), **energy_stats(df)})
                 jobs.append(df)
     table = pd.DataFrame(rows)
     job_table = pd.concat(jobs, ignore_index=True)
-    summary = summarize_seeds(table, ["policy", "rate_per_s"], METRICS)
+    summary = summarize_seeds(table, ["policy", "rate_per_s"], METRICS + ENERGY_METRICS)
     summary["rate"] = "r" + summary["rate_per_s"].map(lambda r: f"{r:g}")
     metrics = compare_best(table, job_table, margins)
     metrics.update(metrics_from_summary(summary, ["policy", "rate"]))

@@ -34,6 +34,7 @@ from ..model import Compute, Constraints, Job, Stage, load_job
 from ..plan import Plan
 from ..timing import TimingModel, exec_format
 from . import regime
+from ..stats import NONNEG
 from .common import (CI, ExperimentResult, auto_substrate_defaults, check_params, child_seed, load_cluster_param,
                      mean_ci, open_substrate, put_ci, require_choices, require_positive, resolve, resolve_path)
 
@@ -85,8 +86,12 @@ def measure_formats(substrate, reps: int = 10, duration_ms: float = 500.0, tag: 
     """Observed service time of every (node, format) probe, ``reps`` times, one job at a time.
 
     The hook the fabric substrate reuses for real measurements: it only needs the substrate
-    protocol. Returns rows node, format, rep, service_ms (end - start of the stage's successful attempt).
+    protocol. Returns rows node, format, rep, service_ms (end - start of the stage's successful attempt)
+    and ``energy_proxy_j`` (the substrate's CPU time of the attempt x the node's power model,
+    :mod:`dtlab.energy`: measured CPU time on the fabric, simulated on sim; a model, not a measurement).
     """
+    from ..energy import energy_proxy
+
     probes = format_probes(substrate.cluster(), duration_ms)
     rows = []
     for rep in range(reps):
@@ -95,18 +100,20 @@ def measure_formats(substrate, reps: int = 10, duration_ms: float = 500.0, tag: 
             substrate.submit(Plan(job=job.name, policy="pinned", placement={"probe": node}), job)
             substrate.advance(None)
             substrate.events()
-    stages = substrate.results()["stages"]
+    stages = energy_proxy(substrate.results()["stages"], substrate.cluster())
     ok = stages[stages["ok"].astype(bool) & stages["job"].str.startswith(f"{tag}-")]
     for row in ok.itertuples(index=False):
         _, rest = row.job.split("-", 1)
         rep = int(rest.rsplit("-", 1)[1])
-        rows.append({"node": row.node, "format": row.format, "rep": rep, "service_ms": float(row.duration_ms)})
-    return pd.DataFrame(rows, columns=["node", "format", "rep", "service_ms"])
+        rows.append({"node": row.node, "format": row.format, "rep": rep, "service_ms": float(row.duration_ms),
+                     "energy_proxy_j": float(row.energy_proxy_j)})
+    return pd.DataFrame(rows, columns=["node", "format", "rep", "service_ms", "energy_proxy_j"])
 
 
 def paired_factors(measured: pd.DataFrame) -> pd.DataFrame:
     """Per node and format: mean service time over the node's native mean (nodes without native are skipped)."""
-    means = measured.groupby(["node", "format"], sort=False)["service_ms"].mean().reset_index()
+    cols = [c for c in ("service_ms", "energy_proxy_j") if c in measured.columns]
+    means = measured.groupby(["node", "format"], sort=False)[cols].mean().reset_index()
     native = means[means["format"] == "native"].set_index("node")["service_ms"]
     means = means[means["node"].isin(native.index)].copy()
     means["factor"] = means["service_ms"] / means["node"].map(native)
@@ -194,7 +201,8 @@ def run(params: dict | None = None) -> ExperimentResult:
         rows.append({"format": fmt, "node": node, "twin_factor": twin_overheads.get(fmt, np.nan),
                      "truth_factor": truth.get(fmt, np.nan), "host_calibration_factor": host.get(fmt, np.nan),
                      "observed_mean": ci.mean,
-                     "ci_low": ci.low, "ci_high": ci.high, "n": ci.n})
+                     "ci_low": ci.low, "ci_high": ci.high, "n": ci.n,
+                     "energy_proxy_j": float(g["energy_proxy_j"].mean()) if "energy_proxy_j" in g else np.nan})
     by_format = factors.groupby(["format", "seed"], sort=False)["factor"].mean().reset_index()
     for fmt, g in by_format.groupby("format", sort=False):
         put_ci(metrics, f"{fmt}.observed_factor", mean_ci(g["factor"]))
@@ -203,6 +211,11 @@ def run(params: dict | None = None) -> ExperimentResult:
             metrics[f"{fmt}.truth_factor"] = round(truth[fmt], 6)
         if fmt in host:
             metrics[f"{fmt}.host_calibration_factor"] = round(host[fmt], 6)
+    # energy per format (issue 23): mean energy_proxy_j of one probe, over nodes, CI over seeds
+    if "energy_proxy_j" in factors:
+        e_seed = factors.groupby(["format", "seed"], sort=False)["energy_proxy_j"].mean().reset_index()
+        for fmt, g in e_seed.groupby("format", sort=False):
+            put_ci(metrics, f"{fmt}.energy_proxy_j", mean_ci(g["energy_proxy_j"], bounds=NONNEG))
     table = pd.DataFrame(rows)
     extra_tables: dict[str, pd.DataFrame] = {}
     if p["substrate"] == "fabric":

@@ -25,6 +25,7 @@ from typing import Any, Mapping
 import yaml
 import numpy as np
 
+from ..energy import format_energy
 from ..errors import DtlabError, SpecError
 from .. import safe_yaml, stats
 from ..datadir import data_path
@@ -57,16 +58,19 @@ def measure_compute(quick: bool = False, formats=None, kernels=None, reps: int |
     formats = [f for f in formats if f not in unavailable]
     ratios: dict[str, dict[str, list[float]]] = {f: {k: [] for k in kernels} for f in formats}
     startup: dict[str, list[float]] = {f: [] for f in ["native", *formats]}
+    cpu_used: dict[str, list[float]] = {f: [] for f in ["native", *formats]}   # energy proxy input
     ipms = {k: worker.iterations_per_ms(k) for k in kernels}
     for rep in range(reps):
         for k in kernels:
             iters = max(1, int(target_ms * ipms[k]))
             nat = worker.run_kernel("native", k, iters, seed=rep + 1)
             startup["native"].append(nat.process_ms - nat.kernel_ms)
+            cpu_used["native"].append(_cpu_used(nat))
             for f in formats:
                 r = worker.run_kernel(f, k, iters, seed=rep + 1)
                 ratios[f][k].append(paired_ratio(r, nat))
                 startup[f].append(r.process_ms - r.kernel_ms)
+                cpu_used[f].append(_cpu_used(r))
         if progress:
             progress(rep + 1, reps)
     factors = {f: {k: geo_ci(v) for k, v in per.items()} for f, per in ratios.items()}
@@ -93,7 +97,16 @@ def measure_compute(quick: bool = False, formats=None, kernels=None, reps: int |
         "iterations_per_ms": {k: round(v, 4) for k, v in ipms.items()},
         "unavailable": unavailable,
         "worker_build": worker.build_dir().name,
+        "energy": format_energy(cpu_used),
     }
+
+
+def _cpu_used(run) -> float:
+    """CPU ms one run cost: whole process (rusage) where known, else the kernel's own clock."""
+    for v in (run.rusage_cpu_ms, run.cpu_ms, run.kernel_ms):
+        if v is not None and v > 0:
+            return float(v)
+    return float("nan")
 
 
 def paired_ratio(run, native) -> float:

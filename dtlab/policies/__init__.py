@@ -73,4 +73,4 @@ def names() -> list[str]:
 
 
 # built-in policies register themselves on import
-from . import baselines, cvar, greedy, heft, kube, resilient, rl_stub  # noqa: E402,F401
+from . import baselines, cvar, energy, greedy, heft, kube, resilient, rl_stub  # noqa: E402,F401

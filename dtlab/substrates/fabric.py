@@ -579,6 +579,7 @@ class FabricSubstrate(WallClockSubstrate):
                         rec["start_ms"] = srec["start_ms"]
             self._emit({"kind": "stage-start", "job": job.name, "stage": stage.id, "node": node_name}, t_start)
             ok, kernel_ms, errors = True, 0.0, []
+            workers_cpu_ms = 0.0      # the workers' own process CPU clocks around their kernels
             for proc in procs:
                 out, err = proc.communicate()
                 self._procs[node_name].discard(proc)
@@ -587,14 +588,28 @@ class FabricSubstrate(WallClockSubstrate):
                     errors.append(err.strip()[-200:] or f"exit {proc.returncode}")
                     continue
                 try:
-                    kernel_ms = max(kernel_ms, worker.parse_run(fmt, out, 0.0).kernel_ms / self.time_scale)
+                    run = worker.parse_run(fmt, out, 0.0)
+                    kernel_ms = max(kernel_ms, run.kernel_ms / self.time_scale)
+                    workers_cpu_ms += run.cpu_ms if run.cpu_ms > 0 else 0.0
                 except (ValueError, IndexError, KeyError):
                     ok = False
                     errors.append(f"unparsable worker output: {out[-120:]!r}")
             t_end = time.monotonic()
+            # measured CPU time of the stage: its cgroup's usage (cgroup v2), else (v1 keeps cpuacct in
+            # another hierarchy) the sum of the workers' process CPU clocks; node-equivalent: / (scale x speed)
+            try:
+                cpu_host_ms = cg.cpu_usage_ms()
+            except OSError:
+                cpu_host_ms = None
+            if not cpu_host_ms:
+                cpu_host_ms = workers_cpu_ms or None
             with self._lock:
+                # node-equivalent CPU: host CPU over the work's stretch (scale x time_scale) and the node's speed
                 srec.update(end_ms=self._ms(t_end), duration_ms=self._ms(t_end) - self._ms(t_start), ok=ok,
-                            kernel_ms=kernel_ms if ok else None, error="; ".join(errors) or None)
+                            kernel_ms=kernel_ms if ok else None, error="; ".join(errors) or None,
+                            cpu_host_ms=cpu_host_ms,
+                            cpu_ms=(cpu_host_ms / (self.scale * self.time_scale * node.speed)
+                                    if cpu_host_ms is not None else None))
                 srec.pop("_procs", None)
             self._emit({"kind": "stage-end", "job": job.name, "stage": stage.id, "node": node_name, "ok": ok}, t_end)
             try:

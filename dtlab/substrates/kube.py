@@ -41,6 +41,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from ..energy import cpu_ms_of_attempts
 from ..errors import DtlabError, SpecError, SubstrateUnavailable
 from ..model import Cluster, Job
 from ..plan import Plan
@@ -222,6 +223,8 @@ class KubeSubstrate(WallClockSubstrate):
                               for d, lat, ok in zip(jobs["deadline_ms"], jobs["latency_ms"], jobs["ok"])]
         if len(stages):
             stages["duration_ms"] = stages["end_ms"] - stages["start_ms"]
+            # KWOK runs no code: the "CPU time" behind energy_proxy_j is the planned service time x cpu
+            stages["cpu_ms"] = cpu_ms_of_attempts(stages, work_col="planned_ms")
         for c in STAGE_COLUMNS:
             if c not in stages.columns:
                 stages[c] = pd.Series(dtype=object)
@@ -371,7 +374,8 @@ class KubeSubstrate(WallClockSubstrate):
         spec = pod_spec_for(st["job"], sid, self._cluster.node(node), fmt, s["attempt"], dur, self.image)
         record = {"job": st["job"].name, "stage": sid, "node": node, "format": fmt, "start_ms": None,
                   "end_ms": None, "duration_ms": None, "ok": None, "pod": spec.name, "attempt": s["attempt"],
-                  "planned_ms": dur / self.opts["time_scale"], "reason": reason or None, "_current": True}
+                  "planned_ms": dur / self.opts["time_scale"], "reason": reason or None, "_current": True,
+                  "cpu": st["job"].stages[st["job"].stage_index[sid]].compute.cpu}
         s["record"] = record
         self._stages.append(record)
         self._by_pod[spec.name] = record

@@ -34,6 +34,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from ..energy import cpu_ms_of_attempts
 from ..errors import SpecError
 from ..model import Cluster, Job
 from ..plan import Plan
@@ -224,6 +225,7 @@ class SimSubstrate(SubstrateBase):
         if len(stages):
             stages["duration_ms"] = stages["end_ms"] - stages["start_ms"]
             stages["ok"] = stages["outcome"] == "ok"
+            stages["cpu_ms"] = cpu_ms_of_attempts(stages)   # simulated CPU time (energy proxy input)
         return {"jobs": _conform(jobs, JOB_COLUMNS), "stages": _conform(stages, STAGE_COLUMNS)}
 
     def close(self) -> None:

@@ -106,6 +106,16 @@ def test_three_stage_job_across_two_nodes(fabric_ready):
     for sid, pred in predicted.items():
         ratio = s.loc[sid, "duration_ms"] / pred
         assert 0.6 <= ratio <= 2.5, f"{sid}: observed {s.loc[sid, 'duration_ms']:.0f} ms vs predicted {pred:.0f} ms"
+    # energy proxy (issue 23): the stage cgroup's measured CPU time, as node-equivalent ms (/ scale x speed),
+    # is the stage's work on that node; energy_proxy_j applies the node's power model to it
+    from dtlab import energy
+    for sid, pred in predicted.items():
+        assert s.loc[sid, "cpu_host_ms"] > 0
+        assert 0.5 <= s.loc[sid, "cpu_ms"] / pred <= 2.0, f"{sid}: CPU {s.loc[sid, 'cpu_ms']:.0f} ms vs work {pred:.0f} ms"
+    e = energy.energy_proxy(stages, cluster).set_index("stage")
+    for sid in predicted:
+        want = s.loc[sid, "cpu_ms"] / 1000 * energy.power_of(cluster.node(s.loc[sid, "node"]))[1]
+        assert e.loc[sid, "energy_proxy_j"] == pytest.approx(want)
     kinds = [e["kind"] for e in events]
     assert kinds.count("stage-start") == 3 and kinds.count("stage-end") == 3 and kinds[0] == "job-submit"
     assert all(e["ts"] >= 0 for e in events)
@@ -133,8 +143,9 @@ def test_formats_emulated_and_wasm_run(fabric_ready):
         pred = d * overheads[plan.formats[sid]] / cluster.node(node).speed
         ratio = stages.loc[sid, "duration_ms"] / pred
         assert 0.5 <= ratio <= 2.5, f"{sid} ({plan.formats[sid]}): observed {stages.loc[sid, 'duration_ms']:.0f} vs {pred:.0f} ms"
-    # emulation must cost more than the native reference on the same node speed
+    # emulation must cost more than the native reference on the same node speed, in time and in CPU (energy)
     assert stages.loc["infer", "duration_ms"] > 300 / 0.5
+    assert stages.loc["infer", "cpu_ms"] > 300 / 0.5
 
 
 def test_node_failure_kills_processes_and_uses_shadow(fabric_ready):

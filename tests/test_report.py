@@ -1,0 +1,206 @@
+"""dtlab table / compare / report on real runs (V1 and V3 smoke through the runner), LaTeX compiled by pdflatex.
+
+The runs are made once per module with `dtlab run --smoke` into a temporary outputs/ (papermill, ~20 s
+each): A = V1 smoke (seeds 0, 1), B = V1 with seeds 2, 3 (unpaired), C = V1 with the smoke seeds and
+one more job (paired), plus a V3 smoke run so the report has two experiments to filter.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from dtlab import cli, stats
+from dtlab.report import compare as cmp
+from dtlab.report.tables import ci_decimals, fmt_ci, headline_frame
+from tests.heavy import require
+
+SMOKE_V1 = "substrate: sim\njobs: 20\nrates_per_s: [1.0]\n"
+
+
+def _run(argv) -> int:
+    return cli.main(argv)
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("outputs")
+    pdir = tmp_path_factory.mktemp("params")
+    (pdir / "b.yaml").write_text(SMOKE_V1 + "seeds: [2, 3]\n")
+    (pdir / "c.yaml").write_text(SMOKE_V1.replace("jobs: 20", "jobs: 21") + "seeds: [0, 1]\n")
+    assert _run(["run", "V1", "--smoke", "--out", str(root), "-q"]) == 0
+    assert _run(["run", "V1", "-p", str(pdir / "b.yaml"), "--out", str(root), "-q"]) == 0
+    assert _run(["run", "V1", "-p", str(pdir / "c.yaml"), "--out", str(root), "-q"]) == 0
+    assert _run(["run", "V3", "--smoke", "--out", str(root), "-q"]) == 0
+    runs = {}
+    for d in sorted((root / "V1").iterdir()):
+        if d.name.startswith((".", "_")):
+            continue
+        seeds = json.loads((d / "run.json").read_text())["params"]["seeds"]
+        jobs = json.loads((d / "run.json").read_text())["params"]["jobs"]
+        runs["B" if seeds == [2, 3] else "C" if jobs == 21 else "A"] = d
+    runs["V3"] = next(d for d in (root / "V3").iterdir() if not d.name.startswith((".", "_")))
+    runs["root"] = root
+    return runs
+
+
+# ---------------------------------------------------------------- rounding
+@pytest.mark.parametrize("value,low,high,text", [
+    (2661.4, 1121.0, 4200.0, ("2700", "[1100, 4200]")),
+    (0.31234, 0.2712, 0.3512, ("0.31", "[0.27, 0.35]")),      # half-width 0.04: 2 decimals
+    (0.31234, 0.3012, 0.3212, ("0.312", "[0.301, 0.321]")),   # half-width 0.01 (leading 1): 3
+    (12.345, 11.9, 12.8, ("12.3", "[11.9, 12.8]")),
+    (5.0, 5.0, 5.0, ("5", "")),                    # zero-width interval: no precision claim, 3 s.f.
+    (3.14159, None, None, ("3.14", "")),
+])
+def test_numbers_rounded_to_their_ci(value, low, high, text):
+    assert fmt_ci(value, low, high) == text
+
+
+def test_ci_decimals():
+    assert ci_decimals(0.0, 0.08) == 2 and ci_decimals(0.0, 0.6) == 1 and ci_decimals(0, 600) == -2
+    assert ci_decimals(0.0, 0.02) == 3 and ci_decimals(0, 300) == -1         # leading 1: two digits
+    assert ci_decimals(math.nan, 1.0) is None and ci_decimals(1.0, 1.0) is None
+
+
+def test_headline_clips_intervals_to_the_possible_range():
+    long = headline_frame({"greedy.miss_rate": 0.3, "greedy.miss_rate.ci_low": -1.0, "greedy.miss_rate.ci_high": 1.6,
+                           "greedy.latency_mean_ms": 100.0, "greedy.latency_mean_ms.ci_low": -20.0,
+                           "greedy.latency_mean_ms.ci_high": 220.0, "substrate": "sim", "note_count": 3})
+    rows = long.set_index("metric")
+    assert rows.loc["miss_rate", "ci_low"] == 0.0 and rows.loc["miss_rate", "ci_high"] == 1.0
+    assert rows.loc["latency_mean_ms", "ci_low"] == 0.0
+    assert set(long["metric"]) == {"miss_rate", "latency_mean_ms"}     # only metrics with CIs
+    assert set(long["group"]) == {"greedy"}
+
+
+# ---------------------------------------------------------------- dtlab table
+def test_table_formats(outputs, capsys):
+    for fmt in ("latex", "markdown", "csv"):
+        assert _run(["table", str(outputs["A"]), "--format", fmt]) == 0
+        out = capsys.readouterr().out
+        assert "greedy.r1" in out and "latency" in out
+    assert "\\toprule" in _table(outputs["A"], capsys)
+    saved = outputs["A"] / "tables" / "headline.tex"
+    assert saved.exists() and "\\begin{tabular}" in saved.read_text()     # written by the notebook's save
+
+
+def _table(run_dir, capsys) -> str:
+    assert _run(["table", str(run_dir)]) == 0
+    return capsys.readouterr().out
+
+
+def test_table_bad_input_exit_2(tmp_path, capsys):
+    assert _run(["table", str(tmp_path / "missing")]) == 2
+    assert "no such run directory" in capsys.readouterr().err
+    assert _run(["table", str(tmp_path)]) == 3                       # a directory without metrics.json
+    assert "no metrics.json" in capsys.readouterr().err
+
+
+def test_latex_table_compiles(outputs, tmp_path, capsys):
+    """The tabular of a V1 run compiles with pdflatex (texlive-latex-base + -recommended for booktabs)."""
+    pdflatex = shutil.which("pdflatex")
+    require(pdflatex is not None and shutil.which("kpsewhich") is not None and
+            subprocess.run(["kpsewhich", "booktabs.sty"], capture_output=True, text=True).stdout.strip() != "",
+            "pdflatex with booktabs (make test-deps: texlive-latex-base texlive-latex-recommended)")
+    for name in ("A", "V3"):
+        (tmp_path / f"{name}.tex").write_text(_table(outputs[name], capsys))
+    (tmp_path / "doc.tex").write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\usepackage[margin=1cm,"
+                                      "landscape]{geometry}\n\\begin{document}\n\\input{A.tex}\n\n\\resizebox{"
+                                      "\\linewidth}{!}{\\input{V3.tex}}\n\\end{document}\n")
+    (tmp_path / "doc.tex").write_text((tmp_path / "doc.tex").read_text().replace(
+        "\\usepackage{booktabs}", "\\usepackage{booktabs}\n\\usepackage{graphicx}"))
+    proc = subprocess.run([pdflatex, "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert (tmp_path / "doc.pdf").stat().st_size > 1000
+
+
+# ---------------------------------------------------------------- dtlab compare
+def test_compare_different_seeds_unpaired_with_cis(outputs, capsys):
+    assert _run(["compare", str(outputs["A"]), str(outputs["B"])]) == 0
+    out = capsys.readouterr().out
+    assert "seeds differ" in out and "Welch" in out
+    assert "params: differ: seeds: [0, 1] -> [2, 3]" in out
+    assert "code: same revision" in out
+    # the numbers are the Welch interval of the per-seed values
+    res = cmp.compare(outputs["A"], outputs["B"])
+    a, b = pd.read_csv(outputs["A"] / "results.csv"), pd.read_csv(outputs["B"] / "results.csv")
+    row = next(r for r in res["rows"] if r.group == "greedy" and r.metric == "latency_mean_ms")
+    want = stats.welch_diff_ci(b.loc[b.policy == "greedy", "latency_mean_ms"].tolist(),
+                               a.loc[a.policy == "greedy", "latency_mean_ms"].tolist())
+    assert (row.diff.mean, row.diff.low, row.diff.high) == pytest.approx((want.mean, want.low, want.high))
+    assert math.isfinite(row.diff.low) and row.diff.low < row.diff.mean < row.diff.high
+    assert not row.paired
+    assert {r.metric for r in res["rows"]} >= {"latency_mean_ms", "miss_rate", "energy_proxy_j"}
+
+
+def test_compare_same_seeds_is_paired(outputs, capsys):
+    res = cmp.compare(outputs["A"], outputs["C"])
+    assert "paired" in res["seeds"]
+    a, c = pd.read_csv(outputs["A"] / "results.csv"), pd.read_csv(outputs["C"] / "results.csv")
+    row = next(r for r in res["rows"] if r.group == "cvar" and r.metric == "latency_mean_ms")
+    xa = a[a.policy == "cvar"].sort_values("seed")["latency_mean_ms"].tolist()
+    xc = c[c.policy == "cvar"].sort_values("seed")["latency_mean_ms"].tolist()
+    want = stats.paired_diff_ci(xc, xa)
+    assert row.paired and (row.diff.mean, row.diff.low, row.diff.high) == pytest.approx((want.mean, want.low, want.high))
+    assert res["provenance"]["params_changed"] == {"jobs": (20, 21)}
+    assert _run(["compare", str(outputs["A"]), str(outputs["A"]), "--json"]) == 0
+    same = json.loads(capsys.readouterr().out)
+    assert all(r["diff"] == 0 for r in same["rows"]) and not same["provenance"]["params_differ"]
+
+
+def test_compare_fail_if_worse_and_errors(outputs, tmp_path, capsys):
+    # A vs itself: nothing is worse -> 0; an unknown metric -> 2; runs of two experiments -> 2
+    assert _run(["compare", str(outputs["A"]), str(outputs["A"]), "--fail-if-worse", "latency_mean_ms"]) == 0
+    capsys.readouterr()
+    assert _run(["compare", str(outputs["A"]), str(outputs["A"]), "--fail-if-worse", "nope"]) == 2
+    assert "no metric 'nope'" in capsys.readouterr().err
+    assert _run(["compare", str(outputs["A"]), str(outputs["V3"])]) == 2
+    assert "different experiments" in capsys.readouterr().err
+    assert _run(["compare", str(outputs["A"]), str(tmp_path / "x")]) == 2
+    # a B made worse on purpose: every latency of A + 1000 ms on every seed -> exit 1 naming it
+    worse = tmp_path / "worse"
+    shutil.copytree(outputs["A"], worse)
+    df = pd.read_csv(worse / "results.csv")
+    df["latency_mean_ms"] += 1000.0 + df["seed"]
+    df.to_csv(worse / "results.csv", index=False)
+    assert _run(["compare", str(outputs["A"]), str(worse), "--fail-if-worse", "latency_mean_ms"]) == 1
+    captured = capsys.readouterr()
+    assert "worse on latency_mean_ms" in captured.err and "worse" in captured.out
+    assert _run(["compare", str(outputs["A"]), str(worse), "--fail-if-worse", "miss_rate"]) == 0
+
+
+def test_higher_is_better_names():
+    assert not cmp.higher_is_better("latency_p95_ms") and not cmp.higher_is_better("miss_rate")
+    assert not cmp.higher_is_better("energy_proxy_j")
+    assert cmp.higher_is_better("apply_events_per_s")
+
+
+# ---------------------------------------------------------------- dtlab report (files; the browser test is in tests/ui)
+def test_report_writes_one_card_per_finished_run(outputs, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert _run(["report", "--out", str(out), "--outputs", str(outputs["root"])]) == 0
+    assert "4 run(s)" in capsys.readouterr().out
+    page = (out / "index.html").read_text()
+    assert page.count('<section class="card"') == 4
+    assert 'data-experiment="V3"' in page and 'data-substrate="sim"' in page
+    for run in ("A", "B", "C", "V3"):
+        d = out / "runs" / f"{outputs[run].parent.name}-{outputs[run].name}"
+        assert list(d.glob("*.png")), d
+        assert list(d.glob("*.ipynb"))
+    assert "<code>seeds</code>" in page                     # B's params differ from the defaults
+    assert _run(["report", "--out", str(out), "--outputs", str(tmp_path / "none")]) == 3
+
+
+def test_negative_zero_and_bounds_from_the_full_key():
+    assert fmt_ci(-0.04, -0.3, 0.2) == ("0.0", "[-0.3, 0.2]")
+    long = headline_frame({"plan_p50_ms.greedy.100": 1.0, "plan_p50_ms.greedy.100.ci_low": -2.0,
+                           "plan_p50_ms.greedy.100.ci_high": 4.0, "des.mape": 0.2, "des.mape.ci_low": -0.2,
+                           "des.mape.ci_high": 0.6})
+    assert (long["ci_low"] >= 0).all()                  # a plan time (by its key) and an error are >= 0
