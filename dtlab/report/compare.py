@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from .. import stats
-from ..errors import DtlabError, SpecError
+from ..errors import SpecError
 from ..results import SavedRun, load
 from .tables import fmt_ci, headline_frame
 
@@ -219,8 +219,3 @@ def worse_on(result: Mapping[str, Any], metric: str) -> list[Row]:
         raise SpecError("--fail-if-worse", f"no metric {metric!r} in this comparison; known: {', '.join(known)}")
     return [r for r in hits if r.verdict == "worse"]
 
-
-def check_dirs(*dirs: str) -> None:
-    for d in dirs:
-        if not Path(d).is_dir():
-            raise DtlabError(f"{d}: no such run directory")
