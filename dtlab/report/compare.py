@@ -132,8 +132,8 @@ def compare(run_a: str | Path, run_b: str | Path) -> dict[str, Any]:
                     xa = sa.set_index(SEED)[m].groupby(level=0).mean()
                     xb = sb.set_index(SEED)[m].groupby(level=0).mean().reindex(xa.index)
                     ci = stats.paired_diff_ci(xb.tolist(), xa.tolist())
-                else:
-                    ci = stats.welch_diff_ci(sb[m].tolist(), sa[m].tolist())
+                else:   # one value per seed (rows of one seed averaged), then independent samples
+                    ci = stats.welch_diff_ci(sb.groupby(SEED)[m].mean().tolist(), sa.groupby(SEED)[m].mean().tolist())
                 rows.append(Row(_label(keys, kt), m, float(sa[m].mean()), float(sb[m].mean()), ci, paired,
                                 _verdict(m, ci)))
         for key in gb:
