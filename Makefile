@@ -112,7 +112,7 @@ fresh-check: ## prove `make deps` on a fresh Debian bookworm root (debootstrap; 
 fabric-deps: ## install what the fabric substrate needs (cross compilers, QEMU, clang+wasi-libc; root) and build the kernels
 	bash scripts/fabric-deps.sh
 
-test-deps: ## install the Debian packages heavy tests use (Prometheus, node exporter, Chromium; root)
+test-deps: ## install the Debian packages heavy tests use (Prometheus, node exporter, Chromium, pdflatex+booktabs; root)
 	bash scripts/test-deps.sh
 
 fuzz: $(STAMP) ## schemathesis (>= 1,000 cases) against a live `dtlab serve` on loopback

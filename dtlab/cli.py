@@ -98,9 +98,13 @@ class PlanCommand:
         for sid, node in plan.placement.items():
             backup = f"   shadow {plan.shadow[sid]}" if sid in plan.shadow else ""
             print(f"  {sid:<16} -> {node:<16} [{plan.formats.get(sid)}]{backup}")
-        pr = plan.prediction
+        from .energy import ENERGY_KEYS
+        pr = {k: v for k, v in plan.prediction.items() if k not in ENERGY_KEYS}
         print("  predicted latency: " + ", ".join(f"{k[:-3] if k.endswith('_ms') else k} {v:.4g}"
                                                   for k, v in pr.items()))
+        if "energy_j" in plan.prediction:
+            print(f"  predicted energy (power model x CPU time): mean {plan.prediction['energy_j']:.4g} J, "
+                  f"p95 {plan.prediction['energy_p95_j']:.4g} J")
         return 0
 
 

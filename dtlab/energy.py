@@ -117,7 +117,9 @@ def sample_energy(snapshot, job, placement: Mapping[str, str], timing, samples: 
 
     nt, st = node_table(snapshot), stage_table(snapshot, job, timing)
     cols = np.array([nt.index[placement[sid]] for sid in st.ids], dtype=np.int64)
-    mean = stage_energy_matrix(nt, st)[np.arange(st.t), cols]
+    rows = np.arange(st.t)     # only the placed columns: a plan on 50,000 nodes costs what one on 10 does
+    busy = np.array([power_of(nt.nodes[int(c)])[1] for c in cols])
+    mean = st.cpu * st.base_svc[rows, cols] / 1000.0 * busy
     noise = timing.service_noise(rng, (samples, st.t))
     e = noise * mean[None, :]
     pf = nt.fail_prob[cols]

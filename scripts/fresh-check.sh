@@ -123,6 +123,7 @@ chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb \
         "$bin/kube-apiserver" --version
         "$bin/kubectl" version --client >/dev/null
         .venv/bin/python -c "import dtlab, dtlab.workload.readers as r; r.read_openb_nodes()"
+        pdflatex --version >/dev/null && test -n "$(kpsewhich booktabs.sty)"   # dtlab table tests (test-deps)
     ' > "$work/install.log" 2>&1
 rc=$?
 set -e

@@ -57,3 +57,16 @@ def test_geo_ci_and_seeds_needed():
     assert ci.mean == pytest.approx(2.0) and ci.low == pytest.approx(2.0)
     assert math.isnan(stats.geo_ci([2.0]).low)
     assert stats.seeds_needed(sd=10.0, margin=5.0) == 16
+
+
+def test_welch_diff_ci_independent_samples():
+    from dtlab.stats import welch_diff_ci
+    ci = welch_diff_ci([1.0, 2.0, 3.0], [2.0, 4.0, 6.0, 8.0])
+    # mean diff -3; se^2 = 1/3 + (20/3)/4 = 2; Welch df = 4 / ((1/3)^2/2 + (5/3)^2/3) = 4.08 -> 4: t = 2.776
+    assert ci.mean == pytest.approx(-3.0)
+    assert (ci.low, ci.high) == pytest.approx((-3 - 2.776 * 2 ** 0.5, -3 + 2.776 * 2 ** 0.5))
+    assert ci.n == 3
+    one = welch_diff_ci([1.0], [2.0, 3.0])
+    assert one.mean == pytest.approx(-1.5) and math.isnan(one.low)
+    same = welch_diff_ci([2.0, 2.0], [1.0, 1.0])
+    assert (same.mean, same.low, same.high) == (1.0, 1.0, 1.0)

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from .. import stats
-from ..errors import DtlabError, SpecError
+from ..errors import SpecError
 from ..results import SavedRun, load
 from .tables import fmt_ci, headline_frame
 
@@ -132,8 +132,8 @@ def compare(run_a: str | Path, run_b: str | Path) -> dict[str, Any]:
                     xa = sa.set_index(SEED)[m].groupby(level=0).mean()
                     xb = sb.set_index(SEED)[m].groupby(level=0).mean().reindex(xa.index)
                     ci = stats.paired_diff_ci(xb.tolist(), xa.tolist())
-                else:
-                    ci = stats.welch_diff_ci(sb[m].tolist(), sa[m].tolist())
+                else:   # one value per seed (rows of one seed averaged), then independent samples
+                    ci = stats.welch_diff_ci(sb.groupby(SEED)[m].mean().tolist(), sa.groupby(SEED)[m].mean().tolist())
                 rows.append(Row(_label(keys, kt), m, float(sa[m].mean()), float(sb[m].mean()), ci, paired,
                                 _verdict(m, ci)))
         for key in gb:
@@ -219,8 +219,3 @@ def worse_on(result: Mapping[str, Any], metric: str) -> list[Row]:
         raise SpecError("--fail-if-worse", f"no metric {metric!r} in this comparison; known: {', '.join(known)}")
     return [r for r in hits if r.verdict == "worse"]
 
-
-def check_dirs(*dirs: str) -> None:
-    for d in dirs:
-        if not Path(d).is_dir():
-            raise DtlabError(f"{d}: no such run directory")

@@ -37,7 +37,7 @@ def params_diff(run: SavedRun) -> dict[str, Any]:
 def _metrics_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     long = headline_frame(metrics)
     rows = []
-    for r in long.head(MAX_METRICS).itertuples(index=False):
+    for r in long.itertuples(index=False):
         est, ci = fmt_ci(r.value, r.ci_low, r.ci_high)
         rows.append((f"{r.group}.{r.metric}" if r.group else r.metric, est, ci))
     return rows
@@ -86,8 +86,12 @@ def _card(run: SavedRun, rel: str, figs: list[str], nb: str | None, nb_html: str
     diff = params_diff(run)
     params_html = ("".join(f"<li><code>{_esc(k)}</code>: <code>{_esc(json.dumps(v))}</code></li>"
                            for k, v in diff.items()) or "<li>defaults</li>")
-    rows = "".join(f"<tr><td>{_esc(m)}</td><td class='num'>{_esc(e)}</td><td class='ci'>{_esc(c)}</td></tr>"
-                   for m, e, c in _metrics_rows(run.metrics))
+    all_rows = [f"<tr><td>{_esc(m)}</td><td class='num'>{_esc(e)}</td><td class='ci'>{_esc(c)}</td></tr>"
+                for m, e, c in _metrics_rows(run.metrics)]
+    head = "<thead><tr><th>metric</th><th>estimate</th><th>95 % CI</th></tr></thead>"
+    rows = "".join(all_rows[:MAX_METRICS])
+    more = (f"<details class='more'><summary>all {len(all_rows)} metrics</summary><table class='metrics'>{head}"
+            f"<tbody>{''.join(all_rows)}</tbody></table></details>" if len(all_rows) > MAX_METRICS else "")
     figs_html = "".join(f"<img class='fig' src='{_esc(rel)}/{_esc(f)}' alt='{_esc(f)}'>" for f in figs)
     links = []
     if nb_html:
@@ -101,7 +105,7 @@ def _card(run: SavedRun, rel: str, figs: list[str], nb: str | None, nb_html: str
   <p class="meta">{_esc(started)} UTC &middot; substrate <b>{_esc(substrate)}</b> &middot; {_esc(info.get('duration_s', '?'))} s
      &middot; code <code>{_esc(rev[:10] or 'unknown')}{'+dirty' if (info.get('git') or {}).get('dirty') else ''}</code></p>
   <details><summary>params that differ from the defaults ({len(diff)})</summary><ul>{params_html}</ul></details>
-  <table class="metrics"><thead><tr><th>metric</th><th>estimate</th><th>95 % CI</th></tr></thead><tbody>{rows}</tbody></table>
+  <table class="metrics headline">{head}<tbody>{rows}</tbody></table>{more}
   <div class="figs">{figs_html}</div>
   <p class="links">{' &middot; '.join(links) or 'no executed notebook saved'}</p>
 </section>"""

@@ -74,7 +74,7 @@ return [...document.querySelectorAll('section.card')].map(c => ({
   id: c.id, exp: c.dataset.experiment, sub: c.dataset.substrate,
   shown: getComputedStyle(c).display !== 'none',
   imgs: [...c.querySelectorAll('img.fig')].map(i => ({src: i.getAttribute('src'), ok: i.complete && i.naturalWidth > 0})),
-  metrics: c.querySelectorAll('table.metrics tbody tr').length,
+  metrics: c.querySelectorAll('table.headline tbody tr').length,
   notebook: [...c.querySelectorAll('p.links a')].map(a => a.getAttribute('href')),
 }));
 """
