@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Debian packages the heavy tests use besides the fabric's: a real Prometheus and node exporter
-# (telemetry e2e) and Chromium + chromedriver (the JupyterLab browser test).
+# (telemetry e2e), Chromium + chromedriver (the JupyterLab browser test) and the openssl CLI
+# (certificates for the extender's mutual-TLS tests).
 set -euo pipefail
-exec bash "$(dirname "$0")/apt-ensure.sh" test-deps prometheus prometheus-node-exporter chromium chromium-driver curl
+exec bash "$(dirname "$0")/apt-ensure.sh" test-deps prometheus prometheus-node-exporter chromium chromium-driver curl openssl
