@@ -18,10 +18,9 @@ import yaml
 
 from .errors import SpecError
 from .pathcheck import input_file
-from .strict_json import MAX_INT_DIGITS
+from .strict_json import MAX_DEPTH, MAX_INT_DIGITS  # the same nesting and integer limits as JSON input
 
 MAX_NODES = 1_000_000      # scalars + collections after alias expansion, per document
-MAX_DEPTH = 64             # nesting of mappings/sequences
 MAX_FILE_BYTES = 64 << 20  # a spec or params file; traces are read by their own readers
 
 

@@ -35,10 +35,8 @@ def issue(d: Path, name: str, ca: str, ext: str) -> None:
             "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext", cwd=d)
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    require(shutil.which("openssl") is not None, "the openssl CLI is needed to make test certificates")
-    d = tmp_path_factory.mktemp("pki")
+def make_pki(d: Path) -> Path:
+    """CA + server cert for 127.0.0.1 + client cert ``scheduler`` it signed + ``rogue`` from another CA."""
     for ca in ("ca", "rogue-ca"):
         openssl("req", "-x509", *EC, "-keyout", f"{ca}.key", "-out", f"{ca}.crt", "-days", "2",
                 "-subj", f"/CN={ca}", cwd=d)
@@ -46,6 +44,12 @@ def pki(tmp_path_factory):
     issue(d, "scheduler", "ca", "extendedKeyUsage=clientAuth")
     issue(d, "rogue", "rogue-ca", "extendedKeyUsage=clientAuth")
     return d
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    require(shutil.which("openssl") is not None, "the openssl CLI is needed to make test certificates")
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module")

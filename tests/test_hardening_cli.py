@@ -46,6 +46,8 @@ def assert_exit2(proc, needle: str = "") -> None:
     CPU rather than wall time is asserted: on a shared 2-core CI host under load a 1-s command
     takes 5-7 s of wall time (measured here at load average 12); a hang or an expansion would
     burn CPU. The wall time is bounded too, loosely."""
+    print(f"exit {proc.returncode}: {proc.elapsed:.1f} s wall, {proc.cpu:.2f} s CPU, {len(proc.stderr)} B stderr: "
+          f"{proc.stderr.strip()[:110]}")
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert len(proc.stderr) <= MAX_STDERR, f"{len(proc.stderr)} bytes on stderr"
