@@ -62,9 +62,7 @@ def test_bad_types_are_errors(mod):
 def test_same_params_same_metrics(mod, smoke_results):
     again = mod.run(mod.SMOKE).metrics
     first = smoke_results[mod].metrics
-    # wall-clock measurements are not part of the determinism promise: V3's plan latencies and the
-    # host load every run records as its regime
-    keys = [k for k in first if not (mod in TIMING and k.startswith("plan_ms.")) and not k.startswith("regime.host_")]
+    keys = [k for k in first if not (mod in TIMING and k.startswith(("plan_ms.", "regime.host_")))]
     assert {k: first[k] for k in keys} == {k: again[k] for k in keys}
 
 

@@ -101,6 +101,20 @@ def test_v5_smoke_pools_plans_and_records_the_host():
     assert m[f"{key}.ci_low"] <= m[key] <= m[f"{key}.ci_high"] and m[f"{key}.ci_low"] >= 0
     assert m["regime.host_cpus"] >= 1 and m["regime.host_load1.start"] is not None
     assert "plan_cpu_p99_ms.cvar.fresh.10" in m
+    # the figure takes the pooled plans, and no legend sits on a panel's data
+    from dtlab import plots
+    fig = plots.figure_v5({"results": r.table, "state": r.extra["state"], "plans": plans})
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    legends = [ax for ax in fig.axes if ax.get_legend() is not None]
+    assert legends, "panel (c) has its own legend"
+    for ax in legends:
+        leg = ax.get_legend()
+        if leg is not None:
+            assert leg.get_window_extent(renderer).y1 <= ax.get_window_extent(renderer).y0 + 1, \
+                f"legend of {ax.get_title(loc='left')!r} overlaps its axes"
 
 
 @pytest.mark.parametrize("mod,name", [(v1, "V1"), (v2, "V2")])

@@ -16,7 +16,9 @@ Definitions (all measured from the substrate's own records, not from the paramet
   recorded separately as ``regime.background_mean`` when known).
 * ``regime.link_load.<zoneA>~<zoneB>``: megabits that crossed the zone pair (job inputs from the
   origin zone, stage outputs to a successor in another zone; the completed attempt of each
-  stage) divided by what the link could carry over the same window.
+  stage) divided by what the link's spec bandwidth could carry over the same window. A lossy link's
+  TCP throughput is capped far below its spec (1 % loss at 80 ms RTT: ~2 Mbit/s of 100), so a
+  load well below 1 can still be a saturated link: read it next to the link's loss.
 * ``regime.slack.p10/p50/p90``: per job, deadline / the twin's own predicted mean latency of the
   plan it chose (``pred_mean_ms``): below 1 the twin already expected a miss when it planned.
 * ``regime.nominal_slack``: the deadline over the template's isolated latency (see

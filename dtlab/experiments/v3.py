@@ -1,5 +1,15 @@
 """V3: what do execution formats cost, and what does the controller itself cost?
 
+Hypothesis: QEMU user-mode emulation costs a multiple of native time, Wasm a fraction more than
+native, and the twin's factors lie within the measured intervals (after host calibration on the
+fabric); planning costs milliseconds, far below a job's seconds.
+
+Regime: one stage at a time on an otherwise idle node -- no contention by design, so a factor is the
+format's and not the load's. The factor is paired (format / native on the same node and seed), so
+node speed cancels and the per-seed spread is the service noise alone; wall-clock numbers on a
+shared host include the neighbours, so the run records the host's load (``regime.host_load1.end``,
+``regime.host_cpus``).
+
 **Format overhead**, measured through the substrate protocol (so the same code measures
 ``sim`` now and ``fabric`` later): :func:`measure_formats` pins single-stage, input-free
 jobs of ``duration_ms`` reference work to a node in each execution format the node
