@@ -195,6 +195,10 @@ HOW: dict[str, Handler] = {
     ".venv/bin/dtlab simulate --cluster examples/cluster-hetero.yaml --workload examples/workload.yaml "
     "--policy greedy --out /tmp/results.csv": run(check=lambda c, p: (c.tmp / "results.csv").stat()),
     ".venv/bin/dtlab policies": run(check=lambda c, p: "cvar" in p.stdout or pytest.fail(p.stdout)),
+    ".venv/bin/dtlab plan examples/jobs-older.yaml --job-id detect-1 --cluster examples/cluster-hetero.yaml":
+        run(check=lambda c, p: "carried" in p.stdout or pytest.fail(p.stdout)),
+    ".venv/bin/dtlab simulate --cluster examples/cluster-hetero.yaml --jobs examples/jobs-older.yaml --job-id etl-1 "
+    "--rate-per-s 0.5 --count 50 --out /tmp/older.csv": run(check=lambda c, p: (c.tmp / "older.csv").stat()),
     "make fabric-deps": run(needs=_root),
     "make deps": run(needs=_root, timeout=1800),
     # CI runs the full check before `make test` when the install scripts changed; here the stamp makes it
@@ -232,6 +236,8 @@ HOW: dict[str, Handler] = {
     "--count 500 --out /tmp/wl.yaml": run(check=lambda c, p: (c.tmp / "wl.yaml").stat()),
     ".venv/bin/dtlab replay --policy best-fit --out /tmp/replay":
         run(check=lambda c, p: (c.tmp / "replay" / "allocation.csv").stat()),
+    ".venv/bin/dtlab replay --policy fgd --policy best-fit --inflate 1.3 --seed 0 --out /tmp/replay-fgd":
+        run(check=lambda c, p: (c.tmp / "replay-fgd" / "allocation.csv").stat()),
     ".venv/bin/dtlab sweep V1 --grid params/sweeps/V1-rate-policy.yaml --seeds 3 --smoke":
         run(".venv/bin/dtlab sweep V1 --grid params/sweeps/V1-rate-policy.yaml --seeds 3 --smoke "
             "--out {tmp}/sweeps --no-figures -q", 900),
