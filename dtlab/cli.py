@@ -39,6 +39,7 @@ COMMANDS: list[str] = [
     "dtlab.cli_sweep",
     "dtlab.controller_service",
     "dtlab.cli_cluster",
+    "dtlab.cli_trace",
 ]
 
 EXIT_SPEC = 2
