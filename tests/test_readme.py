@@ -214,6 +214,10 @@ HOW: dict[str, Handler] = {
     ".venv/bin/dtlab submit examples/job-pipeline.yaml --substrate kube --policy cvar --wait":
         run(".venv/bin/dtlab submit examples/job-pipeline.yaml --substrate kube --policy cvar --wait --timeout 300",
             400, needs=_plane),
+    ".venv/bin/dtlab trace record --kubeconfig \"$(.venv/bin/dtlab cluster kubeconfig)\" --duration 20 "
+    "--out /tmp/run.trace": run(needs=_plane, timeout=120, check=lambda c, p: (c.tmp / "run.trace").stat()),
+    ".venv/bin/dtlab trace replay /tmp/run.trace --policy cvar --out /tmp/replay.csv":
+        run(needs=_plane, check=lambda c, p: (c.tmp / "replay.csv").stat()),
     ".venv/bin/dtlab cluster status; .venv/bin/dtlab cluster down": run(needs=_plane),
     "export DTLAB_API_TOKEN=$(openssl rand -hex 16)": export,
     ".venv/bin/dtlab serve --cluster examples/cluster-hetero.yaml":

@@ -53,9 +53,12 @@ def test_record_a_running_workload_and_replay_it(plane, tmp_path):
 
     trace = tmp_path / "run.trace"
     rec = subprocess.Popen([sys.executable, "-m", "dtlab.cli", "trace", "record", "--kubeconfig", plane["kubeconfig"],
-                            "--duration", "25", "--out", str(trace)], cwd=REPO,
+                            "--duration", "40", "--out", str(trace)], cwd=REPO,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(3)                                     # the recorder has listed before the workload starts
+    deadline = time.monotonic() + 60                  # start the workload once the recorder has listed pods
+    while '"resource":"pods","resourceVersion"' not in (trace.read_text() if trace.exists() else ""):
+        assert time.monotonic() < deadline and rec.poll() is None, rec.communicate()
+        time.sleep(0.2)
     base = load_job(REPO / "examples" / "job-pipeline.yaml", CLUSTER)
     jobs = [base.scaled(0.3, name=f"trace-{i}") for i in range(6)]
     with make_substrate("kube", CLUSTER, kubeconfig=plane["kubeconfig"], start_plane=False, seed=1) as sub:
@@ -67,13 +70,14 @@ def test_record_a_running_workload_and_replay_it(plane, tmp_path):
     assert "recorded" in out
 
     header, records = read_trace(trace)
-    assert header["format"] == "dtlab-trace/v1" and header["duration_s"] == 25
+    assert header["format"] == "dtlab-trace/v1" and header["duration_s"] == 40
     nodes = objects(records, "nodes")
     assert set(nodes) == {n.name for n in CLUSTER.nodes}
     pods = objects(records, "pods")
     mine = {uid: h for uid, h in pods.items()
             if (h[-1][2]["metadata"].get("annotations") or {}).get("dtlab.io/job-name", "").startswith("trace-")}
-    assert len(mine) == sum(len(j.stages) for j in jobs)             # every stage's pod, none twice
+    end = trace.read_text().splitlines()[-1]
+    assert len(mine) == sum(len(j.stages) for j in jobs), (len(pods), end, out, err[-2000:])  # every stage's pod once
     for uid, hist in mine.items():
         types = [t for _, t, _ in hist]
         assert types[0] == "ADDED" and "MODIFIED" in types             # created and moved while recording
