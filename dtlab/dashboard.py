@@ -55,7 +55,9 @@ class WhatIf:
         self._timer: threading.Timer | None = None
         self.result: dict[str, dict[str, float]] = {}
         self.outcomes: dict = {}
-        self.last_update_ms: float | None = None   # compute + draw, as the user waits for it
+        self.last_update_ms: float | None = None   # compute + table + figure
+        self.last_numbers_ms: float | None = None  # compute + table: until the new numbers are on the page
+        self._updates = 0
         self.last_compute_ms: float | None = None
         self.cluster = load_cluster(cluster) if isinstance(cluster, (str, Path)) else cluster
         self.job = load_job(job, cluster=self.cluster) if isinstance(job, (str, Path)) else job
@@ -233,14 +235,25 @@ class WhatIf:
                 return self.result
             self.result = {p: o.prediction for p, o in self.outcomes.items() if o.error is None}
             self.last_compute_ms = (time.perf_counter() - start) * 1000
-            self._render()
+            self._updates += 1
+            self._render_table()
+            # the numbers are on the page now; the figure (matplotlib, slow on a loaded host) follows
+            self.last_numbers_ms = (time.perf_counter() - start) * 1000
+            self._status.value = (f"updated in {self.last_numbers_ms:.0f} ms (update #{self._updates}: "
+                                  f"predictions {self.last_compute_ms:.0f} ms); drawing the figure")
+            self._render_figure()
             self.last_update_ms = (time.perf_counter() - start) * 1000
-            self._status.value = (f"updated in {self.last_update_ms:.0f} ms "
-                                  f"(predictions {self.last_compute_ms:.0f} ms, drawing the rest)")
+            self._status.value = (f"updated in {self.last_numbers_ms:.0f} ms (update #{self._updates}: "
+                                  f"predictions {self.last_compute_ms:.0f} ms); figure redrawn, "
+                                  f"{self.last_update_ms:.0f} ms in all")
             return self.result
 
     # ------------------------------------------------------------ rendering
     def _render(self) -> None:
+        self._render_table()
+        self._render_figure()
+
+    def _render_table(self) -> None:
         rows = "".join(
             f"<tr><td>{plots.display_name(p)}</td>"
             + ("".join(f"<td>{o.prediction[k]:.0f}</td>" for k in ("p50_ms", "p95_ms", "cvar95_ms"))
@@ -250,6 +263,8 @@ class WhatIf:
             for p, o in self.outcomes.items())
         self._table.value = ("<table><tr><th>policy</th><th>p50 ms</th><th>p95 ms</th><th>CVaR95 ms</th>"
                              f"<th>P(miss)</th></tr>{rows}</table>")
+
+    def _render_figure(self) -> None:
         # PNG bytes into an Image widget, not display() into an Output: a bare Figure has no PNG formatter unless
         # pyplot's inline backend is active, and display() from the Timer thread has no parent message to go to
         buf = io.BytesIO()
@@ -293,6 +308,12 @@ def whatif_figure(outcomes, cluster: Cluster, job: Job):
             y = [n.name for n in nodes].index(node)
             grid.scatter(j + (i - (len(policies) - 1) / 2) * width * 0.8, y, color=colour, marker=marker, s=18,
                          label=plots.display_name(policy) if j == 0 else None)
+    # the cluster's zones as bands behind the placement, so "where" reads as edge vs cloud at a glance
+    for k, zone in enumerate(sorted({n.zone for n in nodes})):
+        rows = [i for i, n in enumerate(nodes) if n.zone == zone]
+        grid.axhspan(min(rows) - 0.5, max(rows) + 0.5, color=plots.GREY, alpha=0.08 if k % 2 else 0.18, lw=0)
+        grid.text(1.01, (min(rows) + max(rows)) / 2, zone, transform=grid.get_yaxis_transform(), va="center",
+                  fontsize=7, rotation=90)
     grid.set_yticks(range(len(nodes)), [f"{n.name} ({n.zone})" for n in nodes])
     grid.set_xticks(range(len(stages)), stages)
     grid.set_xlim(-0.6, len(stages) - 0.4)
