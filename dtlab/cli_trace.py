@@ -14,7 +14,8 @@ def _record(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     from .trace import replay
-    df = replay(args.trace, policy=args.policy, substrate=args.substrate, samples=args.samples, seed=args.seed)
+    df = replay(args.trace, policy=args.policy, substrate=args.substrate, samples=args.samples, seed=args.seed,
+                kubeconfig=args.kubeconfig)
     if args.out:
         df.to_csv(args.out, index=False)
     n = len(df)
@@ -22,9 +23,13 @@ def _replay(args: argparse.Namespace) -> int:
         print("the trace records no pods")
         return 0
     both = df.dropna(subset=["recorded_p95_ms", "replayed_p95_ms"])
-    print(f"{n} pods replayed with {args.policy}: same node as recorded {df['same_node'].mean():.1%}; "
-          f"twin-predicted p95 mean {both['recorded_p95_ms'].mean():.0f} ms recorded placement vs "
-          f"{both['replayed_p95_ms'].mean():.0f} ms replayed" + (f" -> {args.out}" if args.out else ""))
+    where = " onto the cluster" if args.substrate == "kube" else ""
+    print(f"{n} pods replayed{where} with {args.policy}: same node as recorded {df['same_node'].mean():.1%}; "
+          + (f"twin-predicted p95 mean {both['recorded_p95_ms'].mean():.0f} ms recorded placement vs "
+             f"{both['replayed_p95_ms'].mean():.0f} ms replayed" if len(both) else
+             f"twin-predicted p95 mean {df['replayed_p95_ms'].mean():.0f} ms replayed")
+          + (f"; {int(df['ok'].sum())}/{n} completed on the cluster" if "ok" in df else "")
+          + (f" -> {args.out}" if args.out else ""))
     for row in df.head(args.show).itertuples(index=False):
         print(f"  {row.pod:<40} {str(row.recorded_node):<16} -> {str(row.replayed_node):<16} "
               f"p95 {row.recorded_p95_ms:>8.0f} -> {row.replayed_p95_ms:>8.0f} ms")
@@ -48,7 +53,9 @@ def register(subparsers) -> None:
                                     "predicted latency of both.")
     p.add_argument("trace", help="trace file from `dtlab trace record`")
     p.add_argument("--policy", default="greedy", help="twin policy (default greedy; see `dtlab policies`)")
-    p.add_argument("--substrate", default="sim", choices=("sim",), help="where to replay (only sim, the twin)")
+    p.add_argument("--substrate", default="sim", choices=("sim", "kube"),
+                   help="sim: through the twin (default); kube: onto the cluster of --kubeconfig (pods created)")
+    p.add_argument("--kubeconfig", default=None, help="for --substrate kube: the cluster to replay onto")
     p.add_argument("--samples", type=int, default=128, help="Monte Carlo samples per prediction (default 128)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--show", type=int, default=10, help="pods to list (default 10)")

@@ -29,7 +29,9 @@ recorded pod becomes a one-stage job with its recorded requests and duration
 recorded creation time. Each arrival is planned by ``policy`` on the twin's state, which
 carries the replayed pods still running (a job-submit + stage-start per placement, a stage-end
 when its predicted p50 has elapsed). The result has, per pod, the recorded node and the
-replayed one, and the twin's predicted latency for both placements.
+replayed one, and the twin's predicted latency for both placements. With ``substrate="kube"``
+the same arrivals go onto a live cluster with the recorded nodes through the controller (pods
+created, observed to completion).
 """
 from __future__ import annotations
 
@@ -290,19 +292,28 @@ def recorded_pods(header: Mapping[str, Any], records: list[dict[str, Any]]) -> p
 
 # ------------------------------------------------------------------ replay
 def replay(path: str | Path, policy: str = "greedy", substrate: str = "sim", samples: int = 128,
-           seed: int = 0) -> pd.DataFrame:
-    """Replay the recorded arrivals through the twin with ``policy``; one row per pod (module docstring)."""
+           seed: int = 0, kubeconfig: str | None = None) -> pd.DataFrame:
+    """Replay the recorded arrivals with ``policy``; one row per pod (module docstring).
+
+    ``substrate="sim"``: through the twin alone. ``"kube"``: onto the cluster behind ``kubeconfig``
+    (which must have the recorded nodes, e.g. the local plane started from the same spec): the
+    controller plans each arrival with the twin and creates its pod there, in wall-clock time at
+    the recorded arrival offsets; the rows add ``observed_ms`` and ``ok`` from the cluster (on
+    KWOK nodes a pod's run time is the delay the twin wrote, not a measurement).
+    """
     from . import policies
     from .extender import pod_to_job
     from .state import ClusterState
     from .twin import Twin
 
-    if substrate != "sim":
-        raise SpecError("--substrate", f"only 'sim' (the twin) is implemented for trace replay, got {substrate!r}")
+    if substrate not in ("sim", "kube"):
+        raise SpecError("--substrate", f"must be sim or kube, got {substrate!r}")
     policies.get(policy)
     header, records = read_trace(path)
     cluster = recorded_cluster(records)
     pods = recorded_pods(header, records)
+    if substrate == "kube":
+        return _replay_kube(cluster, pods, records, policy, samples, seed, kubeconfig)
     last_obj = {uid: hist[-1][2] for uid, hist in objects(records, "pods").items()}
     state = ClusterState(cluster)
     twin = Twin(state)
@@ -347,3 +358,46 @@ def replay(path: str | Path, policy: str = "greedy", substrate: str = "sim", sam
     df["same_node"] = df["recorded_node"] == df["replayed_node"]
     return df
 
+
+def _replay_kube(cluster, pods: pd.DataFrame, records, policy: str, samples: int, seed: int,
+                 kubeconfig: str | None) -> pd.DataFrame:
+    from .controller import Controller
+    from .extender import pod_to_job
+    from .substrates import make_substrate
+    from .twin import Twin
+
+    if kubeconfig is None or not Path(kubeconfig).exists():
+        raise SpecError("--kubeconfig", f"replay onto kube needs the cluster's kubeconfig (got {kubeconfig!r})")
+    if not len(pods):
+        return pd.DataFrame(columns=["pod", "recorded_node", "replayed_node", "same_node"])
+    last_obj = {uid: hist[-1][2] for uid, hist in objects(records, "pods").items()}
+    t0 = float(pods["arrival_s"].min())
+    stream = []
+    for i, row in enumerate(pods.itertuples(index=False)):
+        job = replace(pod_to_job(last_obj[row.uid]), name=f"replay-{i}")
+        stream.append(((float(row.arrival_s) - t0) * 1000.0, job))
+    from kubernetes import client, config
+    core = client.CoreV1Api(config.new_client_from_config(config_file=kubeconfig))
+    missing = sorted(set(cluster.by_name) - {n.metadata.name for n in core.list_node().items})
+    if missing:
+        raise SpecError("--kubeconfig", f"the cluster lacks recorded nodes {missing[:5]}")
+    with make_substrate("kube", cluster, kubeconfig=kubeconfig, start_plane=False, seed=seed) as sub:
+        ctl = Controller(Twin(cluster), sub, policy=policy, samples=samples)
+        df = ctl.run_workload(stream)
+    df = df.set_index("job")
+    out = []
+    for i, row in enumerate(pods.itertuples(index=False)):
+        r = df.loc[f"replay-{i}"] if f"replay-{i}" in df.index else None
+        placement = dict(kv.split("=", 1) for kv in str(r["placement"]).split(",") if "=" in kv) if r is not None else {}
+        out.append({"pod": row.pod, "namespace": row.namespace, "arrival_s": row.arrival_s,
+                    "recorded_node": row.recorded_node, "cpu": row.cpu, "duration_ms": row.duration_ms,
+                    "recorded_run_ms": row.recorded_run_ms, "replayed_node": placement.get("main"),
+                    "replayed_p50_ms": r["pred_p50_ms"] if r is not None else np.nan,
+                    "replayed_p95_ms": r["pred_p95_ms"] if r is not None else np.nan,
+                    "observed_ms": r.get("latency_ms", np.nan) if r is not None else np.nan,
+                    "ok": bool(r["ok"]) if r is not None else False})
+    res = pd.DataFrame(out)
+    res["same_node"] = res["recorded_node"] == res["replayed_node"]
+    for col in ("recorded_p50_ms", "recorded_p95_ms"):
+        res[col] = np.nan
+    return res

@@ -4,7 +4,8 @@ The local plane (KWOK nodes from examples/cluster-hetero.yaml) runs 6 jobs throu
 substrate while `dtlab trace record` (a subprocess, the real CLI) lists and watches it. The trace
 must hold every node, every pod the workload created with its node, and each pod's transitions in
 resourceVersion order; `dtlab trace replay` must replay every recorded pod through the twin and
-report the recorded and the replayed node with the twin's predicted latency of both.
+report the recorded and the replayed node with the twin's predicted latency of both; `--substrate kube`
+must re-create every recorded pod on the plane through the controller and see each complete.
 
 Needs the binaries of `bash cluster/localplane/build.sh` (else skipped; failed under
 DTLAB_REQUIRE_HEAVY=1). About a minute.
@@ -98,6 +99,16 @@ def test_record_a_running_workload_and_replay_it(plane, tmp_path):
     assert len(ours) == len(mine)
     assert ours["recorded_node"].isin(CLUSTER.by_name).all() and ours["replayed_node"].isin(CLUSTER.by_name).all()
     assert (ours["recorded_p95_ms"] > 0).all() and (ours["replayed_p95_ms"] > 0).all()
+    # and onto the live plane: every recorded pod re-created there by the controller, and completed
+    csv2 = tmp_path / "replay-kube.csv"
+    p = subprocess.run([sys.executable, "-m", "dtlab.cli", "trace", "replay", str(trace), "--policy", "greedy",
+                        "--substrate", "kube", "--kubeconfig", plane["kubeconfig"], "--out", str(csv2)],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "onto the cluster" in p.stdout and "completed on the cluster" in p.stdout, p.stdout
+    live = pd.read_csv(csv2)
+    assert len(live) == len(rep) and live["ok"].all(), live[~live["ok"]]
+    assert live["replayed_node"].isin(CLUSTER.by_name).all() and (live["observed_ms"] > 0).all()
     # the pods carry the twin's duration annotation, which the replay uses as the job's duration
     assert set(ours["duration_ms"]) <= {round(s.compute.duration_ms) for s in base.scaled(0.3).stages} | \
         {s.compute.duration_ms for s in base.scaled(0.3).stages}
