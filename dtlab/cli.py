@@ -41,6 +41,7 @@ COMMANDS: list[str] = [
     "dtlab.cli_cluster",
     "dtlab.operator.cli",
     "dtlab.report.cli",
+    "dtlab.cli_trace",
 ]
 
 EXIT_SPEC = 2

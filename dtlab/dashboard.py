@@ -19,20 +19,32 @@ import numpy as np
 
 from . import plots
 from .model import Cluster, Job, load_cluster, load_job
+from .errors import SpecError
+from .predict import PREDICTORS
 from .timing import DEFAULT_OVERHEADS
-from .whatif import evaluate, link_for, zone_pairs
+from .whatif import evaluate, link_for, save_params, zone_pairs
 
 DEFAULT_POLICIES = ("greedy", "resilient", "cvar", "least-allocated")
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+NODE_KEYS = ("down[", "cordon[", "speed[")
+
+
+def shipped_scenarios() -> list[str]:
+    from .chaos.spec import SCENARIO_DIR
+    return sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml")) if SCENARIO_DIR.exists() else []
 
 
 class WhatIf:
     """``WhatIf(cluster, job, policies=[...])``: sliders in, predicted latency per policy out.
 
-    ``controls`` maps names to widgets (``arrival_rate``, ``fail_prob``, ``latency_scale``,
-    ``latency_ms[a|b]`` and ``loss[a|b]`` per zone pair, ``overhead[<format>]``, ``policies``,
-    ``cluster_path``, ``job_path``, ``load``, ``recompute``); ``result`` maps policy names to
-    prediction dicts as in ``Plan.prediction``.
+    ``controls`` maps names to widgets (``arrival_rate`` and ``sim_jobs`` (a short simulation of
+    that many arrivals, so queueing shows), ``scenario`` and ``scenario_at_s`` (a chaos/scenarios
+    fault scenario at that time), ``deadline_ms``, ``predictor``, ``samples``, ``calibration``
+    (a calibration file), ``down[n]``/``cordon[n]``/``speed[n]`` per node, ``fail_prob``,
+    ``latency_scale``, ``latency_ms[a|b]`` and ``loss[a|b]`` per zone pair, ``overhead[<format>]``,
+    ``policies``, ``cluster_path``, ``job_path``, ``load``, ``recompute``, and ``save_experiment``,
+    ``save_path``, ``save`` for "Save as params"); ``result`` maps policy names to prediction
+    dicts as in ``Plan.prediction``.
     """
 
     def __init__(self, cluster: Cluster | str | Path, job: Job | str | Path,
@@ -43,10 +55,15 @@ class WhatIf:
         self._timer: threading.Timer | None = None
         self.result: dict[str, dict[str, float]] = {}
         self.outcomes: dict = {}
-        self.last_update_ms: float | None = None   # compute + draw, as the user waits for it
+        self.last_update_ms: float | None = None   # compute + table + figure
+        self.last_numbers_ms: float | None = None  # compute + table: until the new numbers are on the page
+        self._updates = 0
         self.last_compute_ms: float | None = None
         self.cluster = load_cluster(cluster) if isinstance(cluster, (str, Path)) else cluster
         self.job = load_job(job, cluster=self.cluster) if isinstance(job, (str, Path)) else job
+        self._cluster_path = cluster if isinstance(cluster, (str, Path)) else None
+        self._job_path = job if isinstance(job, (str, Path)) else None
+        import dtlab.des.simulate  # noqa: F401 - SimPy loads now, not inside the first update a user waits for
         self.controls: dict[str, w.Widget] = {}
         self._policies = list(policies)
         self._figure_out = w.Image(format="png")  # a widget: updates from the debounce thread reach the page
@@ -77,15 +94,36 @@ class WhatIf:
         c["fail_prob"] = w.FloatSlider(0.0, min=0.0, max=0.5, step=0.01, description="node failure prob",
                                        style=style)
         c["latency_scale"] = w.FloatSlider(1.0, min=0.1, max=10.0, step=0.1, description="latency ×", style=style)
+        c["sim_jobs"] = w.IntSlider(30, min=5, max=200, step=5, description="simulated arrivals", style=style)
+        c["scenario"] = w.Dropdown(options=["none"] + shipped_scenarios(), value="none", description="fault scenario",
+                                   style=style)
+        c["scenario_at_s"] = w.FloatSlider(30.0, min=0.0, max=300.0, step=1.0, description="scenario time s",
+                                           style=style)
+        c["deadline_ms"] = w.FloatSlider(0.0, min=0.0, max=60_000.0, step=100.0,
+                                         description="deadline ms (0: the job's)", style=style)
+        c["predictor"] = w.Dropdown(options=list(PREDICTORS), value="fast", description="predictor", style=style)
+        c["samples"] = w.IntSlider(self.samples, min=16, max=1024, step=16, description="samples", style=style)
+        c["calibration"] = w.Text("", description="calibration file", placeholder="(none: default overheads)",
+                                  style=style, continuous_update=False)
+        c["save_experiment"] = w.Dropdown(options=["V1", "V4"], value="V1", description="save for", style=style)
+        c["save_path"] = w.Text("outputs/whatif/params-V1.yaml", description="params file", style=style)
+        c["save"] = w.Button(description="Save as params")
+        c["save"].on_click(lambda _: self.save_params())
         self._build_cluster_controls()
-        for name in ("policies", "arrival_rate", "fail_prob", "latency_scale"):
+        for name in ("policies", "arrival_rate", "fail_prob", "latency_scale", "sim_jobs", "scenario", "scenario_at_s",
+                     "deadline_ms", "predictor", "samples", "calibration"):
             c[name].observe(self._changed, names="value")
 
     def _build_cluster_controls(self) -> None:
         c = self.controls
-        for key in [k for k in c if k.startswith(("latency_ms[", "loss[", "overhead["))]:
+        for key in [k for k in c if k.startswith(NODE_KEYS + ("latency_ms[", "loss[", "overhead["))]:
             del c[key]
         style = {"description_width": "initial"}
+        for node in sorted(self.cluster.nodes, key=lambda n: (n.zone, n.name)):
+            c[f"down[{node.name}]"] = w.Checkbox(False, description=f"{node.name} down", indent=False)
+            c[f"cordon[{node.name}]"] = w.Checkbox(False, description="cordon", indent=False)
+            c[f"speed[{node.name}]"] = w.FloatSlider(node.speed, min=0.05, max=2.0, step=0.05, description="speed",
+                                                     style=style)
         for pair in zone_pairs(self.cluster):
             link = link_for(self.cluster, *pair.split("|"))
             c[f"latency_ms[{pair}]"] = w.FloatSlider(link.latency_ms, min=0.0, max=max(500.0, link.latency_ms * 4),
@@ -97,13 +135,18 @@ class WhatIf:
                 c[f"overhead[{fmt}]"] = w.FloatSlider(factor, min=1.0, max=10.0, step=0.05,
                                                       description=f"{fmt} overhead ×", style=style)
         for key in c:
-            if key.startswith(("latency_ms[", "loss[", "overhead[")):
+            if key.startswith(NODE_KEYS + ("latency_ms[", "loss[", "overhead[")):
                 c[key].observe(self._changed, names="value")
 
     def _sliders_box(self) -> w.VBox:
-        order = ["policies", "arrival_rate", "fail_prob", "latency_scale"]
-        order += sorted(k for k in self.controls if k.startswith(("latency_ms[", "loss[", "overhead[")))
-        self._sliders = w.VBox([self.controls[k] for k in order] + [self.controls["recompute"]])
+        c = self.controls
+        order = ["policies", "arrival_rate", "sim_jobs", "scenario", "scenario_at_s", "deadline_ms", "predictor",
+                 "samples", "calibration", "fail_prob", "latency_scale"]
+        order += sorted(k for k in c if k.startswith(("latency_ms[", "loss[", "overhead[")))
+        nodes = [w.HBox([c[f"down[{n.name}]"], c[f"cordon[{n.name}]"], c[f"speed[{n.name}]"]])
+                 for n in sorted(self.cluster.nodes, key=lambda n: (n.zone, n.name))]
+        save = w.HBox([c["save_experiment"], c["save_path"], c["save"]])
+        self._sliders = w.VBox([c[k] for k in order] + nodes + [c["recompute"], save])
         return self._sliders
 
     @staticmethod
@@ -119,13 +162,44 @@ class WhatIf:
             if key.startswith(("latency_ms[", "loss[")):
                 field, pair = key[:-1].split("[")
                 links.setdefault(pair, {})[field] = widget.value
+        nodes = {}
+        for n in self.cluster.nodes:
+            o = {"down": c[f"down[{n.name}]"].value, "cordon": c[f"cordon[{n.name}]"].value}
+            if c[f"speed[{n.name}]"].value != n.speed:
+                o["speed"] = c[f"speed[{n.name}]"].value
+            if o["down"] or o["cordon"] or "speed" in o:
+                nodes[n.name] = o
         return {
             "arrival_rate_per_s": c["arrival_rate"].value,
+            "sim_jobs": c["sim_jobs"].value,
+            "scenario": None if c["scenario"].value == "none" else c["scenario"].value,
+            "scenario_at_s": c["scenario_at_s"].value,
+            "deadline_ms": c["deadline_ms"].value or None,
+            "predictor": c["predictor"].value,
+            "samples": c["samples"].value,
+            "calibration": c["calibration"].value.strip() or None,
+            "nodes": nodes,
             "fail_prob": c["fail_prob"].value if c["fail_prob"].value > 0 else None,
             "latency_scale": c["latency_scale"].value,
             "links": links,
             "overheads": {k[len("overhead["):-1]: v.value for k, v in c.items() if k.startswith("overhead[")},
         }
+
+    def save_params(self, experiment: str | None = None, path: str | Path | None = None) -> Path | None:
+        """Write V1/V4 params reproducing the current setting (:func:`dtlab.whatif.save_params`)."""
+        experiment = experiment or self.controls["save_experiment"].value
+        path = Path(path or self.controls["save_path"].value)
+        try:
+            if self._job_path is None:
+                raise SpecError("job", "saving params needs the job as a file (load one by path)")
+            out = save_params(experiment, path, cluster_path=self._cluster_path or EXAMPLES / "cluster-hetero.yaml",
+                              job_path=self._job_path, knobs=self.knobs(),
+                              policies=list(self.controls["policies"].value) or self._policies, seed=self.seed)
+        except Exception as exc:
+            self._status.value = f"<b style='color:#D55E00'>save failed: {exc}</b>"
+            return None
+        self._status.value = f"saved {experiment} params to {out}"
+        return out
 
     def load(self, cluster_path: str, job_path: str) -> None:
         """Switch to another cluster/job (paths); errors show in the dashboard instead of raising."""
@@ -136,6 +210,8 @@ class WhatIf:
             self._status.value = f"<b style='color:#D55E00'>{exc}</b>"
             return
         self.cluster, self.job = cluster, job
+        self._cluster_path = cluster_path or EXAMPLES / "cluster-hetero.yaml"
+        self._job_path = job_path or EXAMPLES / "job-pipeline.yaml"
         self._build_cluster_controls()
         self.widget.children[1].children = (self._sliders_box(), self.widget.children[1].children[1])
         self.update()
@@ -152,17 +228,32 @@ class WhatIf:
         with self._lock:
             start = time.perf_counter()
             policies = list(self.controls["policies"].value) or self._policies
-            self.outcomes = evaluate(self.cluster, self.job, policies, self.knobs(), self.samples, self.seed)
+            try:
+                self.outcomes = evaluate(self.cluster, self.job, policies, self.knobs(), self.samples, self.seed)
+            except Exception as exc:  # a bad calibration file or scenario: say so, keep the last result
+                self._status.value = f"<b style='color:#D55E00'>{exc}</b>"
+                return self.result
             self.result = {p: o.prediction for p, o in self.outcomes.items() if o.error is None}
             self.last_compute_ms = (time.perf_counter() - start) * 1000
-            self._render()
+            self._updates += 1
+            self._render_table()
+            # the numbers are on the page now; the figure (matplotlib, slow on a loaded host) follows
+            self.last_numbers_ms = (time.perf_counter() - start) * 1000
+            self._status.value = (f"updated in {self.last_numbers_ms:.0f} ms (update #{self._updates}: "
+                                  f"predictions {self.last_compute_ms:.0f} ms); drawing the figure")
+            self._render_figure()
             self.last_update_ms = (time.perf_counter() - start) * 1000
-            self._status.value = (f"updated in {self.last_update_ms:.0f} ms "
-                                  f"(predictions {self.last_compute_ms:.0f} ms, drawing the rest)")
+            self._status.value = (f"updated in {self.last_numbers_ms:.0f} ms (update #{self._updates}: "
+                                  f"predictions {self.last_compute_ms:.0f} ms); figure redrawn, "
+                                  f"{self.last_update_ms:.0f} ms in all")
             return self.result
 
     # ------------------------------------------------------------ rendering
     def _render(self) -> None:
+        self._render_table()
+        self._render_figure()
+
+    def _render_table(self) -> None:
         rows = "".join(
             f"<tr><td>{plots.display_name(p)}</td>"
             + ("".join(f"<td>{o.prediction[k]:.0f}</td>" for k in ("p50_ms", "p95_ms", "cvar95_ms"))
@@ -172,6 +263,8 @@ class WhatIf:
             for p, o in self.outcomes.items())
         self._table.value = ("<table><tr><th>policy</th><th>p50 ms</th><th>p95 ms</th><th>CVaR95 ms</th>"
                              f"<th>P(miss)</th></tr>{rows}</table>")
+
+    def _render_figure(self) -> None:
         # PNG bytes into an Image widget, not display() into an Output: a bare Figure has no PNG formatter unless
         # pyplot's inline backend is active, and display() from the Timer thread has no parent message to go to
         buf = io.BytesIO()
@@ -215,6 +308,12 @@ def whatif_figure(outcomes, cluster: Cluster, job: Job):
             y = [n.name for n in nodes].index(node)
             grid.scatter(j + (i - (len(policies) - 1) / 2) * width * 0.8, y, color=colour, marker=marker, s=18,
                          label=plots.display_name(policy) if j == 0 else None)
+    # the cluster's zones as bands behind the placement, so "where" reads as edge vs cloud at a glance
+    for k, zone in enumerate(sorted({n.zone for n in nodes})):
+        rows = [i for i, n in enumerate(nodes) if n.zone == zone]
+        grid.axhspan(min(rows) - 0.5, max(rows) + 0.5, color=plots.GREY, alpha=0.08 if k % 2 else 0.18, lw=0)
+        grid.text(1.01, (min(rows) + max(rows)) / 2, zone, transform=grid.get_yaxis_transform(), va="center",
+                  fontsize=7, rotation=90)
     grid.set_yticks(range(len(nodes)), [f"{n.name} ({n.zone})" for n in nodes])
     grid.set_xticks(range(len(stages)), stages)
     grid.set_xlim(-0.6, len(stages) - 0.4)

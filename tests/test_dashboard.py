@@ -91,3 +91,90 @@ def test_evaluate_is_pure_and_deterministic():
     assert scaled.links[0].latency_ms == 2 * cluster.links[0].latency_ms
     assert cluster.links[0].latency_ms == 40  # the input cluster is untouched
     assert all(0 < u < 0.95 for u in background.values())
+
+
+def test_deeper_controls_exist(dash):
+    for name in ("sim_jobs", "scenario", "scenario_at_s", "deadline_ms", "predictor", "samples", "calibration",
+                 "down[edge-a-0]", "cordon[edge-a-0]", "speed[cloud-0]", "save_experiment", "save_path", "save"):
+        assert name in dash.controls, name
+    assert "zone-blackout" in dash.controls["scenario"].options
+
+
+def test_arrival_rate_queues_and_a_zone_blackout_raises_p95_and_misses(dash):
+    base = dash.result["greedy"]
+    dash.controls["arrival_rate"].value = 1.0
+    dash.update()
+    queued = dash.result["greedy"]
+    assert queued["p95_ms"] > base["p95_ms"] and queued["deadline_miss_prob"] > base["deadline_miss_prob"]
+    assert dash.outcomes["greedy"].latencies_ms.size == dash.controls["sim_jobs"].value   # one per simulated job
+    dash.controls["scenario"].value = "zone-blackout"
+    dash.controls["scenario_at_s"].value = 30.0          # inside the blackout (20 s .. 80 s)
+    dash.update()
+    dark = dash.result["greedy"]
+    assert dark["p95_ms"] > queued["p95_ms"] and dark["deadline_miss_prob"] > queued["deadline_miss_prob"]
+    dash.controls["scenario_at_s"].value = 100.0         # after it: back to the queued numbers
+    dash.update()
+    assert dash.result["greedy"] == queued
+
+
+def test_down_and_cordoned_nodes_get_no_work_and_speed_matters(dash):
+    used = set(dash.outcomes["greedy"].placement.values())
+    for node in used:
+        dash.controls[f"down[{node}]"].value = True
+    dash.update()
+    assert not used & set(dash.outcomes["greedy"].placement.values())
+    for node in used:
+        dash.controls[f"down[{node}]"].value = False
+        dash.controls[f"cordon[{node}]"].value = True
+    dash.update()
+    assert not used & set(dash.outcomes["greedy"].placement.values())
+    for node in used:
+        dash.controls[f"cordon[{node}]"].value = False
+    dash.update()
+    before = dash.result["least-allocated"]["p50_ms"]
+    for node in set(dash.outcomes["least-allocated"].placement.values()):
+        dash.controls[f"speed[{node}]"].value = 0.1
+    dash.update()
+    assert dash.result["least-allocated"]["p50_ms"] > 1.3 * before      # service slower, transfers unchanged
+
+
+def test_deadline_predictor_samples_and_calibration(dash, tmp_path):
+    dash.controls["deadline_ms"].value = 100.0            # far below any latency: every sample misses
+    dash.controls["predictor"].value = "legacy"
+    dash.controls["samples"].value = 64
+    dash.update()
+    assert all(r["deadline_miss_prob"] == 1.0 for r in dash.result.values())
+    assert dash.outcomes["greedy"].latencies_ms.size == 64
+    assert len(set(dash.outcomes["greedy"].latencies_ms)) == 1   # legacy is deterministic
+    dash.controls["calibration"].value = str(tmp_path / "missing.yaml")
+    result = dash.update()
+    assert "missing.yaml" in dash._status.value and result == dash.result     # said, not raised
+    calib = tmp_path / "calibration.yaml"
+    calib.write_text("overheads: {wasm: 9.0, qemu-arm64: 9.0}\n")
+    dash.controls["calibration"].value = str(calib)
+    dash.update()
+    assert "updated in" in dash._status.value
+
+
+def test_save_as_params_writes_files_the_experiments_accept(dash, tmp_path):
+    import yaml
+
+    from dtlab.experiments import v1
+    from dtlab.experiments.common import validate
+    from dtlab.experiments.v4 import DEFAULTS as V4
+
+    dash.controls["arrival_rate"].value = 1.5
+    dash.controls["scenario"].value = "zone-blackout"
+    dash.controls["latency_scale"].value = 2.0
+    out = dash.save_params("V1", tmp_path / "v1.yaml")
+    params = yaml.safe_load(out.read_text())
+    v1.check(params)
+    assert params["rates_per_s"] == [1.5] and params["policies"] == POLICIES and params["substrate"] == "sim"
+    assert "latency_scale" in out.read_text().splitlines()[1]          # named as not carried
+    workload = dtlab.load_workload(params["workload"])
+    assert workload.arrivals.rate_per_s == 1.5 and workload.template.name == dash.job.name
+    out4 = dash.save_params("V4", tmp_path / "v4.yaml")
+    p4 = yaml.safe_load(out4.read_text())
+    validate(p4, V4, "V4")
+    assert p4["scenarios"] == ["zone-blackout"] and p4["rate_per_s"] == 1.5
+    assert dash.save_params("V9", tmp_path / "v9.yaml") is None and "V1 or V4" in dash._status.value

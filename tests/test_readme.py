@@ -236,6 +236,10 @@ HOW: dict[str, Handler] = {
     ".venv/bin/dtlab simulate --cluster examples/cluster-hetero.yaml --workload examples/workload.yaml "
     "--policy greedy --out /tmp/results.csv": run(check=lambda c, p: (c.tmp / "results.csv").stat()),
     ".venv/bin/dtlab policies": run(check=lambda c, p: "cvar" in p.stdout or pytest.fail(p.stdout)),
+    ".venv/bin/dtlab plan examples/jobs-older.yaml --job-id detect-1 --cluster examples/cluster-hetero.yaml":
+        run(check=lambda c, p: "carried" in p.stdout or pytest.fail(p.stdout)),
+    ".venv/bin/dtlab simulate --cluster examples/cluster-hetero.yaml --jobs examples/jobs-older.yaml --job-id etl-1 "
+    "--rate-per-s 0.5 --count 50 --out /tmp/older.csv": run(check=lambda c, p: (c.tmp / "older.csv").stat()),
     "make fabric-deps": run(needs=_root),
     "make deps": run(needs=_root, timeout=1800),
     # CI runs the full check before `make test` when the install scripts changed; here the stamp makes it
@@ -251,6 +255,10 @@ HOW: dict[str, Handler] = {
     ".venv/bin/dtlab submit examples/job-pipeline.yaml --substrate kube --policy cvar --wait":
         run(".venv/bin/dtlab submit examples/job-pipeline.yaml --substrate kube --policy cvar --wait --timeout 300",
             400, needs=_plane),
+    ".venv/bin/dtlab trace record --kubeconfig \"$(.venv/bin/dtlab cluster kubeconfig)\" --duration 20 "
+    "--out /tmp/run.trace": run(needs=_plane, timeout=120, check=lambda c, p: (c.tmp / "run.trace").stat()),
+    ".venv/bin/dtlab trace replay /tmp/run.trace --policy cvar --out /tmp/replay.csv":
+        run(needs=_plane, check=lambda c, p: (c.tmp / "replay.csv").stat()),
     ".venv/bin/dtlab cluster status; .venv/bin/dtlab cluster down": run(needs=_plane),
     ".venv/bin/dtlab cluster up --cluster examples/cluster-hetero.yaml": run(timeout=400, needs=_plane),
     ".venv/bin/dtlab operator --cluster examples/cluster-hetero.yaml &":
@@ -289,6 +297,8 @@ HOW: dict[str, Handler] = {
     ".venv/bin/dtlab report --out outputs/report":
         run(".venv/bin/dtlab report --out {tmp}/report --outputs {tmp}/out",
             check=lambda c, p: "card" in (c.tmp / "report" / "index.html").read_text() or pytest.fail(p.stdout)),
+    ".venv/bin/dtlab replay --policy fgd --policy best-fit --inflate 1.3 --seed 0 --out /tmp/replay-fgd":
+        run(check=lambda c, p: (c.tmp / "replay-fgd" / "allocation.csv").stat()),
     ".venv/bin/dtlab sweep V1 --grid params/sweeps/V1-rate-policy.yaml --seeds 3 --smoke":
         run(".venv/bin/dtlab sweep V1 --grid params/sweeps/V1-rate-policy.yaml --seeds 3 --smoke "
             "--out {tmp}/sweeps --no-figures -q", 900),

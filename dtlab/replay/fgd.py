@@ -27,8 +27,9 @@ The definitions, as the paper states them and its artefact simulator computes th
 Differences from the artefact, stated: its score is ``int(sigmoid(dF/1000) * 100)`` and the
 Kubernetes framework breaks ties among equal integer scores at random; here the continuous
 ``dF`` is compared and ties go to the lowest node index (as in every policy of this package),
-so a run depends on the seed only through the inflation sample. (Tried: the integer score with
-random ties ended at 90.8 % on seed 0, far below the published curve, so it is not used.)
+so a run depends on the seed only through the inflation sample. (Tried, with the 95 % shape cut: the
+integer score with random ties ended at 90.8 % on seed 0, far below the published curve, so it is
+not used.)
 
 Cost: ``dF`` of a (node, pod shape) pair is cached and dropped when that node's free
 resources change (checked against a snapshot, so releases in the timed replay are seen too);
