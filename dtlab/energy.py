@@ -195,7 +195,9 @@ def add_job_energy(jobs: pd.DataFrame, substrate, cluster) -> pd.DataFrame:
     stages = substrate.results()["stages"]
     per_job = job_energy_proxy(stages, cluster)
     out = jobs.drop(columns=["energy_proxy_j"], errors="ignore")
-    return out.merge(per_job.reset_index(), on="job", how="left")
+    merged = out.merge(per_job.reset_index(), on="job", how="left")
+    merged.attrs.update(jobs.attrs)          # a merge drops attrs; the run's measured regime rides there
+    return merged
 
 
 def energy_stats(jobs: pd.DataFrame) -> dict[str, float]:
