@@ -23,7 +23,7 @@ endef
 elapsed = start=$$(date +%s); $(1); echo "[$(2): $$(( $$(date +%s) - start )) s]"
 
 .PHONY: help venv experiments test test-unit test-notebooks test-smoke lab bench figures results \
-        clean clean-all cluster-bin cluster fabric-deps test-deps fuzz test-ui
+        clean clean-all cluster-bin cluster-deps images cluster fabric-deps test-deps fuzz test-ui
 
 help: ## show this help
 	@echo "dtlab: research workbench for digital-twin control of heterogeneous Kubernetes clusters"
@@ -83,8 +83,14 @@ clean-all: clean ## also remove every result under $(OUT)/ and the .venv
 CLUSTER      ?= local
 CLUSTER_SPEC ?= examples/cluster-hetero.yaml
 
-cluster-bin: ## build kube-apiserver, controller-manager, scheduler, kubectl, etcd, KWOK from Go modules (cached by version)
+cluster-bin: ## build kube-apiserver, controller-manager, scheduler, kubectl, etcd, KWOK, kubelet from Go modules (cached by version)
 	bash cluster/localplane/build.sh
+
+cluster-deps: ## everything real nodes need: containerd, runc, CNI, buildah, QEMU (root), kubelet + control plane, images
+	bash scripts/cluster-deps.sh
+
+images: ## build the pause and worker images (amd64/arm64/riscv64/wasm) with buildah from images/ (cached by source hash)
+	bash images/build.sh
 
 cluster: $(STAMP) ## start a cluster: CLUSTER=local (built from source, KWOK nodes from CLUSTER_SPEC) or CLUSTER=k3d|kind (Docker hosts)
 ifeq ($(CLUSTER),local)
