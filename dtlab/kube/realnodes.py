@@ -423,6 +423,16 @@ def kill_kubelet(rec: Mapping[str, Any]) -> None:
     _kill(rec.get("processes", {}).get("kubelet"), signal.SIGKILL)
 
 
+def restart_kubelet(rec: dict[str, Any]) -> bool:
+    """Start the kubelet again with its recorded command; False if it is still running."""
+    from .localplane import _alive
+    proc = rec.get("processes", {}).get("kubelet")
+    if not proc or _alive(proc):
+        return False
+    rec["processes"]["kubelet"] = _spawn(proc["cmd"], Path(proc["log"]))
+    return True
+
+
 def _mounts_under(prefix: str) -> list[str]:
     try:
         lines = Path("/proc/self/mountinfo").read_text().splitlines()
