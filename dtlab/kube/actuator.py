@@ -127,6 +127,8 @@ class PodSpec:
     args: tuple[str, ...] = ()             # worker arguments (real nodes: kernel, iterations)
     node_kind: str = "kwok"                # real: the worker image runs on a kubelet (no runtime class)
     cpu_limit: float | None = None         # real nodes: the scaled CPU share (else cpu)
+    scheduler: str | None = None           # unpinned: this schedulerName places the pod (kube-scheduler policy)
+    match: tuple[tuple[str, tuple[str, ...]], ...] = ()   # unpinned: required node labels (key, values)
 
     @property
     def name(self) -> str:
@@ -156,7 +158,13 @@ def pod_manifest(spec: PodSpec, namespace: str = NAMESPACE, pinning: str = "node
                     {"name": "DTLAB_FORMAT", "value": spec.format}],
         }],
     }
-    if pinning == "nodeName":
+    if spec.scheduler:
+        pod_spec["schedulerName"] = spec.scheduler
+        if spec.match:
+            pod_spec["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [
+                    {"key": k, "operator": "In", "values": list(v)} for k, v in spec.match]}]}}}
+    elif pinning == "nodeName":
         pod_spec["nodeName"] = spec.node
     else:
         pod_spec["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
@@ -166,6 +174,8 @@ def pod_manifest(spec: PodSpec, namespace: str = NAMESPACE, pinning: str = "node
         pod_spec["containers"][0]["args"] = list(spec.args)
     if spec.node_kind == "real":
         pod_spec["containers"][0].update(imagePullPolicy="Never", terminationMessagePolicy="File")
+        if spec.scheduler:     # KWOK nodes may take it too: their pods need no image
+            pod_spec["containers"][0]["imagePullPolicy"] = "IfNotPresent"
     elif fmt_family == "wasm":
         pod_spec["runtimeClassName"] = WASM_RUNTIME_CLASS
     body = {"apiVersion": "v1", "kind": "Pod",
@@ -322,22 +332,37 @@ class Actuator:
 
 def pod_spec_for(job, stage_id: str, node, fmt: str, attempt: int, duration_ms: float,
                  image: str = DEFAULT_IMAGE, real_scale: float | None = None, kernel: str = "mix",
-                 seed: int = 42) -> PodSpec:
+                 seed: int = 42, scheduler: str | None = None) -> PodSpec:
     """PodSpec of stage ``stage_id`` of dtlab Job ``job`` on dtlab Node ``node``.
 
     ``real_scale`` (a real node's ``dtlab.io/cpu-scale``): run the real work instead of a delay, as the
     fabric does: ``duration_ms * scale`` reference ms of ``kernel`` iterations (calibrated natively
     on this host) in one single-threaded worker capped at ``speed * scale`` CPUs, so it takes about
-    ``duration_ms / speed`` (times the format's real overhead) of wall time."""
+    ``duration_ms / speed`` (times the format's real overhead) of wall time.
+
+    ``scheduler`` (policy kube-scheduler): the pod is created unpinned for that schedulerName, with the
+    stage's arch/zone/node constraints as required node affinity. ``node`` is then only the twin's
+    guess; on real nodes the image is ``dtlab/worker:node`` (each node's containerd tags its own
+    arch's worker so, as a multi-arch image would, it runs natively wherever it lands) and the CPU
+    cap is ``scale`` (a speed-1 core: the node is not known when the pod is made; its cgroup quota
+    still bounds the node as a whole)."""
     stage = job.stages[job.stage_index[stage_id]]
     base = dict(job=job.name, stage=stage_id, node=node.name, attempt=attempt, arch=node.arch, format=fmt,
                 cpu=stage.compute.cpu, mem_gb=stage.compute.mem_gb, duration_ms=duration_ms,
                 nominal_ms=stage.compute.duration_ms)
+    if scheduler:
+        c = stage.constraints
+        match = tuple((k, tuple(v)) for k, v in (("kubernetes.io/arch", c.arch), ("topology.kubernetes.io/zone", c.zones),
+                                                  ("kubernetes.io/hostname", c.nodes)) if v)
+        base.update(node="", format="native", scheduler=scheduler, match=match)
     if real_scale is None:
         return PodSpec(**base, image=image)
     from ..fabric import worker
-    from .realnodes import image_for
+    from .realnodes import NODE_NATIVE_IMAGE, image_for
     iters = worker.iterations_for(stage.compute.duration_ms, kernel, real_scale)
+    if scheduler:
+        return PodSpec(**base, image=NODE_NATIVE_IMAGE, node_kind="real", cpu_limit=max(0.001, real_scale),
+                       args=("--format", "native", "--kernel", kernel, "--iters", str(iters), "--seed", str(int(seed))))
     return PodSpec(**base, image=image_for(node.arch, fmt), node_kind="real",
                    cpu_limit=max(0.001, node.speed * real_scale),
                    args=("--format", fmt, "--kernel", kernel, "--iters", str(iters), "--seed", str(int(seed))))

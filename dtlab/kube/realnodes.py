@@ -45,6 +45,7 @@ CPU_SCALE_LABEL = "dtlab.io/cpu-scale"
 PAUSE_IMAGE = "docker.io/dtlab/pause:1"
 WORKER_IMAGES = {"amd64": "docker.io/dtlab/worker:amd64", "arm64": "docker.io/dtlab/worker:arm64",
                  "riscv64": "docker.io/dtlab/worker:riscv64", "wasm": "docker.io/dtlab/worker:wasm"}
+NODE_NATIVE_IMAGE = "docker.io/dtlab/worker:node"   # per node: its own arch's worker (as a multi-arch image)
 IMAGE_TARS = ("pause", "worker-amd64", "worker-arm64", "worker-riscv64", "worker-wasm")
 CNI_BIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
 BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
@@ -348,7 +349,7 @@ def _wait_socket(path: Path, proc: Mapping[str, Any], timeout: float) -> None:
     raise RealNodeError(f"containerd at {path} did not come up: {tail}")
 
 
-def _import_images(sock: Path, tars: Path, ctr_log: Path) -> None:
+def _import_images(sock: Path, tars: Path, ctr_log: Path, arch: str = "amd64") -> None:
     for t in IMAGE_TARS:
         r = subprocess.run(["ctr", "-a", str(sock), "-n", "k8s.io", "images", "import", "--all-platforms",
                             "--no-unpack", str(tars / f"{t}.tar")], capture_output=True, text=True, timeout=300)
@@ -356,6 +357,11 @@ def _import_images(sock: Path, tars: Path, ctr_log: Path) -> None:
             fh.write(r.stdout + r.stderr)
         if r.returncode != 0:
             raise RealNodeError(f"importing {t} into {sock}: {r.stderr.strip()[-400:]}")
+    r = subprocess.run(["ctr", "-a", str(sock), "-n", "k8s.io", "images", "tag", "--force",
+                        WORKER_IMAGES.get(arch, WORKER_IMAGES["amd64"]), NODE_NATIVE_IMAGE],
+                       capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        raise RealNodeError(f"tagging {NODE_NATIVE_IMAGE} in {sock}: {r.stderr.strip()[-400:]}")
 
 
 def prepare(nodes: list[Mapping[str, Any]], real: Iterable[str], plane: str,
@@ -399,7 +405,7 @@ def start_node(rec: dict[str, Any], wd: Path, kubeconfig: str, pki: Path, tars: 
                                             d / "logs" / "containerd.log")
     save()
     _wait_socket(d / "containerd.sock", rec["processes"]["containerd"], timeout)
-    _import_images(d / "containerd.sock", tars, d / "logs" / "ctr.log")
+    _import_images(d / "containerd.sock", tars, d / "logs" / "ctr.log", rec.get("arch", "amd64"))
     (d / "kubelet.yaml").write_text(yaml.safe_dump(_kubelet_config(d, rec, pki, ports), sort_keys=False))
     rec["ports"] = list(ports)
     rec["processes"]["kubelet"] = _spawn(

@@ -356,13 +356,22 @@ class KubeSubstrate(WallClockSubstrate):
         s["tried"].append(node)
         fmt = plan.formats.get(sid) if node == plan.placement[sid] else None
         fmt, dur = self._duration_ms(st, sid, node, fmt)
-        real = self._real.get(node)
-        spec = pod_spec_for(st["job"], sid, self._cluster.node(node), fmt, s["attempt"], dur, self.image,
-                            real_scale=real, seed=self.seed + 1)
+        from ..policies.baselines import UNPINNED
+        scheduler = UNPINNED.get(plan.policy)
+        if scheduler:        # the real scheduler places it: the node is known once observed
+            real = next(iter(self._real.values()), None)
+            spec = pod_spec_for(st["job"], sid, self._cluster.node(node), fmt, s["attempt"], dur, self.image,
+                                real_scale=real, seed=self.seed + 1, scheduler=scheduler)
+            node = s["node"] = None
+            s["tried"][-1] = None
+        else:
+            real = self._real.get(node)
+            spec = pod_spec_for(st["job"], sid, self._cluster.node(node), fmt, s["attempt"], dur, self.image,
+                                real_scale=real, seed=self.seed + 1)
         record = {"job": st["job"].name, "stage": sid, "node": node, "format": fmt, "start_ms": None,
                   "end_ms": None, "duration_ms": None, "ok": None, "pod": spec.name, "attempt": s["attempt"],
                   "planned_ms": dur / self.opts["time_scale"], "reason": reason or None, "_current": True,
-                  "node_kind": "real" if real is not None else "kwok", "observed_ms": None, "uname_m": None,
+                  "node_kind": None if scheduler else ("real" if real is not None else "kwok"), "observed_ms": None, "uname_m": None,
                   "exec": None, "startup_ms": None, "created_ms": None}
         s["record"] = record
         self._stages.append(record)
@@ -399,6 +408,9 @@ class KubeSubstrate(WallClockSubstrate):
             return []
         s = st["stages"][rec["stage"]]
         t_ms = ev["ts"] * 1000.0
+        if rec["node"] is None and ev.get("node"):       # unpinned: where the scheduler put it
+            rec["node"] = s["node"] = ev["node"]
+            rec["node_kind"] = "real" if ev["node"] in self._real else "kwok"
         if ev["kind"] == "stage-start":
             rec["start_ms"] = t_ms
             s["phase"] = "running"

@@ -154,6 +154,28 @@ def test_submit_cli_prints_node_kind_observed_and_uname(plane, tmp_path):
     assert a["observed_ms"] > 0 and b["start_ms"] >= a["end_ms"]
 
 
+def test_kube_scheduler_policy_lets_the_real_scheduler_place_pods(plane, core):
+    from dtlab.twin import Twin
+    stages = [{"id": f"u{i}", "compute": {"cpu": 1, "mem_gb": 0.25, "duration_ms": 200},
+               "constraints": {"nodes": ["rn-amd", "rn-arm", "rn-rv"]}} for i in range(3)]
+    job = _job("rn-sched", stages)
+    plan = Twin(CLUSTER).plan(job, policy="kube-scheduler", samples=16, seed=0)
+    sub = _substrate(plane)
+    try:
+        sub.submit(plan, job)
+        sub.advance(None)
+        status = sub.job_status(job.name)
+    finally:
+        sub.close()
+    assert status["ok"] is True, status
+    for sid, s in status["stages"].items():
+        pod = core.read_namespaced_pod(s["pod"], "dtlab")
+        assert pod.spec.scheduler_name == "default-scheduler" and pod.spec.node_name == s["node"]
+        assert s["node"] in ("rn-amd", "rn-arm", "rn-rv") and s["node_kind"] == "real"
+        assert s["uname_m"] == UNAME[s["node"]], s          # dtlab/worker:node is each node's own arch
+    print("kube-scheduler placed:", {k: v["node"] for k, v in status["stages"].items()})
+
+
 def test_killed_kubelet_moves_the_stage_to_its_shadow(plane, core):
     from dtlab.kube import localplane as lp
     job = _job("rn-kill", [{"id": "long", "compute": {"cpu": 1, "mem_gb": 0.25, "duration_ms": 6000}}])
