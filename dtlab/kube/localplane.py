@@ -736,6 +736,55 @@ def restart_kubelet(node: str, name: str = "default") -> None:
         _save_state(name, st)
 
 
+EXTENDER_SCHEDULER = "dtlab-extender"
+
+
+def scheduler_extender_config(kubeconfig_path: str, url: str) -> dict[str, Any]:
+    """KubeSchedulerConfiguration of the second scheduler: profile ``dtlab-extender`` (default plugins)
+    with ``dtlab serve --extender`` at ``url`` (filter + prioritize, weight 1) in its loop. This is the
+    configuration other work reuses to put the twin into the real scheduler."""
+    return {"apiVersion": "kubescheduler.config.k8s.io/v1", "kind": "KubeSchedulerConfiguration",
+            "clientConnection": {"kubeconfig": kubeconfig_path, "qps": 1000, "burst": 2000},
+            "leaderElection": {"leaderElect": False},
+            "profiles": [{"schedulerName": EXTENDER_SCHEDULER}],
+            "extenders": [{"urlPrefix": url.rstrip("/") + "/extender", "filterVerb": "filter",
+                           "prioritizeVerb": "prioritize", "weight": 1, "enableHTTPS": False,
+                           "nodeCacheCapable": False, "ignorable": False, "httpTimeout": "5s"}]}
+
+
+def start_extender_scheduler(url: str, name: str = "default", timeout: float = 60.0) -> dict[str, Any]:
+    """Start (or restart) a second kube-scheduler whose pods (``schedulerName: dtlab-extender``) go
+    through the extender at ``url``; ``down`` stops it with the plane."""
+    st = _load_state(name)
+    if not st:
+        raise LocalPlaneError(f"local plane {name!r} is not running")
+    stop_extender_scheduler(name)
+    st = _load_state(name)
+    wd = Path(st["workdir"])
+    cfg = wd / "scheduler-extender.yaml"
+    cfg.write_text(yaml.safe_dump(scheduler_extender_config(st["kubeconfig"], url)))
+    port = _free_ports(1)[0]
+    cmd = [st["bins"]["kube-scheduler"], f"--config={cfg}", f"--authentication-kubeconfig={st['kubeconfig']}",
+           f"--authorization-kubeconfig={st['kubeconfig']}", "--bind-address=127.0.0.1",
+           f"--secure-port={port}", "--profiling=false", "--v=1"]
+    proc = _spawn("kube-scheduler-extender", cmd, wd)
+    st.setdefault("extra_processes", {})["kube-scheduler-extender"] = {**proc, "port": port}
+    _save_state(name, st)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    _wait(lambda: _http_ok(f"https://127.0.0.1:{port}/healthz", ctx), "kube-scheduler (extender) /healthz",
+          timeout, [("kube-scheduler-extender", proc)])
+    return proc
+
+
+def stop_extender_scheduler(name: str = "default") -> None:
+    st = _load_state(name)
+    proc = (st or {}).get("extra_processes", {}).pop("kube-scheduler-extender", None)
+    if proc:
+        _kill(proc)
+        _save_state(name, st)
+
+
 def real_node_names(name: str = "default") -> list[str]:
     st = _load_state(name)
     return [r["name"] for r in (st or {}).get("real_nodes", [])]
@@ -809,6 +858,11 @@ def down(name: str = "default", *, keep_workdir: bool = True) -> None:
     if not st:
         return
     errors = []
+    for proc in st.get("extra_processes", {}).values():
+        try:
+            _kill(proc)
+        except LocalPlaneError as e:
+            errors.append(str(e))
     if st.get("real_nodes") or st.get("binfmt"):
         from . import realnodes
         for rec in st.get("real_nodes", []):

@@ -10,7 +10,9 @@ number stays in the twin's milliseconds; Kubernetes' own delays - KWOK's 1-2 s n
 watch latency - are not scaled), ``noise`` (seeded LogNormal service
 noise on top of the predicted time, so the observed world is not the twin's mean),
 ``pinning`` (nodeName | affinity, see :mod:`dtlab.kube.actuator`), ``dry_run``,
-``max_attempts`` per stage, ``drain_limit_s``.
+``max_attempts`` per stage, ``drain_limit_s``, ``real_nodes`` ("all" or a list of node names: when
+this substrate starts its own plane, those nodes run real kubelets, :mod:`dtlab.kube.realnodes`),
+``node_grace_s`` (that plane's node-monitor grace period).
 
 * **Clock**: wall time since the substrate was made, divided by ``time_scale``; ``advance`` sleeps/polls.
 * **DAG order**: a stage's pod is created when all its predecessors' pods Succeeded
@@ -59,7 +61,7 @@ from .base import JOB_COLUMNS, STAGE_COLUMNS, WallClockSubstrate
 KUBE_DEFAULTS: dict[str, Any] = {
     "kubeconfig": None, "plane": "default", "start_plane": True, "namespace": "dtlab", "time_scale": 1.0,
     "noise": True, "pinning": "nodeName", "dry_run": False, "max_attempts": 3, "drain_limit_s": 600.0,
-    "poll_s": 0.05, "keep_pods": False, "image": None,
+    "poll_s": 0.05, "keep_pods": False, "image": None, "real_nodes": None, "node_grace_s": None,
 }
 _NODE_FAIL_REASONS = {"Evicted", "NodeLost", "TaintManagerEviction", "DeletionByTaintManager", "NodeAffinity",
                       "OutOfcpu", "OutOfmemory", "Terminated"}
@@ -78,6 +80,12 @@ def kube_options(opts: Mapping[str, Any] | None) -> dict[str, Any]:
             raise SpecError(f"substrate_opts.{k}", f"must be a number > 0, got {v!r}")
     if isinstance(out["max_attempts"], bool) or not isinstance(out["max_attempts"], int) or out["max_attempts"] < 1:
         raise SpecError("substrate_opts.max_attempts", "must be an integer >= 1")
+    rn = out["real_nodes"]
+    if rn is not None and rn != "all" and not (isinstance(rn, list) and all(isinstance(x, str) for x in rn)):
+        raise SpecError("substrate_opts.real_nodes", f"must be 'all' or a list of node names, got {rn!r}")
+    g = out["node_grace_s"]
+    if g is not None and (isinstance(g, bool) or not isinstance(g, (int, float)) or not 1 <= g <= 3600):
+        raise SpecError("substrate_opts.node_grace_s", f"must be a number of seconds in [1, 3600], got {g!r}")
     if out["pinning"] not in ("nodeName", "affinity"):
         raise SpecError("substrate_opts.pinning", "must be 'nodeName' or 'affinity'")
     return out
@@ -118,7 +126,8 @@ class KubeSubstrate(WallClockSubstrate):
             if not self.opts["start_plane"]:
                 raise SubstrateUnavailable(f"no kubeconfig given and local plane {self.opts['plane']!r} is not "
                                            "running (`dtlab cluster up`)")
-            localplane.up(cluster, name=self.opts["plane"], timeout=180)
+            localplane.up(cluster, name=self.opts["plane"], timeout=240, real_nodes=self.opts["real_nodes"],
+                          node_grace_s=self.opts["node_grace_s"])
             self._owns_plane = True
             kc = localplane.kubeconfig(self.opts["plane"])
         self.kubeconfig = kc

@@ -32,7 +32,7 @@ from dtlab.plan import Plan
 REPO = Path(__file__).resolve().parents[2]
 PLANE = f"rn{os.getpid() % 100000}"
 GRACE_S = 8
-CLUSTER = load_cluster({
+CLUSTER_DOC = {
     "apiVersion": "dtlab/v1", "kind": "Cluster", "metadata": {"name": "real-e2e"},
     "nodes": [
         {"name": "rn-amd", "arch": "amd64", "cores": 2, "speed": 1.0, "mem_gb": 4, "formats": ["native"], "zone": "za"},
@@ -42,7 +42,8 @@ CLUSTER = load_cluster({
         {"name": "rn-wasm", "arch": "amd64", "cores": 2, "speed": 1.0, "mem_gb": 4, "formats": ["wasm"], "zone": "za"},
         {"name": "kw-0", "arch": "amd64", "cores": 4, "speed": 1.0, "mem_gb": 8, "formats": ["native"], "zone": "za"},
     ],
-    "links": [{"a": "za", "b": "zb", "latency_ms": 10, "bandwidth_mbps": 100}]})
+    "links": [{"a": "za", "b": "zb", "latency_ms": 10, "bandwidth_mbps": 100}]}
+CLUSTER = load_cluster(CLUSTER_DOC)
 REAL = ["rn-amd", "rn-arm", "rn-rv", "rn-wasm"]
 UNAME = {"rn-amd": "x86_64", "rn-arm": "aarch64", "rn-rv": "riscv64", "rn-wasm": "x86_64"}
 KERNEL_ARCH = {"rn-amd": "amd64", "rn-arm": "arm64", "rn-rv": "riscv64", "rn-wasm": "wasm32"}
@@ -165,15 +166,62 @@ def test_kube_scheduler_policy_lets_the_real_scheduler_place_pods(plane, core):
         sub.submit(plan, job)
         sub.advance(None)
         status = sub.job_status(job.name)
+        pods = {s["pod"]: core.read_namespaced_pod(s["pod"], "dtlab") for s in status["stages"].values()}
     finally:
         sub.close()
     assert status["ok"] is True, status
     for sid, s in status["stages"].items():
-        pod = core.read_namespaced_pod(s["pod"], "dtlab")
+        pod = pods[s["pod"]]
         assert pod.spec.scheduler_name == "default-scheduler" and pod.spec.node_name == s["node"]
         assert s["node"] in ("rn-amd", "rn-arm", "rn-rv") and s["node_kind"] == "real"
         assert s["uname_m"] == UNAME[s["node"]], s          # dtlab/worker:node is each node's own arch
     print("kube-scheduler placed:", {k: v["node"] for k, v in status["stages"].items()})
+
+
+def test_kube_scheduler_with_the_dt_extender_in_its_loop(plane, core, tmp_path):
+    import socket
+    import urllib.request
+    from dtlab.kube import localplane as lp
+    from dtlab.twin import Twin
+    spec = tmp_path / "cluster.yaml"
+    spec.write_text(yaml.safe_dump(CLUSTER_DOC))
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    srv = subprocess.Popen([sys.executable, "-m", "dtlab.cli", "serve", "--cluster", str(spec), "--port", str(port),
+                            "--extender", "--insecure-dev", "--kubeconfig", plane["kubeconfig"]],
+                           cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and srv.poll() is None, "dtlab serve did not start"
+                time.sleep(0.3)
+        lp.start_extender_scheduler(f"http://127.0.0.1:{port}", PLANE)
+        job = _job("rn-ext", [{"id": "e", "compute": {"cpu": 1, "mem_gb": 0.25, "duration_ms": 200},
+                               "constraints": {"nodes": ["rn-amd", "rn-arm"]}}])
+        plan = Twin(CLUSTER).plan(job, policy="kube-scheduler+extender", samples=16, seed=0)
+        sub = _substrate(plane)
+        try:
+            sub.submit(plan, job)
+            sub.advance(None)
+            status = sub.job_status(job.name)
+            pod = core.read_namespaced_pod(status["stages"]["e"]["pod"], "dtlab")
+        finally:
+            sub.close()
+    finally:
+        lp.stop_extender_scheduler(PLANE)
+        srv.terminate()
+        srv.wait(timeout=30)
+    assert status["ok"] is True, status
+    assert pod.spec.scheduler_name == "dtlab-extender" and pod.spec.node_name in ("rn-amd", "rn-arm")
+    expl = (pod.metadata.annotations or {}).get("dtlab.io/explanation")
+    assert expl, "the extender did not annotate its decision on the pod"
+    print("extender placed e on", pod.spec.node_name, "explanation:", expl[:200])
 
 
 def test_killed_kubelet_moves_the_stage_to_its_shadow(plane, core):
