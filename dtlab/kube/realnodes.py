@@ -267,6 +267,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
+        Root = "{d / 'runc'}"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{cni_bin}"
     conf_dir = "{cni_conf}"
@@ -516,14 +517,25 @@ def pod_netns(rec: Mapping[str, Any]) -> list[str]:
 
 
 def crictl_less_cleanup(sock: Path) -> None:
-    """Stop and remove every task and container of this containerd (ctr, k8s.io namespace)."""
+    """Stop and remove every task and container of this containerd (ctr, k8s.io namespace), so the
+    shims exit cleanly; then remove shim sockets a killed shim left in /run/containerd/s."""
+    import hashlib
     ctr = ["ctr", "-a", str(sock), "-n", "k8s.io"]
     r = subprocess.run([*ctr, "tasks", "ls", "-q"], capture_output=True, text=True, timeout=30)
+    cs = subprocess.run([*ctr, "containers", "ls", "-q"], capture_output=True, text=True, timeout=30)
     for cid in r.stdout.split():
         subprocess.run([*ctr, "tasks", "kill", "-s", "SIGKILL", cid], capture_output=True, timeout=30)
     time.sleep(0.3)
     for cid in r.stdout.split():
         subprocess.run([*ctr, "tasks", "delete", "-f", cid], capture_output=True, timeout=30)
+    for cid in set(r.stdout.split()) | set(cs.stdout.split()):
+        # containerd 1.6 shim.SocketAddress: /run/containerd/s/sha256(<grpc address>/<ns>/<id>)
+        digest = hashlib.sha256(os.path.join(str(sock), "k8s.io", cid).encode()).hexdigest()
+        for base in ("/run/containerd/s", "/var/run/containerd/s"):
+            try:
+                Path(base, digest).unlink()
+            except OSError:
+                pass
 
 
 def _pids_with_arg(needle: str) -> list[int]:
