@@ -352,7 +352,7 @@ def pod_spec_for(job, stage_id: str, node, fmt: str, attempt: int, duration_ms: 
                 nominal_ms=stage.compute.duration_ms)
     if scheduler:
         c = stage.constraints
-        match = tuple((k, tuple(v)) for k, v in (("kubernetes.io/arch", c.arch), ("topology.kubernetes.io/zone", c.zones),
+        match = tuple((k, tuple(v)) for k, v in (("dtlab.io/arch", c.arch), ("topology.kubernetes.io/zone", c.zones),
                                                   ("kubernetes.io/hostname", c.nodes)) if v)
         base.update(node="", format="native", scheduler=scheduler, match=match)
     if real_scale is None:

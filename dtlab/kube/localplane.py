@@ -440,6 +440,7 @@ def node_manifest(node: Any) -> dict[str, Any]:
     formats = list(_get(node, "formats", ("native",)) or ())
     labels: dict[str, str] = {
         "kubernetes.io/arch": arch,
+        "dtlab.io/arch": arch,        # the spec's arch: a real kubelet resets kubernetes.io/arch to the host's
         "kubernetes.io/os": "linux",
         "kubernetes.io/hostname": name,
         "type": "kwok",
@@ -710,6 +711,8 @@ def _start_real(st: dict[str, Any], nodes: list[Any], real: list[str], ports: li
     _wait(_labelled, f"{len(recs)} kubelets registered", timeout, kprocs)
     _wait(lambda: _ready_nodes(api, real) == set(real), f"{len(real)} real nodes Ready", timeout, kprocs)
     st["real_ready_s"] = round(time.time() - t0, 2)
+    for rec in recs:   # again once Ready: the kubelet's first status sync may have reset default labels
+        api.patch_node(rec["name"], realnodes.label_patch(rec, manifests[rec["name"]]))
     _save_state(st["name"], st)
 
 

@@ -75,7 +75,7 @@ def node_spec(obj: Mapping[str, Any]) -> dict[str, Any]:
     formats = sorted(k[len("dtlab.io/format-"):] for k, v in labels.items()
                      if k.startswith("dtlab.io/format-") and v == "true") or ["native"]
     return {"name": meta["name"],
-            "arch": labels.get("kubernetes.io/arch") or (status.get("nodeInfo") or {}).get("architecture", "amd64"),
+            "arch": labels.get("dtlab.io/arch") or labels.get("kubernetes.io/arch") or (status.get("nodeInfo") or {}).get("architecture", "amd64"),
             "cores": max(1, int(round(_quantity(cores, 1.0)))),
             "speed": float(labels.get("dtlab.io/speed", 1.0)),
             "mem_gb": round(_quantity(cap.get("memory", "8Gi"), 8 * 2**30) / 2**30, 3),

@@ -97,7 +97,9 @@ def test_status_says_which_node_is_which(plane, core):
     for name in REAL:
         n = nodes[name]
         assert n.metadata.labels["dtlab.io/node-kind"] == "real"
-        assert n.metadata.labels["kubernetes.io/arch"] == CLUSTER.node(name).arch       # the spec's, not the host's
+        assert n.metadata.labels["dtlab.io/arch"] == CLUSTER.node(name).arch      # the spec's, not the host's
+        assert n.status.node_info.architecture == "amd64"                           # what the kubelet reports
+        print(name, "kubernetes.io/arch label:", n.metadata.labels.get("kubernetes.io/arch"))
         assert n.status.node_info.kubelet_version == "v1.36.3"                          # a real kubelet
         assert n.status.node_info.container_runtime_version.startswith("containerd://")
     assert nodes["kw-0"].metadata.annotations.get("kwok.x-k8s.io/node") == "fake"
@@ -117,7 +119,7 @@ def test_job_runs_real_containers_on_the_intended_nodes(plane):
         res = sub.results()
     finally:
         sub.close()
-    assert status["ok"] is True, status
+    assert status["ok"] is True, json.dumps(status, indent=1, default=str)
     for n in REAL:
         s = status["stages"][f"s-{n}"]
         assert s["phase"] == "succeeded" and s["node"] == n and s["node_kind"] == "real", s
