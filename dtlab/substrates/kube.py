@@ -243,7 +243,8 @@ class KubeSubstrate(WallClockSubstrate):
         if self.observer is not None:
             self.observer.stop()
         errors = []
-        for n in sorted(getattr(self, "_failed_nodes", ())):   # a run's faults do not outlive it on a shared plane
+        restored = sorted(getattr(self, "_failed_nodes", ()))
+        for n in restored:   # a run's faults do not outlive it on a shared plane
             try:
                 if n in self._real:
                     self._fail_node(n, False)
@@ -251,8 +252,8 @@ class KubeSubstrate(WallClockSubstrate):
                 self.actuator.set_node_failed(n, False)
             except DtlabError as exc:
                 errors.append(str(exc))
-        if getattr(self, "_failed_nodes", None) and not self._owns_plane:
-            self._wait_ready(sorted(self._failed_nodes), errors)
+        if restored and not self._owns_plane:
+            self._wait_ready(restored, errors)
         if not self.opts["keep_pods"] and hasattr(self, "actuator"):
             for name in list(self._jobs):
                 try:
