@@ -118,3 +118,20 @@ def test_real_nodes_of_reads_kind_and_scale_labels():
     nodes = [{"metadata": {"name": "a", "labels": {"dtlab.io/node-kind": "real", "dtlab.io/cpu-scale": "0.25"}}},
              {"metadata": {"name": "b", "labels": {"type": "kwok"}}}]
     assert real_nodes_of(nodes) == {"a": 0.25}
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--cluster", "examples/cluster-hetero.yaml", "--real-nodes", "nope,cloud-0"],
+     "--real-nodes: not nodes of the cluster: ['nope']"),
+    (["--real-nodes", "all"], "--real-nodes: needs --cluster"),
+    (["--cluster", "examples/cluster-hetero.yaml", "--node-grace", "0"], "--node-grace: must be in [1, 3600]"),
+])
+def test_cluster_up_bad_real_node_options_exit_2_before_starting_anything(argv, msg, capsys, monkeypatch):
+    from dtlab import cli
+    from dtlab.kube import localplane as lp
+    called = []
+    monkeypatch.setattr(lp, "binaries_available", lambda: (True, ""))
+    monkeypatch.setattr(lp, "up", lambda *a, **k: called.append(1))
+    code = cli.main(["cluster", "up", "--name", "unit-never-started", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and msg in err and not called
