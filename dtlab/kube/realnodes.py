@@ -51,7 +51,14 @@ CNI_BIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
 BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
 BINFMT_ARCH = {"arm64": ("aarch64", "qemu-aarch64"), "riscv64": ("riscv64", "qemu-riscv64")}
 CGROUP_V1 = Path("/sys/fs/cgroup")
-POD_NET = "10.244"          # 10.244.<index>.0/24 per real node
+POD_NET = "10.244"          # 10.244.<index>.0/24 per real node of plane "default"
+
+
+def pod_net(plane: str) -> str:
+    """The /16 a plane's pod CIDRs come from: 10.244 for "default", else 10.200-10.239 by the name's
+    hash, so two planes on one host (a user's and a test's) do not route the same subnets."""
+    import zlib
+    return POD_NET if plane == "default" else f"10.{200 + zlib.crc32(plane.encode()) % 40}"
 _REPO = Path(__file__).resolve().parents[2]
 
 
@@ -275,11 +282,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 """
 
 
-def _cni_conflist(idx: int, d: Path, bridge: str) -> dict[str, Any]:
+def _cni_conflist(idx: int, d: Path, bridge: str, net: str = POD_NET) -> dict[str, Any]:
     return {"cniVersion": "0.4.0", "name": f"dtlab-pods-{idx}", "plugins": [{
         "type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": False, "hairpinMode": True,
         "ipam": {"type": "host-local", "dataDir": str(d / "ipam"),
-                 "ranges": [[{"subnet": f"{POD_NET}.{idx}.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}]}}]}
+                 "ranges": [[{"subnet": f"{net}.{idx}.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}]}}]}
 
 
 def _kubelet_config(d: Path, node: Mapping[str, Any], pki: Path, ports: tuple[int, int]) -> dict[str, Any]:
@@ -294,7 +301,7 @@ def _kubelet_config(d: Path, node: Mapping[str, Any], pki: Path, ports: tuple[in
         "authorization": {"mode": "AlwaysAllow"},       # loopback-only plane
         "enforceNodeAllocatable": [], "evictionHard": {},
         "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,   # images cannot be pulled again
-        "podCIDR": f"{POD_NET}.{node['index']}.0/24", "resolvConf": "", "serializeImagePulls": False,
+        "podCIDR": f"{node.get('net', POD_NET)}.{node['index']}.0/24", "resolvConf": "", "serializeImagePulls": False,
         "nodeStatusUpdateFrequency": "2s", "nodeStatusReportFrequency": "10s", "nodeLeaseDurationSeconds": 10,
         "maxPods": 110, "staticPodPath": "", "registerNode": True,
     }
@@ -381,6 +388,7 @@ def prepare(nodes: list[Mapping[str, Any]], real: Iterable[str], plane: str,
             raise RealNodeError("at most 250 real nodes (one /24 pod CIDR each)")
         out.append({"name": n["name"], "index": i, "arch": n.get("arch", "amd64"),
                     "cgroup": f"dtlab-{plane}-{n['name']}"[:100], "bridge": f"dtrn{i}-{plane}"[:15],
+                    "net": pod_net(plane),
                     "scale": scale, "cpus": float(n.get("cores", 1)) * float(n.get("speed", 1.0)) * scale,
                     "processes": {}, "cgroups": []})
     return out
@@ -398,7 +406,7 @@ def start_node(rec: dict[str, Any], wd: Path, kubeconfig: str, pki: Path, tars: 
     cni_bin = cni_bin_dir()
     if cni_bin is None:
         raise RealNodeError("CNI plugins not found")
-    (d / "cni" / "10-dtlab.conflist").write_text(json.dumps(_cni_conflist(rec["index"], d, rec["bridge"]), indent=1))
+    (d / "cni" / "10-dtlab.conflist").write_text(json.dumps(_cni_conflist(rec["index"], d, rec["bridge"], rec["net"]), indent=1))
     (d / "containerd.toml").write_text(_containerd_config(d, d / "cni", cni_bin))
     rec["cgroups"] = _make_cgroup(rec["cgroup"], rec["cpus"])
     save()
@@ -507,7 +515,7 @@ def pod_netns(rec: Mapping[str, Any]) -> list[str]:
     """Names of the network namespaces holding an address of this node's pod CIDR."""
     if not rec.get("index"):
         return []
-    prefix = f"{POD_NET}.{rec['index']}."
+    prefix = f"{rec.get('net', POD_NET)}.{rec['index']}."
     out = []
     for p in sorted(Path("/var/run/netns").glob("cni-*")) if Path("/var/run/netns").is_dir() else []:
         r = subprocess.run(["ip", "-n", p.name, "-4", "-o", "addr"], capture_output=True, text=True)
