@@ -157,6 +157,8 @@ def _make_cgroup(name: str, cpus: float) -> list[str]:
             period = 100_000
             (d / "cpu.cfs_period_us").write_text(str(period))
             (d / "cpu.cfs_quota_us").write_text(str(max(1000, int(round(cpus * period)))))
+    if (CGROUP_V1 / "unified" / "cgroup.procs").exists():
+        made.append(str(CGROUP_V1 / "unified" / name))   # hybrid host: the kubelet makes it there too
     return made
 
 

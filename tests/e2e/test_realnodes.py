@@ -279,3 +279,4 @@ def test_zz_down_leaves_nothing(plane):
         assert not any(Path(c).exists() for c in r["cgroups"])
     for e in binfmt["entries"]:
         assert not (realnodes.BINFMT_DIR / e).exists()
+    assert list(Path("/sys/fs/cgroup").glob(f"*/dtlab-{PLANE}-*")) == []     # every hierarchy, unified too
