@@ -1,4 +1,4 @@
-"""e2e: the smoke sizes of params/V3-kube.yaml and params/V1-kube.yaml run on a local plane whose
+"""e2e: the smoke sizes of params/V1-kube.yaml, V2-kube and V3-kube run on a local plane whose
 nodes are all real kubelets (examples/cluster-real-smoke.yaml: amd64, arm64 and riscv64 through
 QEMU, wasm under wazero). V3 measures the containers' own format factors and reports container
 start-up apart; V1 runs a DT policy and the real kube-scheduler through the controller loop.
@@ -77,3 +77,13 @@ def test_v1_kube_runs_a_dt_policy_and_the_real_scheduler(plane):
     assert len(jobs) == 2 * 4 and jobs["ok"].astype(bool).all(), jobs
     assert all(not math.isnan(x) and x > 0 for x in jobs["latency_ms"])
     print(res.table.to_string())
+
+
+def test_v2_kube_compares_predictions_with_measured_latencies(plane):
+    from dtlab.experiments import v2
+    t0 = time.monotonic()
+    res = v2.run(_params("V2"))
+    print(f"\nV2 smoke on real nodes: {time.monotonic() - t0:.0f} s")
+    assert res.metrics["substrate"] == "kube" and res.metrics["jobs_not_completed"] == 0
+    assert set(res.table["predictor"]) == {"fast", "none"}
+    print({k: v for k, v in res.metrics.items() if "mape" in k.lower()})
