@@ -96,12 +96,9 @@ def missing() -> str | None:
     return None
 
 
-def images_dir(build: bool = True) -> Path:
-    """The docker-archive tarballs of images/build.sh (built now if needed and ``build``)."""
-    env = dict(os.environ)
-    if not build:
-        raise RealNodeError("images not built")
-    r = subprocess.run(["bash", str(_REPO / "images" / "build.sh")], capture_output=True, text=True, env=env)
+def images_dir() -> Path:
+    """The docker-archive tarballs of images/build.sh (built now if their source changed; cached)."""
+    r = subprocess.run(["bash", str(_REPO / "images" / "build.sh")], capture_output=True, text=True)
     if r.returncode != 0:
         raise RealNodeError(f"images/build.sh failed: {r.stderr.strip()[-800:]}")
     d = Path(r.stdout.strip().splitlines()[-1])
