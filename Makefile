@@ -26,7 +26,7 @@ endef
 elapsed = start=$$(date +%s); $(1); echo "[$(2): $$(( $$(date +%s) - start )) s]"
 
 .PHONY: help venv experiments test test-unit test-notebooks test-smoke lab bench figures results \
-        clean clean-all cluster-bin cluster fabric-deps test-deps fuzz test-ui deps fresh-check
+        clean clean-all cluster-bin cluster-deps images cluster fabric-deps test-deps fuzz test-ui deps fresh-check
 
 help: ## show this help
 	@echo "dtlab: research workbench for digital-twin control of heterogeneous Kubernetes clusters"
@@ -86,8 +86,14 @@ clean-all: clean ## also remove every result under $(OUT)/ and the .venv
 CLUSTER      ?= local
 CLUSTER_SPEC ?= examples/cluster-hetero.yaml
 
-cluster-bin: ## build kube-apiserver, controller-manager, scheduler, kubectl, etcd, KWOK from Go modules (cached by version)
+cluster-bin: ## build kube-apiserver, controller-manager, scheduler, kubectl, etcd, KWOK, kubelet from Go modules (cached by version)
 	bash cluster/localplane/build.sh
+
+cluster-deps: ## everything real nodes need: containerd, runc, CNI, buildah, QEMU (root), kubelet + control plane, images
+	bash scripts/cluster-deps.sh
+
+images: ## build the pause and worker images (amd64/arm64/riscv64/wasm) with buildah from images/ (cached by source hash)
+	bash images/build.sh
 
 cluster: $(STAMP) ## start a cluster: CLUSTER=local (built from source, KWOK nodes from CLUSTER_SPEC) or CLUSTER=k3d|kind (Docker hosts)
 ifeq ($(CLUSTER),local)
@@ -104,7 +110,7 @@ else
 	@echo "CLUSTER must be local, k3d or kind (got $(CLUSTER))"; exit 2
 endif
 
-deps: venv test-deps fabric-deps cluster-bin ## every install step of the project (what .ci/run and fresh-check run)
+deps: venv test-deps fabric-deps cluster-bin cluster-deps ## every install step of the project (what .ci/run and fresh-check run)
 
 fresh-check: ## prove `make deps` on a fresh Debian bookworm root (debootstrap; root; cached base)
 	bash scripts/fresh-check.sh $(FRESH_ARGS)

@@ -21,7 +21,7 @@ from dataclasses import replace
 from itertools import combinations
 from typing import Any
 
-from .errors import DtlabError, SubstrateUnavailable
+from .errors import DtlabError, SpecError, SubstrateUnavailable
 
 DEFAULT_WAN = {"latency_ms": 20.0, "bandwidth_mbps": 100.0}
 
@@ -37,6 +37,11 @@ def register(subparsers) -> None:
     g.add_argument("--nodes", type=int, help="N default heterogeneous nodes (amd64/arm64/riscv64)")
     g.add_argument("--cluster", help="Cluster spec (examples/cluster-hetero.yaml): one KWOK node per node")
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness (default 180)")
+    up.add_argument("--real-nodes", metavar="NAMES",
+                    help="comma-separated node names of --cluster (or 'all') that run a real kubelet on their own "
+                         "containerd instead of KWOK (make cluster-deps; root)")
+    up.add_argument("--node-grace", type=float, metavar="S",
+                    help="seconds without a heartbeat before a node is NotReady (default 80)")
     down = sub.add_parser("down", help="stop every process of the plane")
     down.add_argument("--purge", action="store_true", help="also delete the plane's workdir (logs, etcd data)")
     for s in (up, sub.add_parser("status", help="components, readiness and node counts"), down,
@@ -83,20 +88,43 @@ def run_cluster(args: argparse.Namespace) -> int:
         if args.cluster:
             from .model import load_cluster
             nodes = load_cluster(args.cluster)
+        if args.node_grace is not None and not (1 <= args.node_grace <= 3600):
+            raise SpecError("--node-grace", f"must be in [1, 3600] seconds, got {args.node_grace:g}")
+        real = None
+        if args.real_nodes is not None:
+            if not args.cluster and args.nodes is None:
+                raise SpecError("--real-nodes", "needs --cluster (or --nodes) to name the nodes")
+            names = [n["name"] for n in lp._nodes_list(nodes)]
+            real = names if args.real_nodes.strip() == "all" else \
+                [r.strip() for r in args.real_nodes.split(",") if r.strip()]
+            unknown = [r for r in real if r not in names]
+            if not real or unknown:
+                raise SpecError("--real-nodes", f"not nodes of the cluster: {unknown or args.real_nodes!r} "
+                                                f"(known: {', '.join(names)}, or 'all')")
+            from .kube import realnodes
+            why = realnodes.missing()
+            if why:
+                raise SubstrateUnavailable(f"real nodes: {why}")
         try:
-            st = lp.up(nodes, name=args.name, timeout=args.timeout)
-        except lp.LocalPlaneError as exc:
+            st = lp.up(nodes, name=args.name, timeout=args.timeout, real_nodes=real, node_grace_s=args.node_grace)
+        except (lp.LocalPlaneError, RuntimeError) as exc:
             raise DtlabError(str(exc)) from None
         from .operator.crd import install_on
         install_on(st["kubeconfig"])     # the DTJob CRD, so `dtlab operator` / `submit --operator` work at once
-        out = {"name": args.name, "kubeconfig": st["kubeconfig"], "nodes": st["nodes"],
+        real_names = [r["name"] for r in st.get("real_nodes", [])]
+        out = {"name": args.name, "kubeconfig": st["kubeconfig"], "nodes": st["nodes"], "real_nodes": real_names,
                "apiserver": f"https://127.0.0.1:{st['ports']['kube-apiserver']}",
-               "ready_s": round(st["ready_at"] - st["started_at"], 2)}
+               "ready_s": round(st["ready_at"] - st["started_at"], 2), "real_ready_s": st.get("real_ready_s")}
         if args.json:
             print(json.dumps(out, indent=2))
         else:
-            print(f"local plane {args.name!r} up in {out['ready_s']} s: {len(st['nodes'])} KWOK nodes Ready, "
+            kinds = f"{len(st['nodes']) - len(real_names)} KWOK + {len(real_names)} real nodes" if real_names \
+                else f"{len(st['nodes'])} KWOK nodes"
+            print(f"local plane {args.name!r} up in {out['ready_s']} s: {kinds} Ready, "
                   f"API server {out['apiserver']}")
+            if real_names:
+                print(f"real nodes (kubelet + containerd): {', '.join(real_names)}; "
+                      f"ready {st.get('real_ready_s')} s after their start")
             print(f"kubeconfig: {st['kubeconfig']}   (export KUBECONFIG={st['kubeconfig']})")
         return 0
     if action == "status":
@@ -110,6 +138,18 @@ def run_cluster(args: argparse.Namespace) -> int:
                   f"apiserver ready {s['apiserver_ready']}, nodes {s['nodes_ready']}/{s['nodes']} Ready")
             for c, info in s["components"].items():
                 print(f"  {c:<24} pid {info['pid']:<8} {'alive' if info['alive'] else 'DEAD'}")
+            kinds = s.get("node_kinds", {})
+            if kinds:
+                real = s.get("real_nodes", {})
+                print(f"  nodes: {sum(k == 'kwok' for k in kinds.values())} kwok, "
+                      f"{sum(k == 'real' for k in kinds.values())} real")
+                for n, procs in real.items():
+                    alive = ", ".join(f"{c} {'alive' if p['alive'] else 'DEAD'}" for c, p in procs.items())
+                    print(f"  {n:<24} real   {alive}")
+                if len(kinds) <= 50:
+                    for n, k in kinds.items():
+                        if k == "kwok":
+                            print(f"  {n:<24} kwok")
         return 0 if s.get("running") else 1
     if action == "down":
         was = lp.status(args.name).get("running") or lp.kubeconfig(args.name) is not None
@@ -188,11 +228,14 @@ def run_submit(args: argparse.Namespace) -> int:
         pred = plan.prediction
         print(f"job {job.name}: policy {args.policy}, predicted mean {pred.get('mean_ms', float('nan')):.0f} ms, "
               f"p95 {pred.get('p95_ms', float('nan')):.0f} ms (observed state v{plan.state_version})")
-        print(f"  {'stage':<14} {'node':<14} {'pod':<34} {'start_ms':>9} {'end_ms':>9}  phase")
+        print(f"  {'stage':<14} {'node':<14} {'kind':<5} {'pod':<34} {'start_ms':>9} {'end_ms':>9} "
+              f"{'observed':>9}  {'uname -m':<9} phase")
         for sid, s in status["stages"].items():
             fmt = lambda v: "-" if v is None else f"{v - status['arrival_ms']:.0f}"  # noqa: E731
-            print(f"  {sid:<14} {str(s['node']):<14} {str(s['pod']):<34} {fmt(s['start_ms']):>9} "
-                  f"{fmt(s['end_ms']):>9}  {s['phase']}")
+            obs = "-" if s.get("observed_ms") is None else f"{s['observed_ms']:.1f}"
+            print(f"  {sid:<14} {str(s['node']):<14} {str(s.get('node_kind')):<5} {str(s['pod']):<34} "
+                  f"{fmt(s['start_ms']):>9} {fmt(s['end_ms']):>9} {obs:>9}  {str(s.get('uname_m') or '-'):<9} "
+                  f"{s['phase']}")
         if done:
             lat = out["end_ms"] - out["arrival_ms"]
             print(f"  {'ok' if out['ok'] else 'FAILED'}: latency {lat:.0f} ms")

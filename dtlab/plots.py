@@ -60,6 +60,8 @@ SERIES: dict[str, tuple[str, str, str]] = {
     "heft": ("HEFT", OKABE_ITO["yellow"], "d"),
     "random": ("Random", GREY, "v"),
     "round-robin": ("Round-robin", OKABE_ITO["orange"], "X"),
+    "kube-scheduler": ("kube-scheduler (real)", OKABE_ITO["yellow"], "*"),
+    "kube-scheduler+extender": ("kube-scheduler + DT extender", OKABE_ITO["sky_blue"], "X"),
     # predictors
     "des": ("DES (SimPy)", OKABE_ITO["blue"], "o"),
     "fast": ("Fast path", OKABE_ITO["bluish_green"], "s"),

@@ -5,6 +5,8 @@
 #       -> ${DTLAB_CACHE:-$HOME/.cache/dtlab}/k8s/v<K8S_VERSION>/bin/
 #   kwok kwokctl
 #       -> ${DTLAB_CACHE:-$HOME/.cache/dtlab}/kwok/v<KWOK_VERSION>/bin/
+#   kubelet (real nodes, `dtlab cluster up --real-nodes`)
+#       -> ${DTLAB_CACHE:-$HOME/.cache/dtlab}/kubelet/v<K8S_VERSION>/bin/
 #
 # Everything comes from the Go module proxy: the wrapper module in ./k8s
 # requires k8s.io/kubernetes and pins each staging module with a replace
@@ -27,18 +29,21 @@ K8S_BIN="$CACHE/k8s/v$K8S_VERSION/bin"
 KWOK_BIN="$CACHE/kwok/v$KWOK_VERSION/bin"
 K8S_TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd)
 KWOK_TOOLS=(kwok kwokctl)
+# kubelet has its own cache dir: a control-plane build (which replaces K8S_BIN whole) never drops it
+KUBELET_BIN="$CACHE/kubelet/v$K8S_VERSION/bin"
 
 have_all() { # dir tool...
   local d="$1"; shift
   for t in "$@"; do [[ -x "$d/$t" ]] || return 1; done
 }
 
-need_k8s=1; need_kwok=1
+need_k8s=1; need_kwok=1; need_kubelet=1
 if [[ "${DTLAB_REBUILD:-0}" != 1 ]]; then
   have_all "$K8S_BIN" "${K8S_TOOLS[@]}" && need_k8s=0
   have_all "$KWOK_BIN" "${KWOK_TOOLS[@]}" && need_kwok=0
+  have_all "$KUBELET_BIN" kubelet && need_kubelet=0
 fi
-if [[ $need_k8s == 0 && $need_kwok == 0 ]]; then
+if [[ $need_k8s == 0 && $need_kwok == 0 && $need_kubelet == 0 ]]; then
   echo "cached: $KWOK_BIN" >&2
   echo "$K8S_BIN"
   exit 0
@@ -56,17 +61,21 @@ export GOFLAGS="-buildvcs=false -p=${DTLAB_BUILD_JOBS:-2}"
 export GOTOOLCHAIN=local
 NICE=(nice -n 10)
 BUILD_DATE="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-
-if [[ $need_k8s == 1 ]]; then
-  tmp="$CACHE/k8s/v$K8S_VERSION/bin.tmp.$$"
-  rm -rf "$tmp"; mkdir -p "$tmp"
-  ldf="-s -w"
+k8s_ldflags() {  # the version stamp every k8s binary gets (else it reports v0.0.0-master)
+  local ldf="-s -w" pkg minor
   for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
     ldf+=" -X $pkg.gitVersion=v$K8S_VERSION"
     ldf+=" -X $pkg.gitMajor=${K8S_VERSION%%.*}"
     minor="${K8S_VERSION#*.}"; ldf+=" -X $pkg.gitMinor=${minor%%.*}"
     ldf+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$BUILD_DATE"
   done
+  echo "$ldf"
+}
+
+if [[ $need_k8s == 1 ]]; then
+  tmp="$CACHE/k8s/v$K8S_VERSION/bin.tmp.$$"
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  ldf="$(k8s_ldflags)"
   echo ">> building kubernetes v$K8S_VERSION into $tmp" >&2
   (cd "$HERE/k8s" && "${NICE[@]}" go build -trimpath -ldflags "$ldf" -o "$tmp/" \
       k8s.io/kubernetes/cmd/kube-apiserver \
@@ -92,5 +101,16 @@ if [[ $need_kwok == 1 ]]; then
   rm -rf "$KWOK_BIN"; mv "$tmp" "$KWOK_BIN"
 fi
 
+if [[ $need_kubelet == 1 ]]; then
+  tmp="$CACHE/kubelet/v$K8S_VERSION/bin.tmp.$$"
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  echo ">> building kubelet v$K8S_VERSION into $tmp" >&2
+  (cd "$HERE/k8s" && "${NICE[@]}" go build -trimpath -ldflags "$(k8s_ldflags)" -o "$tmp/kubelet" \
+      k8s.io/kubernetes/cmd/kubelet)
+  have_all "$tmp" kubelet
+  rm -rf "$KUBELET_BIN"; mv "$tmp" "$KUBELET_BIN"
+fi
+
 echo "kwok: $KWOK_BIN" >&2
+echo "kubelet: $KUBELET_BIN" >&2
 echo "$K8S_BIN"

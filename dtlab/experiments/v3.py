@@ -99,6 +99,8 @@ def measure_formats(substrate, reps: int = 10, duration_ms: float = 500.0, tag: 
     protocol. Returns rows node, format, rep, service_ms (end - start of the stage's successful attempt)
     and ``energy_proxy_j`` (the substrate's CPU time of the attempt x the node's power model,
     :mod:`dtlab.energy`: measured CPU time on the fabric, simulated on sim; a model, not a measurement).
+    and startup_ms (pod create -> the worker's own start on real kube nodes: sandbox, image and runtime
+    start-up, kept apart from the service time; NaN where the substrate does not measure it).
     """
     from ..energy import energy_proxy
 
@@ -115,9 +117,11 @@ def measure_formats(substrate, reps: int = 10, duration_ms: float = 500.0, tag: 
     for row in ok.itertuples(index=False):
         _, rest = row.job.split("-", 1)
         rep = int(rest.rsplit("-", 1)[1])
+        startup = getattr(row, "startup_ms", None)
         rows.append({"node": row.node, "format": row.format, "rep": rep, "service_ms": float(row.duration_ms),
-                     "energy_proxy_j": float(row.energy_proxy_j)})
-    return pd.DataFrame(rows, columns=["node", "format", "rep", "service_ms", "energy_proxy_j"])
+                     "energy_proxy_j": float(row.energy_proxy_j),
+                     "startup_ms": float(startup) if startup is not None and startup == startup else np.nan})
+    return pd.DataFrame(rows, columns=["node", "format", "rep", "service_ms", "energy_proxy_j", "startup_ms"])
 
 
 def paired_factors(measured: pd.DataFrame) -> pd.DataFrame:
@@ -193,10 +197,11 @@ def run(params: dict | None = None) -> ExperimentResult:
     twin_overheads = dict(TimingModel().overheads)
 
     # -------------------------------------------------- format factors
-    per_seed, truth = [], {}
+    per_seed, truth, raw = [], {}, []
     for seed in p["seeds"]:
         with open_substrate(p, cluster, seed, choice) as sub:
             measured = measure_formats(sub, p["reps"], p["duration_ms"])
+            raw.append(measured.assign(seed=seed))
             if hasattr(sub, "true_overheads"):
                 t = sub.true_overheads()
                 truth = {k: v / t.get("native", 1.0) for k, v in t.items()}
@@ -228,6 +233,15 @@ def run(params: dict | None = None) -> ExperimentResult:
             put_ci(metrics, f"{fmt}.energy_proxy_j", mean_ci(g["energy_proxy_j"], bounds=NONNEG))
     table = pd.DataFrame(rows)
     extra_tables: dict[str, pd.DataFrame] = {}
+    up = pd.concat(raw, ignore_index=True).dropna(subset=["startup_ms"]) if raw else pd.DataFrame()
+    if len(up):     # real kube nodes: container start-up (sandbox, image, runtime) reported apart
+        start_rows = []
+        for fmt, g in up.groupby("format", sort=False):
+            ci = mean_ci(g.groupby("seed")["startup_ms"].mean())
+            start_rows.append({"format": fmt, "startup_ms": ci.mean, "ci_low": ci.low, "ci_high": ci.high,
+                               "n": int(len(g))})
+            put_ci(metrics, f"{fmt}.startup_ms", ci)
+        extra_tables["startup"] = pd.DataFrame(start_rows)
     if p["substrate"] == "fabric":
         published, verdict, verdict_cal = published_comparison(factors, choice.metadata.get("kernel", "mix"))
         extra_tables["published"] = published

@@ -34,6 +34,13 @@ watches and what pod-kill faults select (:mod:`dtlab.chaos.spec`). Wasm stages g
 completion delay annotation (``pod-complete.stage.kwok.x-k8s.io/delay``) carries the
 stage's service time, so on KWOK the pod succeeds after it; on real nodes it is inert.
 
+**Real nodes** (``dtlab.io/node-kind=real``, :mod:`dtlab.kube.realnodes`): the pod runs the worker
+image for the node's arch and the stage's format (``PodSpec.image``/``args``: kernel and iterations,
+``imagePullPolicy: Never``: the images are imported, no registry) with a CPU limit of the node's
+scaled share; the worker writes its own ns start/end times, ``uname -m`` and the kernel's report to
+its termination message, which the observer reads. No ``runtimeClassName`` there: no Wasm shim
+exists on these nodes, the wasm image runs its WASI kernel under wazero inside runc.
+
 ``dry_run=True`` sends every mutating call with ``dry_run="All"``: the server validates
 and admits it, nothing is stored.
 """
@@ -59,6 +66,7 @@ JOB_ANNOTATION, STAGE_ANNOTATION = "dtlab.io/job-name", "dtlab.io/stage-id"   # 
 DURATION_ANNOTATION = "dtlab.io/duration-ms"          # as dtlab.extender reads it
 KWOK_DELAY = "pod-complete.stage.kwok.x-k8s.io/delay"  # cluster/kwok/stages.yaml
 KWOK_NODE_FAIL_LABEL = "node-not-ready.stage.kwok.x-k8s.io"
+NODE_KIND_LABEL = "dtlab.io/node-kind"                # real | kwok (pods and nodes)
 WASM_RUNTIME_CLASS = "wasm"
 DEFAULT_IMAGE = "registry.k8s.io/pause:3.10"
 
@@ -116,6 +124,11 @@ class PodSpec:
     duration_ms: float = 1000.0            # the KWOK completion delay (predicted service time)
     nominal_ms: float | None = None        # stage duration_ms of the spec (extender annotation)
     image: str = DEFAULT_IMAGE
+    args: tuple[str, ...] = ()             # worker arguments (real nodes: kernel, iterations)
+    node_kind: str = "kwok"                # real: the worker image runs on a kubelet (no runtime class)
+    cpu_limit: float | None = None         # real nodes: the scaled CPU share (else cpu)
+    scheduler: str | None = None           # unpinned: this schedulerName places the pod (kube-scheduler policy)
+    match: tuple[tuple[str, tuple[str, ...]], ...] = ()   # unpinned: required node labels (key, values)
 
     @property
     def name(self) -> str:
@@ -133,8 +146,8 @@ def pod_manifest(spec: PodSpec, namespace: str = NAMESPACE, pinning: str = "node
     fmt_family = spec.format.split("-")[0]
     labels = {MANAGED_BY: "dtlab", JOB_LABEL: label_value(spec.job), STAGE_LABEL: label_value(spec.stage),
               ATTEMPT_LABEL: str(int(spec.attempt)), ARCH_LABEL: label_value(spec.arch),
-              FORMAT_LABEL: fmt_family, NODE_LABEL: label_value(spec.node)}
-    cpu_m = max(1, int(round(spec.cpu * 1000)))
+              FORMAT_LABEL: fmt_family, NODE_LABEL: label_value(spec.node), NODE_KIND_LABEL: spec.node_kind}
+    cpu_m = max(1, int(round((spec.cpu_limit if spec.cpu_limit is not None else spec.cpu) * 1000)))
     mem_mi = max(1, int(round(spec.mem_gb * 1024)))
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
@@ -149,13 +162,25 @@ def pod_manifest(spec: PodSpec, namespace: str = NAMESPACE, pinning: str = "node
                     {"name": "DTLAB_FORMAT", "value": spec.format}],
         }],
     }
-    if pinning == "nodeName":
+    if spec.scheduler:
+        pod_spec["schedulerName"] = spec.scheduler
+        if spec.match:
+            pod_spec["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [
+                    {"key": k, "operator": "In", "values": list(v)} for k, v in spec.match]}]}}}
+    elif pinning == "nodeName":
         pod_spec["nodeName"] = spec.node
     else:
         pod_spec["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
             "nodeSelectorTerms": [{"matchExpressions": [
                 {"key": "kubernetes.io/hostname", "operator": "In", "values": [spec.node]}]}]}}}
-    if fmt_family == "wasm":
+    if spec.args:
+        pod_spec["containers"][0]["args"] = list(spec.args)
+    if spec.node_kind == "real":
+        pod_spec["containers"][0].update(imagePullPolicy="Never", terminationMessagePolicy="File")
+        if spec.scheduler:     # KWOK nodes may take it too: their pods need no image
+            pod_spec["containers"][0]["imagePullPolicy"] = "IfNotPresent"
+    elif fmt_family == "wasm":
         pod_spec["runtimeClassName"] = WASM_RUNTIME_CLASS
     body = {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": spec.name, "namespace": namespace, "labels": labels,
@@ -326,12 +351,41 @@ class Actuator:
 
 
 def pod_spec_for(job, stage_id: str, node, fmt: str, attempt: int, duration_ms: float,
-                 image: str = DEFAULT_IMAGE) -> PodSpec:
-    """PodSpec of stage ``stage_id`` of dtlab Job ``job`` on dtlab Node ``node``."""
+                 image: str = DEFAULT_IMAGE, real_scale: float | None = None, kernel: str = "mix",
+                 seed: int = 42, scheduler: str | None = None) -> PodSpec:
+    """PodSpec of stage ``stage_id`` of dtlab Job ``job`` on dtlab Node ``node``.
+
+    ``real_scale`` (a real node's ``dtlab.io/cpu-scale``): run the real work instead of a delay, as the
+    fabric does: ``duration_ms * scale`` reference ms of ``kernel`` iterations (calibrated natively
+    on this host) in one single-threaded worker capped at ``speed * scale`` CPUs, so it takes about
+    ``duration_ms / speed`` (times the format's real overhead) of wall time.
+
+    ``scheduler`` (policy kube-scheduler): the pod is created unpinned for that schedulerName, with the
+    stage's arch/zone/node constraints as required node affinity. ``node`` is then only the twin's
+    guess; on real nodes the image is ``dtlab/worker:node`` (each node's containerd tags its own
+    arch's worker so, as a multi-arch image would, it runs natively wherever it lands) and the CPU
+    cap is ``scale`` (a speed-1 core: the node is not known when the pod is made; its cgroup quota
+    still bounds the node as a whole)."""
     stage = job.stages[job.stage_index[stage_id]]
-    return PodSpec(job=job.name, stage=stage_id, node=node.name, attempt=attempt, arch=node.arch, format=fmt,
-                   cpu=stage.compute.cpu, mem_gb=stage.compute.mem_gb, duration_ms=duration_ms,
-                   nominal_ms=stage.compute.duration_ms, image=image)
+    base = dict(job=job.name, stage=stage_id, node=node.name, attempt=attempt, arch=node.arch, format=fmt,
+                cpu=stage.compute.cpu, mem_gb=stage.compute.mem_gb, duration_ms=duration_ms,
+                nominal_ms=stage.compute.duration_ms)
+    if scheduler:
+        c = stage.constraints
+        match = tuple((k, tuple(v)) for k, v in (("dtlab.io/arch", c.arch), ("topology.kubernetes.io/zone", c.zones),
+                                                  ("kubernetes.io/hostname", c.nodes)) if v)
+        base.update(node="", format="native", scheduler=scheduler, match=match)
+    if real_scale is None:
+        return PodSpec(**base, image=image)
+    from ..fabric import worker
+    from .realnodes import NODE_NATIVE_IMAGE, image_for
+    iters = worker.iterations_for(stage.compute.duration_ms, kernel, real_scale)
+    if scheduler:
+        return PodSpec(**base, image=NODE_NATIVE_IMAGE, node_kind="real", cpu_limit=max(0.001, real_scale),
+                       args=("--format", "native", "--kernel", kernel, "--iters", str(iters), "--seed", str(int(seed))))
+    return PodSpec(**base, image=image_for(node.arch, fmt), node_kind="real",
+                   cpu_limit=max(0.001, node.speed * real_scale),
+                   args=("--format", fmt, "--kernel", kernel, "--iters", str(iters), "--seed", str(int(seed))))
 
 
 def labels_of(pod: Mapping[str, Any]) -> dict[str, str]:

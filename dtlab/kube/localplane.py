@@ -32,6 +32,11 @@ kubernetes.default...), one admin client cert (O=system:masters) used by
 kubeconfig and all components, and a service-account key pair; generated with
 the ``openssl`` CLI (OpenSSL >= 3.0 for ``req -x509 -CA``).
 
+Real nodes (``real_nodes=[names]`` / ``dtlab cluster up --real-nodes``): those nodes get their own
+containerd and a real kubelet instead of a KWOK node (:mod:`dtlab.kube.realnodes`); ``status``
+lists each node's kind and ``down`` removes their processes, mounts, netns, bridges, cgroups and
+binfmt entries too.
+
 Nodes: one KWOK node per node spec (annotation ``kwok.x-k8s.io/node=fake``),
 with labels ``kubernetes.io/arch``, ``topology.kubernetes.io/zone``,
 ``dtlab.io/format-<fmt>=true``, NFD-style ``feature.node.kubernetes.io/...``
@@ -245,7 +250,8 @@ def _write_kubeconfig(path: Path, pki: Path, port: int) -> None:
     path.chmod(0o600)
 
 
-def _commands(bins: Mapping[str, Path], wd: Path, ports: Mapping[str, int]) -> dict[str, list[str]]:
+def _commands(bins: Mapping[str, Path], wd: Path, ports: Mapping[str, int],
+              node_grace: str = NODE_MONITOR_GRACE) -> dict[str, list[str]]:
     pki, kc = wd / "pki", str(wd / "kubeconfig")
     etcd_c, etcd_p = ports["etcd"], ports["etcd-peer"]
     sched_cfg = wd / "scheduler.yaml"
@@ -292,7 +298,7 @@ def _commands(bins: Mapping[str, Path], wd: Path, ports: Mapping[str, int]) -> d
             "--leader-elect=false",
             f"--root-ca-file={pki / 'ca.crt'}", f"--service-account-private-key-file={pki / 'sa.key'}",
             f"--node-monitor-period={NODE_MONITOR_PERIOD}",
-            f"--node-monitor-grace-period={NODE_MONITOR_GRACE}",
+            f"--node-monitor-grace-period={node_grace}",
             # taint/evict failed nodes quickly instead of 1 node per 10 s per zone
             "--node-eviction-rate=10", "--secondary-node-eviction-rate=10",
             "--kube-api-qps=1000", "--kube-api-burst=2000",
@@ -434,6 +440,7 @@ def node_manifest(node: Any) -> dict[str, Any]:
     formats = list(_get(node, "formats", ("native",)) or ())
     labels: dict[str, str] = {
         "kubernetes.io/arch": arch,
+        "dtlab.io/arch": arch,        # the spec's arch: a real kubelet resets kubernetes.io/arch to the host's
         "kubernetes.io/os": "linux",
         "kubernetes.io/hostname": name,
         "type": "kwok",
@@ -581,26 +588,43 @@ def _start(component: str, st: dict[str, Any], timeout: float) -> None:
 
 
 def up(nodes: list[dict] | int | Any = 6, workdir: str | os.PathLike | None = None, *,
-       name: str = "default", timeout: float = 120.0) -> dict[str, Any]:
+       name: str = "default", timeout: float = 120.0, real_nodes: Iterable[str] | str | None = None,
+       node_grace_s: float | None = None) -> dict[str, Any]:
     """Start the plane `name` and register `nodes` (an int -> default_nodes(n)).
 
-    Returns the state dict: name, workdir, kubeconfig, ports, processes {component:
-    {pid, start_time, cmd, log}}, nodes, versions. If a plane of that name is already
-    running it is stopped first. On failure everything started is killed again.
+    ``real_nodes``: names of `nodes` (or "all") that run a real kubelet on containerd instead of
+    KWOK. ``node_grace_s``: node-monitor grace period (default 80 s; a real node whose kubelet
+    died turns NotReady after it). Returns the state dict: name, workdir, kubeconfig, ports,
+    processes {component: {pid, start_time, cmd, log}}, nodes, real_nodes, versions. If a plane
+    of that name is already running it is stopped first. On failure everything started is
+    removed again.
     """
     bins = find_binaries()
     if shutil.which("openssl") is None:
         raise LocalPlaneError("the `openssl` CLI is required")
+    node_list = _nodes_list(nodes)
+    if isinstance(real_nodes, str):
+        real_nodes = [n["name"] for n in node_list] if real_nodes == "all" else \
+            [r.strip() for r in real_nodes.split(",") if r.strip()]
+    real = list(real_nodes or [])
+    if real:
+        from . import realnodes
+        why = realnodes.missing()
+        if why:
+            raise LocalPlaneError(f"real nodes unavailable: {why}")
+        unknown = sorted(set(real) - {n["name"] for n in node_list})
+        if unknown:
+            raise LocalPlaneError(f"real nodes not in the cluster: {unknown}")
     for attempt in range(3):
         try:
-            return _up_once(bins, nodes, workdir, name, timeout)
+            return _up_once(bins, node_list, workdir, name, timeout, real, node_grace_s)
         except LocalPlaneError as e:  # a free port taken between probe and bind: retry
             if "address already in use" not in str(e) or attempt == 2:
                 raise
 
 
-def _up_once(bins: Mapping[str, Path], nodes: Any, workdir: str | os.PathLike | None,
-             name: str, timeout: float) -> dict[str, Any]:
+def _up_once(bins: Mapping[str, Path], nodes: list[Any], workdir: str | os.PathLike | None,
+             name: str, timeout: float, real: list[str], node_grace_s: float | None) -> dict[str, Any]:
     if _load_state(name):
         down(name)
     wd = Path(workdir) if workdir else _plane_dir(name) / "run"
@@ -610,14 +634,16 @@ def _up_once(bins: Mapping[str, Path], nodes: Any, workdir: str | os.PathLike | 
         shutil.rmtree(wd)
     wd.mkdir(parents=True, exist_ok=True)
     _make_pki(wd / "pki")
+    all_ports = _free_ports(6 + 2 * len(real))
     ports = dict(zip(("etcd", "etcd-peer", "kube-apiserver", "kube-controller-manager",
-                      "kube-scheduler", "kwok"), _free_ports(6)))
+                      "kube-scheduler", "kwok"), all_ports[:6]))
+    grace = f"{node_grace_s:g}s" if node_grace_s else NODE_MONITOR_GRACE
     _write_kubeconfig(wd / "kubeconfig", wd / "pki", ports["kube-apiserver"])
     shutil.copyfile(stages_file(), wd / "kwok.yaml")
     st: dict[str, Any] = {
         "name": name, "workdir": str(wd.resolve()), "kubeconfig": str((wd / "kubeconfig").resolve()),
-        "ports": ports, "processes": {}, "commands": _commands(bins, wd.resolve(), ports),
-        "bins": {k: str(v) for k, v in bins.items()}, "nodes": [],
+        "ports": ports, "processes": {}, "commands": _commands(bins, wd.resolve(), ports, grace),
+        "bins": {k: str(v) for k, v in bins.items()}, "nodes": [], "real_nodes": [], "binfmt": {},
         "versions": {"kubernetes": K8S_VERSION, "etcd": ETCD_VERSION, "kwok": KWOK_VERSION},
         "started_at": time.time(),
     }
@@ -635,17 +661,136 @@ def _up_once(bins: Mapping[str, Path], nodes: Any, workdir: str | os.PathLike | 
                 return False
         procs = [(c, st["processes"][c]) for c in COMPONENTS]
         _wait(_sa_ready, "default ServiceAccount", timeout, procs)
-        names = register_nodes(nodes, st["kubeconfig"])
-        st["nodes"] = names
+        kwok = [n for n in nodes if _get(n, "name") not in set(real)]
+        names = register_nodes(kwok, st["kubeconfig"]) if kwok else []
+        st["nodes"] = [_get(n, "name") for n in nodes]
         _save_state(name, st)
-        _wait(lambda: _ready_nodes(api, names) == set(names), f"{len(names)} nodes Ready",
-              timeout, procs)
+        if real:
+            _start_real(st, nodes, real, all_ports[6:], api, timeout, procs)
+        _wait(lambda: _ready_nodes(api, st["nodes"]) == set(st["nodes"]), f"{len(st['nodes'])} nodes Ready",
+              timeout, procs + [(f"{r['name']}/{c}", p) for r in st["real_nodes"]
+                                for c, p in r["processes"].items()])
     except BaseException:
         down(name)
         raise
     st["ready_at"] = time.time()
     _save_state(name, st)
     return st
+
+
+def _start_real(st: dict[str, Any], nodes: list[Any], real: list[str], ports: list[int], api,
+                timeout: float, procs) -> None:
+    """Start the real nodes (containerd + images + kubelet each), then give them the spec's labels."""
+    from . import realnodes
+    t0 = time.time()
+    wd = Path(st["workdir"])
+    tars = realnodes.images_dir()
+    recs = realnodes.prepare([{k: _get(n, k) for k in ("name", "arch", "cores", "speed")} for n in nodes],
+                             real, st["name"])
+    st["real_nodes"] = recs
+    arches = {r["arch"] for r in recs} | {"arm64", "riscv64"}   # qemu-* formats run foreign images anywhere
+    st["binfmt"] = realnodes.register_binfmt(arches, st["name"])
+    _save_state(st["name"], st)
+    for i, rec in enumerate(recs):
+        realnodes.start_node(rec, wd, st["kubeconfig"], wd / "pki", tars, (ports[2 * i], ports[2 * i + 1]),
+                             timeout=timeout, save=lambda: _save_state(st["name"], st))
+    manifests = {_get(n, "name"): node_manifest(n) for n in nodes}
+    pending = {r["name"]: r for r in recs}
+
+    def _labelled() -> bool:   # a kubelet registers its node itself; then the spec's labels go on
+        from kubernetes.client.rest import ApiException
+        for nm in list(pending):
+            try:
+                api.patch_node(nm, realnodes.label_patch(pending[nm], manifests[nm]))
+                del pending[nm]
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+        return not pending
+    kprocs = list(procs) + [(f"{r['name']}/{c}", p) for r in recs for c, p in r["processes"].items()]
+    _wait(_labelled, f"{len(recs)} kubelets registered", timeout, kprocs)
+    _wait(lambda: _ready_nodes(api, real) == set(real), f"{len(real)} real nodes Ready", timeout, kprocs)
+    st["real_ready_s"] = round(time.time() - t0, 2)
+    for rec in recs:   # again once Ready: the kubelet's first status sync may have reset default labels
+        api.patch_node(rec["name"], realnodes.label_patch(rec, manifests[rec["name"]]))
+    _save_state(st["name"], st)
+
+
+def kill_kubelet(node: str, name: str = "default") -> None:
+    """Fault injection on a real node: SIGKILL its kubelet (node NotReady after the grace period)."""
+    from . import realnodes
+    st = _load_state(name)
+    if not st:
+        raise LocalPlaneError(f"local plane {name!r} is not running")
+    rec = next((r for r in st.get("real_nodes", []) if r["name"] == node), None)
+    if rec is None:
+        raise LocalPlaneError(f"{node!r} is not a real node of plane {name!r}")
+    realnodes.kill_kubelet(rec)
+
+
+def restart_kubelet(node: str, name: str = "default") -> None:
+    """Start a real node's kubelet again with the same flags (recovery after kill_kubelet)."""
+    from . import realnodes
+    st = _load_state(name)
+    rec = next((r for r in (st or {}).get("real_nodes", []) if r["name"] == node), None)
+    if rec is None:
+        raise LocalPlaneError(f"{node!r} is not a real node of plane {name!r}")
+    if realnodes.restart_kubelet(rec):
+        _save_state(name, st)
+
+
+EXTENDER_SCHEDULER = "dtlab-extender"
+
+
+def scheduler_extender_config(kubeconfig_path: str, url: str) -> dict[str, Any]:
+    """KubeSchedulerConfiguration of the second scheduler: profile ``dtlab-extender`` (default plugins)
+    with ``dtlab serve --extender`` at ``url`` (filter + prioritize, weight 1) in its loop. This is the
+    configuration other work reuses to put the twin into the real scheduler."""
+    return {"apiVersion": "kubescheduler.config.k8s.io/v1", "kind": "KubeSchedulerConfiguration",
+            "clientConnection": {"kubeconfig": kubeconfig_path, "qps": 1000, "burst": 2000},
+            "leaderElection": {"leaderElect": False},
+            "profiles": [{"schedulerName": EXTENDER_SCHEDULER}],
+            "extenders": [{"urlPrefix": url.rstrip("/") + "/extender", "filterVerb": "filter",
+                           "prioritizeVerb": "prioritize", "weight": 1, "enableHTTPS": False,
+                           "nodeCacheCapable": False, "ignorable": False, "httpTimeout": "5s"}]}
+
+
+def start_extender_scheduler(url: str, name: str = "default", timeout: float = 60.0) -> dict[str, Any]:
+    """Start (or restart) a second kube-scheduler whose pods (``schedulerName: dtlab-extender``) go
+    through the extender at ``url``; ``down`` stops it with the plane."""
+    st = _load_state(name)
+    if not st:
+        raise LocalPlaneError(f"local plane {name!r} is not running")
+    stop_extender_scheduler(name)
+    st = _load_state(name)
+    wd = Path(st["workdir"])
+    cfg = wd / "scheduler-extender.yaml"
+    cfg.write_text(yaml.safe_dump(scheduler_extender_config(st["kubeconfig"], url)))
+    port = _free_ports(1)[0]
+    cmd = [st["bins"]["kube-scheduler"], f"--config={cfg}", f"--authentication-kubeconfig={st['kubeconfig']}",
+           f"--authorization-kubeconfig={st['kubeconfig']}", "--bind-address=127.0.0.1",
+           f"--secure-port={port}", "--profiling=false", "--v=1"]
+    proc = _spawn("kube-scheduler-extender", cmd, wd)
+    st.setdefault("extra_processes", {})["kube-scheduler-extender"] = {**proc, "port": port}
+    _save_state(name, st)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    _wait(lambda: _http_ok(f"https://127.0.0.1:{port}/healthz", ctx), "kube-scheduler (extender) /healthz",
+          timeout, [("kube-scheduler-extender", proc)])
+    return proc
+
+
+def stop_extender_scheduler(name: str = "default") -> None:
+    st = _load_state(name)
+    proc = (st or {}).get("extra_processes", {}).pop("kube-scheduler-extender", None)
+    if proc:
+        _kill(proc)
+        _save_state(name, st)
+
+
+def real_node_names(name: str = "default") -> list[str]:
+    st = _load_state(name)
+    return [r["name"] for r in (st or {}).get("real_nodes", [])]
 
 
 def stop_component(component: str, name: str = "default", *, graceful: bool = False) -> None:
@@ -698,6 +843,13 @@ def status(name: str = "default") -> dict[str, Any]:
                 out["nodes_ready"] = len(_ready_nodes(api, [n.metadata.name for n in items]))
             except Exception as e:  # noqa: BLE001 - status must not raise
                 out["error"] = str(e)
+    real = {r["name"]: r for r in st.get("real_nodes", [])}
+    out["node_kinds"] = {n: ("real" if n in real else "kwok") for n in st.get("nodes", [])}
+    out["real_nodes"] = {n: {c: {"pid": p.get("pid"), "alive": _alive(p)} for c, p in r["processes"].items()}
+                         for n, r in real.items()}
+    if real:
+        out["real_ready_s"] = st.get("real_ready_s")
+        out["cpu_scale"] = next(iter(real.values())).get("scale")
     out["running"] = all(c["alive"] for c in comps.values()) and len(comps) == len(COMPONENTS)
     return out
 
@@ -709,6 +861,18 @@ def down(name: str = "default", *, keep_workdir: bool = True) -> None:
     if not st:
         return
     errors = []
+    for proc in st.get("extra_processes", {}).values():
+        try:
+            _kill(proc)
+        except LocalPlaneError as e:
+            errors.append(str(e))
+    if st.get("real_nodes") or st.get("binfmt"):
+        from . import realnodes
+        for rec in st.get("real_nodes", []):
+            errors += realnodes.stop_node(rec)
+        errors += realnodes.unregister_binfmt(st.get("binfmt") or {})
+        left = realnodes.leftovers(st.get("real_nodes", []), st.get("binfmt"))
+        errors += [f"left after down: {x}" for x in left]
     for comp in reversed(COMPONENTS):
         proc = st.get("processes", {}).get(comp)
         if proc:

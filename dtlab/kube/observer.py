@@ -75,7 +75,7 @@ def node_spec(obj: Mapping[str, Any]) -> dict[str, Any]:
     formats = sorted(k[len("dtlab.io/format-"):] for k, v in labels.items()
                      if k.startswith("dtlab.io/format-") and v == "true") or ["native"]
     return {"name": meta["name"],
-            "arch": labels.get("kubernetes.io/arch") or (status.get("nodeInfo") or {}).get("architecture", "amd64"),
+            "arch": labels.get("dtlab.io/arch") or labels.get("kubernetes.io/arch") or (status.get("nodeInfo") or {}).get("architecture", "amd64"),
             "cores": max(1, int(round(_quantity(cores, 1.0)))),
             "speed": float(labels.get("dtlab.io/speed", 1.0)),
             "mem_gb": round(_quantity(cap.get("memory", "8Gi"), 8 * 2**30) / 2**30, 3),
@@ -95,18 +95,41 @@ def pod_info(obj: Mapping[str, Any]) -> dict[str, Any]:
     meta, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
     labels, ann = meta.get("labels") or {}, meta.get("annotations") or {}
     started = finished = None
+    report = None
     for cs in status.get("containerStatuses") or []:
         state = cs.get("state") or {}
         run, term = state.get("running") or {}, state.get("terminated") or {}
         started = started or parse_time(run.get("startedAt")) or parse_time(term.get("startedAt"))
         finished = max(filter(None, [finished, parse_time(term.get("finishedAt"))]), default=None)
+        report = report or worker_report(term.get("message"))
     return {"uid": meta.get("uid") or meta.get("name"), "name": meta.get("name"),
             "job": ann.get(JOB_ANNOTATION) or labels.get(JOB_LABEL),
             "stage": ann.get(STAGE_ANNOTATION) or labels.get(STAGE_LABEL),
             "attempt": int(labels.get(ATTEMPT_LABEL, 0) or 0),
             "node": spec.get("nodeName"), "phase": status.get("phase") or "Pending",
             "reason": status.get("reason"), "deleting": bool(meta.get("deletionTimestamp")),
-            "start_ts": parse_time(status.get("startTime")) or started, "end_ts": finished}
+            "start_ts": parse_time(status.get("startTime")) or started, "end_ts": finished,
+            "worker": report, "container_started_ts": started}
+
+
+def worker_report(message: str | None) -> dict[str, Any] | None:
+    """The real worker's own report from its termination message (images/worker/launcher.c):
+    ``{start_ts, end_ts}`` in epoch seconds with ns resolution, ``uname_m``, ``format``, ``exec``,
+    ``exit`` and the kernel's JSON; None when the message is not one (KWOK pods, a crashed worker)."""
+    if not message or "dtlab_worker" not in message:
+        return None
+    try:
+        d = json.loads(message.strip().splitlines()[-1])
+        out = {"start_ts": int(d["start_ns"]) / 1e9, "end_ts": int(d["end_ns"]) / 1e9,
+               "uname_m": str(d.get("uname_m", "")), "format": d.get("format"), "exec": d.get("exec"),
+               "exit": int(d.get("exit", -1))}
+    except (ValueError, KeyError, TypeError, IndexError):
+        return None
+    k = d.get("kernel")
+    if isinstance(k, dict):
+        out["kernel_arch"] = k.get("arch")
+        out["kernel_ms"] = k.get("wall_ms")
+    return out
 
 
 def _shutdown(resp: Any) -> None:
@@ -373,8 +396,15 @@ class Observer:
                 rec["ended"] = True
                 k8s_ts = info["end_ts"]
                 ts = recv if live or k8s_ts is None else k8s_ts
-                out.append(({"kind": "stage-end", **base, "ok": info["phase"] == "Succeeded",
-                             "reason": info["reason"] or info["phase"], "ts": ts}, k8s_ts))
+                end = {"kind": "stage-end", **base, "ok": info["phase"] == "Succeeded",
+                       "reason": info["reason"] or info["phase"], "ts": ts}
+                w = info.get("worker")
+                if w:   # a real worker measured itself: its clock, not the 1-s container status times
+                    end["worker"] = {**w, "start_ts": self.clock(w["start_ts"]), "end_ts": self.clock(w["end_ts"]),
+                                     "container_started_ts": (self.clock(info["container_started_ts"])
+                                                              if info.get("container_started_ts") else None),
+                                     "pod_start_ts": self.clock(info["start_ts"]) if info.get("start_ts") else None}
+                out.append((end, k8s_ts))
         return out
 
     def _pod_deleted(self, uid: str, recv: float, live: bool, obj: Mapping[str, Any] | None = None

@@ -81,3 +81,24 @@ class RoundRobin:
             b.place(i, n, 0.0)
             self.cursor = (n + 1) % n_nodes
         return b.placement(), {}
+
+
+@register("kube-scheduler")
+class KubeScheduler(LeastAllocated):
+    """The real kube-scheduler as a baseline (default profile). On ``substrate: kube`` the pods are
+    created unpinned and the scheduler of the cluster places them (``UNPINNED``): the node a stage
+    ran on is the one observed, not this placement. The placement here is only the twin's guess of
+    the scheduler's choice (LeastAllocated, the default profile's main score), used for its
+    predictions and, on ``sim``/``fabric`` which have no scheduler, as the placement itself."""
+    name = "kube-scheduler"
+
+
+@register("kube-scheduler+extender")
+class KubeSchedulerExtender(LeastAllocated):
+    """The real kube-scheduler with ``dtlab serve --extender`` in its loop (a second scheduler,
+    ``schedulerName: dtlab-extender``, see :func:`dtlab.kube.localplane.start_extender_scheduler`)."""
+    name = "kube-scheduler+extender"
+
+
+# policy -> schedulerName of the pods it creates unpinned on substrate kube
+UNPINNED = {"kube-scheduler": "default-scheduler", "kube-scheduler+extender": "dtlab-extender"}

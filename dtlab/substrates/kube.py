@@ -10,7 +10,9 @@ number stays in the twin's milliseconds; Kubernetes' own delays - KWOK's 1-2 s n
 watch latency - are not scaled), ``noise`` (seeded LogNormal service
 noise on top of the predicted time, so the observed world is not the twin's mean),
 ``pinning`` (nodeName | affinity, see :mod:`dtlab.kube.actuator`), ``dry_run``,
-``max_attempts`` per stage, ``drain_limit_s``.
+``max_attempts`` per stage, ``drain_limit_s``, ``real_nodes`` ("all" or a list of node names: when
+this substrate starts its own plane, those nodes run real kubelets, :mod:`dtlab.kube.realnodes`),
+``node_grace_s`` (that plane's node-monitor grace period).
 
 * **Clock**: wall time since the substrate was made, divided by ``time_scale``; ``advance`` sleeps/polls.
 * **DAG order**: a stage's pod is created when all its predecessors' pods Succeeded
@@ -24,7 +26,16 @@ noise on top of the predicted time, so the observed world is not the twin's mean
   is deleted with grace 0, a new attempt is created: ``<job>-<stage>-<attempt>``); a pod
   deleted while its node is fine (pod-kill) is retried on the same node. After
   ``max_attempts`` the stage, and its job, fail.
-* **inject**: node-failure -> the KWOK node-not-ready label (``localplane.set_node_failed``
+* **Real nodes** (``dtlab.io/node-kind=real``, ``dtlab cluster up --real-nodes``): the pod runs the
+  stage's real work in the worker image (:func:`dtlab.kube.actuator.pod_spec_for`), and the stage's
+  start/end are the worker's own ns timestamps from its termination message, so observed stage and
+  job latencies there are measured, not annotated. Stage rows carry ``node_kind`` (real | kwok),
+  ``observed_ms`` (worker end - start on real nodes; the annotated delay as observed on KWOK),
+  ``uname_m`` and ``exec`` (what the worker saw inside its container) and ``startup_ms`` (pod
+  create -> worker start: sandbox, image and runtime start-up, reported apart). ``time_scale``
+  must stay 1 with real nodes (their work is not scaled).
+* **inject**: node-failure -> on a real node, SIGKILL its kubelet (restarted after ``duration_s``);
+  on KWOK the node-not-ready label (``localplane.set_node_failed``
   does the same for the local plane) and removed after ``duration_s``; pod-kill -> delete
   the job's (stage's) pods with grace 0; partition / link-degradation -> the twin's link
   events only (a KWOK plane has no data path; the netem DaemonSet in cluster/manifests
@@ -52,7 +63,7 @@ from .base import JOB_COLUMNS, STAGE_COLUMNS, WallClockSubstrate
 KUBE_DEFAULTS: dict[str, Any] = {
     "kubeconfig": None, "plane": "default", "start_plane": True, "namespace": "dtlab", "time_scale": 1.0,
     "noise": True, "pinning": "nodeName", "dry_run": False, "max_attempts": 3, "drain_limit_s": 600.0,
-    "poll_s": 0.05, "keep_pods": False, "image": None,
+    "poll_s": 0.05, "keep_pods": False, "image": None, "real_nodes": None, "node_grace_s": None,
     # exclusive: this cluster's nodes really execute work on this host (real kubelets): take the host
     # lock (dtlab/hostlock.py) for the substrate's life and record host noise (dtlab/hostnoise.py)
     "exclusive": False, "lock_timeout_s": None,
@@ -74,6 +85,12 @@ def kube_options(opts: Mapping[str, Any] | None) -> dict[str, Any]:
             raise SpecError(f"substrate_opts.{k}", f"must be a number > 0, got {v!r}")
     if isinstance(out["max_attempts"], bool) or not isinstance(out["max_attempts"], int) or out["max_attempts"] < 1:
         raise SpecError("substrate_opts.max_attempts", "must be an integer >= 1")
+    rn = out["real_nodes"]
+    if rn is not None and rn != "all" and not (isinstance(rn, list) and all(isinstance(x, str) for x in rn)):
+        raise SpecError("substrate_opts.real_nodes", f"must be 'all' or a list of node names, got {rn!r}")
+    g = out["node_grace_s"]
+    if g is not None and (isinstance(g, bool) or not isinstance(g, (int, float)) or not 1 <= g <= 3600):
+        raise SpecError("substrate_opts.node_grace_s", f"must be a number of seconds in [1, 3600], got {g!r}")
     if out["pinning"] not in ("nodeName", "affinity"):
         raise SpecError("substrate_opts.pinning", "must be 'nodeName' or 'affinity'")
     return out
@@ -119,6 +136,7 @@ class KubeSubstrate(WallClockSubstrate):
         self._timers: list[threading.Timer] = []
         self._errors: list[str] = []
         self._owns_plane = False
+        self._real: dict[str, float] = {}
         self.observer = None
         try:
             kc = self.opts["kubeconfig"] or (None if actuator is not None else localplane.kubeconfig(self.opts["plane"]))
@@ -126,7 +144,8 @@ class KubeSubstrate(WallClockSubstrate):
                 if not self.opts["start_plane"]:
                     raise SubstrateUnavailable(f"no kubeconfig given and local plane {self.opts['plane']!r} is not "
                                                "running (`dtlab cluster up`)")
-                localplane.up(cluster, name=self.opts["plane"], timeout=180)
+                localplane.up(cluster, name=self.opts["plane"], timeout=240, real_nodes=self.opts["real_nodes"],
+                              node_grace_s=self.opts["node_grace_s"])
                 self._owns_plane = True
                 kc = localplane.kubeconfig(self.opts["plane"])
         except BaseException:
@@ -142,7 +161,12 @@ class KubeSubstrate(WallClockSubstrate):
                                                  pinning=self.opts["pinning"], seed=self.seed)
             self.image = self.opts["image"] or DEFAULT_IMAGE
             self.actuator.ensure_namespace()
-            present = {n.metadata.name for n in self.actuator.list_nodes()}
+            listed = self.actuator.list_nodes()
+            present = {n.metadata.name for n in listed}
+            self._real = real_nodes_of(listed)
+            if self._real and self.opts["time_scale"] != 1.0:
+                raise SpecError("substrate_opts.time_scale", "must be 1 on a cluster with real nodes "
+                                f"({sorted(self._real)}): their work runs in real time")
             missing = [n.name for n in cluster.nodes if n.name not in present]
             if missing:
                 raise SpecError("cluster.nodes", f"nodes not in the Kubernetes cluster: {missing}")
@@ -217,6 +241,11 @@ class KubeSubstrate(WallClockSubstrate):
         with self._lock:
             jobs = pd.DataFrame([dict(s["rec"]) for s in self._jobs.values()], columns=list(JOB_COLUMNS))
             stages = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in self._stages])
+        with self._lock:
+            kinds = {name: sorted({self._stages_kind(r) for r in self._stages if r["job"] == name})
+                     for name in self._jobs}
+        jobs["node_kind"] = [(k[0] if len(k) == 1 else "mixed") if k else None
+                             for k in (kinds.get(j, []) for j in jobs["job"])]
         if len(jobs):
             jobs["latency_ms"] = jobs["end_ms"] - jobs["arrival_ms"]
             jobs["missed"] = [bool(d) and (lat != lat or lat > d) or ok is False
@@ -241,13 +270,17 @@ class KubeSubstrate(WallClockSubstrate):
         if self.observer is not None:
             self.observer.stop()
         errors = []
-        for n in sorted(getattr(self, "_failed_nodes", ())):   # a run's faults do not outlive it on a shared plane
+        restored = sorted(getattr(self, "_failed_nodes", ()))
+        for n in restored:   # a run's faults do not outlive it on a shared plane
             try:
+                if n in self._real:
+                    self._fail_node(n, False)
+                    continue
                 self.actuator.set_node_failed(n, False)
             except DtlabError as exc:
                 errors.append(str(exc))
-        if getattr(self, "_failed_nodes", None) and not self._owns_plane:
-            self._wait_ready(sorted(self._failed_nodes), errors)
+        if restored and not self._owns_plane:
+            self._wait_ready(restored, errors)
         if not self.opts["keep_pods"] and hasattr(self, "actuator"):
             for name in list(self._jobs):
                 try:
@@ -302,6 +335,14 @@ class KubeSubstrate(WallClockSubstrate):
         stage lost its node and has no usable shadow; None (or no hook) fails the stage."""
         self._replan = fn
 
+    @staticmethod
+    def _stages_kind(rec: Mapping[str, Any]) -> str:
+        return rec.get("node_kind") or "kwok"
+
+    def real_nodes(self) -> dict[str, float]:
+        """Real (kubelet) nodes of the cluster and their CPU scale."""
+        return dict(self._real)
+
     def node_up(self, name: str) -> bool:
         """Whether ``name`` is up as observed (Ready, not NotReady)."""
         with self._lock:
@@ -319,7 +360,9 @@ class KubeSubstrate(WallClockSubstrate):
             for sid, s in st["stages"].items():
                 r = s.get("record") or {}
                 out[sid] = {"node": s["node"], "pod": r.get("pod"), "attempt": s["attempt"], "phase": s["phase"],
-                            "start_ms": r.get("start_ms"), "end_ms": r.get("end_ms")}
+                            "start_ms": r.get("start_ms"), "end_ms": r.get("end_ms"),
+                            **{k: r.get(k) for k in ("node_kind", "format", "observed_ms", "uname_m", "exec",
+                                                     "kernel_arch", "startup_ms")}}
             return {"job": job, **{k: st["rec"][k] for k in ("arrival_ms", "start_ms", "end_ms", "ok")},
                     "stages": out}
 
@@ -371,11 +414,24 @@ class KubeSubstrate(WallClockSubstrate):
         s["tried"].append(node)
         fmt = plan.formats.get(sid) if node == plan.placement[sid] else None
         fmt, dur = self._duration_ms(st, sid, node, fmt)
-        spec = pod_spec_for(st["job"], sid, self._cluster.node(node), fmt, s["attempt"], dur, self.image)
+        from ..policies.baselines import UNPINNED
+        scheduler = UNPINNED.get(plan.policy)
+        if scheduler:        # the real scheduler places it: the node is known once observed
+            real = next(iter(self._real.values()), None)
+            spec = pod_spec_for(st["job"], sid, self._cluster.node(node), fmt, s["attempt"], dur, self.image,
+                                real_scale=real, seed=self.seed + 1, scheduler=scheduler)
+            node = s["node"] = None
+            s["tried"][-1] = None
+        else:
+            real = self._real.get(node)
+            spec = pod_spec_for(st["job"], sid, self._cluster.node(node), fmt, s["attempt"], dur, self.image,
+                                real_scale=real, seed=self.seed + 1)
         record = {"job": st["job"].name, "stage": sid, "node": node, "format": fmt, "start_ms": None,
                   "end_ms": None, "duration_ms": None, "ok": None, "pod": spec.name, "attempt": s["attempt"],
                   "planned_ms": dur / self.opts["time_scale"], "reason": reason or None, "_current": True,
-                  "cpu": st["job"].stages[st["job"].stage_index[sid]].compute.cpu}
+                  "cpu": st["job"].stages[st["job"].stage_index[sid]].compute.cpu,
+                  "node_kind": None if scheduler else ("real" if real is not None else "kwok"), "observed_ms": None, "uname_m": None,
+                  "exec": None, "startup_ms": None, "created_ms": None}
         s["record"] = record
         self._stages.append(record)
         self._by_pod[spec.name] = record
@@ -411,14 +467,27 @@ class KubeSubstrate(WallClockSubstrate):
             return []
         s = st["stages"][rec["stage"]]
         t_ms = ev["ts"] * 1000.0
+        if rec["node"] is None and ev.get("node"):       # unpinned: where the scheduler put it
+            rec["node"] = s["node"] = ev["node"]
+            rec["node_kind"] = "real" if ev["node"] in self._real else "kwok"
         if ev["kind"] == "stage-start":
             rec["start_ms"] = t_ms
             s["phase"] = "running"
             if st["rec"]["start_ms"] is None or t_ms < st["rec"]["start_ms"]:
                 st["rec"]["start_ms"] = t_ms
             return []
-        if rec["start_ms"] is not None:        # relisted ends carry 1-s Kubernetes timestamps
+        w = ev.get("worker")
+        if w:      # the real worker's own clock (ns), not the 1-s container status times
+            rec["start_ms"], t_ms = w["start_ts"] * 1000.0, w["end_ts"] * 1000.0
+            ev["ts"] = w["end_ts"]
+            rec["observed_ms"] = t_ms - rec["start_ms"]
+            rec.update(uname_m=w.get("uname_m"), exec=w.get("exec"), kernel_arch=w.get("kernel_arch"))
+            if rec.get("created_ms") is not None:
+                rec["startup_ms"] = rec["start_ms"] - rec["created_ms"]
+        elif rec["start_ms"] is not None:      # relisted ends carry 1-s Kubernetes timestamps
             t_ms = max(t_ms, rec["start_ms"])
+        if not w and rec["start_ms"] is not None:
+            rec["observed_ms"] = t_ms - rec["start_ms"]
         rec["end_ms"], rec["ok"], rec["reason"] = t_ms, bool(ev.get("ok", True)), ev.get("reason")
         rec["_current"] = False
         if s["phase"] == "cancelled":
@@ -501,6 +570,10 @@ class KubeSubstrate(WallClockSubstrate):
         for op, arg in actions:
             try:
                 if op == "create":
+                    with self._lock:
+                        rec = self._by_pod.get(arg.name)
+                        if rec is not None:
+                            rec["created_ms"] = self.now_ms()
                     self.actuator.create_pod(arg)
                     expect = getattr(self.observer, "expect", None)
                     if expect is not None:
@@ -519,7 +592,17 @@ class KubeSubstrate(WallClockSubstrate):
                             self._finish(st, ok=False)
 
     def _fail_node(self, node: str, failed: bool) -> None:
-        """The KWOK label, remembered so ``close`` can restore nodes whose recovery timer never fired."""
+        """Real node: kill (restart) its kubelet; KWOK: the label, remembered so ``close`` can restore
+        nodes whose recovery timer never fired."""
+        if node in self._real:
+            from ..kube import localplane
+            try:
+                (localplane.kill_kubelet if failed else localplane.restart_kubelet)(node, self.opts["plane"])
+            except localplane.LocalPlaneError as exc:
+                raise DtlabError(str(exc)) from None
+            with self._lock:
+                (self._failed_nodes.add if failed else self._failed_nodes.discard)(node)
+            return
         self.actuator.set_node_failed(node, failed)
         with self._lock:
             (self._failed_nodes.add if failed else self._failed_nodes.discard)(node)
@@ -548,6 +631,22 @@ class KubeSubstrate(WallClockSubstrate):
         timer.daemon = True
         self._timers.append(timer)
         timer.start()
+
+
+def real_nodes_of(nodes: list[Any]) -> dict[str, float]:
+    """{name: cpu scale} of the nodes labelled ``dtlab.io/node-kind=real`` (V1Node objects)."""
+    from ..kube.realnodes import CPU_SCALE_LABEL, NODE_KIND_LABEL
+    out = {}
+    for n in nodes:
+        labels = (getattr(n.metadata, "labels", None) or {}) if hasattr(n, "metadata") else \
+            ((n.get("metadata") or {}).get("labels") or {})
+        name = n.metadata.name if hasattr(n, "metadata") else n["metadata"]["name"]
+        if labels.get(NODE_KIND_LABEL) == "real":
+            try:
+                out[name] = float(labels.get(CPU_SCALE_LABEL, 1.0))
+            except ValueError:
+                out[name] = 1.0
+    return out
 
 
 def _ensure_runtime_class(actuator) -> None:

@@ -1,0 +1,89 @@
+"""e2e: the smoke sizes of params/V1-kube.yaml, V2-kube and V3-kube run on a local plane whose
+nodes are all real kubelets (examples/cluster-real-smoke.yaml: amd64, arm64 and riscv64 through
+QEMU, wasm under wazero). V3 measures the containers' own format factors and reports container
+start-up apart; V1 runs a DT policy and the real kube-scheduler through the controller loop.
+
+Needs root and `make cluster-deps` (else skipped; failed under DTLAB_REQUIRE_HEAVY=1).
+Run: `pytest tests/e2e/test_realnodes_experiments.py -v` (a few minutes).
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.heavy import require
+
+from dtlab import runner
+from dtlab.model import load_cluster
+
+REPO = Path(__file__).resolve().parents[2]
+PLANE = f"rx{os.getpid() % 100000}"
+
+pytestmark = pytest.mark.timeout(900)
+
+
+@pytest.fixture(scope="module")
+def plane(tmp_path_factory):
+    from dtlab.kube import localplane as lp
+    from dtlab.kube import realnodes
+
+    ok, why = lp.binaries_available()
+    require(ok, why)
+    why = realnodes.missing()
+    require(why is None, why or "")
+    cluster = load_cluster(REPO / "examples" / "cluster-real-smoke.yaml")
+    st = lp.up(cluster, tmp_path_factory.mktemp("rxplane"), name=PLANE, timeout=240, real_nodes="all")
+    try:
+        yield st
+    finally:
+        lp.down(PLANE)
+
+
+def _params(exp):
+    prep = runner.prepare(exp, params_file=REPO / "params" / "smoke" / f"{exp}-kube.yaml")
+    p = dict(prep.params)
+    p["substrate_opts"] = {**p["substrate_opts"], "plane": PLANE, "start_plane": False}
+    return p
+
+
+def test_v3_kube_measures_container_formats_and_startup(plane):
+    from dtlab.experiments import v3
+    t0 = time.monotonic()
+    res = v3.run(_params("V3"))
+    print(f"\nV3 smoke on real nodes: {time.monotonic() - t0:.0f} s")
+    assert res.metrics["substrate"] == "kube"
+    t = res.table.set_index(["node", "format"])
+    # arm64 and riscv64 code through QEMU on amd64 costs more than native amd64 (same node, paired)
+    for fmt in ("qemu-arm64", "qemu-riscv64"):
+        assert t.loc[("rs-amd", fmt), "observed_mean"] > 1.0, t
+    start = res.extra["startup"].set_index("format")
+    assert {"native", "wasm", "qemu-arm64"} <= set(start.index)
+    assert all(0 < v < 60_000 for v in start["startup_ms"]), start
+    print(res.table.to_string(), "\n", res.extra["startup"].to_string())
+
+
+def test_v1_kube_runs_a_dt_policy_and_the_real_scheduler(plane):
+    from dtlab.experiments import v1
+    t0 = time.monotonic()
+    res = v1.run(_params("V1"))
+    print(f"\nV1 smoke on real nodes: {time.monotonic() - t0:.0f} s")
+    jobs = res.extra["jobs"]
+    assert set(res.table["policy"]) == {"greedy", "kube-scheduler"}
+    assert res.metrics["substrate"] == "kube"
+    assert len(jobs) == 2 * 4 and jobs["ok"].astype(bool).all(), jobs
+    assert all(not math.isnan(x) and x > 0 for x in jobs["latency_ms"])
+    print(res.table.to_string())
+
+
+def test_v2_kube_compares_predictions_with_measured_latencies(plane):
+    from dtlab.experiments import v2
+    t0 = time.monotonic()
+    res = v2.run(_params("V2"))
+    print(f"\nV2 smoke on real nodes: {time.monotonic() - t0:.0f} s")
+    assert res.metrics["substrate"] == "kube" and res.metrics["jobs_not_completed"] == 0
+    assert set(res.table["predictor"]) == {"fast", "none"}
+    print({k: v for k, v in res.metrics.items() if "mape" in k.lower()})
