@@ -418,7 +418,7 @@ def test_invalid_dtjobs_are_rejected_or_marked_invalid_never_a_crash_loop(plane,
     typo = dict(good, spec=dict(good["spec"], polcy="cvar"))     # unknown field: strict validation says so
     with pytest.raises(ApiException) as exc:
         api["custom"].create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, typo, field_validation="Strict")
-    assert exc.value.status == 400 and "unknown field \\"spec.polcy\\"" in exc.value.body, exc.value.body
+    assert exc.value.status == 400 and "unknown field" in exc.value.body and "spec.polcy" in exc.value.body, exc.value.body
     bad_twin["spec"]["job"]["stages"][0]["after"] = ["nope"]   # schema-valid; only the twin can tell
     op = Operator(plane["kubeconfig"], "inv-op", tmp_path)
     try:
