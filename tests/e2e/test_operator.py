@@ -223,6 +223,28 @@ def _check_plans_never_changed(watcher, final) -> None:
 
 
 # ------------------------------------------------------------------ crash and restart
+ACTS = ("plan", "create", "delete", "failover", "invalid", "finish")
+
+
+def _incarnations(op: "Operator") -> list[dict]:
+    """Action counts per process start in a record shared by restarts (same identity, same file)."""
+    runs: list[dict] = []
+    for line in op.lines():
+        if line["action"] == "start":
+            runs.append({})
+        elif runs:
+            key = "create-replay" if line["action"] == "create" and not line.get("new") else line["action"]
+            runs[-1][key] = runs[-1].get(key, 0) + 1
+            if key == "create-replay":
+                runs[-1]["create"] = runs[-1].get("create", 0) + 1
+    return runs
+
+
+def _acted(op: "Operator", n: int) -> bool:
+    """Whether incarnation ``n`` (1-based) has started and done at least one action."""
+    runs = _incarnations(op)
+    return len(runs) >= n and sum(runs[n - 1].get(a, 0) for a in ACTS) > 0
+
 def test_thirty_dtjobs_survive_five_sigkills_of_the_operator(plane, api, tmp_path):
     rng = np.random.default_rng(21)
     watcher = Watcher(api)
@@ -239,7 +261,12 @@ def test_thirty_dtjobs_survive_five_sigkills_of_the_operator(plane, api, tmp_pat
             if next_wave < len(waves):          # submit in waves so that every kill finds work in flight
                 _create(api, waves[next_wave])
                 next_wave += 1
-            time.sleep(float(rng.uniform(2.0, 5.0)))
+            # a random moment while this incarnation is acting (not while it is still importing)
+            deadline = time.monotonic() + 120
+            while not _acted(op, k + 1):
+                assert time.monotonic() < deadline and op.alive(), Path(op.log.name).read_text()[-3000:]
+                time.sleep(0.05)
+            time.sleep(float(rng.uniform(0.0, 2.5)))
             got = _get_all(api, names)
             open_at_kill.append(sum(1 for d in got.values() if (d.get("status") or {}).get("phase") not in TERMINAL))
             kills.append(op.kill())
@@ -258,11 +285,13 @@ def test_thirty_dtjobs_survive_five_sigkills_of_the_operator(plane, api, tmp_pat
     assert min(open_at_kill) > 0, f"a kill found no DTJob in flight: {open_at_kill}"
     n_pods = _check_no_duplicates(watcher, dtjobs, final)
     _check_plans_never_changed(watcher, final)
-    lines = [line for p in procs for line in p.lines()]
-    replays = sum(1 for line in lines if line["action"] == "create" and not line["new"])
+    runs = _incarnations(op)
+    assert len(runs) == 6 and all(sum(r.get(a, 0) for a in ACTS) > 0 for r in runs), runs
+    replays = sum(r.get("create-replay", 0) for r in runs)
     print(f"\n30 DTJobs, {n_pods} stage pods, 5 SIGKILLs (open DTJobs at each kill: {open_at_kill}): all Succeeded "
           f"in {elapsed:.1f} s; each pod name one UID; plan v1 never changed ({sum(map(len, watcher.plans.values()))} "
-          f"DTJob versions watched); creates that found their pod already there after a restart: {replays}")
+          f"DTJob versions watched); creates that found their pod already there after a restart: {replays}; "
+          f"actions per incarnation: {[{k: v for k, v in r.items() if k in ACTS} for r in runs]}")
 
 
 # ------------------------------------------------------------------ two replicas
