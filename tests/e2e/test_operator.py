@@ -471,3 +471,48 @@ def test_invalid_dtjobs_are_rejected_or_marked_invalid_never_a_crash_loop(plane,
                                   "--kubeconfig", plane["kubeconfig"]], capture_output=True, text=True, env=ENV,
                          timeout=60)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+
+
+# ------------------------------------------------------------------ shadow failover
+def test_notready_node_moves_the_stage_to_its_recorded_shadow_as_plan_v2(plane, api, tmp_path):
+    from dtlab.kube import localplane as lp
+    from dtlab.model import Compute, Job, Stage
+
+    job = Job("fo", (Stage("long", Compute(cpu=1, mem_gb=0.5, duration_ms=8000)),
+                     Stage("short", Compute(cpu=1, mem_gb=0.5, duration_ms=300), after=("long",))))
+    d = dtjob_for(job, name="fo-0", policy="resilient", samples=32)
+    op = Operator(plane["kubeconfig"], "fo-op", tmp_path)
+    victim = None
+    try:
+        _create(api, [d])
+        deadline = time.monotonic() + 120
+        while True:
+            st = (_get_all(api, {"fo-0"}).get("fo-0") or {}).get("status") or {}
+            if (st.get("stages") or {}).get("long", {}).get("phase") == "Running":
+                break
+            assert time.monotonic() < deadline, (st, Path(op.log.name).read_text()[-3000:])
+            time.sleep(0.2)
+        v1 = st["plans"][0]
+        victim, shadow = v1["placement"]["long"], v1["shadow"]["long"]
+        assert shadow != victim
+        lp.set_node_failed(victim, True, name=PLANE)          # KWOK reports Ready=False
+        final = _wait_terminal(api, {"fo-0"}, 120, [op])["fo-0"]["status"]
+    finally:
+        if victim:
+            lp.set_node_failed(victim, False, name=PLANE)
+        op.stop()
+    assert final["phase"] == "Succeeded", final
+    p1, p2 = final["plans"]
+    assert p1 == v1, "plan v1 was changed"
+    assert p2["version"] == 2 and p2["placement"]["long"] == shadow and victim in p2["reason"], p2
+    long = final["stages"]["long"]
+    assert long["node"] == shadow and long["attempt"] == 1 and long["planVersion"] == 2
+    assert long["history"][0]["node"] == victim and "NotReady" in long["history"][0]["reason"]
+    assert final["planVersion"] == 2
+    print(f"\nfailover: {victim} NotReady -> stage long moved to the recorded shadow {shadow} (plan v2: "
+          f"{p2['reason']})")
+    deadline = time.monotonic() + 60                         # leave the plane whole
+    core = api["core"]
+    while not any(c.type == "Ready" and c.status == "True" for c in core.read_node(victim).status.conditions):
+        assert time.monotonic() < deadline, f"{victim} did not recover"
+        time.sleep(0.2)
