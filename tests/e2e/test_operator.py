@@ -64,6 +64,11 @@ def plane():
     try:
         assert out.returncode == 0, out.stderr
         info = json.loads(out.stdout)
+        from kubernetes import client, config       # `cluster up` itself installed the CRD and the namespace
+        a = config.new_client_from_config(config_file=info["kubeconfig"])
+        conds = client.ApiextensionsV1Api(a).read_custom_resource_definition("dtjobs.dtlab.io").status.conditions
+        assert any(c.type == "Established" and c.status == "True" for c in conds)
+        client.CoreV1Api(a).read_namespace(NS)
         yield {**info, "kubectl": str(lp.find_binaries()["kubectl"])}
     finally:
         subprocess.run(DTLAB + ["cluster", "down", "--name", PLANE, "--purge"], capture_output=True, env=ENV,
