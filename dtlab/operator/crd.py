@@ -77,7 +77,7 @@ def spec_schema() -> dict[str, Any]:
                 "originZone": _STR,
                 "policy": {"type": "string", "minLength": 1, "maxLength": 63, "default": "greedy"},
                 "predictor": {"type": "string", "maxLength": 16, "enum": ["fast", "des", "legacy"], "default": "fast"},
-                "samples": {"type": "integer", "minimum": 1, "maximum": 100000, "default": 128},
+                "samples": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 128},
                 "seed": {"type": "integer", "minimum": 0, "default": 0},
                 "timeScale": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1000,
                               "default": 1.0},
