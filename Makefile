@@ -103,9 +103,11 @@ ifeq ($(CLUSTER),local)
 else ifeq ($(CLUSTER),k3d)
 	k3d cluster create --config cluster/manifests/k3d-cluster.yaml
 	kubectl apply -f cluster/manifests/rbac.yaml -f cluster/manifests/runtimeclass-wasm.yaml
+	kubectl apply -f cluster/manifests/dtjob-crd.yaml -f cluster/manifests/operator-rbac.yaml
 else ifeq ($(CLUSTER),kind)
 	kind create cluster --config cluster/manifests/kind-config.yaml
 	kubectl apply -f cluster/manifests/rbac.yaml -f cluster/manifests/runtimeclass-wasm.yaml
+	kubectl apply -f cluster/manifests/dtjob-crd.yaml -f cluster/manifests/operator-rbac.yaml
 else
 	@echo "CLUSTER must be local, k3d or kind (got $(CLUSTER))"; exit 2
 endif

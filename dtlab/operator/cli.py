@@ -163,6 +163,8 @@ def submit(args: argparse.Namespace) -> int:
     try:
         custom.create_namespaced_custom_object(GROUP, VERSION, args.namespace, PLURAL, body, _request_timeout=30)
     except ApiException as exc:
+        if exc.status == 404 and "namespaces" in _api_message(exc):
+            raise SubstrateUnavailable(f"namespace {args.namespace!r} does not exist") from None
         if exc.status == 404:
             raise SubstrateUnavailable("the DTJob CRD is not installed (`dtlab cluster up` installs it, or "
                                        "kubectl apply -f cluster/manifests/dtjob-crd.yaml)") from None

@@ -77,7 +77,7 @@ def spec_schema() -> dict[str, Any]:
                 "originZone": _STR,
                 "policy": {"type": "string", "minLength": 1, "maxLength": 63, "default": "greedy"},
                 "predictor": {"type": "string", "maxLength": 16, "enum": ["fast", "des", "legacy"], "default": "fast"},
-                "samples": {"type": "integer", "minimum": 1, "maximum": 100000, "default": 128},
+                "samples": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 128},
                 "seed": {"type": "integer", "minimum": 0, "default": 0},
                 "timeScale": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1000,
                               "default": 1.0},
@@ -171,13 +171,23 @@ def install(api_client: Any, timeout_s: float = 60.0) -> str:
         time.sleep(0.2)
 
 
-def install_on(kubeconfig: str, timeout_s: float = 60.0) -> str:
-    """:func:`install` on the cluster of ``kubeconfig``; failures are DtlabErrors (CLI exit 3, no traceback)."""
-    from kubernetes import config
+def install_on(kubeconfig: str, timeout_s: float = 60.0, namespace: str | None = "dtlab") -> str:
+    """:func:`install` on the cluster of ``kubeconfig`` and create ``namespace`` (DTJobs live there);
+    failures are DtlabErrors (CLI exit 3, no traceback)."""
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
 
     from ..errors import DtlabError
     try:
-        return install(config.new_client_from_config(config_file=str(kubeconfig)), timeout_s)
+        api = config.new_client_from_config(config_file=str(kubeconfig))
+        name = install(api, timeout_s)
+        if namespace:
+            try:
+                client.CoreV1Api(api).create_namespace({"metadata": {"name": namespace}}, _request_timeout=30)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+        return name
     except Exception as exc:  # noqa: BLE001 - ApiException, timeout, connection: one clear message
         raise DtlabError(f"installing the DTJob CRD failed: {exc}") from None
 

@@ -64,6 +64,11 @@ def plane():
     try:
         assert out.returncode == 0, out.stderr
         info = json.loads(out.stdout)
+        from kubernetes import client, config       # `cluster up` itself installed the CRD and the namespace
+        a = config.new_client_from_config(config_file=info["kubeconfig"])
+        conds = client.ApiextensionsV1Api(a).read_custom_resource_definition("dtjobs.dtlab.io").status.conditions
+        assert any(c.type == "Established" and c.status == "True" for c in conds)
+        client.CoreV1Api(a).read_namespace(NS)
         yield {**info, "kubectl": str(lp.find_binaries()["kubectl"])}
     finally:
         subprocess.run(DTLAB + ["cluster", "down", "--name", PLANE, "--purge"], capture_output=True, env=ENV,
@@ -223,6 +228,28 @@ def _check_plans_never_changed(watcher, final) -> None:
 
 
 # ------------------------------------------------------------------ crash and restart
+ACTS = ("plan", "create", "delete", "failover", "invalid", "finish")
+
+
+def _incarnations(op: "Operator") -> list[dict]:
+    """Action counts per process start in a record shared by restarts (same identity, same file)."""
+    runs: list[dict] = []
+    for line in op.lines():
+        if line["action"] == "start":
+            runs.append({})
+        elif runs:
+            key = "create-replay" if line["action"] == "create" and not line.get("new") else line["action"]
+            runs[-1][key] = runs[-1].get(key, 0) + 1
+            if key == "create-replay":
+                runs[-1]["create"] = runs[-1].get("create", 0) + 1
+    return runs
+
+
+def _acted(op: "Operator", n: int) -> bool:
+    """Whether incarnation ``n`` (1-based) has started and done at least one action."""
+    runs = _incarnations(op)
+    return len(runs) >= n and sum(runs[n - 1].get(a, 0) for a in ACTS) > 0
+
 def test_thirty_dtjobs_survive_five_sigkills_of_the_operator(plane, api, tmp_path):
     rng = np.random.default_rng(21)
     watcher = Watcher(api)
@@ -239,7 +266,12 @@ def test_thirty_dtjobs_survive_five_sigkills_of_the_operator(plane, api, tmp_pat
             if next_wave < len(waves):          # submit in waves so that every kill finds work in flight
                 _create(api, waves[next_wave])
                 next_wave += 1
-            time.sleep(float(rng.uniform(2.0, 5.0)))
+            # a random moment while this incarnation is acting (not while it is still importing)
+            deadline = time.monotonic() + 120
+            while not _acted(op, k + 1):
+                assert time.monotonic() < deadline and op.alive(), Path(op.log.name).read_text()[-3000:]
+                time.sleep(0.05)
+            time.sleep(float(rng.uniform(0.0, 2.5)))
             got = _get_all(api, names)
             open_at_kill.append(sum(1 for d in got.values() if (d.get("status") or {}).get("phase") not in TERMINAL))
             kills.append(op.kill())
@@ -258,11 +290,13 @@ def test_thirty_dtjobs_survive_five_sigkills_of_the_operator(plane, api, tmp_pat
     assert min(open_at_kill) > 0, f"a kill found no DTJob in flight: {open_at_kill}"
     n_pods = _check_no_duplicates(watcher, dtjobs, final)
     _check_plans_never_changed(watcher, final)
-    lines = [line for p in procs for line in p.lines()]
-    replays = sum(1 for line in lines if line["action"] == "create" and not line["new"])
+    runs = _incarnations(op)
+    assert len(runs) == 6 and all(sum(r.get(a, 0) for a in ACTS) > 0 for r in runs), runs
+    replays = sum(r.get("create-replay", 0) for r in runs)
     print(f"\n30 DTJobs, {n_pods} stage pods, 5 SIGKILLs (open DTJobs at each kill: {open_at_kill}): all Succeeded "
           f"in {elapsed:.1f} s; each pod name one UID; plan v1 never changed ({sum(map(len, watcher.plans.values()))} "
-          f"DTJob versions watched); creates that found their pod already there after a restart: {replays}")
+          f"DTJob versions watched); creates that found their pod already there after a restart: {replays}; "
+          f"actions per incarnation: {[{k: v for k, v in r.items() if k in ACTS} for r in runs]}")
 
 
 # ------------------------------------------------------------------ two replicas
@@ -418,7 +452,7 @@ def test_invalid_dtjobs_are_rejected_or_marked_invalid_never_a_crash_loop(plane,
     typo = dict(good, spec=dict(good["spec"], polcy="cvar"))     # unknown field: strict validation says so
     with pytest.raises(ApiException) as exc:
         api["custom"].create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, typo, field_validation="Strict")
-    assert exc.value.status == 422 and "polcy" in exc.value.body
+    assert exc.value.status == 400 and "unknown field" in exc.value.body and "spec.polcy" in exc.value.body, exc.value.body
     bad_twin["spec"]["job"]["stages"][0]["after"] = ["nope"]   # schema-valid; only the twin can tell
     op = Operator(plane["kubeconfig"], "inv-op", tmp_path)
     try:
@@ -442,3 +476,48 @@ def test_invalid_dtjobs_are_rejected_or_marked_invalid_never_a_crash_loop(plane,
                                   "--kubeconfig", plane["kubeconfig"]], capture_output=True, text=True, env=ENV,
                          timeout=60)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+
+
+# ------------------------------------------------------------------ shadow failover
+def test_notready_node_moves_the_stage_to_its_recorded_shadow_as_plan_v2(plane, api, tmp_path):
+    from dtlab.kube import localplane as lp
+    from dtlab.model import Compute, Job, Stage
+
+    job = Job("fo", (Stage("long", Compute(cpu=1, mem_gb=0.5, duration_ms=8000)),
+                     Stage("short", Compute(cpu=1, mem_gb=0.5, duration_ms=300), after=("long",))))
+    d = dtjob_for(job, name="fo-0", policy="resilient", samples=32)
+    op = Operator(plane["kubeconfig"], "fo-op", tmp_path)
+    victim = None
+    try:
+        _create(api, [d])
+        deadline = time.monotonic() + 120
+        while True:
+            st = (_get_all(api, {"fo-0"}).get("fo-0") or {}).get("status") or {}
+            if (st.get("stages") or {}).get("long", {}).get("phase") == "Running":
+                break
+            assert time.monotonic() < deadline, (st, Path(op.log.name).read_text()[-3000:])
+            time.sleep(0.2)
+        v1 = st["plans"][0]
+        victim, shadow = v1["placement"]["long"], v1["shadow"]["long"]
+        assert shadow != victim
+        lp.set_node_failed(victim, True, name=PLANE)          # KWOK reports Ready=False
+        final = _wait_terminal(api, {"fo-0"}, 120, [op])["fo-0"]["status"]
+    finally:
+        if victim:
+            lp.set_node_failed(victim, False, name=PLANE)
+        op.stop()
+    assert final["phase"] == "Succeeded", final
+    p1, p2 = final["plans"]
+    assert p1 == v1, "plan v1 was changed"
+    assert p2["version"] == 2 and p2["placement"]["long"] == shadow and victim in p2["reason"], p2
+    long = final["stages"]["long"]
+    assert long["node"] == shadow and long["attempt"] == 1 and long["planVersion"] == 2
+    assert long["history"][0]["node"] == victim and "NotReady" in long["history"][0]["reason"]
+    assert final["planVersion"] == 2
+    print(f"\nfailover: {victim} NotReady -> stage long moved to the recorded shadow {shadow} (plan v2: "
+          f"{p2['reason']})")
+    deadline = time.monotonic() + 60                         # leave the plane whole
+    core = api["core"]
+    while not any(c.type == "Ready" and c.status == "True" for c in core.read_node(victim).status.conditions):
+        assert time.monotonic() < deadline, f"{victim} did not recover"
+        time.sleep(0.2)
