@@ -245,7 +245,8 @@ def measure_network(cluster=None, sizes_mb=(0.001, 2.0), reps: int = 5, seed: in
     from ..timing import TimingModel
     tm = TimingModel()
     rows = []
-    with FabricSubstrate(cluster, seed=seed, host_cores=0.2) as sub:
+    # time_scale 1: the transfers are timed in wall ms against the spec links (no compute involved)
+    with FabricSubstrate(cluster, seed=seed, host_cores=0.2, time_scale=1.0) as sub:
         names = [n.name for n in cluster.nodes]
         pairs = [(a, b) for a in names for b in names if a != b]
         for a, b in pairs:

@@ -171,6 +171,7 @@ class FabricSubstrate(WallClockSubstrate):
         self.host_slowdown: float | None = None
         self._cs_home: str | None = None
         self._hold = None
+        self._t0 = time.monotonic()          # restarted when the fabric is ready (events may come before)
         self.noise: dict[str, Any] | None = None
         self._noise = None
         # -------- CPU: the nodes' cores, and a budget that fits them (see the module docstring)

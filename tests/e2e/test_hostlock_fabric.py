@@ -133,6 +133,6 @@ def test_without_isolation_the_twin_is_told_the_shared_host(fabric_ok):
     assert slowdown is not None and slowdown >= 1.0
     adds = {e["node"]["name"]: e["node"]["speed"] for e in events if e["kind"] == "node-add"}
     if slowdown > 1.02:     # a busy host: every node slower by the measured factor
-        assert adds == {n.name: pytest.approx(n.speed / slowdown) for n in cluster.nodes}
+        assert adds == {n.name: pytest.approx(n.speed / slowdown, rel=1e-3) for n in cluster.nodes}
     else:
         assert adds == {}
