@@ -105,3 +105,10 @@ def test_comparison_table_parses_fractional_rates():
     t = results.comparison_table(m)
     assert list(t["rate"]) == ["r0.5", "r0.5", "r2", "r2"]
     assert "r0.5 miss_rate" in results.comparison_line(m)
+
+
+def test_seeds_needed_uses_the_t_quantile():
+    from dtlab.stats import t975
+    n = v1.seeds_needed_t(0.21, 0.26)
+    assert n is not None and t975(n - 1) * 0.21 / n ** 0.5 < 0.26 <= t975(n - 2) * 0.21 / (n - 1) ** 0.5
+    assert v1.seeds_needed_t(0.0, 0.1) == 2 and v1.seeds_needed_t(1.0, 0.0) is None
