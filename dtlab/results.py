@@ -230,7 +230,7 @@ def comparison_line(metrics: Mapping[str, Any]) -> str:
     table = comparison_table(metrics)
     parts = []
     for row in table.itertuples(index=False):
-        verdict = "ok" if row.noninferior else "NOT non-inferior"
+        verdict = "non-inferior" if row.noninferior else "non-inferiority not shown"
         parts.append(f"{row.rate} {row.metric}: {row.dt_policy}-{row.baseline_policy} {_fmt(row.diff)} "
                      f"[{_fmt(row.ci_low)}, {_fmt(row.ci_high)}] {verdict}")
     return ("DT vs best baseline (paired, n=" + str(table["seeds"].iloc[0]) + "): " + "; ".join(parts)) if parts else ""
