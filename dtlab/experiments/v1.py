@@ -17,16 +17,17 @@ arrival rate from light load to past saturation (``rates_per_s``); metric keys a
 **Headline** (:func:`compare_best`): per rate and metric (miss rate, p95 latency), the best DT
 policy minus the best baseline, paired over seeds (``vs_best_baseline.r<rate>.<metric>`` with
 CI, the policies, the non-inferiority ``margin`` and verdict, ``seeds`` and ``seeds_needed``).
-Why 12 seeds of 100 jobs on ``sim``: with 6 seeds, 6 of the 8 (rate, metric) comparisons had a CI
-narrower than the difference; the widest (p95 at 1 job/s, where the edge zone is near
-saturation and a few seeds decide the tail) needed ~12 by ``seeds_needed``.
+Why 16 seeds of 100 jobs on ``sim`` (measured): with 6 seeds 5 of the 8 (rate, metric) comparisons
+had a CI narrower than the difference, with 12 seeds 6 of 8, with 16 seeds 7 of 8 and all 8 within
+their margin; the last one (p95 at 1 job/s, near the edge zone's saturation, where a few seeds
+decide the tail) would need ~19 by :func:`seeds_needed_t`.
 
 Substrate: ``substrate: auto`` (default) runs on the ``fabric`` (real processes in cgroups and
 network namespaces, twin with this host's compute calibration and fitted links) when this host
 can, else on ``sim``; metrics ``substrate``/``substrate_note`` say which and why. Fabric runs take
 wall-clock time (a job takes ~1.5 s and arrivals are real), so on the fabric the ``fabric`` sizes
-replace the top-level ones: 20 jobs at 2 jobs/s, 4 seeds, the DT policies and the strong baselines
-(~9 minutes on this 2-core host).
+replace the top-level ones: 20 jobs at 2 jobs/s, 6 seeds, the DT policies and the strong baselines
+(~12.5 minutes on this 2-core host under load; 4 seeds left both paired CIs across 0, 6 did not).
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ from .common import (CI, ExperimentResult, auto_substrate_defaults, check_params
                      run_controller, latency_stats, summarize_seeds)
 
 # on the fabric (wall-clock), these sizes replace the top-level ones (see the module docstring)
-FABRIC_SIZES: dict[str, Any] = {"jobs": 20, "rates_per_s": [2.0], "seeds": [0, 1, 2, 3],
+FABRIC_SIZES: dict[str, Any] = {"jobs": 20, "rates_per_s": [2.0], "seeds": [0, 1, 2, 3, 4, 5],
                                 "policies": ["greedy", "resilient", "cvar", "k8s-default", "heft",
                                              "load-risk-balancing", "least-allocated"],
                                 "substrate_opts": {"host_cores": 2.0}}
@@ -53,7 +54,7 @@ DEFAULTS: dict[str, Any] = {
                  "random", "round-robin"],
     "predictor": "fast",
     "samples": 128,
-    "seeds": list(range(12)),
+    "seeds": list(range(16)),
     "margins": {"miss_rate": 0.02, "latency_p95_ms": 0.05},
 }
 # seconds-sized parameters (tests, params/smoke/)
