@@ -210,12 +210,16 @@ def comparison_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
     """V1's paired comparison (``vs_best_baseline.r<rate>.<metric>``): one row per rate and metric with
     the best DT policy, the best baseline, the mean paired difference (DT - baseline) and its 95 % CI,
     the non-inferiority margin and verdict, and the seeds it rests on. Empty for other experiments."""
+    import re
+
+    pattern = re.compile(r"^" + re.escape(COMPARE_PREFIX) + r"(r\d+(?:\.\d+)?)\.([a-z_][a-z0-9_]*)$")
     rows = []
     for key, value in metrics.items():
         key = str(key)
-        if not key.startswith(COMPARE_PREFIX) or key.count(".") != 2:
+        match = pattern.match(key)
+        if match is None:
             continue
-        _, rate, metric = key.split(".")
+        rate, metric = match.groups()
         get = lambda suffix: metrics.get(f"{key}.{suffix}")  # noqa: E731
         rows.append({"rate": rate, "metric": metric, "dt_policy": get("dt_policy"),
                      "baseline_policy": get("baseline_policy"), "diff": value, "ci_low": get("ci_low"),
@@ -235,7 +239,7 @@ def comparison_line(metrics: Mapping[str, Any]) -> str:
     table = comparison_table(metrics)
     parts = []
     for row in table.itertuples(index=False):
-        verdict = "ok" if row.noninferior else "NOT non-inferior"
+        verdict = "non-inferior" if row.noninferior else "non-inferiority not shown"
         parts.append(f"{row.rate} {row.metric}: {row.dt_policy}-{row.baseline_policy} {_fmt(row.diff)} "
                      f"[{_fmt(row.ci_low)}, {_fmt(row.ci_high)}] {verdict}")
     return ("DT vs best baseline (paired, n=" + str(table["seeds"].iloc[0]) + "): " + "; ".join(parts)) if parts else ""

@@ -97,3 +97,18 @@ def test_full_params_sweep_light_to_past_saturation_with_the_strong_baselines():
     assert len(v1.DEFAULTS["rates_per_s"]) >= 4 and min(v1.DEFAULTS["rates_per_s"]) <= 0.5 \
         and max(v1.DEFAULTS["rates_per_s"]) >= 3.0
     assert {"k8s-default", "heft", "load-risk-balancing"} <= set(v1.DEFAULTS["policies"])
+
+
+def test_comparison_table_parses_fractional_rates():
+    table, jobs = _table(rates=(0.5, 2.0))
+    m = v1.compare_best(table, jobs, dict(v1.DEFAULTS["margins"]))
+    t = results.comparison_table(m)
+    assert list(t["rate"]) == ["r0.5", "r0.5", "r2", "r2"]
+    assert "r0.5 miss_rate" in results.comparison_line(m)
+
+
+def test_seeds_needed_uses_the_t_quantile():
+    from dtlab.stats import t975
+    n = v1.seeds_needed_t(0.21, 0.26)
+    assert n is not None and t975(n - 1) * 0.21 / n ** 0.5 < 0.26 <= t975(n - 2) * 0.21 / (n - 1) ** 0.5
+    assert v1.seeds_needed_t(0.0, 0.1) == 2 and v1.seeds_needed_t(1.0, 0.0) is None

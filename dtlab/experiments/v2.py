@@ -35,8 +35,8 @@ seed again (same arrivals, policy, seeds) and reports the per-job APE between th
 Substrate: ``substrate: auto`` (default) runs on the ``fabric`` when this host can, with the
 twin's format factors from this host's calibration (``dtlab calibrate compute``; measured once
 with ``--quick`` if missing), else on ``sim`` (``substrate_note`` says why). On the fabric the
-``fabric`` sizes replace the top-level ones: 60 jobs at 1 job/s, 2 seeds, plus seed 0 again for the
-noise floor (~3 minutes).
+``fabric`` sizes replace the top-level ones: 100 jobs at 1 job/s, 2 seeds, plus seed 0 again for the
+noise floor (~5 minutes).
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ from .common import (ExperimentResult, auto_substrate_defaults, check_params, ch
                      run_controller, summarize_seeds)
 
 # on the fabric (wall-clock), these sizes replace the top-level ones (see the module docstring)
-FABRIC_SIZES: dict[str, Any] = {"jobs": 60, "seeds": [0, 1], "substrate_opts": {"host_cores": 2.0},
+FABRIC_SIZES: dict[str, Any] = {"jobs": 100, "seeds": [0, 1], "substrate_opts": {"host_cores": 2.0},
                                 "noise_floor": True}
 DEFAULTS: dict[str, Any] = {
     **auto_substrate_defaults(FABRIC_SIZES),

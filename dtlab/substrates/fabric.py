@@ -12,8 +12,8 @@ of crashed runs by name prefix.
 
 A stage's work is ``cpu * duration_ms`` reference CPU-ms split over ``ceil(cpu)`` single-threaded
 workers in a stage cgroup capped at ``cpu * speed * scale`` cores, inside the node's quota: the
-twin's processor sharing with a per-stage cap. Not modelled: ``job.input_mb`` from the origin zone
-(there is no origin node to send from) and memory limits.
+twin's processor sharing with a per-stage cap. A job's ``input_mb`` is sent to its root stages from
+the first up node of its origin zone (the twin's origin link); not modelled: memory limits.
 
 **Measurement isolation** (issue 14; what this host can and cannot keep out):
 
@@ -508,6 +508,12 @@ class FabricSubstrate(WallClockSubstrate):
                     ok_all[0] = False
                 done[stage.id].set()
 
+        origin = self._origin_node(job)
+        if origin is not None and self.datapath is not None and job.input_mb > 0:
+            for s in job.stages:          # the job's input comes from its origin zone, as the twin models it
+                dst = self._target_node(plan, s.id)
+                if not s.after and dst != origin:
+                    inputs[s.id].append(self.datapath.send(origin, dst, job.input_mb))
         threads = [threading.Thread(target=stage_thread, args=(s,), daemon=True) for s in job.stages]
         for t in threads:
             t.start()
@@ -516,6 +522,17 @@ class FabricSubstrate(WallClockSubstrate):
         with self._lock:
             rec["end_ms"] = self.now_ms()
             rec["ok"] = ok_all[0]
+
+    def _origin_node(self, job: Job) -> str | None:
+        """The node a job's input is sent from: the first node of its origin zone (cluster order) that
+        is up; None without an origin zone or when none of its nodes is up."""
+        zone = job.origin_zone
+        if zone is None:
+            return None
+        for n in self._cluster.nodes:
+            if n.zone == zone and n.name not in self._down:
+                return n.name
+        return None
 
     def _target_node(self, plan: Plan, stage_id: str) -> str:
         node = plan.placement[stage_id]

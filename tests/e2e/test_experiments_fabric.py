@@ -62,6 +62,9 @@ def test_v2_on_fabric_errors_are_finite(fabric_ok):
         assert isinstance(r.metrics[key], float) and math.isfinite(r.metrics[key]), key
     stages = r.extra["stages"]
     assert len(stages) >= 3 and (stages["observed_ms"] > 0).all() and stages["kernel_ms"].notna().any()
+    # the twin ran with this host's fitted links and compute calibration, and says so
+    assert "calibration.network." in r.metrics["network_calibration"], r.metrics.get("substrate_note")
+    assert r.metrics["calibration_used"] and 0.0 <= r.metrics["fast.ks"] <= 1.0
 
 
 def test_v3_on_fabric_measures_formats_and_compares_published(fabric_ok):
