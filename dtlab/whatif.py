@@ -194,11 +194,18 @@ def save_params(experiment: str, path: str | Path, *, cluster_path: str | Path, 
 
         def check(ps):
             return validate(ps, DEFAULTS, "V4")
-    check(params)
     dropped = [k for k in ("latency_scale", "links", "nodes", "overheads", "calibration", "fail_prob",
                            "deadline_ms", "scenario_at_s") if knobs.get(k) not in (None, {}, 1.0, 0.0, "")]
     path.parent.mkdir(parents=True, exist_ok=True)
+    # the workload file first: the experiment's check loads every spec file its params name
+    existed = workload_path.exists()
     workload_path.write_text(yaml.safe_dump(workload, sort_keys=False))
+    try:
+        check(params)
+    except BaseException:
+        if not existed:
+            workload_path.unlink(missing_ok=True)
+        raise
     header = (f"# {experiment} params saved from the what-if dashboard.\n"
               + (f"# Not carried (no {experiment} parameter): {', '.join(dropped)}\n" if dropped else ""))
     path.write_text(header + yaml.safe_dump(params, sort_keys=False))
