@@ -89,7 +89,8 @@ class Headline:
 
 
 HEADLINES: dict[str, Headline] = {
-    "V1": Headline((r"(?P<policies>[^.]+)\.r(?P<rates_per_s>[0-9.eE+-]+)\."
+    # vs_best_baseline.* is V1's paired comparison (a difference), not a policy series
+    "V1": Headline((r"(?P<policies>(?!vs_best_baseline\.)[^.]+)\.r(?P<rates_per_s>[0-9.eE+-]+)\."
                     r"(?P<measure>latency_mean_ms|latency_p95_ms|latency_p99_ms|miss_rate|energy_proxy_j)",),
                    ("miss_rate", "latency_p95_ms")),
     "V2": Headline((r"(?P<predictors>[^.]+)\.(?P<measure>mape|median_ape|p95_ape)",), ("mape",)),

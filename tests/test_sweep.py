@@ -154,7 +154,8 @@ def test_sweep_survives_killed_worker_and_resumes(tmp_path):
     # the run's measured regime (regime.r<rate>.*) rides along without a measure
     regime_rows = table["metric"].str.startswith("regime.")
     assert regime_rows.any() and table.loc[regime_rows, "measure"].isna().all()
-    headline = table[~regime_rows]
+    headline = table[table["measure"].notna()]        # V1 also records its paired comparison (no measure)
+    assert not table.loc[table["metric"].str.startswith("vs_best_baseline."), "measure"].notna().any()
     assert headline.shape == (4 * 2 * 5, 8)
     assert headline.groupby(["rates_per_s", "seed"]).size().to_dict() == \
         {(r, s): 10 for r in (0.5, 1.0) for s in (0, 1)}
