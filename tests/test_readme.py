@@ -180,6 +180,24 @@ def _plane() -> tuple[bool, str]:
     return localplane.binaries_available()
 
 
+def _real_nodes() -> tuple[bool, str]:
+    import shutil
+    ok, why = _plane()
+    if not ok:
+        return ok, why
+    missing = [t for t in ("containerd", "runc", "buildah") if shutil.which(t) is None]
+    return not missing, f"real nodes need {', '.join(missing)} (make cluster-deps)"
+
+
+def _real_submit(ctx: Ctx, p: subprocess.CompletedProcess) -> None:
+    """The README promises per-stage node, node_kind, observed_ms and the worker's uname -m."""
+    body = json.loads(p.stdout)
+    stages = body.get("stages") or {}
+    assert stages and body.get("ok") is True, body
+    for st in stages.values():
+        assert st.get("node_kind") == "real" and st.get("observed_ms") and st.get("uname_m"), st
+
+
 def _root() -> tuple[bool, str]:
     return os.geteuid() == 0, "needs root (apt-get)"
 
@@ -261,6 +279,16 @@ HOW: dict[str, Handler] = {
         run(needs=_plane, check=lambda c, p: (c.tmp / "replay.csv").stat()),
     ".venv/bin/dtlab cluster status; .venv/bin/dtlab cluster down": run(needs=_plane),
     ".venv/bin/dtlab cluster up --cluster examples/cluster-hetero.yaml": run(timeout=400, needs=_plane),
+    "make cluster-deps": run(needs=_root, timeout=1800),
+    ".venv/bin/dtlab cluster up --cluster examples/cluster-hetero.yaml --real-nodes all":
+        run(timeout=600, needs=_real_nodes),
+    ".venv/bin/dtlab submit examples/job-pipeline.yaml --substrate kube --policy cvar --wait --json":
+        run(".venv/bin/dtlab submit examples/job-pipeline.yaml --substrate kube --policy cvar --wait --json "
+            "--timeout 400", 500, needs=_real_nodes, check=_real_submit),
+    ".venv/bin/dtlab run V2 --smoke --lock-timeout 60":
+        run(".venv/bin/dtlab run V2 --smoke --lock-timeout 60 --out {tmp}/out -q", 600),
+    ".venv/bin/dtlab results V2": run(".venv/bin/dtlab results V2 --out {tmp}/out",
+                                      check=lambda c, p: "V2" in p.stdout or pytest.fail(p.stdout)),
     ".venv/bin/dtlab operator --cluster examples/cluster-hetero.yaml &":
         background(".venv/bin/dtlab operator --cluster examples/cluster-hetero.yaml", "is the leader"),
     ".venv/bin/dtlab submit examples/job-pipeline.yaml --operator --policy cvar --wait":
