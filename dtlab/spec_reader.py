@@ -187,3 +187,24 @@ def read_documents(source: str | Path | dict | list) -> list[dict]:
     if not docs:
         raise SpecError(str(path), "contains no document")
     return docs
+
+
+def job_to_spec(job: Any) -> dict[str, Any]:
+    """The ``spec`` part of a dtlab/v1 Job document for a loaded Job (either file layout): the
+    inverse of the Job reader, used wherever a Job is written back (workload files, DTJobs)."""
+    stages = []
+    for s in job.stages:
+        st: dict[str, Any] = {"id": s.id, "compute": {"cpu": s.compute.cpu, "mem_gb": s.compute.mem_gb,
+                                                      "duration_ms": s.compute.duration_ms}}
+        if s.after:
+            st["after"] = list(s.after)
+        if s.output_mb:
+            st["output_mb"] = s.output_mb
+        cons = {k: list(v) for k, v in vars(s.constraints).items() if v is not None}
+        if cons:
+            st["constraints"] = cons
+        stages.append(st)
+    out: dict[str, Any] = {"stages": stages}
+    if job.input_mb:
+        out["input_mb"] = job.input_mb
+    return out

@@ -11,6 +11,7 @@ from typing import Any, Mapping
 
 from ..errors import SpecError
 from ..model import Job, job_from_dict
+from ..spec_reader import job_to_spec
 from .crd import API_VERSION, KIND
 
 DEFAULTS = {"policy": "greedy", "predictor": "fast", "samples": 128, "seed": 0, "timeScale": 1.0, "maxAttempts": 3}
@@ -48,22 +49,7 @@ def job_of(dtjob: Mapping[str, Any]) -> Job:
 
 def job_spec(job: Job) -> dict[str, Any]:
     """``spec.job`` of a DTJob for a loaded Job (either file layout), in the dtlab/v1 field names."""
-    stages = []
-    for s in job.stages:
-        st: dict[str, Any] = {"id": s.id, "compute": {"cpu": s.compute.cpu, "mem_gb": s.compute.mem_gb,
-                                                      "duration_ms": s.compute.duration_ms}}
-        if s.after:
-            st["after"] = list(s.after)
-        if s.output_mb:
-            st["output_mb"] = s.output_mb
-        cons = {k: list(v) for k, v in vars(s.constraints).items() if v is not None}
-        if cons:
-            st["constraints"] = cons
-        stages.append(st)
-    out: dict[str, Any] = {"stages": stages}
-    if job.input_mb:
-        out["input_mb"] = job.input_mb
-    return out
+    return job_to_spec(job)
 
 
 def dtjob_for(job: Job, name: str | None = None, namespace: str = "dtlab", **settings_: Any) -> dict[str, Any]:

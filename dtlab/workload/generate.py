@@ -39,7 +39,7 @@ import yaml
 from ..errors import SpecError
 from ..strict_json import short
 from ..model import API_VERSION, Workload
-from ..spec_reader import check_number
+from ..spec_reader import check_number, job_to_spec
 
 BLOCK = 4096
 PARAMETRIC = ("constant", "exponential", "lognormal")
@@ -347,27 +347,12 @@ def write_workload(out: str | os.PathLike, *, template: str | Mapping = "single"
 
 
 def _job_to_dict(job) -> dict:
-    stages = []
-    for s in job.stages:
-        st: dict[str, Any] = {"id": s.id, "compute": {"cpu": s.compute.cpu, "mem_gb": s.compute.mem_gb,
-                                                      "duration_ms": s.compute.duration_ms}}
-        if s.after:
-            st["after"] = list(s.after)
-        if s.output_mb:
-            st["output_mb"] = s.output_mb
-        c = {k: list(v) for k, v in vars(s.constraints).items() if v is not None}
-        if c:
-            st["constraints"] = c
-        stages.append(st)
     meta: dict[str, Any] = {"name": job.name}
     if job.deadline_ms is not None:
         meta["deadline_ms"] = job.deadline_ms
     if job.origin_zone is not None:
         meta["origin"] = {"zone": job.origin_zone}
-    spec: dict[str, Any] = {"stages": stages}
-    if job.input_mb:
-        spec["input_mb"] = job.input_mb
-    return {"apiVersion": API_VERSION, "kind": "Job", "metadata": meta, "spec": spec}
+    return {"apiVersion": API_VERSION, "kind": "Job", "metadata": meta, "spec": job_to_spec(job)}
 
 
 def _atomic_write(path: Path, text: str) -> None:
