@@ -26,6 +26,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..errors import SubstrateUnavailable
 
@@ -170,14 +171,17 @@ def _kill_in(procs: Path, sig: int) -> None:
             pass
 
 
-def remove_tree(path: Path, procs_file: str = "cgroup.procs", timeout_s: float = 5.0) -> None:
+def _rmdir_bottom_up(path: Path, timeout_s: float, empty: Callable[[Path], bool]) -> None:
+    """Remove ``path`` and its sub-cgroups deepest first; ``empty(d)`` clears ``d`` of processes
+    (False: ``d`` is gone already). A busy directory is retried until ``timeout_s``, then raises."""
     if not path.exists():
         return
     dirs = sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True) + [path]
     deadline = time.monotonic() + timeout_s
     for d in dirs:
         while True:
-            _kill_in(d / procs_file, 9)
+            if not empty(d):
+                break
             try:
                 d.rmdir()
                 break
@@ -187,6 +191,14 @@ def remove_tree(path: Path, procs_file: str = "cgroup.procs", timeout_s: float =
                 if exc.errno not in (errno.EBUSY, errno.ENOTEMPTY) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.02)
+
+
+def remove_tree(path: Path, procs_file: str = "cgroup.procs", timeout_s: float = 5.0) -> None:
+    """Kill what runs inside ``path`` (SIGKILL) and remove the tree."""
+    def kill(d: Path) -> bool:
+        _kill_in(d / procs_file, 9)
+        return True
+    _rmdir_bottom_up(path, timeout_s, kill)
 
 
 def sweep(prefix: str = PREFIX, root: Path | None = None) -> list[str]:
@@ -255,31 +267,20 @@ class Group:
 
 
 def evacuate_tree(path: Path, base: Path, timeout_s: float = 5.0) -> None:
-    if not path.exists():
-        return
-    dirs = sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True) + [path]
-    deadline = time.monotonic() + timeout_s
-    for d in dirs:
-        while True:
+    """Move what runs inside ``path`` to ``base`` (never kill) and remove the tree."""
+    def move(d: Path) -> bool:
+        try:
+            pids = (d / "cgroup.procs").read_text().split()
+        except FileNotFoundError:
+            return False
+        for pid in pids:
             try:
-                pids = (d / "cgroup.procs").read_text().split()
-            except FileNotFoundError:
-                break
-            for pid in pids:
-                try:
-                    with open(base / "cgroup.procs", "w") as fh:
-                        fh.write(pid)
-                except OSError:
-                    pass
-            try:
-                d.rmdir()
-                break
-            except FileNotFoundError:
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EBUSY, errno.ENOTEMPTY) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
+                with open(base / "cgroup.procs", "w") as fh:
+                    fh.write(pid)
+            except OSError:
+                pass
+        return True
+    _rmdir_bottom_up(path, timeout_s, move)
 
 
 class Cpuset(Group):

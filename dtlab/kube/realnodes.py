@@ -39,6 +39,8 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from ..fabric import cgroups
+
 REAL_ANNOTATION = "dtlab.io/real-node"
 NODE_KIND_LABEL = "dtlab.io/node-kind"
 CPU_SCALE_LABEL = "dtlab.io/cpu-scale"
@@ -160,31 +162,13 @@ def _make_cgroup(name: str, cpus: float) -> list[str]:
 
 
 def _remove_cgroup_tree(path: Path) -> list[str]:
-    """rmdir bottom-up after killing what is left inside; returns what could not be removed."""
-    if not path.is_dir():
-        return []
-    left = []
-    for d in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [path]:
-        for _ in range(50):
-            try:
-                pids = [int(x) for x in (d / "cgroup.procs").read_text().split()]
-            except OSError:
-                pids = []
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-            try:
-                d.rmdir()
-                break
-            except FileNotFoundError:
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            left.append(str(d))
-    return left
+    """rmdir bottom-up after killing what is left inside (dtlab.fabric.cgroups.remove_tree); returns
+    what could not be removed."""
+    try:
+        cgroups.remove_tree(path, timeout_s=5.0)
+    except OSError:
+        pass
+    return [str(d) for d in [path, *path.rglob("*")] if d.is_dir()] if path.is_dir() else []
 
 
 # ---------------------------------------------------------------- binfmt_misc
