@@ -47,6 +47,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import SpecError
+from .kube.observer import Gone, watch_events
 
 FORMAT = "dtlab-trace/v1"
 RECORD_TYPES = ("LISTED", "RELIST", "SYNCED", "ADDED", "MODIFIED", "DELETED")
@@ -119,23 +120,14 @@ class Recorder:
         self._rv[kind] = rv
 
     def _watch(self, kind: str, deadline: float) -> None:
-        from kubernetes.watch.watch import iter_resp_lines
         timeout = max(1, int(min(self.watch_timeout_s, deadline - time.time()) + 0.999))
         resp = self._list_fn(kind)(watch=True, resource_version=self._rv[kind], allow_watch_bookmarks=True,
                                    timeout_seconds=timeout, _preload_content=False, _request_timeout=(5, timeout + 10))
         self.counters["watches"] += 1
         try:
-            for line in iter_resp_lines(resp):
+            for typ, obj in watch_events(resp):
                 if self._stop.is_set() or time.time() >= deadline:
                     return
-                if not line:
-                    continue
-                ev = json.loads(line)
-                typ, obj = ev.get("type"), ev.get("object") or {}
-                if typ == "ERROR":
-                    if obj.get("code") == 410:
-                        raise _Gone()
-                    raise RuntimeError(f"watch error {obj.get('code')}: {obj.get('message')}")
                 rv = (obj.get("metadata") or {}).get("resourceVersion")
                 if typ == "BOOKMARK":
                     self.counters["bookmarks"] += 1
@@ -157,7 +149,7 @@ class Recorder:
                     self._relist(kind, again=listed)
                     listed = True
                 self._watch(kind, deadline)
-            except _Gone:
+            except Gone:
                 self.counters["gone"] += 1
                 self._rv[kind] = None
             except Exception as exc:  # noqa: BLE001 - connection drops: resume from the last version
@@ -183,10 +175,6 @@ class Recorder:
                 self._fh.write(json.dumps({"type": "END", "t": round(time.time() - self.started, 6),
                                            "counters": self.counters}) + "\n")
         return dict(self.counters)
-
-
-class _Gone(Exception):
-    pass
 
 
 def record(kubeconfig: str | None, duration_s: float, out: str | Path, namespace: str | None = None) -> dict:

@@ -34,7 +34,7 @@ import json
 import threading
 import time
 from datetime import datetime
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -46,6 +46,23 @@ Sink = Callable[[list[dict[str, Any]]], None]
 
 class Gone(Exception):
     """The watch's resourceVersion is too old (HTTP 410): relist."""
+
+
+def watch_events(resp: Any) -> Iterator[tuple[str, dict]]:
+    """``(type, object)`` of a raw (``_preload_content=False``) watch stream; an ERROR event with
+    code 410 raises :class:`Gone` (relist), any other ERROR a RuntimeError. Shared by the observer
+    and the trace recorder, so both read the watch protocol the same way."""
+    from kubernetes.watch.watch import iter_resp_lines
+    for line in iter_resp_lines(resp):
+        if not line:
+            continue
+        ev = json.loads(line)
+        typ, obj = ev.get("type"), ev.get("object") or {}
+        if typ == "ERROR":
+            if obj.get("code") == 410:
+                raise Gone(obj.get("message", "410 Gone"))
+            raise RuntimeError(f"watch error {obj.get('code')}: {obj.get('message')}")
+        yield typ, obj
 
 
 def parse_time(value: Any) -> float | None:
@@ -302,7 +319,6 @@ class Observer:
         self._emit(events)
 
     def _watch(self, kind: str) -> None:
-        from kubernetes.watch.watch import iter_resp_lines
         resp = self._list_fn(kind)(watch=True, resource_version=self._rv[kind], allow_watch_bookmarks=True,
                                    timeout_seconds=self.watch_timeout_s, _preload_content=False,
                                    _request_timeout=(5, self.watch_timeout_s + 10))
@@ -311,17 +327,9 @@ class Observer:
         try:
             if self._stop.is_set():     # stop() ran before the socket was registered
                 return
-            for line in iter_resp_lines(resp):
+            for typ, obj in watch_events(resp):
                 if self._stop.is_set():
                     return
-                if not line:
-                    continue
-                ev = json.loads(line)
-                typ, obj = ev.get("type"), ev.get("object") or {}
-                if typ == "ERROR":
-                    if obj.get("code") == 410:
-                        raise Gone(obj.get("message", "410 Gone"))
-                    raise RuntimeError(f"watch error {obj.get('code')}: {obj.get('message')}")
                 rv = (obj.get("metadata") or {}).get("resourceVersion")
                 if typ == "BOOKMARK":
                     self.counters["bookmarks"] += 1
