@@ -7,12 +7,9 @@ which keys it consumed, so unknown keys are reported too.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Iterable
-
-import yaml
 
 from .errors import SpecError
 from .strict_json import loads as strict_json_loads, short

@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from collections.abc import Mapping as _MappingABC
 from typing import Any, Iterable, Iterator, Mapping

@@ -59,7 +59,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from .errors import DtlabError, SpecError
+from .errors import SpecError
 
 DEFAULT_OUT = "outputs/sweeps"
 DEFAULT_WORKERS = 2

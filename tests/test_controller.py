@@ -1,5 +1,4 @@
 """The sense-simulate-act loop end to end on the sim substrate."""
-from dataclasses import replace
 
 import numpy as np
 import pytest

@@ -71,7 +71,7 @@ Whatever the substrate, :func:`to_state_events` gives the state events the twin 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 

@@ -45,7 +45,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, TextIO
 
 from ..errors import DtlabError, InfeasibleError, SpecError
-from ..kube.actuator import NAMESPACE, KubeError, PodSpec, _status, label_value, pod_name
+from ..kube.actuator import NAMESPACE, PodSpec, _status, label_value, pod_name
 from ..kube.observer import parse_time, pod_info
 from .crd import API_VERSION, GROUP, KIND, PLURAL, TERMINAL, VERSION
 from .spec import job_of, settings

@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 
 from tests.heavy import require  # tests/ is importable: pytest pythonpath = ["."]
+from tests.e2e.planes import local_plane
 
 from dtlab import load_cluster
 from dtlab.controller import Controller
@@ -126,15 +127,8 @@ def test_fabric_pod_kill_kills_the_processes_and_the_stage_reruns():
 # ------------------------------------------------------------------ kube (local plane, KWOK nodes)
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory):
-    from dtlab.kube import localplane as lp
-
-    ok, why = lp.binaries_available()
-    require(ok, why)
-    st = lp.up(CLUSTER, tmp_path_factory.mktemp("faultsplane"), name=PLANE, timeout=180)
-    try:
+    with local_plane(tmp_path_factory, CLUSTER, PLANE) as st:
         yield st
-    finally:
-        lp.down(PLANE)
 
 
 def _substrate(plane, **opts):

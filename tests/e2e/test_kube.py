@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.heavy import require  # tests/ is importable: pytest pythonpath = ["."]
+from tests.e2e.planes import core_api, local_plane
 
 from dtlab import load_cluster
 from dtlab.controller import Controller
@@ -43,21 +43,13 @@ pytestmark = pytest.mark.timeout(600)
 
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory):
-    from dtlab.kube import localplane as lp
-
-    ok, why = lp.binaries_available()
-    require(ok, why)
-    st = lp.up(CLUSTER, tmp_path_factory.mktemp("kubeplane"), name=PLANE, timeout=180)
-    try:
+    with local_plane(tmp_path_factory, CLUSTER, PLANE) as st:
         yield st
-    finally:
-        lp.down(PLANE)
 
 
 @pytest.fixture(scope="module")
 def core(plane):
-    from kubernetes import client, config
-    return client.CoreV1Api(config.new_client_from_config(config_file=plane["kubeconfig"]))
+    return core_api(plane)
 
 
 def _jobs(n: int, scale: float, prefix: str):

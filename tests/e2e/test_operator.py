@@ -21,7 +21,6 @@ Run: `pytest tests/e2e/test_operator.py -v -s` (about 3-5 minutes on an idle 2-c
 """
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal

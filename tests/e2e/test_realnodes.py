@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.heavy import require
+from tests.e2e.planes import core_api, local_plane
 
 from dtlab.model import load_cluster, load_job
 from dtlab.plan import Plan
@@ -58,28 +58,16 @@ def _job(name, stages):
 
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory):
-    from dtlab.kube import localplane as lp
-    from dtlab.kube import realnodes
-
-    ok, why = lp.binaries_available()
-    require(ok, why)
-    why = realnodes.missing()
-    require(why is None, why or "")
     t0 = time.monotonic()
-    st = lp.up(CLUSTER, tmp_path_factory.mktemp("rnplane"), name=PLANE, timeout=240, real_nodes=REAL,
-               node_grace_s=GRACE_S)
-    print(f"\nplane with {len(REAL)} real nodes up in {time.monotonic() - t0:.1f} s "
-          f"(real nodes Ready {st['real_ready_s']} s after their start)")
-    try:
+    with local_plane(tmp_path_factory, CLUSTER, PLANE, timeout=240, real_nodes=REAL, node_grace_s=GRACE_S) as st:
+        print(f"\nplane with {len(REAL)} real nodes up in {time.monotonic() - t0:.1f} s "
+              f"(real nodes Ready {st['real_ready_s']} s after their start)")
         yield st
-    finally:
-        lp.down(PLANE)
 
 
 @pytest.fixture(scope="module")
 def core(plane):
-    from kubernetes import client, config
-    return client.CoreV1Api(config.new_client_from_config(config_file=plane["kubeconfig"]))
+    return core_api(plane)
 
 
 def _substrate(plane):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.heavy import require
+from tests.e2e.planes import local_plane
 
 from dtlab import runner
 from dtlab.model import load_cluster
@@ -28,19 +28,9 @@ pytestmark = pytest.mark.timeout(900)
 
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory):
-    from dtlab.kube import localplane as lp
-    from dtlab.kube import realnodes
-
-    ok, why = lp.binaries_available()
-    require(ok, why)
-    why = realnodes.missing()
-    require(why is None, why or "")
     cluster = load_cluster(REPO / "examples" / "cluster-real-smoke.yaml")
-    st = lp.up(cluster, tmp_path_factory.mktemp("rxplane"), name=PLANE, timeout=240, real_nodes="all")
-    try:
+    with local_plane(tmp_path_factory, cluster, PLANE, timeout=240, real_nodes="all") as st:
         yield st
-    finally:
-        lp.down(PLANE)
 
 
 def _params(exp):

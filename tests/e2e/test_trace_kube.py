@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.heavy import require
+from tests.e2e.planes import local_plane
 
 from dtlab import load_cluster
 from dtlab.controller import Controller
@@ -38,15 +38,8 @@ pytestmark = pytest.mark.timeout(600)
 
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory):
-    from dtlab.kube import localplane as lp
-
-    ok, why = lp.binaries_available()
-    require(ok, why)
-    st = lp.up(CLUSTER, tmp_path_factory.mktemp("kubeplane"), name=PLANE, timeout=180)
-    try:
+    with local_plane(tmp_path_factory, CLUSTER, PLANE) as st:
         yield st
-    finally:
-        lp.down(PLANE)
 
 
 def test_record_a_running_workload_and_replay_it(plane, tmp_path):
