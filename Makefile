@@ -15,6 +15,8 @@ J      ?= 2
 LAB_PORT ?= 8888
 RUN_ARGS ?=
 LAB_ARGS ?=
+# JupyterLab refuses to start as root without --allow-root (root is the normal user on the lab's VMs)
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 FRESH_ARGS ?=
 
 # run-script FILE: run a script another part of the project provides, or say it is not there yet
@@ -62,7 +64,7 @@ test-smoke: $(STAMP) ## dtlab run all with params/smoke/ through papermill (into
 
 lab: $(STAMP) ## open the notebooks in JupyterLab (loopback only)
 	$(PY) -c "from dtlab.runner import ensure_kernel; ensure_kernel()"
-	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --port $(LAB_PORT) --notebook-dir notebooks $(LAB_ARGS)
+	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --port $(LAB_PORT) --notebook-dir notebooks $(LAB_ROOT) $(LAB_ARGS)
 
 bench: $(STAMP) ## speed benchmarks (print numbers and ratios to a baseline)
 	$(PY) benchmarks/run_all.py
