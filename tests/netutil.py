@@ -32,3 +32,19 @@ def wait_for(predicate, timeout_s: float, what: str, *, procs=(), interval_s: fl
             last = exc
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}: {last!r}")
+
+
+def stop_group(proc, grace_s: float = 15.0) -> None:
+    """SIGTERM the process group a test started (``start_new_session=True``), SIGKILL it after ``grace_s``."""
+    import os
+    import signal
+    import subprocess
+
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.heavy import require
-from tests.netutil import free_port, wait_for
+from tests.netutil import free_port, stop_group, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "examples" / "cluster-hetero.yaml"
@@ -73,12 +73,7 @@ def server(pki, tmp_path_factory):
         wait_for(up, 60, "dtlab serve /healthz", procs=[("dtlab serve", proc)])
         yield {"port": port, "tls_port": tls_port}
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_group(proc)
     assert proc.returncode == 0 or proc.returncode == -signal.SIGTERM, log.read_text()[-2000:]
 
 

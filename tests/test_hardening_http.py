@@ -7,7 +7,6 @@ connections pile up; no response carries a non-finite number.
 import http.client
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import yaml
 import dtlab
 from dtlab import strict_json
 from dtlab.api import ApiConfig, create_app
-from tests.netutil import free_port, wait_for
+from tests.netutil import free_port, stop_group, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "examples" / "cluster-hetero.yaml"
@@ -82,12 +81,7 @@ def server(tmp_path_factory):
                  procs=[("dtlab serve", proc)])
         yield srv
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_group(proc)
         text = log.read_text(errors="replace")
         assert "internal error" not in text and "Traceback" not in text, text[-3000:]
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ import pytest
 import requests
 
 from tests.heavy import require
-from tests.netutil import free_port, wait_for
+from tests.netutil import free_port, stop_group, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -357,11 +356,5 @@ def test_readme_block_runs(index, tmp_path):
             subprocess.run([str(REPO / ".venv" / "bin" / "dtlab"), "cluster", "down"], cwd=REPO, env=env,
                            capture_output=True, timeout=120)
         for name, proc in reversed(ctx.procs):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout=10)
+            stop_group(proc, grace_s=30)
         print("\n".join(ctx.log))

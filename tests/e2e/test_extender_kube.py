@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import ssl
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import dtlab
 from dtlab.extender import EXPLANATION_ANNOTATION
 from dtlab.kube import localplane
 from tests.heavy import require
-from tests.netutil import free_port, wait_for
+from tests.netutil import free_port, stop_group, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_FILE = REPO / "examples" / "cluster-hetero.yaml"
@@ -56,13 +55,7 @@ def start(cmd, log: Path) -> subprocess.Popen:
 
 def stop(p: subprocess.Popen) -> None:
     """SIGTERM the process group, SIGKILL after 10 s; reaped either way."""
-    if p.poll() is None:
-        os.killpg(p.pid, signal.SIGTERM)
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(timeout=10)
+    stop_group(p, grace_s=10)
 
 
 def tail(log: Path, n: int = 30) -> str:

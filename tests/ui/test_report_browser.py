@@ -17,6 +17,7 @@ import pytest
 from dtlab import cli
 from dtlab.results import iter_runs
 from tests.heavy import require
+from tests.ui.chrome import headless_chrome
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOT = REPO / "outputs" / "ui" / "report.png"
@@ -40,33 +41,8 @@ def outputs(tmp_path_factory) -> Path:
 def browser(tmp_path):
     require(bool(shutil.which("chromium")) and bool(shutil.which("chromedriver")),
             "chromium + chromedriver (make test-deps)")
-    import psutil
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    from tests.ui.test_whatif_browser import _assert_gone, _stop
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--allow-file-access-from-files", "--window-size=1400,1800",
-                 f"--user-data-dir={tmp_path / 'chromium'}"):
-        opts.add_argument(flag)
-    service = Service(executable_path=shutil.which("chromedriver"), log_output=str(tmp_path / "chromedriver.log"))
-    driver = webdriver.Chrome(options=opts, service=service)
-    driver.set_page_load_timeout(60)
-    procs = []
-    try:
-        root = psutil.Process(service.process.pid)
-        procs = [root] + root.children(recursive=True)
+    with headless_chrome(tmp_path, "1400,1800", ("--allow-file-access-from-files",)) as driver:
         yield driver
-    finally:
-        try:
-            driver.quit()
-        finally:
-            _stop(procs)
-            _assert_gone(procs, "chromedriver/Chromium")
 
 
 _CARDS_JS = """

@@ -26,13 +26,12 @@ import pytest
 
 from tests.heavy import require
 from tests.netutil import free_port, wait_for
+from tests.ui.chrome import _assert_gone, _stop, headless_chrome
 
 REPO = Path(__file__).resolve().parents[2]
 VENV = REPO / ".venv"
 NOTEBOOK = Path(os.environ.get("DTLAB_UI_NOTEBOOK", REPO / "notebooks" / "whatif.ipynb"))
 SCREENSHOT = REPO / "outputs" / "ui" / "whatif.png"
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 BUDGET_S = 230  # whole test incl. setup/teardown, enforced by pytest-timeout (slider, arrivals, scenario)
 SLIDER_LABEL = "latency ×"
 
@@ -42,43 +41,6 @@ pytestmark = [pytest.mark.heavy("chromium"), pytest.mark.timeout(BUDGET_S)]
 def _wait_for_cells(predicate, timeout_s: float, what: str, interval_s: float = 0.25):
     """wait_for, but a notebook cell's error fails at once instead of after the timeout."""
     return wait_for(predicate, timeout_s, what, interval_s=interval_s, reraise=(_CellError,))
-
-
-def _stop(procs, grace_s: float = 10.0) -> list[str]:
-    """Terminate, then kill, the given psutil processes; returns the ones that needed SIGKILL."""
-    import psutil
-
-    alive = []
-    for p in procs:
-        try:
-            if p.status() != psutil.STATUS_ZOMBIE:
-                p.terminate()
-                alive.append(p)
-        except psutil.NoSuchProcess:
-            pass
-    _, survivors = psutil.wait_procs(alive, timeout=grace_s)
-    killed = []
-    for p in survivors:
-        try:
-            killed.append(f"{p.pid} {p.name()}")
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(survivors, timeout=5)
-    return killed
-
-
-def _assert_gone(procs, who: str) -> None:
-    import psutil
-
-    left = []
-    for p in procs:
-        try:
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                left.append(f"{p.pid} {p.name()}")
-        except psutil.NoSuchProcess:
-            pass
-    assert not left, f"{who} left processes behind: {left}"
 
 
 class Lab:
@@ -167,31 +129,8 @@ def lab(tmp_path):
 
 @pytest.fixture()
 def browser(tmp_path, lab):
-    import psutil
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = shutil.which("chromium") or CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1500,1300", f"--user-data-dir={tmp_path / 'chromium'}"):
-        opts.add_argument(flag)
-    service = Service(executable_path=shutil.which("chromedriver") or CHROMEDRIVER,
-                      log_output=str(tmp_path / "chromedriver.log"))
-    driver = webdriver.Chrome(options=opts, service=service)
-    driver.set_page_load_timeout(60)
-    procs = []
-    try:
-        root = psutil.Process(service.process.pid)
-        procs = [root] + root.children(recursive=True)
+    with headless_chrome(tmp_path, "1500,1300", ("--disable-quic",)) as driver:
         yield driver
-    finally:
-        try:
-            driver.quit()
-        finally:
-            _stop(procs)
-            _assert_gone(procs, "chromedriver/Chromium")
 
 
 # ---------------------------------------------------------------- page helpers (JS so stale nodes never bite)
