@@ -222,11 +222,15 @@ def test_body_over_the_limit_is_413(server):
     server.assert_still_plans()
 
 
-def healthz_latencies(server, stop: threading.Event, out: list) -> None:
+def healthz_latencies(server, stop: threading.Event, out: list, starts: list | None = None) -> None:
+    """Probe /healthz until told to stop; `starts` records when each probe began (monotonic)."""
     while not stop.is_set():
+        t0 = time.monotonic()
         status, _, elapsed = server.call("GET", "/healthz", timeout=10)
         out.append((status, elapsed))
-        time.sleep(0.05)
+        if starts is not None:
+            starts.append(t0)
+        time.sleep(0.02)
 
 
 def test_healthz_answers_while_plans_saturate_the_server(server):
@@ -236,23 +240,30 @@ def test_healthz_answers_while_plans_saturate_the_server(server):
     over = PLAN_REPRODUCERS["17 KB des plan without a token"]
     results: list = []
     lat: list = []
+    starts: list = []
     stop = threading.Event()
-    probe = threading.Thread(target=healthz_latencies, args=(server, stop, lat))
+    probe = threading.Thread(target=healthz_latencies, args=(server, stop, lat, starts))
     probe.start()
     try:
         workers = [threading.Thread(target=lambda b=b, t=t: results.append(server.plan(b, token=t)[:2]))
                    for b, t in [(heavy, TOKEN)] * 4 + [(over, None)] * 4]
+        busy_from = time.monotonic()
         for w in workers:
             w.start()
         for w in workers:
             w.join(60)
+        busy_until = time.monotonic()
     finally:
         stop.set()
         probe.join(15)
     statuses = sorted(s for s, _ in results)
     assert statuses.count(413) == 4 and statuses.count(200) >= 1 and statuses.count(429) >= 1, statuses
     assert set(statuses) <= {200, 413, 429}, statuses
-    assert len(lat) >= 5 and all(s == 200 for s, _ in lat)
+    # How many probes fit depends on how fast the plans run; what matters is that some probes were sent
+    # while the plans were computing, and every probe (during or after) answered 200.
+    during = [t for t in starts if busy_from <= t < busy_until]
+    assert len(during) >= 2, f"only {len(during)} /healthz probes overlapped {busy_until - busy_from:.2f} s of plans"
+    assert lat and all(s == 200 for s, _ in lat)
     worst = max(e for _, e in lat)
     print(f"healthz under saturation: {len(lat)} probes, worst {worst * 1000:.0f} ms")
     assert worst < 1.0, f"/healthz took {worst:.2f} s under saturation"
