@@ -12,6 +12,10 @@ chosen placement with other predictors on the same snapshot); ``recalibrator`` (
 correction events that are applied together with the batch; ``on_events`` callbacks see
 every applied batch after it is in the state (the service reacts to node-down there).
 
+``telemetry`` (optional, e.g. :class:`dtlab.telemetry.TelemetryPoller`) is a second event source
+drained at every sync beside the substrate's (``events()``; its ``last_error``, when set, is added
+to the reason of a stale refusal: "Prometheus unreachable" says more than an age).
+
 ``freshness_s`` (None: off) is the telemetry freshness budget: a plan whose placement or
 shadow relies on a node with older telemetry (in the substrate's clock) is *refused*, not
 submitted, and recorded with decision ``refused-stale`` and the reason. ``act(plan, job)``
@@ -43,6 +47,10 @@ from .telemetry import StaleTelemetry, check_fresh
 from .timing import TimingModel
 
 SUBMITTED, INFEASIBLE, REFUSED_STALE, ROLLED_BACK = "submitted", "infeasible", "refused-stale", "rolled-back"
+
+
+class EventSource(Protocol):
+    def events(self) -> list[dict[str, Any]]: ...
 
 
 class Recalibrator(Protocol):
@@ -77,7 +85,8 @@ class Controller:
     def __init__(self, twin, substrate, policy: str = "greedy", predictor: str = "fast", samples: int = 128,
                  seed: int = 0, on_plan: Iterable[Callable[[Job, Plan, Snapshot, float], None]] = (),
                  recalibrator: Recalibrator | None = None, freshness_s: float | None = None,
-                 on_events: Iterable[Callable[[list[dict[str, Any]]], None]] = ()):
+                 on_events: Iterable[Callable[[list[dict[str, Any]]], None]] = (),
+                 telemetry: EventSource | None = None):
         self.twin = twin
         self.substrate = substrate
         self.policy = policy
@@ -88,6 +97,7 @@ class Controller:
         self.recalibrator = recalibrator
         self.freshness_s = None if freshness_s is None else float(freshness_s)
         self.on_events = list(on_events)
+        self.telemetry = telemetry
         self.records: list[dict[str, Any]] = []
         self.events_applied = 0
         self.last_refusal: StaleTelemetry | None = None   # the newest stale-telemetry refusal (nodes and ages)
@@ -97,6 +107,8 @@ class Controller:
     def sync(self) -> int:
         """Drain substrate events into the twin's state (atomically, with any recalibration); returns the count."""
         events = self.substrate.events()
+        if self.telemetry is not None:
+            events = events + self.telemetry.events()
         if self.recalibrator is not None:
             events = events + self.recalibrator.observe(events)
         if events:
@@ -140,7 +152,11 @@ class Controller:
                 check_fresh(plan, snap, self.freshness_s, now=arrival / 1000.0)
             except StaleTelemetry as exc:
                 self.last_refusal = exc
-                self.records.append(self._record(job, plan, arrival, plan.elapsed_ms, str(exc), REFUSED_STALE))
+                reason = str(exc)
+                why = getattr(self.telemetry, "last_error", None)
+                if why:
+                    reason += f"; telemetry source: {why}"
+                self.records.append(self._record(job, plan, arrival, plan.elapsed_ms, reason, REFUSED_STALE))
                 return REFUSED_STALE
         if self.recalibrator is not None:
             self.recalibrator.expect(job, plan)

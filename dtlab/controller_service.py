@@ -99,7 +99,7 @@ class ControllerService:
     """One twin driving one substrate in (wall-clock) time; see the module docstring."""
 
     def __init__(self, twin, substrate, config: ServiceConfig | None = None, record: TextIO | None = None,
-                 registry: CollectorRegistry | None = None):
+                 registry: CollectorRegistry | None = None, telemetry: Any = None):
         self.config = config or ServiceConfig()
         self.twin = twin
         self.substrate = substrate
@@ -107,7 +107,8 @@ class ControllerService:
         self.metrics = ControllerMetrics(registry)
         self.controller = Controller(twin, substrate, policy=self.config.policy, predictor=self.config.predictor,
                                      samples=self.config.samples, seed=self.config.seed,
-                                     freshness_s=self.config.freshness_s, on_events=[self._on_events])
+                                     freshness_s=self.config.freshness_s, on_events=[self._on_events],
+                                     telemetry=telemetry)
         self._record = record
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -368,6 +369,10 @@ def register(sub) -> None:
     p.add_argument("--samples", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--freshness-s", type=float, help="refuse plans relying on telemetry older than this (seconds)")
+    p.add_argument("--prometheus", metavar="URL",
+                   help="poll node CPU (background) and memory from this Prometheus into the twin ('auto': the "
+                        "fabric's own, with --opt telemetry=prometheus); --freshness-s then defaults to 1 s")
+    p.add_argument("--poll-s", type=float, default=0.5, help="with --prometheus: poll interval (default 0.5 s)")
     p.add_argument("--speed", type=float, default=1.0, help="sim: substrate seconds per wall second (default 1)")
     p.add_argument("--duration-s", type=float, help="stop after this many wall seconds")
     p.add_argument("--drain-s", type=float, default=0.0, help="on stop, let in-flight jobs finish for this long")
@@ -403,8 +408,11 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not args.workload and args.duration_s is None and args.api_port is None:
         raise SpecError("--workload", "nothing to do: give --workload, --api-port or --duration-s")
+    from .api.serve import telemetry_options
+    freshness = telemetry_options(args) if args.prometheus != "auto" else (
+        1.0 if args.freshness_s is None else args.freshness_s)
     config = ServiceConfig(policy=args.policy, predictor=args.predictor, samples=args.samples, seed=args.seed,
-                           freshness_s=args.freshness_s, speed=args.speed, drain_s=args.drain_s)
+                           freshness_s=freshness, speed=args.speed, drain_s=args.drain_s)
     cluster = load_cluster(args.cluster)
     stream: Iterable[Any] = ()
     if args.workload:
@@ -416,11 +424,19 @@ def run(args: argparse.Namespace) -> int:
         stream = job_stream(workload, np.random.default_rng(args.seed))
     servers = []
     substrate = make_substrate(args.substrate, cluster, seed=args.seed, **_opts(args.opt))
-    record = None
+    record = poller = None
     try:
         record = open(args.record, "a", encoding="utf-8") if args.record else None
         twin = Twin(substrate.cluster())
-        service = ControllerService(twin, substrate, config, record=record)
+        if args.prometheus:
+            from .telemetry import PrometheusClient, TelemetryPoller
+            url = getattr(substrate, "prometheus_url", None) if args.prometheus == "auto" else args.prometheus
+            if not url:
+                raise SpecError("--prometheus", "auto needs a substrate that runs its own Prometheus "
+                                                "(--substrate fabric --opt telemetry=prometheus)")
+            poller = TelemetryPoller(PrometheusClient(url, timeout_s=max(0.2, args.poll_s)), args.poll_s,
+                                     clock=getattr(substrate, "ts_of_epoch", None)).start()
+        service = ControllerService(twin, substrate, config, record=record, telemetry=poller)
         service.install_signal_handlers()
         if args.port is not None:
             from prometheus_client import start_http_server
@@ -437,6 +453,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for server in servers:
             _shutdown(server)
+        if poller is not None:
+            poller.stop()
         substrate.close()
         if record is not None:
             record.close()

@@ -18,7 +18,8 @@ node-add            ``node``: a Node spec dict (as in a Cluster spec)
 node-remove         ``node``: name
 node-down/node-up   ``node``: name (fail-stop failure / recovery)
 node-cordon/-uncordon ``node``: name (no new work; running work continues)
-telemetry           ``node``, ``cpu_util`` in [0,1] (background share of cores busy), ``ts``
+telemetry           ``node``, ``cpu_util`` in [0,1] (background share of cores busy), ``ts``;
+                    optional ``mem_bytes`` (the node's memory in use, recorded, not yet planned on)
 link                ``a``, ``b`` (zones or nodes); any of latency_ms, bandwidth_mbps,
                     loss, jitter_ms; ``up: false`` cuts the link (partition)
 link-reset          ``a``, ``b``: back to the spec's link
@@ -317,6 +318,7 @@ class NodeStatus:
     cordoned: bool = False
     cpu_util: float = 0.0          # background utilisation from telemetry
     telemetry_ts: float | None = None
+    mem_bytes: float | None = None  # memory in use from telemetry (recorded; placement does not use it yet)
     running_cpu: float = 0.0       # cores claimed by stages the twin knows are running
     corunners: tuple[CoRunner, ...] = ()   # those stages (start order)
 
@@ -576,7 +578,10 @@ class _Staging:
         elif kind == "telemetry":
             status = self.node(event.get("node"), p + "node")
             util = check_number(event.get("cpu_util"), p + "cpu_util", ge=0, le=1)
-            self.put(replace(status, cpu_util=util, telemetry_ts=float(ts) if ts is not None else time.time()))
+            mem = event.get("mem_bytes")
+            mem = status.mem_bytes if mem is None else check_number(mem, p + "mem_bytes", ge=0, le=1e15)
+            self.put(replace(status, cpu_util=util, mem_bytes=mem,
+                             telemetry_ts=float(ts) if ts is not None else time.time()))
         elif kind in ("link", "link-reset"):
             a, b = event.get("a"), event.get("b")
             zones = self.state._cluster.zones

@@ -1,20 +1,50 @@
-"""Telemetry: node CPU utilisation from a Prometheus server, and the freshness rule.
+"""Telemetry: node CPU and memory from a Prometheus server, and the freshness rule.
 
 The twin plans on telemetry; telemetry that is older than the freshness budget
 (default 1 s, the design's figure) makes a node *stale*. The controller must not
 actuate a plan that relies on a stale node, and must say which and why.
+
+Pieces (issue 20):
+
+* :class:`PrometheusClient`: the HTTP API (instant queries).
+* :class:`PrometheusProcess`: a real ``prometheus`` binary scraping given targets every
+  ``scrape_interval_s`` (0.5 s by default), bound to loopback, storage in a temporary directory,
+  stopped by :meth:`PrometheusProcess.stop` or when its parent dies.
+* :class:`TelemetryPoller`: polls Prometheus every ``interval_s`` (default 0.5 s) for the per-node
+  cgroup exporters' series (:mod:`dtlab.fabric.exporter`) and turns them into ``telemetry`` state
+  events: ``cpu_util`` is the **background** utilisation (CPU in the node's cgroup outside the
+  stages dtlab placed, over the node's capacity), ``mem_bytes`` the node's memory. Each event is
+  stamped with the *scrape* time of its sample (``timestamp()`` in PromQL), not the query time, so
+  the freshness rule measures how old the data really is; ``clock`` maps that epoch time to the
+  state's clock (the fabric's reference ms). When Prometheus cannot be queried no events come, the
+  nodes age and plans are refused; the poller's ``last_error`` says why.
 """
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
 import time
-from dataclasses import dataclass
-from typing import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
 
-
-from .errors import DtlabError
+from .errors import DtlabError, SubstrateUnavailable
 
 DEFAULT_FRESHNESS_S = 1.0
 NODE_CPU_QUERY = '1 - avg by (instance) (rate(node_cpu_seconds_total{{mode="idle"}}[{window}]))'
+DEFAULT_POLL_S = 0.5
+DEFAULT_SCRAPE_S = 0.5
+# background CPU of a node (not placed by dtlab) over its capacity, from the per-node exporters; irate
+# (the last two samples in the window) so a step shows up one scrape interval later, not a window later
+BACKGROUND_QUERY = ("(irate(dtlab_node_cpu_seconds_total[{window}]) - irate(dtlab_node_placed_cpu_seconds_total[{window}]))"
+                    " / on (node) dtlab_node_cpu_capacity_cores")
+SAMPLE_TS_QUERY = "timestamp(dtlab_node_cpu_seconds_total)"
+MEMORY_QUERY = "dtlab_node_memory_bytes"
 
 
 class TelemetryError(DtlabError):
@@ -36,6 +66,7 @@ class PrometheusClient:
     """Minimal client of the Prometheus HTTP API (``/api/v1/query``)."""
     base_url: str
     timeout_s: float = 5.0
+    last_stamps: list[float] = field(default_factory=list)   # epoch scrape times of the newest node_events
 
     def query(self, promql: str, at: float | None = None) -> list[tuple[dict[str, str], float, float]]:
         """Instant query: list of (labels, sample timestamp, value)."""
@@ -64,10 +95,36 @@ class PrometheusClient:
     def node_cpu_events(self, instance_to_node: Mapping[str, str], window: str = "30s") -> list[dict]:
         """Telemetry events (dtlab.state) of node CPU utilisation, timestamped with the sample time."""
         events = []
+        stamps = {labels.get("instance", ""): value for labels, _, value in self.query("timestamp(node_cpu_seconds_total"
+                                                                                   '{mode="idle",cpu="0"})')}
         for labels, ts, value in self.query(NODE_CPU_QUERY.format(window=window)):
-            node = instance_to_node.get(labels.get("instance", ""))
-            if node is not None:
-                events.append({"kind": "telemetry", "node": node, "cpu_util": min(1.0, max(0.0, value)), "ts": ts})
+            instance = labels.get("instance", "")
+            node = instance_to_node.get(instance)
+            if node is not None:      # stamped with the scrape time of the sample, not the query time
+                events.append({"kind": "telemetry", "node": node, "cpu_util": min(1.0, max(0.0, value)),
+                               "ts": stamps.get(instance, ts)})
+        return events
+
+    def node_events(self, window: str = "5s", clock: Callable[[float], float] | None = None) -> list[dict]:
+        """Telemetry events from the per-node cgroup exporters: background ``cpu_util`` and ``mem_bytes``.
+
+        A node appears only when its newest sample exists (a target that stopped answering is
+        marked stale by Prometheus and drops out); ``ts`` is that sample's scrape time through ``clock``.
+        """
+        stamps = {lab.get("node"): v for lab, _, v in self.query(SAMPLE_TS_QUERY) if lab.get("node")}
+        self.last_stamps = list(stamps.values())
+        util = {lab.get("node"): v for lab, _, v in self.query(BACKGROUND_QUERY.format(window=window))}
+        mem = {lab.get("node"): v for lab, _, v in self.query(MEMORY_QUERY)}
+        events = []
+        for node, stamp in sorted(stamps.items()):
+            u = util.get(node)
+            if u is None or u != u:      # fewer than two samples in the window yet
+                continue
+            ev: dict[str, Any] = {"kind": "telemetry", "node": node, "cpu_util": min(1.0, max(0.0, u)),
+                                  "ts": clock(stamp) if clock else stamp}
+            if node in mem:
+                ev["mem_bytes"] = max(0.0, mem[node])
+            events.append(ev)
         return events
 
 
@@ -89,3 +146,170 @@ def check_fresh(plan, snapshot, budget_s: float = DEFAULT_FRESHNESS_S, now: floa
     stale = stale_nodes(snapshot, used, budget_s, now)
     if stale:
         raise StaleTelemetry(stale, budget_s)
+
+
+# ---------------------------------------------------------------- a real Prometheus, and the poller
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (the OS picks; the server binds it right after)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGTERM when this process dies (Linux prctl PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def prometheus_config(targets: Mapping[str, str], scrape_interval_s: float) -> str:
+    """prometheus.yml scraping each ``{node: "host:port"}`` target every ``scrape_interval_s``."""
+    ms = max(1, int(round(scrape_interval_s * 1000)))
+    lines = [f"global: {{scrape_interval: {ms}ms, scrape_timeout: {ms}ms, evaluation_interval: {ms}ms}}",
+             "scrape_configs:", "  - job_name: dtlab-node", "    static_configs:"]
+    for node, target in sorted(targets.items()):
+        lines.append(f"      - {{targets: ['{target}'], labels: {{dtlab_node: '{node}'}}}}")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class PrometheusProcess:
+    """A real ``prometheus`` scraping ``targets`` ({node: "127.0.0.1:port"}); loopback only.
+
+    ``start()`` waits until every target is up (bounded by ``ready_s``); ``stop()`` terminates it
+    (it also dies with this process). ``port`` is fixed at construction, so a stopped
+    Prometheus can be started again at the same URL (the e2e "Prometheus is back" check).
+    """
+    targets: Mapping[str, str]
+    scrape_interval_s: float = DEFAULT_SCRAPE_S
+    binary: str = "prometheus"
+    port: int = 0
+    ready_s: float = 30.0
+    workdir: Path | None = None
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0.05 <= self.scrape_interval_s <= 60:
+            raise DtlabError(f"scrape interval {self.scrape_interval_s} s: must be in [0.05, 60] s")
+        if self.port == 0:
+            self.port = free_port()
+        self._own_dir = self.workdir is None
+        self.workdir = Path(tempfile.mkdtemp(prefix="dtlab-prom-")) if self.workdir is None else Path(self.workdir)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "PrometheusProcess":
+        exe = shutil.which(self.binary)
+        if exe is None:
+            raise SubstrateUnavailable(f"telemetry: `{self.binary}` not found (make test-deps installs Debian's prometheus)")
+        assert self.workdir is not None
+        config = self.workdir / "prometheus.yml"
+        config.write_text(prometheus_config(self.targets, self.scrape_interval_s))
+        self.log = self.workdir / "prometheus.log"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [exe, f"--config.file={config}", f"--storage.tsdb.path={self.workdir / 'data'}",
+                 f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=2h"],
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+        client = PrometheusClient(self.url, timeout_s=1.0)
+        deadline = time.monotonic() + self.ready_s
+        while True:
+            if self.proc.poll() is not None:
+                tail = self.log.read_text(errors="replace")[-400:]
+                raise DtlabError(f"prometheus exited with {self.proc.returncode}: {tail}")
+            try:
+                up = [v for _, _, v in client.query("up") if v == 1]
+                if len(up) >= len(self.targets):
+                    return self
+            except TelemetryError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise DtlabError(f"prometheus at {self.url}: targets not all up within {self.ready_s:g} s")
+            time.sleep(0.1)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=timeout_s)
+        self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        if self._own_dir and self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class TelemetryPoller:
+    """Polls Prometheus every ``interval_s`` in a thread and queues telemetry events for the state.
+
+    ``events()`` drains the queue (the controller's sync does, with the substrate's events);
+    ``latencies`` records, per poll that produced events, the query time and the data age when
+    the events were handed over (seconds, wall clock) for the benchmark. ``last_error`` is the
+    newest query failure (None once a poll succeeds again).
+    """
+
+    def __init__(self, client: PrometheusClient, interval_s: float = DEFAULT_POLL_S, window: str = "5s",
+                 clock: Callable[[float], float] | None = None, max_queue: int = 100_000):
+        if not 0.01 <= float(interval_s) <= 3600:
+            raise DtlabError(f"telemetry poll interval {interval_s!r} s: must be in [0.01, 3600] s")
+        self.client, self.interval_s, self.window, self.clock = client, float(interval_s), window, clock
+        self.last_error: str | None = None
+        self.polls = 0
+        self.samples: list[dict[str, float]] = []    # per successful poll: query_s, newest sample age at hand-over
+        self._queue: list[dict[str, Any]] = []
+        self._max_queue = max_queue
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def poll_once(self) -> list[dict[str, Any]]:
+        t0 = time.time()
+        try:
+            events = self.client.node_events(self.window, clock=self.clock)
+        except TelemetryError as exc:
+            self.last_error = str(exc)
+            return []
+        t1 = time.time()
+        self.last_error = None
+        self.polls += 1
+        stamps = self.client.last_stamps
+        with self._lock:
+            if events:
+                self._queue.extend(events)
+                del self._queue[:-self._max_queue]
+                self.samples.append({"query_s": t1 - t0, "at": t1, "n": len(events),
+                                     **({"age_s": t1 - max(stamps)} if stamps else {})})
+        return events
+
+    def events(self) -> list[dict[str, Any]]:
+        with self._lock:
+            out, self._queue = self._queue, []
+        return out
+
+    def start(self) -> "TelemetryPoller":
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, daemon=True, name="telemetry-poller")
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            t0 = time.monotonic()
+            self.poll_once()
+            self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - t0)))
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None

@@ -181,6 +181,13 @@ def create_app(twin, config: ApiConfig | None = None, controller=None, extender=
         if not _finite(out["prediction"]):
             raise ClientError(422, "the predicted latency is not a finite number for this job", "job")
         out["dry_run"] = dry_run
+        if config.freshness_s is not None:    # not acting, nor advising, on stale telemetry
+            from ..telemetry import StaleTelemetry, check_fresh
+            try:
+                check_fresh(result, twin.state.snapshot(), config.freshness_s)
+            except StaleTelemetry as exc:
+                metrics.stale_refusals.inc()
+                raise ClientError(503, str(exc), "telemetry") from None
         if not dry_run:
             if controller is None:
                 raise ClientError(409, "this server has no controller attached to act on plans; use dry_run: true",

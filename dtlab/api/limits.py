@@ -35,3 +35,6 @@ class ApiConfig:
     max_work_anonymous: float = 300_000  # ~0.3 s
     max_inflight: int = 2
     request_timeout_s: float = 10.0
+    # telemetry freshness budget (s) for /plan: a plan relying on older telemetry is refused (503,
+    # the stale nodes named); None: off (set by `dtlab serve --prometheus URL --freshness-s S`)
+    freshness_s: float | None = None

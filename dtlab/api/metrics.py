@@ -20,6 +20,8 @@ class ServiceMetrics:
         self.events = Counter("dtlab_events_applied", "State events applied, by kind", ["kind"], registry=self.registry)
         self.rejected = Counter("dtlab_requests_rejected", "Client errors, by route and status",
                                 ["route", "status"], registry=self.registry)
+        self.stale_refusals = Counter("dtlab_plans_refused_stale", "Plans refused: telemetry older than the "
+                                      "freshness budget", registry=self.registry)
         self.registry.register(_StateCollector(state))
 
 

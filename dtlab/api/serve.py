@@ -36,6 +36,13 @@ def register(sub) -> None:
                    help="seconds before a plan answers 503 (default 10)")
     p.add_argument("--connection-limit", type=int, default=500,
                    help="open connections waitress accepts (default 500; idle ones close after 30 s)")
+    p.add_argument("--prometheus", metavar="URL",
+                   help="poll node CPU (background) and memory from this Prometheus (the per-node cgroup "
+                        "exporters' series, see dtlab.telemetry) into the twin's state")
+    p.add_argument("--poll-s", type=float, default=0.5, help="with --prometheus: poll interval (default 0.5 s)")
+    p.add_argument("--freshness-s", type=float, default=None,
+                   help="refuse plans (503) relying on telemetry older than this; default with --prometheus: "
+                        "1 s (the design's budget), without: off")
     p.add_argument("--extender", action="store_true",
                    help="also serve the kube-scheduler extender routes /extender/filter and /extender/prioritize")
     p.add_argument("--kubeconfig", help="with --extender: annotate pods with the per-node explanation")
@@ -79,6 +86,36 @@ def feed(substrate, state, stop: "threading.Event", period_s: float = 0.2) -> No
         stop.wait(max(0.0, period_s - (time.monotonic() - start)))
 
 
+def telemetry_options(args: argparse.Namespace) -> float | None:
+    """Check --prometheus/--poll-s/--freshness-s; the freshness budget to enforce (None: off)."""
+    if not 0.01 <= args.poll_s <= 3600:
+        raise SpecError("--poll-s", f"must be in [0.01, 3600] seconds (got {args.poll_s:g})")
+    if args.freshness_s is not None and not 0 < args.freshness_s <= 86400:
+        raise SpecError("--freshness-s", f"must be in (0, 86400] seconds (got {args.freshness_s:g})")
+    if args.prometheus:
+        if not str(args.prometheus).startswith(("http://", "https://")):
+            raise SpecError("--prometheus", f"must be an http(s) URL (got {args.prometheus!r})")
+        from ..telemetry import DEFAULT_FRESHNESS_S
+        return DEFAULT_FRESHNESS_S if args.freshness_s is None else float(args.freshness_s)
+    return args.freshness_s
+
+
+def poll_into(poller, state, stop: "threading.Event") -> None:
+    """Apply the poller's telemetry events to ``state`` every poll interval until ``stop``; a
+    failing query leaves the nodes to age (the freshness rule then refuses plans), logged once."""
+    reported = None
+    while not stop.is_set():
+        start = time.monotonic()
+        poller.poll_once()
+        events = poller.events()
+        if events:
+            state.apply_many(events)
+        if poller.last_error != reported:
+            reported = poller.last_error
+            logging.getLogger("dtlab.serve").warning("telemetry: %s", reported or "recovered")
+        stop.wait(max(0.0, poller.interval_s - (time.monotonic() - start)))
+
+
 def run(args: argparse.Namespace) -> int:
     from waitress import serve
 
@@ -90,9 +127,11 @@ def run(args: argparse.Namespace) -> int:
                  "request_timeout"):
         if not getattr(args, name) > 0:
             raise SpecError("--" + name.replace("_", "-"), "must be > 0")
+    freshness = telemetry_options(args)
     config = ApiConfig(insecure_dev=args.insecure_dev, max_body_bytes=args.max_body_bytes,
                        max_inflight=args.max_inflight, max_work=args.max_work,
-                       max_work_anonymous=args.max_work_anonymous, request_timeout_s=args.request_timeout)
+                       max_work_anonymous=args.max_work_anonymous, request_timeout_s=args.request_timeout,
+                       freshness_s=freshness)
     if config.token is None and not config.insecure_dev:
         print("dtlab serve: DTLAB_API_TOKEN is not set: /observe and non-dry-run /plan will be refused",
               file=sys.stderr)
@@ -119,6 +158,14 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     if substrate is not None:
         threading.Thread(target=feed, args=(substrate, twin.state, stop), daemon=True, name="feed").start()
+    if args.prometheus:
+        from ..telemetry import PrometheusClient, TelemetryPoller
+        clock = getattr(substrate, "ts_of_epoch", None)    # the state's clock: the substrate's, else epoch s
+        poller = TelemetryPoller(PrometheusClient(args.prometheus, timeout_s=max(0.2, args.poll_s)),
+                                 args.poll_s, clock=clock)
+        threading.Thread(target=poll_into, args=(poller, twin.state, stop), daemon=True, name="telemetry").start()
+        print(f"dtlab serve: polling {args.prometheus} every {args.poll_s:g} s; plans on telemetry older than "
+              f"{freshness:g} s are refused", file=sys.stderr, flush=True)
     extender = None
     if args.extender:
         from ..extender import Extender, kube_annotator

@@ -82,8 +82,8 @@ def _child(engine, module, path, req, wasmtime) -> int:
         wasi.inherit_stderr()
         store.set_wasi(wasi)
         instance = linker.instantiate(store, module)
-        if req.get("cgroup"):
-            with open(req["cgroup"], "w") as fh:
+        for procs in filter(None, str(req.get("cgroup") or "").split(os.pathsep)):   # ':'-separated, as DTLAB_JOIN_CGROUP
+            with open(procs, "w") as fh:
                 fh.write(str(os.getpid()))
         return run_start(instance, store, wasmtime)
     except BaseException as exc:   # report, never fall back into the parent's loop

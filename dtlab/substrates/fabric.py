@@ -78,7 +78,9 @@ from .base import JOB_COLUMNS, STAGE_COLUMNS, WallClockSubstrate
 
 _LIVE: "weakref.WeakSet[FabricSubstrate]" = weakref.WeakSet()
 OPTIONS = ("seed", "host_cores", "kernel", "network", "timing", "calibration", "drain_limit_s", "node_cpus",
-           "time_scale", "exclusive", "lock_timeout_s", "noise_limits", "noise_recheck")
+           "time_scale", "exclusive", "lock_timeout_s", "noise_limits", "noise_recheck", "telemetry",
+           "scrape_interval_s")
+TELEMETRY = (None, "none", "prometheus")
 NODE_HEADROOM = 0.9          # node quotas fill 90 % of their cores: start-up, the Wasm launcher, the kernel's own work
 AUTO_PERIOD_REF_MS = 25.0    # time_scale auto: the slowest node's CFS period <= 25 reference ms, and
 TICK_MS = 4.0                # (CONFIG_HZ=250) CPU a stage may overrun its quota by before it is throttled
@@ -124,12 +126,19 @@ class FabricSubstrate(WallClockSubstrate):
                  network: bool = True, timing: TimingModel | None = None, calibration: str | None = None,
                  drain_limit_s: float = 600.0, node_cpus: str = "auto", time_scale: float | str = "auto",
                  exclusive: bool = True, lock_timeout_s: float | None = None,
-                 noise_limits: Mapping[str, float] | None = None, noise_recheck: bool = True, **opts: Any):
+                 noise_limits: Mapping[str, float] | None = None, noise_recheck: bool = True,
+                 telemetry: str | None = None, scrape_interval_s: float = 0.5, **opts: Any):
         from .. import hostlock
         from ..fabric import available, cgroups, worker
 
         if opts:
             raise SpecError(f"substrate_opts.{sorted(opts)[0]}", "unknown fabric option (known: " + ", ".join(OPTIONS) + ")")
+        if telemetry not in TELEMETRY:
+            raise SpecError("substrate_opts.telemetry", f"must be 'prometheus' or 'none' (got {telemetry!r})")
+        if isinstance(scrape_interval_s, bool) or not isinstance(scrape_interval_s, (int, float)) \
+                or not 0.05 <= scrape_interval_s <= 60:
+            raise SpecError("substrate_opts.scrape_interval_s", f"must be a number of seconds in [0.05, 60] "
+                                                                f"(got {scrape_interval_s!r})")
         ok, why = available()
         if not ok:
             raise SubstrateUnavailable(f"fabric: {why}")
@@ -174,6 +183,13 @@ class FabricSubstrate(WallClockSubstrate):
         self._t0 = time.monotonic()          # restarted when the fabric is ready (events may come before)
         self.noise: dict[str, Any] | None = None
         self._noise = None
+        self.telemetry = telemetry if telemetry == "prometheus" else None
+        self.prometheus = None                 # dtlab.telemetry.PrometheusProcess with telemetry: prometheus
+        self.prometheus_url: str | None = None
+        self._exporters: dict[str, subprocess.Popen] = {}
+        self._acct_node: dict[str, Any] = {}   # per-node CPU accounting groups (cgroup v1 cpuacct)
+        self._mem_top = None
+        self._mem_node: dict[str, Any] = {}
         # -------- CPU: the nodes' cores, and a budget that fits them (see the module docstring)
         self.node_cpus, self.rest_cpus = node_set, rest_set
         self.isolated = not set(node_set) & set(rest_set)
@@ -239,6 +255,8 @@ class FabricSubstrate(WallClockSubstrate):
                                                  tag=f"{cgroups.PREFIX}{self.fid}")   # names its processes for sweeps
             self._cg_node = {n.name: self._cg_top.child(_safe(n.name), n.cores * n.speed * self.scale,
                                                         cgroups.NODE_MIN_QUOTA_US) for n in cluster.nodes}
+            if self.telemetry:
+                self._start_telemetry(cluster, float(scrape_interval_s))
             # -------- network
             self._links: dict[tuple[str, str], Link | None] = {}
             self.mechanism: dict[str, str] = {}
@@ -371,7 +389,8 @@ class FabricSubstrate(WallClockSubstrate):
                 self.noise = self._noise.finish()
             except Exception as exc:  # noqa: BLE001 - noise is a record, never a reason to leak cgroups
                 self.noise = {"error": f"{type(exc).__name__}: {exc}", "noisy": True, "reasons": ["noise record failed"]}
-        for step in (lambda: getattr(self, "_zygote", None) and self._zygote.close(),
+        for step in (self._stop_telemetry,
+                     lambda: getattr(self, "_zygote", None) and self._zygote.close(),
                      lambda: self.datapath and self.datapath.close(),
                      lambda: self.net and self.net.close(),
                      lambda: self._cg_top and self._cg_top.remove(),
@@ -379,7 +398,8 @@ class FabricSubstrate(WallClockSubstrate):
                      self._leave_cpuset,
                      lambda: self._cs_nodes and self._cs_nodes.remove(),
                      lambda: self._cs_rest and self._cs_rest.remove(),
-                     lambda: self._acct_nodes and self._acct_nodes.remove()):
+                     lambda: self._acct_nodes and self._acct_nodes.remove(),
+                     lambda: getattr(self, "_mem_top", None) and self._mem_top.remove()):
             try:
                 step()
             except Exception as exc:     # keep going: leave as little behind as possible
@@ -391,6 +411,111 @@ class FabricSubstrate(WallClockSubstrate):
             self._hold = None
         if errors:
             raise DtlabError("fabric close: " + "; ".join(errors))
+
+    # ------------------------------------------------------------ telemetry (issue 20)
+    def _start_telemetry(self, cluster: Cluster, scrape_interval_s: float) -> None:
+        """Per-node CPU accounting (and memory) groups, one exporter per node, a real Prometheus.
+
+        cgroup v1 keeps CPU accounting and memory in hierarchies of their own, so each node gets a
+        ``cpuacct`` group (inside the run's) and a ``memory`` group; every stage joins a
+        ``cpuacct`` sub-group of its node (``stage-*``) and its node's memory group. On v2 the
+        node's CPU cgroup already accounts (``cpu.stat``) and stages are its sub-groups.
+        Whatever runs in a node's group outside the stage sub-groups is background load.
+        """
+        from ..fabric import cgroups
+        from ..telemetry import PrometheusProcess, die_with_parent
+
+        mem_base = cgroups.controller_dir("memory")
+        if mem_base is not None and mem_base != cgroups.CGROUP_ROOT:
+            self._mem_top = cgroups.Group(mem_base, f"{cgroups.PREFIX}{self.fid}-mem")
+        script = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fabric", "exporter.py")
+        targets = {}
+        for n in cluster.nodes:
+            if self._acct_nodes is not None:
+                self._acct_node[n.name] = cgroups.Group(self._acct_nodes.base,
+                                                        f"{cgroups.PREFIX}{self.fid}-nodes/{_safe(n.name)}")
+                cpu_dir = self._acct_node[n.name].path
+            else:
+                cpu_dir = self._cg_node[n.name].path
+            if self._mem_top is not None:
+                self._mem_node[n.name] = cgroups.Group(self._mem_top.base,
+                                                       f"{cgroups.PREFIX}{self.fid}-mem/{_safe(n.name)}")
+            argv = [sys.executable, script, "--node", n.name, "--cpu-dir", str(cpu_dir),
+                    "--capacity-cores", repr(n.cores * n.speed * self.scale), "--parent-pid", str(os.getpid())]
+            if n.name in self._mem_node:
+                argv += ["--memory-dir", str(self._mem_node[n.name].path)]
+            # the exporters run beside the controller (not on the nodes' cores): a node's agent is not its work
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+            self._exporters[n.name] = proc
+        for name, proc in self._exporters.items():
+            line = proc.stdout.readline().strip() if proc.stdout else ""
+            if not line.isdigit():
+                err = proc.stderr.read()[-300:] if proc.poll() is not None and proc.stderr else ""
+                raise SubstrateUnavailable(f"fabric telemetry: exporter of {name} did not start: {err or line!r}")
+            targets[name] = f"127.0.0.1:{line}"
+        self.exporter_targets = targets
+        self.prometheus = PrometheusProcess(targets, scrape_interval_s).start()
+        self.prometheus_url = self.prometheus.url
+
+    def node_cgroup_procs(self, node: str) -> list[str]:
+        """The ``cgroup.procs`` files that put a process into ``node``'s own cgroup (CPU quota, cpuset,
+        accounting, memory): how a noisy neighbour outside dtlab lands on a fabric node."""
+        paths = [self._cg_node[node].procs_path]
+        if self._cs_nodes is not None:
+            paths.append(self._cs_nodes.procs_path)
+        if node in self._acct_node:
+            paths.append(self._acct_node[node].procs_path)
+        if node in self._mem_node:
+            paths.append(self._mem_node[node].procs_path)
+        return paths
+
+    def ts_of_epoch(self, epoch_s: float) -> float:
+        """Wall-clock epoch seconds -> this substrate's clock (reference seconds since start), for telemetry."""
+        mono = time.monotonic() - (time.time() - epoch_s)
+        return self._ms(mono) / 1000.0
+
+    def _telemetry_joins(self, node: str, stage_group: str) -> list[str]:
+        """Extra cgroup.procs a stage joins with telemetry on: its node's accounting sub-group and memory."""
+        out = []
+        if node in self._acct_node:
+            from ..fabric import cgroups
+            acct = cgroups.Group(self._acct_node[node].base, str(self._acct_node[node].path.relative_to(
+                self._acct_node[node].base) / f"stage-{stage_group}"))
+            out.append(acct.procs_path)
+        if node in self._mem_node:
+            out.append(self._mem_node[node].procs_path)
+        return out
+
+    def _retire_stage_acct(self, node: str, stage_group: str) -> None:
+        """Remove a finished stage's accounting group after two scrape intervals (the exporter's last
+        reading of it is then its total, see dtlab/fabric/exporter.py)."""
+        if node not in self._acct_node:
+            return
+        from ..fabric import cgroups
+        path = self._acct_node[node].path / f"stage-{stage_group}"
+        base = self._acct_node[node].base
+        delay = 2 * (self.prometheus.scrape_interval_s if self.prometheus else 0.5)
+
+        def retire() -> None:
+            try:
+                cgroups.evacuate_tree(path, base)
+            except OSError:
+                pass
+        timer = threading.Timer(delay, retire)
+        timer.daemon = True
+        self._timers.append(timer)
+        timer.start()
+
+    def _stop_telemetry(self) -> None:
+        if getattr(self, "prometheus", None) is not None:
+            self.prometheus.close()
+        for proc in getattr(self, "_exporters", {}).values():
+            _kill(proc)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
 
     # ------------------------------------------------------------ internals
     def _shared_host_slowdown(self, cluster: Cluster) -> float | None:
@@ -572,7 +697,8 @@ class FabricSubstrate(WallClockSubstrate):
             # Start-up runs in the fabric's top cgroup (prioritised over host load, capped by the
             # budget); the worker moves itself into the stage cgroup when its kernel starts, so
             # emulator/runtime start-up is not stretched by the fabric scale.
-            env = dict(os.environ, DTLAB_JOIN_CGROUP=cg.procs_path)
+            joins = [cg.procs_path, *self._telemetry_joins(node_name, cg.path.name)]
+            env = dict(os.environ, DTLAB_JOIN_CGROUP=os.pathsep.join(joins))
             if ns:
                 argv = [self._nsenter, f"--net=/var/run/netns/{ns}", *argv]
             argv = [*_join_prefix(self._join), *argv]
@@ -583,7 +709,7 @@ class FabricSubstrate(WallClockSubstrate):
                 procs = []
                 for _ in range(nproc):
                     if fmt == "wasm" and self._zygote is not None:
-                        procs.append(self._zygote.spawn(argv[-3:], cg.procs_path))
+                        procs.append(self._zygote.spawn(argv[-3:], os.pathsep.join(joins)))
                     else:
                         procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                                       text=True, env=env))
@@ -634,6 +760,7 @@ class FabricSubstrate(WallClockSubstrate):
                 cg.remove(timeout_s=2.0)
             except OSError:
                 pass
+            self._retire_stage_acct(node_name, cg.path.name)
             if ok:
                 return node_name
         return None

@@ -1,0 +1,141 @@
+"""Unit tests of the telemetry pieces (issue 20) that need no root and no Prometheus.
+
+The real thing (exporters reading fabric cgroups, a real Prometheus, the controller refusing
+stale plans) is tested in tests/e2e/test_telemetry_fabric.py; here the exporter reads a
+directory laid out like a cgroup, and the poller a stub client.
+"""
+import urllib.request
+
+import pytest
+
+from dtlab.controller import REFUSED_STALE, SUBMITTED, Controller
+from dtlab.errors import DtlabError, SpecError
+from dtlab.fabric.exporter import NodeReader, serve
+from dtlab.model import cluster_from_dict, job_from_dict
+from dtlab.state import ClusterState
+from dtlab.substrates import make_substrate
+from dtlab.telemetry import TelemetryError, TelemetryPoller, prometheus_config
+from dtlab.twin import Twin
+
+CLUSTER = {"apiVersion": "dtlab/v1", "kind": "Cluster", "metadata": {"name": "t"},
+           "nodes": [{"name": "a", "arch": "amd64", "cores": 1, "speed": 1.0, "formats": ["native"], "zone": "z"}]}
+
+
+def _usage(d, seconds):
+    d.mkdir(exist_ok=True)
+    (d / "cpuacct.usage").write_text(str(int(seconds * 1e9)))
+
+
+def test_exporter_placed_counter_survives_vanishing_stage_groups(tmp_path):
+    node = tmp_path / "a"
+    _usage(node, 10.0)
+    _usage(node / "stage-1", 3.0)
+    (tmp_path / "mem").mkdir()
+    (tmp_path / "mem" / "memory.usage_in_bytes").write_text("4096")
+    r = NodeReader("a", node, 0.25, tmp_path / "mem")
+    text = r.metrics()
+    assert 'dtlab_node_cpu_seconds_total{node="a"} 10.0' in text
+    assert 'dtlab_node_placed_cpu_seconds_total{node="a"} 3.0' in text
+    assert 'dtlab_node_cpu_capacity_cores{node="a"} 0.25' in text
+    assert 'dtlab_node_memory_bytes{node="a"} 4096' in text
+    # the stage finished and its group was removed: its CPU stays counted as placed
+    _usage(node, 11.0)
+    (node / "stage-1" / "cpuacct.usage").unlink()
+    (node / "stage-1").rmdir()
+    _usage(node / "stage-2", 0.5)
+    assert r.placed_s() == pytest.approx(3.5)
+    # the node's cgroup gone: no samples at all (Prometheus marks the series stale)
+    for f in node.rglob("cpuacct.usage"):
+        f.unlink()
+    assert r.metrics() == ""
+
+
+def test_exporter_serves_metrics_over_http_on_loopback(tmp_path):
+    _usage(tmp_path / "a", 2.0)
+    server = serve(NodeReader("a", tmp_path / "a", 1.0), 0)
+    import threading
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        assert server.server_address[0] == "127.0.0.1"
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert "dtlab_node_cpu_seconds_total" in body
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=5)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_prometheus_config_scrapes_every_node_at_the_interval():
+    text = prometheus_config({"b": "127.0.0.1:2", "a": "127.0.0.1:1"}, 0.25)
+    assert "scrape_interval: 250ms" in text
+    assert text.index("127.0.0.1:1") < text.index("127.0.0.1:2") and "dtlab_node: 'a'" in text
+
+
+class StubClient:
+    def __init__(self):
+        self.fail = False
+        self.last_stamps: list[float] = []
+        self.stamp = 100.0
+
+    def node_events(self, window, clock=None):
+        if self.fail:
+            raise TelemetryError("Prometheus at http://x unreachable: refused")
+        self.last_stamps = [self.stamp]
+        return [{"kind": "telemetry", "node": "a", "cpu_util": 0.4, "ts": clock(self.stamp) if clock else self.stamp}]
+
+
+def test_poller_queues_events_and_records_errors():
+    client = StubClient()
+    p = TelemetryPoller(client, interval_s=0.5, clock=lambda e: e - 100.0)
+    assert p.poll_once()[0]["ts"] == 0.0
+    assert p.events()[0]["cpu_util"] == 0.4 and p.events() == []
+    client.fail = True
+    assert p.poll_once() == [] and "unreachable" in p.last_error
+    client.fail = False
+    p.poll_once()
+    assert p.last_error is None and p.polls == 2 and len(p.samples) == 2
+    with pytest.raises(DtlabError, match="poll interval"):
+        TelemetryPoller(client, interval_s=0)
+
+
+def test_controller_refuses_stale_plans_with_the_source_error_then_resumes():
+    cluster = cluster_from_dict(CLUSTER)
+    sub = make_substrate("sim", cluster, seed=0)
+    twin = Twin(sub.cluster())
+    twin.state.apply_many(sub.events())
+    client = StubClient()
+    poller = TelemetryPoller(client, clock=lambda e: sub.now_ms() / 1000.0)   # stamped "now" in the sim clock
+    ctl = Controller(twin, sub, freshness_s=1.0, telemetry=poller)
+    job = lambda i: job_from_dict({"apiVersion": "dtlab/v1", "kind": "Job", "metadata": {"name": f"j{i}"},  # noqa: E731
+                                   "spec": {"stages": [{"id": "s", "compute": {"cpu": 1, "duration_ms": 10}}]}})
+    poller.poll_once()
+    assert ctl.step(job(0), 100.0) is not None and ctl.records[-1]["decision"] == SUBMITTED
+    client.fail = True
+    poller.poll_once()
+    ctl.step(job(1), 2000.0)
+    rec = ctl.records[-1]
+    assert rec["decision"] == REFUSED_STALE and "telemetry source: Prometheus at http://x unreachable" in rec["error"]
+    client.fail = False
+    poller.poll_once()
+    assert ctl.step(job(2), 2100.0) is not None and ctl.records[-1]["decision"] == SUBMITTED
+
+
+def test_memory_in_telemetry_events_is_recorded_and_checked():
+    state = ClusterState(cluster_from_dict(CLUSTER))
+    state.apply({"kind": "telemetry", "node": "a", "cpu_util": 0.1, "mem_bytes": 2e9, "ts": 1.0})
+    assert state.snapshot().nodes["a"].mem_bytes == 2e9
+    state.apply({"kind": "telemetry", "node": "a", "cpu_util": 0.2, "ts": 2.0})     # absent: kept
+    assert state.snapshot().nodes["a"].mem_bytes == 2e9
+    with pytest.raises(SpecError, match="mem_bytes"):
+        state.apply({"kind": "telemetry", "node": "a", "cpu_util": 0.2, "mem_bytes": -1})
+
+
+def test_fabric_telemetry_options_are_checked_before_anything_starts():
+    from dtlab.substrates.fabric import FabricSubstrate
+    cluster = cluster_from_dict(CLUSTER)
+    with pytest.raises(SpecError, match="substrate_opts.telemetry"):
+        FabricSubstrate(cluster, telemetry="statsd")
+    with pytest.raises(SpecError, match="substrate_opts.scrape_interval_s"):
+        FabricSubstrate(cluster, telemetry="prometheus", scrape_interval_s=0.001)
