@@ -139,3 +139,35 @@ def test_fabric_telemetry_options_are_checked_before_anything_starts():
         FabricSubstrate(cluster, telemetry="statsd")
     with pytest.raises(SpecError, match="substrate_opts.scrape_interval_s"):
         FabricSubstrate(cluster, telemetry="prometheus", scrape_interval_s=0.001)
+
+
+def test_api_refuses_plans_on_stale_telemetry_with_503_naming_the_nodes():
+    import time as _time
+
+    from dtlab.api import ApiConfig, create_app
+    twin = Twin(cluster_from_dict(CLUSTER))
+    app = create_app(twin, ApiConfig(token="t", freshness_s=1.0)).test_client()
+    job = {"apiVersion": "dtlab/v1", "kind": "Job", "metadata": {"name": "j"},
+           "spec": {"stages": [{"id": "s", "compute": {"cpu": 1, "duration_ms": 10}}]}}
+    r = app.post("/plan", json={"job": job, "samples": 16})
+    assert r.status_code == 503 and r.get_json()["field"] == "telemetry"
+    assert "a (never reported)" in r.get_json()["error"]
+    twin.state.apply({"kind": "telemetry", "node": "a", "cpu_util": 0.1, "ts": _time.time()})
+    assert app.post("/plan", json={"job": job, "samples": 16}).status_code == 200
+    assert b"dtlab_plans_refused_stale_total 1.0" in app.get("/metrics").data
+
+
+def test_serve_telemetry_options_are_checked():
+    import argparse
+
+    from dtlab.api.serve import telemetry_options
+    ns = lambda **kw: argparse.Namespace(**{"prometheus": None, "poll_s": 0.5, "freshness_s": None, **kw})  # noqa: E731
+    assert telemetry_options(ns()) is None
+    assert telemetry_options(ns(prometheus="http://127.0.0.1:9090")) == 1.0
+    assert telemetry_options(ns(prometheus="http://127.0.0.1:9090", freshness_s=2.5)) == 2.5
+    with pytest.raises(SpecError, match="--prometheus"):
+        telemetry_options(ns(prometheus="127.0.0.1:9090"))
+    with pytest.raises(SpecError, match="--poll-s"):
+        telemetry_options(ns(poll_s=0))
+    with pytest.raises(SpecError, match="--freshness-s"):
+        telemetry_options(ns(freshness_s=-1))

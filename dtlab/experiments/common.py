@@ -512,6 +512,8 @@ def run_controller(params: Mapping[str, Any], cluster: Cluster, workload, seed: 
     """One controller run (fresh twin + substrate) of a workload; returns (per-job DataFrame, controller).
 
     With a ``choice`` the twin plans with ``choice.timing`` (on the fabric: this host's calibration).
+    A substrate that runs its own Prometheus (fabric ``substrate_opts: {telemetry: prometheus}``)
+    feeds the twin through a :class:`dtlab.telemetry.TelemetryPoller` (0.5 s), as a deployment would.
     """
     from ..controller import Controller
     from ..twin import Twin
@@ -529,10 +531,20 @@ def run_controller(params: Mapping[str, Any], cluster: Cluster, workload, seed: 
         if recalibrate is not None:
             from ..calibration.online import OnlineCalibrator
             recal = OnlineCalibrator(twin, **recalibrate)
+        poller = None
+        if getattr(sub, "prometheus_url", None):
+            from ..telemetry import PrometheusClient, TelemetryPoller
+            poller = TelemetryPoller(PrometheusClient(sub.prometheus_url, timeout_s=1.0),
+                                     clock=getattr(sub, "ts_of_epoch", None)).start()
         ctl = Controller(twin, sub, policy=policy, predictor=predictor, samples=samples,
-                         seed=child_seed(seed, policy, predictor), on_plan=on_plan, recalibrator=recal)
+                         seed=child_seed(seed, policy, predictor), on_plan=on_plan, recalibrator=recal,
+                         telemetry=poller)
         stream = job_stream(workload, np.random.default_rng(child_seed(seed, "workload")))
-        df = ctl.run_workload(stream)
+        try:
+            df = ctl.run_workload(stream)
+        finally:
+            if poller is not None:
+                poller.stop()
         stages = sub.results()["stages"]
     df.insert(0, "seed", seed)
     from . import regime

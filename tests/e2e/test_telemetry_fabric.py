@@ -93,6 +93,8 @@ def test_hog_outside_dtlab_reaches_the_twin_within_2s_and_the_next_plan_avoids_i
         assert twin.state.snapshot().nodes["slow-0"].cpu_util < 0.3
         plan = ctl.step(job(1))
         assert plan is not None and plan.placement == {"s": "slow-0"}, ctl.records[-1]
+        print(f"hog visible in the twin after {seen:.2f} s (fast-0 cpu_util "
+              f"{twin.state.snapshot().nodes['fast-0'].cpu_util:.2f}); next plan on {plan.placement['s']}")
     finally:
         hog.kill()
         hog.wait()
@@ -114,6 +116,7 @@ def test_prometheus_stopped_refuses_stale_plans_then_resumes(loop):
             break
         time.sleep(0.1)
     assert refused_after is not None and refused_after <= FRESHNESS_S + 0.2, refused_after
+    print(f"Prometheus stopped: first stale refusal after {refused_after:.2f} s")
     rec = ctl.records[-1]
     assert "older than the 1 s freshness budget" in rec["error"] and "unreachable" in rec["error"], rec["error"]
     sub.prometheus.start()
@@ -126,3 +129,4 @@ def test_prometheus_stopped_refuses_stale_plans_then_resumes(loop):
         time.sleep(0.2)
     assert ctl.records[-1]["decision"] == SUBMITTED, ctl.records[-1]
     assert poller.last_error is None
+    print(f"Prometheus back: plans submitted again after {time.monotonic() - t1:.2f} s")
