@@ -15,7 +15,7 @@ import dtlab
 from dtlab import SpecError
 from dtlab.des.engine import Engine
 from dtlab.des.links import origin_link
-from dtlab.des.predict import sample_latencies_des
+from dtlab.des.sampling import sample_latencies_des
 from dtlab.des.simulate import COLUMNS, simulate
 from dtlab.model import cluster_from_dict, job_from_dict, workload_from_dict
 from dtlab.timing import TimingModel, bulk_ms

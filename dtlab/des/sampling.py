@@ -1,7 +1,7 @@
 """The ``des`` predictor path: Monte Carlo over tiny SimPy runs of ONE job on the current snapshot.
 
 This is the accurate, slow reference; the vectorised ``fast`` path in
-:mod:`dtlab.predict` models the same world and is tested against it. Everything the
+:mod:`dtlab.predict.fast` models the same world and is tested against it. Everything the
 two must agree on is stated in :func:`sample_latencies_des` and exported as helpers.
 """
 from __future__ import annotations
