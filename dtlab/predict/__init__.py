@@ -33,11 +33,11 @@ from ..plan import summarize
 from ..timing import TimingModel
 from .registry import Predictor, check, get, names, register
 from .tables import (JITTER_MEAN, ClusterTable, LinkRow, NodeTable, StageTable, cluster_table, node_slowdown,
-                     node_table, origin_link, stage_table, zone_link)
+                     node_table, stage_table)
 
 __all__ = ["JITTER_MEAN", "ClusterTable", "LinkRow", "NodeTable", "Predictor", "StageTable", "check", "cluster_table",
-           "get", "names", "node_slowdown", "node_table", "origin_link", "register", "sample_latencies", "score_plan",
-           "stage_table", "zone_link"]
+           "get", "names", "node_slowdown", "node_table", "register", "sample_latencies", "score_plan",
+           "stage_table"]
 
 _DEFAULT_TIMING = TimingModel()
 

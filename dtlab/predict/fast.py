@@ -50,10 +50,10 @@ from typing import Mapping
 import numpy as np
 
 from ..errors import SpecError
-from ..model import Job, Link
+from ..model import Job, Link, LinkCutError, resolve_link
 from ..timing import TimingModel
 from .registry import register
-from .tables import node_table, origin_link, stage_table
+from .tables import node_table, stage_table
 
 
 @register("fast")
@@ -110,13 +110,11 @@ def predict_fast(snapshot, job: Job, placement: Mapping[str, str], shadow: Mappi
             return np.zeros(S)
         key = (src, dst)
         if key not in links:
-            if src < 0:
-                links[key] = origin_link(snapshot, job, nt.names[dst])
-            else:
-                try:
-                    links[key] = (True, snapshot.link(nt.names[src], nt.names[dst]))
-                except SpecError:
-                    links[key] = (False, None)
+            try:
+                links[key] = (True, resolve_link(snapshot.cluster, snapshot.link_overrides,
+                                                 origin if src < 0 else nt.names[src], nt.names[dst]))
+            except LinkCutError:
+                links[key] = (False, None)
         ok, link = links[key]
         if not ok:
             return np.full(S, np.inf)

@@ -12,10 +12,9 @@ from typing import Mapping
 import numpy as np
 
 from ..errors import SpecError
-from ..model import Job
+from ..model import Job, LinkCutError, resolve_link
 from ..timing import TimingModel
 from .registry import register
-from .tables import origin_link
 
 
 @register("legacy")
@@ -35,9 +34,12 @@ def _legacy(snapshot, job: Job, placement: Mapping[str, str], timing: TimingMode
         if fmt is None:
             raise SpecError(f"placement.{sid}", f"stage cannot run on node {node.name!r}")
         start = 0.0
-        if not stage.after:
-            ok, link = origin_link(snapshot, job, node.name)
-            start = (link.latency_ms if link is not None else 0.0) if ok else math.inf
+        if not stage.after and job.origin_zone is not None:
+            try:
+                link = resolve_link(snapshot.cluster, snapshot.link_overrides, job.origin_zone, node.name)
+                start = link.latency_ms if link is not None else 0.0
+            except LinkCutError:
+                start = math.inf
         for p in stage.after:
             if not snapshot.reachable(placement[p], node.name):
                 return math.inf

@@ -16,8 +16,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..errors import SpecError
-from ..model import DEFAULT_INTRA_ZONE, Job, Link
+from ..model import Job, Link, LinkCutError, resolve_link
 from ..timing import (MAX_BACKGROUND, TimingModel, background_share, overlap_cpu, progress_share, remaining_work_ms, rto_ms,
                       throughput_mbps)
 
@@ -60,45 +59,11 @@ def _link_params(link: Link | None) -> tuple[float, float, float, float, float, 
     return (link.latency_ms, 8000.0 / throughput_mbps(link), link.jitter_ms, link.loss, rto_ms(link), True)
 
 
-def zone_link(snapshot, za: str, zb: str) -> Link | None:
-    """The current link between two zones (overrides first, then the spec, intra-zone default); None if none/cut."""
-    return _zone_link(snapshot.cluster, snapshot.link_overrides, za, zb)
-
-
-def _zone_link(cluster, overrides, za: str, zb: str) -> Link | None:
-    key = (za, zb)
-    if key in overrides:
-        return overrides[key]
-    idx = cluster._link_index
-    if key in idx:
-        return idx[key]
-    if za == zb:
-        return Link(za, zb, **DEFAULT_INTRA_ZONE)
-    return None
-
-
-def origin_link(snapshot, job: Job, node: str) -> tuple[bool, Link | None]:
-    """(reachable, link) carrying a root stage's input from ``job.origin_zone`` to ``node`` (no origin: no link)."""
-    zone = job.origin_zone
-    if zone is None:
-        return True, None
-    key = (zone, node)
-    if key in snapshot.link_overrides:
-        link = snapshot.link_overrides[key]
-    else:
-        link = zone_link(snapshot, zone, snapshot.nodes[node].node.zone)
-    return link is not None, link
-
-
 def _resolve(cluster, overrides, src: str, dst: str) -> Link | None:
-    """Snapshot.link without a snapshot: node-pair override, zone-pair override, spec; None when cut or absent."""
-    by = cluster.by_name
-    for key in ((src, dst), (by[src].zone, by[dst].zone)):
-        if key in overrides:
-            return overrides[key]
+    """:func:`dtlab.model.resolve_link` with unreachable as None (the tables mark it ``ok`` False)."""
     try:
-        return cluster.link(src, dst)
-    except SpecError:
+        return resolve_link(cluster, overrides, src, dst)
+    except LinkCutError:
         return None
 
 
@@ -110,6 +75,7 @@ class ClusterTable:
     """
 
     def __init__(self, cluster, overrides):
+        self.cluster = cluster
         self.overrides = overrides
         self.nodes = list(cluster.nodes)
         self.names = [n.name for n in self.nodes]
@@ -130,12 +96,12 @@ class ClusterTable:
         params = np.zeros((6, z, z))
         for i, za in enumerate(self.zones):
             for j, zb in enumerate(self.zones):
-                params[:, i, j] = _link_params(_zone_link(cluster, overrides, za, zb))
+                params[:, i, j] = _link_params(_resolve(cluster, overrides, za, zb))
         self.zparams = params
         # node-pair links that differ from their zones' link: src -> [(dst, Link | None)]
         self.exceptions: dict[int, list[tuple[int, Link | None]]] = {}
         pairs = {k for k in overrides if k[0] in self.index and k[1] in self.index}
-        for (a, b) in cluster._link_index:
+        for (a, b) in cluster.link_index:
             if a in self.index and b in self.index:
                 if (self.nodes[self.index[a]].zone, self.nodes[self.index[b]].zone) not in overrides:
                     pairs.add((a, b))
@@ -163,20 +129,23 @@ class ClusterTable:
         return r
 
     def origin_row(self, zone: str | None) -> LinkRow | None:
-        """Links from the origin zone to every node (as dtlab.des.links.origin_link); None: no origin, no transfer."""
+        """Links from the origin zone to every node (:func:`dtlab.model.resolve_link` from a zone); None: no origin."""
         if zone is None:
             return None
         r = self._origin_rows.get(zone)
         if r is None:
             if zone in self.zone_index:
                 r = self._row_from_zone(self.zone_index[zone])
-            else:  # a zone without nodes cannot have links: unreachable
-                r = LinkRow(*(np.zeros(self.n) for _ in range(5)), np.zeros(self.n, dtype=bool))
-            for (a, b), link in self.overrides.items():
-                if a == zone and b in self.index:
-                    vals = _link_params(link)
-                    for arr, v in zip((r.lat, r.ms_per_mb, r.jitter, r.loss, r.rto, r.ok), vals):
-                        arr[self.index[b]] = v
+            else:  # a zone without nodes: only its overrides to zones can reach anything
+                p = np.array([_link_params(_resolve(self.cluster, self.overrides, zone, z)) for z in self.zones]).T
+                p = p.reshape(6, len(self.zones))[:, self.zone_idx]
+                r = LinkRow(p[0].copy(), p[1].copy(), p[2].copy(), p[3].copy(), p[4].copy(), p[5].astype(bool))
+            # nodes named by an override or a spec link from this zone: the full rule, per node
+            named = {b for (a, b) in (*self.overrides, *self.cluster.link_index) if a == zone and b in self.index}
+            for b in sorted(named):
+                vals = _link_params(_resolve(self.cluster, self.overrides, zone, b))
+                for arr, v in zip((r.lat, r.ms_per_mb, r.jitter, r.loss, r.rto, r.ok), vals):
+                    arr[self.index[b]] = v
             self._origin_rows[zone] = r
         return r
 
@@ -307,7 +276,7 @@ class StageTable:
         self.feasible = np.zeros((t, nt.n), dtype=bool)
         for i, s in enumerate(stages):
             # the format depends only on (arch, formats) of a node: ask the timing model once per signature,
-            # with the resource/zone checks neutralised; those are vectorised below (same rules as timing.fits).
+            # with the resource/zone checks neutralised; those are vectorised below (same rules as model.fits).
             free = replace(s, compute=replace(s.compute, cpu=0.0, mem_gb=0.0),
                            constraints=replace(s.constraints, zones=None, nodes=None))
             fmts, factors = [], np.full(len(nt.sigs), np.nan)
