@@ -53,7 +53,7 @@ class PlanCommand:
 
     @staticmethod
     def add_parser(subparsers):
-        from ..predict import PREDICTORS
+        from ..predict import names as predictor_names
         p = subparsers.add_parser("plan", help="place one job on a cluster and predict its latency",
                                   description="Place JOB on CLUSTER with a policy; print placement, shadow, "
                                               "predicted latency (mean, p50/p95/p99, CVaR95, deadline-miss) "
@@ -66,7 +66,7 @@ class PlanCommand:
                             "policy: {optimize_for: energy}; see `dtlab policies`)")
         p.add_argument("--samples", type=int, default=256, help="Monte Carlo samples (default 256)")
         p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-        p.add_argument("--predictor", default="fast", choices=PREDICTORS, help="predictor path (default fast)")
+        p.add_argument("--predictor", default="fast", choices=predictor_names(), help="predictor path (default fast)")
         p.add_argument("--json", action="store_true", help="print the plan as JSON")
         return p
 
