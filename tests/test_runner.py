@@ -1,7 +1,7 @@
 """dtlab.runner / `dtlab run|results|figures` end to end, driven by a throwaway experiment.
 
 The toy experiment (module + notebook written into tmp_path) has the same shape as V1..V6 —
-DEFAULTS, validate, run(params) -> result with .table/.metrics/.extra — so these tests exercise
+DEFAULTS, check, run(params) -> result with .table/.metrics/.extra — so these tests exercise
 papermill, params validation, skip/force, atomic run directories and failure reporting without
 depending on any real experiment's runtime.
 """
@@ -35,16 +35,17 @@ class Result:
     extra: dict = field(default_factory=dict)
 
 
-def validate(params):
+def check(params):
     for key in params:
         if key not in DEFAULTS:
             raise SpecError(key, "unknown parameter")
     if int(params.get("n", 1)) <= 0:
         raise SpecError("n", "must be a positive integer")
+    return {**DEFAULTS, **params}
 
 
 def run(params):
-    validate(params)
+    check(params)
     p = {**DEFAULTS, **params}
     if p["fail"]:
         raise RuntimeError("toy failure requested")
