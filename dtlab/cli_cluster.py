@@ -18,12 +18,14 @@ import argparse
 import json
 import sys
 from dataclasses import replace
-from itertools import combinations
 from typing import Any
 
 from .errors import DtlabError, SpecError, SubstrateUnavailable
 
-DEFAULT_WAN = {"latency_ms": 20.0, "bandwidth_mbps": 100.0}
+
+def _default_wan() -> dict[str, float]:
+    from .kube.observer import DEFAULT_WAN
+    return DEFAULT_WAN
 
 
 def register(subparsers) -> None:
@@ -59,7 +61,7 @@ def register(subparsers) -> None:
     s.add_argument("--kubeconfig", help="kubeconfig (default: the running local plane --plane)")
     s.add_argument("--plane", default="default", help="local plane name when --kubeconfig is not given")
     s.add_argument("--cluster", help="Cluster spec for links between zones (Kubernetes does not know them); "
-                                     f"missing zone pairs get {DEFAULT_WAN}")
+                                     f"missing zone pairs get {_default_wan()}")
     s.add_argument("--policy", default="greedy", help="policy name (default greedy)")
     s.add_argument("--samples", type=int, default=128, help="Monte Carlo samples (default 128)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -167,30 +169,6 @@ def run_cluster(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ submit
-def observed_state(kubeconfig: str, namespace: str = "dtlab", links_from: str | None = None):
-    """A ClusterState built from one list of the cluster's nodes and dtlab pods (and links_from's links)."""
-    from .model import Cluster, Link, load_cluster
-    from .state import ClusterState
-    from .kube.observer import Observer
-
-    spec_links = load_cluster(links_from).links if links_from else ()
-    events: list[dict[str, Any]] = []
-    Observer(kubeconfig, sink=events.extend, namespace=namespace).list_once()
-    adds = [e for e in events if e["kind"] == "node-add"]
-    if not adds:
-        raise DtlabError(f"no nodes in the cluster of {kubeconfig}")
-    zones = sorted({e["node"]["zone"] for e in adds})
-    have = {frozenset((l.a, l.b)) for l in spec_links}
-    links = list(spec_links) + [Link(a, b, **DEFAULT_WAN) for a, b in combinations(zones, 2)
-                                if frozenset((a, b)) not in have]
-    state = ClusterState(Cluster("observed", (), tuple(links)))
-    state.apply_many(adds)
-    rest = [e for e in events if e["kind"] != "node-add"]
-    if rest:
-        state.apply_many(rest)
-    return state
-
-
 def run_submit(args: argparse.Namespace) -> int:
     from .kube import localplane as lp
     from .model import load_job
@@ -204,6 +182,7 @@ def run_submit(args: argparse.Namespace) -> int:
     if kc is None:
         raise SubstrateUnavailable(f"no --kubeconfig and local plane {args.plane!r} is not running "
                                    "(`dtlab cluster up`)")
+    from .kube.observer import observed_state
     state = observed_state(kc, args.namespace, args.cluster)
     cluster = state.snapshot().cluster
     job = load_job(args.job, cluster)
