@@ -11,16 +11,15 @@ from itertools import combinations
 from typing import Any
 
 from ..errors import DtlabError
+from ..model import Cluster, Link, load_cluster
+from ..state import ClusterState
+from .observer import Observer
 
 DEFAULT_WAN: dict[str, Any] = {"latency_ms": 20.0, "bandwidth_mbps": 100.0}
 
 
-def observed_state(kubeconfig: str, namespace: str = "dtlab", links_from: str | None = None) -> Any:
+def observed_state(kubeconfig: str, namespace: str = "dtlab", links_from: str | None = None) -> ClusterState:
     """A ClusterState built from one list of the cluster's nodes and dtlab pods (and links_from's links)."""
-    from ..model import Cluster, Link, load_cluster
-    from ..state import ClusterState
-    from .observer import Observer
-
     spec_links = load_cluster(links_from).links if links_from else ()
     events: list[dict[str, Any]] = []
     Observer(kubeconfig, sink=events.extend, namespace=namespace).list_once()

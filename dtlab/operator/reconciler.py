@@ -89,7 +89,7 @@ class KubeIO:
         self.namespace = namespace
 
     def _call(self, what: str, fn: Callable[[], Any], ok_status: tuple[int, ...] = ()) -> Any:
-        return self.actuator._call(what, fn, ok_status)   # one retry/backoff policy for every dtlab API call
+        return self.actuator.call(what, fn, ok_status)   # one retry/backoff policy for every dtlab API call
 
     def dtjobs(self) -> list[dict[str, Any]]:
         out = self._call("list dtjobs", lambda: self.custom.list_namespaced_custom_object(
