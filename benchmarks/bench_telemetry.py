@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dtlab.controller import REFUSED_STALE, Controller  # noqa: E402
-from dtlab.experiments.common import load_cluster_param, load_workload_param  # noqa: E402
+from dtlab.experiments.params import load_cluster_param, load_workload_param  # noqa: E402
 from dtlab.telemetry import PrometheusClient, PrometheusProcess, TelemetryPoller  # noqa: E402
 from dtlab.twin import Twin  # noqa: E402
 from dtlab.workload.stream import job_stream  # noqa: E402

@@ -160,7 +160,7 @@ def test_api_refuses_plans_on_stale_telemetry_with_503_naming_the_nodes():
 def test_serve_telemetry_options_are_checked():
     import argparse
 
-    from dtlab.api.serve import telemetry_options
+    from dtlab.cli.serve import telemetry_options
     ns = lambda **kw: argparse.Namespace(**{"prometheus": None, "poll_s": 0.5, "freshness_s": None, **kw})  # noqa: E731
     assert telemetry_options(ns()) is None
     assert telemetry_options(ns(prometheus="http://127.0.0.1:9090")) == 1.0
