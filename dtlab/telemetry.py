@@ -198,6 +198,7 @@ class PrometheusProcess:
             self.port = free_port()
         self._own_dir = self.workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="dtlab-prom-")) if self.workdir is None else Path(self.workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
 
     @property
     def url(self) -> str:
