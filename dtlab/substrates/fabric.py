@@ -370,7 +370,8 @@ class FabricSubstrate(WallClockSubstrate):
                 "exclusive": self._hold is not None,
                 "cgroup_version": self._cg_top.fs.version if self._cg_top else None,
                 "netem": bool(self.net and self.net.netem), "link_shaping": dict(self.mechanism),
-                "overheads": dict(self.timing.overheads)}
+                "overheads": dict(self.timing.overheads), "telemetry": self.telemetry,
+                "scrape_interval_s": self.prometheus.scrape_interval_s if self.prometheus else None}
 
     def close(self) -> None:
         """Kill every stage process, stop the data path, remove namespaces, veths and cgroups. Idempotent."""
