@@ -23,6 +23,7 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +94,8 @@ def run_one(sub, scrape_s: float, poll_s: float, jobs: int, rate: float, freshne
             return orig_act(plan, job, snapshot)
         ctl.act = act                                 # type: ignore[method-assign]
         for at_ms, job in job_stream(workload, np.random.default_rng(seed)):
-            ctl.step(job, start_ms + at_ms)
+            # one fabric serves every interval: job names must not repeat across runs
+            ctl.step(replace(job, name=f"{job.name}-s{scrape_s:g}"), start_ms + at_ms)
         sub.advance(None)
         ctl.sync()
         decisions = [r["decision"] for r in ctl.records]
