@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -133,6 +134,7 @@ def main() -> int:
     sub = make_substrate("fabric", cluster, seed=args.seed, host_cores=2.0, time_scale=1, telemetry="prometheus",
                          scrape_interval_s=0.5)
     results = []
+    load0 = os.getloadavg()[0]
     try:
         sub.prometheus.close()        # each interval gets its own Prometheus on the same exporters
         for scrape in args.scrape:
@@ -140,13 +142,17 @@ def main() -> int:
     finally:
         sub.close()
     doc = {"benchmark": "telemetry", "freshness_s": args.freshness, "jobs": args.jobs, "rate_per_s": args.rate,
-           "cluster": "examples/cluster-hetero.yaml", "results": results}
+           "cluster": "examples/cluster-hetero.yaml", "results": results,
+           # the numbers depend on what else this host runs: Prometheus, exporters and controller share its cores
+           "host_loadavg_1m": {"start": load0, "end": os.getloadavg()[0], "cores": os.cpu_count()},
+           "host_noise": {k: (sub.noise or {}).get(k) for k in ("noisy", "reasons")}}
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
 
     def ms(q: dict, k: str) -> str:
         return "-" if q[k] is None else f"{q[k] * 1000:.0f}"
+    print(f"host load average {load0:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"freshness budget {args.freshness:g} s, V1 fabric load ({args.jobs} jobs at {args.rate:g}/s, greedy)")
     print("scrape_s poll_s  scrape+query+apply p50/p99 ms  scrape->poll p50/p99 ms  query p50/p99 ms  "
           "age at plan p50/p99 ms  refused")
