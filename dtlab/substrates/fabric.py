@@ -474,7 +474,7 @@ class FabricSubstrate(WallClockSubstrate):
     def ts_of_epoch(self, epoch_s: float) -> float:
         """Wall-clock epoch seconds -> this substrate's clock (reference seconds since start), for telemetry."""
         mono = time.monotonic() - (time.time() - epoch_s)
-        return self._ms(mono) / 1000.0
+        return max(0.0, self._ms(mono) / 1000.0)   # sampled before the clock started (set-up): as old as its start
 
     def _telemetry_joins(self, node: str, stage_group: str) -> list[str]:
         """Extra cgroup.procs a stage joins with telemetry on: its node's accounting sub-group and memory."""
