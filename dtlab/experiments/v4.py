@@ -88,6 +88,7 @@ SCENARIOS = [CONTROL, "zone-blackout", "edge-cloud-partition", "lossy-edge-uplin
 STRATEGIES: dict[str, tuple[str, str]] = {
     "shadow-resilient": ("resilient", "shadow"),
     "shadow-cvar": ("cvar", "shadow"),
+    "shadow-prestage": ("resilient", "prestage"),
     "replan-greedy": ("greedy", "replan"),
     "no-twin": ("least-allocated", "wait"),
 }
@@ -98,6 +99,8 @@ DEFAULTS: dict[str, Any] = {
     "jobs": 80,
     "rate_per_s": 0.5,
     "deadline_slack": 2.5,     # deadline = slack x isolated latency of the template (None: the file's)
+    "prestage_price_ms_per_mb": 5.0,   # shadow-prestage: expected ms saved per MB copied (policies/failover.py)
+    "zone_failure_share": 0.25,        # share of node failures that take the zone down (shadow pricing)
     "scenarios": list(SCENARIOS),
     "strategies": list(STRATEGIES),
     "seeds": 5,
@@ -121,6 +124,12 @@ def run(params: dict | None = None) -> ExperimentResult:
     require_choices(p, "strategies", list(STRATEGIES))
     require_choices(p, "predictor", ("fast", "des", "legacy"))
     require_positive(p, "samples", "jobs")
+    price = p["prestage_price_ms_per_mb"]
+    if isinstance(price, bool) or not isinstance(price, (int, float)) or not 0 <= price <= 1e9:
+        raise SpecError("prestage_price_ms_per_mb", f"must be a number in [0, 1e9], got {price!r}")
+    share = p["zone_failure_share"]
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+        raise SpecError("zone_failure_share", f"must be a number in [0, 1], got {share!r}")
     if not p["scenarios"]:
         raise SpecError("scenarios", "must not be empty")
     cluster = load_cluster_param(p["cluster"])
@@ -158,6 +167,8 @@ def run(params: dict | None = None) -> ExperimentResult:
     shadow_rows = table[table["strategy"].str.startswith("shadow-")]
     metrics["jobs_lost_with_shadows"] = int(shadow_rows["jobs_lost"].sum()) if len(shadow_rows) else None
     metrics.update(effects)
+    metrics.update(shadow_vs_replan(table))
+    metrics["prestage_price_ms_per_mb"] = float(p["prestage_price_ms_per_mb"])
     regime.record(metrics, regimes, nominal_slack=p["deadline_slack"], isolated_ms=round(isolated_ms, 1),
                   rate_per_s=p["rate_per_s"], measured_in=scenarios[0][0],
                   background_mean=_background(p))
@@ -203,6 +214,81 @@ def fault_effects(table: pd.DataFrame, metric: str = "deadline_miss_rate") -> di
     return out
 
 
+REPLAN = "replan-greedy"
+
+
+def shadow_vs_replan(table: pd.DataFrame) -> dict[str, Any]:
+    """Per scenario and shadow strategy: when shadows beat re-planning, and why (paired by seed).
+
+    ``vs_replan.<scenario>.<strategy>.delta_miss``: per-seed (shadow - replan-greedy) deadline-miss
+    rate, mean with a 95 % t-interval (clipped to [-1, 1]); ``.delta_miss_net``: the same net of the
+    no-fault run, ``(shadow_fault - shadow_none) - (replan_fault - replan_none)``, i.e. the share
+    of the failover mechanism once the placement policies' own difference (resilient/cvar vs greedy)
+    is taken out; ``.delta_recovery`` (ms, seeds where both recovered a stage); ``.verdict``
+    (``shadows`` / ``re-planning`` when the net interval, else the raw one, excludes 0,
+    ``no difference`` otherwise, with the seeds it rests on) and ``.why``: the measured mechanism
+    (failovers used, recovery times, data pre-staged per job).
+    """
+    out: dict[str, Any] = {}
+    if REPLAN not in set(table["strategy"]):
+        return out
+    idx = table.set_index(["scenario", "strategy", "seed"])
+    shadows = [s for s in table["strategy"].unique() if STRATEGIES.get(s, ("", ""))[1] in ("shadow", "prestage")]
+    for scenario in table["scenario"].unique():
+        if scenario == CONTROL:
+            continue
+        for strategy in shadows:
+            seeds = [sd for sd in table["seed"].unique()
+                     if (scenario, strategy, sd) in idx.index and (scenario, REPLAN, sd) in idx.index]
+            if not seeds:
+                continue
+            sh = idx.loc[[(scenario, strategy, sd) for sd in seeds]]
+            rp = idx.loc[[(scenario, REPLAN, sd) for sd in seeds]]
+            key = f"vs_replan.{scenario}.{strategy}"
+            raw = stats.clip_ci(stats.paired_diff_ci(sh["deadline_miss_rate"].tolist(),
+                                                     rp["deadline_miss_rate"].tolist()), (-1.0, 1.0))
+            put_ci(out, f"{key}.delta_miss", raw)
+            net = None
+            ctl = [sd for sd in seeds if (CONTROL, strategy, sd) in idx.index and (CONTROL, REPLAN, sd) in idx.index]
+            if ctl:
+                a = [float(idx.loc[(scenario, strategy, sd), "deadline_miss_rate"])
+                     - float(idx.loc[(CONTROL, strategy, sd), "deadline_miss_rate"]) for sd in ctl]
+                b = [float(idx.loc[(scenario, REPLAN, sd), "deadline_miss_rate"])
+                     - float(idx.loc[(CONTROL, REPLAN, sd), "deadline_miss_rate"]) for sd in ctl]
+                net = stats.clip_ci(stats.paired_diff_ci(a, b), (-2.0, 2.0))
+                put_ci(out, f"{key}.delta_miss_net", net)
+            rec = stats.paired_diff_ci(sh["recovery_ms_mean"].tolist(), rp["recovery_ms_mean"].tolist())
+            put_ci(out, f"{key}.delta_recovery", rec)
+            decide = net if net is not None and net.n >= 2 else raw
+            if decide.n >= 2 and decide.high < 0:
+                verdict = "shadows"
+            elif decide.n >= 2 and decide.low > 0:
+                verdict = "re-planning"
+            else:
+                verdict = "no difference"
+            out[f"{key}.verdict"] = verdict
+            out[f"{key}.seeds"] = int(decide.n)
+            out[f"{key}.why"] = _why(sh, rp, rec)
+    return out
+
+
+def _why(sh: pd.DataFrame, rp: pd.DataFrame, rec) -> str:
+    """The measured mechanism behind a shadow-vs-replan difference, in one sentence."""
+    fo_s, fo_r = float(sh["failovers"].mean()), float(rp["failovers"].mean())
+    staged = float(sh["prestaged_mb_per_job"].mean()) if "prestaged_mb_per_job" in sh else 0.0
+    cost = f"; pre-staging copied {staged:.2f} MB per job" if staged > 0 else ""
+    if fo_s == 0 and fo_r == 0:
+        return ("no stage lost its node (the fault hits links or nothing the jobs used): neither shadows nor "
+                "re-planning act, so any difference is the placement policy's" + cost)
+    r_s, r_r = float(sh["recovery_ms_mean"].mean()), float(rp["recovery_ms_mean"].mean())
+    text = (f"{fo_s:.1f} vs {fo_r:.1f} stage moves per run; recovery {r_s:.0f} vs {r_r:.0f} ms "
+            f"(shadow - replan {rec.mean:+.0f} ms"
+            + (f", 95 % CI [{rec.low:+.0f}, {rec.high:+.0f}]" if rec.n >= 2 and math.isfinite(rec.low) else "")
+            + "): a shadow skips re-planning (replan_ms) and goes where the twin priced the move; re-planning "
+              "picks from what is up after detection")
+    return text + cost
+
+
 def run_one(p: dict, cluster, workload, scenario: str, events, strategy: str, seed: int):
     """One (scenario, strategy, seed) run: (row of metrics, per-job DataFrame)."""
     from ..controller import Controller
@@ -214,14 +300,16 @@ def run_one(p: dict, cluster, workload, scenario: str, events, strategy: str, se
     with open_substrate(p, cluster, seed) as sub:
         for ev in events:
             sub.inject(ev.to_dict())
-        if on_failure == "replan":
+        if on_failure in ("replan", "shadow", "prestage"):   # shadows fall back to re-planning when down too
             hook = getattr(sub, "set_replan", None)
             if hook is None:
                 raise SubstrateUnavailable(f"substrate {p['substrate']!r} has no re-plan hook (set_replan)")
-            hook(_replanner(twin, sub, policy, p, seed))
+            hook(_replanner(twin, sub, "greedy" if on_failure == "replan" else policy, p, seed))
         ctl = Controller(twin, sub, policy=policy, predictor=p["predictor"], samples=p["samples"],
                          seed=child_seed(seed, "V4", policy))
-        ctl.twin = _WithShadow(twin) if on_failure == "shadow" else _NoShadow(twin)
+        ctl.twin = _WithShadow(twin, prestage=on_failure == "prestage", price_ms_per_mb=float(
+            p["prestage_price_ms_per_mb"]), zone_share=float(p["zone_failure_share"])) \
+            if on_failure in ("shadow", "prestage") else _NoShadow(twin)
         stream = job_stream(workload, np.random.default_rng(child_seed(seed, "workload")))
         df = ctl.run_workload(stream)
         stages = sub.results()["stages"]
@@ -243,6 +331,9 @@ def run_one(p: dict, cluster, workload, scenario: str, events, strategy: str, se
         "failovers": int(df["failed_over"].fillna(0).sum()) if "failed_over" in df else 0,
         "extra_work_ms": float(df["extra_work_ms"].fillna(0).sum()) if "extra_work_ms" in df else 0.0,
         "latency_mean_ms": float(lat.mean()) if lat.size else math.nan,
+        # data copied to shadows while primaries ran (shadow-prestage), per job: the cost of pre-staging
+        "prestaged_mb_per_job": float(df["prestaged_mb"].fillna(0).mean()) if "prestaged_mb" in df and len(df)
+        else 0.0,
         "_recovery": rec, "_regime": measured,
     }
     return row, df
@@ -263,59 +354,25 @@ class _NoShadow:
 
 class _WithShadow:
     """The twin as seen by a shadow strategy: the policy's shadows, completed where it left a stage without
-    one (``cvar`` keeps none) by :func:`fill_shadow`, so every strategy named shadow-* really has shadows."""
+    one (``cvar`` keeps none) by the twin's failover cost (:func:`dtlab.policies.failover.plan_failover`), so
+    every strategy named shadow-* really has shadows; with ``prestage`` the shadows are chosen for the
+    pre-staged cost and the stages worth it get their inputs copied while the primary runs."""
 
-    def __init__(self, twin):
+    def __init__(self, twin, prestage: bool = False, price_ms_per_mb: float = 0.0, zone_share: float = 1.0):
         self._twin = twin
         self.state = twin.state
+        self.prestage = prestage
+        self.price = price_ms_per_mb
+        self.zone_share = zone_share
 
     def plan(self, job, **kw):
+        from ..policies.failover import plan_failover
+
         plan = self._twin.plan(job, **kw)
-        plan.shadow = fill_shadow(self.state.snapshot(), job, plan.placement, plan.shadow, self._twin.timing)
+        fo = plan_failover(kw.get("snapshot") or self.state.snapshot(), job, plan.placement, plan.shadow, self._twin.timing,
+                           prestage=self.prestage, price_ms_per_mb=self.price, zone_share=self.zone_share)
+        plan.shadow, plan.prestage = fo.shadow, fo.prestage
         return plan
-
-
-def fill_shadow(snapshot, job, placement, shadow, timing) -> dict[str, str]:
-    """Shadow per stage: keep the policy's; else the schedulable node outside the primary's zone (a
-    different failure domain; same zone only if no other can run it) with the lowest mean time to
-    re-send the stage's inputs there and run it -- the inputs dominate on lossy edge links."""
-    from ..chaos.spec import base_link
-
-    out = dict(shadow)
-    nodes = snapshot.schedulable_nodes()
-    cluster = snapshot.cluster
-    for stage in job.stages:
-        if stage.id in out:
-            continue
-        primary = cluster.node(placement[stage.id])
-        best = None
-        for node in nodes:
-            if node.name == primary.name:
-                continue
-            fmt = timing.exec_format(stage, node)
-            if fmt is None:
-                continue
-            cost = timing.mean_service_ms(stage, node, fmt[1])
-            try:
-                if stage.after:
-                    for pred in stage.after:
-                        src = placement[pred]
-                        if src != node.name:
-                            size = job.stages[job.stage_index[pred]].output_mb
-                            cost += timing.mean_transfer_ms(size, snapshot.link(src, node.name))
-                elif job.origin_zone is not None and job.origin_zone != node.zone:
-                    link = base_link(cluster, job.origin_zone, node.zone)
-                    if link is None:
-                        continue
-                    cost += timing.mean_transfer_ms(job.input_mb, link)
-            except SpecError:      # no path to the inputs: useless as a shadow
-                continue
-            key = (node.zone == primary.zone, cost, node.name)
-            if best is None or key < best[0]:
-                best = (key, node.name)
-        if best is not None:
-            out[stage.id] = best[1]
-    return out
 
 
 def _replanner(twin, sub, policy: str, p: dict, seed: int):
