@@ -115,6 +115,10 @@ def test_shadow_vs_replan_is_paired_by_seed_and_net_of_the_control():
     assert m[f"{k}.delta_miss_net.ci_low"] <= m[f"{k}.delta_miss_net"] <= m[f"{k}.delta_miss_net.ci_high"] < 0
     assert m[f"{k}.verdict"] == "shadows" and m[f"{k}.seeds"] == 4
     assert m[f"{k}.delta_recovery"] == pytest.approx(-29000.0)
+    assert m[f"{k}.verdict_recovery"] == "shadows recover sooner"
+    table = v4.shadow_vs_replan_table(m)
+    assert len(table) == 2 and set(table["scenario"]) == {"f", "link"}
+    assert table.set_index(["scenario", "strategy"]).loc[("f", "shadow-resilient"), "verdict"] == "shadows"
     assert "recovery 1000 vs 30000 ms" in m[f"{k}.why"]
     # a link fault: nobody moves; the raw difference is the placement policy's, the net one is 0
     k = "vs_replan.link.shadow-resilient"
