@@ -26,8 +26,18 @@ Substrate: ``substrate: auto`` (default) runs on the ``fabric`` (real processes 
 network namespaces, twin with this host's compute calibration and fitted links) when this host
 can, else on ``sim``; metrics ``substrate``/``substrate_note`` say which and why. Fabric runs take
 wall-clock time (a job takes ~1.5 s and arrivals are real), so on the fabric the ``fabric`` sizes
-replace the top-level ones: 20 jobs at 2 jobs/s, 6 seeds, the DT policies and the strong baselines
-(~12.5 minutes on this 2-core host under load; 4 seeds left both paired CIs across 0, 6 did not).
+replace the top-level ones. Why these (``FABRIC_SIZES``): one fabric run costs ~6.5 s of set-up and
+drain (measured on this host: 6 jobs took 9.1 s at 4 jobs/s and 12.0-12.6 s at 1 job/s) plus
+``jobs / rate`` of arrivals, so ``seeds x policies x sum over rates of (6.5 s + jobs / rate)`` must fit
+~15 minutes beside V2's ~5 in ``make experiments``' 30. Four rates (1, 2, 3, 4 jobs/s: light load to
+past the edge zone's saturation), 6 policies (DT greedy and CVaR; k8s-default, HEFT, Trimaran
+load-risk and least-allocated, the best baseline of earlier fabric runs) and 4 seeds of 6 jobs give
+24 runs per rate, ~15 minutes. Seeds beat jobs for the paired CI: its half-width is
+``t(n-1) / sqrt(n)`` x the per-seed sd of the differences, 1.59 sd at 4 seeds against 2.48 at 3, while
+the sd falls only as 1/sqrt(jobs). What that buys: a per-seed miss rate moves in steps of 1/6, so
+the paired miss-rate interval is of the order of +-0.2 to 0.3 and only differences of that size are
+detectable per rate on the fabric (``seeds_needed`` says how many seeds a smaller one would take;
+``sim`` runs 16 seeds of 100 jobs for the fine comparison).
 """
 from __future__ import annotations
 
@@ -43,9 +53,9 @@ from .common import (CI, ExperimentResult, auto_substrate_defaults, check_params
                      run_controller, latency_stats, summarize_seeds)
 
 # on the fabric (wall-clock), these sizes replace the top-level ones (see the module docstring)
-FABRIC_SIZES: dict[str, Any] = {"jobs": 20, "rates_per_s": [2.0], "seeds": [0, 1, 2, 3, 4, 5],
-                                "policies": ["greedy", "resilient", "cvar", "k8s-default", "heft",
-                                             "load-risk-balancing", "least-allocated"],
+FABRIC_SIZES: dict[str, Any] = {"jobs": 6, "rates_per_s": [1.0, 2.0, 3.0, 4.0], "seeds": [0, 1, 2, 3],
+                                "policies": ["greedy", "cvar", "k8s-default", "heft", "load-risk-balancing",
+                                             "least-allocated"],
                                 "substrate_opts": {"host_cores": 2.0}}
 DEFAULTS: dict[str, Any] = {
     **auto_substrate_defaults(FABRIC_SIZES),
