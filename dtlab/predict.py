@@ -56,7 +56,7 @@ import copy
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, replace
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -452,8 +452,11 @@ def node_slowdown(nt: NodeTable, cpu: float, extra_demand, svc: np.ndarray | Non
 
 def sample_latencies(snapshot, job: Job, placement: Mapping[str, str], shadow: Mapping[str, str] | None = None, *,
                      predictor: str = "fast", samples: int = 256, rng=None,
-                     timing: TimingModel | None = None) -> np.ndarray:
-    """End-to-end latency samples (ms) of ``job`` under ``placement`` (and optional ``shadow``)."""
+                     timing: TimingModel | None = None, prestage: Sequence[str] | None = None) -> np.ndarray:
+    """End-to-end latency samples (ms) of ``job`` under ``placement`` (and optional ``shadow``).
+
+    ``prestage``: stages whose inputs are copied to their shadow at dispatch (``fast`` and ``des``):
+    a failover then waits for the copy, not for a transfer started after detection."""
     timing = timing or _DEFAULT_TIMING
     rng = _as_rng(rng)
     if predictor not in PREDICTORS:
@@ -463,19 +466,20 @@ def sample_latencies(snapshot, job: Job, placement: Mapping[str, str], shadow: M
     shadow = dict(shadow or {})
     _check_plan(snapshot, job, placement, shadow)
     if predictor == "fast":
-        return _fast(snapshot, job, placement, shadow, int(samples), rng, timing)
+        return _fast(snapshot, job, placement, shadow, int(samples), rng, timing, frozenset(prestage or ()))
     if predictor == "legacy":
         return np.full(int(samples), _legacy(snapshot, job, placement, timing))
     from .des.predict import sample_latencies_des  # SimPy engine: imported on demand
     return np.asarray(sample_latencies_des(snapshot, job, dict(placement), shadow, samples=int(samples),
-                                           rng=rng, timing=timing), dtype=float)
+                                           rng=rng, timing=timing, prestage=prestage), dtype=float)
 
 
 def score_plan(snapshot, job: Job, placement: Mapping[str, str], shadow: Mapping[str, str] | None = None, *,
-               predictor: str = "fast", samples: int = 256, rng=None, timing: TimingModel | None = None) -> dict:
+               predictor: str = "fast", samples: int = 256, rng=None, timing: TimingModel | None = None,
+               prestage: Sequence[str] | None = None) -> dict:
     """Prediction dict (mean/p50/p95/p99/cvar95/deadline-miss) from :func:`sample_latencies`."""
     lat = sample_latencies(snapshot, job, placement, shadow, predictor=predictor, samples=samples,
-                           rng=rng, timing=timing)
+                           rng=rng, timing=timing, prestage=prestage)
     return summarize(lat, job.deadline_ms)
 
 
@@ -521,7 +525,7 @@ def _legacy(snapshot, job: Job, placement: Mapping[str, str], timing: TimingMode
     return max(finish.values())
 
 
-def _fast(snapshot, job, placement, shadow, S, rng, timing) -> np.ndarray:
+def _fast(snapshot, job, placement, shadow, S, rng, timing, prestage=frozenset()) -> np.ndarray:
     nt = node_table(snapshot)
     st = stage_table(snapshot, job, timing)
     prim = np.array([nt.index[placement[sid]] for sid in st.ids], dtype=np.int64)
@@ -610,8 +614,11 @@ def _fast(snapshot, job, placement, shadow, S, rng, timing) -> np.ndarray:
             failed = rng.random(S) < p_fail[i]
             frac = rng.random(S)
             t_fail = ready + frac * svc
-            again = t_fail + timing.detect_ms + (timing.replan_ms if replan[i] else 0.0) \
-                + inputs(i, int(restart[i]), False) + svc_restart[i] * x
+            redo = t_fail + timing.detect_ms + (timing.replan_ms if replan[i] else 0.0)
+            if st.ids[i] in prestage and restart[i] != run_on[i]:   # the copy left at dispatch
+                again = np.maximum(redo, inputs(i, int(restart[i]), True)) + svc_restart[i] * x
+            else:
+                again = redo + inputs(i, int(restart[i]), False) + svc_restart[i] * x
             end = np.where(failed, again, end)
             if restart[i] != run_on[i]:
                 moved[i] = failed

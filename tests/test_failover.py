@@ -142,3 +142,28 @@ def test_v4_prestage_strategy_moves_data_and_only_it(tmp_path):
         v4.run({"jobs": 2, "seeds": [0], "zone_failure_share": 2})
     with pytest.raises(SpecError, match="prestage_price_ms_per_mb"):
         v4.run({"jobs": 2, "seeds": [0], "prestage_price_ms_per_mb": -1})
+
+
+def test_predictors_see_the_prestaged_copy():
+    """The twin's own prediction counts pre-staging: with a likely failure, the pre-staged plan is predicted
+    faster, by fast and des alike (the same model)."""
+    import dataclasses
+
+    from dtlab.predict import sample_latencies
+
+    risky = cluster_from_dict({"nodes": [{"name": "a", "cores": 1, "zone": "z1", "fail_prob": 0.9},
+                                         {"name": "b", "cores": 1, "zone": "z2"}],
+                               "links": [{"a": "z1", "b": "z2", "latency_ms": 10, "bandwidth_mbps": 8}]})
+    snap = ClusterState(risky).snapshot()
+    means = {}
+    for predictor in ("fast", "des"):
+        for staged in (None, ["s"]):
+            lat = sample_latencies(snap, JOB, {"s": "a"}, {"s": "b"}, predictor=predictor, samples=400,
+                                   rng=np.random.default_rng(1), timing=dataclasses.replace(EXACT),
+                                   prestage=staged)
+            means[(predictor, bool(staged))] = float(np.mean(lat))
+    for predictor in ("fast", "des"):
+        # a failure at U * 1000 ms is detected 300 ms later; the copy saves up to that much of the re-send
+        gain = means[(predictor, False)] - means[(predictor, True)]
+        assert 500 < gain < 1300, (predictor, gain)
+    assert means[("fast", True)] == pytest.approx(means[("des", True)], rel=0.05)

@@ -424,9 +424,17 @@ class _WithShadow:
     def plan(self, job, **kw):
         from ..policies.failover import plan_failover
 
+        from ..predict import score_plan
+
         plan = self._twin.plan(job, **kw)
-        fo = plan_failover(kw.get("snapshot") or self.state.snapshot(), job, plan.placement, plan.shadow, self._twin.timing,
+        snap = kw.get("snapshot") or self.state.snapshot()
+        fo = plan_failover(snap, job, plan.placement, plan.shadow, self._twin.timing,
                            prestage=self.prestage, price_ms_per_mb=self.price, zone_share=self.zone_share)
+        if (fo.shadow, fo.prestage) != (plan.shadow, plan.prestage):
+            # the prediction the run records is of what is submitted: these shadows, this pre-staging
+            plan.prediction.update(score_plan(snap, job, plan.placement, fo.shadow, predictor=plan.predictor,
+                                              samples=plan.samples, rng=np.random.default_rng(kw.get("seed", 0)),
+                                              timing=self._twin.timing, prestage=fo.prestage))
         plan.shadow, plan.prestage = fo.shadow, fo.prestage
         return plan
 
