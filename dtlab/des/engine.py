@@ -52,6 +52,7 @@ virtual seconds.
 from __future__ import annotations
 
 import math
+from functools import partial
 from heapq import heappop, heappush
 from typing import Callable, Iterable, Mapping
 
@@ -419,9 +420,9 @@ class Engine:
             staged = jr.staged.get((sid, src)) if node == jr.shadow.get(sid) else None
             if staged is not None and not (self._cuts and self._cut_between(src, node, staged[0], min(now, staged[1]))):
                 # the copy made while the primary ran: wait for what is still in flight, send nothing
-                run.pending += 1
+                run.pending += 1      # through the clock even when landed: all inputs register first
                 ev = Timeout(self.env, max(0.0, staged[1] - now))
-                ev.callbacks.append(lambda _e, src=src, size=size, fz=from_zone: self._arrived(run, src, size, fz, now))
+                ev.callbacks.append(partial(self._staged_arrived, run, src, size, from_zone, now))
             else:
                 self._send(run, src, size, from_zone)
         if run.pending == 0:
@@ -479,6 +480,9 @@ class Engine:
             self._nodes[run.node].inbound.discard(run)
             self._begin(run)
 
+    def _staged_arrived(self, run: _Run, src: str, size_mb: float, from_zone: bool, t0: float, _ev: object) -> None:
+        self._arrived(run, src, size_mb, from_zone, t0)
+
     def _cut_between(self, src: str, dst: str, t0: float, t1: float) -> bool:
         keys = pair_keys(self.cluster, src, dst)
         for t, key in reversed(self._cuts):
@@ -527,7 +531,7 @@ class Engine:
             del self._live[jr.name]
             self._done.append(jr)
             jr.waiting = jr.stage_node = jr.attempts = jr.noise = None
-            jr.staged = _EMPTY
+            jr.staged = {}
             return
         waiting = jr.waiting
         for nxt in jr.info.succ[sid]:
@@ -600,7 +604,7 @@ class Engine:
         del self._live[jr.name]
         self._done.append(jr)
         jr.waiting = jr.stage_node = jr.attempts = jr.noise = None
-        jr.staged = _EMPTY
+        jr.staged = {}
 
     def fail_node(self, name: str, at_ms: float | None = None, duration_ms: float | None = None) -> None:
         """Fail-stop ``name`` at ``at_ms`` for ``duration_ms`` (None: it never comes back)."""

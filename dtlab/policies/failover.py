@@ -134,10 +134,10 @@ def _cheapest(options: list[tuple[str, bool, float, float]], col: int, zone_shar
               replan_ms: float) -> tuple[str, float, float]:
     """(node, plain cost, cost in column ``col``) of the option with the lowest zone-failure-weighted price
     ("", inf, inf) if none has a finite one."""
-    other = min((o[col] for o in options if not o[1]), default=float("inf"))
+    other = min(((o[2] if col == 2 else o[3]) for o in options if not o[1]), default=float("inf"))
     best: tuple[float, str, float, float] = (float("inf"), "", float("inf"), float("inf"))
     for o in options:
-        cost = o[col]
+        cost = o[2] if col == 2 else o[3]
         if o[1] and zone_share > 0 and other < float("inf"):
             price = (1 - zone_share) * cost + zone_share * (replan_ms + other)
         else:
