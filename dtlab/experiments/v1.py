@@ -27,17 +27,19 @@ network namespaces, twin with this host's compute calibration and fitted links) 
 can, else on ``sim``; metrics ``substrate``/``substrate_note`` say which and why. Fabric runs take
 wall-clock time (a job takes ~1.5 s and arrivals are real), so on the fabric the ``fabric`` sizes
 replace the top-level ones. Why these (``FABRIC_SIZES``): one fabric run costs ~6.5 s of set-up and
-drain (measured on this host: 6 jobs took 9.1 s at 4 jobs/s and 12.0-12.6 s at 1 job/s) plus
-``jobs / rate`` of arrivals, so ``seeds x policies x sum over rates of (6.5 s + jobs / rate)`` must fit
-~15 minutes beside V2's ~5 in ``make experiments``' 30. Four rates (1, 2, 3, 4 jobs/s: light load to
-past the edge zone's saturation), 6 policies (DT greedy and CVaR; k8s-default, HEFT, Trimaran
-load-risk and least-allocated, the best baseline of earlier fabric runs) and 4 seeds of 6 jobs give
-24 runs per rate, ~15 minutes. Seeds beat jobs for the paired CI: its half-width is
-``t(n-1) / sqrt(n)`` x the per-seed sd of the differences, 1.59 sd at 4 seeds against 2.48 at 3, while
-the sd falls only as 1/sqrt(jobs). What that buys: a per-seed miss rate moves in steps of 1/6, so
-the paired miss-rate interval is of the order of +-0.2 to 0.3 and only differences of that size are
-detectable per rate on the fabric (``seeds_needed`` says how many seeds a smaller one would take;
-``sim`` runs 16 seeds of 100 jobs for the fine comparison).
+drain (measured on this host: 6 jobs took 9.1 s at 4 jobs/s and 12.0-12.6 s at 1 job/s) plus its
+arrivals, so ``seeds x policies x sum over rates of (6.5 s + arrivals)`` must fit ~15 minutes beside
+V2's ~5 in ``make experiments``' 30. Four rates (1, 2, 3, 4 jobs/s: light load to past the edge
+zone's saturation), 6 policies (DT greedy and CVaR; k8s-default, HEFT, Trimaran load-risk and
+least-allocated, the best baseline of earlier fabric runs), 4 seeds and a 4 s arrival window
+(``arrival_window_s``: 4, 8, 12, 16 jobs, :func:`jobs_at`) give 96 runs, ~17 minutes. A fixed 6 jobs
+per run (15.6 minutes, measured) did not sweep the load: edge-a's measured utilisation stayed at
+0.19-0.23 from 1 to 4 jobs/s, because a run ended before a queue could build. Seeds beat jobs for
+the paired CI: its half-width is ``t(n-1) / sqrt(n)`` x the per-seed sd of the differences, 1.59 sd
+at 4 seeds against 2.48 at 3, while the sd falls only as 1/sqrt(jobs). What that buys (the 6-job
+run): paired miss-rate intervals 0.26-1.3 wide and p95 intervals 1.3-3.1 s wide, so only large
+differences are detectable per rate on the fabric (``seeds_needed``: 6-20 seeds for the miss-rate
+differences seen); ``sim`` runs 16 seeds of 100 jobs for the fine comparison.
 """
 from __future__ import annotations
 
@@ -53,7 +55,7 @@ from .common import (CI, ExperimentResult, auto_substrate_defaults, check_params
                      run_controller, latency_stats, summarize_seeds)
 
 # on the fabric (wall-clock), these sizes replace the top-level ones (see the module docstring)
-FABRIC_SIZES: dict[str, Any] = {"jobs": 6, "rates_per_s": [1.0, 2.0, 3.0, 4.0], "seeds": [0, 1, 2, 3],
+FABRIC_SIZES: dict[str, Any] = {"arrival_window_s": 4.0, "rates_per_s": [1.0, 2.0, 3.0, 4.0], "seeds": [0, 1, 2, 3],
                                 "policies": ["greedy", "cvar", "k8s-default", "heft", "load-risk-balancing",
                                              "least-allocated"],
                                 "substrate_opts": {"host_cores": 2.0}}
@@ -61,6 +63,7 @@ DEFAULTS: dict[str, Any] = {
     **auto_substrate_defaults(FABRIC_SIZES),
     "workload": "examples/workload.yaml",
     "jobs": 100,
+    "arrival_window_s": None,   # set: jobs per run = ceil(rate x window) instead of `jobs` (see jobs_at)
     "rates_per_s": [0.5, 1.0, 2.0, 3.0],
     "policies": ["greedy", "resilient", "cvar", "k8s-default", "heft", "load-risk-balancing", "least-allocated",
                  "random", "round-robin"],
@@ -106,6 +109,17 @@ def seeds_needed_t(sd: float, diff: float, limit: int = 1000) -> int | None:
     while n < limit and t975(n - 1) * sd / n ** 0.5 >= diff:
         n += 1
     return n
+
+
+def jobs_at(rate: float, jobs: int, window_s: float | None) -> int:
+    """Jobs per run at ``rate``: ``jobs``, or with an arrival window the jobs that arrive in it
+    (``ceil(rate x window)``, at least 2). Why a window: with a fixed job count a short run at a high
+    rate ends before the queue builds (measured on the fabric with 6 jobs per run: edge-a's
+    utilisation 0.19 at 1 job/s and 0.22 at 4), so the sweep would not sweep the load; with a
+    window every rate offers the cluster the same span of arrivals and the load grows with the rate."""
+    if window_s is None:
+        return int(jobs)
+    return max(2, int(-(-rate * window_s // 1)))
 
 
 def compare_best(table: pd.DataFrame, jobs: pd.DataFrame, margins: dict[str, float]) -> dict[str, Any]:
@@ -164,13 +178,17 @@ def run(params: dict | None = None) -> ExperimentResult:
     require_choices(p, "predictor", ("fast", "des", "legacy"))
     require_positive(p, "samples", "jobs")
     margins = _check_margins(p["margins"])
+    window = p["arrival_window_s"]
+    if window is not None and (isinstance(window, bool) or not isinstance(window, (int, float)) or not window > 0):
+        from ..errors import SpecError
+        raise SpecError("arrival_window_s", f"must be a number > 0 or null, got {window!r}")
     cluster = load_cluster_param(p["cluster"])
     if not p["rates_per_s"]:
         from ..errors import SpecError
         raise SpecError("rates_per_s", "must list at least one arrival rate")
     rows, jobs = [], []
     for rate in p["rates_per_s"]:
-        workload = load_workload_param(p["workload"], p["jobs"], rate)
+        workload = load_workload_param(p["workload"], jobs_at(rate, p["jobs"], window), rate)
         for seed in p["seeds"]:
             for policy in p["policies"]:
                 df, ctl = run_controller(p, cluster, workload, seed, policy, p["predictor"], p["samples"],
