@@ -101,7 +101,7 @@ def test_full_params_sweep_light_to_past_saturation_with_the_strong_baselines():
 
 def test_fabric_sizes_sweep_four_rates_with_the_strong_baselines_within_budget():
     """Issue 19: V1 on real execution has >= 4 rates; the sizes fit ~15 minutes by the measured cost of a
-    fabric run (~6.5 s of set-up and drain + jobs / rate of arrivals, see v1.py)."""
+    fabric run (at most ~6.5 s of set-up and drain + the arrival window; 7.7 s per run measured, v1.py)."""
     f = v1.FABRIC_SIZES
     assert len(f["rates_per_s"]) >= 4 and min(f["rates_per_s"]) <= 1.0 and max(f["rates_per_s"]) >= 3.0
     assert {"k8s-default", "heft", "load-risk-balancing"} <= set(f["policies"])

@@ -26,20 +26,22 @@ Substrate: ``substrate: auto`` (default) runs on the ``fabric`` (real processes 
 network namespaces, twin with this host's compute calibration and fitted links) when this host
 can, else on ``sim``; metrics ``substrate``/``substrate_note`` say which and why. Fabric runs take
 wall-clock time (a job takes ~1.5 s and arrivals are real), so on the fabric the ``fabric`` sizes
-replace the top-level ones. Why these (``FABRIC_SIZES``): one fabric run costs ~6.5 s of set-up and
-drain (measured on this host: 6 jobs took 9.1 s at 4 jobs/s and 12.0-12.6 s at 1 job/s) plus its
-arrivals, so ``seeds x policies x sum over rates of (6.5 s + arrivals)`` must fit ~15 minutes beside
-V2's ~5 in ``make experiments``' 30. Four rates (1, 2, 3, 4 jobs/s: light load to past the edge
-zone's saturation), 6 policies (DT greedy and CVaR; k8s-default, HEFT, Trimaran load-risk and
+replace the top-level ones. Why these (``FABRIC_SIZES``): a fabric run costs a few seconds of set-up
+and drain plus its arrivals, so ``seeds x policies x rates`` runs must fit ~15 minutes beside V2's ~5
+in ``make experiments``' 30. Four rates (1, 2, 3, 4 jobs/s: light load to past the edge zone's
+saturation), 6 policies (DT greedy and CVaR; k8s-default, HEFT, Trimaran load-risk and
 least-allocated, the best baseline of earlier fabric runs), 4 seeds and a 4 s arrival window
-(``arrival_window_s``: 4, 8, 12, 16 jobs, :func:`jobs_at`) give 96 runs, ~17 minutes. A fixed 6 jobs
-per run (15.6 minutes, measured) did not sweep the load: edge-a's measured utilisation stayed at
-0.19-0.23 from 1 to 4 jobs/s, because a run ended before a queue could build. Seeds beat jobs for
-the paired CI: its half-width is ``t(n-1) / sqrt(n)`` x the per-seed sd of the differences, 1.59 sd
-at 4 seeds against 2.48 at 3, while the sd falls only as 1/sqrt(jobs). What that buys (the 6-job
-run): paired miss-rate intervals 0.26-1.3 wide and p95 intervals 1.3-3.1 s wide, so only large
-differences are detectable per rate on the fabric (``seeds_needed``: 6-20 seeds for the miss-rate
-differences seen); ``sim`` runs 16 seeds of 100 jobs for the fine comparison.
+(``arrival_window_s``: 4, 8, 12, 16 jobs, :func:`jobs_at`): 96 runs, measured 736 s (12.3 min,
+7.7 s per run) with the host's load average up to 20 (other work; the run is flagged noisy). A fixed
+6 jobs per run did not sweep the load (edge-a's measured utilisation 0.19-0.23 from 1 to 4 jobs/s:
+a run ended before a queue could build); the window gives 0.14, 0.25, 0.30, 0.34. Seeds beat jobs
+for the paired CI: its half-width is ``t(n-1) / sqrt(n)`` x the per-seed sd of the differences, 1.59 sd
+at 4 seeds against 2.48 at 3, while the sd falls only as 1/sqrt(jobs). What that buys (measured,
+best DT minus best baseline): miss-rate intervals 0.34-0.76 wide, p95 intervals 0.7-2.9 s wide;
+at 3 and 4 jobs/s the DT policies miss 0.46 [0.29, 0.63] and 0.36 [0.17, 0.55] fewer deadlines
+than HEFT (intervals narrower than the differences), at 1 and 2 jobs/s no difference is detectable
+(``seeds_needed`` 9-21). A fifth seed would fit the budget by the per-run cost (~15 min);
+``sim`` runs 16 seeds of 100 jobs for the fine comparison.
 """
 from __future__ import annotations
 
