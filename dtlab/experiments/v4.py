@@ -111,9 +111,10 @@ import pandas as pd
 from .. import stats
 from ..errors import InfeasibleError, SpecError, SubstrateUnavailable
 from . import regime
-from .common import (SUBSTRATE_DEFAULTS, ExperimentResult, child_seed, load_cluster_param, load_workload_param,
-                     metrics_from_summary, open_substrate, put_ci, require_choices, require_positive,
-                     summarize_seeds, validate)
+from .substrate import SUBSTRATE_DEFAULTS, open_substrate
+from ..results import ExperimentResult
+from .params import child_seed, load_cluster_param, load_workload_param, require_choices, require_positive, validate
+from .summary import metrics_from_summary, put_ci, summarize_seeds
 
 CONTROL = "none"     # the same runs without any fault: what the workload costs on its own
 SCENARIOS = [CONTROL, "zone-blackout", "edge-cloud-partition", "lossy-edge-uplink", "rolling-node-failures", "bad-day",
@@ -149,9 +150,8 @@ BOUNDS = {"recovery_ms_mean": stats.NONNEG, "jobs_lost": stats.NONNEG, "deadline
 FAILED_OUTCOMES = ("failed", "lost", "killed")
 
 
-def run(params: dict | None = None) -> ExperimentResult:
-    from ..chaos.spec import expand, load_scenario, scenario_path
-
+def check(params: dict[str, Any] | None) -> dict[str, Any]:
+    """The validated params (what the runner checks before the kernel starts; ``run`` starts with it)."""
     p = validate(params, DEFAULTS, "V4")
     if p["substrate"] != "sim" and p["substrate_opts"] == DEFAULTS["substrate_opts"]:
         p["substrate_opts"] = {}     # failure_rate_per_h is a sim option; others reject it
@@ -166,6 +166,13 @@ def run(params: dict | None = None) -> ExperimentResult:
         raise SpecError("zone_failure_share", f"must be a number in [0, 1], got {share!r}")
     if not p["scenarios"]:
         raise SpecError("scenarios", "must not be empty")
+    return p
+
+
+def run(params: dict[str, Any] | None = None) -> ExperimentResult:
+    from ..chaos.spec import expand, load_scenario, scenario_path
+
+    p = check(params)
     cluster = load_cluster_param(p["cluster"])
     workload = load_workload_param(p["workload"], p["jobs"], p["rate_per_s"])
     workload, isolated_ms = regime.with_deadline_slack(workload, cluster, p["deadline_slack"])

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..errors import SpecError
-from ..model import Job, Link, Stage
+from ..model import Job, Link, Stage, spec_link
 from ..timing import TimingModel
 
 
@@ -57,14 +57,12 @@ def _inputs(job: Job, stage: Stage, placement: Mapping[str, str]) -> list[tuple[
 def inputs_ms(snapshot: Any, job: Job, stage: Stage, placement: Mapping[str, str], dst: str,
               timing: TimingModel) -> float:
     """Mean time for all of ``stage``'s inputs to reach ``dst`` once they leave (inf: no path)."""
-    from ..chaos.spec import base_link
-
     worst = 0.0
     for src, mb, from_zone in _inputs(job, stage, placement):
         link: Link | None
         if from_zone:
             zone = snapshot.cluster.node(dst).zone
-            link = base_link(snapshot.cluster, src, zone)
+            link = spec_link(snapshot.cluster, src, zone)
             if link is None:
                 return float("inf")
         elif src == dst:
