@@ -13,14 +13,14 @@ class Plan:
     policy: str
     placement: dict[str, str]                 # stage id -> node name
     shadow: dict[str, str] = field(default_factory=dict)   # stage id -> backup node (other zone)
-    # stage ids whose inputs are copied to their shadow while the primary runs (dtlab.policies.failover)
-    prestage: list[str] = field(default_factory=list)
-    formats: dict[str, str] = field(default_factory=dict)  # stage id -> execution format key
+    formats: dict[str, str | None] = field(default_factory=dict)  # stage id -> execution format key
     prediction: dict[str, float] = field(default_factory=dict)
     predictor: str = "fast"
     samples: int = 0
     elapsed_ms: float = 0.0
     state_version: int = 0
+    # stage ids whose inputs are copied to their shadow while the primary runs (dtlab.policies.failover)
+    prestage: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
