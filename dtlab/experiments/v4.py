@@ -287,7 +287,7 @@ def fill_shadow(snapshot, job, placement, shadow, timing) -> dict[str, str]:
     """Shadow per stage: keep the policy's; else the schedulable node outside the primary's zone (a
     different failure domain; same zone only if no other can run it) with the lowest mean time to
     re-send the stage's inputs there and run it -- the inputs dominate on lossy edge links."""
-    from ..chaos.spec import base_link
+    from ..model import spec_link
 
     out = dict(shadow)
     nodes = snapshot.schedulable_nodes()
@@ -312,7 +312,7 @@ def fill_shadow(snapshot, job, placement, shadow, timing) -> dict[str, str]:
                             size = job.stages[job.stage_index[pred]].output_mb
                             cost += timing.mean_transfer_ms(size, snapshot.link(src, node.name))
                 elif job.origin_zone is not None and job.origin_zone != node.zone:
-                    link = base_link(cluster, job.origin_zone, node.zone)
+                    link = spec_link(cluster, job.origin_zone, node.zone)
                     if link is None:
                         continue
                     cost += timing.mean_transfer_ms(job.input_mb, link)
