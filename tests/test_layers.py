@@ -23,7 +23,8 @@ PKG = Path(__file__).resolve().parents[1] / "dtlab"     # the source tree, not a
 
 # Lowest first. A unit may import units of its own layer or of lower layers only.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("foundations", {"errors", "strict_json", "pathcheck", "safe_yaml", "spec_reader", "datadir", "stats", "cowmap"}),
+    ("foundations", {"errors", "strict_json", "pathcheck", "safe_yaml", "spec_reader", "datadir", "stats", "cowmap",
+                     "atomic"}),
     ("figure style", {"plots"}),
     ("specs", {"model", "jobfile"}),
     ("timing", {"timing", "plan"}),

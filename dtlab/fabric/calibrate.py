@@ -1,6 +1,6 @@
 """Measured calibration: execution-format overhead factors (compute), the calibration file and the
 fitted link model. The network measurement and the host timing (which run the fabric substrate)
-live in :mod:`dtlab.calibration.host`, so this module never imports a substrate.
+live in :mod:`dtlab.fabric.host_calibration`, so this module never imports a substrate.
 
 ``measure_compute`` runs every kernel natively and in every other format, interleaved and paired
 (native, then each format, per repetition) so slow drift of a shared host hits both sides of a
