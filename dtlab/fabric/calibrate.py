@@ -177,7 +177,7 @@ def compare_published(measured: Mapping[str, Any] | str | Path | None = None, pu
     pub = safe_yaml.load(safe_yaml.read_text(pub_path), where=str(pub_path))
     claim = pub["seed_assumption"]["qemu_cpu_overhead"]
     qemu_lists = pub.get("qemu_user_mode", [])
-    tcg = next((e for e in qemu_lists if "aarch64" in e), {})
+    tcg: dict[str, Any] = next((e for e in qemu_lists if "aarch64" in e), {})
     issue_range = next((e["range"] for e in qemu_lists if "range" in e), None)
     hq = next((e for e in qemu_lists if "int" in e), None)
     rows = []
