@@ -24,6 +24,9 @@ Not covered: a predecessor on a KWOK node (no pod ran there, nothing to fetch: t
 real node starts without the transfer) and pods the real kube-scheduler places (policy
 ``kube-scheduler``: the node, hence the link, is unknown when the pod is made).
 
+One process per plane holds the data path (fixed ports on the gateways): a second kube substrate on
+the same plane meanwhile runs unshaped and says so (a warning, ``metadata()["links"]``).
+
 ``close`` stops the servers and removes the qdiscs it added; the bridges belong to the plane
 (``dtlab cluster down`` deletes them).
 """

@@ -246,7 +246,16 @@ class KubeSubstrate(WallClockSubstrate):
             return None
         nets = links.node_nets((localplane._load_state(self.opts["plane"]) or {}).get("real_nodes", []),
                                [n for n in self._real if n in self._cluster.by_name])
-        return links.PodLinks(nets, self._cluster, seed=self.seed) if len(nets) >= 2 else None
+        if len(nets) < 2:
+            return None
+        try:
+            return links.PodLinks(nets, self._cluster, seed=self.seed)
+        except DtlabError as exc:   # e.g. another process on this plane holds the data path: run unshaped, say so
+            import warnings
+            self._links_unavailable = f"links between real nodes not shaped: {exc}"
+            self._errors.append(self._links_unavailable)
+            warnings.warn(self._links_unavailable, RuntimeWarning, stacklevel=2)
+            return None
 
     def _fetch_args(self, st: dict[str, Any], sid: str, node: str) -> tuple[str, ...]:
         """``--fetch`` values of stage ``sid`` on real node ``node``: each predecessor's output from the
@@ -426,7 +435,8 @@ class KubeSubstrate(WallClockSubstrate):
                 "time_scale": self.opts["time_scale"], "pinning": self.opts["pinning"],
                 "owns_plane": self._owns_plane, "observer": self.observer.stats() if self.observer else None,
                 "actuator_retries": self.actuator.retries, "errors": list(self._errors),
-                "links": dict(self.links.mechanism) if self.links is not None else None}
+                "links": dict(self.links.mechanism) if self.links is not None else
+                getattr(self, "_links_unavailable", None)}
 
     # ------------------------------------------------------------ DAG driver
     def _duration_ms(self, st: dict[str, Any], sid: str, node_name: str, fmt: str | None) -> tuple[str, float]:

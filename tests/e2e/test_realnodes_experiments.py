@@ -90,7 +90,7 @@ def test_v4_kube_real_node_failure_moves_stages_to_shadows(plane):
     jobs = res.extra["jobs"]
     print(res.table.to_string())
     assert res.metrics["substrate"] == "kube"
-    fault = "examples/chaos-real-node-loss.yaml"
+    fault = "real-node-loss"                            # the scenario file's metadata.name
     assert set(res.table["scenario"]) == {"none", fault}
     hit = res.table[res.table["scenario"] == fault].iloc[0]
     assert hit["jobs_lost"] == 0, hit                   # shadows: no job lost to the dead node
