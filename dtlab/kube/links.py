@@ -43,10 +43,10 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from ..errors import DtlabError, SpecError
+from ..errors import DtlabError
 from ..fabric import netns
 from ..fabric.relay import CHUNK, HEADER, _recv_exact, delay_line, wait_up
-from ..model import Cluster, Link
+from ..model import Cluster, Link, spec_link
 
 STORE_PORT = 41_200
 RELAY_PORT_BASE = 41_300          # + the source node's index (1..250)
@@ -74,13 +74,6 @@ def node_nets(records: Iterable[Mapping[str, Any]], names: Iterable[str] | None 
             for r in records if keep is None or r["name"] in keep}
 
 
-def _spec_link(cluster: Cluster, a: str, b: str) -> Link | None:
-    try:
-        return cluster.link(a, b)
-    except SpecError:
-        return None
-
-
 class PodLinks:
     """Node stores, relays and tc shaping for the links between the real nodes in ``nodes``."""
 
@@ -95,7 +88,7 @@ class PodLinks:
         self.netem = netns.netem_available()
         self.use_relay = (not self.netem) if use_relay is None else bool(use_relay)
         self._links: dict[tuple[str, str], Link | None] = {
-            (a, b): _spec_link(cluster, a, b) for a in self.nodes for b in self.nodes if a != b}
+            (a, b): spec_link(cluster, a, b) for a in self.nodes for b in self.nodes if a != b}
         self.mechanism: dict[str, str] = {}
         self._shaped: list[str] = []            # bridges whose root qdisc we added
         self._classes: set[tuple[str, str]] = set()
@@ -262,7 +255,7 @@ def fault_links(cluster: Cluster, ev: Any, start: bool) -> list[tuple[str, str, 
     for a in left:
         for b in right:
             for x, y in ((a, b), (b, a)):
-                base = _spec_link(cluster, x, y)
+                base = spec_link(cluster, x, y)
                 if not start:
                     new = base
                 elif ev.kind == "partition" or base is None:
@@ -304,7 +297,7 @@ def fetch_in(ns: str, host: str, port: int, nbytes: int, src_index: int, tid: in
 def measure_network(cluster: Cluster, plane: str = "default", sizes_mb: Iterable[float] = (0.001, 1.0, 5.0),
                     reps: int = 3, seed: int = 0, timeout_s: float = 120.0) -> dict[str, Any]:
     """Transfer times over the shaped pod network of plane ``plane``, in the shape of
-    :func:`dtlab.fabric.calibrate.measure_network` (so ``fit_links`` fits them).
+    :func:`dtlab.calibration.host.measure_network` (so ``fit_links`` fits them).
 
     One real node per zone of ``cluster`` (the first by name) runs a probe pod (the sandbox image:
     it only holds a network namespace); from inside each probe's namespace the data of every other
@@ -357,7 +350,7 @@ def measure_network(cluster: Cluster, plane: str = "default", sizes_mb: Iterable
                     if a == b:
                         continue
                     host, port = links.endpoint(a, b)
-                    spec = _spec_link(cluster, a, b)
+                    spec = spec_link(cluster, a, b)
                     for size in sizes_mb:
                         times = []
                         for _ in range(reps):

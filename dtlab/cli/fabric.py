@@ -41,7 +41,7 @@ def register(subparsers) -> None:
 
 
 def run_compute(args) -> int:
-    from .fabric import calibrate
+    from ..fabric import calibrate
 
     def progress(i, n):
         print(f"  repetition {i}/{n}", file=sys.stderr, flush=True)
@@ -74,18 +74,18 @@ def run_compute(args) -> int:
 
 
 def run_network(args) -> int:
-    from .errors import SpecError
-    from .fabric import calibrate
+    from ..calibration import host
+    from ..errors import SpecError
 
     if not 1 <= args.reps <= 50:
         raise SpecError("--reps", f"must be in [1, 50], got {args.reps}")
     if args.substrate == "kube":
-        from .model import load_cluster
-        from .pathcheck import input_file
+        from ..model import load_cluster
+        from ..pathcheck import input_file
         if not args.cluster:
             raise SpecError("--cluster", "required with --substrate kube (the zone links to measure)")
-        doc, path = calibrate.network_calibration(load_cluster(input_file(args.cluster, "--cluster")),
-                                                  reps=args.reps, refresh=True, substrate="kube", plane=args.plane)
+        doc, path = host.network_calibration(load_cluster(input_file(args.cluster, "--cluster")),
+                                             reps=args.reps, refresh=True, substrate="kube", plane=args.plane)
         print(f"netem available: {doc['netem']}; probes {doc.get('probes')}; fitted links cached in {path}")
         for r in doc["samples"]:
             print(f"  {r['src']}->{r['dst']} {r['size_mb']:>7} MB  median {r['median_ms']:.1f} ms "
@@ -94,7 +94,7 @@ def run_network(args) -> int:
             print(f"  fit {l['a']}<->{l['b']}: latency {l['latency_ms']} ms, goodput {l['goodput_mbps']} Mbit/s "
                   f"(MAPE {l['fit_mape']})")
     else:
-        doc = calibrate.measure_network(reps=args.reps)
+        doc = host.measure_network(reps=args.reps)
         print(f"netem available: {doc['netem']}")
         for r in doc["samples"]:
             print(f"  {r['src']}->{r['dst']} {r['size_mb']:>7} MB  median {r['median_ms']:.1f} ms "
@@ -110,8 +110,8 @@ def run_network(args) -> int:
 def run_cleanup(args) -> int:
     """Remove leftovers of crashed runs -- only while no wall-clock run holds the host lock (a crashed
     run's lock is gone with its process), so a live run's cgroups and namespaces are never swept."""
-    from . import hostlock
-    from .fabric import cgroups, netns
+    from .. import hostlock
+    from ..fabric import cgroups, netns
 
     try:
         with hostlock.exclusive("dtlab fabric cleanup", timeout_s=0):
