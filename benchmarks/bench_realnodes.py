@@ -145,13 +145,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     reals = real_nodes(args.real)
     nodes = reals + lp.default_nodes(args.kwok)
-    host0 = {"loadavg": os.getloadavg(), "mem_available_mb": round(_mem_available_mb())}
+    host0: dict[str, Any] = {"loadavg": os.getloadavg(), "mem_available_mb": round(_mem_available_mb())}
     t0 = time.monotonic()
     st = lp.up([{k: v for k, v in n.items() if not k.startswith("_")} for n in nodes], name=PLANE,
                timeout=args.timeout, real_nodes=[n["name"] for n in reals])
     up_s = time.monotonic() - t0
     try:
-        host_up = {"loadavg": os.getloadavg(), "mem_available_mb": round(_mem_available_mb())}
+        host_up: dict[str, Any] = {"loadavg": os.getloadavg(), "mem_available_mb": round(_mem_available_mb())}
         feet = footprint(st, args.idle_s)
         starts = startup(reals, st, args.reps)
         host1 = {"loadavg": os.getloadavg(), "mem_available_mb": round(_mem_available_mb())}

@@ -105,8 +105,7 @@ class PodLinks:
                 if self.use_relay:
                     for src in self.nodes.values():
                         if src.name != n.name:
-                            self._listen(n.gateway, RELAY_PORT_BASE + src.index,
-                                         lambda c, a=src.name, b=n.name: self._relay(c, a, b))
+                            self._listen(n.gateway, RELAY_PORT_BASE + src.index, self._relay_for(src.name, n.name))
         except BaseException:
             self.close()
             raise
@@ -226,6 +225,9 @@ class PodLinks:
                 conn.shutdown(socket.SHUT_WR)
             except (OSError, ConnectionError, struct.error):
                 return
+
+    def _relay_for(self, src: str, dst: str) -> Callable[[socket.socket], None]:
+        return lambda conn: self._relay(conn, src, dst)
 
     def _relay(self, conn: socket.socket, src: str, dst: str) -> None:
         """Pull a request from ``src``'s store and hand it to the pod through the link's delay line."""
