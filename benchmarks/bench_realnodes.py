@@ -12,7 +12,12 @@ reports:
   kube substrate; ``startup_ms`` = pod create -> the worker's own start (sandbox, image, runtime),
   ``observed_ms`` = the worker's own start -> end (the stage's work, ``duration_ms`` nominal);
 * the host's load average and available memory before and after (this 2-core VM is shared: the
-  numbers hold for the load they were taken under, which is printed with them).
+  numbers hold for the load they were taken under, which is printed with them). The measurement
+  holds the host lock (:mod:`dtlab.hostlock`), so no other dtlab wall-clock run overlaps it.
+
+How many real nodes fit: each kubelet takes inotify instances, ``fs.inotify.max_user_instances``
+(128 by default) is shared by every root process on the host, and past it a kubelet exits at start
+with ``inotify_init: too many open files`` (``cluster up`` then fails naming that kubelet).
 
 The plane is stopped at the end (``down`` removes every process, mount, netns, bridge and cgroup).
 Needs root and ``make cluster-deps``; exits 0 with a note when real nodes are unavailable.
@@ -137,12 +142,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--idle-s", type=float, default=20.0)
     ap.add_argument("--timeout", type=float, default=600.0)
+    ap.add_argument("--lock-timeout-s", type=float, default=None, help="wait at most this long for the host lock")
     args = ap.parse_args(argv)
     why = realnodes.missing()
     ok, why_bins = lp.binaries_available()
     if why or not ok:
         print(json.dumps({"skipped": why or why_bins}))
         return 0
+    from dtlab import hostlock
+    with hostlock.exclusive(f"bench_realnodes (pid {os.getpid()})", args.lock_timeout_s,
+                            on_wait=lambda msg: print(msg, file=sys.stderr, flush=True)):
+        out = measure(args)
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """The plane up, footprint, start-up and the plane down (under the host lock: one wall-clock
+    measurement at a time on this host)."""
     reals = real_nodes(args.real)
     nodes = reals + lp.default_nodes(args.kwok)
     host0: dict[str, Any] = {"loadavg": os.getloadavg(), "mem_available_mb": round(_mem_available_mb())}
@@ -173,8 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         "startup_ms_median": {k: round(statistics.median(v), 1) for k, v in by_fmt.items()},
         "startup": starts,
     }
-    print(json.dumps(out, indent=1))
-    return 0
+    return out
 
 
 if __name__ == "__main__":
