@@ -36,7 +36,7 @@ MSS = 1448
 MIN_RTO_MS = 200.0
 
 
-def _recv_exact(conn: socket.socket, n: int) -> bytes:
+def recv_exact(conn: socket.socket, n: int) -> bytes:
     buf = bytearray()
     while len(buf) < n:
         part = conn.recv(n - len(buf))
@@ -171,7 +171,7 @@ class DataPath:
     def _receive(self, conn: socket.socket) -> None:
         with conn:
             try:
-                tid, nbytes, _ = HEADER.unpack(_recv_exact(conn, HEADER.size))
+                tid, nbytes, _ = HEADER.unpack(recv_exact(conn, HEADER.size))
                 left = nbytes
                 while left > 0:
                     part = conn.recv(min(left, 1 << 20))
@@ -191,7 +191,7 @@ class DataPath:
         """Forward one transfer to ``dst`` through a delay line with loss/retransmit (see module doc)."""
         with conn:
             try:
-                head = _recv_exact(conn, HEADER.size)
+                head = recv_exact(conn, HEADER.size)
                 tid, nbytes, src_i = HEADER.unpack(head)
                 src = self.net.nodes[src_i]
                 rng = np.random.default_rng([self.seed, tid])

@@ -45,7 +45,7 @@ import numpy as np
 
 from ..errors import DtlabError
 from ..fabric import netns
-from ..fabric.relay import CHUNK, HEADER, _recv_exact, delay_line, wait_up
+from ..fabric.relay import CHUNK, HEADER, recv_exact, delay_line, wait_up
 from ..model import Cluster, Link, spec_link
 
 STORE_PORT = 41_200
@@ -215,7 +215,7 @@ class PodLinks:
         """Stream the bytes a request names (the node's stored output)."""
         with conn:
             try:
-                _, nbytes, _ = HEADER.unpack(_recv_exact(conn, HEADER.size))
+                _, nbytes, _ = HEADER.unpack(recv_exact(conn, HEADER.size))
                 zeros = bytes(CHUNK)
                 left = nbytes
                 while left > 0 and not self._stop.is_set():
@@ -233,7 +233,7 @@ class PodLinks:
         """Pull a request from ``src``'s store and hand it to the pod through the link's delay line."""
         with conn:
             try:
-                head = _recv_exact(conn, HEADER.size)
+                head = recv_exact(conn, HEADER.size)
                 tid, nbytes, _ = HEADER.unpack(head)
                 rng = np.random.default_rng([self.seed, tid % (1 << 63)])
                 with socket.create_connection((self.nodes[src].gateway, STORE_PORT), timeout=30) as up:
@@ -310,7 +310,7 @@ def measure_network(cluster: Cluster, plane: str = "default", sizes_mb: Iterable
     from .actuator import Actuator, PodSpec
     from .realnodes import PAUSE_IMAGE
 
-    st = localplane._load_state(plane)
+    st = localplane.load_state(plane)
     kc = localplane.kubeconfig(plane)
     if not st or not kc:
         raise DtlabError(f"local plane {plane!r} is not running (`dtlab cluster up --real-nodes ...`)")
