@@ -75,7 +75,7 @@ def run_compute(args) -> int:
 
 
 def run_network(args) -> int:
-    from ..calibration import host
+    from ..fabric import host_calibration as host
     from ..errors import SpecError
 
     if not 1 <= args.reps <= 50:

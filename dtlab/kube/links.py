@@ -299,7 +299,7 @@ def fetch_in(ns: str, host: str, port: int, nbytes: int, src_index: int, tid: in
 def measure_network(cluster: Cluster, plane: str = "default", sizes_mb: Iterable[float] = (0.001, 1.0, 5.0),
                     reps: int = 3, seed: int = 0, timeout_s: float = 120.0) -> dict[str, Any]:
     """Transfer times over the shaped pod network of plane ``plane``, in the shape of
-    :func:`dtlab.calibration.host.measure_network` (so ``fit_links`` fits them).
+    :func:`dtlab.fabric.host_calibration.measure_network` (so ``fit_links`` fits them).
 
     One real node per zone of ``cluster`` (the first by name) runs a probe pod (the sandbox image:
     it only holds a network namespace); from inside each probe's namespace the data of every other
