@@ -95,7 +95,10 @@ nodes it failed when it closes, so runs on one plane start from the same healthy
 slower in the twin's milliseconds than on ``sim``. Recovery times there are matched by window (an
 attempt that failed on a faulted node while the fault lasted), as wall-clock substrates record
 when the failure was observed, not the fault's instant; partitions and degradations have no data
-path on KWOK (the twin's link model only), so they add no recovery times on ``kube``. ``no-twin``
+path on KWOK (the twin's link model only), so they add no recovery times on ``kube``; between real
+nodes (``params/V4-kube.yaml``, ``substrate_opts.real_nodes``) they re-shape the pod-network links the
+stages' inputs cross, the stages run as real containers in real time (``time_scale`` 1) and a node
+failure SIGKILLs the node's kubelet (NotReady after the plane's node grace period). ``no-twin``
 cannot wait for a failed node there (the kube substrate fails a stage with no usable node), so its
 jobs hit by a node failure are lost on ``kube`` where on ``sim`` they wait for the repair.
 """

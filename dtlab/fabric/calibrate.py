@@ -298,11 +298,12 @@ def fit_links(doc: Mapping[str, Any], cluster) -> list[dict[str, Any]]:
     return out
 
 
-def network_cache_path(cluster) -> Path:
+def network_cache_path(cluster, substrate: str = "fabric") -> Path:
     import hashlib
     key = repr(sorted((l.a, l.b, l.latency_ms, l.bandwidth_mbps, l.loss, l.jitter_ms) for l in cluster.links))
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return default_out().with_name(f"calibration.network.{digest}.yaml")
+    tag = "" if substrate == "fabric" else f"{substrate}."
+    return default_out().with_name(f"calibration.network.{tag}{digest}.yaml")
 
 
 def link_events(fitted: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -140,6 +140,9 @@ def worker_report(message: str | None) -> dict[str, Any] | None:
         out = {"start_ts": int(d["start_ns"]) / 1e9, "end_ts": int(d["end_ns"]) / 1e9,
                "uname_m": str(d.get("uname_m", "")), "format": d.get("format"), "exec": d.get("exec"),
                "exit": int(d.get("exit", -1))}
+        if "fetch_ns" in d:     # inputs read over the pod network before the work (dtlab.kube.links)
+            out.update(fetch_ms=int(d["fetch_ns"]) / 1e6, fetch_bytes=int(d.get("fetch_bytes", 0)),
+                       fetch_failed=int(d.get("fetch_failed", 0)))
     except (ValueError, KeyError, TypeError, IndexError):
         return None
     k = d.get("kernel")
