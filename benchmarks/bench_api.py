@@ -40,6 +40,8 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--policy", default="greedy")
     ap.add_argument("--samples", type=int, default=64)
+    ap.add_argument("--json", action="store_true",
+                    help="one JSON object (http_per_s, inprocess_per_s, ratio, latencies, load) instead of text")
     args = ap.parse_args()
 
     cluster_path = ROOT / "examples" / "cluster-hetero.yaml"
@@ -103,6 +105,13 @@ def main() -> int:
 
     http_rps = len(latencies) / wall
     local_rps = len(local) / local_wall
+    if args.json:
+        print(json.dumps({"http_per_s": http_rps, "inprocess_per_s": local_rps, "ratio": http_rps / local_rps,
+                          "ok": len(latencies), "errors": errors, "clients": args.clients, "policy": args.policy,
+                          "samples": args.samples, "http_p50_ms": statistics.median(latencies),
+                          "http_p99_ms": percentile(latencies, 99), "inprocess_p50_ms": statistics.median(local),
+                          "inprocess_p99_ms": percentile(local, 99), "load_avg": os.getloadavg()[0]}))
+        return 1 if errors else 0
     print(f"/plan over loopback ({args.clients} clients, {args.policy}, {args.samples} samples): "
           f"{len(latencies)} ok, {errors} errors in {wall:.1f} s -> {http_rps:.0f} req/s, "
           f"p50 {statistics.median(latencies):.1f} ms, p99 {percentile(latencies, 99):.1f} ms")

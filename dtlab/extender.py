@@ -38,7 +38,7 @@ import time
 from typing import Any, Callable
 
 import numpy as np
-from flask import Blueprint, abort, jsonify, request
+from flask import Blueprint, Response, abort, jsonify, request
 
 from . import strict_json
 from .errors import SpecError
@@ -50,6 +50,7 @@ log = logging.getLogger("dtlab.extender")
 MAX_PRIORITY = 10
 DURATION_ANNOTATION = "dtlab.io/duration-ms"
 EXPLANATION_ANNOTATION = "dtlab.io/explanation"
+UNKNOWN = "unknown to the twin"
 FORMAT_LABEL = "dtlab.io/format"
 
 
@@ -166,6 +167,8 @@ def check_args(args: Any, max_nodes: int) -> list[str]:
     if len(names) > max_nodes:
         raise SpecError(path, f"at most {max_nodes:,} nodes per call (got {len(names):,}); "
                               "use nodeCacheCapable: true or raise --extender-max-nodes")
+    if all(type(name) is str and 0 < len(name) <= 253 for name in names):   # fast path: every name valid
+        return names
     for i, name in enumerate(names):
         if not isinstance(name, str) or not name or len(name) > 253:
             raise SpecError(f"{path}[{i}]" + ("" if path == "NodeNames" else ".metadata.name"),
@@ -196,36 +199,32 @@ class Extender:
         return max(self._max_nodes or max(5000, 2 * n), n)
 
     def filter(self, args: dict[str, Any]) -> dict[str, Any]:
-        check_args(args, self.max_nodes)
+        names = check_args(args, self.max_nodes)
         job = pod_to_job(args.get("Pod") or {})
-        verdict = self._table(job).verdict
-        keep, failed = [], {}
-        for name in candidate_names(args):
-            reason = verdict.get(name, "unknown to the twin")
-            if reason is None:
-                keep.append(name)
-            else:
-                failed[name] = reason
+        get = self._table(job).verdict.get
+        keep = [n for n in names if get(n, UNKNOWN) is None]
+        failed = {n: get(n, UNKNOWN) for n in names if get(n, UNKNOWN) is not None} if len(keep) < len(names) else {}
         if log.isEnabledFor(logging.DEBUG):
             log.debug("filter pod=%s keep=%s failed=%s", job.name, keep, failed)
         log.info("filter pod=%s kept %d of %d nodes", job.name, len(keep), len(keep) + len(failed))
         return self._nodes_result(args, keep, failed)
 
     def prioritize(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        check_args(args, self.max_nodes)
+        names = check_args(args, self.max_nodes)
         pod = args.get("Pod") or {}
         job = pod_to_job(pod)
-        table = self._table(job)
-        names = candidate_names(args)
-        predicted = {n: table.mean_ms[n] for n in names if n in table.mean_ms}
+        means = self._table(job).mean_ms
+        predicted = {n: means[n] for n in names if n in means}
         scores = score_from_latency(predicted)
+        if predicted:
+            best = min(predicted, key=predicted.__getitem__)
+            log.info("prioritize pod=%s %d nodes scored, best %s (%.1f ms)", job.name, len(predicted), best,
+                     predicted[best])
+        debug = log.isEnabledFor(logging.DEBUG)
+        # the per-node explanation: built when someone reads it (the pod annotation, the debug log)
         explanation = {n: {"predicted_mean_ms": round(predicted[n], 1), "score": scores[n]} for n in predicted
-                       if math.isfinite(predicted[n])}
-        if explanation:
-            best = min(explanation, key=lambda n: (explanation[n]["predicted_mean_ms"], n))
-            log.info("prioritize pod=%s %d nodes scored, best %s (%.1f ms)", job.name, len(explanation), best,
-                     explanation[best]["predicted_mean_ms"])
-        if log.isEnabledFor(logging.DEBUG):
+                       if math.isfinite(predicted[n])} if self.annotate is not None or debug else {}
+        if debug:
             log.debug("prioritize pod=%s %s", job.name, json.dumps(explanation, sort_keys=True))
         if self.annotate is not None and explanation:
             try:
@@ -338,8 +337,9 @@ def blueprint(extender: Extender, secret: str | None = None,
 
     def handle(verb):
         t0 = time.perf_counter()
-        try:
-            out = jsonify(verb(args_or_400()))
+        try:   # compact, unsorted JSON: a prioritize answer at 1,000 nodes is ~1,000 objects
+            out = Response(strict_json.dumps(verb(args_or_400()), separators=(",", ":")),
+                           mimetype="application/json")
         except SpecError as exc:
             return jsonify({"Error": str(exc)[:500], "FailedNodes": {}}), 400
         if observe is not None:
