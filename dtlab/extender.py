@@ -255,7 +255,8 @@ class Extender:
     def _nodes_result(args, keep, failed):
         if args.get("NodeNames") is not None:
             return {"NodeNames": keep, "FailedNodes": failed, "Error": ""}
-        items = [n for n in (args.get("Nodes") or {}).get("items", []) if n["metadata"]["name"] in keep]
+        kept = set(keep)
+        items = [n for n in (args.get("Nodes") or {}).get("items", []) if n["metadata"]["name"] in kept]
         return {"Nodes": {"items": items}, "FailedNodes": failed, "Error": ""}
 
 
