@@ -46,7 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import yaml  # noqa: E402
 
 from bench_kube import Counter, _client, _free_gb  # noqa: E402
-from dtlab.experiments.common import load_cluster_param, synthetic_cluster  # noqa: E402
+from dtlab.experiments.loop import synthetic_cluster  # noqa: E402
+from dtlab.experiments.params import load_cluster_param  # noqa: E402
 from dtlab.experiments.v5 import _scale_heartbeats, histogram_quantile  # noqa: E402
 from dtlab.kube import localplane as lp  # noqa: E402
 

@@ -277,9 +277,9 @@ class _PodTable:
         ok = feasible & nt.schedulable
         reasons = np.where(~nt.up, 1, np.where(~nt.schedulable, 2, np.where(~feasible, 3, 0)))
         text = (None, "down in the twin's state", "cordoned", "cannot run the pod (arch/format/resources)")
-        self.verdict: dict[str, str | None] = {n: text[r] for n, r in zip(nt.names, reasons.tolist())}
+        self.verdict: dict[str, str | None] = {n: text[r] for n, r in zip(nt.static.names, reasons.tolist())}
         means = one_stage_means(nt, st, job, timing, samples, ok)
-        self.mean_ms: dict[str, float] = {nt.names[i]: float(means[i]) for i in np.flatnonzero(ok).tolist()}
+        self.mean_ms: dict[str, float] = {nt.static.names[i]: float(means[i]) for i in np.flatnonzero(ok).tolist()}
 
 
 def one_stage_means(nt: Any, st: Any, job: Job, timing: Any, samples: int, where: np.ndarray,

@@ -100,7 +100,7 @@ def _reference(twin, job, samples):
 def test_vectorised_scores_equal_one_prediction_per_node(cpu, arch):
     """The per-(pod shape, snapshot) table gives the numbers of one twin.predict per node, on a
     busy 300-node state (telemetry, running stages with known work, down and cordoned nodes)."""
-    from dtlab.experiments.common import synthetic_cluster
+    from dtlab.experiments.loop import synthetic_cluster
     cluster = synthetic_cluster(dtlab.load_cluster(EXAMPLES / "cluster-hetero.yaml"), 300, seed=3)
     twin = dtlab.Twin(cluster)
     names = [n.name for n in cluster.nodes]

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from ..atomic import atomic_write_text
 from ..errors import SpecError
 from ..strict_json import short
 from ..model import API_VERSION, Workload
@@ -169,7 +170,7 @@ def trace_durations(format: str, path=None) -> tuple[np.ndarray, np.ndarray]:
     if format == "dtlab-jobs":
         if path is None:
             raise SpecError("trace.path", "dtlab-jobs needs a path")
-        df = readers._read(path, [readers.Col("arrival_s", "float", ge=0),
+        df = readers.read_table(path, [readers.Col("arrival_s", "float", ge=0),
                                   readers.Col("duration_scale", "float", ge=0)], "dtlab jobs")
         return df["arrival_s"].to_numpy(), df["duration_scale"].to_numpy()
     if format == "alibaba-openb":
@@ -356,7 +357,4 @@ def _job_to_dict(job) -> dict:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write_text(path, text)

@@ -18,15 +18,13 @@ import argparse
 import json
 import sys
 from dataclasses import replace
-from itertools import combinations
 from typing import Any
 
-from .errors import DtlabError, SpecError, SubstrateUnavailable
+from ..errors import DtlabError, SpecError, SubstrateUnavailable
+from ..kube.observed import DEFAULT_WAN, observed_state
 
-DEFAULT_WAN = {"latency_ms": 20.0, "bandwidth_mbps": 100.0}
 
-
-def register(subparsers) -> None:
+def register(subparsers: Any) -> None:
     p = subparsers.add_parser("cluster", help="start/stop/inspect the local Kubernetes control plane (KWOK nodes)",
                               description="Local control plane on loopback: etcd, kube-apiserver, "
                                           "kube-controller-manager, kube-scheduler and KWOK, built by "
@@ -77,7 +75,7 @@ def register(subparsers) -> None:
 
 # ------------------------------------------------------------------ cluster
 def run_cluster(args: argparse.Namespace) -> int:
-    from .kube import localplane as lp
+    from ..kube import localplane as lp
 
     action = args.cluster_command
     if action == "up":
@@ -86,7 +84,7 @@ def run_cluster(args: argparse.Namespace) -> int:
             raise SubstrateUnavailable(why)
         nodes: Any = args.nodes if args.nodes is not None else 6
         if args.cluster:
-            from .model import load_cluster
+            from ..model import load_cluster
             nodes = load_cluster(args.cluster)
         if args.node_grace is not None and not (1 <= args.node_grace <= 3600):
             raise SpecError("--node-grace", f"must be in [1, 3600] seconds, got {args.node_grace:g}")
@@ -101,7 +99,7 @@ def run_cluster(args: argparse.Namespace) -> int:
             if not real or unknown:
                 raise SpecError("--real-nodes", f"not nodes of the cluster: {unknown or args.real_nodes!r} "
                                                 f"(known: {', '.join(names)}, or 'all')")
-            from .kube import realnodes
+            from ..kube import realnodes
             why = realnodes.missing()
             if why:
                 raise SubstrateUnavailable(f"real nodes: {why}")
@@ -109,7 +107,7 @@ def run_cluster(args: argparse.Namespace) -> int:
             st = lp.up(nodes, name=args.name, timeout=args.timeout, real_nodes=real, node_grace_s=args.node_grace)
         except (lp.LocalPlaneError, RuntimeError) as exc:
             raise DtlabError(str(exc)) from None
-        from .operator.crd import install_on
+        from ..operator.crd import install_on
         install_on(st["kubeconfig"])     # the DTJob CRD, so `dtlab operator` / `submit --operator` work at once
         real_names = [r["name"] for r in st.get("real_nodes", [])]
         out = {"name": args.name, "kubeconfig": st["kubeconfig"], "nodes": st["nodes"], "real_nodes": real_names,
@@ -167,38 +165,14 @@ def run_cluster(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ submit
-def observed_state(kubeconfig: str, namespace: str = "dtlab", links_from: str | None = None):
-    """A ClusterState built from one list of the cluster's nodes and dtlab pods (and links_from's links)."""
-    from .model import Cluster, Link, load_cluster
-    from .state import ClusterState
-    from .kube.observer import Observer
-
-    spec_links = load_cluster(links_from).links if links_from else ()
-    events: list[dict[str, Any]] = []
-    Observer(kubeconfig, sink=events.extend, namespace=namespace).list_once()
-    adds = [e for e in events if e["kind"] == "node-add"]
-    if not adds:
-        raise DtlabError(f"no nodes in the cluster of {kubeconfig}")
-    zones = sorted({e["node"]["zone"] for e in adds})
-    have = {frozenset((l.a, l.b)) for l in spec_links}
-    links = list(spec_links) + [Link(a, b, **DEFAULT_WAN) for a, b in combinations(zones, 2)
-                                if frozenset((a, b)) not in have]
-    state = ClusterState(Cluster("observed", (), tuple(links)))
-    state.apply_many(adds)
-    rest = [e for e in events if e["kind"] != "node-add"]
-    if rest:
-        state.apply_many(rest)
-    return state
-
-
 def run_submit(args: argparse.Namespace) -> int:
-    from .kube import localplane as lp
-    from .model import load_job
-    from .substrates.kube import KubeSubstrate
-    from .twin import Twin
+    from ..kube import localplane as lp
+    from ..model import load_job
+    from ..substrates.kube import KubeSubstrate
+    from ..twin import Twin
 
     if args.operator:
-        from .operator.cli import submit
+        from .operator import submit
         return submit(args)
     kc = args.kubeconfig or lp.kubeconfig(args.plane)
     if kc is None:
@@ -246,11 +220,3 @@ def run_submit(args: argparse.Namespace) -> int:
         return 1
     return 0 if (not done or out["ok"]) else 1
 
-
-def main(argv=None) -> int:
-    from .cli import main as cli_main
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
