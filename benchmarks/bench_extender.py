@@ -10,7 +10,8 @@ loopback) on the twin of the same cluster. Two arms, in this order, in the same 
             ``localplane.scheduler_extender_config`` (the real-nodes work's config: filter + prioritize,
             ``nodeCacheCapable: true``) starts.
 
-Both schedulers are separate processes with the same client QPS/burst (localplane.SCHEDULER_QPS /
+With ``--repeats R`` the pair runs R times on the same plane (fresh pods each time) and pods/s are
+the medians. Both schedulers are separate processes with the same client QPS/burst (localplane.SCHEDULER_QPS /
 SCHEDULER_BURST = 1000/2000; the default 50/100 would cap binding near 50 pods/s). The pods exist
 before their scheduler starts, so the rate is the scheduler's, not the pod creator's: pods/s =
 (bound - 1) / (last bind - first bind), binds seen on a watch (``spec.nodeName`` set). The
@@ -23,7 +24,7 @@ whole plane (etcd, API server, KWOK, two schedulers, the extender) shares this h
 whatever else runs, so the ratio extender/alone, measured minutes apart in one script, is the
 number to compare; the load average is printed with each row.
 
-Run: .venv/bin/python benchmarks/bench_extender.py [--nodes 100 1000] [--pods 1000] [--big] [--json]
+Run: .venv/bin/python benchmarks/bench_extender.py [--nodes 100 1000] [--pods 1000] [--repeats 1] [--big] [--json]
 ``--big`` adds 5,000 nodes (several minutes and ~6 GB; opt-in, so `make bench` stays bounded).
 """
 from __future__ import annotations
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -133,9 +135,8 @@ def _wait_http(url: str, timeout: float, proc: subprocess.Popen) -> None:
     raise RuntimeError(f"{url} not up within {timeout:.0f} s")
 
 
-def arm(core, plane: str, name: str, n_pods: int, start, limit_s: float, workers: int) -> dict[str, Any]:
+def arm(core, scheduler: str, name: str, n_pods: int, start, limit_s: float, workers: int) -> dict[str, Any]:
     """Create the arm's pods (no scheduler for them yet), start its scheduler, count binds."""
-    scheduler = ALONE if name == "alone" else lp.EXTENDER_SCHEDULER
     prefix = f"bench-{name}-"
     bodies = [pod(f"{prefix}{i:05d}", scheduler) for i in range(n_pods)]
     t0 = time.monotonic()
@@ -157,7 +158,7 @@ def arm(core, plane: str, name: str, n_pods: int, start, limit_s: float, workers
 
 
 def run(n_nodes: int, n_pods: int, limit_s: float = 300.0, lease_s: int = 40, workers: int = 16,
-        node_cache: bool = True) -> dict[str, Any]:
+        node_cache: bool = True, repeats: int = 1) -> dict[str, Any]:
     template = load_cluster_param("examples/cluster-hetero.yaml")
     cluster = synthetic_cluster(template, n_nodes, seed=0)
     specs = [{"name": n.name, "arch": n.arch, "cores": n.cores, "speed": n.speed, "mem_gb": n.mem_gb,
@@ -183,18 +184,28 @@ def run(n_nodes: int, n_pods: int, limit_s: float = 300.0, lease_s: int = 40, wo
                                      start_new_session=True)
         _wait_http(f"{url}/healthz", 120, serve)
         core = _client(st["kubeconfig"], workers)
-        alone = arm(core, plane, "alone", n_pods,
-                    lambda: lp.start_scheduler(lp.scheduler_config(st["kubeconfig"], ALONE), plane, "bench-alone"),
-                    limit_s, workers)
-        lp.stop_scheduler(plane, "bench-alone")
+        alone: list[dict[str, Any]] = []
+        ext: list[dict[str, Any]] = []
         before = extender_histograms(url)
-        ext = arm(core, plane, "extender", n_pods, lambda: lp.start_extender_scheduler(url, plane, node_cache_capable=node_cache), limit_s, workers)
+        for r in range(repeats):   # alternating arms: load drifting on a shared host hits both alike
+            alone.append(arm(core, ALONE, f"alone{r}", n_pods,
+                             lambda: lp.start_scheduler(lp.scheduler_config(st["kubeconfig"], ALONE), plane,
+                                                        "bench-alone"), limit_s, workers))
+            lp.stop_scheduler(plane, "bench-alone")
+            ext.append(arm(core, lp.EXTENDER_SCHEDULER, f"extender{r}", n_pods,
+                           lambda: lp.start_extender_scheduler(url, plane, node_cache_capable=node_cache),
+                           limit_s, workers))
+            lp.stop_extender_scheduler(plane)
         out.update(latency_rows(before, extender_histograms(url)))
-        out.update({"pods_per_s_alone": alone["pods_per_s"], "pods_per_s_extender": ext["pods_per_s"],
-                    "ratio": ext["pods_per_s"] / alone["pods_per_s"] if alone["pods_per_s"] else float("nan"),
-                    "bound_alone": alone["bound"], "bound_extender": ext["bound"],
-                    "start_to_last_alone_s": alone["start_to_last_s"],
-                    "start_to_last_extender_s": ext["start_to_last_s"],
+        a = statistics.median(x["pods_per_s"] for x in alone)
+        e = statistics.median(x["pods_per_s"] for x in ext)
+        out.update({"repeats": repeats, "pods_per_s_alone": a, "pods_per_s_extender": e,
+                    "ratio": e / a if a else float("nan"),
+                    "pods_per_s_alone_runs": [x["pods_per_s"] for x in alone],
+                    "pods_per_s_extender_runs": [x["pods_per_s"] for x in ext],
+                    "bound_alone": min(x["bound"] for x in alone), "bound_extender": min(x["bound"] for x in ext),
+                    "start_to_last_alone_s": statistics.median(x["start_to_last_s"] for x in alone),
+                    "start_to_last_extender_s": statistics.median(x["start_to_last_s"] for x in ext),
                     "load_avg_end": os.getloadavg()[0]})
         return out
     finally:
@@ -213,13 +224,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nodes", type=int, nargs="+", default=[100, 1000], help="KWOK node counts (default 100 1000)")
     ap.add_argument("--pods", type=int, default=1000, help="pods per arm (default 1000)")
     ap.add_argument("--big", action="store_true", help="also 5,000 nodes (minutes, needs ~6 GB free)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="alone/extender arm pairs on the same plane; pods/s are medians (default 1)")
     ap.add_argument("--limit", type=float, default=300.0, help="give up an arm after this many s (default 300)")
     ap.add_argument("--full-nodes", action="store_true",
                     help="nodeCacheCapable: false (the scheduler sends full v1 Nodes; the earlier config)")
     ap.add_argument("--json", action="store_true", help="one JSON object per node count on stdout")
     args = ap.parse_args(argv)
-    if args.pods < 2 or min(args.nodes) < 1:
-        ap.error("--pods must be >= 2 and --nodes >= 1")
+    if args.pods < 2 or min(args.nodes) < 1 or args.repeats < 1:
+        ap.error("--pods must be >= 2, --nodes and --repeats >= 1")
     ok, why = lp.binaries_available()
     if not ok:
         print(f"bench_extender: skipped: {why}", file=sys.stderr)
@@ -237,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         if n >= 5000 and _free_gb() < 6:
             print(f"{n} nodes: skipped, only {_free_gb():.1f} GB free", file=sys.stderr)
             continue
-        r = run(n, args.pods, args.limit, node_cache=not args.full_nodes)
+        r = run(n, args.pods, args.limit, node_cache=not args.full_nodes, repeats=args.repeats)
         failed += not (r["bound_alone"] == r["bound_extender"] == args.pods)
         if args.json:
             print(json.dumps(r), flush=True)
