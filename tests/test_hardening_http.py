@@ -317,23 +317,3 @@ def test_stage_cpu_is_checked_where_events_are_validated(value):
     after = state.snapshot()
     assert after.version == before.version and after.nodes["cloud-0"].running_cpu == 0
 
-
-def test_cheap_plans_compute_on_the_request_thread_and_still_count_against_the_slots():
-    from dtlab.api.app import ClientError, WorkGate
-    gate = WorkGate(1)
-    here = threading.current_thread().name
-    assert gate.run(lambda: threading.current_thread().name, 10.0, work_us=50_000) == here      # 50 ms < 1% of 10 s
-    assert gate.run(lambda: threading.current_thread().name, 10.0, work_us=500_000).startswith("dtlab-plan")
-    assert gate.run(lambda: threading.current_thread().name, 10.0).startswith("dtlab-plan")   # no estimate: pool
-    release = threading.Event()
-    busy = threading.Thread(target=lambda: gate.run(release.wait, 10.0, work_us=10))
-    busy.start()
-    try:
-        wait_for(lambda: gate.slots._value == 0, 5, "the inline plan to hold the slot")
-        with pytest.raises(ClientError) as err:
-            gate.run(lambda: 1, 10.0, work_us=10)
-        assert err.value.status == 429
-    finally:
-        release.set()
-        busy.join(5)
-    assert gate.run(lambda: 2, 10.0, work_us=10) == 2

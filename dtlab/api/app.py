@@ -176,7 +176,7 @@ def create_app(twin, config: ApiConfig | None = None, controller=None, extender=
                                    "use fewer samples, fewer stages or the fast predictor", "samples")
         start = time.perf_counter()
         result = gate.run(lambda: twin.plan(job, policy=policy, samples=samples, seed=seed, predictor=predictor),
-                          config.request_timeout_s, work_us=work)
+                          config.request_timeout_s)
         metrics.plan_latency.labels(policy, predictor).observe((time.perf_counter() - start) * 1000)
         metrics.plans.labels(policy, str(dry_run).lower()).inc()
         out = result.to_dict()
@@ -229,29 +229,15 @@ class WorkGate:
     A request that finds no free slot gets 429 at once (it never queues behind slow work); one
     whose computation outlives ``timeout_s`` gets 503 while the computation, already bounded by
     the work budget, finishes in the background still holding its slot.
-
-    Cheap computations (``work_us``, the work-budget estimate of CPU microseconds, at most
-    ``INLINE_SHARE`` of the time limit: 100 ms of a 10 s limit) run on the request's own thread.
-    Why: handing a sub-millisecond plan to a pool thread and waking the request thread again
-    cost more server time than the plan (py-spy, ``benchmarks/bench_api.py``: Future.set_result's
-    notify and submit were ~37% of the GIL-holding samples, the plan 33%). Such a plan would have
-    to run 100x over its estimate to miss the limit; the slot count applies to both paths.
     """
-
-    INLINE_SHARE = 0.01
 
     def __init__(self, slots: int):
         self.slots = threading.BoundedSemaphore(max(1, slots))
         self.pool = ThreadPoolExecutor(max_workers=max(1, slots), thread_name_prefix="dtlab-plan")
 
-    def run(self, fn, timeout_s: float, work_us: float | None = None):
+    def run(self, fn, timeout_s: float):
         if not self.slots.acquire(blocking=False):
             raise ClientError(429, "too many plans in flight; retry shortly", None)
-        if work_us is not None and work_us * 1e-6 <= self.INLINE_SHARE * timeout_s:
-            try:
-                return fn()
-            finally:
-                self.slots.release()
         try:
             future = self.pool.submit(fn)
         except BaseException:
