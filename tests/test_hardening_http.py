@@ -329,4 +329,3 @@ def test_stage_cpu_is_checked_where_events_are_validated(value):
     assert err.value.field == "[0].stage_cpu.a"
     after = state.snapshot()
     assert after.version == before.version and after.nodes["cloud-0"].running_cpu == 0
-
