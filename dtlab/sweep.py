@@ -42,7 +42,6 @@ Params of a point = base file (``params/<EXP>.yaml``, or ``params/smoke/<EXP>.ya
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
@@ -55,10 +54,12 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from types import ModuleType
+from typing import Any, Callable, Iterable, Mapping, Sequence, cast
 
 import pandas as pd
 
+from .atomic import atomic_path, replace_dir
 from .errors import SpecError
 
 DEFAULT_OUT = "outputs/sweeps"
@@ -176,10 +177,10 @@ def parse_grid(data: Mapping[str, Any], source: str = "grid") -> Grid:
                 description=description, source=source)
 
 
-def _experiment_module(experiment: str):
+def _experiment_module(experiment: str) -> ModuleType:
     from .experiments import get
 
-    return get(experiment)
+    return get(experiment).load()
 
 
 def check_grid(experiment: str, grid: Grid, base: Mapping[str, Any]) -> None:
@@ -243,17 +244,16 @@ def _set(params: dict, key: str, value: Any, defaults: Mapping[str, Any]) -> Non
 
 
 def point_id(experiment: str, params: Mapping[str, Any]) -> str:
-    """Short content hash of (experiment, full params): equal params -> equal folder -> skipped."""
-    from .results import jsonable
+    """A point's folder name: the run id of (experiment, full params) (:func:`dtlab.results.run_id`),
+    so equal params -> equal folder -> skipped."""
+    from .results import run_id
 
-    blob = json.dumps({"experiment": experiment, "params": jsonable(dict(params))}, sort_keys=True,
-                      separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    return run_id(experiment, params)
 
 
 def expand(experiment: str, grid: Grid, base: Mapping[str, Any], seeds: Sequence[int]) -> list[Point]:
     """The grid's cartesian product x seeds, each point validated by the experiment's rules."""
-    from .experiments.common import validate
+    from .experiments.params import validate
 
     exp = str(experiment).upper()
     check_grid(exp, grid, base)
@@ -311,21 +311,17 @@ def run_point(experiment: str, params: Mapping[str, Any], point_dir: str, info: 
     t0 = time.perf_counter()
     result = fn(dict(params))
     elapsed = time.perf_counter() - t0
-    from .results import RUN_FILE, dumps, jsonable
+    from .results import RUN_FILE, dumps, jsonable, save
 
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     try:
-        result.save(tmp)
+        save(result, tmp)
         meta = {**dict(info), "experiment": experiment, "point": final.name, "params": dict(params),
                 "elapsed_s": round(elapsed, 3), "host": socket.gethostname(), "pid": os.getpid()}
         (tmp / "params.json").write_text(json.dumps(jsonable(meta), indent=2, sort_keys=True) + "\n")
         (tmp / RUN_FILE).write_text(dumps(point_run_info(experiment, final.name, params, info, started, elapsed, tmp)))
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not is_done(final):     # an incomplete leftover: replace it
-                shutil.rmtree(final, ignore_errors=True)
-                os.rename(tmp, final)
+        # a complete point (a concurrent sweep) stays; an incomplete leftover is replaced
+        replace_dir(tmp, final, keep=is_done)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -383,12 +379,13 @@ def sweep(experiment: str, grid: Grid | Mapping[str, Any] | str | os.PathLike, s
         seeds = list(range(seeds))
     if workers < 1:
         raise SpecError("workers", f"must be >= 1, got {workers}")
-    points = expand(exp, grid, base, list(seeds))
+    points = expand(exp, grid, base, list(cast(Sequence[int], seeds)))
     out_dir = Path(out).resolve() / exp
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = [p for p in dict((p.id, p) for p in points).values() if not is_done(out_dir / p.id)]
     skipped = [p.id for p in points if p.id not in {t.id for t in todo}]
-    ran, failed = [], {}
+    ran: list[str] = []
+    failed: dict[str, str] = {}
     if todo:
         from . import hostlock
         wall = next((w for w in (hostlock.wall_clock(p.params) for p in todo) if w), None)
@@ -497,9 +494,8 @@ def merge(experiment: str, points: Sequence[Point], out_dir: Path, grid: Grid) -
                          "measure": measure, "series": series})
     cols = ["experiment", "point", "seed", *grid.keys, "metric", "value", "measure", "series"]
     table = pd.DataFrame(rows, columns=cols)
-    tmp = out_dir / f".sweep.csv.{os.getpid()}.tmp"
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, out_dir / "sweep.csv")
+    with atomic_path(out_dir / "sweep.csv") as tmp:
+        table.to_csv(tmp, index=False)
     return table
 
 
@@ -553,7 +549,9 @@ def summary_figures(table: pd.DataFrame, experiment: str, grid: Grid, fig_dir: P
                     if vals.notna().any():
                         m, lo, hi = plots.mean_ci(vals)
                         xs.append(xv if numeric else j)
-                        ms.append(m), los.append(lo), his.append(hi)
+                        ms.append(m)
+                        los.append(lo)
+                        his.append(hi)
                 if not xs:
                     continue
                 lo_arr = pd.Series(los).clip(lower=0 if nonneg else None)

@@ -23,7 +23,7 @@ PKG = Path(__file__).resolve().parents[1] / "dtlab"     # the source tree, not a
 
 # Lowest first. A unit may import units of its own layer or of lower layers only.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("foundations", {"errors", "strict_json", "pathcheck", "safe_yaml", "spec_reader", "datadir", "stats", "cowmap"}),
+    ("foundations", {"errors", "strict_json", "pathcheck", "safe_yaml", "spec_reader", "datadir", "stats", "cowmap", "atomic"}),
     ("figure style", {"plots"}),
     ("specs", {"model", "jobfile"}),
     ("timing", {"timing", "plan"}),
@@ -32,10 +32,11 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("predictors", {"predict"}),
     ("energy", {"energy"}),
     ("policies", {"policies"}),
-    ("twin", {"twin", "calibration"}),
-    ("substrates and the loop", {"hostlock", "hostnoise", "fabric", "kube", "substrates", "controller"}),
-    ("services", {"extender", "api", "trace", "replay", "whatif", "operator", "controller_service", "experiments"}),
-    ("workbench", {"runner", "results", "report", "sweep", "dashboard"}),
+    ("twin", {"twin"}),
+    ("substrates and the loop", {"hostlock", "hostnoise", "fabric", "kube", "substrates", "controller", "calibration"}),
+    ("services", {"extender", "api", "trace", "replay", "whatif", "operator", "controller_service", "experiments",
+                  "results", "report"}),
+    ("workbench", {"runner", "sweep", "dashboard"}),
 ]
 # Above every layer, not listed so the CLI can be restructured freely: the command line
 # (``cli``, ``cli_*``) and the ``dtlab`` facade (``dtlab/__init__.py``).

@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from ..atomic import atomic_write_text
 from ..errors import SpecError
 from ..model import Cluster, spec_link
 from ..spec_reader import join
@@ -240,7 +241,4 @@ def write(scenario: FaultScenario, out_dir: str | Path, cluster: Cluster | None 
 
 
 def _dump(path: Path, obj: dict[str, Any]) -> Path:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(obj, sort_keys=False))
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False))

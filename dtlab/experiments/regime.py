@@ -127,7 +127,8 @@ def link_load(stages: pd.DataFrame, cluster: Cluster, template: Job, window_ms: 
         elif template.origin_zone is not None:
             add(template.origin_zone, z, template.input_mb)
     for link in cluster.links:
-        key = tuple(sorted((link.a, link.b)))
+        lo, hi = sorted((link.a, link.b))
+        key = (lo, hi)
         cap = link.bandwidth_mbps * window_ms / 1000.0
         out[f"{key[0]}~{key[1]}"] = mbit.get(key, 0.0) / cap if cap > 0 else math.nan
     return out
@@ -196,7 +197,7 @@ def host(metrics: dict[str, Any], when: str = "start") -> dict[str, Any]:
 
 
 def record_runs(metrics: dict[str, Any], runs: Iterable[pd.DataFrame], by: str | None = None) -> dict[str, Any]:
-    """:func:`record` from the per-run job tables of :func:`dtlab.experiments.common.run_controller`
+    """:func:`record` from the per-run job tables of :func:`dtlab.experiments.loop.run_controller`
     (each carries its measured regime in ``df.attrs["regime"]``); with ``by`` (e.g. ``rate_per_s``)
     one set of keys per value, ``regime.r<value>.*`` for numbers, since the regime differs per load."""
     runs = [r for r in runs if isinstance(r, pd.DataFrame) and r.attrs.get("regime") is not None]

@@ -77,9 +77,10 @@ import pandas as pd
 from .. import stats
 from ..errors import InfeasibleError, SpecError, SubstrateUnavailable
 from . import regime
-from .common import (SUBSTRATE_DEFAULTS, ExperimentResult, child_seed, load_cluster_param, load_workload_param,
-                     metrics_from_summary, open_substrate, put_ci, require_choices, require_positive,
-                     summarize_seeds, validate)
+from .substrate import SUBSTRATE_DEFAULTS, open_substrate
+from ..results import ExperimentResult
+from .params import child_seed, load_cluster_param, load_workload_param, require_choices, require_positive, validate
+from .summary import metrics_from_summary, put_ci, summarize_seeds
 
 CONTROL = "none"     # the same runs without any fault: what the workload costs on its own
 SCENARIOS = [CONTROL, "zone-blackout", "edge-cloud-partition", "lossy-edge-uplink", "rolling-node-failures", "bad-day",
@@ -112,9 +113,8 @@ BOUNDS = {"recovery_ms_mean": stats.NONNEG, "jobs_lost": stats.NONNEG, "deadline
 FAILED_OUTCOMES = ("failed", "lost", "killed")
 
 
-def run(params: dict | None = None) -> ExperimentResult:
-    from ..chaos.spec import expand, load_scenario, scenario_path
-
+def check(params: dict[str, Any] | None) -> dict[str, Any]:
+    """The validated params (what the runner checks before the kernel starts; ``run`` starts with it)."""
     p = validate(params, DEFAULTS, "V4")
     if p["substrate"] != "sim" and p["substrate_opts"] == DEFAULTS["substrate_opts"]:
         p["substrate_opts"] = {}     # failure_rate_per_h is a sim option; others reject it
@@ -123,10 +123,17 @@ def run(params: dict | None = None) -> ExperimentResult:
     require_positive(p, "samples", "jobs")
     if not p["scenarios"]:
         raise SpecError("scenarios", "must not be empty")
+    return p
+
+
+def run(params: dict[str, Any] | None = None) -> ExperimentResult:
+    from ..chaos.spec import expand, load_scenario, scenario_path
+
+    p = check(params)
     cluster = load_cluster_param(p["cluster"])
     workload = load_workload_param(p["workload"], p["jobs"], p["rate_per_s"])
     workload, isolated_ms = regime.with_deadline_slack(workload, cluster, p["deadline_slack"])
-    scenarios = []
+    scenarios: list[tuple[str, list[Any]]] = []
     for i, name in enumerate(p["scenarios"]):
         if name == CONTROL:
             scenarios.append((CONTROL, []))
@@ -137,7 +144,8 @@ def run(params: dict | None = None) -> ExperimentResult:
         except SpecError as exc:
             raise SpecError(f"scenarios[{i}]", f"{name}: {exc}") from None
         scenarios.append((sc.name, events))
-    rows, jobs, recovery, regimes = [], [], [], []
+    rows, jobs, regimes = [], [], []
+    recovery: list[dict[str, Any]] = []
     for name, events in scenarios:
         for seed in p["seeds"]:
             for strategy in p["strategies"]:
@@ -388,8 +396,7 @@ def recovery_times(stages: pd.DataFrame, events, cluster, template) -> list[floa
             if stage is None:
                 continue
             if stage.after:
-                sources = [ok_node.get((r.job, a)) for a in stage.after]
-                sources = {s for s in sources if s is not None and s != r.node}
+                sources = {s for s in (ok_node.get((r.job, a)) for a in stage.after) if s is not None and s != r.node}
                 crosses = any((s in side_a and r.node in side_b) or (s in side_b and r.node in side_a)
                               for s in sources)
             else:

@@ -74,8 +74,11 @@ import pandas as pd
 
 from .. import stats
 from . import regime
-from .common import (SUBSTRATE_DEFAULTS, ExperimentResult, load_cluster_param, load_workload_param, mean_ci,
-                     put_ci, require_choices, require_positive, run_controller, summarize_seeds, validate)
+from .substrate import SUBSTRATE_DEFAULTS
+from ..results import ExperimentResult
+from .params import load_cluster_param, load_workload_param, require_choices, require_positive, validate
+from .summary import mean_ci, put_ci, summarize_seeds
+from .loop import run_controller
 
 DEFAULTS: dict[str, Any] = {
     **SUBSTRATE_DEFAULTS,
@@ -206,7 +209,8 @@ def recalibration_effects(runs: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
-def run(params: dict | None = None) -> ExperimentResult:
+def check(params: dict[str, Any] | None) -> dict[str, Any]:
+    """The validated params (what the runner checks before the kernel starts; ``run`` starts with it)."""
     from .. import policies
 
     p = validate(params, DEFAULTS, "V6")
@@ -214,6 +218,11 @@ def run(params: dict | None = None) -> ExperimentResult:
     require_choices(p, "predictor", ("fast", "des", "legacy"))
     require_choices(p, "modes", MODES)
     require_positive(p, "samples", "jobs", "window_s", "ewma_alpha")
+    return p
+
+
+def run(params: dict[str, Any] | None = None) -> ExperimentResult:
+    p = check(params)
     cluster = load_cluster_param(p["cluster"])
     workload = load_workload_param(p["workload"], p["jobs"], p["rate_per_s"])
     workload, isolated_ms = regime.with_deadline_slack(workload, cluster, p["deadline_slack"])
@@ -249,7 +258,7 @@ def run(params: dict | None = None) -> ExperimentResult:
                 row[f"share_{name}"] = float(sel.mean()) if len(sel) else math.nan
             cal = ctl.recalibrator
             if cal is not None:
-                h = pd.DataFrame(cal.history)
+                h = pd.DataFrame(getattr(cal, "history"))   # the OnlineCalibrator run_controller built
                 if len(h):
                     h.insert(0, "seed", seed)
                     corrections.append(h)

@@ -34,14 +34,10 @@ import json
 import threading
 import time
 from datetime import datetime
-from itertools import combinations
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from ..errors import DtlabError
-from ..model import Cluster, Link, load_cluster
-from ..state import ClusterState
 from .actuator import ATTEMPT_LABEL, JOB_ANNOTATION, JOB_LABEL, MANAGED_BY, NAMESPACE, STAGE_ANNOTATION, \
     STAGE_LABEL
 
@@ -453,27 +449,3 @@ class Observer:
         with self._lock:
             self.counters["events"] += len(batch)
             self._lags += [applied - k for _, k in events if k is not None]
-
-
-# zones Kubernetes does not connect (it knows no links): this WAN between every missing pair
-DEFAULT_WAN = {"latency_ms": 20.0, "bandwidth_mbps": 100.0}
-
-
-def observed_state(kubeconfig: str, namespace: str = "dtlab", links_from: str | None = None) -> ClusterState:
-    """A ClusterState built from one list of the cluster's nodes and dtlab pods (and links_from's links)."""
-    spec_links = load_cluster(links_from).links if links_from else ()
-    events: list[dict[str, Any]] = []
-    Observer(kubeconfig, sink=events.extend, namespace=namespace).list_once()
-    adds = [e for e in events if e["kind"] == "node-add"]
-    if not adds:
-        raise DtlabError(f"no nodes in the cluster of {kubeconfig}")
-    zones = sorted({e["node"]["zone"] for e in adds})
-    have = {frozenset((l.a, l.b)) for l in spec_links}
-    links = list(spec_links) + [Link(a, b, **DEFAULT_WAN) for a, b in combinations(zones, 2)
-                                if frozenset((a, b)) not in have]
-    state = ClusterState(Cluster("observed", (), tuple(links)))
-    state.apply_many(adds)
-    rest = [e for e in events if e["kind"] != "node-add"]
-    if rest:
-        state.apply_many(rest)
-    return state

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def _record(args: argparse.Namespace) -> int:
-    from .trace import record
+    from ..trace import record
     counters = record(args.kubeconfig, args.duration, args.out, namespace=args.namespace)
     print(f"recorded {counters['records']} records ({counters['lists']} lists, {counters['watches']} watches, "
           f"{counters['gone']} relists after 410, {counters['errors']} errors) -> {args.out}")
@@ -13,7 +14,7 @@ def _record(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from .trace import replay
+    from ..trace import replay
     df = replay(args.trace, policy=args.policy, substrate=args.substrate, samples=args.samples, seed=args.seed,
                 kubeconfig=args.kubeconfig)
     if args.out:
@@ -36,7 +37,7 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers) -> None:
+def register(subparsers: Any) -> None:
     t = subparsers.add_parser("trace", help="record a cluster's nodes and pods (list+watch); replay it through the twin")
     tsub = t.add_subparsers(dest="trace_command", required=True, metavar="ACTION")
     r = tsub.add_parser("record", help="list + watch nodes and pods for --duration seconds into a trace file",

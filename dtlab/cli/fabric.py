@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 
-def register(subparsers) -> None:
+def register(subparsers: Any) -> None:
     cal = subparsers.add_parser("calibrate", help="measure this host: format overheads, network",
                                 description="Measure execution-format overhead factors (compute) or "
                                             "namespace RTT/throughput (network) on this host.")
@@ -35,7 +36,7 @@ def register(subparsers) -> None:
 
 
 def run_compute(args) -> int:
-    from .fabric import calibrate
+    from ..fabric import calibrate
 
     def progress(i, n):
         print(f"  repetition {i}/{n}", file=sys.stderr, flush=True)
@@ -68,9 +69,9 @@ def run_compute(args) -> int:
 
 
 def run_network(args) -> int:
-    from .fabric import calibrate
+    from ..calibration import host
 
-    doc = calibrate.measure_network(reps=args.reps)
+    doc = host.measure_network(reps=args.reps)
     print(f"netem available: {doc['netem']}")
     for r in doc["samples"]:
         print(f"  {r['src']}->{r['dst']} {r['size_mb']:>7} MB  median {r['median_ms']:.1f} ms "
@@ -86,8 +87,8 @@ def run_network(args) -> int:
 def run_cleanup(args) -> int:
     """Remove leftovers of crashed runs -- only while no wall-clock run holds the host lock (a crashed
     run's lock is gone with its process), so a live run's cgroups and namespaces are never swept."""
-    from . import hostlock
-    from .fabric import cgroups, netns
+    from .. import hostlock
+    from ..fabric import cgroups, netns
 
     try:
         with hostlock.exclusive("dtlab fabric cleanup", timeout_s=0):

@@ -20,15 +20,11 @@ import sys
 from dataclasses import replace
 from typing import Any
 
-from .errors import DtlabError, SpecError, SubstrateUnavailable
+from ..errors import DtlabError, SpecError, SubstrateUnavailable
+from ..kube.observed import DEFAULT_WAN, observed_state
 
 
-def _default_wan() -> dict[str, float]:
-    from .kube.observer import DEFAULT_WAN
-    return DEFAULT_WAN
-
-
-def register(subparsers) -> None:
+def register(subparsers: Any) -> None:
     p = subparsers.add_parser("cluster", help="start/stop/inspect the local Kubernetes control plane (KWOK nodes)",
                               description="Local control plane on loopback: etcd, kube-apiserver, "
                                           "kube-controller-manager, kube-scheduler and KWOK, built by "
@@ -61,7 +57,7 @@ def register(subparsers) -> None:
     s.add_argument("--kubeconfig", help="kubeconfig (default: the running local plane --plane)")
     s.add_argument("--plane", default="default", help="local plane name when --kubeconfig is not given")
     s.add_argument("--cluster", help="Cluster spec for links between zones (Kubernetes does not know them); "
-                                     f"missing zone pairs get {_default_wan()}")
+                                     f"missing zone pairs get {DEFAULT_WAN}")
     s.add_argument("--policy", default="greedy", help="policy name (default greedy)")
     s.add_argument("--samples", type=int, default=128, help="Monte Carlo samples (default 128)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -79,7 +75,7 @@ def register(subparsers) -> None:
 
 # ------------------------------------------------------------------ cluster
 def run_cluster(args: argparse.Namespace) -> int:
-    from .kube import localplane as lp
+    from ..kube import localplane as lp
 
     action = args.cluster_command
     if action == "up":
@@ -88,7 +84,7 @@ def run_cluster(args: argparse.Namespace) -> int:
             raise SubstrateUnavailable(why)
         nodes: Any = args.nodes if args.nodes is not None else 6
         if args.cluster:
-            from .model import load_cluster
+            from ..model import load_cluster
             nodes = load_cluster(args.cluster)
         if args.node_grace is not None and not (1 <= args.node_grace <= 3600):
             raise SpecError("--node-grace", f"must be in [1, 3600] seconds, got {args.node_grace:g}")
@@ -103,7 +99,7 @@ def run_cluster(args: argparse.Namespace) -> int:
             if not real or unknown:
                 raise SpecError("--real-nodes", f"not nodes of the cluster: {unknown or args.real_nodes!r} "
                                                 f"(known: {', '.join(names)}, or 'all')")
-            from .kube import realnodes
+            from ..kube import realnodes
             why = realnodes.missing()
             if why:
                 raise SubstrateUnavailable(f"real nodes: {why}")
@@ -111,7 +107,7 @@ def run_cluster(args: argparse.Namespace) -> int:
             st = lp.up(nodes, name=args.name, timeout=args.timeout, real_nodes=real, node_grace_s=args.node_grace)
         except (lp.LocalPlaneError, RuntimeError) as exc:
             raise DtlabError(str(exc)) from None
-        from .operator.crd import install_on
+        from ..operator.crd import install_on
         install_on(st["kubeconfig"])     # the DTJob CRD, so `dtlab operator` / `submit --operator` work at once
         real_names = [r["name"] for r in st.get("real_nodes", [])]
         out = {"name": args.name, "kubeconfig": st["kubeconfig"], "nodes": st["nodes"], "real_nodes": real_names,
@@ -170,19 +166,18 @@ def run_cluster(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ submit
 def run_submit(args: argparse.Namespace) -> int:
-    from .kube import localplane as lp
-    from .model import load_job
-    from .substrates.kube import KubeSubstrate
-    from .twin import Twin
+    from ..kube import localplane as lp
+    from ..model import load_job
+    from ..substrates.kube import KubeSubstrate
+    from ..twin import Twin
 
     if args.operator:
-        from .operator.cli import submit
+        from .operator import submit
         return submit(args)
     kc = args.kubeconfig or lp.kubeconfig(args.plane)
     if kc is None:
         raise SubstrateUnavailable(f"no --kubeconfig and local plane {args.plane!r} is not running "
                                    "(`dtlab cluster up`)")
-    from .kube.observer import observed_state
     state = observed_state(kc, args.namespace, args.cluster)
     cluster = state.snapshot().cluster
     job = load_job(args.job, cluster)
@@ -225,11 +220,3 @@ def run_submit(args: argparse.Namespace) -> int:
         return 1
     return 0 if (not done or out["ok"]) else 1
 
-
-def main(argv=None) -> int:
-    from .cli import main as cli_main
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
