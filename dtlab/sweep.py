@@ -252,9 +252,7 @@ def point_id(experiment: str, params: Mapping[str, Any]) -> str:
 
 
 def expand(experiment: str, grid: Grid, base: Mapping[str, Any], seeds: Sequence[int]) -> list[Point]:
-    """The grid's cartesian product x seeds, each point validated by the experiment's rules."""
-    from .experiments.params import validate
-
+    """The grid's cartesian product x seeds, each point validated by the experiment's own ``check``."""
     exp = str(experiment).upper()
     check_grid(exp, grid, base)
     module = _experiment_module(exp)
@@ -268,7 +266,7 @@ def expand(experiment: str, grid: Grid, base: Mapping[str, Any], seeds: Sequence
                 _set(params, key, value, module.DEFAULTS)
             params["seeds"] = [int(seed)]
             try:
-                full = validate(params, module.DEFAULTS, exp)
+                full = module.check(params)
             except SpecError as exc:
                 head = exc.field.partition(".")[0]
                 swept = next((k for k in keys if k.partition(".")[0] == head), None)

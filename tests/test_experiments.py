@@ -6,7 +6,7 @@ import pytest
 
 import dtlab
 from dtlab import SpecError
-from dtlab.calibration import host
+from dtlab.fabric import host_calibration as host
 from dtlab.experiments import get, params, substrate, v1, v2, v3, v5, v6
 from dtlab.experiments.params import REPO_ROOT, validate
 from dtlab.experiments.summary import mean_ci

@@ -100,9 +100,9 @@ def run_cluster(args: argparse.Namespace) -> int:
                 raise SpecError("--real-nodes", f"not nodes of the cluster: {unknown or args.real_nodes!r} "
                                                 f"(known: {', '.join(names)}, or 'all')")
             from ..kube import realnodes
-            why = realnodes.missing()
-            if why:
-                raise SubstrateUnavailable(f"real nodes: {why}")
+            missing = realnodes.missing()
+            if missing:
+                raise SubstrateUnavailable(f"real nodes: {missing}")
         try:
             st = lp.up(nodes, name=args.name, timeout=args.timeout, real_nodes=real, node_grace_s=args.node_grace)
         except (lp.LocalPlaneError, RuntimeError) as exc:

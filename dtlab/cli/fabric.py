@@ -69,9 +69,9 @@ def run_compute(args) -> int:
 
 
 def run_network(args) -> int:
-    from ..calibration import host
+    from ..fabric import host_calibration
 
-    doc = host.measure_network(reps=args.reps)
+    doc = host_calibration.measure_network(reps=args.reps)
     print(f"netem available: {doc['netem']}")
     for r in doc["samples"]:
         print(f"  {r['src']}->{r['dst']} {r['size_mb']:>7} MB  median {r['median_ms']:.1f} ms "

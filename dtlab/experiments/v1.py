@@ -39,7 +39,7 @@ from ..energy import add_job_energy, energy_stats
 from ..stats import clip_ci, paired_diff_ci, quantile_ci, rate_ci, seeds_needed, t975
 from . import regime
 from .summary import CI, metrics_from_summary, put_ci, summarize_seeds
-from ..results import ExperimentResult
+from .result import ExperimentResult
 from .substrate import auto_substrate_defaults, check_params, resolve
 from .params import load_cluster_param, load_workload_param, require_choices, require_positive
 from .loop import run_controller, latency_stats

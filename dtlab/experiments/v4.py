@@ -78,7 +78,7 @@ from .. import stats
 from ..errors import InfeasibleError, SpecError, SubstrateUnavailable
 from . import regime
 from .substrate import SUBSTRATE_DEFAULTS, open_substrate
-from ..results import ExperimentResult
+from .result import ExperimentResult
 from .params import child_seed, load_cluster_param, load_workload_param, require_choices, require_positive, validate
 from .summary import metrics_from_summary, put_ci, summarize_seeds
 

@@ -192,7 +192,7 @@ def kill_netns_pids(ns_name: str) -> None:
 
 def sweep(prefix: str = NETNS_PREFIX) -> list[str]:
     """Delete every netns named ``prefix*`` and every ``dtb*``/``dtv*`` link (cleanup sweep)."""
-    removed = []
+    removed: list[str] = []
     if shutil.which("ip") is None:
         return removed
     for line in sh("ip", "netns", "list", check=False).stdout.splitlines():

@@ -1,9 +1,9 @@
 """Host calibration: measurements on this host's fabric that the twin's timing is fitted to.
 
-Why here and not in ``dtlab/fabric/calibrate.py``: these functions run the fabric substrate
+Why a module of its own next to ``fabric/calibrate.py``: these functions run the fabric substrate
 (``FabricSubstrate``), and the fabric substrate reads the calibration file through
-``fabric/calibrate.py``; keeping the measurements that need the substrate in this module (above
-both) leaves one direction of import: ``calibration.host -> substrates.fabric -> fabric.calibrate``.
+``fabric/calibrate.py``; keeping the measurements that need the substrate in this module leaves one
+direction of import: ``fabric.host_calibration -> substrates.fabric -> fabric.calibrate``.
 ``fabric/calibrate.py`` keeps the file format, the compute measurement (worker processes only) and
 the link model fit.
 
@@ -26,7 +26,7 @@ import yaml
 
 from ..atomic import atomic_write_text
 from ..errors import DtlabError
-from ..fabric import calibrate
+from . import calibrate
 from ..model import Cluster, cluster_from_dict
 from ..substrates.fabric import FabricSubstrate
 from ..timing import TimingModel
