@@ -475,7 +475,7 @@ def node_manifest(node: Any) -> dict[str, Any]:
     }
 
 
-def _nodes_list(nodes: Any) -> list[Any]:
+def nodes_list(nodes: Any) -> list[Any]:
     if isinstance(nodes, int):
         return default_nodes(nodes)
     if hasattr(nodes, "nodes") and not isinstance(nodes, Mapping):
@@ -500,7 +500,7 @@ def register_nodes(nodes: Any, kubeconfig_path: str | os.PathLike, workers: int 
 
     from kubernetes.client.rest import ApiException
     api = _core_api(str(kubeconfig_path), pool=workers)
-    bodies = [node_manifest(n) for n in _nodes_list(nodes)]
+    bodies = [node_manifest(n) for n in nodes_list(nodes)]
     names = [b["metadata"]["name"] for b in bodies]
     if len(set(names)) != len(names):
         raise ValueError("duplicate node names")
@@ -600,7 +600,7 @@ def up(nodes: list[dict] | int | Any = 6, workdir: str | os.PathLike | None = No
     bins = find_binaries()
     if shutil.which("openssl") is None:
         raise LocalPlaneError("the `openssl` CLI is required")
-    node_list = _nodes_list(nodes)
+    node_list = nodes_list(nodes)
     if isinstance(real_nodes, str):
         real_nodes = [n["name"] for n in node_list] if real_nodes == "all" else \
             [r.strip() for r in real_nodes.split(",") if r.strip()]

@@ -112,8 +112,8 @@ def predict_fast(snapshot, job: Job, placement: Mapping[str, str], shadow: Mappi
         key = (src, dst)
         if key not in links:
             try:
-                links[key] = (True, resolve_link(snapshot.cluster, snapshot.link_overrides,
-                                                 origin if src < 0 else nt.names[src], nt.names[dst]))
+                src_name = nt.names[src] if src >= 0 else str(origin)   # src -1 only when there is an origin
+                links[key] = (True, resolve_link(snapshot.cluster, snapshot.link_overrides, src_name, nt.names[dst]))
             except LinkCutError:
                 links[key] = (False, None)
         ok, link = links[key]
@@ -131,8 +131,9 @@ def predict_fast(snapshot, job: Job, placement: Mapping[str, str], shadow: Mappi
             ready = transfer(job.input_mb, -1, dst)
         for p in st.preds[i]:
             t = transfer(st.out_mb[p], int(run_on[p]), dst)
-            if moved[p] is not None:
-                t = np.where(moved[p], transfer(st.out_mb[p], int(restart[p]), dst), t)
+            mp = moved[p]
+            if mp is not None:
+                t = np.where(mp, transfer(st.out_mb[p], int(restart[p]), dst), t)
             if with_end:
                 t = t + fin[p]
             ready = np.maximum(ready, t)
