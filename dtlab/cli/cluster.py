@@ -92,7 +92,7 @@ def run_cluster(args: argparse.Namespace) -> int:
         if args.real_nodes is not None:
             if not args.cluster and args.nodes is None:
                 raise SpecError("--real-nodes", "needs --cluster (or --nodes) to name the nodes")
-            names = [n["name"] for n in lp._nodes_list(nodes)]
+            names = [n["name"] for n in lp.nodes_list(nodes)]
             real = names if args.real_nodes.strip() == "all" else \
                 [r.strip() for r in args.real_nodes.split(",") if r.strip()]
             unknown = [r for r in real if r not in names]
@@ -100,9 +100,9 @@ def run_cluster(args: argparse.Namespace) -> int:
                 raise SpecError("--real-nodes", f"not nodes of the cluster: {unknown or args.real_nodes!r} "
                                                 f"(known: {', '.join(names)}, or 'all')")
             from ..kube import realnodes
-            why = realnodes.missing()
-            if why:
-                raise SubstrateUnavailable(f"real nodes: {why}")
+            missing = realnodes.missing()
+            if missing:
+                raise SubstrateUnavailable(f"real nodes: {missing}")
         try:
             st = lp.up(nodes, name=args.name, timeout=args.timeout, real_nodes=real, node_grace_s=args.node_grace)
         except (lp.LocalPlaneError, RuntimeError) as exc:

@@ -176,7 +176,8 @@ def submit(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.timeout
     status: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        obj = custom.get_namespaced_custom_object(GROUP, VERSION, args.namespace, PLURAL, name, _request_timeout=30)
+        obj: Any = custom.get_namespaced_custom_object(GROUP, VERSION, args.namespace, PLURAL, name,
+                                                       _request_timeout=30)
         status = obj.get("status") or {}
         if status.get("phase") in TERMINAL or (status.get("plans") and not args.wait):
             break

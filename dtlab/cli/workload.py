@@ -94,14 +94,14 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     inflate_ratio = None if args.inflate <= 0 else args.inflate
     for policy in policies:
         for seed in seeds:
-            res = replay_allocation(nodes, pods, policy, seed=seed, inflate_ratio=inflate_ratio)
-            results.append(res)
-            t = res.table
+            alloc = replay_allocation(nodes, pods, policy, seed=seed, inflate_ratio=inflate_ratio)
+            results.append(alloc)
+            t = alloc.table
             row = t[t["arrived_pct"] == 100.0]
             row = row.iloc[0] if len(row) else t.iloc[-1]
             print(f"{policy:<16} seed {seed}: at {row.arrived_pct:g} % arrived GPU allocated "
                   f"{row.gpu_alloc_pct:.2f} %, CPU {row.cpu_alloc_pct:.2f} %, failed pods {int(row.failed_pods)} "
-                  f"({len(res.placements)} pods, {res.seconds:.2f} s)")
+                  f"({len(alloc.placements)} pods, {alloc.seconds:.2f} s)")
             last = t.iloc[-1]
             print(f"{'':<16} at {last.arrived_pct:g} % arrived: pods placed {last.placed_pct:.2f} %, twin-predicted "
                   f"p95 {last.pred_p95_ms:.0f} ms, expected SLO misses {last.slo_miss_pct:.2f} % of arrived pods")

@@ -75,7 +75,7 @@ import pandas as pd
 from .. import stats
 from . import regime
 from .substrate import SUBSTRATE_DEFAULTS
-from ..results import ExperimentResult
+from .result import ExperimentResult
 from .params import load_cluster_param, load_workload_param, require_choices, require_positive, validate
 from .summary import mean_ci, put_ci, summarize_seeds
 from .loop import run_controller
