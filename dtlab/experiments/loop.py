@@ -43,9 +43,10 @@ def run_controller(params: Mapping[str, Any], cluster: Cluster, workload: Worklo
             from ..calibration.online import OnlineCalibrator
             recal = OnlineCalibrator(twin, **recalibrate)
         poller = None
-        if getattr(sub, "prometheus_url", None):
+        prometheus_url = getattr(sub, "prometheus_url", None)
+        if prometheus_url:
             from ..telemetry import PrometheusClient, TelemetryPoller
-            poller = TelemetryPoller(PrometheusClient(sub.prometheus_url, timeout_s=1.0),
+            poller = TelemetryPoller(PrometheusClient(prometheus_url, timeout_s=1.0),
                                      clock=getattr(sub, "ts_of_epoch", None)).start()
         ctl = Controller(twin, sub, policy=policy, predictor=predictor, samples=samples,
                          seed=child_seed(seed, policy, predictor), on_plan=on_plan, recalibrator=recal,

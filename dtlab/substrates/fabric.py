@@ -184,11 +184,11 @@ class FabricSubstrate(WallClockSubstrate):
         self.noise: dict[str, Any] | None = None
         self._noise = None
         self.telemetry = telemetry if telemetry == "prometheus" else None
-        self.prometheus = None                 # dtlab.telemetry.PrometheusProcess with telemetry: prometheus
+        self.prometheus: Any = None            # dtlab.telemetry.PrometheusProcess with telemetry: prometheus
         self.prometheus_url: str | None = None
         self._exporters: dict[str, subprocess.Popen] = {}
         self._acct_node: dict[str, Any] = {}   # per-node CPU accounting groups (cgroup v1 cpuacct)
-        self._mem_top = None
+        self._mem_top: Any = None
         self._mem_node: dict[str, Any] = {}
         # -------- CPU: the nodes' cores, and a budget that fits them (see the module docstring)
         self.node_cpus, self.rest_cpus = node_set, rest_set
