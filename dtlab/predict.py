@@ -15,6 +15,8 @@ there - and the one place it approximates it (so experiment V2 can judge it):
 
 * **Service**: ``duration * overhead / speed * X``, ``X`` the timing model's lognormal
   noise, one draw per stage per sample.
+* **Start-up**: ``timing.startup(format)`` ms between a stage's inputs arriving and its work
+  starting (process spawn, emulator or runtime start; 0 unless calibrated), on every attempt.
 * **Transfers**: each DAG edge between different nodes costs
   ``TimingModel.sample_transfer_ms(output_mb, link)`` (latency, jitter, Mathis-capped
   bulk time, loss -> one RTO); root stages receive ``job.input_mb`` from the origin zone
@@ -353,6 +355,7 @@ class StageTable:
         self.out_mb = np.array([s.output_mb for s in stages], dtype=float)
         self.cpu = np.array([s.compute.cpu for s in stages], dtype=float)
         self.base_svc = np.full((t, nt.n), np.inf)
+        self.startup = np.zeros((t, nt.n))      # start-up delay of the stage's format on each node (ms)
         self.fmt_by_sig: list[list[str | None]] = []
         self.feasible = np.zeros((t, nt.n), dtype=bool)
         for i, s in enumerate(stages):
@@ -367,6 +370,7 @@ class StageTable:
                 if res is not None:
                     factors[k] = res[1]
             self.fmt_by_sig.append(fmts)
+            self.startup[i] = np.array([timing.startup(fm) for fm in fmts], dtype=float)[nt.sig_idx]
             f = factors[nt.sig_idx]
             ok = ~np.isnan(f) & (s.compute.cpu <= nt.cores) & (s.compute.mem_gb <= nt.mem)
             c = s.constraints
@@ -605,13 +609,14 @@ def _fast(snapshot, job, placement, shadow, S, rng, timing) -> np.ndarray:
         ready = inputs(i, int(run_on[i]), True)
         x = timing.service_noise(rng, S)
         svc = svc_first[i] * x
-        end = ready + svc
+        up0 = st.startup[i, run_on[i]]          # process/emulator/runtime start-up, before the work
+        end = ready + up0 + svc
         if p_fail[i] > 0:
             failed = rng.random(S) < p_fail[i]
             frac = rng.random(S)
-            t_fail = ready + frac * svc
+            t_fail = ready + up0 + frac * svc
             again = t_fail + timing.detect_ms + (timing.replan_ms if replan[i] else 0.0) \
-                + inputs(i, int(restart[i]), False) + svc_restart[i] * x
+                + inputs(i, int(restart[i]), False) + st.startup[i, restart[i]] + svc_restart[i] * x
             end = np.where(failed, again, end)
             if restart[i] != run_on[i]:
                 moved[i] = failed

@@ -328,6 +328,50 @@ class SubstrateChoice:
 
     network: dict[str, Any] | None = None      # the fitted link calibration the twin uses (fabric)
     network_path: str = ""
+    startup: dict[str, Any] | None = None      # the start-up calibration the twin uses (fabric)
+    startup_path: str = ""
+    startup_used: dict[str, float] = field(default_factory=dict)    # format -> ms (reference) the twin used
+
+    def with_startup(self, timing, sub) -> Any:
+        """On the fabric: ``timing`` with the start-up per format measured on this host's fabric launch
+        path (:func:`dtlab.fabric.calibrate.startup_calibration`, measured once per worker build and
+        cached), in ``sub``'s reference ms (wall / time_scale); elsewhere ``timing`` unchanged. A failed
+        measurement leaves start-up unmodelled and says so in the note."""
+        if self.name != "fabric" or timing is None:
+            return timing
+        from ..fabric import calibrate
+        if self.startup is None:
+            try:
+                self.startup, path = calibrate.startup_calibration()
+                self.startup_path = str(path)
+            except Exception as exc:  # noqa: BLE001 - run without start-up, say so
+                self.startup = {}
+                self.note = "; ".join(x for x in (self.note, f"start-up calibration failed ({exc}); not modelled") if x)
+        if not self.startup:
+            return timing
+        self.startup_used = {k: round(v, 3) for k, v in
+                             calibrate.startup_ms(self.startup, getattr(sub, "time_scale", 1.0)).items()}
+        return timing.with_startup(self.startup_used)
+
+    def calibration(self) -> dict[str, Any]:
+        """Which calibrations the twin ran with (recorded in metrics and run.json): compute (format
+        factors), network (fitted links), startup (per format, and the ms the twin used)."""
+        out: dict[str, Any] = {}
+        if self.name != "fabric":
+            out["compute"] = "none: twin default timing"
+            return out
+        from ..fabric import calibrate
+        try:
+            doc = calibrate.load()
+            out["compute"] = f"{calibrate.default_out()} (created {doc.get('created')}, quick={doc.get('quick')})"
+        except Exception as exc:  # noqa: BLE001 - report, do not fail the run
+            out["compute"] = f"defaults ({type(exc).__name__}: {exc})"
+        if self.network:
+            out["network"] = f"{self.network_path} (created {self.network.get('created')})"
+        if self.startup:
+            out["startup"] = f"{self.startup_path} (created {self.startup.get('created')})"
+            out["startup_ms"] = dict(self.startup_used)
+        return out
 
     def link_events(self, cluster: Cluster) -> list[dict[str, Any]]:
         """On the fabric: state events giving the twin the links measured and fitted on this host
@@ -353,6 +397,7 @@ class SubstrateChoice:
                                "substrate_note": self.note}
         if self.network:
             out["network_calibration"] = f"{self.network_path} (created {self.network.get('created')})"
+        out["calibration"] = self.calibration()
         if self.metadata:
             out["substrate_metadata"] = dict(self.metadata)
         records = [getattr(sub, "noise", None) for sub in self.opened]
@@ -525,6 +570,8 @@ def run_controller(params: Mapping[str, Any], cluster: Cluster, workload, seed: 
     if before is not None:
         before(twin)      # lets a caller hold the run's twin (V2 predicts with its timing model)
     with open_substrate(params, cluster, seed, choice, **dict(substrate_extra or {})) as sub:
+        if choice is not None:
+            twin.timing = choice.with_startup(twin.timing, sub)   # start-up in this substrate's time
         recal = None
         if recalibrate is not None:
             from ..calibration.online import OnlineCalibrator

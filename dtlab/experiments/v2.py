@@ -15,15 +15,16 @@ with 95% t-intervals over seeds. Jobs that did not complete are left out of the 
 
 **Per stage** (the issue's "CPU-bound stages" check): every completed stage's observed service
 time (end - start on the substrate) against the twin's mean service time for the node and
-format it ran on, ``duration_ms * overhead[format] / speed`` (no co-runners: at the example
+format it ran on, ``duration_ms * overhead[format] / speed + startup[format]`` (no co-runners: at the example
 rates nodes are rarely oversubscribed). Table ``stages``, metrics ``stage.mape``,
 ``stage.median_ape``, ``stage.p95_ape`` (CIs over seeds) and ``stage.pooled_*`` over all stages.
 ``stage_ps.*`` applies the twin's contention model, processor sharing of the node's cores with
 each stage capped at its ``cpu`` (:func:`ps_service_ms`), to the stages that really overlapped on
 the node (observed start times): the timing model's error given the schedule, without the error
 of not knowing future arrivals.
-On the fabric ``kernel_ape`` also compares the worker's in-process kernel time, i.e. without the
-process/emulator start-up the twin does not model.
+On the fabric ``kernel_ape`` also compares the worker's in-process kernel time with the service
+time alone, i.e. without process/emulator start-up (which the twin models from the fabric's
+start-up calibration, ``calibration.startup_ms``).
 
 **Distributions**: ``<predictor>.ks`` is the two-sample Kolmogorov-Smirnov statistic between the
 predicted and the observed job-latency distributions (:func:`distribution_fit`), beside
@@ -105,14 +106,15 @@ def stage_predictions(stages: pd.DataFrame, jobs: dict[str, Job], cluster, timin
             fmt = choice[0] if choice else None
         if fmt is None or fmt not in timing.overheads:
             continue
-        predicted = timing.mean_service_ms(stage, node, timing.overheads[fmt])
+        service = timing.mean_service_ms(stage, node, timing.overheads[fmt])
+        predicted = service + timing.startup(fmt)
         observed = float(r["duration_ms"])
         kernel = r.get("kernel_ms")
         kernel = float(kernel) if kernel is not None and kernel == kernel else np.nan
         rows.append({"job": r["job"], "stage": r["stage"], "node": r["node"], "format": fmt,
                      "cpu": stage.compute.cpu, "start_ms": float(r["start_ms"]), "predicted_ms": predicted,
                      "observed_ms": observed, "ape": abs(predicted - observed) / observed if observed > 0 else np.nan,
-                     "kernel_ms": kernel, "kernel_ape": abs(predicted - kernel) / kernel if kernel > 0 else np.nan})
+                     "kernel_ms": kernel, "kernel_ape": abs(service - kernel) / kernel if kernel > 0 else np.nan})
     out = pd.DataFrame(rows, columns=["job", "stage", "node", "format", "cpu", "start_ms", "predicted_ms",
                                       "observed_ms", "ape", "kernel_ms", "kernel_ape"])
     out["predicted_ps_ms"] = np.nan

@@ -383,3 +383,103 @@ def link_events(fitted: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [{"kind": "link", "a": l["a"], "b": l["b"], "latency_ms": float(l["latency_ms"]),
              "bandwidth_mbps": float(l["goodput_mbps"]), "loss": 0.0, "jitter_ms": 0.0}
             for l in fitted.get("links", []) if l["a"] != l["b"]]
+
+
+# ------------------------------------------------------------ start-up per format (fabric path)
+STARTUP_SEED = 1_000_033      # not one of the experiments' scored seeds
+STARTUP_PROBE_MS = 5.0        # reference work of a probe stage: start-up dominates its time
+STARTUP_REPS = 7
+
+
+def _startup_probe_cluster():
+    """One amd64 node offering every format: each probe stage is forced into one format by its plan."""
+    from ..model import cluster_from_dict
+    return cluster_from_dict({"apiVersion": "dtlab/v1", "kind": "Cluster", "metadata": {"name": "startcal"},
+                              "nodes": [{"name": "probe", "arch": "amd64", "cores": 1, "zone": "z",
+                                         "formats": ["native", "qemu", "wasm"]}]})
+
+
+def measure_startup(formats: list[str] | None = None, reps: int = STARTUP_REPS, seed: int = STARTUP_SEED,
+                    progress=None) -> dict[str, Any]:
+    """Start-up cost per execution format as the fabric pays it, in wall ms.
+
+    Opens a throw-away fabric (one probe node, its network namespace, the Wasm launcher, time_scale
+    1) and runs ``reps`` tiny stages per format, interleaved, through the substrate's own launch
+    path (``/bin/sh`` cgroup join, ``nsenter``, the worker native / under ``qemu-<arch>-static`` /
+    from the warm Wasm launcher). A stage's start-up is its measured time (spawn to exit) minus the
+    kernel time the worker measured inside itself: spawn, exec, emulator or runtime start, exit and
+    reaping, i.e. what the twin's ``duration_ms`` model misses. Median per format with min/max.
+    """
+    from ..model import job_from_dict
+    from ..plan import Plan
+    from ..substrates.fabric import FabricSubstrate
+
+    formats = list(formats or worker.FORMATS)
+    unavailable = {f: worker.missing(f) for f in formats if worker.missing(f)}
+    formats = [f for f in formats if f not in unavailable]
+    samples: dict[str, list[float]] = {f: [] for f in formats}
+    with FabricSubstrate(_startup_probe_cluster(), seed=seed, host_cores=0.5, time_scale=1.0) as sub:
+        for rep in range(reps):
+            for f in formats:
+                job = job_from_dict({"apiVersion": "dtlab/v1", "kind": "Job", "metadata": {"name": f"su-{f}-{rep}"},
+                                     "spec": {"stages": [{"id": "s", "compute": {"cpu": 1, "duration_ms": STARTUP_PROBE_MS}}]}})
+                sub.submit(Plan(job=job.name, policy="calibration", placement={"s": "probe"}, formats={"s": f}), job)
+                sub.advance(None)
+            if progress:
+                progress(rep + 1, reps)
+        st = sub.results()["stages"]
+        meta = {"time_scale": sub.time_scale, "isolated": sub.isolated}
+    for r in st.to_dict("records"):
+        if r.get("ok") and r.get("kernel_ms") is not None and r["format"] in samples:
+            samples[r["format"]].append(max(0.0, float(r["duration_ms"]) - float(r["kernel_ms"])))
+    startup = {f: {"median_ms": round(statistics.median(v), 3), "min_ms": round(min(v), 3),
+                   "max_ms": round(max(v), 3), "n": len(v)} for f, v in samples.items() if v}
+    return {"kind": "HostStartupCalibration",
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "host": {"loadavg_1m": os.getloadavg()[0]}, "reps": reps, "seed": seed,
+            "method": ("fabric launch path, time_scale 1: stage time (spawn to exit) - in-process kernel time; "
+                       f"{STARTUP_PROBE_MS} ms probe stages, formats interleaved; median per format"),
+            "fabric": meta, "worker_build": worker.build_dir().name,
+            "startup_ms": startup, "unavailable": unavailable}
+
+
+def startup_cache_path() -> Path:
+    """Cache of :func:`measure_startup`, keyed by the worker build (new binaries, new start-up)."""
+    return default_out().with_name(f"calibration.startup.{worker.build_dir().name}.yaml")
+
+
+def startup_calibration(refresh: bool = False) -> tuple[dict[str, Any], Path]:
+    """(start-up document, its path): measured once per worker build on this host and cached."""
+    import fcntl
+
+    path = startup_cache_path()
+    if path.exists() and not refresh:
+        return load_startup(path), path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists() and not refresh:
+            return load_startup(path), path
+        doc = measure_startup()
+        write(doc, path)
+    return doc, path
+
+
+def load_startup(path: str | Path) -> dict[str, Any]:
+    """A start-up calibration document, checked: ``startup_ms.<format>.median_ms`` finite and >= 0."""
+    path = Path(path)
+    doc = safe_yaml.load(safe_yaml.read_text(path), where=str(path)) or {}
+    table = doc.get("startup_ms")
+    if not isinstance(table, dict):
+        raise SpecError("startup_ms", f"missing or not a mapping in {path}")
+    for f, v in table.items():
+        m = v.get("median_ms") if isinstance(v, dict) else None
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not (math.isfinite(m) and m >= 0):
+            raise SpecError(f"startup_ms.{f}.median_ms", f"must be a finite number >= 0 in {path}")
+    return doc
+
+
+def startup_ms(doc: Mapping[str, Any], time_scale: float = 1.0) -> dict[str, float]:
+    """Format -> start-up in the substrate's reference ms: the measured wall ms / ``time_scale`` (the
+    fabric stretches work by ``time_scale`` but start-up is real wall time, so it shrinks in reference ms)."""
+    return {str(f): float(v["median_ms"]) / float(time_scale) for f, v in (doc.get("startup_ms") or {}).items()}
