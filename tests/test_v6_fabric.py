@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 import dtlab
+import dtlab.fabric
 from dtlab.errors import SpecError
 from dtlab.experiments import v6
 from dtlab.substrates.fabric import check_cpu_drift
