@@ -15,8 +15,8 @@ there - and the one place it approximates it (so experiment V2 can judge it):
 
 * **Service**: ``duration * overhead / speed * X``, ``X`` the timing model's lognormal
   noise, one draw per stage per sample.
-* **Start-up**: ``timing.startup(format)`` ms between a stage's inputs arriving and its work
-  starting (process spawn, emulator or runtime start; 0 unless calibrated), on every attempt.
+* **Start-up**: ``timing.stage_delay(format)`` ms (dispatch + the format's start-up; 0 unless
+  calibrated) between a stage's inputs arriving and its work starting, on every attempt.
 * **Transfers**: each DAG edge between different nodes costs
   ``TimingModel.sample_transfer_ms(output_mb, link)`` (latency, jitter, Mathis-capped
   bulk time, loss -> one RTO); root stages receive ``job.input_mb`` from the origin zone
@@ -370,7 +370,7 @@ class StageTable:
                 if res is not None:
                     factors[k] = res[1]
             self.fmt_by_sig.append(fmts)
-            self.startup[i] = np.array([timing.startup(fm) for fm in fmts], dtype=float)[nt.sig_idx]
+            self.startup[i] = np.array([timing.stage_delay(fm) if fm else 0.0 for fm in fmts], dtype=float)[nt.sig_idx]
             f = factors[nt.sig_idx]
             ok = ~np.isnan(f) & (s.compute.cpu <= nt.cores) & (s.compute.mem_gb <= nt.mem)
             c = s.constraints

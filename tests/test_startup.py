@@ -23,6 +23,10 @@ def test_with_startup_checks_values_and_defaults_to_zero():
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="startup_ms.wasm"):
             t.with_startup({"wasm": bad})
+        with pytest.raises(ValueError, match="dispatch_ms"):
+            t.with_startup({}, bad)
+    d = t.with_startup({"wasm": 12.5}, 3.0)
+    assert d.stage_delay("wasm") == 15.5 and d.stage_delay("native") == 3.0 and d.startup("native") == 0.0
 
 
 @pytest.mark.parametrize("predictor", ["fast", "des"])
@@ -37,9 +41,10 @@ def test_startup_adds_once_per_stage_on_the_critical_path(predictor):
     kw = dict(predictor=predictor, samples=400)
     base = sample_latencies(snap, j, placement, rng=np.random.default_rng(5), timing=TimingModel(), **kw)
     up = sample_latencies(snap, j, placement, rng=np.random.default_rng(5),
-                          timing=TimingModel().with_startup(STARTUP), **kw)
+                          timing=TimingModel().with_startup(STARTUP, 7.0), **kw)
     # a on edge-1 (amd64): native; b on cloud-0: native; c on edge-0 (arm64, c needs arm64): native
-    assert np.mean(up) - np.mean(base) == pytest.approx(3 * STARTUP["native"], rel=0.02 if predictor == "des" else 1e-9)
+    assert np.mean(up) - np.mean(base) == pytest.approx(3 * (STARTUP["native"] + 7.0),
+                                                        rel=0.02 if predictor == "des" else 1e-9)
 
 
 def test_startup_counts_per_format():
@@ -71,12 +76,14 @@ def test_fast_agrees_with_des_with_startup(name, snap, j, placement, shadow):
 
 
 def test_startup_document_is_checked_and_scaled(tmp_path):
-    doc = {"kind": "HostStartupCalibration", "startup_ms": {"native": {"median_ms": 6.0}, "wasm": {"median_ms": 18.0}}}
+    doc = {"kind": "HostStartupCalibration", "startup_ms": {"native": {"median_ms": 6.0}, "wasm": {"median_ms": 18.0}},
+           "dispatch_ms": {"median_ms": 9.0}}
     p = tmp_path / "s.yaml"
     calibrate.write(doc, p)
     loaded = calibrate.load_startup(p)
     assert calibrate.startup_ms(loaded) == {"native": 6.0, "wasm": 18.0}
     assert calibrate.startup_ms(loaded, time_scale=3.0) == {"native": 2.0, "wasm": 6.0}    # wall -> reference ms
+    assert calibrate.dispatch_ms(loaded, time_scale=3.0) == 3.0
     calibrate.write({"startup_ms": {"wasm": {"median_ms": -1}}}, p)
     with pytest.raises(Exception, match=r"startup_ms\.wasm\.median_ms"):
         calibrate.load_startup(p)
@@ -92,6 +99,7 @@ def test_startup_measured_on_the_fabric_launch_path():
     table = doc["startup_ms"]
     assert set(table) == {"native", "qemu-arm64", "wasm"} - set(doc["unavailable"]), doc
     for f, v in table.items():
-        assert v["n"] == 3 and 0.0 < v["median_ms"] < 2000.0, (f, v)
+        assert v["n"] == 6 and 0.0 < v["median_ms"] < 2000.0, (f, v)     # 3 two-stage probes
+    assert 0.0 <= doc["dispatch_ms"]["median_ms"] < 1000.0 and doc["dispatch_ms"]["n"] == 6 * len(table)
     if "qemu-arm64" in table:
         assert table["qemu-arm64"]["median_ms"] > table["native"]["median_ms"], table

@@ -20,8 +20,8 @@ draws combine in time:
   then every predecessor's ``output_mb`` travels from the node it ran on (and, for
   root stages, the job's ``input_mb`` from the origin zone, see
   :mod:`dtlab.des.links`); the stage *starts* (``start_ms``) when the last input
-  arrived, and its work joins the node's processor sharing ``timing.startup(format)``
-  ms later (process/runtime start-up; 0 unless calibrated). Transfer times come from ``TimingModel.sample_transfer_ms`` for the link
+  arrived, and its work joins the node's processor sharing ``timing.stage_delay(format)``
+  ms later (dispatch + process/runtime start-up; 0 unless calibrated). Transfer times come from ``TimingModel.sample_transfer_ms`` for the link
   in force when the transfer starts. A cut link blocks the transfer until restored;
   a transfer during which its link was cut is sent again.
 * **Service.** ``duration_ms * scale * overhead / speed * X``; the noise ``X`` is
@@ -450,7 +450,7 @@ class Engine:
             jr.start_ms = now
         if self.listeners:
             self._emit({"kind": "stage-start", "job": jr.name, "stage": run.sid, "node": run.node})
-        startup = self.timing.startup(run.fmt) if self.timing.startup_ms else 0.0
+        startup = self.timing.stage_delay(run.fmt) if (self.timing.startup_ms or self.timing.dispatch_ms) else 0.0
         if startup > 0:      # process/runtime start-up: a delay outside PS; a node failure meanwhile loses it
             ns.inbound.add(run)
             self._later(startup, self._started, run)

@@ -331,6 +331,7 @@ class SubstrateChoice:
     startup: dict[str, Any] | None = None      # the start-up calibration the twin uses (fabric)
     startup_path: str = ""
     startup_used: dict[str, float] = field(default_factory=dict)    # format -> ms (reference) the twin used
+    dispatch_used: float = 0.0
 
     def with_startup(self, timing, sub) -> Any:
         """On the fabric: ``timing`` with the start-up per format measured on this host's fabric launch
@@ -349,9 +350,10 @@ class SubstrateChoice:
                 self.note = "; ".join(x for x in (self.note, f"start-up calibration failed ({exc}); not modelled") if x)
         if not self.startup:
             return timing
-        self.startup_used = {k: round(v, 3) for k, v in
-                             calibrate.startup_ms(self.startup, getattr(sub, "time_scale", 1.0)).items()}
-        return timing.with_startup(self.startup_used)
+        scale = getattr(sub, "time_scale", 1.0)
+        self.startup_used = {k: round(v, 3) for k, v in calibrate.startup_ms(self.startup, scale).items()}
+        self.dispatch_used = round(calibrate.dispatch_ms(self.startup, scale), 3)
+        return timing.with_startup(self.startup_used, self.dispatch_used)
 
     def calibration(self) -> dict[str, Any]:
         """Which calibrations the twin ran with (recorded in metrics and run.json): compute (format
@@ -371,6 +373,7 @@ class SubstrateChoice:
         if self.startup:
             out["startup"] = f"{self.startup_path} (created {self.startup.get('created')})"
             out["startup_ms"] = dict(self.startup_used)
+            out["dispatch_ms"] = self.dispatch_used
         return out
 
     def link_events(self, cluster: Cluster) -> list[dict[str, Any]]:

@@ -404,11 +404,14 @@ def measure_startup(formats: list[str] | None = None, reps: int = STARTUP_REPS, 
     """Start-up cost per execution format as the fabric pays it, in wall ms.
 
     Opens a throw-away fabric (one probe node, its network namespace, the Wasm launcher, time_scale
-    1) and runs ``reps`` tiny stages per format, interleaved, through the substrate's own launch
-    path (``/bin/sh`` cgroup join, ``nsenter``, the worker native / under ``qemu-<arch>-static`` /
-    from the warm Wasm launcher). A stage's start-up is its measured time (spawn to exit) minus the
-    kernel time the worker measured inside itself: spawn, exec, emulator or runtime start, exit and
-    reaping, i.e. what the twin's ``duration_ms`` model misses. Median per format with min/max.
+    1) and runs ``reps`` tiny two-stage chains per format, interleaved, through the substrate's own
+    launch path (``/bin/sh`` cgroup join, ``nsenter``, the worker native / under
+    ``qemu-<arch>-static`` / from the warm Wasm launcher). A stage's start-up is its measured time
+    (spawn to exit) minus the kernel time the worker measured inside itself: spawn, exec, emulator or
+    runtime start, exit and reaping, i.e. what the twin's ``duration_ms`` model misses. Median per
+    format with min/max. ``dispatch_ms``: inputs ready (job submitted, predecessor ended) -> the
+    stage's process is being started, the executor's own hand-off (threads, locks; grows with host
+    load), pooled over formats.
     """
     from ..model import job_from_dict
     from ..plan import Plan
@@ -418,34 +421,53 @@ def measure_startup(formats: list[str] | None = None, reps: int = STARTUP_REPS, 
     unavailable = {f: worker.missing(f) for f in formats if worker.missing(f)}
     formats = [f for f in formats if f not in unavailable]
     samples: dict[str, list[float]] = {f: [] for f in formats}
+    handoff: list[float] = []
+    stages = [{"id": "s1", "compute": {"cpu": 1, "duration_ms": STARTUP_PROBE_MS}},
+              {"id": "s2", "after": ["s1"], "compute": {"cpu": 1, "duration_ms": STARTUP_PROBE_MS}}]
     with FabricSubstrate(_startup_probe_cluster(), seed=seed, host_cores=0.5, time_scale=1.0) as sub:
         for rep in range(reps):
             for f in formats:
                 job = job_from_dict({"apiVersion": "dtlab/v1", "kind": "Job", "metadata": {"name": f"su-{f}-{rep}"},
-                                     "spec": {"stages": [{"id": "s", "compute": {"cpu": 1, "duration_ms": STARTUP_PROBE_MS}}]}})
-                sub.submit(Plan(job=job.name, policy="calibration", placement={"s": "probe"}, formats={"s": f}), job)
+                                     "spec": {"stages": stages}})
+                sub.submit(Plan(job=job.name, policy="calibration", placement={"s1": "probe", "s2": "probe"},
+                                formats={"s1": f, "s2": f}), job)
                 sub.advance(None)
             if progress:
                 progress(rep + 1, reps)
-        st = sub.results()["stages"]
+        res = sub.results()
         meta = {"time_scale": sub.time_scale, "isolated": sub.isolated}
-    for r in st.to_dict("records"):
-        if r.get("ok") and r.get("kernel_ms") is not None and r["format"] in samples:
-            samples[r["format"]].append(max(0.0, float(r["duration_ms"]) - float(r["kernel_ms"])))
-    startup = {f: {"median_ms": round(statistics.median(v), 3), "min_ms": round(min(v), 3),
-                   "max_ms": round(max(v), 3), "n": len(v)} for f, v in samples.items() if v}
+    arrival = dict(zip(res["jobs"]["job"], res["jobs"]["arrival_ms"]))
+    recs = {(r["job"], r["stage"]): r for r in res["stages"].to_dict("records")}
+    for (job, sid), r in recs.items():
+        if not r.get("ok") or r.get("kernel_ms") is None or r["format"] not in samples:
+            continue
+        samples[r["format"]].append(max(0.0, float(r["duration_ms"]) - float(r["kernel_ms"])))
+        prev = recs.get((job, "s1")) if sid == "s2" else None
+        ready = arrival.get(job) if sid == "s1" else (prev["end_ms"] if prev and prev.get("ok") else None)
+        if ready is not None:
+            handoff.append(max(0.0, float(r["start_ms"]) - float(ready)))
+    startup = {f: _summary(v) for f, v in samples.items() if v}
     return {"kind": "HostStartupCalibration",
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "host": {"loadavg_1m": os.getloadavg()[0]}, "reps": reps, "seed": seed,
             "method": ("fabric launch path, time_scale 1: stage time (spawn to exit) - in-process kernel time; "
                        f"{STARTUP_PROBE_MS} ms probe stages, formats interleaved; median per format"),
             "fabric": meta, "worker_build": worker.build_dir().name,
-            "startup_ms": startup, "unavailable": unavailable}
+            "startup_ms": startup, "dispatch_ms": _summary(handoff) if handoff else None,
+            "unavailable": unavailable}
+
+
+def _summary(v: list[float]) -> dict[str, Any]:
+    return {"median_ms": round(statistics.median(v), 3), "min_ms": round(min(v), 3), "max_ms": round(max(v), 3),
+            "n": len(v)}
+
+
+STARTUP_VERSION = 2        # 2: two-stage probes, dispatch_ms measured too
 
 
 def startup_cache_path() -> Path:
-    """Cache of :func:`measure_startup`, keyed by the worker build (new binaries, new start-up)."""
-    return default_out().with_name(f"calibration.startup.{worker.build_dir().name}.yaml")
+    """Cache of :func:`measure_startup`, keyed by the worker build (new binaries, new start-up) and method."""
+    return default_out().with_name(f"calibration.startup.v{STARTUP_VERSION}.{worker.build_dir().name}.yaml")
 
 
 def startup_calibration(refresh: bool = False) -> tuple[dict[str, Any], Path]:
@@ -476,6 +498,11 @@ def load_startup(path: str | Path) -> dict[str, Any]:
         m = v.get("median_ms") if isinstance(v, dict) else None
         if isinstance(m, bool) or not isinstance(m, (int, float)) or not (math.isfinite(m) and m >= 0):
             raise SpecError(f"startup_ms.{f}.median_ms", f"must be a finite number >= 0 in {path}")
+    d = doc.get("dispatch_ms")
+    if d is not None:
+        m = d.get("median_ms") if isinstance(d, dict) else None
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not (math.isfinite(m) and m >= 0):
+            raise SpecError("dispatch_ms.median_ms", f"must be a finite number >= 0 in {path}")
     return doc
 
 
@@ -483,3 +510,9 @@ def startup_ms(doc: Mapping[str, Any], time_scale: float = 1.0) -> dict[str, flo
     """Format -> start-up in the substrate's reference ms: the measured wall ms / ``time_scale`` (the
     fabric stretches work by ``time_scale`` but start-up is real wall time, so it shrinks in reference ms)."""
     return {str(f): float(v["median_ms"]) / float(time_scale) for f, v in (doc.get("startup_ms") or {}).items()}
+
+
+def dispatch_ms(doc: Mapping[str, Any], time_scale: float = 1.0) -> float:
+    """The dispatch delay in reference ms (0 when the document predates its measurement)."""
+    d = doc.get("dispatch_ms")
+    return float(d["median_ms"]) / float(time_scale) if isinstance(d, dict) else 0.0
