@@ -556,10 +556,11 @@ def open_substrate(params: Mapping[str, Any], cluster: Cluster, seed: int,
 def run_controller(params: Mapping[str, Any], cluster: Cluster, workload, seed: int, policy: str,
                    predictor: str, samples: int, substrate_extra: Mapping[str, Any] | None = None,
                    on_plan=(), recalibrate: dict | None = None, before=None,
-                   choice: SubstrateChoice | None = None):
+                   choice: SubstrateChoice | None = None, limit: int | None = None):
     """One controller run (fresh twin + substrate) of a workload; returns (per-job DataFrame, controller).
 
     With a ``choice`` the twin plans with ``choice.timing`` (on the fabric: this host's calibration).
+    ``limit``: submit only the stream's first ``limit`` jobs (the same arrivals as the full run's first ones).
     """
     from ..controller import Controller
     from ..twin import Twin
@@ -582,6 +583,9 @@ def run_controller(params: Mapping[str, Any], cluster: Cluster, workload, seed: 
         ctl = Controller(twin, sub, policy=policy, predictor=predictor, samples=samples,
                          seed=child_seed(seed, policy, predictor), on_plan=on_plan, recalibrator=recal)
         stream = job_stream(workload, np.random.default_rng(child_seed(seed, "workload")))
+        if limit is not None:
+            import itertools
+            stream = itertools.islice(stream, int(limit))
         df = ctl.run_workload(stream)
         stages = sub.results()["stages"]
     df.insert(0, "seed", seed)
