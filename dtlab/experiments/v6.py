@@ -22,6 +22,15 @@ an interval that excludes 0; the miss-rate difference is within a few points of 
 far more seeds (reported as ``effect.miss_rate.seeds_needed``) -- in this world the only zone that
 avoids the lossy uplink is edge-a, so better predictions rarely find a better placement.
 
+**On the fabric** (``substrate: fabric``, ``params/V6-fabric.yaml``; smoke
+``params/smoke/V6-fabric.yaml``) the drift is real: at ``quota_drift.at_s`` (default a third of
+the arrival span) the CPU quota of ``quota_drift.nodes`` (default every node) and of their running
+stages becomes ``quota_drift.factor`` x the spec's (fabric option ``cpu_drift``), unseen by the
+twin; the sim drift knobs are unused there, the twin uses the host's calibrations (recorded under
+``calibration``), and ``tracking`` compares the estimator with the quota-derived speed.
+``<mode>.windows_within_10pct``: per seed the share of time windows whose MAPE is at most 10 %,
+mean and 95 % interval over seeds (both substrates).
+
 The ground truth drifts while the controller runs: every node gets slower
 (``speed_drift_per_min``), jobs get bigger (``workload_drift_per_min``), and telemetry is
 late (``telemetry_delay_s``) and noisy (``telemetry_noise``) -- on top of the sim's static
