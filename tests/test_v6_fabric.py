@@ -59,6 +59,14 @@ def test_fabric_cpu_drift_is_checked(steps, field):
     assert [s["at_s"] for s in ok] == [2.0, 9.0]
 
 
+def test_drift_slowdown_compares_stage_times_before_and_after():
+    st = pd.DataFrame({"stage": ["a", "a", "a", "b", "b"], "ok": True,
+                       "start_ms": [0, 10, 200, 0, 300], "end_ms": [50, 60, 300, 20, 340],
+                       "duration_ms": [50, 50, 100, 20, 40]})
+    assert v6.drift_slowdown(st, 100.0) == pytest.approx(2.0)
+    assert math.isnan(v6.drift_slowdown(st, 1000.0))
+
+
 def test_windows_within_10pct_is_the_share_of_windows_per_mode_and_seed():
     table = pd.DataFrame({"mode": ["static"] * 4 + ["online"] * 4, "seed": [0, 0, 1, 1] * 2,
                           "mape": [0.05, 0.2, 0.1, float("nan"), 0.01, 0.02, 0.5, 0.6]})
@@ -91,3 +99,7 @@ def test_v6_on_the_fabric_smoke_drifts_the_quota_mid_run():
     jobs = r.extra["jobs"]
     assert len(jobs) == params["jobs"] and jobs["ok"].all()
     assert math.isfinite(m["static.mape"])
+    # the quota really changed mid-run on every node, and the stages after it ran slower (x2 nominal)
+    runs = r.extra["runs"]
+    assert (runs["drift_steps_applied"] == len(CLUSTER.nodes)).all()
+    assert m["static.drift_stage_slowdown"] > 1.3, m["static.drift_stage_slowdown"]

@@ -152,6 +152,20 @@ def quota_drift_steps(p: dict[str, Any], cluster) -> list[dict[str, Any]]:
     return [{"node": n, "at_s": float(at_s), "factor": float(factor)} for n in nodes]
 
 
+def drift_slowdown(stages: pd.DataFrame, at_ms: float) -> float:
+    """How much slower stages ran after the drift: per stage id, median observed time of the stages that
+    started after ``at_ms`` over that of the stages that ended before it; geometric mean over stage ids
+    (NaN when no stage id has both). About 1/factor when the quota change bit."""
+    ok = stages[stages["ok"].astype(bool)]
+    logs = []
+    for _, g in ok.groupby("stage"):
+        before = g.loc[g["end_ms"] <= at_ms, "duration_ms"]
+        after = g.loc[g["start_ms"] >= at_ms, "duration_ms"]
+        if len(before) and len(after) and before.median() > 0:
+            logs.append(math.log(after.median() / before.median()))
+    return math.exp(sum(logs) / len(logs)) if logs else math.nan
+
+
 def windows_within(table: pd.DataFrame, limit: float = WITHIN) -> pd.DataFrame:
     """Per (mode, seed): the share of time windows (with completed jobs) whose MAPE is at most ``limit``."""
     t = table.dropna(subset=["mape"])
@@ -322,6 +336,11 @@ def run(params: dict | None = None) -> ExperimentResult:
                 if len(track):
                     tracking.append(track)
                     row["tracking_error"], row["spec_tracking_error"] = _tracking_error(track, p["window_s"])
+            applied = getattr(ctl.substrate, "drift_applied", None)
+            if applied:      # fabric: the quota change happened, and what it did to the stages' times
+                row["drift_steps_applied"] = len(applied)
+                row["drift_stage_slowdown"] = drift_slowdown(ctl.substrate.results()["stages"],
+                                                             min(a["at_ms"] for a in applied))
             per_run.append(row)
     table = pd.concat(windows, ignore_index=True)
     runs = pd.DataFrame(per_run)
@@ -336,6 +355,9 @@ def run(params: dict | None = None) -> ExperimentResult:
     runs = runs.merge(within, on=["mode", "seed"], how="left")
     for mode, g in runs.groupby("mode", sort=False):
         put_ci(metrics, f"{mode}.windows_within_10pct", mean_ci(g["windows_within_10pct"].dropna(), bounds=stats.RATE))
+    if "drift_stage_slowdown" in runs:
+        for mode, g in runs.groupby("mode", sort=False):
+            put_ci(metrics, f"{mode}.drift_stage_slowdown", mean_ci(g["drift_stage_slowdown"].dropna(), bounds=stats.NONNEG))
     if "tracking_error" in runs:
         put_ci(metrics, "tracking.online_abs_log_error", mean_ci(runs["tracking_error"].dropna()))
         put_ci(metrics, "tracking.spec_abs_log_error", mean_ci(runs["spec_tracking_error"].dropna()))
