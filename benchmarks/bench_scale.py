@@ -22,7 +22,8 @@ import time
 import numpy as np
 
 from dtlab.experiments import v5
-from dtlab.experiments.common import child_seed, load_cluster_param, synthetic_cluster, validate
+from dtlab.experiments.loop import synthetic_cluster
+from dtlab.experiments.params import child_seed, load_cluster_param, validate
 from dtlab.model import load_job
 from dtlab.twin import Twin
 

@@ -23,7 +23,8 @@ from types import MappingProxyType
 
 import numpy as np
 
-from dtlab.experiments.common import load_cluster_param, synthetic_cluster
+from dtlab.experiments.loop import synthetic_cluster
+from dtlab.experiments.params import load_cluster_param
 from dtlab.model import load_job
 from dtlab.state import ClusterState, NodeStatus, Snapshot
 from dtlab.twin import Twin

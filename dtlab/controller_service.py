@@ -410,7 +410,7 @@ def run(args: argparse.Namespace) -> int:
     if args.workload:
         import numpy as np
 
-        from .experiments.common import load_workload_param
+        from .experiments.params import load_workload_param
         from .workload.stream import job_stream
         workload = load_workload_param(args.workload, args.jobs, args.rate)
         stream = job_stream(workload, np.random.default_rng(args.seed))

@@ -20,7 +20,7 @@ import numpy as np
 from . import plots
 from .model import Cluster, Job, load_cluster, load_job
 from .errors import SpecError
-from .predict import PREDICTORS
+from .predict import names as predictor_names
 from .timing import DEFAULT_OVERHEADS
 from .whatif import evaluate, link_for, save_params, zone_pairs
 
@@ -101,7 +101,7 @@ class WhatIf:
                                            style=style)
         c["deadline_ms"] = w.FloatSlider(0.0, min=0.0, max=60_000.0, step=100.0,
                                          description="deadline ms (0: the job's)", style=style)
-        c["predictor"] = w.Dropdown(options=list(PREDICTORS), value="fast", description="predictor", style=style)
+        c["predictor"] = w.Dropdown(options=predictor_names(), value="fast", description="predictor", style=style)
         c["samples"] = w.IntSlider(self.samples, min=16, max=1024, step=16, description="samples", style=style)
         c["calibration"] = w.Text("", description="calibration file", placeholder="(none: default overheads)",
                                   style=style, continuous_update=False)

@@ -93,7 +93,8 @@ class Cluster:
             raise SpecError("node", f"unknown node {short(name)}") from None
 
     @cached_property
-    def _link_index(self) -> dict[tuple[str, str], Link]:
+    def link_index(self) -> dict[tuple[str, str], Link]:
+        """The spec's links by (a, b), both directions of an undirected link (read-only by convention)."""
         index: dict[tuple[str, str], Link] = {}
         for link in self.links:
             index[(link.a, link.b)] = link
@@ -104,23 +105,100 @@ class Cluster:
     def link(self, src: str, dst: str) -> Link | None:
         """The link data crosses from node ``src`` to node ``dst``; None when they are the same node.
 
-        Node-pair links win over zone-pair links; nodes in one zone with no listed link share the
-        intra-zone default; zones with no listed link are unreachable and raise.
+        :func:`resolve_link` without overrides; unknown nodes raise SpecError, zones with no
+        listed link raise :class:`LinkCutError` (``cut`` False).
         """
-        if src == dst:
-            return None
-        idx = self._link_index
-        if (src, dst) in idx:
-            return idx[(src, dst)]
-        za, zb = self.node(src).zone, self.node(dst).zone
-        if (za, zb) in idx:
-            return idx[(za, zb)]
-        if za == zb:
-            return Link(za, zb, **DEFAULT_INTRA_ZONE)
-        raise SpecError("links", f"no link between zone {short(za)} and zone {short(zb)}")
+        self.node(src)
+        self.node(dst)
+        return resolve_link(self, _NO_OVERRIDES, src, dst)
 
     def with_nodes(self, nodes) -> "Cluster":
         return replace(self, nodes=tuple(nodes))
+
+
+# ---------------------------------------------------------------- link resolution (the one rule)
+
+_NO_OVERRIDES: Mapping[tuple[str, str], "Link | None"] = {}
+
+
+class LinkCutError(SpecError):
+    """No path from ``src`` to ``dst``: the one convention for an unreachable pair, raised by :func:`resolve_link`.
+
+    ``cut`` is True when an override cut the path (a partition, ``link`` event with ``up:
+    false``; it may come back) and False when the spec lists no link between the two zones
+    (it never will). Callers that need a flag catch it; nobody returns None or a pair instead.
+    """
+
+    def __init__(self, src: str, dst: str, cut: bool = True):
+        self.src, self.dst, self.cut = src, dst, cut
+        super().__init__("links", f"link {src}->{dst} is cut" if cut
+                         else f"no link between zone {short(src)} and zone {short(dst)}")
+
+
+def endpoint_zone(cluster: Cluster, name: str) -> str:
+    """The zone of a link endpoint: a node's zone, or the name itself (a zone, e.g. a job's origin)."""
+    node = cluster.by_name.get(name)
+    return name if node is None else node.zone
+
+
+def link_keys(cluster: Cluster, src: str, dst: str) -> tuple[tuple[str, str], tuple[str, str]]:
+    """The keys that can govern the path ``src -> dst``, most specific first: the endpoints, then their zones."""
+    return (src, dst), (endpoint_zone(cluster, src), endpoint_zone(cluster, dst))
+
+
+def resolve_link(cluster: Cluster, overrides: Mapping[tuple[str, str], "Link | None"], src: str, dst: str) -> Link | None:
+    """The link data crosses from ``src`` to ``dst``: THE link rule of the package (one definition).
+
+    Endpoints are node names or zones (a job's input comes from its origin *zone*). The same
+    node is no transfer (None). Otherwise the first that applies wins:
+
+    1. an override (``Snapshot.link_overrides`` shape: ``{(a, b): Link | None}``) for the
+       endpoints, then for their zones; an override of None is a cut;
+    2. the spec's link for the endpoints, then for their zones (:attr:`Cluster.link_index`);
+    3. the intra-zone default :data:`DEFAULT_INTRA_ZONE` when both are in one zone.
+
+    A cut, or two zones with no link, raise :class:`LinkCutError`.
+
+    **Job input.** A job's ``input_mb`` comes from its origin *zone* (devices/clients there,
+    not a particular node): callers pass the zone as ``src``. A job with no origin zone has
+    its input in place (no transfer); with one, the transfer happens even when ``input_mb``
+    is 0 (the request itself crosses the link: latency and jitter, no bulk or loss-tail term).
+    """
+    if src == dst and src in cluster.by_name:
+        return None
+    keys = link_keys(cluster, src, dst)
+    if overrides:
+        for key in keys:
+            if key in overrides:
+                link = overrides[key]
+                if link is None:
+                    raise LinkCutError(*key)
+                return link
+    idx = cluster.link_index
+    for key in keys:
+        if key in idx:
+            return idx[key]
+    za, zb = keys[1]
+    if za == zb:
+        return Link(za, zb, **DEFAULT_INTRA_ZONE)
+    raise LinkCutError(za, zb, cut=False)
+
+
+def spec_link(cluster: Cluster, a: str, b: str) -> Link | None:
+    """The spec's link between two endpoints (zones or nodes) with no override; None when there is none."""
+    try:
+        return resolve_link(cluster, _NO_OVERRIDES, a, b)
+    except LinkCutError:
+        return None
+
+
+def base_for_change(cluster: Cluster, a: str, b: str) -> Link:
+    """The link a change to the pair ``(a, b)`` starts from (a ``link`` event, a link degradation).
+
+    The spec's link (:func:`spec_link`), else the intra-zone default: changing a pair the
+    spec does not connect creates a link from the default's numbers.
+    """
+    return spec_link(cluster, a, b) or Link(a, b, **DEFAULT_INTRA_ZONE)
 
 
 @dataclass(frozen=True)
@@ -451,9 +529,45 @@ def workload_from_dict(data: dict, base_dir: Path | None = None) -> Workload:
     return Workload(name=name, arrivals=arrivals, template=template, count=count, duration_scale=scale)
 
 
+def fits(stage: Stage, node: Node) -> bool:
+    """Static fit: resources and zone/node constraints (not current load)."""
+    c = stage.constraints
+    if stage.compute.cpu > node.cores or stage.compute.mem_gb > node.mem_gb:
+        return False
+    if c.zones is not None and node.zone not in c.zones:
+        return False
+    if c.nodes is not None and node.name not in c.nodes:
+        return False
+    return True
+
+
+def format_keys(stage: Stage, node: Node) -> list[str]:
+    """The ways ``stage`` can run on ``node`` (``native``, ``qemu-<arch>``, ``wasm``); [] when it cannot.
+
+    A spec rule (the stage's binary archs and allowed formats against the node's arch and
+    formats, after :func:`fits`); :func:`dtlab.timing.exec_format` picks the cheapest by overhead.
+    """
+    if not fits(stage, node):
+        return []
+    allowed = stage.constraints.formats or node.formats
+    binary_arches = stage.constraints.arch or ARCHES
+    keys: list[str] = []
+    if "native" in node.formats and "native" in allowed and node.arch in binary_arches:
+        keys.append("native")
+    if "qemu" in node.formats and "qemu" in allowed:
+        keys += [f"qemu-{arch}" for arch in binary_arches if arch != node.arch]
+    if "wasm" in node.formats and "wasm" in allowed:
+        keys.append("wasm")
+    return keys
+
+
+def feasible(stage: Stage, node: Node) -> bool:
+    """``stage`` can run on ``node`` at all (whatever the load)."""
+    return bool(format_keys(stage, node))
+
+
 def check_job_fits(job: Job, cluster: Cluster) -> None:
     """Every stage must have at least one node it may run on (arch/format/zone/resources)."""
-    from .timing import feasible  # local: timing depends on model
     for i, stage in enumerate(job.stages):
         if not any(feasible(stage, node) for node in cluster.nodes):
             raise SpecError(f"spec.stages[{i}].constraints",

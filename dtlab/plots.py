@@ -24,6 +24,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from . import stats
+from .atomic import atomic_path
 from .errors import DtlabError
 
 # --- sizes -------------------------------------------------------------------------------------
@@ -196,13 +197,8 @@ def savefig(fig, out_dir: str | os.PathLike, name: str) -> list[Path]:
         for ext, metadata in (("pdf", {"CreationDate": None, "Producer": None, "Creator": None}),
                               ("png", {"Software": None})):
             final = out / f"{name}.{ext}"
-            tmp = out / f".{name}.{os.getpid()}.tmp.{ext}"
-            try:
+            with atomic_path(final, suffix=f".{ext}") as tmp:
                 fig.savefig(tmp, format=ext, metadata=metadata)
-                os.replace(tmp, final)
-            finally:
-                if tmp.exists():
-                    tmp.unlink()
             paths.append(final)
     return paths
 

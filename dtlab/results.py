@@ -10,41 +10,35 @@ never leaves a half-written table next to good ones.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
-import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 
+from .atomic import atomic_write_text
 from .errors import DtlabError
 
 MAIN_TABLE = "results"
 METRICS_FILE = "metrics.json"
 RUN_FILE = "run.json"
 FIGURES_DIR = "figures"
-# Attribute names under which an experiment result may carry extra tables (name -> DataFrame).
-_EXTRA_TABLE_ATTRS = ("extra", "tables", "extra_tables", "extras")
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temp file + rename: readers see the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+@dataclass
+class ExperimentResult:
+    """What every experiment's ``run(params)`` returns: ``table`` -> results.csv, ``metrics`` ->
+    metrics.json, ``extra`` -> one <name>.csv each; ``params`` are the effective params. Saved by
+    :func:`save` (notebooks and sweeps alike)."""
+    table: pd.DataFrame
+    metrics: dict[str, Any]
+    extra: dict[str, pd.DataFrame] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 def jsonable(value: Any, nonfinite: str = "null") -> Any:
@@ -79,6 +73,21 @@ def jsonable(value: Any, nonfinite: str = "null") -> Any:
     return str(value)
 
 
+RUN_ID_HEX = 10   # hex digits of a run id: a collision needs ~10^6 runs of one experiment
+
+
+def run_id(experiment: str, params: Mapping[str, Any]) -> str:
+    """The id of a run (``dtlab run``) or a sweep point: a short content hash of (experiment, params).
+
+    Equal params give an equal id, so a finished run is skipped. The one rule for both, so a sweep
+    point and a run of the same params have the same id. Non-finite numbers are hashed as text
+    ("NaN", "Infinity") so distinct values never share an id.
+    """
+    blob = json.dumps({"experiment": str(experiment), "params": jsonable(dict(params), nonfinite="text")},
+                      sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:RUN_ID_HEX]
+
+
 def dumps(value: Any, sort_keys: bool = False) -> str:
     """Deterministic JSON text (fixed indent, NaN -> null): same numbers in the same order -> same bytes.
 
@@ -87,38 +96,32 @@ def dumps(value: Any, sort_keys: bool = False) -> str:
     return json.dumps(jsonable(value), indent=2, sort_keys=sort_keys, allow_nan=False) + "\n"
 
 
-def result_tables(result: Any) -> dict[str, pd.DataFrame]:
-    """The tables of an experiment result: ``{"results": result.table, **extra tables}``."""
-    table = getattr(result, "table", None)
-    if not isinstance(table, pd.DataFrame):
-        raise DtlabError(f"experiment result has no DataFrame `.table` (got {type(table).__name__})")
-    tables = {MAIN_TABLE: table}
-    for attr in _EXTRA_TABLE_ATTRS:
-        extra = getattr(result, attr, None)
-        if not isinstance(extra, Mapping):
-            continue
-        for name, df in extra.items():
-            if not isinstance(df, pd.DataFrame):
-                continue
-            key = str(name)
-            if key == MAIN_TABLE or key in tables:
-                raise DtlabError(f"experiment result has two tables named {key!r}")
-            tables[key] = df
+def result_tables(result: ExperimentResult) -> dict[str, pd.DataFrame]:
+    """The tables of an experiment result: ``{"results": result.table, **result.extra}``."""
+    if not isinstance(result.table, pd.DataFrame):
+        raise DtlabError(f"experiment result's `.table` is not a DataFrame (got {type(result.table).__name__})")
+    tables = {MAIN_TABLE: result.table}
+    for name, df in result.extra.items():
+        key = str(name)
+        if not isinstance(df, pd.DataFrame):
+            raise DtlabError(f"experiment result's extra table {key!r} is not a DataFrame (got {type(df).__name__})")
+        if key == MAIN_TABLE or key in tables:
+            raise DtlabError(f"experiment result has two tables named {key!r}")
+        tables[key] = df
     return tables
 
 
-def save(result: Any, out_dir: str | os.PathLike) -> Path:
-    """Write an experiment result's tables (CSV) and metrics (JSON) into ``out_dir``; returns the dir.
-
-    Called from the notebooks so they stay thin; the runner adds ``run.json`` afterwards.
-    """
+def save(result: ExperimentResult, out_dir: str | os.PathLike) -> Path:
+    """Write an experiment result's tables (CSV), metrics (JSON) and headline tables into ``out_dir``;
+    returns the dir. The one way results are saved: notebooks call it (the runner adds ``run.json``
+    afterwards) and so does a sweep point (``dtlab.sweep.run_point``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name, df in result_tables(result).items():
         atomic_write_text(out / f"{name}.csv", df.to_csv(index=False, lineterminator="\n"))
-    metrics = getattr(result, "metrics", None)
+    metrics = result.metrics
     if not isinstance(metrics, Mapping):
-        raise DtlabError(f"experiment result has no dict `.metrics` (got {type(metrics).__name__})")
+        raise DtlabError(f"experiment result's `.metrics` is not a dict (got {type(metrics).__name__})")
     atomic_write_text(out / METRICS_FILE, dumps(metrics))
     from .report.tables import save_tables  # tables/headline.tex|md for the paper (dtlab table prints the same)
     save_tables(metrics, out)

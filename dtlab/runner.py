@@ -17,8 +17,6 @@ Guarantees (each one is tested):
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
-import importlib
 import json
 import os
 import platform
@@ -30,36 +28,21 @@ import uuid
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Iterable, Mapping, Sequence
 
 
+from . import experiments as _experiments
 from . import results as _results
+from .atomic import atomic_write_text, replace_dir
 from .errors import DtlabError, SpecError
+from .experiments import EXPERIMENTS, Experiment
 
 KERNEL_NAME = "dtlab"
 OUT_DIR_PARAM = "out_dir"     # set by the runner, never by a params file
 FAILED_DIR = "_failed"
 _PACKAGES = ("dtlab", "numpy", "pandas", "scipy", "simpy", "matplotlib", "papermill", "nbclient",
              "ipykernel", "pyyaml", "kubernetes", "wasmtime")
-
-
-@dataclass(frozen=True)
-class Experiment:
-    """Where an experiment lives: its id, its notebook (relative to the project root) and module."""
-
-    id: str
-    notebook: str
-    module: str
-
-
-EXPERIMENTS: dict[str, Experiment] = {e.id: e for e in (
-    Experiment("V1", "notebooks/V1_controller_vs_baseline.ipynb", "dtlab.experiments.v1"),
-    Experiment("V2", "notebooks/V2_prediction_accuracy.ipynb", "dtlab.experiments.v2"),
-    Experiment("V3", "notebooks/V3_execution_overhead.ipynb", "dtlab.experiments.v3"),
-    Experiment("V4", "notebooks/V4_shadow_failover.ipynb", "dtlab.experiments.v4"),
-    Experiment("V5", "notebooks/V5_scalability.ipynb", "dtlab.experiments.v5"),
-    Experiment("V6", "notebooks/V6_drift_robustness.ipynb", "dtlab.experiments.v6"),
-)}
 
 
 class RunFailed(DtlabError):
@@ -101,12 +84,8 @@ def project_root() -> Path:
 
 
 def get_experiment(name: str | Experiment) -> Experiment:
-    if isinstance(name, Experiment):
-        return name
-    key = str(name).strip().upper()
-    if key not in EXPERIMENTS:
-        raise SpecError("experiment", f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)} or all")
-    return EXPERIMENTS[key]
+    """The experiment record (:func:`dtlab.experiments.get`, the one registry)."""
+    return _experiments.get(name)
 
 
 def resolve_experiments(names: Sequence[str]) -> list[Experiment]:
@@ -117,8 +96,8 @@ def resolve_experiments(names: Sequence[str]) -> list[Experiment]:
 
 
 def default_params_file(exp: Experiment, smoke: bool = False, root: Path | None = None) -> Path:
-    root = root or project_root()
-    return root / "params" / ("smoke" if smoke else "") / f"{exp.id}.yaml"
+    """The experiment's params file under ``root`` (default: :func:`project_root`)."""
+    return exp.params_file(smoke, root or project_root())
 
 
 # --- params -------------------------------------------------------------------------------------
@@ -152,7 +131,7 @@ def validate_params(exp: Experiment, params: Mapping[str, Any], notebook: Path,
 
     Effective = the experiment module's ``DEFAULTS`` overlaid by ``params`` (so a partial file
     means "defaults for the rest", never the notebook's smoke-sized defaults); the module's own
-    validation (see ``_module_validation``) must accept it.
+    ``check`` must accept it (it only moves errors before the kernel: ``run`` re-checks anyway).
     """
     declared = notebook_parameters(notebook)
     if OUT_DIR_PARAM in params:
@@ -161,62 +140,25 @@ def validate_params(exp: Experiment, params: Mapping[str, Any], notebook: Path,
         if key not in declared:
             known = ", ".join(k for k in declared if k != OUT_DIR_PARAM)
             raise SpecError(f"{source}:{key}", f"unknown parameter of {exp.id} (its notebook declares: {known})")
-    module = import_experiment(exp)
-    defaults = getattr(module, "DEFAULTS", None)
-    effective = dict(defaults) if isinstance(defaults, Mapping) else {}
+    module = exp.load()
+    effective = dict(module.DEFAULTS)
     effective.update(params)
     effective = {k: v for k, v in effective.items() if k in declared and k != OUT_DIR_PARAM}
     try:
-        _module_validation(module, exp)(dict(effective))
+        module.check(dict(effective))
     except SpecError as exc:
         raise SpecError(f"{source}:{exc.field}" if exc.field else source, exc.rule) from None
     return effective
 
 
-def _module_validation(module, exp: Experiment):
-    """The experiment's own params check, whichever shape the module offers.
-
-    Preferred: ``check(params)`` (everything ``run`` would reject, without running). Else the
-    common ``validate(params, DEFAULTS, name)`` or a one-argument ``validate(params)``; else the
-    ``DEFAULTS`` keys. ``run`` re-checks everything anyway; this only moves errors before the kernel.
-    """
-    import inspect
-
-    defaults = getattr(module, "DEFAULTS", None)
-    check = getattr(module, "check", None)
-    if callable(check):
-        return check
-    validator = getattr(module, "validate", None)
-    if callable(validator):
-        try:
-            arity = len(inspect.signature(validator).parameters)
-        except (TypeError, ValueError):
-            arity = 1
-        if arity >= 3 and isinstance(defaults, Mapping):
-            return lambda params: validator(params, defaults, exp.id)
-        return validator
-
-    def keys_only(params):
-        for key in params:
-            if isinstance(defaults, Mapping) and key not in defaults:
-                raise SpecError(key, f"not a parameter of {exp.module} (DEFAULTS has: {', '.join(defaults)})")
-    return keys_only
-
-
-def import_experiment(exp: Experiment):
-    try:
-        return importlib.import_module(exp.module)
-    except ModuleNotFoundError as exc:
-        if exc.name and exp.module.startswith(exc.name):
-            raise DtlabError(f"{exp.id}: experiment module {exp.module} is not available") from None
-        raise
+def import_experiment(exp: Experiment) -> ModuleType:
+    """The experiment's module (:meth:`dtlab.experiments.Experiment.load`)."""
+    return exp.load()
 
 
 def run_id_for(exp: Experiment, params: Mapping[str, Any]) -> str:
-    """Short content hash of (experiment, params): equal params -> equal id -> skip if finished."""
-    blob = json.dumps({"experiment": exp.id, "params": _results.jsonable(params, nonfinite="text")},
-                      sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+    """The run id of ``exp`` with ``params`` (:func:`dtlab.results.run_id`, shared with sweeps)."""
+    return _results.run_id(exp.id, params)
 
 
 def prepare(exp: str | Experiment, params_file: str | os.PathLike | None = None, smoke: bool = False,
@@ -265,7 +207,7 @@ def ensure_kernel(name: str = KERNEL_NAME) -> str:
     spec_file = Path(where) / "kernel.json"
     spec = json.loads(spec_file.read_text())
     spec["argv"] = [*spec["argv"], KERNEL_QUIET]
-    _results.atomic_write_text(spec_file, json.dumps(spec, indent=1) + "\n")
+    atomic_write_text(spec_file, json.dumps(spec, indent=1) + "\n")
     return name
 
 
@@ -331,17 +273,6 @@ def _expected_outputs(run_dir: Path) -> list[str]:
     if not (list(figs.glob("*.pdf")) and list(figs.glob("*.png"))):
         missing.append("figures/*.pdf|png")
     return missing
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst`` atomically, replacing an existing ``dst`` (renamed aside, then removed)."""
-    trash = None
-    if dst.exists():
-        trash = dst.with_name(f".trash-{dst.name}-{uuid.uuid4().hex[:6]}")
-        os.replace(dst, trash)
-    os.replace(src, dst)
-    if trash is not None:
-        shutil.rmtree(trash, ignore_errors=True)
 
 
 def wall_clock_reason(prep: PreparedRun) -> str | None:
@@ -411,13 +342,13 @@ def _execute(prep: PreparedRun, out_root: Path, progress: bool, kernel: str | No
     # `substrate: auto` is a request; the experiment's metrics say which substrate it actually got
     info.update(_substrate_info(tmp, info["substrate"]))
     info.update(status="failed" if error else "ok", error=error, finished=_now(), duration_s=round(seconds, 3))
-    _results.atomic_write_text(tmp / _results.RUN_FILE, _results.dumps(info))
+    atomic_write_text(tmp / _results.RUN_FILE, _results.dumps(info))
     if error:
         failed = out_root / exp.id / FAILED_DIR / prep.run_id
         failed.parent.mkdir(parents=True, exist_ok=True)
-        _replace_dir(tmp, failed)
+        replace_dir(tmp, failed)
         return RunOutcome(exp.id, prep.run_id, failed, "failed", seconds, error)
-    _replace_dir(tmp, final)
+    replace_dir(tmp, final)
     return RunOutcome(exp.id, prep.run_id, final, "ok", seconds)
 
 

@@ -50,7 +50,8 @@ from typing import Any, Iterable, Iterator, Mapping
 import numpy as np
 
 from .errors import SpecError
-from .model import LINK_RULES, Cluster, Link, Node, cluster_from_dict
+from .model import (LINK_RULES, Cluster, Link, LinkCutError, Node, base_for_change, cluster_from_dict,
+                    resolve_link)
 from .spec_reader import check_number
 from .strict_json import short
 
@@ -358,23 +359,15 @@ class Snapshot:
         return replace(self, clock=float(now))
 
     def link(self, src: str, dst: str) -> Link | None:
-        """Current link from node ``src`` to ``dst`` (None for same node); raises if cut."""
-        if src == dst:
-            return None
-        za, zb = self.nodes[src].node.zone, self.nodes[dst].node.zone
-        for key in ((src, dst), (za, zb)):
-            if key in self.link_overrides:
-                link = self.link_overrides[key]
-                if link is None:
-                    raise SpecError("links", f"link {key[0]}->{key[1]} is cut")
-                return link
-        return self.cluster.link(src, dst)
+        """Current link from node ``src`` to ``dst`` (None for same node): :func:`dtlab.model.resolve_link`
+        with this snapshot's overrides; raises :class:`~dtlab.model.LinkCutError` when there is no path."""
+        return resolve_link(self.cluster, self.link_overrides, src, dst)
 
     def reachable(self, src: str, dst: str) -> bool:
         try:
             self.link(src, dst)
             return True
-        except SpecError:
+        except LinkCutError:
             return False
 
     def telemetry_age_s(self, name: str, now: float | None = None) -> float | None:
@@ -674,13 +667,11 @@ class _Staging:
         return float(cpu) if cpu is not None else 1.0
 
     def _current_link(self, a: str, b: str) -> Link:
+        """The link a ``link`` event changes: the current override, else the spec's, else the intra-zone default."""
         for store in (self.links, self.state._links):
             if (a, b) in store and isinstance(store[(a, b)], Link):
                 return store[(a, b)]
-        cluster = self.state._cluster
-        if (a, b) in cluster._link_index:
-            return cluster._link_index[(a, b)]
-        return Link(a, b, latency_ms=0.2, bandwidth_mbps=10_000.0)
+        return base_for_change(self.state._cluster, a, b)
 
     def commit(self) -> None:
         st = self.state

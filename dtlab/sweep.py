@@ -42,7 +42,6 @@ Params of a point = base file (``params/<EXP>.yaml``, or ``params/smoke/<EXP>.ya
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
@@ -55,10 +54,12 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
 
+from .atomic import atomic_path, replace_dir
 from .errors import SpecError
 
 DEFAULT_OUT = "outputs/sweeps"
@@ -176,10 +177,10 @@ def parse_grid(data: Mapping[str, Any], source: str = "grid") -> Grid:
                 description=description, source=source)
 
 
-def _experiment_module(experiment: str):
+def _experiment_module(experiment: str) -> ModuleType:
     from .experiments import get
 
-    return get(experiment)
+    return get(experiment).load()
 
 
 def check_grid(experiment: str, grid: Grid, base: Mapping[str, Any]) -> None:
@@ -243,17 +244,16 @@ def _set(params: dict, key: str, value: Any, defaults: Mapping[str, Any]) -> Non
 
 
 def point_id(experiment: str, params: Mapping[str, Any]) -> str:
-    """Short content hash of (experiment, full params): equal params -> equal folder -> skipped."""
-    from .results import jsonable
+    """A point's folder name: the run id of (experiment, full params) (:func:`dtlab.results.run_id`),
+    so equal params -> equal folder -> skipped."""
+    from .results import run_id
 
-    blob = json.dumps({"experiment": experiment, "params": jsonable(dict(params))}, sort_keys=True,
-                      separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    return run_id(experiment, params)
 
 
 def expand(experiment: str, grid: Grid, base: Mapping[str, Any], seeds: Sequence[int]) -> list[Point]:
     """The grid's cartesian product x seeds, each point validated by the experiment's rules."""
-    from .experiments.common import validate
+    from .experiments.params import validate
 
     exp = str(experiment).upper()
     check_grid(exp, grid, base)
@@ -311,21 +311,17 @@ def run_point(experiment: str, params: Mapping[str, Any], point_dir: str, info: 
     t0 = time.perf_counter()
     result = fn(dict(params))
     elapsed = time.perf_counter() - t0
-    from .results import RUN_FILE, dumps, jsonable
+    from .results import RUN_FILE, dumps, jsonable, save
 
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     try:
-        result.save(tmp)
+        save(result, tmp)
         meta = {**dict(info), "experiment": experiment, "point": final.name, "params": dict(params),
                 "elapsed_s": round(elapsed, 3), "host": socket.gethostname(), "pid": os.getpid()}
         (tmp / "params.json").write_text(json.dumps(jsonable(meta), indent=2, sort_keys=True) + "\n")
         (tmp / RUN_FILE).write_text(dumps(point_run_info(experiment, final.name, params, info, started, elapsed, tmp)))
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not is_done(final):     # an incomplete leftover: replace it
-                shutil.rmtree(final, ignore_errors=True)
-                os.rename(tmp, final)
+        # a complete point (a concurrent sweep) stays; an incomplete leftover is replaced
+        replace_dir(tmp, final, keep=is_done)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -497,9 +493,8 @@ def merge(experiment: str, points: Sequence[Point], out_dir: Path, grid: Grid) -
                          "measure": measure, "series": series})
     cols = ["experiment", "point", "seed", *grid.keys, "metric", "value", "measure", "series"]
     table = pd.DataFrame(rows, columns=cols)
-    tmp = out_dir / f".sweep.csv.{os.getpid()}.tmp"
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, out_dir / "sweep.csv")
+    with atomic_path(out_dir / "sweep.csv") as tmp:
+        table.to_csv(tmp, index=False)
     return table
 
 

@@ -34,7 +34,7 @@ Model, documented once:
   executor's own hand-off): a fixed delay ``stage_delay(format)`` between a stage's inputs arriving
   and its work starting, not scaled by node speed or contention (on the fabric it runs outside the
   stage's CPU quota). Default none (0); the fabric's measured values
-  (``dtlab.fabric.calibrate.startup_calibration``) fill them in.
+  (``dtlab.calibration.host.startup_calibration``) fill them in.
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .model import ARCHES, Link, Node, Stage
+from .model import Link, Node, Stage, format_keys
 
 DEFAULT_OVERHEADS: dict[str, float] = {
     "native": 1.0,
@@ -236,37 +236,16 @@ def rto_ms(link: Link) -> float:
 
 
 def exec_format(stage: Stage, node: Node, overheads: Mapping[str, float] = DEFAULT_OVERHEADS) -> tuple[str, float] | None:
-    if not fits(stage, node):
-        return None
-    allowed = stage.constraints.formats or node.formats
-    binary_arches = stage.constraints.arch or ARCHES
+    """(format key, overhead factor) of the cheapest of :func:`dtlab.model.format_keys`; None if it cannot run."""
     options: list[tuple[float, str]] = []
-    if "native" in node.formats and "native" in allowed and node.arch in binary_arches:
-        options.append((overheads.get("native", 1.0), "native"))
-    if "qemu" in node.formats and "qemu" in allowed:
-        for arch in binary_arches:
-            if arch != node.arch:
-                key = f"qemu-{arch}"
-                options.append((overheads.get(key, DEFAULT_OVERHEADS.get(key, 3.0)), key))
-    if "wasm" in node.formats and "wasm" in allowed:
-        options.append((overheads.get("wasm", DEFAULT_OVERHEADS["wasm"]), "wasm"))
+    for key in format_keys(stage, node):
+        if key == "native":
+            options.append((overheads.get("native", 1.0), key))
+        elif key == "wasm":
+            options.append((overheads.get("wasm", DEFAULT_OVERHEADS["wasm"]), key))
+        else:
+            options.append((overheads.get(key, DEFAULT_OVERHEADS.get(key, 3.0)), key))
     if not options:
         return None
     factor, key = min(options)
     return key, factor
-
-
-def fits(stage: Stage, node: Node) -> bool:
-    """Static fit: resources and zone/node constraints (not current load)."""
-    c = stage.constraints
-    if stage.compute.cpu > node.cores or stage.compute.mem_gb > node.mem_gb:
-        return False
-    if c.zones is not None and node.zone not in c.zones:
-        return False
-    if c.nodes is not None and node.name not in c.nodes:
-        return False
-    return True
-
-
-def feasible(stage: Stage, node: Node, overheads: Mapping[str, float] = DEFAULT_OVERHEADS) -> bool:
-    return exec_format(stage, node, overheads) is not None

@@ -25,7 +25,8 @@ from .strict_json import short
 from .model import Cluster, Job
 from .policies.load import ArrivalEstimator
 from .plan import Plan
-from .predict import PREDICTORS, score_plan, stage_table
+from . import predict
+from .predict import score_plan, stage_table
 from .state import ClusterState
 from .timing import TimingModel
 
@@ -106,8 +107,7 @@ class Twin:
         """Place ``job`` with ``policy`` on the current state and predict its latency with ``predictor``."""
         t0 = time.perf_counter()
         samples, seed = _check_samples(samples), _check_seed(seed)
-        if predictor not in PREDICTORS:
-            raise SpecError("predictor", f"must be one of {list(PREDICTORS)}, got {predictor!r}")
+        predict.check(predictor)
         pol = self.policy(policy)
         snap = snapshot if snapshot is not None else self.state.snapshot()
         plan_rng, pred_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))

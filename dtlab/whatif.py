@@ -189,7 +189,7 @@ def save_params(experiment: str, path: str | Path, *, cluster_path: str | Path, 
     else:
         params = {**common, "jobs": jobs, "rate_per_s": rate,
                   "scenarios": [knobs.get("scenario") or "none"], "seeds": [int(seed)]}
-        from .experiments.common import validate
+        from .experiments.params import validate
         from .experiments.v4 import DEFAULTS
 
         def check(ps):

@@ -14,7 +14,7 @@ from dtlab import SpecError, load_cluster
 from dtlab.chaos import load_scenario, scenario_from_dict
 from dtlab.chaos.export import PERMANENT_HOLD_S, go_duration, to_manifests, write
 from dtlab.chaos.spec import SCENARIO_DIR, expand, shipped_scenarios
-from dtlab.cli_chaos import main as chaos_main
+from dtlab.cli import main as chaos_main
 
 CRD_DIR = Path(__file__).resolve().parents[1] / "data" / "chaos-mesh-crds"
 CLUSTER = load_cluster("examples/cluster-hetero.yaml")

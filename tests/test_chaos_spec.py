@@ -10,7 +10,7 @@ from dtlab import ClusterState, SpecError, load_cluster
 from dtlab.chaos import expand, fault_event_from_dict, load_scenario, scenario_from_dict, timeline, to_state_events
 from dtlab.chaos.realise import on_engine
 from dtlab.chaos.spec import SCENARIO_DIR, shipped_scenarios
-from dtlab.cli_chaos import main as chaos_main
+from dtlab.cli import main as chaos_main
 
 CLUSTER = load_cluster("examples/cluster-hetero.yaml")
 

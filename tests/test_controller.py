@@ -6,7 +6,7 @@ import pytest
 import dtlab
 from dtlab.calibration.online import OnlineCalibrator
 from dtlab.controller import Arrival, Controller, arrivals
-from dtlab.experiments.common import REPO_ROOT, load_workload_param
+from dtlab.experiments.params import REPO_ROOT, load_workload_param
 from dtlab.model import Compute, Constraints, Job, Stage
 from dtlab.substrates import make_substrate
 from dtlab.twin import Twin

@@ -22,7 +22,7 @@ import dtlab
 from dtlab.api import ApiConfig, create_app
 from dtlab.controller_service import ControllerService, ServiceConfig
 from dtlab.errors import SpecError
-from dtlab.experiments.common import load_workload_param
+from dtlab.experiments.params import load_workload_param
 from dtlab.model import Compute, Job, Stage
 from dtlab.substrates import make_substrate
 from dtlab.workload.stream import job_stream

@@ -160,7 +160,7 @@ def test_save_as_params_writes_files_the_experiments_accept(dash, tmp_path):
     import yaml
 
     from dtlab.experiments import v1
-    from dtlab.experiments.common import validate
+    from dtlab.experiments.params import validate
     from dtlab.experiments.v4 import DEFAULTS as V4
 
     dash.controls["arrival_rate"].value = 1.5

@@ -153,7 +153,8 @@ def test_optimize_for_energy_in_job_spec(tmp_path, capsys):
 
 def test_energy_proxy_from_sim_cpu_time():
     """sim: every stage attempt carries cpu_ms; energy_proxy_j = cpu_ms x the node's busy W per core."""
-    from dtlab.experiments.common import run_controller, load_workload_param
+    from dtlab.experiments.loop import run_controller
+    from dtlab.experiments.params import load_workload_param
     c = load_cluster(CLUSTER)
     wl = load_workload_param("examples/workload.yaml", 8, 1.0)
     captured = {}

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 import dtlab
 from dtlab import SpecError
 from dtlab.des.engine import Engine
-from dtlab.des.links import origin_link
-from dtlab.des.predict import sample_latencies_des
+from dtlab.model import resolve_link
+from dtlab.des.sampling import sample_latencies_des
 from dtlab.des.simulate import COLUMNS, simulate
 from dtlab.model import cluster_from_dict, job_from_dict, workload_from_dict
 from dtlab.timing import TimingModel, bulk_ms
@@ -103,7 +103,7 @@ def test_invariants_precedence_capacity_conservation(scenario, seed):
         if not stage.after:
             assert r.ready_ms == pytest.approx(at)
             if job.origin_zone:
-                link = origin_link(cluster, {}, job.origin_zone, r.node)
+                link = resolve_link(cluster, {}, job.origin_zone, r.node)
                 assert r.start_ms >= at + link.latency_ms + bulk_ms(job.input_mb, link) - EPS
         for p in stage.after:
             pr = ok[(jname, p)]

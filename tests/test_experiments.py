@@ -6,8 +6,11 @@ import pytest
 
 import dtlab
 from dtlab import SpecError
-from dtlab.experiments import common, get, v1, v2, v3, v5, v6
-from dtlab.experiments.common import REPO_ROOT, mean_ci, synthetic_cluster, validate
+from dtlab.calibration import host
+from dtlab.experiments import get, params, substrate, v1, v2, v3, v5, v6
+from dtlab.experiments.params import REPO_ROOT, validate
+from dtlab.experiments.summary import mean_ci
+from dtlab.experiments.loop import synthetic_cluster
 
 MODULES = [v1, v2, v3, v5, v6]
 TABLE_COLUMNS = {
@@ -151,11 +154,12 @@ def test_synthetic_cluster_scales_and_keeps_structure():
 
 
 def test_get_and_result_save(tmp_path, smoke_results):
-    assert get("v2") is v2
+    assert get("v2").load() is v2 and get("v2").id == "V2"
     with pytest.raises(SpecError):
         get("V9")
-    written = smoke_results[v2].save(tmp_path)
-    assert {p.name for p in written} >= {"results.csv", "metrics.json", "cdf.csv", "summary.csv"}
+    from dtlab import results
+    out = results.save(smoke_results[v2], tmp_path)
+    assert {p.name for p in out.iterdir()} >= {"results.csv", "metrics.json", "cdf.csv", "summary.csv"}
 
 
 # ---------------------------------------------------------------- substrate: auto / fabric (issue 5 item 7)
@@ -217,11 +221,11 @@ def test_fabric_sizes_are_validated_and_applied_only_on_the_fabric(monkeypatch):
     assert e.value.field == "fabric.reps"
     calibrated = TimingModel().with_overheads({"wasm": 1.07})
     monkeypatch.setattr(dtlab.fabric, "available", lambda *a, **k: (True, ""))
-    monkeypatch.setattr(common, "host_timing", lambda: (calibrated, "twin timing: test calibration"))
-    p, choice = common.resolve({"jobs": 50, "fabric": {"jobs": 7}}, v1.DEFAULTS, "V1")
+    monkeypatch.setattr(host, "host_timing", lambda: (calibrated, "twin timing: test calibration"))
+    p, choice = substrate.resolve({"jobs": 50, "fabric": {"jobs": 7}}, v1.DEFAULTS, "V1")
     assert p["substrate"] == "fabric" and p["jobs"] == 7 and p["rates_per_s"] == v1.DEFAULTS["rates_per_s"]
     assert choice.timing is calibrated and "jobs=7" in choice.note and "test calibration" in choice.note
-    p, _ = common.resolve({"jobs": 50, "fabric": {}}, v1.DEFAULTS, "V1")     # fabric: {} keeps the sizes
+    p, _ = substrate.resolve({"jobs": 50, "fabric": {}}, v1.DEFAULTS, "V1")     # fabric: {} keeps the sizes
     assert p["jobs"] == 50 and p["rates_per_s"] == v1.DEFAULTS["rates_per_s"]
 
 
@@ -240,7 +244,7 @@ def test_missing_host_calibration_is_measured_once_or_named(monkeypatch, tmp_pat
     monkeypatch.setattr(calibrate, "default_out", lambda: tmp_path / "calibration.host.yaml")
     monkeypatch.setattr(calibrate, "measure_compute", lambda quick: calls.append(quick) or {"overheads": {}})
     monkeypatch.setattr(calibrate, "write", lambda doc: path)
-    timing, note = common.host_timing()
+    timing, note = host.host_timing()
     assert calls == [True] and timing.overheads["wasm"] == 1.1 and "quick calibration" in note and str(path) in note
 
     calls.clear()
@@ -248,7 +252,7 @@ def test_missing_host_calibration_is_measured_once_or_named(monkeypatch, tmp_pat
     def failing(quick):
         raise dtlab.DtlabError("qemu-aarch64-static exploded")
     monkeypatch.setattr(calibrate, "measure_compute", failing)
-    timing, note = common.host_timing()
+    timing, note = host.host_timing()
     assert timing.overheads == TimingModel().overheads
     assert "default overhead factors" in note and "qemu-aarch64-static exploded" in note
 
@@ -259,7 +263,7 @@ def test_v2_stage_errors_are_the_twin_service_time_against_the_observed(smoke_re
     from dtlab.model import load_job
     from dtlab.timing import TimingModel
 
-    cluster = common.load_cluster_param(v2.DEFAULTS["cluster"])
+    cluster = params.load_cluster_param(v2.DEFAULTS["cluster"])
     job = load_job(REPO_ROOT / "examples/job-pipeline.yaml", cluster)
     stages = pd.DataFrame([
         # decode (400 ms reference) as wasm on edge-a-1 (speed 0.4): twin says 400 * 1.3 / 0.4 = 1300 ms

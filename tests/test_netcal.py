@@ -54,7 +54,8 @@ def test_network_calibration_on_the_fabric_fits_the_data_path():
     ok, why = fabric.available()
     require(ok, f"fabric: {why}")
     c = _cluster()
-    doc, path = calibrate.network_calibration(c, reps=2, refresh=True)
+    from dtlab.calibration import host
+    doc, path = host.network_calibration(c, reps=2, refresh=True)
     assert path.exists() and doc["links"]
     (link,) = doc["links"]
     assert link["goodput_mbps"] > 20 and link["latency_ms"] > 0

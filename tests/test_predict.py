@@ -371,3 +371,32 @@ def test_capacity_for_is_the_overlap_rule_per_node():
     # a co-runner the twin did not plan stays at any S
     nt2 = node_table(st.snapshot().at(100.0))
     assert nt2.capacity_at(k, 1.0) == pytest.approx(8 * (1 - background_share(8, 0.0, 1.0)))
+
+
+def test_predictor_registry_offers_a_registered_predictor_everywhere():
+    """A new predictor registers by name (like a policy) and the twin, the checks and the CLI see it."""
+    from dtlab import predict
+    assert predict.names()[:3] == ["fast", "legacy", "des"]
+    c = two_zone()
+    snap, j = snapshot_of(c), pipeline_job()
+    placement = {"a": "edge-0", "b": "cloud-0", "c": "edge-0"}
+
+    @predict.register("constant-test")
+    def constant(snapshot, job, placement, shadow, samples, rng, timing):
+        return np.full(samples, 123.0)
+
+    try:
+        assert "constant-test" in predict.names()
+        lat = sample_latencies(snap, j, placement, predictor="constant-test", samples=5, rng=1)
+        assert lat.tolist() == [123.0] * 5
+        plan = dtlab.Twin(c).plan(j, "greedy", samples=8, predictor="constant-test")
+        assert plan.predictor == "constant-test" and plan.prediction["p50_ms"] == 123.0
+        # the plan is checked before a registered predictor runs
+        with pytest.raises(dtlab.SpecError, match="placement.b"):
+            sample_latencies(snap, j, {"a": "edge-0", "c": "edge-0"}, predictor="constant-test")
+    finally:
+        predict.registry._REGISTRY.pop("constant-test", None)
+    with pytest.raises(dtlab.SpecError, match=r"must be one of \['fast', 'legacy', 'des'\]"):
+        predict.check("constant-test")
+    with pytest.raises(dtlab.SpecError, match="non-empty"):
+        predict.register("")

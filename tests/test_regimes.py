@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from dtlab.experiments import common, regime, v1, v2, v3, v4, v5, v6
+from dtlab.experiments import params as common, regime, v1, v2, v3, v4, v5, v6
 from dtlab.model import load_cluster, load_job
 
 ROOT = common.REPO_ROOT

@@ -1,7 +1,7 @@
 """dtlab.runner / `dtlab run|results|figures` end to end, driven by a throwaway experiment.
 
 The toy experiment (module + notebook written into tmp_path) has the same shape as V1..V6 —
-DEFAULTS, validate, run(params) -> result with .table/.metrics/.extra — so these tests exercise
+DEFAULTS, check, run(params) -> result with .table/.metrics/.extra — so these tests exercise
 papermill, params validation, skip/force, atomic run directories and failure reporting without
 depending on any real experiment's runtime.
 """
@@ -12,7 +12,8 @@ import json
 import nbformat
 import pytest
 
-from dtlab import cli_run, results, runner
+from dtlab import results, runner
+from dtlab.cli import main as cli_main
 from dtlab.errors import SpecError
 
 TOY_MODULE = '''
@@ -34,16 +35,17 @@ class Result:
     extra: dict = field(default_factory=dict)
 
 
-def validate(params):
+def check(params):
     for key in params:
         if key not in DEFAULTS:
             raise SpecError(key, "unknown parameter")
     if int(params.get("n", 1)) <= 0:
         raise SpecError("n", "must be a positive integer")
+    return {**DEFAULTS, **params}
 
 
 def run(params):
-    validate(params)
+    check(params)
     p = {**DEFAULTS, **params}
     if p["fail"]:
         raise RuntimeError("toy failure requested")
@@ -105,7 +107,7 @@ def toy(tmp_path, monkeypatch):
 
 
 def _run(toy, *extra: str) -> int:
-    return cli_run.main(["run", "T1", "-p", str(toy["params"]), "--out", str(toy["out"]), "-q", *extra])
+    return cli_main(["run", "T1", "-p", str(toy["params"]), "--out", str(toy["out"]), "-q", *extra])
 
 
 def _no_temp_dirs(out):
@@ -159,7 +161,7 @@ def test_broken_params_fail_before_running_and_leave_results_intact(toy, capsys,
     (earlier / "metrics.json").write_text('{"mean": 1.0}')
     bad = toy["tmp"] / "bad.yaml"
     bad.write_text(content)
-    code = cli_run.main(["run", "T1", "-p", str(bad), "--out", str(toy["out"]), "-q"])
+    code = cli_main(["run", "T1", "-p", str(bad), "--out", str(toy["out"]), "-q"])
     err = capsys.readouterr().err
     assert code == 2
     assert "invalid parameters" in err and str(bad) in err and field in err
@@ -181,7 +183,7 @@ def test_failing_notebook_names_the_cell_and_keeps_earlier_results(toy, capsys):
     failing = toy["tmp"] / "fail.yaml"
     failing.write_text("seeds: [3, 4]\nn: 20\nfail: true\n")
     capsys.readouterr()
-    code = cli_run.main(["run", "T1", "-p", str(failing), "--out", str(toy["out"]), "-q"])
+    code = cli_main(["run", "T1", "-p", str(failing), "--out", str(toy["out"]), "-q"])
     err = capsys.readouterr().err
     assert code == 1
     assert "failed in cell In[" in err and "RuntimeError: toy failure requested" in err
@@ -194,17 +196,17 @@ def test_failing_notebook_names_the_cell_and_keeps_earlier_results(toy, capsys):
 
 
 def test_parallel_runs_and_figure_regeneration(toy, capsys):
-    code = cli_run.main(["run", "T1", "T2", "--out", str(toy["out"]), "-j", "2", "-q"])
+    code = cli_main(["run", "T1", "T2", "--out", str(toy["out"]), "-j", "2", "-q"])
     assert code == 0, capsys.readouterr().err
     runs = results.iter_runs(toy["out"])
     assert sorted(r.experiment for r in runs) == ["T1", "T2"] and all(r.status == "ok" for r in runs)
     # notebook defaults are smoke-sized, module DEFAULTS are what a run without a params file uses
     assert runs[0].info["params"]["n"] == 50
     capsys.readouterr()
-    assert cli_run.main(["results", "--out", str(toy["out"])]) == 0
+    assert cli_main(["results", "--out", str(toy["out"])]) == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 2 and "T1" in out and "T2" in out
-    assert cli_run.main(["figures", "--out", str(toy["out"])]) == 0
+    assert cli_main(["figures", "--out", str(toy["out"])]) == 0
     assert "no figure function for T1" in capsys.readouterr().err
 
 

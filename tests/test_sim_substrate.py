@@ -10,7 +10,7 @@ from dtlab.plan import Plan
 from dtlab.substrates import JOB_COLUMNS, STAGE_COLUMNS, Substrate, available, make_substrate, names
 from dtlab.substrates.sim import SIM_DEFAULTS, TruthTiming
 from dtlab.timing import TimingModel
-from dtlab.experiments.common import REPO_ROOT
+from dtlab.experiments.params import REPO_ROOT
 
 CLUSTER = dtlab.load_cluster(REPO_ROOT / "examples/cluster-hetero.yaml")
 QUIET = {"failure_rate_per_h": 0.0, "link_sigma": 0.0}

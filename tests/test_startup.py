@@ -95,7 +95,8 @@ def test_startup_measured_on_the_fabric_launch_path():
     from dtlab import fabric
     ok, why = fabric.available()
     require(ok, f"fabric: {why}")
-    doc = calibrate.measure_startup(formats=["native", "qemu-arm64", "wasm"], reps=3)
+    from dtlab.calibration import host
+    doc = host.measure_startup(formats=["native", "qemu-arm64", "wasm"], reps=3)
     table = doc["startup_ms"]
     assert set(table) == {"native", "qemu-arm64", "wasm"} - set(doc["unavailable"]), doc
     for f, v in table.items():

@@ -10,7 +10,7 @@ import pytest
 from dtlab import results
 from dtlab.errors import SpecError
 from dtlab.experiments import v1
-from dtlab.experiments.common import metric_bounds
+from dtlab.experiments.summary import metric_bounds
 from dtlab.stats import paired_diff_ci
 
 

@@ -112,5 +112,5 @@ def test_defaults_cover_every_shipped_scenario():
 
 def test_smoke_params_are_valid_and_registered():
     from dtlab.experiments import get
-    assert get("V4") is v4
+    assert get("V4").load() is v4
     assert set(v4.SMOKE) <= set(v4.DEFAULTS)

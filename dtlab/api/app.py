@@ -30,7 +30,8 @@ from .limits import PREDICTOR_COST, STAGE_COST, ApiConfig, plan_work  # noqa: F4
 from .metrics import ServiceMetrics
 
 log = logging.getLogger("dtlab.api")
-PREDICTORS = ("des", "fast", "legacy")
+# the predictors /plan offers: those with a measured cost (the work budget needs one), by name
+PREDICTORS = tuple(sorted(PREDICTOR_COST))
 EPOCH_2001 = 1e9  # event timestamps above this are wall-clock seconds; below, virtual time (no lag)
 
 

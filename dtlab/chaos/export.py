@@ -31,10 +31,11 @@ from typing import Any
 
 import yaml
 
+from ..atomic import atomic_write_text
 from ..errors import SpecError
-from ..model import Cluster
+from ..model import Cluster, spec_link
 from ..spec_reader import join
-from .spec import (JOB_LABEL, STAGE_LABEL, ZONE_LABEL, Fault, FaultScenario, NodeSelector, Side, base_link,
+from .spec import (JOB_LABEL, STAGE_LABEL, ZONE_LABEL, Fault, FaultScenario, NodeSelector, Side,
                    occurrences)
 
 API_VERSION = "chaos-mesh.org/v1alpha1"
@@ -140,7 +141,7 @@ class _Builder:
         change = fault.link_map
         if self.cluster is None or any(s.ref is None for s in fault.between):
             return change
-        base = base_link(self.cluster, fault.between[0].ref, fault.between[1].ref)
+        base = spec_link(self.cluster, fault.between[0].ref, fault.between[1].ref)
         if base is None:
             return change
         out = dict(change)
@@ -240,7 +241,4 @@ def write(scenario: FaultScenario, out_dir: str | Path, cluster: Cluster | None 
 
 
 def _dump(path: Path, obj: dict[str, Any]) -> Path:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(obj, sort_keys=False))
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False))

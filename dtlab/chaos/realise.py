@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ..errors import SubstrateUnavailable
-from ..model import Cluster
-from .spec import FaultEvent, base_link, degraded_link, fault_event_from_dict
+from ..model import Cluster, spec_link
+from .spec import FaultEvent, degraded_link, fault_event_from_dict
 
 
 def as_event(fault: FaultEvent | Mapping[str, Any], cluster: Cluster) -> FaultEvent:
@@ -34,7 +34,7 @@ def on_engine(engine: Any, cluster: Cluster, fault: FaultEvent | Mapping[str, An
         for a, b in ev.pairs:
             new = None if ev.kind == "partition" else degraded_link(cluster, a, b, ev.link_map)
             engine.set_link(a, b, new, at)
-            base = base_link(cluster, a, b)
+            base = spec_link(cluster, a, b)
             if base is not None:
                 engine.set_link(a, b, base, at + dur)
     elif ev.kind == "pod-kill":

@@ -77,7 +77,7 @@ from typing import Any, Iterable, Mapping
 
 from ..errors import SpecError
 from ..strict_json import short
-from ..model import API_VERSION, Cluster, Link, DEFAULT_INTRA_ZONE, load_cluster
+from ..model import API_VERSION, Cluster, Link, base_for_change, load_cluster
 from ..spec_reader import Fields, join, read_documents
 
 MAX_REPEAT = 10_000  # occurrences of one repeated fault
@@ -447,24 +447,9 @@ def fault_event_from_dict(data: Mapping, cluster: Cluster, path: str = "fault") 
 
 # ---------------------------------------------------------------- links and state events
 
-def base_link(cluster: Cluster, a: str, b: str) -> Link | None:
-    """The spec's link between two endpoints (zones or nodes); None when the spec has none."""
-    idx = cluster._link_index
-    if (a, b) in idx:
-        return idx[(a, b)]
-    if a in cluster.by_name and b in cluster.by_name:
-        try:
-            return cluster.link(a, b)
-        except SpecError:
-            return None
-    if a == b and a in cluster.zones:
-        return Link(a, b, **DEFAULT_INTRA_ZONE)
-    return None
-
-
 def degraded_link(cluster: Cluster, a: str, b: str, change: Mapping[str, float]) -> Link:
-    base = base_link(cluster, a, b) or Link(a, b, latency_ms=DEFAULT_INTRA_ZONE["latency_ms"],
-                                             bandwidth_mbps=DEFAULT_INTRA_ZONE["bandwidth_mbps"])
+    """The link between ``a`` and ``b`` (:func:`dtlab.model.base_for_change`) with ``change`` applied."""
+    base = base_for_change(cluster, a, b)
     return replace(base, a=a, b=b, **{k: float(v) for k, v in change.items()})
 
 

@@ -18,10 +18,11 @@ draws combine in time:
   is cheaper in SimPy than interrupting a process).
 * **DAG.** A stage is *dispatched* (``ready_ms``) when all its predecessors ended;
   then every predecessor's ``output_mb`` travels from the node it ran on (and, for
-  root stages, the job's ``input_mb`` from the origin zone, see
-  :mod:`dtlab.des.links`); the stage *starts* (``start_ms``) when the last input
+  root stages, the job's ``input_mb`` from the origin zone; links resolved by
+  :func:`dtlab.model.resolve_link`); the stage *starts* (``start_ms``) when the last input
   arrived, and its work joins the node's processor sharing ``timing.stage_delay(format)``
-  ms later (dispatch + process/runtime start-up; 0 unless calibrated). Transfer times come from ``TimingModel.sample_transfer_ms`` for the link
+  ms later (dispatch + process/runtime start-up; 0 unless calibrated). Transfer times come from
+  ``TimingModel.sample_transfer_ms`` for the link
   in force when the transfer starts. A cut link blocks the transfer until restored;
   a transfer during which its link was cut is sent again.
 * **Service.** ``duration_ms * scale * overhead / speed * X``; the noise ``X`` is
@@ -45,17 +46,16 @@ from __future__ import annotations
 
 import math
 from heapq import heappop, heappush
+from types import MappingProxyType
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
 import simpy
-from simpy.core import NORMAL
 from simpy.events import Timeout
 
 from ..errors import SpecError
-from ..model import Cluster, Job, Link
+from ..model import Cluster, Job, Link, LinkCutError, link_keys, resolve_link
 from ..timing import TimingModel
-from .links import LinkCutError, origin_link, pair_keys, resolve_link
 
 EPS_MS = 1e-9
 _EMPTY: Mapping = {}
@@ -218,6 +218,7 @@ class Engine:
             ns = self._node(name, "down")
             ns.up, ns.permanent = False, True
         self._links: dict[tuple[str, str], Link | None] = dict(links or {})
+        self._links_view = MappingProxyType(self._links)
         self._cuts: list[tuple[float, tuple[str, str]]] = []    # (time, key) of every cut
         self._blocked: list[tuple] = []                         # transfers waiting for a cut link
         self._formats = formats if formats is not None else {}  # (constraints, cpu, mem, node) -> fmt
@@ -239,6 +240,11 @@ class Engine:
     @property
     def now_ms(self) -> float:
         return self.env.now
+
+    @property
+    def link_overrides(self) -> Mapping[tuple[str, str], Link | None]:
+        """The links in force now (``Snapshot.link_overrides`` shape): a live, read-only view."""
+        return self._links_view
 
     def run(self, until_ms: float | None = None) -> None:
         """Advance virtual time to ``until_ms`` (or until nothing is left to happen).
@@ -404,12 +410,11 @@ class Engine:
     def _transfer(self, run: _Run, src: str, size_mb: float, from_zone: bool) -> None:
         if run.dead:
             return
-        try:
-            if from_zone:
-                link = origin_link(self.cluster, self._links, src, run.node)
-            else:
-                link = resolve_link(self.cluster, self._links, src, run.node)
-        except LinkCutError:
+        try:   # src: the node a predecessor ran on, or (from_zone) the job's origin zone
+            link = resolve_link(self.cluster, self._links, src, run.node)
+        except LinkCutError as exc:
+            if not exc.cut:
+                raise      # the spec has no link there: a plan error, not a partition to wait out
             self._blocked.append((run, src, size_mb, from_zone))
             return
         # link None (same endpoint) still goes through the clock, so a run never starts
@@ -432,7 +437,7 @@ class Engine:
             self._begin(run)
 
     def _cut_between(self, src: str, dst: str, t0: float, t1: float) -> bool:
-        keys = pair_keys(self.cluster, src, dst)
+        keys = link_keys(self.cluster, src, dst)
         for t, key in reversed(self._cuts):
             if t <= t0:
                 break
@@ -950,6 +955,13 @@ class Engine:
         keys = ("job", "stage", "node", "format", "ready_ms", "start_ms", "end_ms", "attempt", "outcome",
                 "cpu", "service_ms")
         return [dict(zip(keys, row)) for row in self._stage_rows]
+
+    def latency_ms(self, name: str) -> float:
+        """End-to-end latency (ms) of the finished job ``name`` (inf when it was lost); SpecError if not finished."""
+        for jr in self._done:
+            if jr.name == name:
+                return math.inf if jr.lost else jr.end_ms - jr.arrival_ms
+        raise SpecError("job", f"job {name!r} has not finished")
 
     def counts(self) -> dict[str, int]:
         """submitted / completed / lost / in flight job counts (conservation check)."""

@@ -1,7 +1,6 @@
 """Run a whole workload through the engine: arrivals, a planning callback per job, one row per job."""
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from types import MappingProxyType
 from typing import Any, Callable, Iterator, Mapping
@@ -86,7 +85,7 @@ def simulate(cluster_or_state: Cluster | ClusterState, workload: Workload, plan_
     if forced is None and plan_fn is None:
         raise SpecError("plan_fn", "the workload's job has a choice of nodes: a planner is required")
     live = LiveNodes(engine, cluster)
-    proxy_links = MappingProxyType(engine._links)
+    proxy_links = engine.link_overrides
     env = engine.env
     stream = arrival_stream(workload, np.random.default_rng(arr_seq))
     count = [0]

@@ -196,7 +196,7 @@ def host(metrics: dict[str, Any], when: str = "start") -> dict[str, Any]:
 
 
 def record_runs(metrics: dict[str, Any], runs: Iterable[pd.DataFrame], by: str | None = None) -> dict[str, Any]:
-    """:func:`record` from the per-run job tables of :func:`dtlab.experiments.common.run_controller`
+    """:func:`record` from the per-run job tables of :func:`dtlab.experiments.loop.run_controller`
     (each carries its measured regime in ``df.attrs["regime"]``); with ``by`` (e.g. ``rate_per_s``)
     one set of keys per value, ``regime.r<value>.*`` for numbers, since the regime differs per load."""
     runs = [r for r in runs if isinstance(r, pd.DataFrame) and r.attrs.get("regime") is not None]

@@ -38,9 +38,11 @@ import pandas as pd
 from ..energy import add_job_energy, energy_stats
 from ..stats import clip_ci, paired_diff_ci, quantile_ci, rate_ci, seeds_needed, t975
 from . import regime
-from .common import (CI, ExperimentResult, auto_substrate_defaults, check_params, load_cluster_param,
-                     load_workload_param, metrics_from_summary, put_ci, require_choices, require_positive, resolve,
-                     run_controller, latency_stats, summarize_seeds)
+from .summary import CI, metrics_from_summary, put_ci, summarize_seeds
+from ..results import ExperimentResult
+from .substrate import auto_substrate_defaults, check_params, resolve
+from .params import load_cluster_param, load_workload_param, require_choices, require_positive
+from .loop import run_controller, latency_stats
 
 # on the fabric (wall-clock), these sizes replace the top-level ones (see the module docstring)
 FABRIC_SIZES: dict[str, Any] = {"jobs": 20, "rates_per_s": [2.0], "seeds": [0, 1, 2, 3, 4, 5],
@@ -68,7 +70,7 @@ ENERGY_METRICS = ("energy_proxy_j",)   # issue 23: mean per completed job, power
 
 
 def check(params: dict | None) -> dict[str, Any]:
-    """What the runner checks before the kernel starts (see common.check_params)."""
+    """What the runner checks before the kernel starts (see dtlab.experiments.substrate.check_params)."""
     return check_params(params, DEFAULTS, "V1")[0]
 
 

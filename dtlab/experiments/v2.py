@@ -54,9 +54,11 @@ from ..errors import SpecError
 from ..model import Job
 from ..stats import ks_critical, ks_statistic
 from . import regime
-from .common import (ExperimentResult, auto_substrate_defaults, check_params, child_seed, load_cluster_param,
-                     load_workload_param, metrics_from_summary, require_choices, require_positive, resolve,
-                     run_controller, summarize_seeds)
+from ..results import ExperimentResult
+from .substrate import auto_substrate_defaults, check_params, resolve
+from .params import child_seed, load_cluster_param, load_workload_param, require_choices, require_positive
+from .summary import metrics_from_summary, summarize_seeds
+from .loop import run_controller
 
 # on the fabric (wall-clock), these sizes replace the top-level ones (see the module docstring)
 FABRIC_SIZES: dict[str, Any] = {"jobs": 200, "seeds": [0, 1], "substrate_opts": {"host_cores": 2.0},
@@ -91,7 +93,7 @@ def critical_path_ms(job: Job) -> float:
 
 
 def check(params: dict | None) -> dict[str, Any]:
-    """What the runner checks before the kernel starts (see common.check_params)."""
+    """What the runner checks before the kernel starts (see dtlab.experiments.substrate.check_params)."""
     p, sized = check_params(params, DEFAULTS, "V2")
     _check_noise_floor_jobs(p)
     _check_noise_floor_jobs(sized, "fabric.")

@@ -45,8 +45,10 @@ from ..plan import Plan
 from ..timing import TimingModel, exec_format
 from . import regime
 from ..stats import NONNEG
-from .common import (CI, ExperimentResult, auto_substrate_defaults, check_params, child_seed, load_cluster_param,
-                     mean_ci, open_substrate, put_ci, require_choices, require_positive, resolve, resolve_path)
+from .summary import CI, mean_ci, put_ci
+from ..results import ExperimentResult
+from .substrate import auto_substrate_defaults, check_params, open_substrate, resolve
+from .params import child_seed, load_cluster_param, require_choices, require_positive, resolve_path
 
 # on the fabric (wall-clock), these sizes replace the top-level ones (see the module docstring)
 FABRIC_SIZES: dict[str, Any] = {"reps": 3, "duration_ms": 300.0, "seeds": [0, 1],
@@ -178,7 +180,7 @@ def published_comparison(factors: pd.DataFrame, kernel: str) -> tuple[pd.DataFra
 
 
 def check(params: dict | None) -> dict[str, Any]:
-    """What the runner checks before the kernel starts (see common.check_params)."""
+    """What the runner checks before the kernel starts (see dtlab.experiments.substrate.check_params)."""
     return check_params(params, DEFAULTS, "V3")[0]
 
 

@@ -77,9 +77,10 @@ import pandas as pd
 from .. import stats
 from ..errors import InfeasibleError, SpecError, SubstrateUnavailable
 from . import regime
-from .common import (SUBSTRATE_DEFAULTS, ExperimentResult, child_seed, load_cluster_param, load_workload_param,
-                     metrics_from_summary, open_substrate, put_ci, require_choices, require_positive,
-                     summarize_seeds, validate)
+from .substrate import SUBSTRATE_DEFAULTS, open_substrate
+from ..results import ExperimentResult
+from .params import child_seed, load_cluster_param, load_workload_param, require_choices, require_positive, validate
+from .summary import metrics_from_summary, put_ci, summarize_seeds
 
 CONTROL = "none"     # the same runs without any fault: what the workload costs on its own
 SCENARIOS = [CONTROL, "zone-blackout", "edge-cloud-partition", "lossy-edge-uplink", "rolling-node-failures", "bad-day",
@@ -112,9 +113,8 @@ BOUNDS = {"recovery_ms_mean": stats.NONNEG, "jobs_lost": stats.NONNEG, "deadline
 FAILED_OUTCOMES = ("failed", "lost", "killed")
 
 
-def run(params: dict | None = None) -> ExperimentResult:
-    from ..chaos.spec import expand, load_scenario, scenario_path
-
+def check(params: dict[str, Any] | None) -> dict[str, Any]:
+    """The validated params (what the runner checks before the kernel starts; ``run`` starts with it)."""
     p = validate(params, DEFAULTS, "V4")
     if p["substrate"] != "sim" and p["substrate_opts"] == DEFAULTS["substrate_opts"]:
         p["substrate_opts"] = {}     # failure_rate_per_h is a sim option; others reject it
@@ -123,6 +123,13 @@ def run(params: dict | None = None) -> ExperimentResult:
     require_positive(p, "samples", "jobs")
     if not p["scenarios"]:
         raise SpecError("scenarios", "must not be empty")
+    return p
+
+
+def run(params: dict[str, Any] | None = None) -> ExperimentResult:
+    from ..chaos.spec import expand, load_scenario, scenario_path
+
+    p = check(params)
     cluster = load_cluster_param(p["cluster"])
     workload = load_workload_param(p["workload"], p["jobs"], p["rate_per_s"])
     workload, isolated_ms = regime.with_deadline_slack(workload, cluster, p["deadline_slack"])
@@ -279,7 +286,7 @@ def fill_shadow(snapshot, job, placement, shadow, timing) -> dict[str, str]:
     """Shadow per stage: keep the policy's; else the schedulable node outside the primary's zone (a
     different failure domain; same zone only if no other can run it) with the lowest mean time to
     re-send the stage's inputs there and run it -- the inputs dominate on lossy edge links."""
-    from ..chaos.spec import base_link
+    from ..model import spec_link
 
     out = dict(shadow)
     nodes = snapshot.schedulable_nodes()
@@ -304,7 +311,7 @@ def fill_shadow(snapshot, job, placement, shadow, timing) -> dict[str, str]:
                             size = job.stages[job.stage_index[pred]].output_mb
                             cost += timing.mean_transfer_ms(size, snapshot.link(src, node.name))
                 elif job.origin_zone is not None and job.origin_zone != node.zone:
-                    link = base_link(cluster, job.origin_zone, node.zone)
+                    link = spec_link(cluster, job.origin_zone, node.zone)
                     if link is None:
                         continue
                     cost += timing.mean_transfer_ms(job.input_mb, link)

@@ -16,7 +16,7 @@ plans (each one a seed's maximum) gave bands three decades wide. Cost: ~60 s of 
 run; on this 2-core host shared with other work (load ~13) that was 5 min of wall time at 500 plans.
 
 Synthetic clusters of ``node_counts`` nodes are drawn from the example cluster's node
-types (same zones, links, arch/format mix; :func:`dtlab.experiments.common.synthetic_cluster`).
+types (same zones, links, arch/format mix; :func:`dtlab.experiments.loop.synthetic_cluster`).
 For each size and policy, ``plans`` wall-clock ``Twin.plan`` calls are timed twice:
 
 * ``warm``:  consecutive plans on an unchanged state (the snapshot and its node tables are reused);
@@ -64,8 +64,10 @@ from .. import stats
 from ..model import load_job
 from ..state import ClusterState
 from . import regime
-from .common import (ExperimentResult, child_seed, load_cluster_param, mean_ci, put_ci, require_choices,
-                     require_positive, resolve_path, synthetic_cluster, validate)
+from ..results import ExperimentResult
+from .params import child_seed, load_cluster_param, require_choices, require_positive, resolve_path, validate
+from .summary import mean_ci, put_ci
+from .loop import synthetic_cluster
 
 DEFAULTS: dict[str, Any] = {
     "cluster": "examples/cluster-hetero.yaml",
@@ -129,19 +131,26 @@ def state_costs(cluster, events: int, snapshots: int, seed: int) -> dict[str, fl
             "snapshot_ms": float(np.mean(snap_ms)) if snap_ms else float("nan")}
 
 
-def run(params: dict | None = None) -> ExperimentResult:
+def check(params: dict[str, Any] | None) -> dict[str, Any]:
+    """The validated params (what the runner checks before the kernel starts; ``run`` starts with it)."""
     from .. import policies
-    from ..twin import Twin
+    from ..errors import SpecError
 
     p = validate(params, DEFAULTS, "V5")
     require_choices(p, "policies", [n for n in policies.names() if n != "rl_stub"])
     require_choices(p, "predictor", ("fast", "des", "legacy"))
     require_positive(p, "samples", "plans", "apply_events", "snapshots")
     if not p["node_counts"] or not all(isinstance(n, int) and n >= 1 for n in p["node_counts"]):
-        from ..errors import SpecError
         raise SpecError("node_counts", "must be a non-empty list of integers >= 1")
     require_choices(p, "substrate", SUBSTRATES)
     require_positive(p, "pods", "pod_ms", "probes_per_s", "kube_timeout_s")
+    return p
+
+
+def run(params: dict[str, Any] | None = None) -> ExperimentResult:
+    from ..twin import Twin
+
+    p = check(params)
     template = load_cluster_param(p["cluster"])
     job = load_job(resolve_path(p["job"], "job"))
     if p["substrate"] == "kube":

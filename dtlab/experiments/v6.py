@@ -84,8 +84,11 @@ import pandas as pd
 from .. import stats
 from . import regime
 from ..errors import SpecError
-from .common import (SUBSTRATE_DEFAULTS, ExperimentResult, check_params, load_cluster_param, load_workload_param,
-                     mean_ci, put_ci, require_choices, require_positive, resolve, run_controller, summarize_seeds)
+from .substrate import SUBSTRATE_DEFAULTS, check_params, resolve
+from ..results import ExperimentResult
+from .params import load_cluster_param, load_workload_param, require_choices, require_positive
+from .summary import mean_ci, put_ci, summarize_seeds
+from .loop import run_controller
 
 # on the fabric (wall-clock), these sizes replace the top-level ones (see the module docstring)
 FABRIC_SIZES: dict[str, Any] = {"jobs": 60, "seeds": [0, 1], "samples": 32, "window_s": 20.0,
@@ -118,13 +121,6 @@ SMOKE: dict[str, Any] = {"jobs": 30, "seeds": [0, 1]}
 MODES = ("static", "online")
 WINDOW_METRICS = ("mape", "median_ape", "median_ratio", "miss_rate")
 WITHIN = 0.10       # windows_within_10pct: a window counts when its MAPE is at most this
-
-
-def check(params: dict | None) -> dict[str, Any]:
-    """What the runner checks before the kernel starts (see common.check_params)."""
-    p = check_params(params, DEFAULTS, "V6")[0]
-    quota_drift_steps(p, load_cluster_param(p["cluster"]))
-    return p
 
 
 def quota_drift_steps(p: dict[str, Any], cluster) -> list[dict[str, Any]]:
@@ -278,14 +274,28 @@ def recalibration_effects(runs: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
-def run(params: dict | None = None) -> ExperimentResult:
+def check(params: dict[str, Any] | None) -> dict[str, Any]:
+    """The validated params (what the runner checks before the kernel starts; ``run`` starts with it),
+    without resolving the substrate or calibrating anything; the ``fabric`` sizes are checked too."""
+    p, sized = check_params(params, DEFAULTS, "V6")
+    for q in (p, sized):
+        _check_choices(q)
+        quota_drift_steps(q, load_cluster_param(q["cluster"]))
+    return p
+
+
+def _check_choices(p: dict[str, Any]) -> None:
     from .. import policies
 
-    p, choice = resolve(params, DEFAULTS, "V6")
     require_choices(p, "policy", [n for n in policies.names() if n != "rl_stub"])
     require_choices(p, "predictor", ("fast", "des", "legacy"))
     require_choices(p, "modes", MODES)
     require_positive(p, "samples", "jobs", "window_s", "ewma_alpha")
+
+
+def run(params: dict[str, Any] | None = None) -> ExperimentResult:
+    check(params)
+    p, choice = resolve(params, DEFAULTS, "V6")     # the substrate that runs; on the fabric its sizes
     cluster = load_cluster_param(p["cluster"])
     workload = load_workload_param(p["workload"], p["jobs"], p["rate_per_s"])
     workload, isolated_ms = regime.with_deadline_slack(workload, cluster, p["deadline_slack"])

@@ -1,4 +1,6 @@
-"""Measured calibration: execution-format overhead factors (compute) and namespace RTT/throughput (network).
+"""Measured calibration: execution-format overhead factors (compute), the calibration file and the
+fitted link model. The network measurement and the host timing (which run the fabric substrate)
+live in :mod:`dtlab.calibration.host`, so this module never imports a substrate.
 
 ``measure_compute`` runs every kernel natively and in every other format, interleaved and paired
 (native, then each format, per repetition) so slow drift of a shared host hits both sides of a
@@ -25,6 +27,7 @@ from typing import Any, Mapping
 import yaml
 import numpy as np
 
+from ..atomic import atomic_write_text
 from ..energy import format_energy
 from ..errors import DtlabError, SpecError
 from .. import safe_yaml, stats
@@ -128,11 +131,7 @@ def _round(x):
 
 def write(doc: Mapping[str, Any], out: str | Path | None = None) -> Path:
     path = Path(out) if out else default_out()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp.{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(dict(doc), sort_keys=False))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, yaml.safe_dump(dict(doc), sort_keys=False))
 
 
 def load(path: str | Path | None = None) -> dict[str, Any]:
@@ -227,48 +226,6 @@ def qemu_claim_verdict(df) -> str:
 
 
 # ------------------------------------------------------------ network
-def measure_network(cluster=None, sizes_mb=(0.001, 2.0), reps: int = 5, seed: int = 0) -> dict[str, Any]:
-    """RTT (tiny message) and throughput (bulk) between fabric namespaces over the shaped links.
-
-    Builds a throw-away fabric of ``cluster`` (default: two zones joined by a 10 ms / 50 Mbit/s
-    link), sends each size ``reps`` times both ways and compares with the twin's
-    ``mean_transfer_ms``. Returns per-pair medians and the mechanism that shaped each link.
-    """
-    from ..model import cluster_from_dict
-    from ..substrates.fabric import FabricSubstrate
-
-    cluster = cluster or cluster_from_dict({
-        "apiVersion": "dtlab/v1", "kind": "Cluster", "metadata": {"name": "netcal"},
-        "nodes": [{"name": "a", "arch": "amd64", "cores": 1, "zone": "za"},
-                  {"name": "b", "arch": "amd64", "cores": 1, "zone": "zb"}],
-        "links": [{"a": "za", "b": "zb", "latency_ms": 10, "bandwidth_mbps": 50}]})
-    from ..timing import TimingModel
-    tm = TimingModel()
-    rows = []
-    # time_scale 1: the transfers are timed in wall ms against the spec links (no compute involved)
-    with FabricSubstrate(cluster, seed=seed, host_cores=0.2, time_scale=1.0) as sub:
-        names = [n.name for n in cluster.nodes]
-        pairs = [(a, b) for a in names for b in names if a != b]
-        for a, b in pairs:
-            link = cluster.link(a, b)
-            for size in sizes_mb:
-                times = []
-                for _ in range(reps):
-                    tr = sub.datapath.send(a, b, size)
-                    if not tr.done.wait(120) or tr.error:
-                        raise DtlabError(f"transfer {a}->{b} failed: {tr.error or 'timeout'}")
-                    times.append((tr.end - tr.start) * 1000.0)
-                med = statistics.median(times)
-                rows.append({"src": a, "dst": b, "size_mb": size, "median_ms": round(med, 3),
-                             "min_ms": round(min(times), 3), "max_ms": round(max(times), 3),
-                             "predicted_ms": round(tm.mean_transfer_ms(size, link), 3),
-                             "throughput_mbps": round(size * 8 / (med / 1000.0), 3) if size >= 0.5 else None,
-                             "mechanism": sub.mechanism.get(f"{a}->{b}")})
-        meta = sub.metadata()
-    return {"kind": "HostNetworkCalibration", "netem": meta["netem"], "reps": reps, "samples": rows,
-            "note": "RTT ~ time of the smallest message (one way + ack); bulk includes latency"}
-
-
 def timing_model(path: str | Path | None = None, base=None):
     """(TimingModel, note): the twin's timing with this host's measured overheads when a calibration
     file exists, else the defaults and a note saying `dtlab calibrate compute` was not run."""
@@ -348,36 +305,6 @@ def network_cache_path(cluster) -> Path:
     return default_out().with_name(f"calibration.network.{digest}.yaml")
 
 
-def network_calibration(cluster, reps: int = 3, refresh: bool = False) -> tuple[dict[str, Any], Path]:
-    """(fitted link document, its path) for ``cluster``'s zone links on this host's fabric.
-
-    Measured once (probe namespaces, :data:`NETCAL_SEED`, sizes :data:`NETCAL_SIZES_MB`) and cached
-    by the links' parameters under the host calibration's directory; ``refresh`` re-measures.
-    """
-    import fcntl
-
-    path = network_cache_path(cluster)
-    if path.exists() and not refresh:
-        doc = yaml.safe_load(path.read_text())
-        doc["links"] = fit_links(doc, calibration_cluster(cluster))   # the current model, on the stored samples
-        return doc, path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if path.exists() and not refresh:
-            return yaml.safe_load(path.read_text()), path
-        probe = calibration_cluster(cluster)
-        doc = measure_network(probe, sizes_mb=NETCAL_SIZES_MB, reps=reps, seed=NETCAL_SEED)
-        fitted = {"kind": "HostNetworkFit", "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                  "host": {"loadavg_1m": os.getloadavg()[0]}, "netem": doc["netem"], "reps": reps,
-                  "model": "t = latency + size * 8000 / goodput (least squares over sizes, both directions)",
-                  "links": fit_links(doc, probe), "samples": doc["samples"]}
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(yaml.safe_dump(fitted, sort_keys=False))
-        os.replace(tmp, path)
-    return fitted, path
-
-
 def link_events(fitted: Mapping[str, Any]) -> list[dict[str, Any]]:
     """State events that give the twin the fitted links (loss 0: its effect is inside the fitted goodput)."""
     return [{"kind": "link", "a": l["a"], "b": l["b"], "latency_ms": float(l["latency_ms"]),
@@ -386,78 +313,13 @@ def link_events(fitted: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------ start-up per format (fabric path)
+# measured by dtlab.calibration.host.measure_startup (it runs the fabric); the file format lives here
 STARTUP_SEED = 1_000_033      # not one of the experiments' scored seeds
 STARTUP_PROBE_MS = 5.0        # reference work of a probe stage: start-up dominates its time
 STARTUP_REPS = 7
 
 
-def _startup_probe_cluster():
-    """One amd64 node offering every format: each probe stage is forced into one format by its plan."""
-    from ..model import cluster_from_dict
-    return cluster_from_dict({"apiVersion": "dtlab/v1", "kind": "Cluster", "metadata": {"name": "startcal"},
-                              "nodes": [{"name": "probe", "arch": "amd64", "cores": 1, "zone": "z",
-                                         "formats": ["native", "qemu", "wasm"]}]})
-
-
-def measure_startup(formats: list[str] | None = None, reps: int = STARTUP_REPS, seed: int = STARTUP_SEED,
-                    progress=None) -> dict[str, Any]:
-    """Start-up cost per execution format as the fabric pays it, in wall ms.
-
-    Opens a throw-away fabric (one probe node, its network namespace, the Wasm launcher, time_scale
-    1) and runs ``reps`` tiny two-stage chains per format, interleaved, through the substrate's own
-    launch path (``/bin/sh`` cgroup join, ``nsenter``, the worker native / under
-    ``qemu-<arch>-static`` / from the warm Wasm launcher). A stage's start-up is its measured time
-    (spawn to exit) minus the kernel time the worker measured inside itself: spawn, exec, emulator or
-    runtime start, exit and reaping, i.e. what the twin's ``duration_ms`` model misses. Median per
-    format with min/max. ``dispatch_ms``: inputs ready (job submitted, predecessor ended) -> the
-    stage's process is being started, the executor's own hand-off (threads, locks; grows with host
-    load), pooled over formats.
-    """
-    from ..model import job_from_dict
-    from ..plan import Plan
-    from ..substrates.fabric import FabricSubstrate
-
-    formats = list(formats or worker.FORMATS)
-    unavailable = {f: worker.missing(f) for f in formats if worker.missing(f)}
-    formats = [f for f in formats if f not in unavailable]
-    samples: dict[str, list[float]] = {f: [] for f in formats}
-    handoff: list[float] = []
-    stages = [{"id": "s1", "compute": {"cpu": 1, "duration_ms": STARTUP_PROBE_MS}},
-              {"id": "s2", "after": ["s1"], "compute": {"cpu": 1, "duration_ms": STARTUP_PROBE_MS}}]
-    with FabricSubstrate(_startup_probe_cluster(), seed=seed, host_cores=0.5, time_scale=1.0) as sub:
-        for rep in range(reps):
-            for f in formats:
-                job = job_from_dict({"apiVersion": "dtlab/v1", "kind": "Job", "metadata": {"name": f"su-{f}-{rep}"},
-                                     "spec": {"stages": stages}})
-                sub.submit(Plan(job=job.name, policy="calibration", placement={"s1": "probe", "s2": "probe"},
-                                formats={"s1": f, "s2": f}), job)
-                sub.advance(None)
-            if progress:
-                progress(rep + 1, reps)
-        res = sub.results()
-        meta = {"time_scale": sub.time_scale, "isolated": sub.isolated}
-    arrival = dict(zip(res["jobs"]["job"], res["jobs"]["arrival_ms"]))
-    recs = {(r["job"], r["stage"]): r for r in res["stages"].to_dict("records")}
-    for (job, sid), r in recs.items():
-        if not r.get("ok") or r.get("kernel_ms") is None or r["format"] not in samples:
-            continue
-        samples[r["format"]].append(max(0.0, float(r["duration_ms"]) - float(r["kernel_ms"])))
-        prev = recs.get((job, "s1")) if sid == "s2" else None
-        ready = arrival.get(job) if sid == "s1" else (prev["end_ms"] if prev and prev.get("ok") else None)
-        if ready is not None:
-            handoff.append(max(0.0, float(r["start_ms"]) - float(ready)))
-    startup = {f: _summary(v) for f, v in samples.items() if v}
-    return {"kind": "HostStartupCalibration",
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "host": {"loadavg_1m": os.getloadavg()[0]}, "reps": reps, "seed": seed,
-            "method": ("fabric launch path, time_scale 1: stage time (spawn to exit) - in-process kernel time; "
-                       f"{STARTUP_PROBE_MS} ms probe stages, formats interleaved; median per format"),
-            "fabric": meta, "worker_build": worker.build_dir().name,
-            "startup_ms": startup, "dispatch_ms": _summary(handoff) if handoff else None,
-            "unavailable": unavailable}
-
-
-def _summary(v: list[float]) -> dict[str, Any]:
+def summary_ms(v: list[float]) -> dict[str, Any]:
     return {"median_ms": round(statistics.median(v), 3), "min_ms": round(min(v), 3), "max_ms": round(max(v), 3),
             "n": len(v)}
 
@@ -468,23 +330,6 @@ STARTUP_VERSION = 2        # 2: two-stage probes, dispatch_ms measured too
 def startup_cache_path() -> Path:
     """Cache of :func:`measure_startup`, keyed by the worker build (new binaries, new start-up) and method."""
     return default_out().with_name(f"calibration.startup.v{STARTUP_VERSION}.{worker.build_dir().name}.yaml")
-
-
-def startup_calibration(refresh: bool = False) -> tuple[dict[str, Any], Path]:
-    """(start-up document, its path): measured once per worker build on this host and cached."""
-    import fcntl
-
-    path = startup_cache_path()
-    if path.exists() and not refresh:
-        return load_startup(path), path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if path.exists() and not refresh:
-            return load_startup(path), path
-        doc = measure_startup()
-        write(doc, path)
-    return doc, path
 
 
 def load_startup(path: str | Path) -> dict[str, Any]:

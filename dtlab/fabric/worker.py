@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from ..atomic import atomic_write_text
 from ..errors import DtlabError, SubstrateUnavailable
 
 KERNELS = ("matmul", "sort", "hash", "mix")
@@ -157,10 +158,7 @@ def iterations_per_ms(kernel: str = "mix", refresh: bool = False) -> float:
     if kernel in table:
         return float(table[kernel])
     table[kernel] = measure_ipms(kernel)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp.{os.getpid()}")
-    tmp.write_text(json.dumps(table, indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(table, indent=1))
     return table[kernel]
 
 

@@ -64,6 +64,8 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from ..atomic import atomic_write_text
+
 K8S_VERSION = "1.36.3"
 ETCD_VERSION = "3.6.8"
 KWOK_VERSION = "0.8.0"
@@ -550,11 +552,7 @@ def _load_state(name: str) -> dict[str, Any] | None:
 
 
 def _save_state(name: str, state: Mapping[str, Any]) -> None:
-    p = _state_path(name)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    tmp.replace(p)
+    atomic_write_text(_state_path(name), json.dumps(state, indent=2))
 
 
 def kubeconfig(name: str = "default") -> str | None:

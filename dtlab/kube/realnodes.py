@@ -14,6 +14,12 @@ Each real node gets, on this host:
   cores * speed over the real nodes)``, as the fabric scales its nodes to what the host can give),
   and the node's labels (arch, formats, zone, speed) are written over the kubelet's own (it always
   reports the host's amd64), plus ``dtlab.io/node-kind=real`` and ``dtlab.io/cpu-scale``;
+* **no cpuset split** (unlike the fabric), measured: with the kubelet's default ``none`` CPU manager
+  the kubelet writes every host core into its ``kubepods`` cpuset and refuses to start when the node
+  cgroup's cpuset is narrower ("failed to write 0-1 ... permission denied"); the ``static`` manager with
+  ``reservedSystemCPUs`` starts, but takes the reserved cores out of allocatable (1 of 2 here), and the
+  Guaranteed stage pods then fail admission. Real-node pods therefore share the host's cores with the
+  kubelets, containerd and the plane; only their CFS quotas bound them (see README, Limitations);
 * a **pod network**: the standard ``bridge`` + ``host-local`` CNI plugins, one bridge and one
   /24 pod CIDR per node (``10.244.<i>.0/24``), IPAM state under the node's dir.
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..atomic import atomic_path
 from ..errors import SpecError
 from .fit import ClusterArrays, Pods
 from .policies import make_chooser
@@ -142,9 +143,8 @@ def write_allocation(results: list[AllocationResult] | pd.DataFrame, out_dir) ->
     table = results if isinstance(results, pd.DataFrame) else pd.concat([r.table for r in results],
                                                                        ignore_index=True)
     csv = out / "allocation.csv"
-    tmp = out / ".allocation.csv.tmp"
-    table[COLUMNS].to_csv(tmp, index=False)
-    tmp.replace(csv)
+    with atomic_path(csv) as tmp:
+        table[COLUMNS].to_csv(tmp, index=False)
     paths = {"csv": csv}
     for i, p in enumerate(plot_allocation(table, out)):
         paths[p.suffix.lstrip(".")] = p

@@ -62,11 +62,14 @@ def make_substrate(name: str, cluster: Cluster, **opts: Any) -> Substrate:
 
 
 def pick(preferred: str, fallback: str = "sim") -> tuple[str, str]:
-    """(substrate to use, note): ``preferred`` when available, else ``fallback`` with the reason."""
+    """(substrate to use, note): ``preferred`` when available, else ``fallback`` with the reason.
+
+    The one home of the ``substrate: auto`` rule (experiments call it through
+    :func:`dtlab.experiments.substrate.choose_substrate`)."""
     ok, why = available(preferred)
     if ok:
         return preferred, ""
-    return fallback, f"{preferred} unavailable ({why}); using {fallback}"
+    return fallback, f"{preferred} unavailable ({why}); ran on {fallback}"
 
 
 __all__ = ["JOB_COLUMNS", "STAGE_COLUMNS", "Substrate", "SubstrateBase", "available", "make_substrate",

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from ..atomic import atomic_write_text
 from ..errors import SpecError
 from ..strict_json import short
 from ..model import API_VERSION, Workload
@@ -356,7 +357,4 @@ def _job_to_dict(job) -> dict:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write_text(path, text)

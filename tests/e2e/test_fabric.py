@@ -256,9 +256,9 @@ def test_calibrate_compute_writes_loadable_factors(tmp_path):
 
 
 def test_calibrate_network_matches_shaped_link(fabric_ready):
-    from dtlab.fabric import calibrate
+    from dtlab.calibration import host
 
-    doc = calibrate.measure_network(reps=2)
+    doc = host.measure_network(reps=2)
     for row in doc["samples"]:
         assert row["mechanism"] in ("htb+netem", "htb+relay")
         # never faster than the link's latency + serialisation, and not wildly slower

@@ -18,7 +18,7 @@ import pytest
 from tests.heavy import require  # tests/ is importable: pytest pythonpath = ["."]
 
 from dtlab.experiments import v5
-from dtlab.experiments.common import load_cluster_param, validate
+from dtlab.experiments.params import load_cluster_param, validate
 from dtlab.kube import localplane as lp
 from dtlab.model import load_job
 

@@ -1,56 +1,11 @@
-"""Predictors: how long will this job take under this placement? A latency distribution.
+"""The planner's precomputed arrays: node and link tables per cluster, per snapshot, per job template.
 
-Three paths, selected by name, all reading the same :class:`~dtlab.timing.TimingModel`:
-
-* ``des`` - the SimPy engine (:mod:`dtlab.des.predict`): the reference model.
-* ``fast`` - a vectorised numpy Monte Carlo of the same model, for the planning hot
-  path. Every stage is one numpy expression over ``samples`` draws; per-(stage, node)
-  arrays are precomputed once per (snapshot, job, timing) and cached.
-* ``legacy`` - the heuristic of the lineage this project descends from: the
-  critical path of ``duration / speed * overhead`` plus link latencies. Deterministic
-  (a constant array), kept only for regression comparisons (experiment V2).
-
-What ``fast`` models - the model of :func:`dtlab.des.predict.sample_latencies_des`, stated
-there - and the one place it approximates it (so experiment V2 can judge it):
-
-* **Service**: ``duration * overhead / speed * X``, ``X`` the timing model's lognormal
-  noise, one draw per stage per sample.
-* **Start-up**: ``timing.stage_delay(format)`` ms (dispatch + the format's start-up; 0 unless
-  calibrated) between a stage's inputs arriving and its work starting, on every attempt.
-* **Transfers**: each DAG edge between different nodes costs
-  ``TimingModel.sample_transfer_ms(output_mb, link)`` (latency, jitter, Mathis-capped
-  bulk time, loss -> one RTO); root stages receive ``job.input_mb`` from the origin zone
-  when the job has one (even 0 MB pays latency; a zone with no link is unreachable).
-  Links are not shared between concurrent transfers.
-* **DAG**: topological order; a stage starts at ``max`` over predecessors of (their end
-  + transfer) - the exact critical-path recursion, per sample.
-* **Capacity**: node n offers ``cores * (1 - b)`` with ``b =
-  timing.background_share(cores, cpu_util, R)``: telemetry background is lost outright;
-  ``R`` is the co-runners' cores. The des path runs co-runners as PS tasks with their
-  remaining work (:func:`dtlab.timing.corunner_work`); here, for a stage of mean
-  full-allocation service ``S`` on n, each co-runner with known remaining work ``rem``
-  counts ``cpu * min(1, rem / S)`` (:func:`dtlab.timing.overlap_cpu`: present for that part
-  of the stage), co-runners the twin did not plan count fully (they stay). First order:
-  exact while nothing is oversubscribed or a co-runner outlasts the stage, optimistic when
-  a node goes from oversubscribed to not mid-stage (PS slowdown is convex in demand).
-* **Contention among this job's stages (the approximation)**: the engine shares a node
-  among concurrent stages by processor sharing (water-filling, each capped at its
-  ``cpu``). The fast path cannot replay PS per sample, so it applies one *static
-  slowdown* per stage, ``max(1, demand / capacity)``, where ``demand`` = the stage's
-  ``cpu`` + the ``cpu`` of this job's other stages on the same node that *can* overlap
-  it (neither ancestor nor descendant in the DAG), assumed to overlap fully. Exact when
-  nothing of the job shares a node, or when concurrent siblings are identical and start
-  together; pessimistic otherwise (in PS the first to finish frees capacity).
-* **Failures** (as the des path): independently per stage, with probability
-  ``1 - (1 - fail_prob) ** (1 / k)`` (k = the job's stages on that node, so the node is
-  hit with ``fail_prob`` per job), the node fails after the stage did a fraction ``U ~
-  Uniform(0, 1)`` of its work. ``timing.detect_ms`` later the stage restarts on its
-  shadow, or without one, after a further ``timing.replan_ms``, on an equivalent
-  replacement of the same node; its inputs are sent again, it redoes the full work
-  (same ``X``) and does not fail again; successors read from where it finished. A
-  stage whose node is down in the snapshot runs on its shadow from the start (and its
-  failure draw then applies there, with re-plan); with no shadow it never completes
-  (``inf``).
+Every predictor and policy reads the same tables, built once and cached: :class:`ClusterTable`
+(what does not change between snapshots of one cluster and link set: node constants, zone x
+zone link parameters, node-pair exceptions), :class:`NodeTable` (a snapshot's load and up/cordon
+state, co-runners' remaining work) and :class:`StageTable` (stage x node mean service, formats,
+feasibility, DAG relations). Caches are small LRUs keyed by object identity; each entry holds
+the object it is keyed by, so the id stays unique while cached.
 """
 from __future__ import annotations
 
@@ -58,22 +13,14 @@ import copy
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, replace
-from typing import Mapping
 
 import numpy as np
 
-from .errors import SpecError
-from .model import DEFAULT_INTRA_ZONE, Job, Link
-from .plan import summarize
-from .timing import (MAX_BACKGROUND, TimingModel, background_share, overlap_cpu, progress_share, remaining_work_ms, rto_ms,
-                     throughput_mbps)
+from ..model import Job, Link, LinkCutError, resolve_link
+from ..timing import (MAX_BACKGROUND, TimingModel, background_share, overlap_cpu, progress_share, remaining_work_ms, rto_ms,
+                      throughput_mbps)
 
-PREDICTORS = ("fast", "legacy", "des")
 JITTER_MEAN = math.sqrt(2 / math.pi)  # E|N(0,1)|
-_DEFAULT_TIMING = TimingModel()
-
-
-# ====================================================================== precomputed tables
 
 @dataclass
 class LinkRow:
@@ -112,45 +59,11 @@ def _link_params(link: Link | None) -> tuple[float, float, float, float, float, 
     return (link.latency_ms, 8000.0 / throughput_mbps(link), link.jitter_ms, link.loss, rto_ms(link), True)
 
 
-def zone_link(snapshot, za: str, zb: str) -> Link | None:
-    """The current link between two zones (overrides first, then the spec, intra-zone default); None if none/cut."""
-    return _zone_link(snapshot.cluster, snapshot.link_overrides, za, zb)
-
-
-def _zone_link(cluster, overrides, za: str, zb: str) -> Link | None:
-    key = (za, zb)
-    if key in overrides:
-        return overrides[key]
-    idx = cluster._link_index
-    if key in idx:
-        return idx[key]
-    if za == zb:
-        return Link(za, zb, **DEFAULT_INTRA_ZONE)
-    return None
-
-
-def origin_link(snapshot, job: Job, node: str) -> tuple[bool, Link | None]:
-    """(reachable, link) carrying a root stage's input from ``job.origin_zone`` to ``node`` (no origin: no link)."""
-    zone = job.origin_zone
-    if zone is None:
-        return True, None
-    key = (zone, node)
-    if key in snapshot.link_overrides:
-        link = snapshot.link_overrides[key]
-    else:
-        link = zone_link(snapshot, zone, snapshot.nodes[node].node.zone)
-    return link is not None, link
-
-
 def _resolve(cluster, overrides, src: str, dst: str) -> Link | None:
-    """Snapshot.link without a snapshot: node-pair override, zone-pair override, spec; None when cut or absent."""
-    by = cluster.by_name
-    for key in ((src, dst), (by[src].zone, by[dst].zone)):
-        if key in overrides:
-            return overrides[key]
+    """:func:`dtlab.model.resolve_link` with unreachable as None (the tables mark it ``ok`` False)."""
     try:
-        return cluster.link(src, dst)
-    except SpecError:
+        return resolve_link(cluster, overrides, src, dst)
+    except LinkCutError:
         return None
 
 
@@ -162,6 +75,7 @@ class ClusterTable:
     """
 
     def __init__(self, cluster, overrides):
+        self.cluster = cluster
         self.overrides = overrides
         self.nodes = list(cluster.nodes)
         self.names = [n.name for n in self.nodes]
@@ -182,12 +96,12 @@ class ClusterTable:
         params = np.zeros((6, z, z))
         for i, za in enumerate(self.zones):
             for j, zb in enumerate(self.zones):
-                params[:, i, j] = _link_params(_zone_link(cluster, overrides, za, zb))
+                params[:, i, j] = _link_params(_resolve(cluster, overrides, za, zb))
         self.zparams = params
         # node-pair links that differ from their zones' link: src -> [(dst, Link | None)]
         self.exceptions: dict[int, list[tuple[int, Link | None]]] = {}
         pairs = {k for k in overrides if k[0] in self.index and k[1] in self.index}
-        for (a, b) in cluster._link_index:
+        for (a, b) in cluster.link_index:
             if a in self.index and b in self.index:
                 if (self.nodes[self.index[a]].zone, self.nodes[self.index[b]].zone) not in overrides:
                     pairs.add((a, b))
@@ -215,20 +129,23 @@ class ClusterTable:
         return r
 
     def origin_row(self, zone: str | None) -> LinkRow | None:
-        """Links from the origin zone to every node (as dtlab.des.links.origin_link); None: no origin, no transfer."""
+        """Links from the origin zone to every node (:func:`dtlab.model.resolve_link` from a zone); None: no origin."""
         if zone is None:
             return None
         r = self._origin_rows.get(zone)
         if r is None:
             if zone in self.zone_index:
                 r = self._row_from_zone(self.zone_index[zone])
-            else:  # a zone without nodes cannot have links: unreachable
-                r = LinkRow(*(np.zeros(self.n) for _ in range(5)), np.zeros(self.n, dtype=bool))
-            for (a, b), link in self.overrides.items():
-                if a == zone and b in self.index:
-                    vals = _link_params(link)
-                    for arr, v in zip((r.lat, r.ms_per_mb, r.jitter, r.loss, r.rto, r.ok), vals):
-                        arr[self.index[b]] = v
+            else:  # a zone without nodes: only its overrides to zones can reach anything
+                p = np.array([_link_params(_resolve(self.cluster, self.overrides, zone, z)) for z in self.zones]).T
+                p = p.reshape(6, len(self.zones))[:, self.zone_idx]
+                r = LinkRow(p[0].copy(), p[1].copy(), p[2].copy(), p[3].copy(), p[4].copy(), p[5].astype(bool))
+            # nodes named by an override or a spec link from this zone: the full rule, per node
+            named = {b for (a, b) in (*self.overrides, *self.cluster.link_index) if a == zone and b in self.index}
+            for b in sorted(named):
+                vals = _link_params(_resolve(self.cluster, self.overrides, zone, b))
+                for arr, v in zip((r.lat, r.ms_per_mb, r.jitter, r.loss, r.rto, r.ok), vals):
+                    arr[self.index[b]] = v
             self._origin_rows[zone] = r
         return r
 
@@ -360,7 +277,7 @@ class StageTable:
         self.feasible = np.zeros((t, nt.n), dtype=bool)
         for i, s in enumerate(stages):
             # the format depends only on (arch, formats) of a node: ask the timing model once per signature,
-            # with the resource/zone checks neutralised; those are vectorised below (same rules as timing.fits).
+            # with the resource/zone checks neutralised; those are vectorised below (same rules as model.fits).
             free = replace(s, compute=replace(s.compute, cpu=0.0, mem_gb=0.0),
                            constraints=replace(s.constraints, zones=None, nodes=None))
             fmts, factors = [], np.full(len(nt.sigs), np.nan)
@@ -450,176 +367,3 @@ def node_slowdown(nt: NodeTable, cpu: float, extra_demand, svc: np.ndarray | Non
     """
     capacity = nt.capacity if svc is None else nt.capacity_for(svc)
     return np.maximum(1.0, (extra_demand + cpu) / capacity)
-
-
-# ====================================================================== predictors
-
-def sample_latencies(snapshot, job: Job, placement: Mapping[str, str], shadow: Mapping[str, str] | None = None, *,
-                     predictor: str = "fast", samples: int = 256, rng=None,
-                     timing: TimingModel | None = None) -> np.ndarray:
-    """End-to-end latency samples (ms) of ``job`` under ``placement`` (and optional ``shadow``)."""
-    timing = timing or _DEFAULT_TIMING
-    rng = _as_rng(rng)
-    if predictor not in PREDICTORS:
-        raise SpecError("predictor", f"must be one of {list(PREDICTORS)}, got {predictor!r}")
-    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
-        raise SpecError("samples", f"must be an integer >= 1, got {samples!r}")
-    shadow = dict(shadow or {})
-    _check_plan(snapshot, job, placement, shadow)
-    if predictor == "fast":
-        return _fast(snapshot, job, placement, shadow, int(samples), rng, timing)
-    if predictor == "legacy":
-        return np.full(int(samples), _legacy(snapshot, job, placement, timing))
-    from .des.predict import sample_latencies_des  # SimPy engine: imported on demand
-    return np.asarray(sample_latencies_des(snapshot, job, dict(placement), shadow, samples=int(samples),
-                                           rng=rng, timing=timing), dtype=float)
-
-
-def score_plan(snapshot, job: Job, placement: Mapping[str, str], shadow: Mapping[str, str] | None = None, *,
-               predictor: str = "fast", samples: int = 256, rng=None, timing: TimingModel | None = None) -> dict:
-    """Prediction dict (mean/p50/p95/p99/cvar95/deadline-miss) from :func:`sample_latencies`."""
-    lat = sample_latencies(snapshot, job, placement, shadow, predictor=predictor, samples=samples,
-                           rng=rng, timing=timing)
-    return summarize(lat, job.deadline_ms)
-
-
-def _as_rng(rng) -> np.random.Generator:
-    if isinstance(rng, np.random.Generator):
-        return rng
-    if rng is None or isinstance(rng, (int, np.integer)):
-        return np.random.default_rng(0 if rng is None else int(rng))
-    raise SpecError("rng", f"must be a numpy Generator or an int seed, got {type(rng).__name__}")
-
-
-def _check_plan(snapshot, job: Job, placement: Mapping[str, str], shadow: Mapping[str, str]) -> None:
-    for s in job.stages:
-        if s.id not in placement:
-            raise SpecError(f"placement.{s.id}", "stage has no node")
-    for name, mapping in (("placement", placement), ("shadow", shadow)):
-        for sid, node in mapping.items():
-            if sid not in job.stage_index:
-                raise SpecError(f"{name}.{sid}", f"job {job.name!r} has no such stage")
-            if node not in snapshot.nodes:
-                raise SpecError(f"{name}.{sid}", f"unknown node {node!r}")
-
-
-def _legacy(snapshot, job: Job, placement: Mapping[str, str], timing: TimingModel) -> float:
-    """Critical path of duration/speed*overhead plus link latency (no noise, contention, bandwidth or loss)."""
-    finish: dict[str, float] = {}
-    for sid in job.topo_order:
-        stage = job.stages[job.stage_index[sid]]
-        node = snapshot.nodes[placement[sid]].node
-        fmt = timing.exec_format(stage, node)
-        if fmt is None:
-            raise SpecError(f"placement.{sid}", f"stage cannot run on node {node.name!r}")
-        start = 0.0
-        if not stage.after:
-            ok, link = origin_link(snapshot, job, node.name)
-            start = (link.latency_ms if link is not None else 0.0) if ok else math.inf
-        for p in stage.after:
-            if not snapshot.reachable(placement[p], node.name):
-                return math.inf
-            link = snapshot.link(placement[p], node.name)
-            start = max(start, finish[p] + (link.latency_ms if link is not None else 0.0))
-        finish[sid] = start + stage.compute.duration_ms * fmt[1] / node.speed
-    return max(finish.values())
-
-
-def _fast(snapshot, job, placement, shadow, S, rng, timing) -> np.ndarray:
-    nt = node_table(snapshot)
-    st = stage_table(snapshot, job, timing)
-    prim = np.array([nt.index[placement[sid]] for sid in st.ids], dtype=np.int64)
-    back = np.array([nt.index[shadow[sid]] if sid in shadow else -1 for sid in st.ids], dtype=np.int64)
-    for i, sid in enumerate(st.ids):
-        if not st.feasible[i, prim[i]]:
-            raise SpecError(f"placement.{sid}", f"stage cannot run on node {placement[sid]!r} (constraints/resources)")
-        if back[i] >= 0 and not st.feasible[i, back[i]]:
-            raise SpecError(f"shadow.{sid}", f"stage cannot run on node {shadow[sid]!r} (constraints/resources)")
-    up = nt.up if not nt.up.all() else None
-    # per-stage failure probability: the node's fail_prob split over the job's stages on it
-    counts = np.bincount(prim, minlength=nt.n)
-    p_fail = 1.0 - (1.0 - nt.fail_prob[prim]) ** (1.0 / counts[prim])
-    run_on = prim.copy()                      # where the first attempt runs
-    restart = np.where((back >= 0) & (back != prim), back, prim)
-    replan = restart == prim
-    dead = np.zeros(st.t, dtype=bool)         # never completes
-    if up is not None:
-        for i in range(st.t):
-            if back[i] >= 0 and not up[back[i]]:   # a down shadow is no shadow: re-plan instead
-                restart[i], replan[i] = prim[i], True
-            if not up[prim[i]]:
-                if back[i] >= 0 and up[back[i]]:
-                    run_on[i] = restart[i] = back[i]
-                    replan[i] = True
-                else:
-                    dead[i] = True
-    if dead.any():
-        return np.full(S, np.inf)
-    # static PS slowdown: this job's stages that may overlap on the same node
-    svc_first = np.empty(st.t)
-    svc_restart = np.empty(st.t)
-    for i in range(st.t):
-        n = run_on[i]
-        share = (run_on == n) & ~st.related[i]
-        base = st.base_svc[i, n]
-        svc_first[i] = base * max(1.0, (st.cpu[i] + st.cpu[share].sum()) / nt.capacity_at(n, base))
-        r = restart[i]
-        svc_restart[i] = svc_first[i] if r == n else \
-            st.base_svc[i, r] * max(1.0, st.cpu[i] / nt.capacity_at(r, st.base_svc[i, r]))
-    origin = job.origin_zone
-    orow = nt.origin_row(origin)
-    links: dict[tuple[int, int], tuple[bool, Link | None]] = {}
-
-    def transfer(size: float, src: int, dst: int) -> np.ndarray:
-        """Samples of one transfer; src -1 = the origin zone."""
-        if src == dst:
-            return np.zeros(S)
-        key = (src, dst)
-        if key not in links:
-            if src < 0:
-                links[key] = origin_link(snapshot, job, nt.names[dst])
-            else:
-                try:
-                    links[key] = (True, snapshot.link(nt.names[src], nt.names[dst]))
-                except SpecError:
-                    links[key] = (False, None)
-        ok, link = links[key]
-        if not ok:
-            return np.full(S, np.inf)
-        return timing.sample_transfer_ms(size, link, rng, S)
-
-    fin: list[np.ndarray] = [None] * st.t      # type: ignore[list-item]
-    moved: list[np.ndarray | None] = [None] * st.t  # per sample: stage finished on its restart node
-
-    def inputs(i: int, dst: int, with_end: bool) -> np.ndarray:
-        """Per sample: when (with_end) / how long after its predecessors ended all of i's inputs reach dst."""
-        ready = np.zeros(S)
-        if not st.preds[i] and orow is not None:
-            ready = transfer(job.input_mb, -1, dst)
-        for p in st.preds[i]:
-            t = transfer(st.out_mb[p], int(run_on[p]), dst)
-            if moved[p] is not None:
-                t = np.where(moved[p], transfer(st.out_mb[p], int(restart[p]), dst), t)
-            if with_end:
-                t = t + fin[p]
-            ready = np.maximum(ready, t)
-        return ready
-
-    for i in range(st.t):
-        ready = inputs(i, int(run_on[i]), True)
-        x = timing.service_noise(rng, S)
-        svc = svc_first[i] * x
-        up0 = st.startup[i, run_on[i]]          # process/emulator/runtime start-up, before the work
-        end = ready + up0 + svc
-        if p_fail[i] > 0:
-            failed = rng.random(S) < p_fail[i]
-            frac = rng.random(S)
-            t_fail = ready + up0 + frac * svc
-            again = t_fail + timing.detect_ms + (timing.replan_ms if replan[i] else 0.0) \
-                + inputs(i, int(restart[i]), False) + st.startup[i, restart[i]] + svc_restart[i] * x
-            end = np.where(failed, again, end)
-            if restart[i] != run_on[i]:
-                moved[i] = failed
-        fin[i] = end
-    sinks = [i for i in range(st.t) if not st.succs[i]]
-    return np.max(np.stack([fin[i] for i in sinks]), axis=0)

@@ -31,7 +31,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import sweep as _sweep
+    from .. import sweep as _sweep
 
     res = _sweep.sweep(args.experiment, args.grid, seeds=args.seeds, smoke=args.smoke, out=args.out,
                        scheduler=args.scheduler, workers=args.workers, progress=not args.quiet,
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv=None) -> int:
-    from .cli import main as cli_main
+    from ..cli import main as cli_main
 
     return cli_main(["sweep", *(argv if argv is not None else sys.argv[1:])])
 

@@ -40,7 +40,7 @@ def register(subparsers) -> None:
 
 
 def run_compute(args) -> int:
-    from .fabric import calibrate
+    from ..fabric import calibrate
 
     def progress(i, n):
         print(f"  repetition {i}/{n}", file=sys.stderr, flush=True)
@@ -73,9 +73,9 @@ def run_compute(args) -> int:
 
 
 def run_network(args) -> int:
-    from .fabric import calibrate
+    from ..calibration import host
 
-    doc = calibrate.measure_network(reps=args.reps)
+    doc = host.measure_network(reps=args.reps)
     print(f"netem available: {doc['netem']}")
     for r in doc["samples"]:
         print(f"  {r['src']}->{r['dst']} {r['size_mb']:>7} MB  median {r['median_ms']:.1f} ms "
@@ -90,12 +90,13 @@ def run_network(args) -> int:
 
 def run_startup(args) -> int:
     """Measure (and cache, per worker build) the start-up cost per format the fabric's twin adds to every stage."""
-    from .errors import SpecError
-    from .fabric import calibrate
+    from ..calibration import host
+    from ..errors import SpecError
+    from ..fabric import calibrate
 
     if args.reps is not None and not 1 <= args.reps <= 100:
         raise SpecError("--reps", f"must be in [1, 100], got {args.reps}")
-    doc = calibrate.measure_startup(reps=args.reps or calibrate.STARTUP_REPS)
+    doc = host.measure_startup(reps=args.reps or calibrate.STARTUP_REPS)
     path = calibrate.write(doc, args.out or calibrate.startup_cache_path())
     print(f"wrote {path}")
     for fmt, v in doc["startup_ms"].items():
@@ -108,8 +109,8 @@ def run_startup(args) -> int:
 def run_cleanup(args) -> int:
     """Remove leftovers of crashed runs -- only while no wall-clock run holds the host lock (a crashed
     run's lock is gone with its process), so a live run's cgroups and namespaces are never swept."""
-    from . import hostlock
-    from .fabric import cgroups, netns
+    from .. import hostlock
+    from ..fabric import cgroups, netns
 
     try:
         with hostlock.exclusive("dtlab fabric cleanup", timeout_s=0):

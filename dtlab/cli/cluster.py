@@ -21,7 +21,7 @@ from dataclasses import replace
 from itertools import combinations
 from typing import Any
 
-from .errors import DtlabError, SpecError, SubstrateUnavailable
+from ..errors import DtlabError, SpecError, SubstrateUnavailable
 
 DEFAULT_WAN = {"latency_ms": 20.0, "bandwidth_mbps": 100.0}
 
@@ -77,7 +77,7 @@ def register(subparsers) -> None:
 
 # ------------------------------------------------------------------ cluster
 def run_cluster(args: argparse.Namespace) -> int:
-    from .kube import localplane as lp
+    from ..kube import localplane as lp
 
     action = args.cluster_command
     if action == "up":
@@ -86,7 +86,7 @@ def run_cluster(args: argparse.Namespace) -> int:
             raise SubstrateUnavailable(why)
         nodes: Any = args.nodes if args.nodes is not None else 6
         if args.cluster:
-            from .model import load_cluster
+            from ..model import load_cluster
             nodes = load_cluster(args.cluster)
         if args.node_grace is not None and not (1 <= args.node_grace <= 3600):
             raise SpecError("--node-grace", f"must be in [1, 3600] seconds, got {args.node_grace:g}")
@@ -101,7 +101,7 @@ def run_cluster(args: argparse.Namespace) -> int:
             if not real or unknown:
                 raise SpecError("--real-nodes", f"not nodes of the cluster: {unknown or args.real_nodes!r} "
                                                 f"(known: {', '.join(names)}, or 'all')")
-            from .kube import realnodes
+            from ..kube import realnodes
             why = realnodes.missing()
             if why:
                 raise SubstrateUnavailable(f"real nodes: {why}")
@@ -109,7 +109,7 @@ def run_cluster(args: argparse.Namespace) -> int:
             st = lp.up(nodes, name=args.name, timeout=args.timeout, real_nodes=real, node_grace_s=args.node_grace)
         except (lp.LocalPlaneError, RuntimeError) as exc:
             raise DtlabError(str(exc)) from None
-        from .operator.crd import install_on
+        from ..operator.crd import install_on
         install_on(st["kubeconfig"])     # the DTJob CRD, so `dtlab operator` / `submit --operator` work at once
         real_names = [r["name"] for r in st.get("real_nodes", [])]
         out = {"name": args.name, "kubeconfig": st["kubeconfig"], "nodes": st["nodes"], "real_nodes": real_names,
@@ -169,9 +169,9 @@ def run_cluster(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ submit
 def observed_state(kubeconfig: str, namespace: str = "dtlab", links_from: str | None = None):
     """A ClusterState built from one list of the cluster's nodes and dtlab pods (and links_from's links)."""
-    from .model import Cluster, Link, load_cluster
-    from .state import ClusterState
-    from .kube.observer import Observer
+    from ..model import Cluster, Link, load_cluster
+    from ..state import ClusterState
+    from ..kube.observer import Observer
 
     spec_links = load_cluster(links_from).links if links_from else ()
     events: list[dict[str, Any]] = []
@@ -192,13 +192,13 @@ def observed_state(kubeconfig: str, namespace: str = "dtlab", links_from: str | 
 
 
 def run_submit(args: argparse.Namespace) -> int:
-    from .kube import localplane as lp
-    from .model import load_job
-    from .substrates.kube import KubeSubstrate
-    from .twin import Twin
+    from ..kube import localplane as lp
+    from ..model import load_job
+    from ..substrates.kube import KubeSubstrate
+    from ..twin import Twin
 
     if args.operator:
-        from .operator.cli import submit
+        from ..operator.cli import submit
         return submit(args)
     kc = args.kubeconfig or lp.kubeconfig(args.plane)
     if kc is None:
@@ -248,7 +248,7 @@ def run_submit(args: argparse.Namespace) -> int:
 
 
 def main(argv=None) -> int:
-    from .cli import main as cli_main
+    from ..cli import main as cli_main
     return cli_main(argv)
 
 

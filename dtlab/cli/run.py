@@ -10,11 +10,11 @@ import argparse
 import sys
 from typing import Sequence
 
-from .errors import DtlabError, SpecError
+from ..errors import DtlabError, SpecError
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from . import runner
+    from .. import runner
 
     try:
         outcomes = runner.run(args.experiments, params_file=args.params, smoke=args.smoke,
@@ -46,7 +46,7 @@ def _seconds(text: str) -> float:
 
 
 def _cmd_results(args: argparse.Namespace) -> int:
-    from . import results
+    from .. import results
 
     table = results.list_runs(args.out, args.experiments or None)
     if args.csv:
@@ -57,7 +57,7 @@ def _cmd_results(args: argparse.Namespace) -> int:
 
 
 def _cmd_figures(args: argparse.Namespace) -> int:
-    from . import runner
+    from .. import runner
 
     try:
         written, skipped = runner.regenerate_figures(args.out, args.experiments or None)
@@ -102,7 +102,7 @@ def register(subparsers) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m dtlab.cli_run ...`` is ``dtlab ...`` (one parser, one error policy)."""
-    from .cli import main as dtlab_main
+    from ..cli import main as dtlab_main
     return dtlab_main(argv)
 
 

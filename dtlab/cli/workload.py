@@ -13,7 +13,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from .errors import DtlabError, SpecError
+from ..errors import DtlabError, SpecError
 
 
 def _floats(text: str) -> list[float]:
@@ -24,10 +24,10 @@ def _floats(text: str) -> list[float]:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from .model import MAX_WORKLOAD_JOBS
-    from .pathcheck import input_file, output_file
-    from .spec_reader import check_int
-    from .workload.generate import TEMPLATES, write_workload
+    from ..model import MAX_WORKLOAD_JOBS
+    from ..pathcheck import input_file, output_file
+    from ..spec_reader import check_int
+    from ..workload.generate import TEMPLATES, write_workload
 
     check_int(args.count, "--count", ge=1, le=MAX_WORKLOAD_JOBS, why="every job is simulated in memory")
     output_file(args.out, "Workload file")
@@ -62,10 +62,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_replay(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .replay import PUBLISHED_FINAL_GPU_ALLOC_PCT, policy_names, replay_allocation, replay_timed, write_allocation
-    from .workload.readers import OPENB_NODES, OPENB_PODS, read_openb_nodes, read_openb_pods
+    from ..replay import PUBLISHED_FINAL_GPU_ALLOC_PCT, policy_names, replay_allocation, replay_timed, write_allocation
+    from ..workload.readers import OPENB_NODES, OPENB_PODS, read_openb_nodes, read_openb_pods
 
-    from .pathcheck import input_file, output_dir
+    from ..pathcheck import input_file, output_dir
 
     if not (args.inflate == 0 or 0 < args.inflate <= MAX_INFLATE):  # also rejects nan
         raise SpecError("--inflate", f"must be 0 (as listed) or in (0, {MAX_INFLATE:g}], got {args.inflate!r} "

@@ -9,12 +9,12 @@ import argparse
 import sys
 from typing import Sequence
 
-from .errors import DtlabError
+from ..errors import DtlabError
 
 
 def _load(args):
-    from .chaos.spec import load_scenario, scenario_path
-    from .model import load_cluster
+    from ..chaos.spec import load_scenario, scenario_path
+    from ..model import load_cluster
 
     scenario = load_scenario(scenario_path(args.scenario))
     cluster = load_cluster(args.cluster) if args.cluster else scenario.cluster()
@@ -22,7 +22,7 @@ def _load(args):
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from .chaos.spec import expand
+    from ..chaos.spec import expand
 
     try:
         scenario, cluster = _load(args)
@@ -45,14 +45,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .chaos import export
-    from .pathcheck import output_dir
+    from ..chaos import export
+    from ..pathcheck import output_dir
 
     try:
         output_dir(args.out, "manifest directory")
         scenario, cluster = _load(args)
         if cluster is not None:
-            from .chaos.spec import expand
+            from ..chaos.spec import expand
             expand(scenario, cluster)  # reject selectors that match nothing before writing anything
         written = export.write(scenario, args.out, cluster=cluster, namespace=args.namespace)
     except DtlabError as exc:
@@ -81,7 +81,7 @@ def register(subparsers) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m dtlab.cli_chaos ...`` is ``dtlab ...`` (one parser, one error policy)."""
-    from .cli import main as dtlab_main
+    from ..cli import main as dtlab_main
     return dtlab_main(argv)
 
 

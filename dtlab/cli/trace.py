@@ -5,7 +5,7 @@ import argparse
 
 
 def _record(args: argparse.Namespace) -> int:
-    from .trace import record
+    from ..trace import record
     counters = record(args.kubeconfig, args.duration, args.out, namespace=args.namespace)
     print(f"recorded {counters['records']} records ({counters['lists']} lists, {counters['watches']} watches, "
           f"{counters['gone']} relists after 410, {counters['errors']} errors) -> {args.out}")
@@ -13,7 +13,7 @@ def _record(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from .trace import replay
+    from ..trace import replay
     df = replay(args.trace, policy=args.policy, substrate=args.substrate, samples=args.samples, seed=args.seed,
                 kubeconfig=args.kubeconfig)
     if args.out:

@@ -25,23 +25,23 @@ import json
 import sys
 from typing import Sequence
 
-from .errors import DtlabError, SpecError
+from ..errors import DtlabError, SpecError
 
 COMMANDS: list[str] = [
     "dtlab.cli:PlanCommand",
     "dtlab.cli:SimulateCommand",
     "dtlab.cli:PoliciesCommand",
-    "dtlab.cli_run",
-    "dtlab.cli_chaos",
-    "dtlab.cli_fabric",
-    "dtlab.cli_workload",
+    "dtlab.cli.run",
+    "dtlab.cli.chaos",
+    "dtlab.cli.fabric",
+    "dtlab.cli.workload",
     "dtlab.api.serve",
-    "dtlab.cli_sweep",
+    "dtlab.cli.sweep",
     "dtlab.controller_service",
-    "dtlab.cli_cluster",
+    "dtlab.cli.cluster",
     "dtlab.operator.cli",
     "dtlab.report.cli",
-    "dtlab.cli_trace",
+    "dtlab.cli.trace",
 ]
 
 EXIT_SPEC = 2
@@ -53,7 +53,7 @@ class PlanCommand:
 
     @staticmethod
     def add_parser(subparsers):
-        from .predict import PREDICTORS
+        from ..predict import names as predictor_names
         p = subparsers.add_parser("plan", help="place one job on a cluster and predict its latency",
                                   description="Place JOB on CLUSTER with a policy; print placement, shadow, "
                                               "predicted latency (mean, p50/p95/p99, CVaR95, deadline-miss) "
@@ -66,15 +66,15 @@ class PlanCommand:
                             "policy: {optimize_for: energy}; see `dtlab policies`)")
         p.add_argument("--samples", type=int, default=256, help="Monte Carlo samples (default 256)")
         p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-        p.add_argument("--predictor", default="fast", choices=PREDICTORS, help="predictor path (default fast)")
+        p.add_argument("--predictor", default="fast", choices=predictor_names(), help="predictor path (default fast)")
         p.add_argument("--json", action="store_true", help="print the plan as JSON")
         return p
 
     @staticmethod
     def run(args) -> int:
-        from .jobfile import load_jobs, pick_job
-        from .model import check_job_fits, load_cluster
-        from .twin import Twin
+        from ..jobfile import load_jobs, pick_job
+        from ..model import check_job_fits, load_cluster
+        from ..twin import Twin
         cluster = load_cluster(args.cluster)
         job = pick_job(load_jobs(args.job), args.job_id, args.job)
         check_job_fits(job, cluster)
@@ -84,7 +84,7 @@ class PlanCommand:
                                   predictor=args.predictor)
         carried = _carried(job)
         if args.json:
-            from .energy import stage_energy_j
+            from ..energy import stage_energy_j
             out = plan.to_dict()
             out["energy_stages_j"] = stage_energy_j(twin.state.snapshot(), job, plan.placement, twin.timing)
             if carried:
@@ -99,7 +99,7 @@ class PlanCommand:
         for sid, node in plan.placement.items():
             backup = f"   shadow {plan.shadow[sid]}" if sid in plan.shadow else ""
             print(f"  {sid:<16} -> {node:<16} [{plan.formats.get(sid)}]{backup}")
-        from .energy import ENERGY_KEYS
+        from ..energy import ENERGY_KEYS
         pr = {k: v for k, v in plan.prediction.items() if k not in ENERGY_KEYS}
         print("  predicted latency: " + ", ".join(f"{k[:-3] if k.endswith('_ms') else k} {v:.4g}"
                                                   for k, v in pr.items()))
@@ -142,11 +142,11 @@ class SimulateCommand:
     @staticmethod
     def run(args) -> int:
         from dataclasses import replace
-        from .jobfile import load_jobs, pick_job
-        from .model import Arrivals, Workload, check_job_fits, load_cluster, load_workload
-        from .twin import Twin
-        from . import policies
-        from .pathcheck import output_file
+        from ..jobfile import load_jobs, pick_job
+        from ..model import Arrivals, Workload, check_job_fits, load_cluster, load_workload
+        from ..twin import Twin
+        from .. import policies
+        from ..pathcheck import output_file
         output_file(args.out, "results CSV")
         cluster = load_cluster(args.cluster)
         if args.workload is None and args.jobs is None:
@@ -186,7 +186,7 @@ class PoliciesCommand:
 
     @staticmethod
     def run(args) -> int:
-        from . import policies
+        from .. import policies
         print("\n".join(policies.names()))
         return 0
 
@@ -208,7 +208,7 @@ def _load(entry: str):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dtlab", description="Digital-twin workbench for heterogeneous clusters")
-    from . import __version__
+    from .. import __version__
     parser.add_argument("--version", action="version", version=f"dtlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for entry in COMMANDS:

@@ -1,7 +1,7 @@
 """The ``des`` predictor path: Monte Carlo over tiny SimPy runs of ONE job on the current snapshot.
 
 This is the accurate, slow reference; the vectorised ``fast`` path in
-:mod:`dtlab.predict` models the same world and is tested against it. Everything the
+:mod:`dtlab.predict.fast` models the same world and is tested against it. Everything the
 two must agree on is stated in :func:`sample_latencies_des` and exported as helpers.
 """
 from __future__ import annotations
@@ -100,7 +100,7 @@ def sample_latencies_des(snapshot: Snapshot, job: Job, placement: Mapping[str, s
       ``X`` = ``timing.service_noise`` drawn once per stage per sample.
     * **Transfers**: ``timing.sample_transfer_ms`` over ``snapshot``'s links for each
       predecessor output (skipped on the same node) and, for root stages, ``input_mb``
-      from the origin zone (:func:`dtlab.des.links.origin_link`; no origin: no
+      from the origin zone (:func:`dtlab.model.resolve_link` from the zone; no origin: no
       transfer). A stage starts when all predecessors ended and all inputs arrived. A
       cut link makes the sample ``inf``; so does a stage placed on a node that is down
       in the snapshot with no usable shadow.
@@ -142,8 +142,7 @@ def sample_latencies_des(snapshot: Snapshot, job: Job, placement: Mapping[str, s
             eng.submit(pj, {"co": node}, scale=scale)
         eng.submit(job, placement, shadow, stage_failures=failures)
         eng.run()
-        jr = next(r for r in eng._done if r.name == job.name)
-        out[i] = np.inf if jr.lost else jr.end_ms - jr.arrival_ms
+        out[i] = eng.latency_ms(job.name)
     return out
 
 
