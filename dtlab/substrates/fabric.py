@@ -427,14 +427,35 @@ class FabricSubstrate(WallClockSubstrate):
             return
         n = self._cluster.node(node)
         with self._lock:
+            down = factor < self.speed_factor[node]
             self.speed_factor[node] = factor
-            self._cg_node[node].set_cores(n.cores * n.speed * self.scale * factor, cgroups.NODE_MIN_QUOTA_US)
-            for cg, cpu in list(self._stage_cgs[node].items()):
-                try:
-                    cg.set_cores(cpu * n.speed * self.scale * factor)
-                except OSError:
-                    pass          # the stage just ended and its cgroup is going
+
+            def stages() -> None:
+                for cg, cpu in list(self._stage_cgs[node].items()):
+                    try:
+                        cg.set_cores(self._stage_cores(node, cpu))
+                    except OSError:
+                        pass          # the stage just ended and its cgroup is going
+            if down:          # cgroup v1 refuses a parent quota below a child's: children first
+                stages()
+            self._cg_node[node].set_cores(self._node_cores(node), cgroups.NODE_MIN_QUOTA_US)
+            if not down:
+                stages()
             self.drift_applied.append({"node": node, "factor": factor, "at_ms": round(self.now_ms(), 1)})
+
+    def _node_cores(self, node: str) -> float:
+        n = self._cluster.node(node)
+        return n.cores * n.speed * self.scale * self.speed_factor[node]
+
+    def _stage_cores(self, node: str, cpu: float) -> float:
+        """A stage's quota (cores): ``cpu * speed * scale`` x the node's drift factor, kept just under the
+        node's own quota as the kernel rounds it (quota/period), since cgroup v1 refuses a child above its
+        parent and a stage as large as its node would otherwise sit on the rounding edge."""
+        from ..fabric import cgroups
+
+        quota, period = cgroups.cores_to_quota(self._node_cores(node), min_quota_us=cgroups.NODE_MIN_QUOTA_US)
+        n = self._cluster.node(node)
+        return min(cpu * n.speed * self.scale * self.speed_factor[node], quota / period - 2e-4)
 
     def true_speed(self, node: str, at_ms: float | None = None) -> float:
         """The node's speed at ``at_ms`` (reference ms; None: now): spec speed x the last drift factor
@@ -604,7 +625,7 @@ class FabricSubstrate(WallClockSubstrate):
             argv = worker.command(fmt, self.kernel, iters, seed=self.seed + 1)
             with self._lock:
                 cg = self._cg_node[node_name].child(_safe(f"{job.name}-{stage.id}-{secrets.token_hex(2)}"),
-                                                    cpu * node.speed * self.scale * self.speed_factor[node_name])
+                                                    self._stage_cores(node_name, cpu))
                 self._stage_cgs[node_name][cg] = cpu
             ns = self.net.ns(node_name) if self.net else None
             # No preexec_fn (forking this big threaded interpreter costs tens of ms; vfork does not).
