@@ -19,11 +19,6 @@ LAB_ARGS ?=
 LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 FRESH_ARGS ?=
 
-# run-script FILE: run a script another part of the project provides, or say it is not there yet
-define run-script
-	@if [ -f "$(1)" ]; then bash "$(1)"; else echo "$@: $(1) is not available yet (placeholder target)"; fi
-endef
-
 # time STEP: prefix a recipe line to print how long it took
 elapsed = start=$$(date +%s); $(1); echo "[$(2): $$(( $$(date +%s) - start )) s]"
 

@@ -1,4 +1,4 @@
-"""`dtlab controller`: the sense-simulate-act loop as a long-running service.
+"""`dtlab controller` (flags: :mod:`dtlab.cli.controller`): the sense-simulate-act loop as a long-running service.
 
 :class:`ControllerService` wraps one :class:`dtlab.controller.Controller` and adds what a
 service needs and an experiment does not:
@@ -28,7 +28,6 @@ The record (``--record PATH``) is JSON lines written and flushed as decisions ha
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -331,7 +330,7 @@ class ControllerService:
     def _write(self, line: dict[str, Any]) -> None:
         if self._record is None:
             return
-        self._record.write(json.dumps(line, default=_json_default, sort_keys=True) + "\n")
+        self._record.write(json.dumps(line, default=json_default, sort_keys=True) + "\n")
         self._record.flush()
         try:
             os.fsync(self._record.fileno())
@@ -345,125 +344,36 @@ def _refused(message: str, field: str):
     return ClientError(409, message, field)
 
 
-def _json_default(x: Any) -> Any:
+def json_default(x: Any) -> Any:
+    """``json.dumps(default=...)`` for the record and the summary: numpy scalars as numbers, the rest as text."""
     if isinstance(x, float) or hasattr(x, "item"):
         return x.item() if hasattr(x, "item") else float(x)
     return str(x)
 
 
-# ---------------------------------------------------------------- CLI
-
-def register(sub) -> None:
-    p = sub.add_parser("controller", help="run the sense-simulate-act controller as a service",
-                       description="Plan each arriving job on the twin and run it on the substrate; fail stages "
-                                   "over to their shadows on node-down; refuse plans on stale telemetry; "
-                                   "export metrics; stop cleanly on SIGTERM.")
-    p.add_argument("--substrate", required=True, choices=["sim", "fabric", "kube"])
-    p.add_argument("--cluster", required=True, help="Cluster spec the substrate runs (and the twin starts from)")
-    p.add_argument("--workload", help="Workload spec of arriving jobs (none: serve plans handed in via --api-port)")
-    p.add_argument("--jobs", type=int, help="override the workload's job count")
-    p.add_argument("--rate", type=float, help="override the workload's arrival rate (jobs/s)")
-    p.add_argument("--policy", default="greedy")
-    p.add_argument("--predictor", default="fast", choices=["fast", "des", "legacy"])
-    p.add_argument("--samples", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--freshness-s", type=float, help="refuse plans relying on telemetry older than this (seconds)")
-    p.add_argument("--speed", type=float, default=1.0, help="sim: substrate seconds per wall second (default 1)")
-    p.add_argument("--duration-s", type=float, help="stop after this many wall seconds")
-    p.add_argument("--drain-s", type=float, default=0.0, help="on stop, let in-flight jobs finish for this long")
-    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="substrate option (e.g. failure_rate_per_h=0); repeatable")
-    p.add_argument("--record", help="JSON-lines record of every decision and failover (flushed as it happens)")
-    p.add_argument("--host", default="127.0.0.1", help="bind address of --port and --api-port")
-    p.add_argument("--port", type=int, help="serve Prometheus /metrics on this port (0: any free port)")
-    p.add_argument("--api-port", type=int,
-                   help="also serve the REST API with this controller attached (non-dry-run /plan acts)")
-    p.add_argument("--insecure-dev", action="store_true", help="with --api-port: allow mutating calls without a token")
-    p.set_defaults(func=run)
-
-
-def _opts(pairs: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SpecError("--opt", f"expected KEY=VALUE, got {pair!r}")
-        try:
-            out[key] = json.loads(value)
-        except ValueError:
-            out[key] = value
-    return out
-
-
-def run(args: argparse.Namespace) -> int:
-    from .model import load_cluster
-    from .substrates import make_substrate
-    from .twin import Twin
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if not args.workload and args.duration_s is None and args.api_port is None:
-        raise SpecError("--workload", "nothing to do: give --workload, --api-port or --duration-s")
-    config = ServiceConfig(policy=args.policy, predictor=args.predictor, samples=args.samples, seed=args.seed,
-                           freshness_s=args.freshness_s, speed=args.speed, drain_s=args.drain_s)
-    cluster = load_cluster(args.cluster)
-    stream: Iterable[Any] = ()
-    if args.workload:
-        import numpy as np
-
-        from .experiments.params import load_workload_param
-        from .workload.stream import job_stream
-        workload = load_workload_param(args.workload, args.jobs, args.rate)
-        stream = job_stream(workload, np.random.default_rng(args.seed))
-    servers = []
-    substrate = make_substrate(args.substrate, cluster, seed=args.seed, **_opts(args.opt))
-    record = None
-    try:
-        record = open(args.record, "a", encoding="utf-8") if args.record else None
-        twin = Twin(substrate.cluster())
-        service = ControllerService(twin, substrate, config, record=record)
-        service.install_signal_handlers()
-        if args.port is not None:
-            from prometheus_client import start_http_server
-            server, _thread = start_http_server(args.port, addr=args.host, registry=service.metrics.registry)
-            servers.append(server)
-            print(f"dtlab controller: metrics on http://{args.host}:{server.server_address[1]}/metrics",
-                  file=sys.stderr, flush=True)
-        if args.api_port is not None:
-            servers.append(_serve_api(service, args))
-        print(f"dtlab controller: running on substrate {substrate.name} (policy {config.policy})",
-              file=sys.stderr, flush=True)
-        summary = service.run(stream if args.workload else _forever(), duration_s=args.duration_s)
-        print(json.dumps(summary, default=_json_default, sort_keys=True), flush=True)
-    finally:
-        for server in servers:
-            _shutdown(server)
-        substrate.close()
-        if record is not None:
-            record.close()
-    return 0
-
-
-def _forever() -> Iterator[Arrival]:
+def forever() -> Iterator[Arrival]:
     """No arrivals of our own: the loop only senses (plans come in through act())."""
     while True:
         yield Arrival(float("inf"), None)  # type: ignore[arg-type] - never due
 
 
-def _serve_api(service: ControllerService, args: argparse.Namespace):
+def serve_api(service: ControllerService, host: str, port: int, insecure_dev: bool = False) -> Any:
+    """Serve the REST API with ``service`` attached (non-dry-run /plan acts) on a daemon thread; the server."""
     from waitress.server import create_server
 
     from .api.app import ApiConfig, create_app
-    config = ApiConfig(insecure_dev=args.insecure_dev)
+    config = ApiConfig(insecure_dev=insecure_dev)
     app = create_app(service.twin, config, controller=service)
     # threads beyond the plans in flight keep /healthz answering; bodies capped like `dtlab serve`
-    server = create_server(app, host=args.host, port=args.api_port, threads=config.max_inflight + 2,
+    server = create_server(app, host=host, port=port, threads=config.max_inflight + 2,
                            ident="dtlab-controller", max_request_body_size=config.max_body_bytes)
     threading.Thread(target=server.run, name="dtlab-api", daemon=True).start()
-    print(f"dtlab controller: REST API on http://{args.host}:{server.effective_port}", file=sys.stderr, flush=True)
+    print(f"dtlab controller: REST API on http://{host}:{server.effective_port}", file=sys.stderr, flush=True)
     return server
 
 
-def _shutdown(server) -> None:
+def shutdown_server(server: Any) -> None:
+    """Stop a server :func:`serve_api` or prometheus_client started."""
     if hasattr(server, "shutdown"):       # wsgiref (prometheus_client)
         server.shutdown()
         server.server_close()

@@ -13,7 +13,7 @@ class Plan:
     policy: str
     placement: dict[str, str]                 # stage id -> node name
     shadow: dict[str, str] = field(default_factory=dict)   # stage id -> backup node (other zone)
-    formats: dict[str, str] = field(default_factory=dict)  # stage id -> execution format key
+    formats: dict[str, str | None] = field(default_factory=dict)  # stage id -> execution format key
     prediction: dict[str, float] = field(default_factory=dict)
     predictor: str = "fast"
     samples: int = 0

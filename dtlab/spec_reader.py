@@ -7,9 +7,10 @@ which keys it consumed, so unknown keys are reported too.
 """
 from __future__ import annotations
 
+import builtins
 import math
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Literal, overload
 
 from .errors import SpecError
 from .strict_json import loads as strict_json_loads, short
@@ -52,12 +53,29 @@ class Fields:
             return default
         return self.data[key]
 
-    def sub(self, key: str, required: bool = False) -> "Fields | None":
+    # The overloads say what a loader can rely on: ``required=True`` or a non-None default never
+    # gives None (the method names shadow the builtins inside the class, hence ``builtins.``).
+    @overload
+    def sub(self, key: builtins.str, required: Literal[True]) -> Fields: ...
+    @overload
+    def sub(self, key: builtins.str, required: builtins.bool = False) -> Fields | None: ...
+
+    def sub(self, key: builtins.str, required: builtins.bool = False) -> Fields | None:
         value = self.raw(key, required=required)
         return None if value is None else Fields(value, self.at(key))
 
-    def str(self, key: str, default: str | None = None, required: bool = False,
-            choices: Iterable[str] | None = None) -> str | None:
+    @overload
+    def str(self, key: builtins.str, default: builtins.str, required: builtins.bool = False,
+            choices: Iterable[builtins.str] | None = None) -> builtins.str: ...
+    @overload
+    def str(self, key: builtins.str, default: None = None, *, required: Literal[True],
+            choices: Iterable[builtins.str] | None = None) -> builtins.str: ...
+    @overload
+    def str(self, key: builtins.str, default: builtins.str | None = None, required: builtins.bool = False,
+            choices: Iterable[builtins.str] | None = None) -> builtins.str | None: ...
+
+    def str(self, key: builtins.str, default: builtins.str | None = None, required: builtins.bool = False,
+            choices: Iterable[builtins.str] | None = None) -> builtins.str | None:
         value = self.raw(key, default, required)
         if value is None:
             return None
@@ -67,7 +85,20 @@ class Fields:
             raise SpecError(self.at(key), f"must be one of {sorted(choices)}, got {short(value)}")
         return value
 
-    def num(self, key: str, default: float | None = None, required: bool = False,
+    @overload
+    def num(self, key: builtins.str, default: float, required: builtins.bool = False,
+            gt: float | None = None, ge: float | None = None, le: float | None = None,
+            lt: float | None = None) -> float: ...
+    @overload
+    def num(self, key: builtins.str, default: None = None, *, required: Literal[True],
+            gt: float | None = None, ge: float | None = None, le: float | None = None,
+            lt: float | None = None) -> float: ...
+    @overload
+    def num(self, key: builtins.str, default: float | None = None, required: builtins.bool = False,
+            gt: float | None = None, ge: float | None = None, le: float | None = None,
+            lt: float | None = None) -> float | None: ...
+
+    def num(self, key: builtins.str, default: float | None = None, required: builtins.bool = False,
             gt: float | None = None, ge: float | None = None, le: float | None = None,
             lt: float | None = None) -> float | None:
         value = self.raw(key, default, required)
@@ -75,21 +106,32 @@ class Fields:
             return None
         return check_number(value, self.at(key), gt=gt, ge=ge, le=le, lt=lt)
 
-    def int(self, key: str, default: int | None = None, required: bool = False,
-            ge: int | None = None, le: int = MAX_INT, why: str = "") -> int | None:
+    @overload
+    def int(self, key: builtins.str, default: builtins.int, required: builtins.bool = False,
+            ge: builtins.int | None = None, le: builtins.int = MAX_INT, why: builtins.str = "") -> builtins.int: ...
+    @overload
+    def int(self, key: builtins.str, default: None = None, *, required: Literal[True],
+            ge: builtins.int | None = None, le: builtins.int = MAX_INT, why: builtins.str = "") -> builtins.int: ...
+    @overload
+    def int(self, key: builtins.str, default: builtins.int | None = None, required: builtins.bool = False,
+            ge: builtins.int | None = None, le: builtins.int = MAX_INT,
+            why: builtins.str = "") -> builtins.int | None: ...
+
+    def int(self, key: builtins.str, default: builtins.int | None = None, required: builtins.bool = False,
+            ge: builtins.int | None = None, le: builtins.int = MAX_INT, why: builtins.str = "") -> builtins.int | None:
         value = self.raw(key, default, required)
         if value is None:
             return None
         return check_int(value, self.at(key), ge=ge, le=le, why=why)
 
-    def bool(self, key: str, default: bool = False) -> bool:
+    def bool(self, key: builtins.str, default: builtins.bool = False) -> builtins.bool:
         value = self.raw(key, default)
         if not isinstance(value, bool):
             raise SpecError(self.at(key), f"must be true or false, got {short(value)}")
         return value
 
-    def str_list(self, key: str, choices: Iterable[str] | None = None,
-                 default: tuple[str, ...] | None = None) -> tuple[str, ...] | None:
+    def str_list(self, key: builtins.str, choices: Iterable[builtins.str] | None = None,
+                 default: tuple[builtins.str, ...] | None = None) -> tuple[builtins.str, ...] | None:
         value = self.raw(key)
         if value is None:
             return default
@@ -105,7 +147,7 @@ class Fields:
                 raise SpecError(join(self.at(key), i), f"must be one of {sorted(allowed)}, got {short(item)}")
         return tuple(value)
 
-    def list(self, key: str, required: bool = False) -> list[Any]:
+    def list(self, key: builtins.str, required: builtins.bool = False) -> builtins.list[Any]:
         value = self.raw(key, [], required)
         if not isinstance(value, list):
             raise SpecError(self.at(key), f"must be a list, got {type(value).__name__}")
@@ -113,13 +155,13 @@ class Fields:
             raise SpecError(self.at(key), "must not be empty")
         return value
 
-    def str_map(self, key: str) -> dict[str, str]:
+    def str_map(self, key: builtins.str) -> dict[builtins.str, builtins.str]:
         value = self.raw(key, {})
         if not isinstance(value, dict):
             raise SpecError(self.at(key), "must be a mapping of strings")
         return {str(k): str(v) for k, v in value.items()}
 
-    def done(self, ignore: Iterable[str] = ()) -> None:
+    def done(self, ignore: Iterable[builtins.str] = ()) -> None:
         """Reject keys nobody asked for: typos must not pass silently."""
         unknown = sorted((str(k) for k in set(self.data) - self._seen - set(ignore)))
         if unknown:

@@ -5,7 +5,7 @@ with plain-dict events; readers (planners) take :meth:`ClusterState.snapshot`, a
 immutable view carrying the version it was taken at. An apply touches only the
 objects the event names (O(changed)); a snapshot is rebuilt only when the
 version moved since the last one, so a burst of plans shares one copy. Nodes and
-stages live in :class:`_CowMap`, a bucketed map whose snapshot shares every bucket
+stages live in :class:`dtlab.cowmap.CowMap`, a bucketed map whose snapshot shares every bucket
 an event did not touch: taking a snapshot after an event costs O(buckets) pointer
 copies plus O(bucket size) per touched bucket, not O(cluster). Per-node load is also
 kept as column arrays, which the planner's node table reads without one Python
@@ -44,11 +44,11 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from types import MappingProxyType
-from collections.abc import Mapping as _MappingABC
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
+from .cowmap import CowMap, FrozenMap
 from .errors import SpecError
 from .model import (LINK_RULES, Cluster, Link, LinkCutError, Node, base_for_change, cluster_from_dict,
                     resolve_link)
@@ -57,188 +57,7 @@ from .strict_json import short
 
 MAX_STAGE_CPU = 1e4  # cores one stage may claim: more than any node has, far from overflow
 
-EVENT_KINDS = ("node-add", "node-remove", "node-down", "node-up", "node-cordon", "node-uncordon",
-               "telemetry", "link", "link-reset", "job-submit", "stage-start", "stage-end", "chaos")
 LINK_FIELDS = ("latency_ms", "bandwidth_mbps", "loss", "jitter_ms")
-
-
-# ---------------------------------------------------------------- persistent maps
-
-_CHUNK = 256             # keys per insertion-order chunk
-_BUCKET_LOAD = 16        # mean entries per bucket before the bucket count grows 4x
-
-
-class _CowMap:
-    """Insertion-ordered mutable map with O(buckets) :meth:`freeze` sharing untouched buckets.
-
-    Why not a dict: copying a dict of 50,000 nodes for every snapshot taken between
-    events makes each plan O(cluster). Here keys are spread over ``hash(key) & mask``
-    buckets (small dicts of key -> (position, value)) and an append-only list of key
-    chunks records insertion order. ``freeze`` hands out the current bucket and chunk
-    lists and bumps a generation; a later write copies a bucket (or the tail chunk)
-    only if it was created before the freeze (copy-on-write), so frozen views never
-    change. Removal leaves a tombstone in the order list (skipped on iteration;
-    compacted when tombstones outnumber live keys). Iteration order is dict order
-    (insertion; an update keeps the position, remove + re-add moves to the end),
-    independent of PYTHONHASHSEED. Not thread-safe: ClusterState holds its lock.
-    """
-
-    def __init__(self, items: Iterable[tuple[Any, Any]] = ()):
-        items = list(items)
-        self._gen = 1
-        self.layout = object()        # replaced when positions change (compaction)
-        nb = 64
-        while _BUCKET_LOAD * nb < len(items):
-            nb *= 4
-        self._reset(nb)
-        for k, v in items:
-            self[k] = v
-
-    def _reset(self, nbuckets: int) -> None:
-        self._mask = nbuckets - 1
-        self._buckets: list[dict] = [{} for _ in range(nbuckets)]
-        self._bgen = [self._gen] * nbuckets
-        self._order: list[list] = []
-        self._ogen: list[int] = []
-        self._n = 0                   # positions used (live + tombstones)
-        self._len = 0
-
-    def __len__(self) -> int:
-        return self._len
-
-    def __contains__(self, key) -> bool:
-        return key in self._buckets[hash(key) & self._mask]
-
-    def get(self, key, default=None):
-        e = self._buckets[hash(key) & self._mask].get(key)
-        return default if e is None else e[1]
-
-    def pos(self, key) -> int:
-        return self._buckets[hash(key) & self._mask][key][0]
-
-    def _own(self, b: int) -> dict:
-        if self._bgen[b] != self._gen:
-            self._buckets[b] = dict(self._buckets[b])
-            self._bgen[b] = self._gen
-        return self._buckets[b]
-
-    def __setitem__(self, key, value) -> None:
-        self.put(key, value)
-
-    def put(self, key, value) -> int:
-        """Set ``key`` (copy-on-write of its bucket); returns its position."""
-        b = hash(key) & self._mask
-        if self._bgen[b] == self._gen:
-            d = self._buckets[b]
-        else:
-            d = self._buckets[b] = dict(self._buckets[b])
-            self._bgen[b] = self._gen
-        e = d.get(key)
-        if e is not None:
-            d[key] = (e[0], value)
-            return e[0]
-        pos = self._n
-        c = pos // _CHUNK
-        if c == len(self._order):
-            self._order.append([])
-            self._ogen.append(self._gen)
-        elif self._ogen[c] != self._gen:
-            self._order[c] = list(self._order[c])
-            self._ogen[c] = self._gen
-        self._order[c].append(key)
-        d[key] = (pos, value)
-        self._n += 1
-        self._len += 1
-        if self._len > _BUCKET_LOAD * (self._mask + 1):
-            self._rebuild(4 * (self._mask + 1))
-            return self.pos(key)
-        return pos
-
-    def pop(self, key, *default):
-        b = hash(key) & self._mask
-        if key not in self._buckets[b]:
-            if default:
-                return default[0]
-            raise KeyError(key)
-        _, value = self._own(b).pop(key)
-        self._len -= 1
-        if self._n > 2 * self._len + _CHUNK:
-            self._rebuild(self._mask + 1)
-        return value
-
-    def _rebuild(self, nbuckets: int) -> None:
-        items = list(self.items())
-        self._gen += 1
-        self._reset(nbuckets)
-        self.layout = object()
-        for k, v in items:
-            self[k] = v
-
-    def items(self) -> Iterator[tuple[Any, Any]]:
-        return _iter_items(self._buckets, self._mask, self._order, self._n)
-
-    def values(self) -> Iterator[Any]:
-        return (v for _, v in self.items())
-
-    def __iter__(self) -> Iterator[Any]:
-        return (k for k, _ in self.items())
-
-    def freeze(self) -> tuple:
-        """(buckets, mask, order, n, len): an immutable view's data; later writes copy what they touch."""
-        view = (tuple(self._buckets), self._mask, tuple(self._order), self._n, self._len)
-        self._gen += 1
-        return view
-
-
-def _iter_items(buckets, mask, order, n) -> Iterator[tuple[Any, Any]]:
-    pos = 0
-    for chunk in order:
-        for key in chunk:
-            if pos >= n:
-                return
-            e = buckets[hash(key) & mask].get(key)
-            if e is not None and e[0] == pos:
-                yield key, e[1]
-            pos += 1
-
-
-class FrozenMap(_MappingABC):
-    """Read-only view of a :class:`_CowMap` at one moment (a snapshot's ``nodes`` / ``stages``)."""
-
-    __slots__ = ("_buckets", "_mask", "_order", "_n", "_len")
-
-    def __init__(self, view: tuple):
-        self._buckets, self._mask, self._order, self._n, self._len = view
-
-    def __getitem__(self, key):
-        e = self._buckets[hash(key) & self._mask].get(key)
-        if e is None:
-            raise KeyError(key)
-        return e[1]
-
-    def __contains__(self, key) -> bool:
-        return key in self._buckets[hash(key) & self._mask]
-
-    def __len__(self) -> int:
-        return self._len
-
-    def __iter__(self) -> Iterator[Any]:
-        return (k for k, _ in self.items())
-
-    def items(self):   # a generator, cheaper than the ItemsView's per-key __getitem__
-        return _iter_items(self._buckets, self._mask, self._order, self._n)
-
-    def values(self):
-        return (v for _, v in self.items())
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({len(self)} entries)"
-
-    def __getstate__(self):
-        return dict(self.items())
-
-    def __setstate__(self, state):
-        FrozenMap.__init__(self, _CowMap(state.items()).freeze())
 
 
 class _Layout:
@@ -261,7 +80,7 @@ class NodeMap(FrozenMap):
         """(up, cordoned, cpu_util, running_cpu) in ``names`` order: fancy indexing, no per-node Python."""
         hit = self._layout.perms.get(id(names))
         if hit is None or hit[0] is not names:
-            perm = np.fromiter((self._buckets[hash(k) & self._mask][k][0] for k in names), dtype=np.int64,
+            perm = np.fromiter((self.pos(k) for k in names), dtype=np.int64,
                                count=len(names))
             if len(self._layout.perms) > 8:
                 self._layout.perms.clear()
@@ -270,14 +89,14 @@ class NodeMap(FrozenMap):
         return tuple(c[perm] for c in self._cols)
 
     def __setstate__(self, state):
-        m = _CowMap(state.items())
+        m = CowMap(state.items())
         cols = _columns(m)
         NodeMap.__init__(self, m.freeze(), cols, _Layout())
 
 
-def _columns(nodes: _CowMap) -> tuple[np.ndarray, ...]:
+def _columns(nodes: CowMap) -> tuple[np.ndarray, ...]:
     """Column arrays (up, cordoned, cpu_util, running_cpu) indexed by position, rebuilt from scratch."""
-    size = max(64, nodes._n)
+    size = max(64, nodes.used)
     cols = (np.zeros(size, dtype=bool), np.zeros(size, dtype=bool), np.zeros(size), np.zeros(size))
     for name, s in nodes.items():
         _put_cols(cols, nodes.pos(name), s)
@@ -406,13 +225,13 @@ class ClusterState:
     def __init__(self, cluster: Cluster):
         self._lock = threading.RLock()
         self._cluster = cluster
-        self._nodes = _CowMap((n.name, NodeStatus(n)) for n in cluster.nodes)
+        self._nodes = CowMap((n.name, NodeStatus(n)) for n in cluster.nodes)
         self._cols = _columns(self._nodes)
         self._cols_layout = self._nodes.layout
         self._cols_shared = False     # handed to a snapshot: copy before the next write
         self._node_layout = _Layout()
         self._links: dict[tuple[str, str], Link | None] = {}
-        self._stages = _CowMap()
+        self._stages = CowMap()
         self._jobs: dict[str, dict[str, Any]] = {}
         self._chaos: list[dict[str, Any]] = []
         self._version = 0
@@ -458,8 +277,8 @@ class ClusterState:
             self._node_layout = _Layout()
             return
         cols = self._cols
-        if self._nodes._n > len(cols[0]):
-            size = max(2 * len(cols[0]), self._nodes._n)
+        if self._nodes.used > len(cols[0]):
+            size = max(2 * len(cols[0]), self._nodes.used)
             cols = tuple(np.concatenate([c, np.zeros(size - len(c), dtype=c.dtype)]) for c in cols)
             self._cols, self._cols_shared = cols, False
         elif self._cols_shared:
@@ -545,96 +364,113 @@ class _Staging:
             ts = check_number(ts, p + "ts", ge=0, le=1e11)
         if ts is not None and (self.clock is None or ts > self.clock):
             self.clock = float(ts)
-        if kind == "node-add":
-            spec = event.get("node")
-            if not isinstance(spec, Mapping):
-                raise SpecError(p + "node", "must be a Node spec mapping")
-            try:
-                node = cluster_from_dict({"nodes": [dict(spec)]}).nodes[0]
-            except SpecError as exc:
-                raise SpecError(p + exc.field.replace("nodes[0]", "node"), exc.rule) from None
-            old = self.nodes.get(node.name) or self.state._nodes.get(node.name)
-            self.put(NodeStatus(node) if old is None else replace(old, node=node))
-            self.state._nodes_changed = True
-        elif kind == "node-remove":
-            self.node(event.get("node"), p + "node")
-            self.nodes[event["node"]] = None
-            self.changed = True
-            self.state._nodes_changed = True
-        elif kind in ("node-down", "node-up", "node-cordon", "node-uncordon"):
-            status = self.node(event.get("node"), p + "node")
-            field_, value = {"node-down": ("up", False), "node-up": ("up", True),
-                             "node-cordon": ("cordoned", True), "node-uncordon": ("cordoned", False)}[kind]
-            self.put(replace(status, **{field_: value}))
-        elif kind == "telemetry":
-            status = self.node(event.get("node"), p + "node")
-            util = check_number(event.get("cpu_util"), p + "cpu_util", ge=0, le=1)
-            self.put(replace(status, cpu_util=util, telemetry_ts=float(ts) if ts is not None else time.time()))
-        elif kind in ("link", "link-reset"):
-            a, b = event.get("a"), event.get("b")
-            zones = self.state._cluster.zones
-            for key, value in (("a", a), ("b", b)):
-                if not isinstance(value, str) or (value not in zones and value not in self.state._nodes
-                                                  and self.nodes.get(value) is None):
-                    raise SpecError(p + key, f"{short(value)} is neither a zone nor a node")
-            if kind == "link-reset":
-                self.links[(a, b)] = "reset"
-                self.links[(b, a)] = "reset"
-            elif event.get("up", True) is False:
-                self.links[(a, b)] = None
-                self.links[(b, a)] = None
-            else:
-                base = self._current_link(a, b)
-                changes = {}
-                for k in LINK_FIELDS:
-                    if k in event:
-                        # the same rules as a Cluster spec's links (model.cluster_from_dict)
-                        changes[k] = check_number(event[k], p + k, **LINK_RULES[k])
-                link = replace(base, a=a, b=b, **changes)
-                self.links[(a, b)] = link
-                self.links[(b, a)] = replace(link, a=b, b=a)
-            self.changed = True
-        elif kind == "job-submit":
-            job = event.get("job")
-            if not isinstance(job, str):
-                raise SpecError(p + "job", "must be a job name")
-            stage_cpu = _stage_cpu(event.get("stage_cpu", {}), p + "stage_cpu")
-            deadline = event.get("deadline_ms")
-            if deadline is not None:
-                deadline = check_number(deadline, p + "deadline_ms", gt=0)
-            info = {"submitted_ts": ts, "deadline_ms": deadline, "stage_cpu": stage_cpu}
-            if "stage_ms" in event:
-                info["stage_ms"] = _stage_ms(event["stage_ms"], p + "stage_ms")
-            self.jobs.setdefault(job, {}).update(info)
-            self.changed = True
-        elif kind in ("stage-start", "stage-end"):
-            job, stage, node = event.get("job"), event.get("stage"), event.get("node")
-            if not isinstance(job, str):
-                raise SpecError(p + "job", "must be a job name")
-            if not isinstance(stage, str):
-                raise SpecError(p + "stage", "must be a stage id")
-            if node is not None:
-                self.node(node, p + "node")
-            key = (job, stage)
-            prev = self.stages.get(key) or self.state._stages.get(key)
-            if kind == "stage-start":
-                new = StageStatus(job, stage, node, "running", start_ts=ts)
-                self._claim(prev, new)
-            else:
-                ok = event.get("ok", True)
-                if not isinstance(ok, bool):
-                    raise SpecError(p + "ok", f"must be true or false, got {short(ok)}")
-                new = StageStatus(job, stage, node or (prev.node if prev else None),
-                                  "succeeded" if ok else "failed",
-                                  start_ts=prev.start_ts if prev else None, end_ts=ts)
-                self._claim(prev, new)
-            self.stages[key] = new
-            self.changed = True
-        elif kind == "chaos":
-            if not isinstance(event.get("fault"), Mapping):
-                raise SpecError(p + "fault", "must be a fault mapping")
-            self.chaos.append(dict(event["fault"]))
-            self.changed = True
+        _HANDLERS[kind](self, kind, event, p, ts)
+
+    def _node_add(self, kind: str, event: Mapping[str, Any], p: str, ts: float | None) -> None:
+        """``node-add``: a Node spec; an existing node of that name is replaced (its status kept)."""
+        spec = event.get("node")
+        if not isinstance(spec, Mapping):
+            raise SpecError(p + "node", "must be a Node spec mapping")
+        try:
+            node = cluster_from_dict({"nodes": [dict(spec)]}).nodes[0]
+        except SpecError as exc:
+            raise SpecError(p + exc.field.replace("nodes[0]", "node"), exc.rule) from None
+        old = self.nodes.get(node.name) or self.state._nodes.get(node.name)
+        self.put(NodeStatus(node) if old is None else replace(old, node=node))
+        self.state._nodes_changed = True
+
+    def _node_remove(self, kind: str, event: Mapping[str, Any], p: str, ts: float | None) -> None:
+        """``node-remove``: the node leaves the state."""
+        self.node(event.get("node"), p + "node")
+        self.nodes[event["node"]] = None
+        self.changed = True
+        self.state._nodes_changed = True
+
+    def _node_flag(self, kind: str, event: Mapping[str, Any], p: str, ts: float | None) -> None:
+        """``node-down``/``-up``/``-cordon``/``-uncordon``: one flag of the node."""
+        status = self.node(event.get("node"), p + "node")
+        field_, value = {"node-down": ("up", False), "node-up": ("up", True),
+                         "node-cordon": ("cordoned", True), "node-uncordon": ("cordoned", False)}[kind]
+        self.put(replace(status, **{field_: value}))
+
+    def _telemetry(self, kind: str, event: Mapping[str, Any], p: str, ts: float | None) -> None:
+        """``telemetry``: background ``cpu_util`` and when it was sampled."""
+        status = self.node(event.get("node"), p + "node")
+        util = check_number(event.get("cpu_util"), p + "cpu_util", ge=0, le=1)
+        self.put(replace(status, cpu_util=util, telemetry_ts=float(ts) if ts is not None else time.time()))
+
+    def _link(self, kind: str, event: Mapping[str, Any], p: str, ts: float | None) -> None:
+        """``link`` (change or cut) and ``link-reset`` (back to the spec), both directions."""
+        a, b = event.get("a"), event.get("b")
+        zones = self.state._cluster.zones
+        for key, value in (("a", a), ("b", b)):
+            if not isinstance(value, str) or (value not in zones and value not in self.state._nodes
+                                              and self.nodes.get(value) is None):
+                raise SpecError(p + key, f"{short(value)} is neither a zone nor a node")
+        if kind == "link-reset":
+            self.links[(a, b)] = "reset"
+            self.links[(b, a)] = "reset"
+        elif event.get("up", True) is False:
+            self.links[(a, b)] = None
+            self.links[(b, a)] = None
+        else:
+            base = self._current_link(a, b)
+            changes = {}
+            for k in LINK_FIELDS:
+                if k in event:
+                    # the same rules as a Cluster spec's links (model.cluster_from_dict)
+                    changes[k] = check_number(event[k], p + k, **LINK_RULES[k])
+            link = replace(base, a=a, b=b, **changes)
+            self.links[(a, b)] = link
+            self.links[(b, a)] = replace(link, a=b, b=a)
+        self.changed = True
+
+    def _job_submit(self, kind: str, event: Mapping[str, Any], p: str, ts: float | None) -> None:
+        """``job-submit``: deadline, per-stage cores and planned service ms (merged into earlier ones)."""
+        job = event.get("job")
+        if not isinstance(job, str):
+            raise SpecError(p + "job", "must be a job name")
+        stage_cpu = _stage_cpu(event.get("stage_cpu", {}), p + "stage_cpu")
+        deadline = event.get("deadline_ms")
+        if deadline is not None:
+            deadline = check_number(deadline, p + "deadline_ms", gt=0)
+        info = {"submitted_ts": ts, "deadline_ms": deadline, "stage_cpu": stage_cpu}
+        if "stage_ms" in event:
+            info["stage_ms"] = _stage_ms(event["stage_ms"], p + "stage_ms")
+        self.jobs.setdefault(job, {}).update(info)
+        self.changed = True
+
+    def _stage(self, kind: str, event: Mapping[str, Any], p: str, ts: float | None) -> None:
+        """``stage-start``/``stage-end``: the stage's phase and the cores it claims on its node."""
+        job, stage, node = event.get("job"), event.get("stage"), event.get("node")
+        if not isinstance(job, str):
+            raise SpecError(p + "job", "must be a job name")
+        if not isinstance(stage, str):
+            raise SpecError(p + "stage", "must be a stage id")
+        if node is not None:
+            self.node(node, p + "node")
+        key = (job, stage)
+        prev = self.stages.get(key) or self.state._stages.get(key)
+        if kind == "stage-start":
+            new = StageStatus(job, stage, node, "running", start_ts=ts)
+            self._claim(prev, new)
+        else:
+            ok = event.get("ok", True)
+            if not isinstance(ok, bool):
+                raise SpecError(p + "ok", f"must be true or false, got {short(ok)}")
+            new = StageStatus(job, stage, node or (prev.node if prev else None),
+                              "succeeded" if ok else "failed",
+                              start_ts=prev.start_ts if prev else None, end_ts=ts)
+            self._claim(prev, new)
+        self.stages[key] = new
+        self.changed = True
+
+    def _chaos(self, kind: str, event: Mapping[str, Any], p: str, ts: float | None) -> None:
+        """``chaos``: a fault notification, recorded."""
+        if not isinstance(event.get("fault"), Mapping):
+            raise SpecError(p + "fault", "must be a fault mapping")
+        self.chaos.append(dict(event["fault"]))
+        self.changed = True
 
     def _claim(self, prev: StageStatus | None, new: StageStatus) -> None:
         """Keep ``running_cpu`` per node equal to the cores of stages running there."""
@@ -693,3 +529,22 @@ class _Staging:
         for job, info in self.jobs.items():
             st._jobs.setdefault(job, {}).update(info)
         st._chaos.extend(self.chaos)
+
+
+# event kind -> handler (validates the event, stages its effect); the order is the documented one
+_HANDLERS: dict[str, Callable[[_Staging, str, Mapping[str, Any], str, float | None], None]] = {
+    "node-add": _Staging._node_add,
+    "node-remove": _Staging._node_remove,
+    "node-down": _Staging._node_flag,
+    "node-up": _Staging._node_flag,
+    "node-cordon": _Staging._node_flag,
+    "node-uncordon": _Staging._node_flag,
+    "telemetry": _Staging._telemetry,
+    "link": _Staging._link,
+    "link-reset": _Staging._link,
+    "job-submit": _Staging._job_submit,
+    "stage-start": _Staging._stage,
+    "stage-end": _Staging._stage,
+    "chaos": _Staging._chaos,
+}
+EVENT_KINDS = tuple(_HANDLERS)

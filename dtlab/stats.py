@@ -53,7 +53,7 @@ class CI:
     n: int
 
 
-def _finite(values: Iterable[float | None]) -> np.ndarray:
+def _finite(values: Iterable[float | None] | np.ndarray) -> np.ndarray:
     x = np.asarray([v for v in values if v is not None], dtype=float)
     return x[np.isfinite(x)] if x.size else x
 
@@ -175,7 +175,7 @@ def paired_seeds_needed(a: Sequence[float], b: Sequence[float], fraction: float 
         return None
     return seeds_needed(float(x.std(ddof=1)), abs(float(x.mean())) * fraction) or None
 
-def ks_statistic(a: Sequence[float], b: Sequence[float]) -> float:
+def ks_statistic(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
     """Two-sample Kolmogorov-Smirnov statistic ``sup |F_a - F_b|`` of two samples (NaN/inf dropped;
     NaN if either is empty). V2 compares predicted and observed job-latency distributions with it."""
     x, y = np.sort(_finite(a)), np.sort(_finite(b))

@@ -55,7 +55,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence, cast
 
 import pandas as pd
 
@@ -379,12 +379,13 @@ def sweep(experiment: str, grid: Grid | Mapping[str, Any] | str | os.PathLike, s
         seeds = list(range(seeds))
     if workers < 1:
         raise SpecError("workers", f"must be >= 1, got {workers}")
-    points = expand(exp, grid, base, list(seeds))
+    points = expand(exp, grid, base, list(cast(Sequence[int], seeds)))
     out_dir = Path(out).resolve() / exp
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = [p for p in dict((p.id, p) for p in points).values() if not is_done(out_dir / p.id)]
     skipped = [p.id for p in points if p.id not in {t.id for t in todo}]
-    ran, failed = [], {}
+    ran: list[str] = []
+    failed: dict[str, str] = {}
     if todo:
         from . import hostlock
         wall = next((w for w in (hostlock.wall_clock(p.params) for p in todo) if w), None)
@@ -548,7 +549,9 @@ def summary_figures(table: pd.DataFrame, experiment: str, grid: Grid, fig_dir: P
                     if vals.notna().any():
                         m, lo, hi = plots.mean_ci(vals)
                         xs.append(xv if numeric else j)
-                        ms.append(m), los.append(lo), his.append(hi)
+                        ms.append(m)
+                        los.append(lo)
+                        his.append(hi)
                 if not xs:
                     continue
                 lo_arr = pd.Series(los).clip(lower=0 if nonneg else None)

@@ -15,19 +15,21 @@ with it. ``load_aware=False`` turns it off (the myopic policies of earlier versi
 from __future__ import annotations
 
 import time
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
+import pandas as pd
 
 from . import energy, policies
 from .errors import SpecError
 from .strict_json import short
-from .model import Cluster, Job
-from .policies.load import ArrivalEstimator
+from .model import Cluster, Job, Workload
+from .policies.base import Policy
+from .policies.load import ArrivalEstimator, LoadForecast
 from .plan import Plan
 from . import predict
 from .predict import score_plan, stage_table
-from .state import ClusterState
+from .state import ClusterState, Snapshot
 from .timing import TimingModel
 
 SIMULATE_SAMPLES = 32   # samples per plan inside simulate(): plans are many, each needs only a ranking
@@ -35,6 +37,10 @@ SIMULATE_SAMPLES = 32   # samples per plan inside simulate(): plans are many, ea
 
 MAX_SAMPLES = 1_000_000    # the fast predictor holds samples x stages floats per array
 MAX_SEED = 2**128 - 1      # SeedSequence entropy; seeds derived inside experiments exceed 2**64
+
+
+# what the simulator calls at every arrival: (job, snapshot, rng) -> (placement, shadow)
+PlanFn = Callable[[Job, Snapshot, np.random.Generator], tuple[dict[str, str], dict[str, str]]]
 
 
 def _check_samples(samples) -> int:
@@ -67,11 +73,12 @@ class Twin:
         else:
             raise SpecError("cluster", f"must be a Cluster or ClusterState, got {type(cluster_or_state).__name__}")
         self.timing = timing or TimingModel()
-        self._policies: dict[str, object] = {}
+        self._policies: dict[str, Policy] = {}
         self.load_aware = bool(load_aware)
         self.arrivals = ArrivalEstimator()
 
-    def observe_submission(self, job: Job, placement: Mapping[str, str], ts: float, snapshot=None) -> None:
+    def observe_submission(self, job: Job, placement: Mapping[str, str], ts: float,
+                           snapshot: Snapshot | None = None) -> None:
         """Record that ``job`` was submitted at ``ts`` (seconds) with ``placement``: one sample of the
         arrival process, carrying the core-ms of work it put on each node (cores x the twin's mean
         service at full allocation there)."""
@@ -88,14 +95,14 @@ class Twin:
                 work[node] = work.get(node, 0.0) + float(st.cpu[i]) * svc
         self.arrivals.observe(float(ts), work)
 
-    def load_forecast(self, snapshot):
+    def load_forecast(self, snapshot: Snapshot) -> LoadForecast | None:
         """The arrival forecast policies plan with at ``snapshot`` (None when off or too little evidence)."""
         if not self.load_aware:
             return None
         now = snapshot.clock if snapshot.clock is not None else None
         return self.arrivals.forecast(now)
 
-    def policy(self, name: str):
+    def policy(self, name: str) -> Policy:
         """This twin's instance of a registered policy (created on first use, so stateful ones persist)."""
         if name not in self._policies:
             self._policies[name] = policies.get(name)
@@ -103,7 +110,7 @@ class Twin:
 
     # ------------------------------------------------------------------ planning
     def plan(self, job: Job, policy: str = "greedy", samples: int = 256, seed: int = 0,
-             predictor: str = "fast", snapshot=None) -> Plan:
+             predictor: str = "fast", snapshot: Snapshot | None = None) -> Plan:
         """Place ``job`` with ``policy`` on the current state and predict its latency with ``predictor``."""
         t0 = time.perf_counter()
         samples, seed = _check_samples(samples), _check_seed(seed)
@@ -125,14 +132,14 @@ class Twin:
                     elapsed_ms=(time.perf_counter() - t0) * 1e3, state_version=snap.version)
 
     def predict(self, job: Job, placement: Mapping[str, str], shadow: Mapping[str, str] | None = None,
-                predictor: str = "fast", samples: int = 256, seed: int = 0) -> dict:
+                predictor: str = "fast", samples: int = 256, seed: int = 0) -> dict[str, float]:
         """Prediction dict for a placement chosen elsewhere (e.g. by the real scheduler)."""
         samples, seed = _check_samples(samples), _check_seed(seed)
         return score_plan(self.state.snapshot(), job, placement, shadow, predictor=predictor, samples=samples,
                           rng=np.random.default_rng(seed), timing=self.timing)
 
     # ------------------------------------------------------------------ simulation
-    def plan_fn(self, policy: str = "greedy", samples: int = SIMULATE_SAMPLES):
+    def plan_fn(self, policy: str = "greedy", samples: int = SIMULATE_SAMPLES) -> PlanFn:
         """``plan_fn(job, snapshot, rng) -> (placement, shadow)`` as :func:`dtlab.des.simulate.simulate` calls it.
 
         Cheap enough to run at every arrival: the policy alone, no final prediction, and
@@ -141,7 +148,7 @@ class Twin:
         pol = self.policy(policy)
         timing = self.timing
 
-        def plan_fn(job, snapshot, rng):
+        def plan_fn(job: Job, snapshot: Snapshot, rng: np.random.Generator) -> tuple[dict[str, str], dict[str, str]]:
             now = snapshot.clock if snapshot.clock is not None else snapshot.taken_at
             load = self.arrivals.forecast(now) if self.load_aware else None
             ctx = policies.PlanContext(snapshot=snapshot, job=job, timing=timing, rng=rng, samples=samples,
@@ -151,7 +158,7 @@ class Twin:
             return placement, shadow
         return plan_fn
 
-    def simulate(self, workload, policy: str = "greedy", seed: int = 0):
+    def simulate(self, workload: Workload, policy: str = "greedy", seed: int = 0) -> pd.DataFrame:
         """Run ``workload`` through the SimPy engine with ``policy`` placing each job; one DataFrame row per job."""
         from .des.simulate import simulate  # SimPy engine: imported on demand
         seed = _check_seed(seed)

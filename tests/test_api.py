@@ -150,13 +150,11 @@ def test_token_is_never_logged(client, caplog):
 
 def test_serve_feeds_the_state_from_a_substrate():
     """`dtlab serve --substrate sim`: the observer's events keep reaching the twin's state."""
-    import argparse
     import threading
 
     from dtlab.api.serve import build_twin, feed
 
-    args = argparse.Namespace(cluster=str(EXAMPLES / "cluster-hetero.yaml"), substrate="sim")
-    twin, substrate = build_twin(args)
+    twin, substrate = build_twin(str(EXAMPLES / "cluster-hetero.yaml"), "sim")
     stop = threading.Event()
     thread = threading.Thread(target=feed, args=(substrate, twin.state, stop, 0.05), daemon=True)
     thread.start()

@@ -71,6 +71,9 @@ def test_the_run_id_is_hashed_in_one_place():
     rid = results.run_id("V1", params)
     assert runner.run_id_for(get("V1"), params) == rid == sweep.point_id("V1", params)
     assert len(rid) == results.RUN_ID_HEX and rid != results.run_id("V1", {"seeds": [0, 1], "x": None})
+    # the id the runner gave these params before the rule moved to results.py (finished runs stay skipped)
+    assert results.run_id("V1", {"seeds": [0, 1], "jobs": 40, "x": float("nan"), "rates_per_s": [0.5, 1.0]}) \
+        == "dc21f1f725"
 
 
 def _is_rename(node: ast.Call) -> bool:

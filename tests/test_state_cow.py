@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dtlab
-from dtlab.state import _CowMap, FrozenMap
+from dtlab.cowmap import CowMap, FrozenMap
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -18,7 +18,7 @@ ops = st.lists(st.tuples(st.sampled_from(["set", "pop", "freeze"]), st.integers(
 @settings(max_examples=60, deadline=None)
 @given(ops)
 def test_cowmap_matches_dict_and_frozen_views_stay(seq):
-    m, model, frozen = _CowMap(), {}, []
+    m, model, frozen = CowMap(), {}, []
     for op, k, v in seq:
         key = f"k{k}"
         if op == "set":
@@ -37,7 +37,7 @@ def test_cowmap_matches_dict_and_frozen_views_stay(seq):
 
 
 def test_cowmap_grows_and_compacts_without_touching_old_views():
-    m = _CowMap((f"n{i}", i) for i in range(100))
+    m = CowMap((f"n{i}", i) for i in range(100))
     early = FrozenMap(m.freeze())
     for i in range(100, 5000):
         m[f"n{i}"] = i                                       # bucket count grows 4x twice

@@ -5,7 +5,7 @@ __all__ = ["ApiConfig", "create_app"]
 
 
 def __getattr__(name):
-    # Flask is imported on first use only: every `dtlab` command imports dtlab.api.serve.
+    # Flask is imported on first use only: every `dtlab` command imports dtlab.api.limits (dtlab.cli.serve).
     if name == "create_app":
         from .app import create_app
         return create_app

@@ -1,64 +1,37 @@
-"""`dtlab serve`: the REST API on a production WSGI server (waitress), loopback by default."""
+"""Serve the DT REST API on waitress (``dtlab serve``; its flags are :mod:`dtlab.cli.serve`).
+
+:func:`build_twin` makes the twin (from a cluster spec, or from what a substrate's observer sees),
+:func:`feed` keeps a substrate's events flowing into its state, :func:`serve` runs the API (and
+the scheduler extender, over mutual TLS on its own port when given a context) until stopped.
+"""
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING, Any
 
-from ..errors import DtlabError, SpecError
+from ..errors import DtlabError
 from .limits import ApiConfig
 
-
-def register(sub) -> None:
-    p = sub.add_parser("serve", help="serve the DT REST API (plan, observe, snapshot, metrics)")
-    p.add_argument("--cluster", required=True,
-                   help="Cluster spec the twin's state starts from (with --substrate: the nodes it runs)")
-    p.add_argument("--substrate", choices=["sim", "fabric", "kube"],
-                   help="also start from what this substrate's observer sees (its events feed the state)")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: loopback only)")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--insecure-dev", action="store_true",
-                   help="allow mutating calls without DTLAB_API_TOKEN (local experiments only)")
-    p.add_argument("--max-body-bytes", type=int, default=1_000_000,
-                   help="largest request body (also waitress's max_request_body_size; default 1,000,000)")
-    p.add_argument("--threads", type=int, default=8,
-                   help="waitress worker threads (default 8; must exceed --max-inflight so /healthz stays up)")
-    p.add_argument("--max-inflight", type=int, default=2, help="plans computing at once; more get 429 (default 2)")
-    p.add_argument("--max-work", type=float, default=ApiConfig.max_work,
-                   help="work cap of one /plan with a valid token: stages x (500 + samples x 2.5 fast, "
-                        "2 legacy, 50 des), about its microseconds of CPU (default "
-                        f"{ApiConfig.max_work:,.0f} = about 2 s of a core)")
-    p.add_argument("--max-work-anonymous", type=float, default=ApiConfig.max_work_anonymous,
-                   help=f"the same cap without a token (default {ApiConfig.max_work_anonymous:,.0f})")
-    p.add_argument("--request-timeout", type=float, default=ApiConfig.request_timeout_s,
-                   help="seconds before a plan answers 503 (default 10)")
-    p.add_argument("--connection-limit", type=int, default=500,
-                   help="open connections waitress accepts (default 500; idle ones close after 30 s)")
-    p.add_argument("--extender", action="store_true",
-                   help="also serve the kube-scheduler extender routes /extender/filter and /extender/prioritize")
-    p.add_argument("--kubeconfig", help="with --extender: annotate pods with the per-node explanation")
-    p.add_argument("--extender-tls-cert", help="with --extender: serve its routes over mutual TLS with this "
-                   "server certificate (PEM) on --extender-port instead of on the plain port")
-    p.add_argument("--extender-tls-key", help="the certificate's private key (PEM; default: inside the cert file)")
-    p.add_argument("--extender-client-ca", help="CA (PEM) that signed the scheduler's client certificate")
-    p.add_argument("--extender-port", type=int, default=8443, help="mutual-TLS extender port (default 8443)")
-    p.add_argument("--extender-max-nodes", type=int, default=None,
-                   help="node names per extender call (default: max(5000, 2 x the cluster's nodes); "
-                        "never below the node count)")
-    p.set_defaults(func=run)
+if TYPE_CHECKING:
+    import ssl
 
 
-def build_twin(args):
+def build_twin(cluster_file: str, substrate_name: str | None = None) -> tuple[Any, Any]:
+    """The twin for ``cluster_file``; with a substrate, its state starts from what the observer sees.
+
+    Returns ``(twin, substrate)``; the substrate is None without ``substrate_name``, else the
+    caller closes it.
+    """
     from ..model import load_cluster
     from ..twin import Twin
 
-    cluster = load_cluster(args.cluster)
-    if args.substrate is None:
+    cluster = load_cluster(cluster_file)
+    if substrate_name is None:
         return Twin(cluster), None
     from ..substrates import make_substrate  # substrate-backed state: the observer feeds the twin
-    substrate = make_substrate(args.substrate, cluster)
+    substrate = make_substrate(substrate_name, cluster)
     twin = Twin(substrate.cluster())
     twin.state.apply_many(substrate.events())
     return twin, substrate
@@ -79,78 +52,43 @@ def feed(substrate, state, stop: "threading.Event", period_s: float = 0.2) -> No
         stop.wait(max(0.0, period_s - (time.monotonic() - start)))
 
 
-def run(args: argparse.Namespace) -> int:
-    from waitress import serve
+def serve(twin: Any, config: ApiConfig, *, substrate: Any = None, extender: Any = None,
+          tls_context: ssl.SSLContext | None = None, host: str = "127.0.0.1", port: int = 8080,
+          threads: int = 8, connection_limit: int = 500, extender_port: int = 8443) -> None:
+    """Serve the API for ``twin`` until the process is stopped; then stop the feed and close the substrate.
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if args.threads <= args.max_inflight:
-        raise SpecError("--threads", f"must exceed --max-inflight ({args.max_inflight}) so health checks "
-                                     "have a thread while plans saturate the slots")
-    for name in ("max_body_bytes", "max_inflight", "connection_limit", "max_work", "max_work_anonymous",
-                 "request_timeout"):
-        if not getattr(args, name) > 0:
-            raise SpecError("--" + name.replace("_", "-"), "must be > 0")
-    config = ApiConfig(insecure_dev=args.insecure_dev, max_body_bytes=args.max_body_bytes,
-                       max_inflight=args.max_inflight, max_work=args.max_work,
-                       max_work_anonymous=args.max_work_anonymous, request_timeout_s=args.request_timeout)
-    if config.token is None and not config.insecure_dev:
-        print("dtlab serve: DTLAB_API_TOKEN is not set: /observe and non-dry-run /plan will be refused",
-              file=sys.stderr)
-    tls = bool(args.extender_tls_cert or args.extender_client_ca)
-    if tls:
-        if not (args.extender and args.extender_tls_cert and args.extender_client_ca):
-            raise SpecError("--extender-tls-cert", "mutual TLS needs --extender, --extender-tls-cert and "
-                                                   "--extender-client-ca together")
-        import ssl
+    With ``extender`` its routes join the API, or, given ``tls_context``, are served over mutual
+    TLS on ``extender_port`` instead.
+    """
+    from waitress import serve as waitress_serve
 
-        from ..pathcheck import input_file
-        from .tls import server_context
-        for option in ("extender_tls_cert", "extender_tls_key", "extender_client_ca"):
-            if getattr(args, option):
-                input_file(getattr(args, option), "--" + option.replace("_", "-") + " file")
-        try:
-            context = server_context(args.extender_tls_cert, args.extender_tls_key, args.extender_client_ca)
-        except (ssl.SSLError, ValueError) as exc:
-            raise SpecError("--extender-tls-cert", f"cannot load the certificate, key or CA: {exc}") from None
-    if args.extender and not tls and config.extender_secret is None and not config.insecure_dev:
-        raise SpecError("DTLAB_EXTENDER_SECRET", "--extender needs a secret path prefix for its caller "
-                        "(the scheduler's urlPrefix: http://HOST:PORT/extender/<secret>), or --insecure-dev")
-    twin, substrate = build_twin(args)
+    from .app import create_app
+
     stop = threading.Event()
     if substrate is not None:
         threading.Thread(target=feed, args=(substrate, twin.state, stop), daemon=True, name="feed").start()
-    extender = None
-    if args.extender:
-        from ..extender import Extender, kube_annotator
-        annotate = None
-        if args.kubeconfig:
-            from kubernetes import client, config as kconfig
-            kconfig.load_kube_config(args.kubeconfig)
-            annotate = kube_annotator(client.CoreV1Api())
-        extender = Extender(twin, annotate=annotate, max_nodes=args.extender_max_nodes)
-    from .app import create_app
-    app = create_app(twin, config, extender=None if tls else extender)
+    app = create_app(twin, config, extender=None if tls_context is not None else extender)
     tls_server = None
     try:
-        if tls:
+        if tls_context is not None:
             from ..extender import extender_app
             from .tls import serve_in_thread
             try:
-                tls_server = serve_in_thread(extender_app(extender, args.max_body_bytes), args.host,
-                                             args.extender_port, context)
+                tls_server = serve_in_thread(extender_app(extender, config.max_body_bytes), host,
+                                             extender_port, tls_context)
             except OSError as exc:
-                raise DtlabError(f"cannot listen on {args.host}:{args.extender_port} for the extender: "
+                raise DtlabError(f"cannot listen on {host}:{extender_port} for the extender: "
                                  f"{exc.strerror or exc}") from None
-            print(f"dtlab serve: scheduler extender at https://{args.host}:{args.extender_port}/extender/"
+            print(f"dtlab serve: scheduler extender at https://{host}:{extender_port}/extender/"
                   "{filter,prioritize} (client certificate required)", file=sys.stderr, flush=True)
         elif extender is not None:
             where = "/extender/<DTLAB_EXTENDER_SECRET>/" if config.extender_secret else "/extender/ (unauthenticated)"
             print(f"dtlab serve: scheduler extender at {where}{{filter,prioritize}}", file=sys.stderr, flush=True)
-        print(f"dtlab serve: listening on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
-        _raise_fd_limit(args.connection_limit + 64)
-        serve(app, host=args.host, port=args.port, threads=args.threads, ident="dtlab",
-              connection_limit=args.connection_limit, max_request_body_size=args.max_body_bytes,
-              channel_timeout=30, cleanup_interval=5)
+        print(f"dtlab serve: listening on http://{host}:{port}", file=sys.stderr, flush=True)
+        _raise_fd_limit(connection_limit + 64)
+        waitress_serve(app, host=host, port=port, threads=threads, ident="dtlab",
+                       connection_limit=connection_limit, max_request_body_size=config.max_body_bytes,
+                       channel_timeout=30, cleanup_interval=5)
     finally:
         stop.set()
         if tls_server is not None:
@@ -158,7 +96,6 @@ def run(args: argparse.Namespace) -> int:
             tls_server.server_close()
         if substrate is not None:
             substrate.close()
-    return 0
 
 
 def _raise_fd_limit(wanted: int) -> None:

@@ -1,18 +1,17 @@
 """`dtlab chaos validate | export`: check a FaultScenario and write its Chaos Mesh manifests.
 
-``register(subparsers)`` adds ``chaos`` to the main ``dtlab`` parser; ``python -m dtlab.cli_chaos``
-runs it on its own. Exit codes: 0 ok, 2 invalid scenario/cluster (the message names the field).
+Exit codes: 0 ok, 2 invalid scenario/cluster, or any other dtlab error (the message names the
+field; printed by :func:`dtlab.cli.main` as ``dtlab chaos validate: MESSAGE``, see ``on_error``).
 """
 from __future__ import annotations
 
 import argparse
-import sys
-from typing import Sequence
+from typing import Any
 
 from ..errors import DtlabError
 
 
-def _load(args):
+def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     from ..chaos.spec import load_scenario, scenario_path
     from ..model import load_cluster
 
@@ -24,16 +23,12 @@ def _load(args):
 def _cmd_validate(args: argparse.Namespace) -> int:
     from ..chaos.spec import expand
 
-    try:
-        scenario, cluster = _load(args)
-        if cluster is None:
-            print(f"{scenario.name}: {len(scenario.faults)} fault(s) valid (structure only: "
-                  f"no cluster given, selectors not resolved)")
-            return 0
-        events = expand(scenario, cluster)
-    except DtlabError as exc:
-        print(f"dtlab chaos validate: {str(exc)[:2000]}", file=sys.stderr)
-        return 2
+    scenario, cluster = _load(args)
+    if cluster is None:
+        print(f"{scenario.name}: {len(scenario.faults)} fault(s) valid (structure only: "
+              f"no cluster given, selectors not resolved)")
+        return 0
+    events = expand(scenario, cluster)
     print(f"{scenario.name}: valid on cluster {cluster.name!r}: {len(events)} fault event(s), "
           f"ends at {scenario.end_s:g} s")
     for ev in events:
@@ -48,42 +43,29 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from ..chaos import export
     from ..pathcheck import output_dir
 
-    try:
-        output_dir(args.out, "manifest directory")
-        scenario, cluster = _load(args)
-        if cluster is not None:
-            from ..chaos.spec import expand
-            expand(scenario, cluster)  # reject selectors that match nothing before writing anything
-        written = export.write(scenario, args.out, cluster=cluster, namespace=args.namespace)
-    except DtlabError as exc:
-        print(f"dtlab chaos export: {str(exc)[:2000]}", file=sys.stderr)
-        return 2
+    output_dir(args.out, "manifest directory")
+    scenario, cluster = _load(args)
+    if cluster is not None:
+        from ..chaos.spec import expand
+        expand(scenario, cluster)  # reject selectors that match nothing before writing anything
+    written = export.write(scenario, args.out, cluster=cluster, namespace=args.namespace)
     print(f"wrote {len(written)} manifest(s) under {written[0].parent}: apply workflow.yaml for the "
           f"timed scenario (needs Chaos Mesh), or one file of standalone/ for a single fault")
     return 0
 
 
-def register(subparsers) -> None:
+def register(subparsers: Any) -> None:
     """Add ``chaos validate`` and ``chaos export`` to an ``argparse`` subparsers object."""
     p = subparsers.add_parser("chaos", help="fault scenarios: validate, export to Chaos Mesh")
     sub = p.add_subparsers(dest="chaos_command", required=True)
     v = sub.add_parser("validate", help="validate a FaultScenario (and resolve it on a cluster)")
     v.add_argument("scenario", help="scenario file, or a name in chaos/scenarios/")
     v.add_argument("--cluster", help="Cluster spec (default: the scenario's `cluster:`)")
-    v.set_defaults(func=_cmd_validate)
+    v.set_defaults(func=_cmd_validate, on_error=((DtlabError, 2, "dtlab chaos validate: "),))
     e = sub.add_parser("export", help="write Chaos Mesh manifests (Workflow + NetworkChaos/PodChaos)")
     e.add_argument("scenario", help="scenario file, or a name in chaos/scenarios/")
     e.add_argument("-o", "--out", default="chaos/exported", help="output directory (default: chaos/exported)")
     e.add_argument("--cluster", help="Cluster spec (default: the scenario's `cluster:`)")
     e.add_argument("-n", "--namespace", default="dtlab", help="workload namespace (default: dtlab)")
-    e.set_defaults(func=_cmd_export)
+    e.set_defaults(func=_cmd_export, on_error=((DtlabError, 2, "dtlab chaos export: "),))
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m dtlab.cli_chaos ...`` is ``dtlab ...`` (one parser, one error policy)."""
-    from ..cli import main as dtlab_main
-    return dtlab_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,15 +18,13 @@ import argparse
 import json
 import sys
 from dataclasses import replace
-from itertools import combinations
 from typing import Any
 
 from ..errors import DtlabError, SpecError, SubstrateUnavailable
+from ..kube.observed import DEFAULT_WAN, observed_state
 
-DEFAULT_WAN = {"latency_ms": 20.0, "bandwidth_mbps": 100.0}
 
-
-def register(subparsers) -> None:
+def register(subparsers: Any) -> None:
     p = subparsers.add_parser("cluster", help="start/stop/inspect the local Kubernetes control plane (KWOK nodes)",
                               description="Local control plane on loopback: etcd, kube-apiserver, "
                                           "kube-controller-manager, kube-scheduler and KWOK, built by "
@@ -102,9 +100,9 @@ def run_cluster(args: argparse.Namespace) -> int:
                 raise SpecError("--real-nodes", f"not nodes of the cluster: {unknown or args.real_nodes!r} "
                                                 f"(known: {', '.join(names)}, or 'all')")
             from ..kube import realnodes
-            why = realnodes.missing()
-            if why:
-                raise SubstrateUnavailable(f"real nodes: {why}")
+            missing = realnodes.missing()
+            if missing:
+                raise SubstrateUnavailable(f"real nodes: {missing}")
         try:
             st = lp.up(nodes, name=args.name, timeout=args.timeout, real_nodes=real, node_grace_s=args.node_grace)
         except (lp.LocalPlaneError, RuntimeError) as exc:
@@ -167,30 +165,6 @@ def run_cluster(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ submit
-def observed_state(kubeconfig: str, namespace: str = "dtlab", links_from: str | None = None):
-    """A ClusterState built from one list of the cluster's nodes and dtlab pods (and links_from's links)."""
-    from ..model import Cluster, Link, load_cluster
-    from ..state import ClusterState
-    from ..kube.observer import Observer
-
-    spec_links = load_cluster(links_from).links if links_from else ()
-    events: list[dict[str, Any]] = []
-    Observer(kubeconfig, sink=events.extend, namespace=namespace).list_once()
-    adds = [e for e in events if e["kind"] == "node-add"]
-    if not adds:
-        raise DtlabError(f"no nodes in the cluster of {kubeconfig}")
-    zones = sorted({e["node"]["zone"] for e in adds})
-    have = {frozenset((l.a, l.b)) for l in spec_links}
-    links = list(spec_links) + [Link(a, b, **DEFAULT_WAN) for a, b in combinations(zones, 2)
-                                if frozenset((a, b)) not in have]
-    state = ClusterState(Cluster("observed", (), tuple(links)))
-    state.apply_many(adds)
-    rest = [e for e in events if e["kind"] != "node-add"]
-    if rest:
-        state.apply_many(rest)
-    return state
-
-
 def run_submit(args: argparse.Namespace) -> int:
     from ..kube import localplane as lp
     from ..model import load_job
@@ -198,7 +172,7 @@ def run_submit(args: argparse.Namespace) -> int:
     from ..twin import Twin
 
     if args.operator:
-        from ..operator.cli import submit
+        from .operator import submit
         return submit(args)
     kc = args.kubeconfig or lp.kubeconfig(args.plane)
     if kc is None:
@@ -246,11 +220,3 @@ def run_submit(args: argparse.Namespace) -> int:
         return 1
     return 0 if (not done or out["ok"]) else 1
 
-
-def main(argv=None) -> int:
-    from ..cli import main as cli_main
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

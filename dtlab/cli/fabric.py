@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 
-def register(subparsers) -> None:
+def register(subparsers: Any) -> None:
     cal = subparsers.add_parser("calibrate", help="measure this host: format overheads, network",
                                 description="Measure execution-format overhead factors (compute) or "
                                             "namespace RTT/throughput (network) on this host.")

@@ -1,14 +1,14 @@
 """`dtlab run | results | figures`: the experiment subcommands of the dtlab CLI.
 
-``register(subparsers)`` adds them to the main ``dtlab`` parser; ``python -m dtlab.cli_run`` runs
-them on their own. Exit codes (as ``dtlab.cli``): 0 all good, 1 a notebook failed, 2 bad params or usage, 3 other
-dtlab errors (e.g. an experiment module that is not available).
+Exit codes (mapped by :func:`dtlab.cli.main`, worded by ``on_error`` below): 0 all good, 1 a
+notebook failed (``figures``: a run could not be redrawn), 2 bad params or usage, 3 other dtlab
+errors (e.g. an experiment module that is not available).
 """
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from typing import Any
 
 from ..errors import DtlabError, SpecError
 
@@ -16,16 +16,9 @@ from ..errors import DtlabError, SpecError
 def _cmd_run(args: argparse.Namespace) -> int:
     from .. import runner
 
-    try:
-        outcomes = runner.run(args.experiments, params_file=args.params, smoke=args.smoke,
-                              out_root=args.out, jobs=args.jobs, force=args.force,
-                              progress=not args.quiet, lock_timeout_s=args.lock_timeout)
-    except SpecError as exc:
-        print(f"dtlab run: invalid parameters: {str(exc)[:2000]}", file=sys.stderr)
-        return 2
-    except DtlabError as exc:
-        print(f"dtlab run: {str(exc)[:2000]}", file=sys.stderr)
-        return 3
+    outcomes = runner.run(args.experiments, params_file=args.params, smoke=args.smoke,
+                          out_root=args.out, jobs=args.jobs, force=args.force,
+                          progress=not args.quiet, lock_timeout_s=args.lock_timeout)
     failed = [o for o in outcomes if o.status == "failed"]
     for o in failed:
         print(f"dtlab run: {o.error}\n    executed notebook: {o.run_dir}", file=sys.stderr)
@@ -59,11 +52,7 @@ def _cmd_results(args: argparse.Namespace) -> int:
 def _cmd_figures(args: argparse.Namespace) -> int:
     from .. import runner
 
-    try:
-        written, skipped = runner.regenerate_figures(args.out, args.experiments or None)
-    except DtlabError as exc:
-        print(f"dtlab figures: {exc}", file=sys.stderr)
-        return 1
+    written, skipped = runner.regenerate_figures(args.out, args.experiments or None)
     runs = sorted({p.parent.parent for p in written})
     for exp in skipped:
         print(f"dtlab figures: no figure function for {exp} yet; its runs were left as they are", file=sys.stderr)
@@ -71,7 +60,7 @@ def _cmd_figures(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers) -> None:
+def register(subparsers: Any) -> None:
     """Add ``run``, ``results`` and ``figures`` to an ``argparse`` subparsers object."""
     p = subparsers.add_parser("run", help="run experiments V1..V6 (papermill) into outputs/<exp>/<run-id>/",
                               description="Run experiments headlessly. Params come from params/<EXP>.yaml "
@@ -86,7 +75,8 @@ def register(subparsers) -> None:
     p.add_argument("--lock-timeout", type=_seconds, default=None, metavar="SECONDS",
                    help="how long a wall-clock (fabric) run waits for the host lock before failing "
                         "(default $DTLAB_LOCK_TIMEOUT or 3600)")
-    p.set_defaults(func=_cmd_run)
+    p.set_defaults(func=_cmd_run, on_error=((SpecError, 2, "dtlab run: invalid parameters: "),
+                                            (DtlabError, 3, "dtlab run: ")))
 
     p = subparsers.add_parser("results", help="list runs with their headline metrics")
     p.add_argument("experiments", nargs="*", metavar="EXP", help="only these experiments")
@@ -97,14 +87,5 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("figures", help="redraw every run's figures from its saved CSVs")
     p.add_argument("experiments", nargs="*", metavar="EXP", help="only these experiments")
     p.add_argument("--out", default="outputs", help="output root (default: outputs)")
-    p.set_defaults(func=_cmd_figures)
+    p.set_defaults(func=_cmd_figures, on_error=((DtlabError, 1, "dtlab figures: "),))
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m dtlab.cli_run ...`` is ``dtlab ...`` (one parser, one error policy)."""
-    from ..cli import main as dtlab_main
-    return dtlab_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 
-def register(subparsers) -> None:
+def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "sweep", help="sweep an experiment over a parameter grid x seeds on Dask (resumable)",
         description="Run the cartesian product of the grid's parameters x seeds, one experiment run per "
@@ -46,12 +47,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"figures: {res.out_dir / 'figures'} ({len(res.figures)} files)")
     return 1 if res.failed else 0
 
-
-def main(argv=None) -> int:
-    from ..cli import main as cli_main
-
-    return cli_main(["sweep", *(argv if argv is not None else sys.argv[1:])])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def _record(args: argparse.Namespace) -> int:
@@ -36,7 +37,7 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers) -> None:
+def register(subparsers: Any) -> None:
     t = subparsers.add_parser("trace", help="record a cluster's nodes and pods (list+watch); replay it through the twin")
     tsub = t.add_subparsers(dest="trace_command", required=True, metavar="ACTION")
     r = tsub.add_parser("record", help="list + watch nodes and pods for --duration seconds into a trace file",

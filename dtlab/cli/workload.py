@@ -1,7 +1,7 @@
 """`dtlab workload generate` and `dtlab replay`: write Workload files; replay trace placements.
 
-``register(subparsers)`` adds both to the main ``dtlab`` parser; ``python -m dtlab.cli_workload``
-runs them on their own. Exit codes: 0 ok, 2 invalid input (the message names the field/line).
+Exit codes (mapped by :func:`dtlab.cli.main`): 0 ok, 2 invalid input (the message names the
+field/line), 3 other dtlab errors.
 
     dtlab workload generate --out w.yaml --process mmpp --rates 5,0.5 --sojourn-s 2,8 --count 500
     dtlab workload generate --out w.yaml --duration-trace azure-functions-2021      # materialised
@@ -10,10 +10,9 @@ runs them on their own. Exit codes: 0 ok, 2 invalid input (the message names the
 from __future__ import annotations
 
 import argparse
-import sys
-from typing import Sequence
+from typing import Any
 
-from ..errors import DtlabError, SpecError
+from ..errors import SpecError
 
 
 def _floats(text: str) -> list[float]:
@@ -95,14 +94,14 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     inflate_ratio = None if args.inflate <= 0 else args.inflate
     for policy in policies:
         for seed in seeds:
-            res = replay_allocation(nodes, pods, policy, seed=seed, inflate_ratio=inflate_ratio)
-            results.append(res)
-            t = res.table
+            alloc = replay_allocation(nodes, pods, policy, seed=seed, inflate_ratio=inflate_ratio)
+            results.append(alloc)
+            t = alloc.table
             row = t[t["arrived_pct"] == 100.0]
             row = row.iloc[0] if len(row) else t.iloc[-1]
             print(f"{policy:<16} seed {seed}: at {row.arrived_pct:g} % arrived GPU allocated "
                   f"{row.gpu_alloc_pct:.2f} %, CPU {row.cpu_alloc_pct:.2f} %, failed pods {int(row.failed_pods)} "
-                  f"({len(res.placements)} pods, {res.seconds:.2f} s)")
+                  f"({len(alloc.placements)} pods, {alloc.seconds:.2f} s)")
             last = t.iloc[-1]
             print(f"{'':<16} at {last.arrived_pct:g} % arrived: pods placed {last.placed_pct:.2f} %, twin-predicted "
                   f"p95 {last.pred_p95_ms:.0f} ms, expected SLO misses {last.slo_miss_pct:.2f} % of arrived pods")
@@ -117,17 +116,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 MAX_INFLATE = 10.0  # x cluster GPU capacity; the paper's methodology uses 1.3
 
 
-def _guard(func):
-    def run(args) -> int:
-        try:
-            return func(args)
-        except DtlabError as exc:
-            print(f"dtlab {args.command}: error: {str(exc)[:2000]}", file=sys.stderr)
-            return 2 if isinstance(exc, SpecError) else 3
-    return run
-
-
-def register(subparsers) -> None:
+def register(subparsers: Any) -> None:
     w = subparsers.add_parser("workload", help="generate Workload files (Poisson, MMPP, diurnal; trace durations)")
     wsub = w.add_subparsers(dest="workload_command", required=True, metavar="ACTION")
     g = wsub.add_parser("generate", help="write a kind: Workload YAML file",
@@ -153,7 +142,7 @@ def register(subparsers) -> None:
                    help="empirical durations: alibaba-openb | alibaba-v2017 | azure-functions-2021 [:path]")
     g.add_argument("--materialize", action="store_true", help="draw the stream now and write it as a jobs CSV")
     g.add_argument("--seed", type=int, default=0, help="seed for materialised streams (default 0)")
-    g.set_defaults(func=_guard(_cmd_generate))
+    g.set_defaults(func=_cmd_generate)
 
     r = subparsers.add_parser("replay", help="replay trace pods onto trace nodes (FGD allocation methodology)",
                               description="Place the pods of an openb pod list on an openb node list in arrival "
@@ -170,16 +159,5 @@ def register(subparsers) -> None:
     r.add_argument("--timed", action="store_true",
                    help="time-based replay instead: creation/deletion times, resources freed at deletion")
     r.add_argument("--out", required=True, help="output directory")
-    r.set_defaults(func=_guard(_cmd_replay))
+    r.set_defaults(func=_cmd_replay)
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dtlab")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    register(sub)
-    args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,11 +11,9 @@ draws combine in time:
   on a ``c``-core node the number in system follows the M/M/c birth-death process
   (rate ``min(n, c) * mu``), so Erlang C still gives the mean sojourn time
   (tests/test_queueing.py checks it).
-* **Efficient PS.** A node keeps its active stages with their remaining work (ms at
-  full allocation). Remaining work is advanced lazily and allocations recomputed
-  only when the active set or the capacity changes; one completion timeout per
-  node is live at a time (a generation counter turns earlier ones into no-ops, which
-  is cheaper in SimPy than interrupting a process).
+* **Efficient PS.** Each node is a :class:`dtlab.des.ps.PSNode` (grouped by cpu cap,
+  virtual clocks, lazily advanced work, one live completion timeout per node); the
+  engine adds, removes and fails runs on it and finishes the runs it completes.
 * **DAG.** A stage is *dispatched* (``ready_ms``) when all its predecessors ended;
   then every predecessor's ``output_mb`` travels from the node it ran on (and, for
   root stages, the job's ``input_mb`` from the origin zone; links resolved by
@@ -45,7 +43,6 @@ virtual seconds.
 from __future__ import annotations
 
 import math
-from heapq import heappop, heappush
 from types import MappingProxyType
 from typing import Callable, Iterable, Mapping
 
@@ -56,51 +53,26 @@ from simpy.events import Timeout
 from ..errors import SpecError
 from ..model import Cluster, Job, Link, LinkCutError, link_keys, resolve_link
 from ..timing import TimingModel
+from .ps import EPS_MS, Group, PSNode
 
-EPS_MS = 1e-9
 _EMPTY: Mapping = {}
 
 Replan = Callable[[Job, str, str], "str | None"]
 
 
-class _Node:
-    __slots__ = ("name", "node", "cores", "bg", "capacity", "up", "down_at", "permanent", "groups", "count",
-                 "seq", "g1", "claimed", "last_t", "gen", "next_run", "next_t", "exact", "waiters", "inbound", "peak")
+class _Node(PSNode):
+    """A node of the engine: its processor sharing plus failure state and the runs waiting for it."""
+    __slots__ = ("name", "node", "up", "down_at", "permanent", "waiters", "inbound")
 
-    def __init__(self, node, bg: float):
+    def __init__(self, node, bg: float, env: simpy.Environment, on_done: Callable[["_Run"], None]):
+        super().__init__(env, node.cores, bg, on_done)
         self.name = node.name
         self.node = node
-        self.cores = float(node.cores)
-        self.bg = bg
-        self.capacity = self.cores * (1.0 - bg)
         self.up = True
         self.down_at = -math.inf
         self.permanent = False
-        self.groups: dict[float, _Group] = {}   # cpu cap -> runs sharing the node with that cap
-        self.g1: _Group | None = None   # the only group, when there is exactly one (fast path)
-        self.count = 0              # running stages
-        self.seq = 0                # start order (heap tie-break)
-        self.claimed = 0.0          # sum of cpu caps of running stages
-        self.last_t = 0.0
-        self.gen = 0
-        self.next_run: _Run | None = None
-        self.next_t = math.inf
-        self.exact = True           # the pending timeout is the real next completion (not early)
         self.waiters: list[tuple[_JobRun, str]] = []   # stages waiting for this node to come back
         self.inbound = _OrderedSet()                    # runs receiving inputs for this node
-        self.peak = 0.0             # max over time of (allocated cores - capacity), should stay <= 0
-
-
-class _Group:
-    """Running stages of one node with the same cpu cap (they always get the same rate)."""
-    __slots__ = ("cpu", "v", "frac", "heap", "n")
-
-    def __init__(self, cpu: float):
-        self.cpu = cpu
-        self.v = 0.0                # virtual clock: work (ms at full rate) each member has done since
-        self.frac = 1.0             # rate as a fraction of the cap
-        self.heap: list = []        # (target v, seq, run)
-        self.n = 0
 
 
 class _OrderedSet(dict):
@@ -126,7 +98,7 @@ class _Run:
         self.fmt = fmt
         self.cpu = cpu
         self.work = work
-        self.group: _Group | None = None
+        self.group: Group | None = None
         self.target = 0.0
         self.running = False
         self.ready_ms = ready_ms
@@ -212,8 +184,8 @@ class Engine:
         bg = dict(background or {})
         for name in bg:
             cluster.node(name)
-        self._nodes = {n.name: _Node(n, _check_util(bg.get(n.name, 0.0), f"background.{n.name}"))
-                       for n in cluster.nodes}
+        self._nodes = {n.name: _Node(n, _check_util(bg.get(n.name, 0.0), f"background.{n.name}"), self.env,
+                                     self._finish) for n in cluster.nodes}
         for name in down:
             ns = self._node(name, "down")
             ns.up, ns.permanent = False, True
@@ -460,7 +432,7 @@ class Engine:
             ns.inbound.add(run)
             self._later(startup, self._started, run)
             return
-        self._ps_add(ns, run, now)
+        ns.add(run, now)
 
     def _started(self, run: _Run) -> None:
         """Start-up over: the run joins its node's processor-sharing set (unless its node died meanwhile)."""
@@ -468,7 +440,7 @@ class Engine:
             return
         ns = self._nodes[run.node]
         ns.inbound.discard(run)
-        self._ps_add(ns, run, self.env.now)
+        ns.add(run, self.env.now)
 
     def _finish(self, run: _Run) -> None:
         """A run's work is done (called by the PS bookkeeping)."""
@@ -563,7 +535,7 @@ class Engine:
             if run in ns.inbound:
                 ns.inbound.discard(run)
             elif run.running:
-                self._ps_remove(ns, run, now)
+                ns.remove(run, now)
                 self._record_stage(run, now, "cancelled")
         jr.runs.clear()
         del self._live[jr.name]
@@ -581,12 +553,12 @@ class Engine:
         now = self.env.now
         if not ns.up:
             return
-        self._ps_advance(ns, now)
+        ns.advance(now)
         ns.up = False
         ns.down_at = now
         ns.permanent = duration_ms is None
         lost: list[_Run] = []
-        for run in self._ps_running(ns):
+        for run in ns.running():
             run.running = False
             run.dead = True
             run.jr.extra_work += run.work - max(run.remaining, 0.0)
@@ -597,13 +569,8 @@ class Engine:
             run.dead = True
             self._record_stage(run, now, "lost")
             lost.append(run)
-        ns.groups = {}
-        ns.g1 = None
-        ns.count = 0
+        ns.clear()
         ns.inbound = _OrderedSet()
-        ns.claimed = 0.0
-        ns.gen += 1
-        ns.next_run, ns.next_t = None, math.inf
         if self.listeners:
             self._emit({"kind": "node-down", "node": ns.name})
             for run in lost:
@@ -651,7 +618,7 @@ class Engine:
                         self._emit({"kind": "stage-end", "job": name, "stage": run.sid, "node": run.node,
                                     "ok": False})
                 elif run.running:
-                    self._ps_remove(ns, run, now)
+                    ns.remove(run, now)
                     jr.extra_work += run.work - max(run.remaining, 0.0)
                     self._record_stage(run, now, "killed")
                     if self.listeners:
@@ -707,13 +674,13 @@ class Engine:
 
     def _set_bg(self, ns: _Node, util: float) -> None:
         now = self.env.now
-        self._ps_advance(ns, now)
+        ns.advance(now)
         ns.bg = util
         ns.capacity = ns.cores * (1.0 - util)
         if self.listeners:
             self._emit({"kind": "telemetry", "node": ns.name, "cpu_util": util})
         if ns.count:
-            self._ps_schedule(ns, now)
+            ns.schedule(now)
 
     def node_running_cpu(self) -> dict[str, float]:
         """Cores claimed by stages running on each node right now (for planners)."""
@@ -723,187 +690,6 @@ class Engine:
         """(up, background util, running cpu) of one node, cheaply (for simulate's planner view)."""
         ns = self._nodes[name]
         return ns.up, ns.bg, ns.claimed
-
-    # ------------------------------------------------------------ processor sharing
-    # Water-filling gives every run with the same cpu cap the same rate, so runs are grouped by
-    # cap: a group keeps a virtual clock ``v`` (work done per run since the group formed) and a
-    # heap of finishing points ``target = v_at_start + work``. An event costs O(groups + log n),
-    # not O(n), which keeps a busy node (M/M/1 at rho 0.9) as cheap as an idle one.
-    def _ps_advance(self, ns: _Node, now: float) -> None:
-        dt = now - ns.last_t
-        if dt > 0 and ns.count:
-            g = ns.g1
-            if g is not None:
-                g.v += dt * g.frac
-            else:
-                for g in ns.groups.values():
-                    g.v += dt * g.frac
-        ns.last_t = now
-
-    def _ps_add(self, ns: _Node, run: _Run, now: float) -> None:
-        self._ps_advance(ns, now)
-        g = ns.groups.get(run.cpu)
-        if g is None:
-            g = ns.groups[run.cpu] = _Group(run.cpu)
-            ns.g1 = g if len(ns.groups) == 1 else None
-        run.group = g
-        run.target = g.v + run.work
-        run.running = True
-        ns.seq += 1
-        heappush(g.heap, (run.target, ns.seq, run))
-        g.n += 1
-        ns.count += 1
-        ns.claimed += run.cpu
-        if ns.claimed <= ns.capacity + EPS_MS and ns.next_run is not None:
-            # uncontended before and after: nobody's rate changed; only the new run may finish first
-            g.frac = 1.0
-            t = now + run.work
-            if t < ns.next_t:
-                self._ps_arm(ns, run, t, now)
-            return
-        self._ps_schedule(ns, now, arrival=True)
-
-    def _ps_remove(self, ns: _Node, run: _Run, now: float) -> None:
-        """Take a running run off its node (killed/cancelled); its heap entry is dropped lazily."""
-        self._ps_advance(ns, now)
-        self._ps_drop(ns, run)
-        self._ps_schedule(ns, now)
-
-    def _ps_drop(self, ns: _Node, run: _Run) -> None:
-        run.running = False
-        g = run.group
-        g.n -= 1
-        ns.count -= 1
-        ns.claimed -= run.cpu
-        if g.n == 0 and ns.groups.get(g.cpu) is g:
-            del ns.groups[g.cpu]
-            ns.g1 = next(iter(ns.groups.values())) if len(ns.groups) == 1 else None
-        if ns.count == 0:
-            ns.claimed = 0.0
-
-    def _ps_running(self, ns: _Node) -> list[_Run]:
-        """The runs sharing ``ns`` now, in start order."""
-        runs = [e for g in ns.groups.values() for e in g.heap if e[2].running]
-        runs.sort(key=_seq_of)
-        return [e[2] for e in runs]
-
-    def _ps_schedule(self, ns: _Node, now: float, arrival: bool = False) -> None:
-        """Recompute allocations (max-min fair, capped at each run's cpu) and arm the next completion.
-
-        After an ``arrival`` every rate can only drop (water-filling is monotone), so a pending
-        timeout can only be early: it is kept unless the newcomer finishes first, and the early
-        tick re-arms once. That saves a timeout per arrival on a busy node.
-        """
-        groups = ns.groups
-        if not ns.count:
-            ns.gen += 1
-            ns.next_run, ns.next_t = None, math.inf
-            return
-        cap = ns.capacity
-        g = ns.g1
-        if g is not None:
-            # one cap on the node: everyone gets min(1, capacity / demand) of it (alloc <= cap by construction)
-            if ns.claimed <= cap + EPS_MS:
-                g.frac = 1.0
-            else:
-                g.frac = cap / (g.n * g.cpu)
-            heap = g.heap
-            while not heap[0][2].running:
-                heappop(heap)
-            if g.frac <= 0:
-                ns.gen += 1
-                ns.next_run, ns.next_t = None, math.inf
-                return
-            best = heap[0][2]
-            t = now + max((heap[0][0] - g.v) / g.frac, 0.0)
-            if arrival and ns.next_run is not None and t >= ns.next_t:
-                ns.exact = False
-                return
-            self._ps_arm(ns, best, t, now)
-            return
-        if ns.claimed <= cap + EPS_MS:
-            alloc = ns.claimed
-            for g in groups.values():
-                g.frac = 1.0
-        elif len(groups) == 1:
-            for g in groups.values():
-                g.frac = cap / (g.n * g.cpu)     # one cap, contended: an equal share each
-            alloc = cap
-        else:
-            # water-filling: smallest caps are served in full, the rest share what is left equally
-            left, k, alloc = cap, ns.count, 0.0
-            order = sorted(groups.values(), key=_cpu_of)
-            for i, g in enumerate(order):
-                share = left / k
-                if g.cpu <= share:
-                    g.frac = 1.0
-                    left -= g.cpu * g.n
-                    k -= g.n
-                    alloc += g.cpu * g.n
-                else:
-                    for g2 in order[i:]:
-                        g2.frac = share / g2.cpu
-                    alloc += share * k
-                    break
-        if alloc - cap > ns.peak:
-            ns.peak = alloc - cap
-        best, best_t = None, math.inf
-        for g in groups.values():
-            heap = g.heap
-            while not heap[0][2].running:
-                heappop(heap)
-            if g.frac > 0:
-                t = (heap[0][0] - g.v) / g.frac
-                if t < best_t:
-                    best, best_t = heap[0][2], t
-        if best is None:
-            ns.gen += 1
-            ns.next_run, ns.next_t = None, math.inf
-            return
-        t = now + max(best_t, 0.0)
-        if arrival and ns.next_run is not None and t >= ns.next_t:
-            ns.exact = False
-            return
-        self._ps_arm(ns, best, t, now)
-
-    def _ps_arm(self, ns: _Node, run: _Run, t: float, now: float) -> None:
-        ns.gen += 1
-        ns.exact = True
-        ns.next_run, ns.next_t = run, t
-        ev = Timeout(self.env, t - now)
-        ev.ps_node = ns          # simpy events have no __slots__: carry the target on the event
-        ev.ps_gen = ns.gen
-        ev.callbacks.append(self._ps_tick)
-
-    def _ps_tick(self, ev) -> None:
-        ns = ev.ps_node
-        if ev.ps_gen != ns.gen:
-            return  # superseded by a later reallocation
-        now = self.env.now
-        self._ps_advance(ns, now)
-        if not ns.exact:
-            # armed before arrivals slowed the node down: nothing is due yet, arm the real time
-            ns.next_run, ns.next_t = None, math.inf
-            self._ps_schedule(ns, now)
-            return
-        first = ns.next_run
-        done = []
-        for g in list(ns.groups.values()):
-            heap, v = g.heap, g.v
-            while heap:
-                run = heap[0][2]
-                if not run.running:
-                    heappop(heap)
-                elif run is first or heap[0][0] - v <= EPS_MS:
-                    heappop(heap)
-                    done.append(run)
-                    self._ps_drop(ns, run)
-                else:
-                    break
-        ns.next_run, ns.next_t = None, math.inf
-        self._ps_schedule(ns, now)
-        for r in done:
-            self._finish(r)
 
     # ------------------------------------------------------------ results
     def job_records(self) -> list[dict]:
@@ -972,15 +758,6 @@ class Engine:
     def capacity_overshoot(self) -> dict[str, float]:
         """Per node, the largest (allocated cores - capacity) the PS bookkeeping ever produced."""
         return {name: ns.peak for name, ns in self._nodes.items()}
-
-
-def _cpu_of(item) -> float:
-    return item.cpu
-
-
-def _seq_of(entry) -> int:
-    return entry[1]
-
 
 
 def _check_util(util, field: str) -> float:

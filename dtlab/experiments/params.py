@@ -163,7 +163,7 @@ def resolve_path(path: str | os.PathLike[str], field_name: str) -> Path:
 
 def child_seed(*parts: int | str) -> int:
     """A stable seed derived from parts (experiment, seed, policy ...), independent of PYTHONHASHSEED."""
-    words = []
+    words: list[int] = []
     for p in parts:
         if isinstance(p, str):
             words.extend(p.encode())

@@ -127,7 +127,8 @@ def link_load(stages: pd.DataFrame, cluster: Cluster, template: Job, window_ms: 
         elif template.origin_zone is not None:
             add(template.origin_zone, z, template.input_mb)
     for link in cluster.links:
-        key = tuple(sorted((link.a, link.b)))
+        lo, hi = sorted((link.a, link.b))
+        key = (lo, hi)
         cap = link.bandwidth_mbps * window_ms / 1000.0
         out[f"{key[0]}~{key[1]}"] = mbit.get(key, 0.0) / cap if cap > 0 else math.nan
     return out

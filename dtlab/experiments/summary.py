@@ -56,8 +56,9 @@ def put_ci(metrics: dict[str, Any], name: str, ci: CI) -> None:
     metrics[f"{name}.ci_high"] = _num(ci.high)
 
 
-def metrics_from_summary(summary: pd.DataFrame, key_cols: Sequence[str]) -> dict[str, float]:
-    out: dict[str, float] = {}
+def metrics_from_summary(summary: pd.DataFrame, key_cols: Sequence[str]) -> dict[str, Any]:
+    """:func:`put_ci` of every row of a :func:`summarize_seeds` table, named ``<key cols>.<metric>``."""
+    out: dict[str, Any] = {}
     for row in summary.itertuples(index=False):
         r = row._asdict()
         name = ".".join(str(r[k]) for k in key_cols) + "." + r["metric"]

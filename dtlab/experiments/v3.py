@@ -212,7 +212,8 @@ def run(params: dict | None = None) -> ExperimentResult:
         per_seed.append(f)
     factors = pd.concat(per_seed, ignore_index=True)
     host = dict(choice.timing.overheads) if choice.timing is not None else {}
-    rows, metrics = [], {}
+    rows: list[dict[str, Any]] = []
+    metrics: dict[str, Any] = {}
     for (node, fmt), g in factors.groupby(["node", "format"], sort=False):
         ci = mean_ci(g["factor"])
         rows.append({"format": fmt, "node": node, "twin_factor": twin_overheads.get(fmt, np.nan),
@@ -251,7 +252,8 @@ def run(params: dict | None = None) -> ExperimentResult:
         metrics["qemu_claim_verdict_host_calibration"] = verdict_cal
 
     # -------------------------------------------------- controller overhead
-    lat_rows, all_ms = [], {}
+    lat_rows: list[dict[str, Any]] = []
+    all_ms: dict[Any, list[float]] = {}
     for seed in p["seeds"]:
         for policy in p["policies"]:
             for predictor in p["predictors"]:

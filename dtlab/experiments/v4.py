@@ -133,7 +133,7 @@ def run(params: dict[str, Any] | None = None) -> ExperimentResult:
     cluster = load_cluster_param(p["cluster"])
     workload = load_workload_param(p["workload"], p["jobs"], p["rate_per_s"])
     workload, isolated_ms = regime.with_deadline_slack(workload, cluster, p["deadline_slack"])
-    scenarios = []
+    scenarios: list[tuple[str, list[Any]]] = []
     for i, name in enumerate(p["scenarios"]):
         if name == CONTROL:
             scenarios.append((CONTROL, []))
@@ -144,7 +144,8 @@ def run(params: dict[str, Any] | None = None) -> ExperimentResult:
         except SpecError as exc:
             raise SpecError(f"scenarios[{i}]", f"{name}: {exc}") from None
         scenarios.append((sc.name, events))
-    rows, jobs, recovery, regimes = [], [], [], []
+    rows, jobs, regimes = [], [], []
+    recovery: list[dict[str, Any]] = []
     for name, events in scenarios:
         for seed in p["seeds"]:
             for strategy in p["strategies"]:
@@ -395,8 +396,7 @@ def recovery_times(stages: pd.DataFrame, events, cluster, template) -> list[floa
             if stage is None:
                 continue
             if stage.after:
-                sources = [ok_node.get((r.job, a)) for a in stage.after]
-                sources = {s for s in sources if s is not None and s != r.node}
+                sources = {s for s in (ok_node.get((r.job, a)) for a in stage.after) if s is not None and s != r.node}
                 crosses = any((s in side_a and r.node in side_b) or (s in side_b and r.node in side_a)
                               for s in sources)
             else:

@@ -262,7 +262,8 @@ def histogram_quantile(buckets: dict[float, float], q: float) -> float:
 def apiserver_latency(before: str, after: str) -> list[dict[str, Any]]:
     """Per verb (and ``all`` but WATCH/CONNECT): requests and p50/p99 ms during the run (histogram delta)."""
     h0, h1 = request_histograms(before), request_histograms(after)
-    rows, total = [], {}
+    rows: list[dict[str, Any]] = []
+    total: dict[float, float] = {}
     for verb in sorted(h1):
         delta = {le: c - h0.get(verb, {}).get(le, 0.0) for le, c in h1[verb].items()}
         n = delta.get(float("inf"), 0.0)
@@ -450,7 +451,7 @@ def kube_scale(template, job, nodes: int, seed: int, p: dict, plane: str | None 
                 break
         _put(queue, writer, None)
         writer.join(timeout=max(1.0, deadline - time.monotonic()))
-        wres = result.get(timeout=10) if not writer.is_alive() else {"created": -1, "errors": ["writer timed out"],
+        wres: dict[str, Any] = result.get(timeout=10) if not writer.is_alive() else {"created": -1, "errors": ["writer timed out"],
                                                                        "n_errors": 1, "retries": 0}
         create_s = time.perf_counter() - t_pods
         out.update(pods=pods_sent, pods_created=wres["created"], pod_errors=wres["n_errors"],

@@ -343,7 +343,7 @@ def run(params: dict[str, Any] | None = None) -> ExperimentResult:
                 row[f"share_{name}"] = float(sel.mean()) if len(sel) else math.nan
             cal = ctl.recalibrator
             if cal is not None:
-                h = pd.DataFrame(cal.history)
+                h = pd.DataFrame(getattr(cal, "history"))   # the OnlineCalibrator run_controller built
                 if len(h):
                     h.insert(0, "seed", seed)
                     corrections.append(h)

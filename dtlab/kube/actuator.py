@@ -263,7 +263,7 @@ class Actuator:
             kw["dry_run"] = "All"
         return kw
 
-    def _call(self, what: str, fn: Callable[[], Any], ok_status: tuple[int, ...] = ()) -> Any:
+    def call(self, what: str, fn: Callable[[], Any], ok_status: tuple[int, ...] = ()) -> Any:
         """Run ``fn`` with retries; a status in ``ok_status`` returns the exception instead of raising."""
         deadline = time.monotonic() + self.deadline_s
         delay = self.backoff_s
@@ -284,13 +284,13 @@ class Actuator:
 
     # ------------------------------------------------------------ namespace
     def ensure_namespace(self) -> None:
-        self._call(f"create namespace {self.namespace}", lambda: self.core.create_namespace(
+        self.call(f"create namespace {self.namespace}", lambda: self.core.create_namespace(
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}}, **self._kw()),
             ok_status=(409,))
 
     # ------------------------------------------------------------ nodes
     def cordon(self, node: str, on: bool = True) -> None:
-        self._call(f"{'cordon' if on else 'uncordon'} node {node}",
+        self.call(f"{'cordon' if on else 'uncordon'} node {node}",
                    lambda: self.core.patch_node(node, {"spec": {"unschedulable": bool(on) or None}}, **self._kw()))
 
     def uncordon(self, node: str) -> None:
@@ -298,24 +298,24 @@ class Actuator:
 
     def set_node_failed(self, node: str, failed: bool = True) -> None:
         """KWOK's node-not-ready stage: the label makes KWOK report Ready=False (fail-stop for the plane)."""
-        self._call(f"mark node {node} {'failed' if failed else 'recovered'}",
+        self.call(f"mark node {node} {'failed' if failed else 'recovered'}",
                    lambda: self.core.patch_node(node, {"metadata": {"labels": {
                        KWOK_NODE_FAIL_LABEL: "true" if failed else None}}}, **self._kw()))
 
     def list_nodes(self) -> list[Any]:
-        return self._call("list nodes", lambda: self.core.list_node(_request_timeout=self.timeout_s)).items
+        return self.call("list nodes", lambda: self.core.list_node(_request_timeout=self.timeout_s)).items
 
     # ------------------------------------------------------------ pods
     def create_pod(self, spec: PodSpec, extra_metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Create ``spec``'s pod; returns {name, created: bool, node[, uid]}. 409 with the same spec hash is success."""
         body = pod_manifest(spec, self.namespace, self.pinning, extra_metadata)
         name = body["metadata"]["name"]
-        out = self._call(f"create pod {self.namespace}/{name}",
+        out = self.call(f"create pod {self.namespace}/{name}",
                          lambda: self.core.create_namespaced_pod(self.namespace, body, **self._kw()),
                          ok_status=(409,))
         if _status(out) != 409:
             return _with_uid({"name": name, "created": True, "node": spec.node}, out)
-        existing = self._call(f"read pod {self.namespace}/{name}", lambda: self.core.read_namespaced_pod(
+        existing = self.call(f"read pod {self.namespace}/{name}", lambda: self.core.read_namespaced_pod(
             name, self.namespace, _request_timeout=self.timeout_s))
         ann = (existing.metadata.annotations or {}) if hasattr(existing, "metadata") else \
             (existing.get("metadata", {}).get("annotations") or {})
@@ -327,7 +327,7 @@ class Actuator:
 
     def delete_pod(self, name: str, grace_s: int = 0) -> bool:
         """Delete one pod now (grace 0); False if it was already gone."""
-        out = self._call(f"delete pod {self.namespace}/{name}", lambda: self.core.delete_namespaced_pod(
+        out = self.call(f"delete pod {self.namespace}/{name}", lambda: self.core.delete_namespaced_pod(
             name, self.namespace, grace_period_seconds=grace_s, **self._kw()), ok_status=(404,))
         return _status(out) != 404
 
@@ -337,7 +337,7 @@ class Actuator:
             sel.append(f"{JOB_LABEL}={label_value(job)}")
         if stage is not None:
             sel.append(f"{STAGE_LABEL}={label_value(stage)}")
-        return self._call("list pods", lambda: self.core.list_namespaced_pod(
+        return self.call("list pods", lambda: self.core.list_namespaced_pod(
             self.namespace, label_selector=",".join(sel), _request_timeout=self.timeout_s)).items
 
     def delete_job(self, job: str, stage: str | None = None) -> list[str]:

@@ -544,7 +544,7 @@ def _ready_nodes(api, names: Iterable[str]) -> set[str]:
 
 # ---------------------------------------------------------------- lifecycle
 
-def _load_state(name: str) -> dict[str, Any] | None:
+def load_state(name: str) -> dict[str, Any] | None:
     try:
         return json.loads(_state_path(name).read_text())
     except (OSError, ValueError):
@@ -557,7 +557,7 @@ def _save_state(name: str, state: Mapping[str, Any]) -> None:
 
 def kubeconfig(name: str = "default") -> str | None:
     """Kubeconfig path of the running plane `name`, or None."""
-    st = _load_state(name)
+    st = load_state(name)
     return st["kubeconfig"] if st else None
 
 
@@ -623,7 +623,7 @@ def up(nodes: list[dict] | int | Any = 6, workdir: str | os.PathLike | None = No
 
 def _up_once(bins: Mapping[str, Path], nodes: list[Any], workdir: str | os.PathLike | None,
              name: str, timeout: float, real: list[str], node_grace_s: float | None) -> dict[str, Any]:
-    if _load_state(name):
+    if load_state(name):
         down(name)
     wd = Path(workdir) if workdir else _plane_dir(name) / "run"
     if wd.exists() and any(wd.iterdir()):
@@ -717,7 +717,7 @@ def _start_real(st: dict[str, Any], nodes: list[Any], real: list[str], ports: li
 def kill_kubelet(node: str, name: str = "default") -> None:
     """Fault injection on a real node: SIGKILL its kubelet (node NotReady after the grace period)."""
     from . import realnodes
-    st = _load_state(name)
+    st = load_state(name)
     if not st:
         raise LocalPlaneError(f"local plane {name!r} is not running")
     rec = next((r for r in st.get("real_nodes", []) if r["name"] == node), None)
@@ -729,7 +729,7 @@ def kill_kubelet(node: str, name: str = "default") -> None:
 def restart_kubelet(node: str, name: str = "default") -> None:
     """Start a real node's kubelet again with the same flags (recovery after kill_kubelet)."""
     from . import realnodes
-    st = _load_state(name)
+    st = load_state(name)
     rec = next((r for r in (st or {}).get("real_nodes", []) if r["name"] == node), None)
     if rec is None:
         raise LocalPlaneError(f"{node!r} is not a real node of plane {name!r}")
@@ -756,11 +756,11 @@ def scheduler_extender_config(kubeconfig_path: str, url: str) -> dict[str, Any]:
 def start_extender_scheduler(url: str, name: str = "default", timeout: float = 60.0) -> dict[str, Any]:
     """Start (or restart) a second kube-scheduler whose pods (``schedulerName: dtlab-extender``) go
     through the extender at ``url``; ``down`` stops it with the plane."""
-    st = _load_state(name)
+    st = load_state(name)
     if not st:
         raise LocalPlaneError(f"local plane {name!r} is not running")
     stop_extender_scheduler(name)
-    st = _load_state(name)
+    st = load_state(name)
     wd = Path(st["workdir"])
     cfg = wd / "scheduler-extender.yaml"
     cfg.write_text(yaml.safe_dump(scheduler_extender_config(st["kubeconfig"], url)))
@@ -779,7 +779,7 @@ def start_extender_scheduler(url: str, name: str = "default", timeout: float = 6
 
 
 def stop_extender_scheduler(name: str = "default") -> None:
-    st = _load_state(name)
+    st = load_state(name)
     proc = (st or {}).get("extra_processes", {}).pop("kube-scheduler-extender", None)
     if proc:
         _kill(proc)
@@ -787,14 +787,14 @@ def stop_extender_scheduler(name: str = "default") -> None:
 
 
 def real_node_names(name: str = "default") -> list[str]:
-    st = _load_state(name)
+    st = load_state(name)
     return [r["name"] for r in (st or {}).get("real_nodes", [])]
 
 
 def stop_component(component: str, name: str = "default", *, graceful: bool = False) -> None:
     """Kill one component (e.g. kube-apiserver for fault tests): SIGKILL by default, like a
     crash; graceful=True sends SIGTERM first. Its entry stays in the state for start_component."""
-    st = _load_state(name)
+    st = load_state(name)
     if not st:
         raise LocalPlaneError(f"local plane {name!r} is not running")
     _kill(st["processes"][component], graceful=graceful)
@@ -802,7 +802,7 @@ def stop_component(component: str, name: str = "default", *, graceful: bool = Fa
 
 def start_component(component: str, name: str = "default", timeout: float = 60.0) -> None:
     """(Re)start one component with the same flags and ports; no-op if it is running."""
-    st = _load_state(name)
+    st = load_state(name)
     if not st:
         raise LocalPlaneError(f"local plane {name!r} is not running")
     if _alive(st["processes"].get(component, {})):
@@ -820,7 +820,7 @@ def start_component(component: str, name: str = "default", timeout: float = 60.0
 def status(name: str = "default") -> dict[str, Any]:
     """{'running': bool, 'name', 'kubeconfig', 'workdir', 'ports', 'components': {c: {'pid', 'alive'}},
     'apiserver_ready': bool, 'nodes': int, 'nodes_ready': int, 'versions'}; running False if not up."""
-    st = _load_state(name)
+    st = load_state(name)
     if not st:
         return {"running": False, "name": name}
     comps = {c: {"pid": p.get("pid"), "alive": _alive(p)} for c, p in st["processes"].items()}
@@ -855,7 +855,7 @@ def status(name: str = "default") -> dict[str, Any]:
 def down(name: str = "default", *, keep_workdir: bool = True) -> None:
     """Kill every process of plane `name` (reverse start order), wait until its ports are free,
     and remove the state file. Logs stay in the workdir unless keep_workdir=False."""
-    st = _load_state(name)
+    st = load_state(name)
     if not st:
         return
     errors = []

@@ -5,7 +5,7 @@ towards done from what it *sees*; nothing the operator remembers between passes 
 a restarted (or newly elected) operator continues exactly where the last one stopped:
 
 1. **Plan once, before any pod.** A DTJob without ``status.plans`` is planned by the twin on
-   the state observed from the cluster (:func:`dtlab.cli.cluster.observed_state`; links from
+   the state observed from the cluster (:func:`dtlab.kube.observed.observed_state`; links from
    ``--cluster``) with the DTJob's policy, predictor, samples and seed. Plan version 1 is
    written to status (a PUT with the ``resourceVersion`` just read) and only then are pods
    created. A DTJob that already has plans is never planned again: after a restart the
@@ -89,7 +89,7 @@ class KubeIO:
         self.namespace = namespace
 
     def _call(self, what: str, fn: Callable[[], Any], ok_status: tuple[int, ...] = ()) -> Any:
-        return self.actuator._call(what, fn, ok_status)   # one retry/backoff policy for every dtlab API call
+        return self.actuator.call(what, fn, ok_status)   # one retry/backoff policy for every dtlab API call
 
     def dtjobs(self) -> list[dict[str, Any]]:
         out = self._call("list dtjobs", lambda: self.custom.list_namespaced_custom_object(
@@ -384,7 +384,7 @@ def _fmt(mapping: Mapping[str, str]) -> str:
 
 def twin_planner(kubeconfig: str, namespace: str, links_from: str | None = None) -> Callable[..., dict[str, Any]]:
     """The real planner: the twin on the state observed from the cluster right now (one LIST per plan)."""
-    from ..cli.cluster import observed_state
+    from ..kube.observed import observed_state
     from ..controller import planned_stage_ms
     from ..model import check_job_fits
     from ..twin import Twin

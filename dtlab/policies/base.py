@@ -13,20 +13,21 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Mapping, Protocol
+from typing import Mapping, Protocol, cast
 
 import numpy as np
 
 from ..errors import InfeasibleError
 from ..model import Job
 from ..predict import node_slowdown, node_table, stage_table
+from ..state import Snapshot
 from ..timing import MAX_BACKGROUND, TimingModel
 from .load import LoadForecast, toll_ms
 
 
 @dataclass(frozen=True)
 class PlanContext:
-    snapshot: object              # dtlab.state.Snapshot
+    snapshot: Snapshot
     job: Job
     timing: TimingModel
     rng: np.random.Generator
@@ -112,7 +113,7 @@ class Builder:
             return np.zeros(self.nt.n)
         svc = self.st.base_svc[i]
         t = toll_ms(np.where(np.isfinite(svc), svc, 0.0), self._offered, self._bg_capacity, float(self.st.cpu[i]),
-                    self.ctx.load.weight)
+                    cast(LoadForecast, self.ctx.load).weight)   # _offered is set only with a forecast
         return np.where(np.isfinite(svc), t, np.inf)
 
     def require(self, i: int, values: np.ndarray) -> None:

@@ -53,7 +53,7 @@ def upward_ranks(nt, st) -> np.ndarray:
 
 def node_avail_ms(nt, n: int, need: float, own: list[tuple[float, float]]) -> float:
     """Earliest time (ms from now) node ``n`` has ``need`` cores free by requests; inf if never."""
-    seg = nt._co_at.get(n)
+    seg = nt.co_at.get(n)
     leaving = [] if seg is None else list(zip(nt.co_rem[seg].tolist(), nt.co_cpu[seg].tolist()))
     leaving += own
     free = float(nt.cores[n] - nt.stay[n]) - sum(c for _, c in leaving)
@@ -81,7 +81,7 @@ class HEFT:
             ok = st.candidates[i] & np.isfinite(ready)
             b.require(i, np.where(ok, 0.0, np.inf))
             avail = np.zeros(nt.n)
-            busy = set(nt._co_at) | set(own) | set(np.flatnonzero(nt.stay > 0).tolist())
+            busy = set(nt.co_at) | set(own) | set(np.flatnonzero(nt.stay > 0).tolist())
             for n in busy:
                 if ok[n]:
                     avail[n] = node_avail_ms(nt, n, float(st.cpu[i]), own.get(n, []))

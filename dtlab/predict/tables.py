@@ -194,7 +194,7 @@ class NodeTable:
         """
         self.stay = self.running                   # cores that stay for any stage, per node
         self.co_nodes = np.empty(0, dtype=np.int64)  # nodes with at least one leaving co-runner
-        self._co_at: dict[int, slice] = {}
+        self.co_at: dict[int, slice] = {}
         busy = np.flatnonzero(self.running > 0)
         if not busy.size:
             return
@@ -218,7 +218,7 @@ class NodeTable:
         self.co_nodes, first, counts = np.unique(co_node, return_index=True, return_counts=True)
         self.co_local = np.repeat(np.arange(self.co_nodes.size), counts)
         self.co_node, self.co_cpu, self.co_rem = co_node, co_cpu, co_rem
-        self._co_at = {n: slice(f, f + k) for n, f, k in zip(self.co_nodes.tolist(), first.tolist(), counts.tolist())}
+        self.co_at = {n: slice(f, f + k) for n, f, k in zip(self.co_nodes.tolist(), first.tolist(), counts.tolist())}
         nodes = self.co_nodes
         self._co_stay, self._co_cores = self.stay[nodes], self.cores[nodes]
         self._co_avail = self._co_cores * (1.0 - np.minimum(self.util[nodes], MAX_BACKGROUND))
@@ -244,7 +244,7 @@ class NodeTable:
 
     def capacity_at(self, n: int, svc: float) -> float:
         """Capacity of node ``n`` for a stage of mean full-allocation service ``svc`` (ms)."""
-        seg = self._co_at.get(n)
+        seg = self.co_at.get(n)
         if seg is None:
             return float(self.capacity[n])
         running = self.stay[n] + float(overlap_cpu(self.co_cpu[seg], self.co_rem[seg], svc).sum())

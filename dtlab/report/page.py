@@ -25,8 +25,8 @@ def params_diff(run: SavedRun) -> dict[str, Any]:
     """Params of the run that differ from the experiment module's DEFAULTS (all params if unknown)."""
     params = run.info.get("params") or {}
     try:
-        from ..runner import get_experiment, import_experiment
-        defaults = getattr(import_experiment(get_experiment(run.experiment)), "DEFAULTS", None)
+        from ..experiments import get
+        defaults = get(run.experiment).defaults
     except Exception:  # noqa: BLE001 - an unknown experiment still gets a card, with all its params
         defaults = None
     if not isinstance(defaults, Mapping):

@@ -21,6 +21,7 @@ Per-stage columns: job, stage, node, format, start_ms, end_ms, duration_ms, ok.
 """
 from __future__ import annotations
 
+import threading
 from typing import Any, Mapping, Protocol, runtime_checkable
 
 import pandas as pd
@@ -51,6 +52,10 @@ class Substrate(Protocol):
     def results(self) -> dict[str, pd.DataFrame]: ...
 
     def close(self) -> None: ...
+
+    def __enter__(self) -> Substrate: ...
+
+    def __exit__(self, *exc: object) -> None: ...
 
 
 class SubstrateBase:
@@ -83,6 +88,11 @@ class WallClockSubstrate(SubstrateBase):
     """
 
     _events: list[dict[str, Any]]
+    _lock: threading.Lock
+    _cluster: Cluster
+
+    def now_ms(self) -> float:
+        raise NotImplementedError
 
     def _check_open(self) -> None:
         if self._closed:

@@ -302,7 +302,7 @@ class KubeSubstrate(WallClockSubstrate):
 
     def _plane_pids(self) -> list[int]:
         from ..kube import localplane
-        st = localplane._load_state(self.opts["plane"]) or {}
+        st = localplane.load_state(self.opts["plane"]) or {}
         return [int(p["pid"]) for p in (st.get("processes") or {}).values() if p.get("pid")]
 
     def _cpu_parts(self, plane0: float) -> dict[str, float]:
@@ -657,7 +657,7 @@ def _ensure_runtime_class(actuator) -> None:
     body = {"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": WASM_RUNTIME_CLASS},
             "handler": "wasmtime", "scheduling": {"nodeSelector": {"dtlab.io/format-wasm": "true"}}}
     try:
-        actuator._call("create RuntimeClass wasm", lambda: node_api.create_runtime_class(
+        actuator.call("create RuntimeClass wasm", lambda: node_api.create_runtime_class(
             body, _request_timeout=actuator.timeout_s), ok_status=(409, 403))
     except KubeError:
         pass

@@ -170,7 +170,7 @@ def trace_durations(format: str, path=None) -> tuple[np.ndarray, np.ndarray]:
     if format == "dtlab-jobs":
         if path is None:
             raise SpecError("trace.path", "dtlab-jobs needs a path")
-        df = readers._read(path, [readers.Col("arrival_s", "float", ge=0),
+        df = readers.read_table(path, [readers.Col("arrival_s", "float", ge=0),
                                   readers.Col("duration_scale", "float", ge=0)], "dtlab jobs")
         return df["arrival_s"].to_numpy(), df["duration_scale"].to_numpy()
     if format == "alibaba-openb":

@@ -71,7 +71,7 @@ class Col:
     rename: str | None = None
 
 
-def _read(path, columns: Sequence[Col], what: str) -> pd.DataFrame:
+def read_table(path, columns: Sequence[Col], what: str) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise TraceError(path, None, None, f"{what} file not found{missing_hint(path)}")
@@ -159,7 +159,7 @@ def _row_error(path, df: pd.DataFrame, mask: np.ndarray, column: str, rule: str,
 
 def read_openb_nodes(path=OPENB_NODES) -> pd.DataFrame:
     """Node list of the openb GPU cluster: name, cpu_milli, memory_mib, gpu (count), model."""
-    df = _read(path, [
+    df = read_table(path, [
         Col("sn", "str", rename="name"),
         Col("cpu_milli", ge=1), Col("memory_mib", ge=1), Col("gpu", ge=0),
         Col("model", "str", required=False, empty=""),
@@ -174,7 +174,7 @@ def read_openb_nodes(path=OPENB_NODES) -> pd.DataFrame:
 
 def read_openb_pods(path=OPENB_PODS) -> pd.DataFrame:
     """Pod list of the openb trace (see module docstring for columns and units)."""
-    df = _read(path, [
+    df = read_table(path, [
         Col("name", "str"),
         Col("cpu_milli", ge=0), Col("memory_mib", ge=0), Col("num_gpu", ge=0),
         Col("gpu_milli", ge=0, le=1000),
@@ -201,7 +201,7 @@ def read_openb_pods(path=OPENB_PODS) -> pd.DataFrame:
 
 def read_alibaba_v2017_batch_task(path=V2017_BATCH_TASK) -> pd.DataFrame:
     """Alibaba cluster-trace-v2017 batch tasks (create/end time, instances, per-instance requests)."""
-    df = _read(path, [
+    df = read_table(path, [
         Col("task_create_time", "float", rename="create_time_s"),
         Col("task_end_time", "float", rename="end_time_s"),  # negative: before trace start
         Col("job_id", ge=0), Col("task_id", ge=0),
@@ -222,7 +222,7 @@ def read_alibaba_v2017_batch_task(path=V2017_BATCH_TASK) -> pd.DataFrame:
 
 def read_azure_functions_2021(path=AZURE_2021) -> pd.DataFrame:
     """Azure Functions 2021 invocations: app, func, end_s, duration_s, start_s."""
-    df = _read(path, [
+    df = read_table(path, [
         Col("app", "str"), Col("func", "str"),
         Col("end_timestamp", "float", rename="end_s", ge=0),
         Col("duration", "float", rename="duration_s", ge=0),

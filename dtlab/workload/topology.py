@@ -25,14 +25,14 @@ import pandas as pd
 
 from ..errors import SpecError
 from ..model import Cluster, Link, Node
-from .readers import DATA_DIR, Col, _read
+from .readers import DATA_DIR, Col, read_table
 
 RIPE_RTT = DATA_DIR / "network" / "ripe-atlas-country-rtt.csv.gz"
 
 
 def read_ripe_rtt(path=RIPE_RTT) -> pd.DataFrame:
     """RIPE Atlas country RTTs: ``cty1, cty2, rtt_cnt, rtt_avg, rtt_std, rtt_min, rtt_max`` (ms)."""
-    return _read(path, [
+    return read_table(path, [
         Col("cty1", "str"), Col("cty2", "str"), Col("rtt_cnt", ge=1),
         Col("rtt_avg", "float", ge=0), Col("rtt_std", "float", ge=0, empty="0"),
         Col("rtt_min", "float", ge=0), Col("rtt_max", "float", ge=0),

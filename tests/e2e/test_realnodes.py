@@ -247,7 +247,7 @@ def test_killed_kubelet_moves_the_stage_to_its_shadow(plane, core):
 def test_zz_down_leaves_nothing(plane):
     from dtlab.kube import localplane as lp
     from dtlab.kube import realnodes
-    recs, binfmt = plane["real_nodes"], lp._load_state(PLANE)["binfmt"]
+    recs, binfmt = plane["real_nodes"], lp.load_state(PLANE)["binfmt"]
     assert binfmt["entries"], "the plane registered no binfmt entry"
     lp.down(PLANE)
     assert realnodes.leftovers(recs, binfmt) == []

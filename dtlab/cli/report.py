@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..errors import SpecError
 
@@ -18,8 +19,8 @@ def _run_dir(path: str, arg: str) -> str:
     return path
 
 
-def register(subparsers) -> None:
-    from .tables import FORMATS
+def register(subparsers: Any) -> None:
+    from ..report.tables import FORMATS
 
     p = subparsers.add_parser("table", help="print the headline table of a run with CIs (LaTeX/Markdown/CSV)",
                               description="Headline metrics of a saved run (metrics.json), estimate and 95 %% CI "
@@ -49,14 +50,14 @@ def register(subparsers) -> None:
 
 
 def run_table(args) -> int:
-    from .tables import run_table as table
+    from ..report.tables import run_table as table
     sys.stdout.write(table(_run_dir(args.run_dir, "run_dir"), args.format))
     return 0
 
 
 def run_compare(args) -> int:
     from ..results import jsonable
-    from .compare import as_json, compare, format_text, worse_on
+    from ..report.compare import as_json, compare, format_text, worse_on
 
     result = compare(_run_dir(args.run_a, "run_a"), _run_dir(args.run_b, "run_b"))
     worse = {m: worse_on(result, m) for m in args.fail_if_worse}
@@ -71,7 +72,7 @@ def run_compare(args) -> int:
 
 
 def run_report(args) -> int:
-    from .page import build
+    from ..report.page import build
 
     page, n = build(args.out, args.outputs)
     print(f"{n} run(s) -> {page}")

@@ -27,7 +27,7 @@ from ..errors import DtlabError, SpecError, SubstrateUnavailable
 log = logging.getLogger("dtlab.operator")
 
 
-def register(sub) -> None:
+def register(sub: Any) -> None:
     p = sub.add_parser("operator", help="run the DT controller as a Kubernetes operator (DTJob custom resources)",
                        description="Reconcile DTJobs (dtlab.io/v1alpha1): plan once into status, create stage pods "
                                    "from the recorded plan, advance from pod phases, fail over to recorded shadows. "
@@ -70,9 +70,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ..kube.actuator import Actuator, KubeError
     from ..substrates.kube import _ensure_runtime_class
-    from .crd import install_on
-    from .lease import LeaseElector, default_identity
-    from .reconciler import KubeIO, Reconciler, twin_planner
+    from ..operator.crd import install_on
+    from ..operator.lease import LeaseElector, default_identity
+    from ..operator.reconciler import KubeIO, Reconciler, twin_planner
 
     for name in ("--lease-duration-s", "--renew-deadline-s", "--retry-period-s", "--resync-s", "--duration-s"):
         _positive(name, getattr(args, name[2:].replace("-", "_")))
@@ -151,8 +151,8 @@ def submit(args: argparse.Namespace) -> int:
     from kubernetes.client.exceptions import ApiException
 
     from ..model import load_job
-    from .crd import GROUP, PLURAL, TERMINAL, VERSION
-    from .spec import dtjob_for
+    from ..operator.crd import GROUP, PLURAL, TERMINAL, VERSION
+    from ..operator.spec import dtjob_for
 
     kc = _kubeconfig(args)
     job = load_job(args.job)                 # the twin's own checks, with field paths, before the API sees it
@@ -176,7 +176,8 @@ def submit(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.timeout
     status: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        obj = custom.get_namespaced_custom_object(GROUP, VERSION, args.namespace, PLURAL, name, _request_timeout=30)
+        obj: Any = custom.get_namespaced_custom_object(GROUP, VERSION, args.namespace, PLURAL, name,
+                                                       _request_timeout=30)
         status = obj.get("status") or {}
         if status.get("phase") in TERMINAL or (status.get("plans") and not args.wait):
             break

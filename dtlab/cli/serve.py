@@ -1,0 +1,107 @@
+"""``dtlab serve``: the REST API on a production WSGI server (waitress), loopback by default.
+
+This module is the command (flags, their checks, the API limits, the TLS context, the twin and the
+scheduler extender); serving them is :func:`dtlab.api.serve.serve`.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from ..api.limits import ApiConfig
+from ..errors import SpecError
+
+
+def register(sub: Any) -> None:
+    """Add ``serve``."""
+    p = sub.add_parser("serve", help="serve the DT REST API (plan, observe, snapshot, metrics)")
+    p.add_argument("--cluster", required=True,
+                   help="Cluster spec the twin's state starts from (with --substrate: the nodes it runs)")
+    p.add_argument("--substrate", choices=["sim", "fabric", "kube"],
+                   help="also start from what this substrate's observer sees (its events feed the state)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: loopback only)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--insecure-dev", action="store_true",
+                   help="allow mutating calls without DTLAB_API_TOKEN (local experiments only)")
+    p.add_argument("--max-body-bytes", type=int, default=1_000_000,
+                   help="largest request body (also waitress's max_request_body_size; default 1,000,000)")
+    p.add_argument("--threads", type=int, default=8,
+                   help="waitress worker threads (default 8; must exceed --max-inflight so /healthz stays up)")
+    p.add_argument("--max-inflight", type=int, default=2, help="plans computing at once; more get 429 (default 2)")
+    p.add_argument("--max-work", type=float, default=ApiConfig.max_work,
+                   help="work cap of one /plan with a valid token: stages x (500 + samples x 2.5 fast, "
+                        "2 legacy, 50 des), about its microseconds of CPU (default "
+                        f"{ApiConfig.max_work:,.0f} = about 2 s of a core)")
+    p.add_argument("--max-work-anonymous", type=float, default=ApiConfig.max_work_anonymous,
+                   help=f"the same cap without a token (default {ApiConfig.max_work_anonymous:,.0f})")
+    p.add_argument("--request-timeout", type=float, default=ApiConfig.request_timeout_s,
+                   help="seconds before a plan answers 503 (default 10)")
+    p.add_argument("--connection-limit", type=int, default=500,
+                   help="open connections waitress accepts (default 500; idle ones close after 30 s)")
+    p.add_argument("--extender", action="store_true",
+                   help="also serve the kube-scheduler extender routes /extender/filter and /extender/prioritize")
+    p.add_argument("--kubeconfig", help="with --extender: annotate pods with the per-node explanation")
+    p.add_argument("--extender-tls-cert", help="with --extender: serve its routes over mutual TLS with this "
+                   "server certificate (PEM) on --extender-port instead of on the plain port")
+    p.add_argument("--extender-tls-key", help="the certificate's private key (PEM; default: inside the cert file)")
+    p.add_argument("--extender-client-ca", help="CA (PEM) that signed the scheduler's client certificate")
+    p.add_argument("--extender-port", type=int, default=8443, help="mutual-TLS extender port (default 8443)")
+    p.add_argument("--extender-max-nodes", type=int, default=None,
+                   help="node names per extender call (default: max(5000, 2 x the cluster's nodes); "
+                        "never below the node count)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``dtlab serve``: check the flags, build the twin (and extender), serve until stopped."""
+    from ..api.serve import build_twin, serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.threads <= args.max_inflight:
+        raise SpecError("--threads", f"must exceed --max-inflight ({args.max_inflight}) so health checks "
+                                     "have a thread while plans saturate the slots")
+    for name in ("max_body_bytes", "max_inflight", "connection_limit", "max_work", "max_work_anonymous",
+                 "request_timeout"):
+        if not getattr(args, name) > 0:
+            raise SpecError("--" + name.replace("_", "-"), "must be > 0")
+    config = ApiConfig(insecure_dev=args.insecure_dev, max_body_bytes=args.max_body_bytes,
+                       max_inflight=args.max_inflight, max_work=args.max_work,
+                       max_work_anonymous=args.max_work_anonymous, request_timeout_s=args.request_timeout)
+    if config.token is None and not config.insecure_dev:
+        print("dtlab serve: DTLAB_API_TOKEN is not set: /observe and non-dry-run /plan will be refused",
+              file=sys.stderr)
+    context = None
+    if args.extender_tls_cert or args.extender_client_ca:
+        if not (args.extender and args.extender_tls_cert and args.extender_client_ca):
+            raise SpecError("--extender-tls-cert", "mutual TLS needs --extender, --extender-tls-cert and "
+                                                   "--extender-client-ca together")
+        import ssl
+
+        from ..api.tls import server_context
+        from ..pathcheck import input_file
+        for option in ("extender_tls_cert", "extender_tls_key", "extender_client_ca"):
+            if getattr(args, option):
+                input_file(getattr(args, option), "--" + option.replace("_", "-") + " file")
+        try:
+            context = server_context(args.extender_tls_cert, args.extender_tls_key, args.extender_client_ca)
+        except (ssl.SSLError, ValueError) as exc:
+            raise SpecError("--extender-tls-cert", f"cannot load the certificate, key or CA: {exc}") from None
+    if args.extender and context is None and config.extender_secret is None and not config.insecure_dev:
+        raise SpecError("DTLAB_EXTENDER_SECRET", "--extender needs a secret path prefix for its caller "
+                        "(the scheduler's urlPrefix: http://HOST:PORT/extender/<secret>), or --insecure-dev")
+    twin, substrate = build_twin(args.cluster, args.substrate)
+    extender = None
+    if args.extender:
+        from ..extender import Extender, kube_annotator
+        annotate = None
+        if args.kubeconfig:
+            from kubernetes import client, config as kconfig
+            kconfig.load_kube_config(args.kubeconfig)
+            annotate = kube_annotator(client.CoreV1Api())
+        extender = Extender(twin, annotate=annotate, max_nodes=args.extender_max_nodes)
+    serve(twin, config, substrate=substrate, extender=extender, tls_context=context, host=args.host,
+          port=args.port, threads=args.threads, connection_limit=args.connection_limit,
+          extender_port=args.extender_port)
+    return 0
