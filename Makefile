@@ -22,7 +22,7 @@ FRESH_ARGS ?=
 # time STEP: prefix a recipe line to print how long it took
 elapsed = start=$$(date +%s); $(1); echo "[$(2): $$(( $$(date +%s) - start )) s]"
 
-.PHONY: help venv experiments test test-unit test-notebooks test-smoke lab bench figures results \
+.PHONY: help venv experiments test test-types test-unit test-notebooks test-smoke lab bench figures results \
         clean clean-all cluster-bin cluster-deps images cluster fabric-deps test-deps fuzz test-ui deps fresh-check
 
 help: ## show this help
@@ -46,7 +46,10 @@ experiments: $(STAMP) ## run V1..V6 with params/ (sim; V1-V3 on the fabric if th
 	@echo
 	@echo "Outputs are in $(OUT)/<experiment>/<run-id>/ (notebook, results.csv, metrics.json, figures/, run.json)."
 
-test: test-unit test-notebooks test-smoke ## unit tests, notebooks under nbval, papermill smoke run of V1..V6
+test: test-types test-unit test-notebooks test-smoke ## mypy, unit tests, notebooks under nbval, papermill smoke run of V1..V6
+
+test-types: $(STAMP) ## mypy dtlab (settings and strictness in pyproject.toml [tool.mypy])
+	@$(call elapsed,$(PY) -m mypy dtlab,mypy)
 
 test-unit: $(STAMP) ## pytest unit tests (tests/)
 	@$(call elapsed,$(PY) -m pytest -q --durations=10,unit tests)
@@ -71,7 +74,7 @@ results: $(STAMP) ## list runs with their headline metrics
 	$(DTLAB) results --out $(OUT)
 
 clean: ## remove caches and scratch outputs (keeps outputs/<exp>/ results and .venv)
-	rm -rf .pytest_cache .hypothesis build dist $(OUT)/smoke $(OUT)/notebooks
+	rm -rf .pytest_cache .hypothesis .mypy_cache build dist $(OUT)/smoke $(OUT)/notebooks
 	find . -path ./$(VENV) -prune -o \( -name __pycache__ -o -name .ipynb_checkpoints \) -type d -print0 | xargs -0 rm -rf
 	find $(OUT) -maxdepth 2 -name '.tmp-*' -type d -print0 2>/dev/null | xargs -0 rm -rf
 

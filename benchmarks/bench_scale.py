@@ -12,7 +12,15 @@ design's 1 s freshness budget), nodes registered per second, pods created per se
 twin's RSS growth, the API server's p99 request latency, and whether the twin's state
 matched the API server's at the end.
 
+Observer (``--observer`` sizes, opt-in: a 5,000-node plane takes minutes to start): a plane with
+that many KWOK nodes, then :class:`dtlab.kube.observer.Observer` (nodes + dtlab pods) LISTs and
+watches it. Memory the observer keeps = Python heap still allocated after the initial LIST and a
+``gc.collect()`` (tracemalloc, traced only around the start; the parsed LIST body itself is
+freed), plus this process's RSS growth; then observe lag p50/p99 of ``--probes`` cordon/uncordon
+probes (patch sent -> event applied by the sink), tracing off.
+
 Run: .venv/bin/python benchmarks/bench_scale.py [--nodes 10 1000 10000 50000] [--kube 100 1000] [--pods 3000]
+     [--observer 5000] [--probes 40]
 """
 from __future__ import annotations
 
@@ -71,16 +79,95 @@ def kube(template, job, sizes, pods):
               f"{str(r['state_matches']):>6} {time.perf_counter() - t0:>7.0f}")
 
 
+def observer(template, sizes, probes):
+    """Memory the kube observer keeps per node, and its observe lag, on a fresh KWOK plane per size."""
+    import gc
+    import os
+    import threading
+    import tracemalloc
+
+    from dtlab.kube import localplane as lp
+    from dtlab.kube.actuator import Actuator
+    from dtlab.kube.observer import Observer
+    from dtlab.state import ClusterState
+    ok, why = lp.binaries_available()
+    if not ok:
+        print(f"observer: skipped ({why})")
+        return
+    print(f"\nobserver: KWOK plane, LIST+WATCH nodes and pods; kept memory after the LIST; {probes} cordon probes")
+    print(f"{'nodes':>6} {'list s':>7} {'kept MB':>8} {'kB/node':>8} {'rss MB':>7} {'lag p50':>8} {'lag p99':>8} "
+          f"{'load':>5}")
+    for n in sizes:
+        cluster = synthetic_cluster(template, n, seed=0)
+        specs = [{"name": x.name, "arch": x.arch, "cores": x.cores, "speed": x.speed, "mem_gb": x.mem_gb,
+                  "formats": list(x.formats), "zone": x.zone, "labels": dict(x.labels or {})} for x in cluster.nodes]
+        plane = f"bench-obs-{os.getpid()}-{n}"
+        with v5._scale_heartbeats(lp, 40):   # one node through up(); the rest registered, not awaited Ready
+            st = lp.up(specs[:1], name=plane, timeout=180.0)
+        obs = None
+        try:
+            lp.register_nodes(specs[1:], st["kubeconfig"])   # memory does not depend on Ready; 5,000 Ready take >15 min here
+            state = ClusterState(cluster)
+            probe = cluster.nodes[-1].name
+            seen: list[tuple[str, float]] = []
+            cond = threading.Condition()
+
+            def sink(batch):
+                state.apply_many(batch)
+                now = time.time()
+                with cond:
+                    seen.extend((e["kind"], now) for e in batch if e.get("node") == probe)
+                    cond.notify_all()
+
+            gc.collect()
+            rss0 = v5._rss_mb()
+            tracemalloc.start()
+            t0 = time.perf_counter()
+            obs = Observer(st["kubeconfig"], sink=sink, known_nodes=[x.name for x in cluster.nodes]).start(120.0)
+            list_s = time.perf_counter() - t0
+            gc.collect()
+            kept = tracemalloc.get_traced_memory()[0] / 2**20
+            tracemalloc.stop()
+            rss = v5._rss_mb() - rss0
+            act = Actuator(st["kubeconfig"])
+            lags = []
+            for k in range(probes):
+                want = "node-cordon" if k % 2 == 0 else "node-uncordon"
+                t_send = time.time()
+                act.cordon(probe, on=(k % 2 == 0))
+                with cond:
+                    if not cond.wait_for(lambda: any(kind == want and t >= t_send for kind, t in seen), 10.0):
+                        break
+                    t_seen = min(t for kind, t in seen if kind == want and t >= t_send)
+                    seen.clear()
+                lags.append((t_seen - t_send) * 1e3)
+                time.sleep(0.1)
+            lag = np.asarray(lags) if lags else np.asarray([np.nan])
+            print(f"{n:>6} {list_s:>7.1f} {kept:>8.1f} {kept * 1024 / n:>8.2f} {rss:>7.1f} "
+                  f"{np.percentile(lag, 50):>8.1f} {np.percentile(lag, 99):>8.1f} {os.getloadavg()[0]:>5.1f}",
+                  flush=True)
+        finally:
+            if obs is not None:
+                obs.stop()
+            lp.down(plane, keep_workdir=False)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--nodes", type=int, nargs="+", default=[10, 1000, 10000, 50000])
+    ap.add_argument("--nodes", type=int, nargs="*", default=[10, 1000, 10000, 50000])
     ap.add_argument("--plans", type=int, default=30)
     ap.add_argument("--kube", type=int, nargs="*", default=[100, 1000], help="KWOK node counts (none: skip)")
     ap.add_argument("--pods", type=int, default=3000)
+    ap.add_argument("--observer", type=int, nargs="*", default=[],
+                    help="KWOK node counts for the observer's memory and lag (opt-in, e.g. 5000; minutes)")
+    ap.add_argument("--probes", type=int, default=40, help="cordon probes per --observer size (default 40)")
     args = ap.parse_args()
     template = load_cluster_param("examples/cluster-hetero.yaml")
     job = load_job("examples/job-pipeline.yaml")
-    pure(template, job, args.nodes, args.plans)
+    if args.observer:
+        observer(template, args.observer, args.probes)
+    if args.nodes:
+        pure(template, job, args.nodes, args.plans)
     if args.kube:
         kube(template, job, args.kube, args.pods)
 

@@ -354,7 +354,7 @@ def json_default(x: Any) -> Any:
 def forever() -> Iterator[Arrival]:
     """No arrivals of our own: the loop only senses (plans come in through act())."""
     while True:
-        yield Arrival(float("inf"), None)  # type: ignore[arg-type] - never due
+        yield Arrival(float("inf"), None)  # type: ignore[arg-type]  # never due
 
 
 def serve_api(service: ControllerService, host: str, port: int, insecure_dev: bool = False) -> Any:

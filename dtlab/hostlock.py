@@ -57,8 +57,8 @@ def wall_clock(params: Mapping[str, Any]) -> str | None:
     if sub == "kube" and isinstance(opts, Mapping) and opts.get("exclusive"):
         return "substrate kube with exclusive: true (real nodes on this host)"
     if sub == "auto":
-        from . import fabric
-        if fabric.available()[0]:
+        from . import substrates     # the one home of the `auto` rule
+        if substrates.pick("fabric", fallback="sim")[0] == "fabric":
             return "substrate auto -> fabric (available on this host)"
     return None
 

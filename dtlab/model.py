@@ -180,8 +180,13 @@ def resolve_link(cluster: Cluster, overrides: Mapping[tuple[str, str], "Link | N
             return idx[key]
     za, zb = keys[1]
     if za == zb:
-        return Link(za, zb, **DEFAULT_INTRA_ZONE)
+        return _intra_zone(za, zb)
     raise LinkCutError(za, zb, cut=False)
+
+
+def _intra_zone(a: str, b: str) -> Link:
+    d = DEFAULT_INTRA_ZONE
+    return Link(a, b, latency_ms=d["latency_ms"], bandwidth_mbps=d["bandwidth_mbps"], loss=d["loss"])
 
 
 def spec_link(cluster: Cluster, a: str, b: str) -> Link | None:
@@ -198,7 +203,7 @@ def base_for_change(cluster: Cluster, a: str, b: str) -> Link:
     The spec's link (:func:`spec_link`), else the intra-zone default: changing a pair the
     spec does not connect creates a link from the default's numbers.
     """
-    return spec_link(cluster, a, b) or Link(a, b, **DEFAULT_INTRA_ZONE)
+    return spec_link(cluster, a, b) or _intra_zone(a, b)
 
 
 @dataclass(frozen=True)

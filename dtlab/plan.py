@@ -1,7 +1,8 @@
 """Plan: what the twin decided for one job, and what it predicted would happen."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import copy
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 PREDICTION_KEYS = ("mean_ms", "p50_ms", "p95_ms", "p99_ms", "cvar95_ms", "deadline_miss_prob")
@@ -19,9 +20,21 @@ class Plan:
     samples: int = 0
     elapsed_ms: float = 0.0
     state_version: int = 0
+    # stage ids whose inputs are copied to their shadow while the primary runs (dtlab.policies.failover)
+    prestage: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Same as ``dataclasses.asdict`` (nested dicts copied), without its generic deepcopy: every
+        /plan answer goes through here (bench_api: asdict was ~8% of the server's time per plan)."""
+        return {f.name: _plain_copy(getattr(self, f.name)) for f in fields(self)}
+
+
+def _plain_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain_copy(v) for v in value)
+    return copy.deepcopy(value) if not isinstance(value, (str, int, float, bool, type(None))) else value
 
 
 def summarize(latencies_ms, deadline_ms: float | None = None) -> dict[str, float]:

@@ -77,6 +77,7 @@ SERIES: dict[str, tuple[str, str, str]] = {
     # failover strategies (V4): the colour of the policy each one plans with
     "shadow-resilient": ("Shadow (DT resilient)", OKABE_ITO["bluish_green"], "s"),
     "shadow-cvar": ("Shadow (DT CVaR)", OKABE_ITO["reddish_purple"], "^"),
+    "shadow-prestage": ("Shadow + pre-staged inputs", OKABE_ITO["sky_blue"], "P"),
     "replan-greedy": ("Re-plan (DT greedy)", OKABE_ITO["blue"], "o"),
     "no-twin": ("No twin (K8s least-alloc.)", OKABE_ITO["vermillion"], "D"),
     # drift handling

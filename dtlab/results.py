@@ -14,7 +14,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -23,22 +23,12 @@ import pandas as pd
 
 from .atomic import atomic_write_text
 from .errors import DtlabError
+from .experiments.result import ExperimentResult
 
 MAIN_TABLE = "results"
 METRICS_FILE = "metrics.json"
 RUN_FILE = "run.json"
 FIGURES_DIR = "figures"
-
-
-@dataclass
-class ExperimentResult:
-    """What every experiment's ``run(params)`` returns: ``table`` -> results.csv, ``metrics`` ->
-    metrics.json, ``extra`` -> one <name>.csv each; ``params`` are the effective params. Saved by
-    :func:`save` (notebooks and sweeps alike)."""
-    table: pd.DataFrame
-    metrics: dict[str, Any]
-    extra: dict[str, pd.DataFrame] = field(default_factory=dict)
-    params: dict[str, Any] = field(default_factory=dict)
 
 
 def jsonable(value: Any, nonfinite: str = "null") -> Any:

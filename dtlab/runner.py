@@ -239,11 +239,13 @@ def provenance(root: Path) -> dict:
     }
 
 
-def _now() -> str:
+def now_iso() -> str:
+    """UTC now, ISO 8601 to the second (run.json's ``started``/``finished``; sweeps use it too)."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _seed_of(params: Mapping[str, Any]):
+def seed_of(params: Mapping[str, Any]):
+    """The run's ``seed`` (or ``seeds``) parameter as given; None without one."""
     for key in ("seed", "seeds"):
         if key in params:
             return params[key]
@@ -319,10 +321,10 @@ def _execute(prep: PreparedRun, out_root: Path, progress: bool, kernel: str | No
     root = project_root()
     tmp = out_root / exp.id / f".tmp-{prep.run_id}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     tmp.mkdir(parents=True)
-    started, t0 = _now(), time.perf_counter()
+    started, t0 = now_iso(), time.perf_counter()
     info = {"experiment": exp.id, "run_id": prep.run_id, "status": "running", "notebook": exp.notebook,
             "params_file": str(prep.params_file) if prep.params_file else None, "params": _results.jsonable(prep.params, nonfinite="text"),
-            "seed": _seed_of(prep.params), "substrate": prep.params.get("substrate", "sim"),
+            "seed": seed_of(prep.params), "substrate": prep.params.get("substrate", "sim"),
             "host_lock": host_lock, "started": started, **provenance(root)}
     error = None
     try:
@@ -340,8 +342,8 @@ def _execute(prep: PreparedRun, out_root: Path, progress: bool, kernel: str | No
         raise
     seconds = time.perf_counter() - t0
     # `substrate: auto` is a request; the experiment's metrics say which substrate it actually got
-    info.update(_substrate_info(tmp, info["substrate"]))
-    info.update(status="failed" if error else "ok", error=error, finished=_now(), duration_s=round(seconds, 3))
+    info.update(substrate_info(tmp, info["substrate"]))
+    info.update(status="failed" if error else "ok", error=error, finished=now_iso(), duration_s=round(seconds, 3))
     atomic_write_text(tmp / _results.RUN_FILE, _results.dumps(info))
     if error:
         failed = out_root / exp.id / FAILED_DIR / prep.run_id
@@ -352,7 +354,7 @@ def _execute(prep: PreparedRun, out_root: Path, progress: bool, kernel: str | No
     return RunOutcome(exp.id, prep.run_id, final, "ok", seconds)
 
 
-def _substrate_info(run_dir: Path, requested: str) -> dict:
+def substrate_info(run_dir: Path, requested: str) -> dict:
     """The substrate the run really used (``substrate: auto`` resolves inside the experiment), from
     the metrics the notebook saved: ``substrate``, ``substrate_requested``, ``substrate_note`` and, on
     the fabric, ``substrate_metadata`` (cgroups, scale, link-shaping mechanism per link)."""

@@ -29,6 +29,8 @@ class StrictJSONError(SpecError):
 
 def check_depth(raw: bytes, max_depth: int = MAX_DEPTH, where: str = "body") -> None:
     """Reject nesting deeper than ``max_depth`` without recursing (linear scan of the bytes)."""
+    if raw.count(b"[") + raw.count(b"{") <= max_depth:
+        return   # fewer openers than the limit (even inside strings): cannot be deeper; skips the scan
     depth = 0
     for m in _TOKENS.finditer(raw):
         tok = m.group()

@@ -252,9 +252,7 @@ def point_id(experiment: str, params: Mapping[str, Any]) -> str:
 
 
 def expand(experiment: str, grid: Grid, base: Mapping[str, Any], seeds: Sequence[int]) -> list[Point]:
-    """The grid's cartesian product x seeds, each point validated by the experiment's rules."""
-    from .experiments.params import validate
-
+    """The grid's cartesian product x seeds, each point validated by the experiment's own ``check``."""
     exp = str(experiment).upper()
     check_grid(exp, grid, base)
     module = _experiment_module(exp)
@@ -268,7 +266,7 @@ def expand(experiment: str, grid: Grid, base: Mapping[str, Any], seeds: Sequence
                 _set(params, key, value, module.DEFAULTS)
             params["seeds"] = [int(seed)]
             try:
-                full = validate(params, module.DEFAULTS, exp)
+                full = module.check(params)
             except SpecError as exc:
                 head = exc.field.partition(".")[0]
                 swept = next((k for k in keys if k.partition(".")[0] == head), None)
@@ -307,7 +305,7 @@ def run_point(experiment: str, params: Mapping[str, Any], point_dir: str, info: 
     fn = run_fn or _experiment_module(experiment).run
     from . import runner
 
-    started = runner._now()
+    started = runner.now_iso()
     t0 = time.perf_counter()
     result = fn(dict(params))
     elapsed = time.perf_counter() - t0
@@ -336,11 +334,11 @@ def point_run_info(experiment: str, point: str, params: Mapping[str, Any], info:
 
     substrate = dict(params).get("substrate", "sim")
     out = {"experiment": experiment, "run_id": point, "status": "ok", "notebook": None, "params_file": None,
-           "params": dict(params), "seed": runner._seed_of(params), "substrate": substrate,
+           "params": dict(params), "seed": runner.seed_of(params), "substrate": substrate,
            "started": started, **runner.provenance(runner.project_root()),
            "sweep": {k: v for k, v in dict(info).items() if k not in ("params",)}}
-    out.update(runner._substrate_info(point_dir, substrate))
-    out.update(error=None, finished=runner._now(), duration_s=round(elapsed_s, 3))
+    out.update(runner.substrate_info(point_dir, substrate))
+    out.update(error=None, finished=runner.now_iso(), duration_s=round(elapsed_s, 3))
     return out
 
 

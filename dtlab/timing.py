@@ -34,7 +34,7 @@ Model, documented once:
   executor's own hand-off): a fixed delay ``stage_delay(format)`` between a stage's inputs arriving
   and its work starting, not scaled by node speed or contention (on the fabric it runs outside the
   stage's CPU quota). Default none (0); the fabric's measured values
-  (``dtlab.calibration.host.startup_calibration``) fill them in.
+  (``dtlab.fabric.host_calibration.startup_calibration``) fill them in.
 """
 from __future__ import annotations
 

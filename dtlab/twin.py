@@ -15,7 +15,7 @@ with it. ``load_aware=False`` turns it off (the myopic policies of earlier versi
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import pandas as pd

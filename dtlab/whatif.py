@@ -189,11 +189,7 @@ def save_params(experiment: str, path: str | Path, *, cluster_path: str | Path, 
     else:
         params = {**common, "jobs": jobs, "rate_per_s": rate,
                   "scenarios": [knobs.get("scenario") or "none"], "seeds": [int(seed)]}
-        from .experiments.params import validate
-        from .experiments.v4 import DEFAULTS
-
-        def check(ps):
-            return validate(ps, DEFAULTS, "V4")
+        from .experiments.v4 import check
     dropped = [k for k in ("latency_scale", "links", "nodes", "overheads", "calibration", "fail_prob",
                            "deadline_ms", "scenario_at_s") if knobs.get(k) not in (None, {}, 1.0, 0.0, "")]
     path.parent.mkdir(parents=True, exist_ok=True)

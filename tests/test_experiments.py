@@ -6,7 +6,7 @@ import pytest
 
 import dtlab
 from dtlab import SpecError
-from dtlab.calibration import host
+from dtlab.fabric import host_calibration as host
 from dtlab.experiments import get, params, substrate, v1, v2, v3, v5, v6
 from dtlab.experiments.params import REPO_ROOT, validate
 from dtlab.experiments.summary import mean_ci
@@ -295,11 +295,11 @@ def test_runner_records_the_substrate_the_run_got(tmp_path):
     (tmp_path / "metrics.json").write_text(json.dumps({
         "x": 1.0, "substrate": "fabric", "substrate_requested": "auto", "substrate_note": "twin timing: ...",
         "substrate_metadata": {"link_shaping": {"a->b": "htb+relay"}, "scale": 0.05}}))
-    info = runner._substrate_info(tmp_path, "auto")
+    info = runner.substrate_info(tmp_path, "auto")
     assert info["substrate"] == "fabric" and info["substrate_requested"] == "auto"
     assert info["substrate_metadata"]["link_shaping"] == {"a->b": "htb+relay"}
     (tmp_path / "metrics.json").write_text(json.dumps({"x": 1.0}))     # an experiment without the keys
-    assert runner._substrate_info(tmp_path, "sim") == {}
+    assert runner.substrate_info(tmp_path, "sim") == {}
 
 
 def test_processor_sharing_of_stage_times():

@@ -75,3 +75,69 @@ def test_bad_extender_input_is_400(client):
 def test_scores_are_linear_in_predicted_latency():
     assert score_from_latency({"a": 100, "b": 200, "c": 150}) == {"a": 10, "b": 0, "c": 5}
     assert score_from_latency({"a": 5, "b": 5}) == {"a": 10, "b": 10}
+
+
+def _reference(twin, job, samples):
+    """What prioritize/filter computed before they were vectorised: one twin.predict per node."""
+    from dtlab.timing import exec_format
+    snap = twin.state.snapshot()
+    means, verdict = {}, {}
+    for name, status in snap.nodes.items():
+        stage = job.stages[0]
+        if not status.up:
+            verdict[name] = "down in the twin's state"
+        elif status.cordoned:
+            verdict[name] = "cordoned"
+        elif exec_format(stage, status.node, twin.timing.overheads) is None:
+            verdict[name] = "cannot run the pod (arch/format/resources)"
+        else:
+            verdict[name] = None
+            means[name] = twin.predict(job, {"main": name}, predictor="fast", samples=samples, seed=0)["mean_ms"]
+    return means, verdict
+
+
+@pytest.mark.parametrize("cpu,arch", [("1", None), ("3", "amd64"), ("500m", "arm64"), ("12", None)])
+def test_vectorised_scores_equal_one_prediction_per_node(cpu, arch):
+    """The per-(pod shape, snapshot) table gives the numbers of one twin.predict per node, on a
+    busy 300-node state (telemetry, running stages with known work, down and cordoned nodes)."""
+    from dtlab.experiments.loop import synthetic_cluster
+    cluster = synthetic_cluster(dtlab.load_cluster(EXAMPLES / "cluster-hetero.yaml"), 300, seed=3)
+    twin = dtlab.Twin(cluster)
+    names = [n.name for n in cluster.nodes]
+    events = [{"kind": "telemetry", "node": n, "cpu_util": (i % 10) / 10} for i, n in enumerate(names[::3])]
+    for i, n in enumerate(names[1::7]):   # running stages: half with known work (they leave), half staying
+        known = {"stage_ms": {"s": 800.0 * (1 + i % 3)}} if i % 2 else {}
+        events += [{"kind": "job-submit", "job": f"j{i}", "stage_cpu": {"s": 1.0 + i % 2}, **known},
+                   {"kind": "stage-start", "job": f"j{i}", "stage": "s", "node": n, "ts": 1.0}]
+    events.append({"kind": "telemetry", "node": names[0], "cpu_util": 0.1, "ts": 1.5})
+    events += [{"kind": "node-down", "node": names[5]}, {"kind": "node-cordon", "node": names[8]}]
+    twin.state.apply_many(events)
+    ext = Extender(twin, samples=48)
+    job = pod_to_job(pod(cpu=cpu, arch=arch))
+    means, verdict = _reference(twin, job, 48)
+    table = ext._table(job)
+    assert table.verdict == verdict
+    assert set(table.mean_ms) == set(means) and means
+    for name, m in means.items():
+        assert table.mean_ms[name] == pytest.approx(m, rel=1e-9), name
+
+
+def test_cached_table_follows_the_state(client):
+    """A second pod of the same shape reuses the table; a state change invalidates it."""
+    ext = Extender(client.twin, samples=32)
+    job = pod_to_job(pod(name="a"))
+    first = ext._table(job)
+    assert ext._table(pod_to_job(pod(name="b"))) is first
+    before = first.mean_ms["cloud-0"]
+    client.twin.state.apply({"kind": "telemetry", "node": "cloud-0", "cpu_util": 0.95})
+    second = ext._table(job)
+    assert second is not first and second.mean_ms["cloud-0"] > before
+
+
+def test_extender_calls_are_timed_in_metrics(client):
+    for _ in range(3):
+        assert client.post("/extender/filter", json={"Pod": pod(), "NodeNames": ["cloud-0"]}).status_code == 200
+    assert client.post("/extender/prioritize", json={"Pod": pod(), "NodeNames": ["cloud-0"]}).status_code == 200
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'dtlab_extender_latency_ms_count{verb="filter"} 3.0' in text
+    assert 'dtlab_extender_latency_ms_count{verb="prioritize"} 1.0' in text

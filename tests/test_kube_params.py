@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("path", ["params/V1-kube.yaml", "params/V2-kube.yaml", "params/V3-kube.yaml",
-                                  "params/smoke/V1-kube.yaml", "params/smoke/V2-kube.yaml",
-                                  "params/smoke/V3-kube.yaml"])
+                                  "params/V4-kube.yaml", "params/smoke/V1-kube.yaml", "params/smoke/V2-kube.yaml",
+                                  "params/smoke/V3-kube.yaml", "params/smoke/V4-kube.yaml"])
 def test_kube_params_validate(path):
     exp = Path(path).name.split("-")[0]
     prep = runner.prepare(exp, params_file=ROOT / path)
@@ -26,6 +26,11 @@ def test_kube_params_validate(path):
     archs = {n.arch for n in cluster.nodes}
     assert {"amd64", "arm64"} <= archs and any("wasm" in n.formats for n in cluster.nodes)
     for name in p.get("policies", [p.get("policy")]):
-        policies.get(name)
+        if name is not None:
+            policies.get(name)
     for j in p.get("jobs", []) if isinstance(p.get("jobs"), list) else []:
         load_job(ROOT / j, cluster)
+    from dtlab.chaos.spec import expand, load_scenario, scenario_path
+    for sc in p.get("scenarios", []):      # V4: every fault selects nodes of this cluster
+        if sc != "none":
+            assert expand(load_scenario(scenario_path(ROOT / sc if (ROOT / sc).exists() else sc)), cluster)

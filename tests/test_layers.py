@@ -168,3 +168,37 @@ def test_no_import_circles():
         if v not in index:
             visit(v)
     assert not circles, "import circles (module-level imports):\n" + "\n".join(" <-> ".join(c) for c in circles)
+
+
+# names of the standard library and of tuples that are private by spelling only (documented API)
+_PUBLIC_BY_DOC = {"_exit", "_asdict", "_replace", "_fields", "_make", "_getframe"}
+
+
+def test_no_module_reads_another_modules_private_attributes():
+    """``obj._name`` with ``_name`` not defined in the reading module is a private attribute of another one.
+
+    Give it a public, named accessor instead (as ``Cluster.link_index``, ``Engine.link_overrides``,
+    ``Engine.latency_ms`` did). ``self._x`` / ``cls._x`` are always the module's own.
+    """
+    bad = []
+    for path in sorted(PKG.rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        own: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                own.add(node.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                own.add(node.attr)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                own.add(node.id)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                own |= {(a.asname or a.name).split(".")[0] for a in node.names}
+            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__slots__"
+                                                    for t in node.targets):
+                own |= {c.value for c in ast.walk(node.value) if isinstance(c, ast.Constant)}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+                    and node.attr not in own and node.attr not in _PUBLIC_BY_DOC):
+                bad.append(f"{path.relative_to(PKG.parent)}:{node.lineno}: {ast.unparse(node)}")
+    assert not bad, "private attributes read across modules:\n" + "\n".join(bad)

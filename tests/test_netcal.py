@@ -54,7 +54,7 @@ def test_network_calibration_on_the_fabric_fits_the_data_path():
     ok, why = fabric.available()
     require(ok, f"fabric: {why}")
     c = _cluster()
-    from dtlab.calibration import host
+    from dtlab.fabric import host_calibration as host
     doc, path = host.network_calibration(c, reps=2, refresh=True)
     assert path.exists() and doc["links"]
     (link,) = doc["links"]

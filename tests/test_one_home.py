@@ -136,3 +136,16 @@ def test_one_experiment_registry_and_every_experiment_checks():
         assert callable(module.check) and callable(module.run) and isinstance(module.DEFAULTS, dict)
         assert exp.smoke_params.is_file(), exp.smoke_params
         assert exp.check({}) == exp.check(None)
+
+
+def test_the_auto_substrate_rule_is_substrates_pick(monkeypatch):
+    """`substrate: auto` is resolved by substrates.pick alone: the experiments and the host lock follow it."""
+    from dtlab import hostlock, substrates
+    from dtlab.experiments import substrate
+
+    monkeypatch.setattr(substrates, "pick", lambda preferred, fallback="sim": (fallback, "pick said no"))
+    choice = substrate.choose_substrate("auto")
+    assert (choice.name, choice.note) == ("sim", "pick said no")
+    assert hostlock.wall_clock({"substrate": "auto"}) is None
+    monkeypatch.setattr(substrates, "pick", lambda preferred, fallback="sim": (preferred, ""))
+    assert hostlock.wall_clock({"substrate": "auto"}) == "substrate auto -> fabric (available on this host)"

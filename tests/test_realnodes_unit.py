@@ -135,3 +135,50 @@ def test_cluster_up_bad_real_node_options_exit_2_before_starting_anything(argv, 
     code = cli.main(["cluster", "up", "--name", "unit-never-started", *argv])
     err = capsys.readouterr().err
     assert code == 2 and msg in err and not called
+
+
+# ---------------------------------------------------------------- links between real nodes (dtlab.kube.links)
+def test_worker_report_carries_the_input_fetch():
+    r = worker_report(json.dumps({**REPORT, "fetch_ns": 438_800_000, "fetch_bytes": 2_000_000, "fetch_failed": 0}))
+    assert r["fetch_ms"] == pytest.approx(438.8) and r["fetch_bytes"] == 2_000_000 and r["fetch_failed"] == 0
+    assert "fetch_ms" not in worker_report(json.dumps(REPORT))
+
+
+def test_fetch_values_become_worker_arguments():
+    from dtlab.model import Node
+    job = load_job({"apiVersion": "dtlab/v1", "kind": "Job", "metadata": {"name": "j"},
+                    "spec": {"stages": [{"id": "a", "compute": {"cpu": 1, "duration_ms": 100}, "output_mb": 2}]}})
+    node = Node("n", "amd64", 2)
+    spec = pod_spec_for(job, "a", node, "native", 0, 100.0, real_scale=0.5,
+                        fetch=("10.244.1.1:41302:2000000:2", "10.244.1.1:41303:5:3"))
+    args = list(spec.args)
+    assert args[-4:] == ["--fetch", "10.244.1.1:41302:2000000:2", "--fetch", "10.244.1.1:41303:5:3"]
+    assert "--fetch" not in pod_spec_for(job, "a", node, "native", 0, 100.0, real_scale=0.5).args
+
+
+def test_fetch_endpoint_is_the_relay_on_the_destination_or_the_source_store():
+    from dtlab.kube import links
+    nets = links.node_nets([{"name": "x", "index": 1, "net": "10.201", "bridge": "b1"},
+                            {"name": "y", "index": 2, "net": "10.201", "bridge": "b2"}])
+    pl = links.PodLinks.__new__(links.PodLinks)      # no servers, no tc: only the addressing
+    pl.nodes, pl.use_relay = nets, True
+    assert pl.fetch_arg("x", "y", 2.0) == f"10.201.2.1:{links.RELAY_PORT_BASE + 1}:2000000:1"
+    pl.use_relay = False
+    assert pl.fetch_arg("x", "y", 2.0) == f"10.201.1.1:{links.STORE_PORT}:2000000:1"
+
+
+def test_fault_links_cut_degrade_and_restore_both_directions():
+    from dtlab.chaos.realise import as_event
+    from dtlab.kube.links import fault_links
+    c = load_cluster({"apiVersion": "dtlab/v1", "kind": "Cluster", "metadata": {"name": "c"},
+                      "nodes": [{"name": "p", "arch": "amd64", "cores": 1, "zone": "za"},
+                                {"name": "q", "arch": "amd64", "cores": 1, "zone": "zb"}],
+                      "links": [{"a": "za", "b": "zb", "latency_ms": 20, "bandwidth_mbps": 40}]})
+    deg = as_event({"kind": "link-degradation", "at_s": 0, "duration_s": 5, "between": ["za", "zb"],
+                    "bandwidth_mbps": 8}, c)
+    start = fault_links(c, deg, True)
+    assert {(a, b) for a, b, _ in start} == {("p", "q"), ("q", "p")}
+    assert all(l.bandwidth_mbps == 8 and l.latency_ms == 20 for _, _, l in start)
+    assert all(l.bandwidth_mbps == 40 for _, _, l in fault_links(c, deg, False))
+    cut = as_event({"kind": "partition", "at_s": 0, "duration_s": 5, "between": ["za", "zb"]}, c)
+    assert all(l is None for _, _, l in fault_links(c, cut, True))

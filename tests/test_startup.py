@@ -95,7 +95,7 @@ def test_startup_measured_on_the_fabric_launch_path():
     from dtlab import fabric
     ok, why = fabric.available()
     require(ok, f"fabric: {why}")
-    from dtlab.calibration import host
+    from dtlab.fabric import host_calibration as host
     doc = host.measure_startup(formats=["native", "qemu-arm64", "wasm"], reps=3)
     table = doc["startup_ms"]
     assert set(table) == {"native", "qemu-arm64", "wasm"} - set(doc["unavailable"]), doc

@@ -135,3 +135,14 @@ def test_simulate_unknown_policy_fails_first(cluster):
     with pytest.raises(dtlab.SpecError) as exc:
         dtlab.Twin(cluster).simulate(small_workload(), policy="nope")
     assert exc.value.field == "policy"
+
+
+def test_plan_to_dict_equals_asdict_and_copies_nested_dicts(cluster):
+    from dataclasses import asdict
+    twin = dtlab.Twin(cluster)
+    plan = twin.plan(dtlab.load_job(f"{EX}/job-pipeline.yaml", cluster), policy="cvar", samples=64, seed=1)
+    out = plan.to_dict()
+    assert out == asdict(plan)
+    out["placement"]["x"] = "y"
+    out["prediction"]["mean_ms"] = -1.0
+    assert "x" not in plan.placement and plan.prediction["mean_ms"] != -1.0

@@ -99,6 +99,25 @@ def test_full_params_sweep_light_to_past_saturation_with_the_strong_baselines():
     assert {"k8s-default", "heft", "load-risk-balancing"} <= set(v1.DEFAULTS["policies"])
 
 
+def test_fabric_sizes_sweep_four_rates_with_the_strong_baselines_within_budget():
+    """Issue 19: V1 on real execution has >= 4 rates; the sizes fit ~15 minutes by the measured cost of a
+    fabric run (at most ~6.5 s of set-up and drain + the arrival window; 7.7 s per run measured, v1.py)."""
+    f = v1.FABRIC_SIZES
+    assert len(f["rates_per_s"]) >= 4 and min(f["rates_per_s"]) <= 1.0 and max(f["rates_per_s"]) >= 3.0
+    assert {"k8s-default", "heft", "load-risk-balancing"} <= set(f["policies"])
+    assert set(v1.DT_POLICIES) & set(f["policies"]) and len(f["seeds"]) >= 4
+    minutes = len(f["seeds"]) * len(f["policies"]) * sum(6.5 + f["arrival_window_s"] for _r in f["rates_per_s"]) / 60
+    assert minutes <= 17.5
+    # the window makes the offered load grow with the rate (a fixed count did not, measured)
+    counts = [v1.jobs_at(r, 6, f["arrival_window_s"]) for r in f["rates_per_s"]]
+    assert counts == sorted(counts) and counts[-1] >= 3 * counts[0]
+    assert v1.jobs_at(3.0, 7, None) == 7 and v1.jobs_at(0.1, 7, 4.0) == 2 and v1.jobs_at(2.5, 7, 4.0) == 10
+    with pytest.raises(SpecError, match="arrival_window_s"):
+        v1.run({**v1.SMOKE, "arrival_window_s": -1})
+    import yaml
+    assert yaml.safe_load(open("params/V1.yaml"))["fabric"]["rates_per_s"] == f["rates_per_s"]
+
+
 def test_comparison_table_parses_fractional_rates():
     table, jobs = _table(rates=(0.5, 2.0))
     m = v1.compare_best(table, jobs, dict(v1.DEFAULTS["margins"]))

@@ -69,7 +69,8 @@ def create_app(twin, config: ApiConfig | None = None, controller=None, extender=
     app.extensions["dtlab"] = {"twin": twin, "metrics": metrics, "config": config, "controller": controller}
     if extender is not None:
         from ..extender import blueprint
-        app.register_blueprint(blueprint(extender, config.extender_secret))
+        app.register_blueprint(blueprint(extender, config.extender_secret,
+                                         observe=lambda verb, ms: metrics.extender_latency.labels(verb).observe(ms)))
 
     def body() -> Any:
         return read_json_body()

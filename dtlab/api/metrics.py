@@ -7,6 +7,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 PLAN_BUCKETS = (0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000)
+# extender calls sit in the scheduler's serial loop: sub-ms resolution matters (bench_extender reads p50/p99)
+EXTENDER_BUCKETS = (0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 20, 50, 100, 500, 5000)
 
 
 class ServiceMetrics:
@@ -20,6 +22,9 @@ class ServiceMetrics:
         self.events = Counter("dtlab_events_applied", "State events applied, by kind", ["kind"], registry=self.registry)
         self.rejected = Counter("dtlab_requests_rejected", "Client errors, by route and status",
                                 ["route", "status"], registry=self.registry)
+        self.extender_latency = Histogram("dtlab_extender_latency_ms", "One scheduler-extender call, body read "
+                                          "to response built (ms)", ["verb"], buckets=EXTENDER_BUCKETS,
+                                          registry=self.registry)
         self.registry.register(_StateCollector(state))
 
 

@@ -1,2 +1,3 @@
-"""Calibration of the twin: against what the substrate observes (:mod:`dtlab.calibration.online`) and
-against this host's fabric (:mod:`dtlab.calibration.host`: format factors, fitted links)."""
+"""Calibration of the twin against what the substrate observes (:mod:`dtlab.calibration.online`).
+
+Host calibration on the fabric (format factors, fitted links) is :mod:`dtlab.fabric.host_calibration`."""

@@ -61,8 +61,10 @@ does on each substrate:
 * ``kube``: node-failure -> the KWOK node goes NotReady (KWOK stops renewing its Lease /
   the node-not-ready stage; ``kubectl cordon`` is not a failure), its pods are evicted by
   the node lifecycle controller, and after ``duration_s`` the node is Ready again;
-  partition and link-degradation -> the twin's link model (state ``link`` events), plus the
-  netem daemonset (``cluster/netem``) on hosts that have netem; pod-kill -> delete the pods
+  (a real node: its kubelet is SIGKILLed); partition and link-degradation -> the twin's link
+  model (state ``link`` events) and, between real nodes of the local plane, the shaping of the
+  pod-network links their stage data crosses (:mod:`dtlab.kube.links`), restored at the end; on
+  other clusters the netem daemonset (``cluster/netem``) where hosts have netem; pod-kill -> delete the pods
   labelled ``dtlab.io/job`` (and ``dtlab.io/stage``) with grace period 0.
 
 Whatever the substrate, :func:`to_state_events` gives the state events the twin must see

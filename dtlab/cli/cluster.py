@@ -92,7 +92,7 @@ def run_cluster(args: argparse.Namespace) -> int:
         if args.real_nodes is not None:
             if not args.cluster and args.nodes is None:
                 raise SpecError("--real-nodes", "needs --cluster (or --nodes) to name the nodes")
-            names = [n["name"] for n in lp._nodes_list(nodes)]
+            names = [n["name"] for n in lp.nodes_list(nodes)]
             real = names if args.real_nodes.strip() == "all" else \
                 [r.strip() for r in args.real_nodes.split(",") if r.strip()]
             unknown = [r for r in real if r not in names]

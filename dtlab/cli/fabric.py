@@ -25,9 +25,15 @@ def register(subparsers: Any) -> None:
     comp.add_argument("--kernels", default=None, help="comma-separated subset of kernels")
     comp.add_argument("--compare", action="store_true", help="also print the comparison with published figures")
     comp.set_defaults(func=run_compute)
-    net = csub.add_parser("network", help="RTT and throughput between fabric namespaces (root)")
+    net = csub.add_parser("network", help="RTT and throughput between fabric namespaces, or between real "
+                                          "kube nodes' pods (root)")
     net.add_argument("--reps", type=int, default=5)
     net.add_argument("--out", default=None, help="write the samples as YAML here")
+    net.add_argument("--substrate", choices=("fabric", "kube"), default="fabric",
+                     help="kube: over the shaped pod network between the real nodes of a running local "
+                          "plane (one per zone of --cluster); the fitted links are cached for the twin")
+    net.add_argument("--cluster", default=None, help="Cluster spec whose zone links are measured (kube)")
+    net.add_argument("--plane", default="default", help="local plane name (kube)")
     net.set_defaults(func=run_network)
     up = csub.add_parser("startup", help="start-up ms per format on the fabric's launch path (root); the twin uses it")
     up.add_argument("--reps", type=int, default=None, help="stages per format (default 7)")
@@ -74,13 +80,31 @@ def run_compute(args) -> int:
 
 
 def run_network(args) -> int:
-    from ..calibration import host
+    from ..fabric import host_calibration as host
+    from ..errors import SpecError
 
-    doc = host.measure_network(reps=args.reps)
-    print(f"netem available: {doc['netem']}")
-    for r in doc["samples"]:
-        print(f"  {r['src']}->{r['dst']} {r['size_mb']:>7} MB  median {r['median_ms']:.1f} ms "
-              f"(predicted {r['predicted_ms']:.1f})  via {r['mechanism']}")
+    if not 1 <= args.reps <= 50:
+        raise SpecError("--reps", f"must be in [1, 50], got {args.reps}")
+    if args.substrate == "kube":
+        from ..model import load_cluster
+        from ..pathcheck import input_file
+        if not args.cluster:
+            raise SpecError("--cluster", "required with --substrate kube (the zone links to measure)")
+        doc, path = host.network_calibration(load_cluster(input_file(args.cluster, "--cluster")),
+                                             reps=args.reps, refresh=True, substrate="kube", plane=args.plane)
+        print(f"netem available: {doc['netem']}; probes {doc.get('probes')}; fitted links cached in {path}")
+        for r in doc["samples"]:
+            print(f"  {r['src']}->{r['dst']} {r['size_mb']:>7} MB  median {r['median_ms']:.1f} ms "
+                  f"(predicted {r['predicted_ms']})  via {r['mechanism']}")
+        for l in doc["links"]:
+            print(f"  fit {l['a']}<->{l['b']}: latency {l['latency_ms']} ms, goodput {l['goodput_mbps']} Mbit/s "
+                  f"(MAPE {l['fit_mape']})")
+    else:
+        doc = host.measure_network(reps=args.reps)
+        print(f"netem available: {doc['netem']}")
+        for r in doc["samples"]:
+            print(f"  {r['src']}->{r['dst']} {r['size_mb']:>7} MB  median {r['median_ms']:.1f} ms "
+                  f"(predicted {r['predicted_ms']:.1f})  via {r['mechanism']}")
     if args.out:
         import yaml
         from pathlib import Path
@@ -91,7 +115,7 @@ def run_network(args) -> int:
 
 def run_startup(args) -> int:
     """Measure (and cache, per worker build) the start-up cost per format the fabric's twin adds to every stage."""
-    from ..calibration import host
+    from ..fabric import host_calibration as host
     from ..errors import SpecError
     from ..fabric import calibrate
 

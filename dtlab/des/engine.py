@@ -34,6 +34,15 @@ draws combine in time:
   back, and a job waiting for a node that never returns is recorded lost. Outputs of
   stages that already ended are kept (sent on completion / persisted), even if their
   node fails later.
+* **Pre-staging** (``submit(..., prestage=stages)``). When such a stage is dispatched
+  to its primary, each of its inputs is also copied to its shadow node, a transfer
+  drawn like any other that starts at once. If the stage later fails over to the
+  shadow, an input whose copy has landed is already there and one still in flight is
+  waited for, instead of being sent again after detection; a copy whose link was cut
+  before it landed is void. The copy's cost is counted whether or not it is used
+  (``prestaged_mb`` per job). Links have no bandwidth sharing in this model, so the
+  copy does not slow the primary's own transfers here; on a substrate whose links
+  are shared it would.
 
 Events for a mirroring :class:`dtlab.state.ClusterState` go to ``listeners`` as
 plain dicts (``job-submit``, ``stage-start``, ``stage-end`` with ``ok``,
@@ -43,6 +52,7 @@ virtual seconds.
 from __future__ import annotations
 
 import math
+from functools import partial
 from types import MappingProxyType
 from typing import Callable, Iterable, Mapping
 
@@ -116,7 +126,7 @@ class _Run:
 class _JobRun:
     __slots__ = ("job", "name", "placement", "shadow", "scale", "arrival_ms", "noise", "waiting",
                  "stage_node", "left", "start_ms", "end_ms", "failed_over", "lost", "extra_work",
-                 "failures", "attempts", "runs", "nodes_used", "info")
+                 "failures", "attempts", "runs", "nodes_used", "info", "prestage", "staged", "prestaged_mb")
 
     def __init__(self, job, name, placement, shadow, scale, arrival_ms, info):
         self.job = job
@@ -139,6 +149,9 @@ class _JobRun:
         self.attempts: dict[str, int] = {}
         self.runs = _OrderedSet()
         self.nodes_used: list[str] = []
+        self.prestage: frozenset[str] = frozenset()   # stages whose inputs are copied to the shadow too
+        self.staged: dict[tuple[str, str], tuple[float, float]] = {}   # (stage, source) -> (sent, arrives)
+        self.prestaged_mb = 0.0
 
 
 class _Template:
@@ -277,8 +290,12 @@ class Engine:
 
     def submit(self, job: Job, placement: Mapping[str, str], shadow: Mapping[str, str] | None = None,
                at_ms: float | None = None, scale: float = 1.0, *, name: str | None = None,
-               stage_failures: Mapping[str, float] | None = None) -> None:
+               stage_failures: Mapping[str, float] | None = None,
+               prestage: Iterable[str] | None = None) -> None:
         """Run ``job`` with ``placement`` (stage -> node) from ``at_ms`` (default: now).
+
+        ``prestage``: stage ids whose inputs are also copied to their shadow node while the primary
+        runs (see the module docstring); each needs a shadow other than its primary.
 
         ``scale`` multiplies every duration (the workload's per-job draw). ``name``
         overrides ``job.name`` (names must be unique within one engine).
@@ -292,7 +309,8 @@ class Engine:
             raise SpecError("job", f"duplicate job name {name!r} in one engine")
         if scale <= 0 or not math.isfinite(scale):
             raise SpecError("scale", "must be a finite number > 0")
-        if not shadow and not stage_failures and placement is self._checked[0] and info is self._checked[1]:
+        if not shadow and not stage_failures and not prestage and placement is self._checked[0] \
+                and info is self._checked[1]:
             # the same placement object as last time (a simulation's forced placement): checked already
             self._names.add(name)
             self._submitted += 1
@@ -315,15 +333,22 @@ class Engine:
             ns = self._node(node, f"shadow.{sid}")
             if not self._format(info.by_id[sid], ns):
                 raise SpecError(f"shadow.{sid}", f"stage {sid!r} cannot run on node {node!r}")
+        staged = frozenset(prestage or ())
+        for sid in sorted(staged):
+            if sid not in info.by_id:
+                raise SpecError(f"prestage.{sid}", "unknown stage id")
+            if shadow.get(sid) in (None, placement[sid]):
+                raise SpecError(f"prestage.{sid}", "pre-staging needs a shadow node other than the primary")
         self._names.add(name)
         self._checked = (placement, info)
         failures = dict(stage_failures or {})
         self._submitted += 1
-        self._at(at_ms, self._start_job, job, info, name, placement, shadow, scale, failures)
+        self._at(at_ms, self._start_job, job, info, name, placement, shadow, scale, failures, staged)
 
-    def _start_job(self, job, info, name, placement, shadow, scale, failures) -> None:
+    def _start_job(self, job, info, name, placement, shadow, scale, failures, staged=frozenset()) -> None:
         now = self.env.now
         jr = _JobRun(job, name, placement, shadow, scale, now, info)
+        jr.prestage = staged
         if self._noise_free:
             jr.noise = info.ones
         else:
@@ -363,17 +388,41 @@ class Engine:
             run.doomed = True
         jr.runs.add(run)
         job = jr.job
-        if stage.after:
-            for p in stage.after:
-                src = jr.stage_node[p]
-                if src != node:
-                    self._send(run, src, jr.info.by_id[p].output_mb, False)
-        elif job.origin_zone is not None:
-            self._send(run, job.origin_zone, job.input_mb, True)
+        inputs = [(p, jr.stage_node[p], jr.info.by_id[p].output_mb, False) for p in stage.after] if stage.after \
+            else ([("", job.origin_zone, job.input_mb, True)] if job.origin_zone is not None else [])
+        stage_it = attempt == 1 and sid in jr.prestage and node == jr.placement[sid]
+        for _p, src, size, from_zone in inputs:
+            if stage_it:
+                self._prestage(jr, sid, src, size, from_zone)
+            if src == node and not from_zone:
+                continue
+            staged = jr.staged.get((sid, src)) if node == jr.shadow.get(sid) else None
+            if staged is not None and not (self._cuts and self._cut_between(src, node, staged[0], min(now, staged[1]))):
+                # the copy made while the primary ran: wait for what is still in flight, send nothing
+                run.pending += 1      # through the clock even when landed: all inputs register first
+                ev = Timeout(self.env, max(0.0, staged[1] - now))
+                ev.callbacks.append(partial(self._staged_arrived, run, src, size, from_zone, now))
+            else:
+                self._send(run, src, size, from_zone)
         if run.pending == 0:
             self._begin(run)
         else:
             ns.inbound.add(run)
+
+    def _prestage(self, jr: _JobRun, sid: str, src: str, size_mb: float, from_zone: bool) -> None:
+        """Copy one input of ``sid`` to its shadow now (while the primary gets and runs it): the copy
+        takes a transfer time drawn like any other, is counted in ``prestaged_mb`` whether or not a
+        failover uses it, and is lost if its link is cut before it lands (then a failover sends again)."""
+        dst = jr.shadow[sid]
+        if src == dst and not from_zone:
+            return
+        try:
+            link = resolve_link(self.cluster, self._links, src, dst)
+        except LinkCutError:      # cut now (or no link in the spec): no copy, a failover sends again
+            return
+        delay = 0.0 if link is None else float(self.timing.sample_transfer_ms(size_mb, link, self.rng, 1)[0])
+        jr.staged[(sid, src)] = (self.env.now, self.env.now + delay)
+        jr.prestaged_mb += size_mb
 
     def _send(self, run: _Run, src: str, size_mb: float, from_zone: bool) -> None:
         run.pending += 1
@@ -407,6 +456,9 @@ class Engine:
         if run.pending == 0:
             self._nodes[run.node].inbound.discard(run)
             self._begin(run)
+
+    def _staged_arrived(self, run: _Run, src: str, size_mb: float, from_zone: bool, t0: float, _ev: object) -> None:
+        self._arrived(run, src, size_mb, from_zone, t0)
 
     def _cut_between(self, src: str, dst: str, t0: float, t1: float) -> bool:
         keys = link_keys(self.cluster, src, dst)
@@ -469,6 +521,7 @@ class Engine:
             del self._live[jr.name]
             self._done.append(jr)
             jr.waiting = jr.stage_node = jr.attempts = jr.noise = None
+            jr.staged = {}
             return
         waiting = jr.waiting
         for nxt in jr.info.succ[sid]:
@@ -541,6 +594,7 @@ class Engine:
         del self._live[jr.name]
         self._done.append(jr)
         jr.waiting = jr.stage_node = jr.attempts = jr.noise = None
+        jr.staged = {}
 
     def fail_node(self, name: str, at_ms: float | None = None, duration_ms: float | None = None) -> None:
         """Fail-stop ``name`` at ``at_ms`` for ``duration_ms`` (None: it never comes back)."""
@@ -729,6 +783,7 @@ class Engine:
             "failed_over": [jr.failed_over for jr in done],
             "lost": [jr.lost for jr in done],
             "extra_work_ms": [jr.extra_work for jr in done],
+            "prestaged_mb": [jr.prestaged_mb for jr in done],
         }
 
     def stage_records(self) -> list[dict]:

@@ -108,7 +108,7 @@ class PSNode:
 
     def drop(self, run: Any) -> None:
         run.running = False
-        g = run.group
+        g: Group = run.group
         g.n -= 1
         self.count -= 1
         self.claimed -= run.cpu
@@ -217,12 +217,12 @@ class PSNode:
         self.gen += 1
         self.exact = True
         self.next_run, self.next_t = run, t
-        ev = Timeout(self.env, t - now)
-        ev.ps_gen = self.gen     # simpy events have no __slots__: carry the generation on the event
+        ev = _Completion(self.env, t - now)
+        ev.gen = self.gen
         ev.callbacks.append(self._tick)
 
-    def _tick(self, ev: Timeout) -> None:
-        if ev.ps_gen != self.gen:
+    def _tick(self, ev: _Completion) -> None:
+        if ev.gen != self.gen:
             return  # superseded by a later reallocation
         now = self.env.now
         self.advance(now)
@@ -249,6 +249,11 @@ class PSNode:
         self.schedule(now)
         for r in done:
             self.on_done(r)
+
+
+class _Completion(Timeout):
+    """The node's pending completion, tagged with the node's generation when it was armed."""
+    gen: int
 
 
 def _cpu_of(item: Group) -> float:

@@ -84,7 +84,8 @@ def stage_failure_probs(job: Job, placement: Mapping[str, str], cluster: Cluster
 
 def sample_latencies_des(snapshot: Snapshot, job: Job, placement: Mapping[str, str],
                          shadow: Mapping[str, str] | None = None, *, samples: int,
-                         rng: np.random.Generator, timing: TimingModel | None = None) -> np.ndarray:
+                         rng: np.random.Generator, timing: TimingModel | None = None,
+                         prestage=None) -> np.ndarray:
     """End-to-end latency samples (ms) of ``job`` under ``placement`` on ``snapshot``; inf = never completes.
 
     The model (shared with the ``fast`` path):
@@ -114,9 +115,12 @@ def sample_latencies_des(snapshot: Snapshot, job: Job, placement: Mapping[str, s
       shadow. Without a shadow it restarts on the same node (a replacement of equal
       speed) after ``detect_ms + replan_ms``. The restart redoes the full work with the
       same ``X`` (scaled by the new node's speed/overhead) and does not fail again.
+      ``prestage`` stages (with a shadow) had their inputs copied to the shadow at dispatch
+      (:class:`dtlab.des.engine.Engine`): the restart waits for that copy instead.
     """
     timing = timing or TimingModel()
     shadow = dict(shadow or {})
+    staged = [sid for sid in (prestage or ()) if shadow.get(sid) not in (None, placement.get(sid))] or None
     full = snapshot.cluster
     used = set(placement.values()) | set(shadow.values())
     sub = Cluster(full.name, tuple(n for n in full.nodes if n.name in used), full.links)
@@ -140,7 +144,7 @@ def sample_latencies_des(snapshot: Snapshot, job: Job, placement: Mapping[str, s
         eng.replan = _same_node
         for pj, node, scale in phantoms:
             eng.submit(pj, {"co": node}, scale=scale)
-        eng.submit(job, placement, shadow, stage_failures=failures)
+        eng.submit(job, placement, shadow, stage_failures=failures, prestage=staged)
         eng.run()
         out[i] = eng.latency_ms(job.name)
     return out

@@ -6,7 +6,7 @@ before a kernel starts) and ``run(params) -> ExperimentResult``, and documents i
 output tables. Notebooks only call these functions. The runner, sweeps, the CLI and the tests all
 find an experiment through its :class:`Experiment` record here.
 
-Modules: ``params`` (validation, ranges, spec-file params, seeds), ``summary`` (seed summaries,
+Modules: ``result`` (:class:`ExperimentResult`), ``params`` (validation, ranges, spec-file params, seeds), ``summary`` (seed summaries,
 the metrics.json CI convention), ``substrate`` (``substrate: auto`` and opening one), ``loop`` (one
 controller run of a workload), ``regime`` (the regime a run got).
 """
@@ -20,7 +20,7 @@ from types import ModuleType
 from typing import Any, Mapping
 
 from ..errors import DtlabError, SpecError
-from ..results import ExperimentResult
+from .result import ExperimentResult
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -3,7 +3,7 @@
 ``auto`` means "the fabric when this host can run it, else sim" (the rule itself is
 :func:`dtlab.substrates.pick`); an explicit ``fabric`` that cannot run here is an error before
 any work. On the fabric the twin plans with this host's calibrated timing
-(:func:`dtlab.calibration.host.host_timing`) and fitted links.
+(:func:`dtlab.fabric.host_calibration.host_timing`) and fitted links.
 """
 from __future__ import annotations
 
@@ -62,12 +62,12 @@ class SubstrateChoice:
 
     def with_startup(self, timing: TimingModel, sub: Any) -> TimingModel:
         """On the fabric: ``timing`` with the start-up per format and the dispatch delay measured on this
-        host's fabric launch path (:func:`dtlab.calibration.host.startup_calibration`, measured once per
+        host's fabric launch path (:func:`dtlab.fabric.host_calibration.startup_calibration`, measured once per
         worker build and cached), in ``sub``'s reference ms (wall / time_scale); elsewhere ``timing``
         unchanged. A failed measurement leaves start-up unmodelled and says so in the note."""
         if self.name != "fabric" or timing is None:
             return timing
-        from ..calibration import host
+        from ..fabric import host_calibration as host
         from ..fabric import calibrate
         if self.startup is None:
             try:
@@ -106,11 +106,11 @@ class SubstrateChoice:
 
     def link_events(self, cluster: Cluster) -> list[dict[str, Any]]:
         """On the fabric: state events giving the twin the links measured and fitted on this host
-        (:func:`dtlab.calibration.host.network_calibration`, measured once per link set and cached);
+        (:func:`dtlab.fabric.host_calibration.network_calibration`, measured once per link set and cached);
         elsewhere none. A failed measurement leaves the spec links and says so in the note."""
         if self.name != "fabric":
             return []
-        from ..calibration import host
+        from ..fabric import host_calibration as host
         from ..fabric import calibrate
         if self.network is None:
             try:
@@ -145,7 +145,7 @@ def choose_substrate(requested: str) -> SubstrateChoice:
     """Resolve ``auto`` (:func:`dtlab.substrates.pick`: fabric if available, else sim with the
     reason); an explicit ``fabric`` that cannot run here is a :class:`SubstrateUnavailable` naming
     what is missing. On the fabric the twin gets this host's calibrated timing."""
-    from ..calibration import host
+    from ..fabric import host_calibration as host
 
     known = [AUTO, *substrates.names()]
     if requested not in known:

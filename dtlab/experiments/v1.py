@@ -26,8 +26,22 @@ Substrate: ``substrate: auto`` (default) runs on the ``fabric`` (real processes 
 network namespaces, twin with this host's compute calibration and fitted links) when this host
 can, else on ``sim``; metrics ``substrate``/``substrate_note`` say which and why. Fabric runs take
 wall-clock time (a job takes ~1.5 s and arrivals are real), so on the fabric the ``fabric`` sizes
-replace the top-level ones: 20 jobs at 2 jobs/s, 6 seeds, the DT policies and the strong baselines
-(~12.5 minutes on this 2-core host under load; 4 seeds left both paired CIs across 0, 6 did not).
+replace the top-level ones. Why these (``FABRIC_SIZES``): a fabric run costs a few seconds of set-up
+and drain plus its arrivals, so ``seeds x policies x rates`` runs must fit ~15 minutes beside V2's ~5
+in ``make experiments``' 30. Four rates (1, 2, 3, 4 jobs/s: light load to past the edge zone's
+saturation), 6 policies (DT greedy and CVaR; k8s-default, HEFT, Trimaran load-risk and
+least-allocated, the best baseline of earlier fabric runs), 4 seeds and a 4 s arrival window
+(``arrival_window_s``: 4, 8, 12, 16 jobs, :func:`jobs_at`): 96 runs, measured 736 s (12.3 min,
+7.7 s per run) with the host's load average up to 20 (other work; the run is flagged noisy). A fixed
+6 jobs per run did not sweep the load (edge-a's measured utilisation 0.19-0.23 from 1 to 4 jobs/s:
+a run ended before a queue could build); the window gives 0.14, 0.25, 0.30, 0.34. Seeds beat jobs
+for the paired CI: its half-width is ``t(n-1) / sqrt(n)`` x the per-seed sd of the differences, 1.59 sd
+at 4 seeds against 2.48 at 3, while the sd falls only as 1/sqrt(jobs). What that buys (measured,
+best DT minus best baseline): miss-rate intervals 0.34-0.76 wide, p95 intervals 0.7-2.9 s wide;
+at 3 and 4 jobs/s the DT policies miss 0.46 [0.29, 0.63] and 0.36 [0.17, 0.55] fewer deadlines
+than HEFT (intervals narrower than the differences), at 1 and 2 jobs/s no difference is detectable
+(``seeds_needed`` 9-21). A fifth seed would fit the budget by the per-run cost (~15 min);
+``sim`` runs 16 seeds of 100 jobs for the fine comparison.
 """
 from __future__ import annotations
 
@@ -39,20 +53,21 @@ from ..energy import add_job_energy, energy_stats
 from ..stats import clip_ci, paired_diff_ci, quantile_ci, rate_ci, seeds_needed, t975
 from . import regime
 from .summary import CI, metrics_from_summary, put_ci, summarize_seeds
-from ..results import ExperimentResult
+from .result import ExperimentResult
 from .substrate import auto_substrate_defaults, check_params, resolve
 from .params import load_cluster_param, load_workload_param, require_choices, require_positive
 from .loop import run_controller, latency_stats
 
 # on the fabric (wall-clock), these sizes replace the top-level ones (see the module docstring)
-FABRIC_SIZES: dict[str, Any] = {"jobs": 20, "rates_per_s": [2.0], "seeds": [0, 1, 2, 3, 4, 5],
-                                "policies": ["greedy", "resilient", "cvar", "k8s-default", "heft",
-                                             "load-risk-balancing", "least-allocated"],
+FABRIC_SIZES: dict[str, Any] = {"arrival_window_s": 4.0, "rates_per_s": [1.0, 2.0, 3.0, 4.0], "seeds": [0, 1, 2, 3],
+                                "policies": ["greedy", "cvar", "k8s-default", "heft", "load-risk-balancing",
+                                             "least-allocated"],
                                 "substrate_opts": {"host_cores": 2.0}}
 DEFAULTS: dict[str, Any] = {
     **auto_substrate_defaults(FABRIC_SIZES),
     "workload": "examples/workload.yaml",
     "jobs": 100,
+    "arrival_window_s": None,   # set: jobs per run = ceil(rate x window) instead of `jobs` (see jobs_at)
     "rates_per_s": [0.5, 1.0, 2.0, 3.0],
     "policies": ["greedy", "resilient", "cvar", "k8s-default", "heft", "load-risk-balancing", "least-allocated",
                  "random", "round-robin"],
@@ -98,6 +113,17 @@ def seeds_needed_t(sd: float, diff: float, limit: int = 1000) -> int | None:
     while n < limit and t975(n - 1) * sd / n ** 0.5 >= diff:
         n += 1
     return n
+
+
+def jobs_at(rate: float, jobs: int, window_s: float | None) -> int:
+    """Jobs per run at ``rate``: ``jobs``, or with an arrival window the jobs that arrive in it
+    (``ceil(rate x window)``, at least 2). Why a window: with a fixed job count a short run at a high
+    rate ends before the queue builds (measured on the fabric with 6 jobs per run: edge-a's
+    utilisation 0.19 at 1 job/s and 0.22 at 4), so the sweep would not sweep the load; with a
+    window every rate offers the cluster the same span of arrivals and the load grows with the rate."""
+    if window_s is None:
+        return int(jobs)
+    return max(2, int(-(-rate * window_s // 1)))
 
 
 def compare_best(table: pd.DataFrame, jobs: pd.DataFrame, margins: dict[str, float]) -> dict[str, Any]:
@@ -156,13 +182,17 @@ def run(params: dict | None = None) -> ExperimentResult:
     require_choices(p, "predictor", ("fast", "des", "legacy"))
     require_positive(p, "samples", "jobs")
     margins = _check_margins(p["margins"])
+    window = p["arrival_window_s"]
+    if window is not None and (isinstance(window, bool) or not isinstance(window, (int, float)) or not window > 0):
+        from ..errors import SpecError
+        raise SpecError("arrival_window_s", f"must be a number > 0 or null, got {window!r}")
     cluster = load_cluster_param(p["cluster"])
     if not p["rates_per_s"]:
         from ..errors import SpecError
         raise SpecError("rates_per_s", "must list at least one arrival rate")
     rows, jobs = [], []
     for rate in p["rates_per_s"]:
-        workload = load_workload_param(p["workload"], p["jobs"], rate)
+        workload = load_workload_param(p["workload"], jobs_at(rate, p["jobs"], window), rate)
         for seed in p["seeds"]:
             for policy in p["policies"]:
                 df, ctl = run_controller(p, cluster, workload, seed, policy, p["predictor"], p["samples"],

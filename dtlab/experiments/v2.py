@@ -54,7 +54,7 @@ from ..errors import SpecError
 from ..model import Job
 from ..stats import ks_critical, ks_statistic
 from . import regime
-from ..results import ExperimentResult
+from .result import ExperimentResult
 from .substrate import auto_substrate_defaults, check_params, resolve
 from .params import child_seed, load_cluster_param, load_workload_param, require_choices, require_positive
 from .summary import metrics_from_summary, summarize_seeds

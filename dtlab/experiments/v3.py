@@ -46,7 +46,7 @@ from ..timing import TimingModel, exec_format
 from . import regime
 from ..stats import NONNEG
 from .summary import CI, mean_ci, put_ci
-from ..results import ExperimentResult
+from .result import ExperimentResult
 from .substrate import auto_substrate_defaults, check_params, open_substrate, resolve
 from .params import child_seed, load_cluster_param, require_choices, require_positive, resolve_path
 

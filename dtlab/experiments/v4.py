@@ -28,13 +28,48 @@ strategies by < 0.05 and would need the tens of seeds ``seeds_needed`` reports. 
 baseline places jobs in the cloud, ships the input over the lossy uplink and misses every deadline
 with or without a fault: its effect is 0 because it has no headroom, not because faults spare it.
 
+**When do shadows beat re-planning, and why** (:func:`shadow_vs_replan`): per fault scenario and
+shadow strategy, the per-seed difference to ``replan-greedy`` in deadline-miss rate, raw
+(``vs_replan.<scenario>.<strategy>.delta_miss``) and net of the no-fault run (``.delta_miss_net``:
+the failover mechanism's share once the placement policies' own difference is taken out), each
+with a 95 % t-interval; the difference in recovery time; ``.verdict`` and ``.why`` (stage moves
+per run, recovery times, data pre-staged). Measured on the full params (``dtlab run V4``, sim,
+5 seeds x 80 jobs; ``zone_failure_share`` 0.25, the default, against 1, the classic "other failure
+domain" rule):
+
+* node loss (``edge-node-loss``, ``rolling-node-failures``): at 0.25 the shadow is the node next
+  door (the inputs are already in edge-a) and recovers in 1.01 s against re-planning's 1.06 s
+  (``delta_recovery`` -50 ms, CI excluding 0: the ``replan_ms`` a shadow skips); at 1 it sits across
+  edge-a's lossy uplink and recovers 10-32 s *later* than re-planning (CIs excluding 0). This was
+  the issue's finding (shadows 29-33 s, re-planning ~1 s); the failover cost now picks the shadow.
+* zone blackout: at 0.25 the same-zone shadow is down too and the stage is re-planned, so both
+  recover alike (~41 s: the failed stage's input is the output of a predecessor on a blacked-out
+  node); at 1, shadows with pre-staged inputs recovered in 32.7 s on average against 40.7 s, but
+  paired over the seeds where both had an affected stage the difference is +3.4 s with a 95 %
+  interval of [-183, +190] s: not detectable at 5 seeds (~1.2 affected stages per run).
+* link faults (partitions, the lossy uplink) and bad-day move no stage: neither mechanism acts.
+* deadline misses: no shadow-vs-replan difference is detectable in any scenario (all net
+  intervals span 0): few jobs are in flight when a node fails, and the misses that faults cause
+  come from the capacity they remove afterwards (edge-node-loss: decode cannot run on edge-a-1,
+  so every later job crosses the uplink), which no failover strategy can give back.
+
+Pre-staging's cost: 2-22 MB per job copied (``prestaged_mb_per_job``), used or not.
+
 For every scenario (plus ``none``, the same runs without faults, as the control), seed and strategy the same workload meets the same world and the same
 faults (realised through ``substrate.inject``; on ``sim`` the background random failures are
 off by default so every failure is the scenario's). Strategies:
 
 * ``shadow-resilient`` / ``shadow-cvar``: the twin plans with that policy and records a shadow
-  (backup node in another failure domain) per stage; a stage that loses its node moves to its
-  shadow as soon as the failure is detected (``TimingModel.detect_ms``).
+  per stage, the node with the lowest failover cost the twin predicts (detection, re-sending the
+  stage's inputs there, service there; :mod:`dtlab.policies.failover`), a node in the primary's
+  zone priced with ``zone_failure_share`` (the share of failures that take the whole zone, where
+  such a shadow is down too); a stage that loses its node moves to its shadow as soon as the
+  failure is detected (``TimingModel.detect_ms``), or is re-planned with its policy when the
+  shadow is down as well.
+* ``shadow-prestage``: as ``shadow-resilient``, and the inputs of every stage whose expected
+  saving is worth ``prestage_price_ms_per_mb`` per MB are copied to its shadow while the primary
+  runs (the shadow chosen for that pre-staged cost), so a failover waits only for what of the
+  copy is still in flight; the copy's cost is ``prestaged_mb_per_job`` in every row, used or not.
 * ``replan-greedy``: greedy plan, no shadow; after detection + ``replan_ms`` the twin re-plans
   the job with greedy on what it knows (the failed node and every node reported down
   excluded) and the stage goes where that plan puts it.
@@ -60,7 +95,10 @@ nodes it failed when it closes, so runs on one plane start from the same healthy
 slower in the twin's milliseconds than on ``sim``. Recovery times there are matched by window (an
 attempt that failed on a faulted node while the fault lasted), as wall-clock substrates record
 when the failure was observed, not the fault's instant; partitions and degradations have no data
-path on KWOK (the twin's link model only), so they add no recovery times on ``kube``. ``no-twin``
+path on KWOK (the twin's link model only), so they add no recovery times on ``kube``; between real
+nodes (``params/V4-kube.yaml``, ``substrate_opts.real_nodes``) they re-shape the pod-network links the
+stages' inputs cross, the stages run as real containers in real time (``time_scale`` 1) and a node
+failure SIGKILLs the node's kubelet (NotReady after the plane's node grace period). ``no-twin``
 cannot wait for a failed node there (the kube substrate fails a stage with no usable node), so its
 jobs hit by a node failure are lost on ``kube`` where on ``sim`` they wait for the repair.
 """
@@ -78,7 +116,7 @@ from .. import stats
 from ..errors import InfeasibleError, SpecError, SubstrateUnavailable
 from . import regime
 from .substrate import SUBSTRATE_DEFAULTS, open_substrate
-from ..results import ExperimentResult
+from .result import ExperimentResult
 from .params import child_seed, load_cluster_param, load_workload_param, require_choices, require_positive, validate
 from .summary import metrics_from_summary, put_ci, summarize_seeds
 
@@ -89,6 +127,7 @@ SCENARIOS = [CONTROL, "zone-blackout", "edge-cloud-partition", "lossy-edge-uplin
 STRATEGIES: dict[str, tuple[str, str]] = {
     "shadow-resilient": ("resilient", "shadow"),
     "shadow-cvar": ("cvar", "shadow"),
+    "shadow-prestage": ("resilient", "prestage"),
     "replan-greedy": ("greedy", "replan"),
     "no-twin": ("least-allocated", "wait"),
 }
@@ -99,6 +138,8 @@ DEFAULTS: dict[str, Any] = {
     "jobs": 80,
     "rate_per_s": 0.5,
     "deadline_slack": 2.5,     # deadline = slack x isolated latency of the template (None: the file's)
+    "prestage_price_ms_per_mb": 5.0,   # shadow-prestage: expected ms saved per MB copied (policies/failover.py)
+    "zone_failure_share": 0.25,        # share of node failures that take the zone down (shadow pricing)
     "scenarios": list(SCENARIOS),
     "strategies": list(STRATEGIES),
     "seeds": 5,
@@ -121,6 +162,12 @@ def check(params: dict[str, Any] | None) -> dict[str, Any]:
     require_choices(p, "strategies", list(STRATEGIES))
     require_choices(p, "predictor", ("fast", "des", "legacy"))
     require_positive(p, "samples", "jobs")
+    price = p["prestage_price_ms_per_mb"]
+    if isinstance(price, bool) or not isinstance(price, (int, float)) or not 0 <= price <= 1e9:
+        raise SpecError("prestage_price_ms_per_mb", f"must be a number in [0, 1e9], got {price!r}")
+    share = p["zone_failure_share"]
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+        raise SpecError("zone_failure_share", f"must be a number in [0, 1], got {share!r}")
     if not p["scenarios"]:
         raise SpecError("scenarios", "must not be empty")
     return p
@@ -166,6 +213,8 @@ def run(params: dict[str, Any] | None = None) -> ExperimentResult:
     shadow_rows = table[table["strategy"].str.startswith("shadow-")]
     metrics["jobs_lost_with_shadows"] = int(shadow_rows["jobs_lost"].sum()) if len(shadow_rows) else None
     metrics.update(effects)
+    metrics.update(shadow_vs_replan(table))
+    metrics["prestage_price_ms_per_mb"] = float(p["prestage_price_ms_per_mb"])
     regime.record(metrics, regimes, nominal_slack=p["deadline_slack"], isolated_ms=round(isolated_ms, 1),
                   rate_per_s=p["rate_per_s"], measured_in=scenarios[0][0],
                   background_mean=_background(p))
@@ -211,6 +260,103 @@ def fault_effects(table: pd.DataFrame, metric: str = "deadline_miss_rate") -> di
     return out
 
 
+REPLAN = "replan-greedy"
+
+
+def shadow_vs_replan(table: pd.DataFrame) -> dict[str, Any]:
+    """Per scenario and shadow strategy: when shadows beat re-planning, and why (paired by seed).
+
+    ``vs_replan.<scenario>.<strategy>.delta_miss``: per-seed (shadow - replan-greedy) deadline-miss
+    rate, mean with a 95 % t-interval (clipped to [-1, 1]); ``.delta_miss_net``: the same net of the
+    no-fault run, ``(shadow_fault - shadow_none) - (replan_fault - replan_none)``, i.e. the share
+    of the failover mechanism once the placement policies' own difference (resilient/cvar vs greedy)
+    is taken out; ``.delta_recovery`` (ms, seeds where both recovered a stage); ``.verdict``
+    (``shadows`` / ``re-planning`` when the net interval, else the raw one, excludes 0,
+    ``no difference`` otherwise, with the seeds it rests on), ``.verdict_recovery`` (the same on the
+    recovery-time difference) and ``.why``: the measured mechanism
+    (failovers used, recovery times, data pre-staged per job).
+    """
+    out: dict[str, Any] = {}
+    if REPLAN not in set(table["strategy"]):
+        return out
+    idx = table.set_index(["scenario", "strategy", "seed"])
+    shadows = [s for s in table["strategy"].unique() if STRATEGIES.get(s, ("", ""))[1] in ("shadow", "prestage")]
+    for scenario in table["scenario"].unique():
+        if scenario == CONTROL:
+            continue
+        for strategy in shadows:
+            seeds = [sd for sd in table["seed"].unique()
+                     if (scenario, strategy, sd) in idx.index and (scenario, REPLAN, sd) in idx.index]
+            if not seeds:
+                continue
+            sh = idx.loc[[(scenario, strategy, sd) for sd in seeds]]
+            rp = idx.loc[[(scenario, REPLAN, sd) for sd in seeds]]
+            key = f"vs_replan.{scenario}.{strategy}"
+            raw = stats.clip_ci(stats.paired_diff_ci(sh["deadline_miss_rate"].tolist(),
+                                                     rp["deadline_miss_rate"].tolist()), (-1.0, 1.0))
+            put_ci(out, f"{key}.delta_miss", raw)
+            net = None
+            ctl = [sd for sd in seeds if (CONTROL, strategy, sd) in idx.index and (CONTROL, REPLAN, sd) in idx.index]
+            if ctl:
+                a = [float(idx.loc[(scenario, strategy, sd), "deadline_miss_rate"])
+                     - float(idx.loc[(CONTROL, strategy, sd), "deadline_miss_rate"]) for sd in ctl]
+                b = [float(idx.loc[(scenario, REPLAN, sd), "deadline_miss_rate"])
+                     - float(idx.loc[(CONTROL, REPLAN, sd), "deadline_miss_rate"]) for sd in ctl]
+                net = stats.clip_ci(stats.paired_diff_ci(a, b), (-2.0, 2.0))
+                put_ci(out, f"{key}.delta_miss_net", net)
+            rec = stats.paired_diff_ci(sh["recovery_ms_mean"].tolist(), rp["recovery_ms_mean"].tolist())
+            put_ci(out, f"{key}.delta_recovery", rec)
+            decide = net if net is not None and net.n >= 2 else raw
+            if decide.n >= 2 and decide.high < 0:
+                verdict = "shadows"
+            elif decide.n >= 2 and decide.low > 0:
+                verdict = "re-planning"
+            else:
+                verdict = "no difference"
+            out[f"{key}.verdict"] = verdict
+            # the mechanism can differ where the misses cannot tell (few jobs hit): recovery time, on its own
+            out[f"{key}.verdict_recovery"] = ("shadows recover sooner" if rec.n >= 2 and rec.high < 0 else
+                                              "re-planning recovers sooner" if rec.n >= 2 and rec.low > 0 else
+                                              "no difference")
+            out[f"{key}.seeds"] = int(decide.n)
+            out[f"{key}.why"] = _why(sh, rp, rec)
+    return out
+
+
+def shadow_vs_replan_table(metrics: dict[str, Any]) -> pd.DataFrame:
+    """The ``vs_replan.*`` metrics as one row per (scenario, shadow strategy), for the notebook."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for key, value in metrics.items():
+        if not key.startswith("vs_replan."):
+            continue
+        parts = key.split(".")
+        if len(parts) < 4:
+            continue
+        row = rows.setdefault((parts[1], parts[2]), {"scenario": parts[1], "strategy": parts[2]})
+        row[".".join(parts[3:])] = value
+    cols = ["scenario", "strategy", "verdict", "verdict_recovery", "seeds", "delta_miss", "delta_miss.ci_low", "delta_miss.ci_high",
+            "delta_miss_net", "delta_miss_net.ci_low", "delta_miss_net.ci_high", "delta_recovery", "why"]
+    df = pd.DataFrame(list(rows.values()))
+    return df.reindex(columns=cols)
+
+
+def _why(sh: pd.DataFrame, rp: pd.DataFrame, rec) -> str:
+    """The measured mechanism behind a shadow-vs-replan difference, in one sentence."""
+    fo_s, fo_r = float(sh["failovers"].mean()), float(rp["failovers"].mean())
+    staged = float(sh["prestaged_mb_per_job"].mean()) if "prestaged_mb_per_job" in sh else 0.0
+    cost = f"; pre-staging copied {staged:.2f} MB per job" if staged > 0 else ""
+    if fo_s == 0 and fo_r == 0:
+        return ("no stage lost its node (the fault hits links or nothing the jobs used): neither shadows nor "
+                "re-planning act, so any difference is the placement policy's" + cost)
+    r_s, r_r = float(sh["recovery_ms_mean"].mean()), float(rp["recovery_ms_mean"].mean())
+    text = (f"{fo_s:.1f} vs {fo_r:.1f} stage moves per run; recovery {r_s:.0f} vs {r_r:.0f} ms "
+            f"(shadow - replan {rec.mean:+.0f} ms"
+            + (f", 95 % CI [{rec.low:+.0f}, {rec.high:+.0f}]" if rec.n >= 2 and math.isfinite(rec.low) else "")
+            + "): a shadow skips re-planning (replan_ms) and goes where the twin priced the move; re-planning "
+              "picks from what is up after detection")
+    return text + cost
+
+
 def run_one(p: dict, cluster, workload, scenario: str, events, strategy: str, seed: int):
     """One (scenario, strategy, seed) run: (row of metrics, per-job DataFrame)."""
     from ..controller import Controller
@@ -222,14 +368,16 @@ def run_one(p: dict, cluster, workload, scenario: str, events, strategy: str, se
     with open_substrate(p, cluster, seed) as sub:
         for ev in events:
             sub.inject(ev.to_dict())
-        if on_failure == "replan":
+        if on_failure in ("replan", "shadow", "prestage"):   # shadows fall back to re-planning when down too
             hook = getattr(sub, "set_replan", None)
             if hook is None:
                 raise SubstrateUnavailable(f"substrate {p['substrate']!r} has no re-plan hook (set_replan)")
-            hook(_replanner(twin, sub, policy, p, seed))
+            hook(_replanner(twin, sub, "greedy" if on_failure == "replan" else policy, p, seed))
         ctl = Controller(twin, sub, policy=policy, predictor=p["predictor"], samples=p["samples"],
                          seed=child_seed(seed, "V4", policy))
-        ctl.twin = _WithShadow(twin) if on_failure == "shadow" else _NoShadow(twin)
+        ctl.twin = _WithShadow(twin, prestage=on_failure == "prestage", price_ms_per_mb=float(
+            p["prestage_price_ms_per_mb"]), zone_share=float(p["zone_failure_share"])) \
+            if on_failure in ("shadow", "prestage") else _NoShadow(twin)
         stream = job_stream(workload, np.random.default_rng(child_seed(seed, "workload")))
         df = ctl.run_workload(stream)
         stages = sub.results()["stages"]
@@ -251,6 +399,9 @@ def run_one(p: dict, cluster, workload, scenario: str, events, strategy: str, se
         "failovers": int(df["failed_over"].fillna(0).sum()) if "failed_over" in df else 0,
         "extra_work_ms": float(df["extra_work_ms"].fillna(0).sum()) if "extra_work_ms" in df else 0.0,
         "latency_mean_ms": float(lat.mean()) if lat.size else math.nan,
+        # data copied to shadows while primaries ran (shadow-prestage), per job: the cost of pre-staging
+        "prestaged_mb_per_job": float(df["prestaged_mb"].fillna(0).mean()) if "prestaged_mb" in df and len(df)
+        else 0.0,
         "_recovery": rec, "_regime": measured,
     }
     return row, df
@@ -271,59 +422,33 @@ class _NoShadow:
 
 class _WithShadow:
     """The twin as seen by a shadow strategy: the policy's shadows, completed where it left a stage without
-    one (``cvar`` keeps none) by :func:`fill_shadow`, so every strategy named shadow-* really has shadows."""
+    one (``cvar`` keeps none) by the twin's failover cost (:func:`dtlab.policies.failover.plan_failover`), so
+    every strategy named shadow-* really has shadows; with ``prestage`` the shadows are chosen for the
+    pre-staged cost and the stages worth it get their inputs copied while the primary runs."""
 
-    def __init__(self, twin):
+    def __init__(self, twin, prestage: bool = False, price_ms_per_mb: float = 0.0, zone_share: float = 1.0):
         self._twin = twin
         self.state = twin.state
+        self.prestage = prestage
+        self.price = price_ms_per_mb
+        self.zone_share = zone_share
 
     def plan(self, job, **kw):
+        from ..policies.failover import plan_failover
+
+        from ..predict import score_plan
+
         plan = self._twin.plan(job, **kw)
-        plan.shadow = fill_shadow(self.state.snapshot(), job, plan.placement, plan.shadow, self._twin.timing)
+        snap = kw.get("snapshot") or self.state.snapshot()
+        fo = plan_failover(snap, job, plan.placement, plan.shadow, self._twin.timing,
+                           prestage=self.prestage, price_ms_per_mb=self.price, zone_share=self.zone_share)
+        if (fo.shadow, fo.prestage) != (plan.shadow, plan.prestage):
+            # the prediction the run records is of what is submitted: these shadows, this pre-staging
+            plan.prediction.update(score_plan(snap, job, plan.placement, fo.shadow, predictor=plan.predictor,
+                                              samples=plan.samples, rng=np.random.default_rng(kw.get("seed", 0)),
+                                              timing=self._twin.timing, prestage=fo.prestage))
+        plan.shadow, plan.prestage = fo.shadow, fo.prestage
         return plan
-
-
-def fill_shadow(snapshot, job, placement, shadow, timing) -> dict[str, str]:
-    """Shadow per stage: keep the policy's; else the schedulable node outside the primary's zone (a
-    different failure domain; same zone only if no other can run it) with the lowest mean time to
-    re-send the stage's inputs there and run it -- the inputs dominate on lossy edge links."""
-    from ..model import spec_link
-
-    out = dict(shadow)
-    nodes = snapshot.schedulable_nodes()
-    cluster = snapshot.cluster
-    for stage in job.stages:
-        if stage.id in out:
-            continue
-        primary = cluster.node(placement[stage.id])
-        best = None
-        for node in nodes:
-            if node.name == primary.name:
-                continue
-            fmt = timing.exec_format(stage, node)
-            if fmt is None:
-                continue
-            cost = timing.mean_service_ms(stage, node, fmt[1])
-            try:
-                if stage.after:
-                    for pred in stage.after:
-                        src = placement[pred]
-                        if src != node.name:
-                            size = job.stages[job.stage_index[pred]].output_mb
-                            cost += timing.mean_transfer_ms(size, snapshot.link(src, node.name))
-                elif job.origin_zone is not None and job.origin_zone != node.zone:
-                    link = spec_link(cluster, job.origin_zone, node.zone)
-                    if link is None:
-                        continue
-                    cost += timing.mean_transfer_ms(job.input_mb, link)
-            except SpecError:      # no path to the inputs: useless as a shadow
-                continue
-            key = (node.zone == primary.zone, cost, node.name)
-            if best is None or key < best[0]:
-                best = (key, node.name)
-        if best is not None:
-            out[stage.id] = best[1]
-    return out
 
 
 def _replanner(twin, sub, policy: str, p: dict, seed: int):

@@ -64,7 +64,7 @@ from .. import stats
 from ..model import load_job
 from ..state import ClusterState
 from . import regime
-from ..results import ExperimentResult
+from .result import ExperimentResult
 from .params import child_seed, load_cluster_param, require_choices, require_positive, resolve_path, validate
 from .summary import mean_ci, put_ci
 from .loop import synthetic_cluster

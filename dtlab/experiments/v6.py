@@ -85,7 +85,7 @@ from .. import stats
 from . import regime
 from ..errors import SpecError
 from .substrate import SUBSTRATE_DEFAULTS, check_params, resolve
-from ..results import ExperimentResult
+from .result import ExperimentResult
 from .params import load_cluster_param, load_workload_param, require_choices, require_positive
 from .summary import mean_ci, put_ci, summarize_seeds
 from .loop import run_controller

@@ -1,7 +1,8 @@
 """The fabric: real execution on this host (cgroups, network namespaces, multi-arch workers).
 
-``available()`` is the one check experiments use to choose fabric over sim; it names every missing
-piece so the fallback message in the output and run.json says why.
+``available()`` is the fabric's availability check (registered with :mod:`dtlab.substrates`, whose
+``pick`` is the one ``substrate: auto`` rule); it names every missing piece so the fallback message
+in the output and run.json says why.
 """
 from __future__ import annotations
 

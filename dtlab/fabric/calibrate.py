@@ -1,6 +1,6 @@
 """Measured calibration: execution-format overhead factors (compute), the calibration file and the
 fitted link model. The network measurement and the host timing (which run the fabric substrate)
-live in :mod:`dtlab.calibration.host`, so this module never imports a substrate.
+live in :mod:`dtlab.fabric.host_calibration`, so this module never imports a substrate.
 
 ``measure_compute`` runs every kernel natively and in every other format, interleaved and paired
 (native, then each format, per repetition) so slow drift of a shared host hits both sides of a
@@ -177,7 +177,7 @@ def compare_published(measured: Mapping[str, Any] | str | Path | None = None, pu
     pub = safe_yaml.load(safe_yaml.read_text(pub_path), where=str(pub_path))
     claim = pub["seed_assumption"]["qemu_cpu_overhead"]
     qemu_lists = pub.get("qemu_user_mode", [])
-    tcg = next((e for e in qemu_lists if "aarch64" in e), {})
+    tcg: dict[str, Any] = next((e for e in qemu_lists if "aarch64" in e), {})
     issue_range = next((e["range"] for e in qemu_lists if "range" in e), None)
     hq = next((e for e in qemu_lists if "int" in e), None)
     rows = []
@@ -298,11 +298,12 @@ def fit_links(doc: Mapping[str, Any], cluster) -> list[dict[str, Any]]:
     return out
 
 
-def network_cache_path(cluster) -> Path:
+def network_cache_path(cluster, substrate: str = "fabric") -> Path:
     import hashlib
     key = repr(sorted((l.a, l.b, l.latency_ms, l.bandwidth_mbps, l.loss, l.jitter_ms) for l in cluster.links))
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return default_out().with_name(f"calibration.network.{digest}.yaml")
+    tag = "" if substrate == "fabric" else f"{substrate}."
+    return default_out().with_name(f"calibration.network.{tag}{digest}.yaml")
 
 
 def link_events(fitted: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -313,7 +314,7 @@ def link_events(fitted: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------ start-up per format (fabric path)
-# measured by dtlab.calibration.host.measure_startup (it runs the fabric); the file format lives here
+# measured by dtlab.fabric.host_calibration.measure_startup (it runs the fabric); the file format lives here
 STARTUP_SEED = 1_000_033      # not one of the experiments' scored seeds
 STARTUP_PROBE_MS = 5.0        # reference work of a probe stage: start-up dominates its time
 STARTUP_REPS = 7

@@ -60,6 +60,33 @@ def _subnet(fid: str) -> str:
     return f"10.{200 + h[0] % 50}.{h[1]}"
 
 
+def htb_root(tc: list[str], dev: str) -> None:
+    """An htb root on ``dev`` whose default class 1:1 is unshaped (10 Gbit/s); ``tc`` is the command
+    prefix (``["tc"]`` or ``["tc", "-n", ns]``). Used by the fabric and the real kube nodes' bridges."""
+    sh(*tc, "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "1")
+    sh(*tc, "class", "add", "dev", dev, "parent", "1:", "classid", "1:1", "htb", "rate", "10gbit")
+
+
+def htb_shape(tc: list[str], dev: str, cid: int, matches: list[list[str]] | None, bandwidth_mbps: float,
+              latency_ms: float = 0.0, jitter_ms: float = 0.0, loss: float = 0.0, netem: bool = False) -> str:
+    """Class ``1:cid`` of the htb on ``dev`` at ``bandwidth_mbps`` (added with its u32 ``matches`` when
+    given, else changed), with a netem leaf for latency/jitter/loss when ``netem``; returns the
+    mechanism: ``htb``, ``htb+netem``, or ``htb+relay`` (the user-space relay must add the rest)."""
+    rate = f"{max(bandwidth_mbps, 0.01):.3f}mbit"
+    burst = f"{max(int(bandwidth_mbps * 1e6 / 8 / 250), 16 * 1024)}b"   # ~4 ms of data, >= 16 KiB
+    verb = "add" if matches is not None else "change"
+    sh(*tc, "class", verb, "dev", dev, "parent", "1:", "classid", f"1:{cid}",
+       "htb", "rate", rate, "ceil", rate, "burst", burst)
+    for match in matches or ():
+        sh(*tc, "filter", "add", "dev", dev, "parent", "1:", "protocol", "ip", "prio", "1",
+           "u32", *match, "flowid", f"1:{cid}")
+    if netem and (latency_ms > 0 or loss > 0 or jitter_ms > 0):
+        args = ["delay", f"{latency_ms}ms"] + ([f"{jitter_ms}ms"] if jitter_ms > 0 else []) + (["loss", f"{loss * 100}%"] if loss > 0 else [])
+        sh(*tc, "qdisc", "replace", "dev", dev, "parent", f"1:{cid}", "handle", f"{cid}:", "netem", *args)
+        return "htb+netem"
+    return "htb+relay" if (latency_ms > 0 or loss > 0 or jitter_ms > 0) else "htb"
+
+
 @dataclass
 class NetFabric:
     """The namespaces, veths and bridge of one fabric; ``close()`` removes them all."""
@@ -112,32 +139,21 @@ class NetFabric:
             sh("ip", "-n", ns, "addr", "add", f"{self.ip(node)}/24", "dev", "eth0")
             sh("ip", "-n", ns, "link", "set", "eth0", "up")
             sh("ip", "-n", ns, "link", "set", "lo", "up")
-            sh("tc", "-n", ns, "qdisc", "add", "dev", "eth0", "root", "handle", "1:", "htb", "default", "1")
-            sh("tc", "-n", ns, "class", "add", "dev", "eth0", "parent", "1:", "classid", "1:1", "htb", "rate", "10gbit")
+            htb_root(["tc", "-n", ns], "eth0")
 
     def shape(self, src: str, dst: str, bandwidth_mbps: float, latency_ms: float = 0.0,
               jitter_ms: float = 0.0, loss: float = 0.0) -> str:
         """Shape traffic from ``src`` to ``dst`` (direct or via the relay); returns the mechanism used."""
         ns, j = self.ns(src), self.index[dst]
         cid = self._classes.get((src, dst))
-        rate = f"{max(bandwidth_mbps, 0.01):.3f}mbit"
-        burst = f"{max(int(bandwidth_mbps * 1e6 / 8 / 250), 16 * 1024)}b"   # ~4 ms of data, >= 16 KiB
-        verb = "change" if cid else "add"
+        matches = None
         if cid is None:
             cid = 10 + j
             self._classes[(src, dst)] = cid
-        sh("tc", "-n", ns, "class", verb, "dev", "eth0", "parent", "1:", "classid", f"1:{cid}",
-           "htb", "rate", rate, "ceil", rate, "burst", burst)
-        if verb == "add":
-            for match in (["match", "ip", "dst", f"{self.ip(dst)}/32"],
-                          ["match", "ip", "dst", f"{self.bridge_ip}/32", "match", "ip", "dport", str(self.relay_port(dst)), "0xffff"]):
-                sh("tc", "-n", ns, "filter", "add", "dev", "eth0", "parent", "1:", "protocol", "ip", "prio", "1",
-                   "u32", *match, "flowid", f"1:{cid}")
-        if self.netem and (latency_ms > 0 or loss > 0 or jitter_ms > 0):
-            args = ["delay", f"{latency_ms}ms"] + ([f"{jitter_ms}ms"] if jitter_ms > 0 else []) + (["loss", f"{loss * 100}%"] if loss > 0 else [])
-            sh("tc", "-n", ns, "qdisc", "replace", "dev", "eth0", "parent", f"1:{cid}", "handle", f"{cid}:", "netem", *args)
-            return "htb+netem"
-        return "htb+relay" if (latency_ms > 0 or loss > 0 or jitter_ms > 0) else "htb"
+            matches = [["match", "ip", "dst", f"{self.ip(dst)}/32"],
+                       ["match", "ip", "dst", f"{self.bridge_ip}/32", "match", "ip", "dport", str(self.relay_port(dst)), "0xffff"]]
+        return htb_shape(["tc", "-n", ns], "eth0", cid, matches, bandwidth_mbps, latency_ms, jitter_ms, loss,
+                         self.netem)
 
     def close(self) -> None:
         for kind, name in reversed(self.created):
@@ -192,7 +208,7 @@ def kill_netns_pids(ns_name: str) -> None:
 
 def sweep(prefix: str = NETNS_PREFIX) -> list[str]:
     """Delete every netns named ``prefix*`` and every ``dtb*``/``dtv*`` link (cleanup sweep)."""
-    removed = []
+    removed: list[str] = []
     if shutil.which("ip") is None:
         return removed
     for line in sh("ip", "netns", "list", check=False).stdout.splitlines():

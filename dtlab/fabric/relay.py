@@ -36,7 +36,7 @@ MSS = 1448
 MIN_RTO_MS = 200.0
 
 
-def _recv_exact(conn: socket.socket, n: int) -> bytes:
+def recv_exact(conn: socket.socket, n: int) -> bytes:
     buf = bytearray()
     while len(buf) < n:
         part = conn.recv(n - len(buf))
@@ -171,7 +171,7 @@ class DataPath:
     def _receive(self, conn: socket.socket) -> None:
         with conn:
             try:
-                tid, nbytes, _ = HEADER.unpack(_recv_exact(conn, HEADER.size))
+                tid, nbytes, _ = HEADER.unpack(recv_exact(conn, HEADER.size))
                 left = nbytes
                 while left > 0:
                     part = conn.recv(min(left, 1 << 20))
@@ -191,7 +191,7 @@ class DataPath:
         """Forward one transfer to ``dst`` through a delay line with loss/retransmit (see module doc)."""
         with conn:
             try:
-                head = _recv_exact(conn, HEADER.size)
+                head = recv_exact(conn, HEADER.size)
                 tid, nbytes, src_i = HEADER.unpack(head)
                 src = self.net.nodes[src_i]
                 rng = np.random.default_rng([self.seed, tid])
@@ -199,42 +199,56 @@ class DataPath:
                 with out:
                     out.connect((self.net.ip(dst), RECV_PORT))
                     out.sendall(head)
-                    chunks: queue.Queue = queue.Queue()
-
-                    def reader():   # stamps arrival times so the delay line overlaps chunks in flight
-                        left = nbytes
-                        try:
-                            while left > 0:
-                                part = conn.recv(min(left, CHUNK))
-                                if not part:
-                                    break
-                                left -= len(part)
-                                chunks.put((time.monotonic(), part, left == 0))
-                        finally:
-                            chunks.put(None)
-                    threading.Thread(target=self._counted(reader), daemon=True).start()
-                    release = 0.0
-                    while (item := chunks.get()) is not None:
-                        arrived, part, last = item
-                        link, restored_at = self._wait_up(src, dst)
-                        at = chunk_release(arrived, restored_at, len(part), last, link, rng)
-                        release = max(release, at)
-                        delay = release - time.monotonic()
-                        if delay > 0:
-                            time.sleep(delay)
-                        out.sendall(part)
+                    delay_line(conn, out, nbytes, lambda: wait_up(self.links, src, dst, self._stop), rng,
+                               self._counted)
                     out.shutdown(socket.SHUT_WR)
                     ack = out.recv(1)
                 conn.sendall(ack or b"k")
             except (OSError, ConnectionError, struct.error):
                 return
 
-    def _wait_up(self, src: str, dst: str) -> tuple[Link, float]:
-        """The current link, blocking while it is cut; and when it came (back) up (0 if never cut)."""
-        restored = 0.0
-        while True:
-            link = self.links(src, dst)
-            if link is not None or self._stop.is_set():
-                return (link or Link(src, dst, 0.0, 1e4)), restored
-            time.sleep(0.01)
-            restored = time.monotonic()
+
+def delay_line(src: socket.socket, out: socket.socket, nbytes: int,
+               current: Callable[[], tuple[Link, float]], rng: np.random.Generator,
+               wrap: Callable = lambda fn: fn) -> None:
+    """Read ``nbytes`` from ``src`` and write them to ``out``, each chunk released per
+    :func:`chunk_release` on the link ``current()`` returns (blocking while it is cut). A reader
+    thread (run through ``wrap``, e.g. to count its CPU) stamps arrivals, so chunks in flight overlap
+    and the bandwidth shaped elsewhere is kept. Used by the fabric's relay and the kube nodes' relay."""
+    chunks: queue.Queue = queue.Queue()
+
+    def reader():   # stamps arrival times so the delay line overlaps chunks in flight
+        left = nbytes
+        try:
+            while left > 0:
+                part = src.recv(min(left, CHUNK))
+                if not part:
+                    break
+                left -= len(part)
+                chunks.put((time.monotonic(), part, left == 0))
+        finally:
+            chunks.put(None)
+    threading.Thread(target=wrap(reader), daemon=True).start()
+    release = 0.0
+    while (item := chunks.get()) is not None:
+        arrived, part, last = item
+        link, restored_at = current()
+        at = chunk_release(arrived, restored_at, len(part), last, link, rng)
+        release = max(release, at)
+        delay = release - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        out.sendall(part)
+
+
+def wait_up(links: Callable[[str, str], Link | None], src: str, dst: str,
+            stop: threading.Event) -> tuple[Link, float]:
+    """The current link ``links(src, dst)``, blocking while it is cut (None); and when it came (back)
+    up (0 if never cut)."""
+    restored = 0.0
+    while True:
+        link = links(src, dst)
+        if link is not None or stop.is_set():
+            return (link or Link(src, dst, 0.0, 1e4)), restored
+        time.sleep(0.01)
+        restored = time.monotonic()

@@ -352,7 +352,7 @@ class Actuator:
 
 def pod_spec_for(job, stage_id: str, node, fmt: str, attempt: int, duration_ms: float,
                  image: str = DEFAULT_IMAGE, real_scale: float | None = None, kernel: str = "mix",
-                 seed: int = 42, scheduler: str | None = None) -> PodSpec:
+                 seed: int = 42, scheduler: str | None = None, fetch: tuple[str, ...] = ()) -> PodSpec:
     """PodSpec of stage ``stage_id`` of dtlab Job ``job`` on dtlab Node ``node``.
 
     ``real_scale`` (a real node's ``dtlab.io/cpu-scale``): run the real work instead of a delay, as the
@@ -365,7 +365,10 @@ def pod_spec_for(job, stage_id: str, node, fmt: str, attempt: int, duration_ms: 
     guess; on real nodes the image is ``dtlab/worker:node`` (each node's containerd tags its own
     arch's worker so, as a multi-arch image would, it runs natively wherever it lands) and the CPU
     cap is ``scale`` (a speed-1 core: the node is not known when the pod is made; its cgroup quota
-    still bounds the node as a whole)."""
+    still bounds the node as a whole).
+
+    ``fetch`` (real nodes): the worker's ``--fetch`` values, the stage's inputs read over the shaped pod
+    network before its work (:meth:`dtlab.kube.links.PodLinks.fetch_arg`)."""
     stage = job.stages[job.stage_index[stage_id]]
     base = dict(job=job.name, stage=stage_id, node=node.name, attempt=attempt, arch=node.arch, format=fmt,
                 cpu=stage.compute.cpu, mem_gb=stage.compute.mem_gb, duration_ms=duration_ms,
@@ -385,7 +388,8 @@ def pod_spec_for(job, stage_id: str, node, fmt: str, attempt: int, duration_ms: 
                        args=("--format", "native", "--kernel", kernel, "--iters", str(iters), "--seed", str(int(seed))))
     return PodSpec(**base, image=image_for(node.arch, fmt), node_kind="real",
                    cpu_limit=max(0.001, node.speed * real_scale),
-                   args=("--format", fmt, "--kernel", kernel, "--iters", str(iters), "--seed", str(int(seed))))
+                   args=("--format", fmt, "--kernel", kernel, "--iters", str(iters), "--seed", str(int(seed)),
+                         *(a for f in fetch for a in ("--fetch", f))))
 
 
 def labels_of(pod: Mapping[str, Any]) -> dict[str, str]:

@@ -475,7 +475,7 @@ def node_manifest(node: Any) -> dict[str, Any]:
     }
 
 
-def _nodes_list(nodes: Any) -> list[Any]:
+def nodes_list(nodes: Any) -> list[Any]:
     if isinstance(nodes, int):
         return default_nodes(nodes)
     if hasattr(nodes, "nodes") and not isinstance(nodes, Mapping):
@@ -500,7 +500,7 @@ def register_nodes(nodes: Any, kubeconfig_path: str | os.PathLike, workers: int 
 
     from kubernetes.client.rest import ApiException
     api = _core_api(str(kubeconfig_path), pool=workers)
-    bodies = [node_manifest(n) for n in _nodes_list(nodes)]
+    bodies = [node_manifest(n) for n in nodes_list(nodes)]
     names = [b["metadata"]["name"] for b in bodies]
     if len(set(names)) != len(names):
         raise ValueError("duplicate node names")
@@ -600,7 +600,7 @@ def up(nodes: list[dict] | int | Any = 6, workdir: str | os.PathLike | None = No
     bins = find_binaries()
     if shutil.which("openssl") is None:
         raise LocalPlaneError("the `openssl` CLI is required")
-    node_list = _nodes_list(nodes)
+    node_list = nodes_list(nodes)
     if isinstance(real_nodes, str):
         real_nodes = [n["name"] for n in node_list] if real_nodes == "all" else \
             [r.strip() for r in real_nodes.split(",") if r.strip()]
@@ -740,47 +740,80 @@ def restart_kubelet(node: str, name: str = "default") -> None:
 EXTENDER_SCHEDULER = "dtlab-extender"
 
 
-def scheduler_extender_config(kubeconfig_path: str, url: str) -> dict[str, Any]:
+SCHEDULER_QPS, SCHEDULER_BURST = 1000, 2000   # client rate of every scheduler here (default 50/100 caps binding)
+
+
+def scheduler_config(kubeconfig_path: str, scheduler_name: str) -> dict[str, Any]:
+    """KubeSchedulerConfiguration of an extra scheduler: one profile ``scheduler_name`` (default plugins),
+    client QPS/burst raised to SCHEDULER_QPS/SCHEDULER_BURST, no leader election."""
+    return {"apiVersion": "kubescheduler.config.k8s.io/v1", "kind": "KubeSchedulerConfiguration",
+            "clientConnection": {"kubeconfig": kubeconfig_path, "qps": SCHEDULER_QPS, "burst": SCHEDULER_BURST},
+            "leaderElection": {"leaderElect": False},
+            "profiles": [{"schedulerName": scheduler_name}]}
+
+
+def scheduler_extender_config(kubeconfig_path: str, url: str, node_cache_capable: bool = True) -> dict[str, Any]:
     """KubeSchedulerConfiguration of the second scheduler: profile ``dtlab-extender`` (default plugins)
     with ``dtlab serve --extender`` at ``url`` (filter + prioritize, weight 1) in its loop. This is the
-    configuration other work reuses to put the twin into the real scheduler."""
-    return {"apiVersion": "kubescheduler.config.k8s.io/v1", "kind": "KubeSchedulerConfiguration",
-            "clientConnection": {"kubeconfig": kubeconfig_path, "qps": 1000, "burst": 2000},
-            "leaderElection": {"leaderElect": False},
-            "profiles": [{"schedulerName": EXTENDER_SCHEDULER}],
+    configuration other work reuses to put the twin into the real scheduler.
+
+    ``nodeCacheCapable`` (default true): the scheduler sends node names, not full v1 Node objects
+    (the twin has its own node state); at 1,000 nodes that is a few kB per call instead of MBs
+    (benchmarks/bench_extender.py)."""
+    return {**scheduler_config(kubeconfig_path, EXTENDER_SCHEDULER),
             "extenders": [{"urlPrefix": url.rstrip("/") + "/extender", "filterVerb": "filter",
                            "prioritizeVerb": "prioritize", "weight": 1, "enableHTTPS": False,
-                           "nodeCacheCapable": False, "ignorable": False, "httpTimeout": "5s"}]}
+                           "nodeCacheCapable": bool(node_cache_capable), "ignorable": False,
+                           "httpTimeout": "5s"}]}
 
 
-def start_extender_scheduler(url: str, name: str = "default", timeout: float = 60.0) -> dict[str, Any]:
+def start_extender_scheduler(url: str, name: str = "default", timeout: float = 60.0,
+                             node_cache_capable: bool = True) -> dict[str, Any]:
     """Start (or restart) a second kube-scheduler whose pods (``schedulerName: dtlab-extender``) go
     through the extender at ``url``; ``down`` stops it with the plane."""
     st = load_state(name)
     if not st:
         raise LocalPlaneError(f"local plane {name!r} is not running")
-    stop_extender_scheduler(name)
+    return start_scheduler(scheduler_extender_config(st["kubeconfig"], url, node_cache_capable), name,
+                           "kube-scheduler-extender", timeout)
+
+
+def start_scheduler(config: dict[str, Any], name: str = "default", key: str = "kube-scheduler-extra",
+                    timeout: float = 60.0) -> dict[str, Any]:
+    """Start (or restart) an extra kube-scheduler process ``key`` with ``config`` (a
+    KubeSchedulerConfiguration dict; its kubeconfig is the plane's); ``down`` stops it with the plane."""
     st = load_state(name)
+    if not st:
+        raise LocalPlaneError(f"local plane {name!r} is not running")
+    stop_scheduler(name, key)
+    st = load_state(name) or st
     wd = Path(st["workdir"])
-    cfg = wd / "scheduler-extender.yaml"
-    cfg.write_text(yaml.safe_dump(scheduler_extender_config(st["kubeconfig"], url)))
+    cfg = wd / f"{key}.yaml"
+    cfg.write_text(yaml.safe_dump(config))
     port = _free_ports(1)[0]
     cmd = [st["bins"]["kube-scheduler"], f"--config={cfg}", f"--authentication-kubeconfig={st['kubeconfig']}",
            f"--authorization-kubeconfig={st['kubeconfig']}", "--bind-address=127.0.0.1",
            f"--secure-port={port}", "--profiling=false", "--v=1"]
-    proc = _spawn("kube-scheduler-extender", cmd, wd)
-    st.setdefault("extra_processes", {})["kube-scheduler-extender"] = {**proc, "port": port}
+    proc = _spawn(key, cmd, wd)
+    st.setdefault("extra_processes", {})[key] = {**proc, "port": port}
     _save_state(name, st)
     ctx = ssl.create_default_context()
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-    _wait(lambda: _http_ok(f"https://127.0.0.1:{port}/healthz", ctx), "kube-scheduler (extender) /healthz",
-          timeout, [("kube-scheduler-extender", proc)])
+    _wait(lambda: _http_ok(f"https://127.0.0.1:{port}/healthz", ctx), f"{key} /healthz",
+          timeout, [(key, proc)])
     return proc
 
 
 def stop_extender_scheduler(name: str = "default") -> None:
+    stop_scheduler(name, "kube-scheduler-extender")
+
+
+def stop_scheduler(name: str = "default", key: str = "kube-scheduler-extra") -> None:
+    """Stop the extra scheduler ``key`` started by :func:`start_scheduler` (no-op if not running)."""
     st = load_state(name)
-    proc = (st or {}).get("extra_processes", {}).pop("kube-scheduler-extender", None)
+    if st is None:
+        return
+    proc = st.get("extra_processes", {}).pop(key, None)
     if proc:
         _kill(proc)
         _save_state(name, st)

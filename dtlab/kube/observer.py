@@ -42,6 +42,7 @@ from .actuator import ATTEMPT_LABEL, JOB_ANNOTATION, JOB_LABEL, MANAGED_BY, NAME
     STAGE_LABEL
 
 Sink = Callable[[list[dict[str, Any]]], None]
+POD_KEYS = ("name", "job", "stage", "attempt", "node", "phase")   # what the observer keeps per pod
 
 
 class Gone(Exception):
@@ -140,6 +141,9 @@ def worker_report(message: str | None) -> dict[str, Any] | None:
         out = {"start_ts": int(d["start_ns"]) / 1e9, "end_ts": int(d["end_ns"]) / 1e9,
                "uname_m": str(d.get("uname_m", "")), "format": d.get("format"), "exec": d.get("exec"),
                "exit": int(d.get("exit", -1))}
+        if "fetch_ns" in d:     # inputs read over the pod network before the work (dtlab.kube.links)
+            out.update(fetch_ms=int(d["fetch_ns"]) / 1e6, fetch_bytes=int(d.get("fetch_bytes", 0)),
+                       fetch_failed=int(d.get("fetch_failed", 0)))
     except (ValueError, KeyError, TypeError, IndexError):
         return None
     k = d.get("kernel")
@@ -192,9 +196,10 @@ class Observer:
         self.kinds = ("nodes", "pods") if pods else ("nodes",)
         self._known = set(known_nodes)
         self._lock = threading.Lock()
+        # Only the facts the twin uses are kept per object, never the v1 objects themselves (a KWOK
+        # Node is ~20 kB as Python dicts: ~100 MB at 5,000 nodes; see benchmarks/bench_scale.py --observer).
         self._nodes: dict[str, tuple[bool, bool]] = {}     # name -> (ready, cordoned) reported
-        self._node_objs: dict[str, dict[str, Any]] = {}
-        self._pods: dict[str, dict[str, Any]] = {}          # uid -> {info..., started, ended}
+        self._pods: dict[str, dict[str, Any]] = {}          # uid -> POD_KEYS + started, ended, gone
         self._rv: dict[str, str | None] = {k: None for k in self.kinds}
         self._resp: dict[str, Any] = {}
         self._stop = threading.Event()
@@ -245,10 +250,10 @@ class Observer:
                                                      "attempt": attempt})
 
     # ------------------------------------------------------------ views
-    def nodes(self) -> dict[str, dict[str, Any]]:
-        """Last seen v1 Node dicts by name."""
+    def nodes(self) -> dict[str, dict[str, bool]]:
+        """Last seen facts per node name: ``{"ready": bool, "cordoned": bool}`` (the v1 objects are not kept)."""
         with self._lock:
-            return dict(self._node_objs)
+            return {n: {"ready": r, "cordoned": c} for n, (r, c) in self._nodes.items()}
 
     def lag_stats(self) -> dict[str, float]:
         """Observe lag (applied - Kubernetes timestamp of the transition), seconds: n, p50, p95, max."""
@@ -358,7 +363,6 @@ class Observer:
         ready, cordoned = node_facts(obj)
         out: list[tuple[dict, float | None]] = []
         with self._lock:
-            self._node_objs[name] = dict(obj)
             prev = self._nodes.get(name)
             if prev is None:
                 if name not in self._known:
@@ -378,7 +382,6 @@ class Observer:
 
     def _node_deleted(self, name: str, recv: float) -> list[tuple[dict, float | None]]:
         with self._lock:
-            self._node_objs.pop(name, None)
             if self._nodes.pop(name, None) is None:
                 return []
             self._known.discard(name)
@@ -393,7 +396,10 @@ class Observer:
                 "attempt": info["attempt"]}
         with self._lock:
             self._expected.pop(info["name"], None)
-            rec = self._pods.setdefault(info["uid"], {**info, "started": False, "ended": False})
+            rec = self._pods.get(info["uid"])
+            if rec is None:
+                rec = self._pods[info["uid"]] = {k: info[k] for k in POD_KEYS}
+                rec.update(started=False, ended=False)
             rec.update(node=info["node"], phase=info["phase"])
             if info["phase"] in ("Running", "Succeeded", "Failed") and not rec["started"] and info["node"]:
                 rec["started"] = True

@@ -23,7 +23,8 @@ tables they share are in ``tables.py``. A new predictor (e.g. a learned model) r
 """
 from __future__ import annotations
 
-from typing import Mapping
+import inspect
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -44,8 +45,11 @@ _DEFAULT_TIMING = TimingModel()
 
 def sample_latencies(snapshot, job: Job, placement: Mapping[str, str], shadow: Mapping[str, str] | None = None, *,
                      predictor: str = "fast", samples: int = 256, rng=None,
-                     timing: TimingModel | None = None) -> np.ndarray:
-    """End-to-end latency samples (ms) of ``job`` under ``placement`` (and optional ``shadow``)."""
+                     timing: TimingModel | None = None, prestage: Sequence[str] | None = None) -> np.ndarray:
+    """End-to-end latency samples (ms) of ``job`` under ``placement`` (and optional ``shadow``).
+
+    ``prestage``: stages whose inputs are copied to their shadow at dispatch (V4's pre-staging); passed
+    to predictors that take a ``prestage`` keyword (``fast``, ``des``), refused by the others."""
     timing = timing or _DEFAULT_TIMING
     rng = _as_rng(rng)
     fn = get(predictor)
@@ -53,14 +57,19 @@ def sample_latencies(snapshot, job: Job, placement: Mapping[str, str], shadow: M
         raise SpecError("samples", f"must be an integer >= 1, got {samples!r}")
     shadow = dict(shadow or {})
     _check_plan(snapshot, job, placement, shadow)
+    if prestage:
+        if "prestage" not in inspect.signature(fn).parameters:
+            raise SpecError("prestage", f"predictor {predictor!r} does not model pre-staging")
+        return fn(snapshot, job, placement, shadow, int(samples), rng, timing, prestage=frozenset(prestage))
     return fn(snapshot, job, placement, shadow, int(samples), rng, timing)
 
 
 def score_plan(snapshot, job: Job, placement: Mapping[str, str], shadow: Mapping[str, str] | None = None, *,
-               predictor: str = "fast", samples: int = 256, rng=None, timing: TimingModel | None = None) -> dict:
+               predictor: str = "fast", samples: int = 256, rng=None, timing: TimingModel | None = None,
+               prestage: Sequence[str] | None = None) -> dict:
     """Prediction dict (mean/p50/p95/p99/cvar95/deadline-miss) from :func:`sample_latencies`."""
     lat = sample_latencies(snapshot, job, placement, shadow, predictor=predictor, samples=samples,
-                           rng=rng, timing=timing)
+                           rng=rng, timing=timing, prestage=prestage)
     return summarize(lat, job.deadline_ms)
 
 

@@ -17,8 +17,8 @@ from .registry import register
 
 @register("des")
 def predict_des(snapshot, job: Job, placement: Mapping[str, str], shadow: Mapping[str, str], samples: int,
-                rng: np.random.Generator, timing: TimingModel) -> np.ndarray:
+                rng: np.random.Generator, timing: TimingModel, prestage: frozenset[str] = frozenset()) -> np.ndarray:
     """``samples`` latencies (ms) from tiny SimPy runs of ``job`` on the snapshot."""
     from ..des.sampling import sample_latencies_des  # SimPy engine: imported on demand
     return np.asarray(sample_latencies_des(snapshot, job, dict(placement), dict(shadow), samples=samples,
-                                           rng=rng, timing=timing), dtype=float)
+                                           rng=rng, timing=timing, prestage=prestage), dtype=float)

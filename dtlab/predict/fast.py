@@ -60,8 +60,9 @@ from .tables import node_table, stage_table
 
 @register("fast")
 def predict_fast(snapshot, job: Job, placement: Mapping[str, str], shadow: Mapping[str, str], S: int,
-                 rng: np.random.Generator, timing: TimingModel) -> np.ndarray:
-    """``S`` end-to-end latency samples (ms), the model stated in the module docstring."""
+                 rng: np.random.Generator, timing: TimingModel, prestage: frozenset[str] = frozenset()) -> np.ndarray:
+    """``S`` end-to-end latency samples (ms), the model stated in the module docstring; ``prestage``:
+    stages whose inputs were copied to their shadow at dispatch (a failover waits for that copy)."""
     nt = node_table(snapshot)
     st = stage_table(snapshot, job, timing)
     prim = np.array([nt.index[placement[sid]] for sid in st.ids], dtype=np.int64)
@@ -113,8 +114,8 @@ def predict_fast(snapshot, job: Job, placement: Mapping[str, str], shadow: Mappi
         key = (src, dst)
         if key not in links:
             try:
-                links[key] = (True, resolve_link(snapshot.cluster, snapshot.link_overrides,
-                                                 origin if src < 0 else nt.names[src], nt.names[dst]))
+                src_name = nt.names[src] if src >= 0 else str(origin)   # src -1 only when there is an origin
+                links[key] = (True, resolve_link(snapshot.cluster, snapshot.link_overrides, src_name, nt.names[dst]))
             except LinkCutError:
                 links[key] = (False, None)
         ok, link = links[key]
@@ -132,8 +133,9 @@ def predict_fast(snapshot, job: Job, placement: Mapping[str, str], shadow: Mappi
             ready = transfer(job.input_mb, -1, dst)
         for p in st.preds[i]:
             t = transfer(st.out_mb[p], int(run_on[p]), dst)
-            if moved[p] is not None:
-                t = np.where(moved[p], transfer(st.out_mb[p], int(restart[p]), dst), t)
+            mp = moved[p]
+            if mp is not None:
+                t = np.where(mp, transfer(st.out_mb[p], int(restart[p]), dst), t)
             if with_end:
                 t = t + fin[p]
             ready = np.maximum(ready, t)
@@ -149,8 +151,12 @@ def predict_fast(snapshot, job: Job, placement: Mapping[str, str], shadow: Mappi
             failed = rng.random(S) < p_fail[i]
             frac = rng.random(S)
             t_fail = ready + up0 + frac * svc
-            again = t_fail + timing.detect_ms + (timing.replan_ms if replan[i] else 0.0) \
-                + inputs(i, int(restart[i]), False) + st.startup[i, restart[i]] + svc_restart[i] * x
+            redo = t_fail + timing.detect_ms + (timing.replan_ms if replan[i] else 0.0)
+            if st.ids[i] in prestage and restart[i] != run_on[i]:   # the copy left at dispatch
+                again = np.maximum(redo, inputs(i, int(restart[i]), True)) + st.startup[i, restart[i]] \
+                    + svc_restart[i] * x
+            else:
+                again = redo + inputs(i, int(restart[i]), False) + st.startup[i, restart[i]] + svc_restart[i] * x
             end = np.where(failed, again, end)
             if restart[i] != run_on[i]:
                 moved[i] = failed

@@ -165,9 +165,12 @@ class NodeTable:
     def __init__(self, snapshot):
         ct = cluster_table(snapshot.cluster, snapshot.link_overrides)
         self.static = ct
-        for name in ("nodes", "names", "index", "n", "zones", "zone_index", "zone_idx", "speed", "cores", "mem",
-                     "fail_prob", "sig_idx", "sigs", "zparams", "row", "origin_row"):
-            setattr(self, name, getattr(ct, name))
+        # the static table's constants, read through this view (named, so readers and type checks see them)
+        self.nodes, self.names, self.index, self.n = ct.nodes, ct.names, ct.index, ct.n
+        self.zones, self.zone_index, self.zone_idx = ct.zones, ct.zone_index, ct.zone_idx
+        self.speed, self.cores, self.mem, self.fail_prob = ct.speed, ct.cores, ct.mem, ct.fail_prob
+        self.sig_idx, self.sigs, self.zparams = ct.sig_idx, ct.sigs, ct.zparams
+        self.row, self.origin_row = ct.row, ct.origin_row
         arrays = getattr(snapshot.nodes, "status_arrays", None)
         if arrays is not None:
             # optional fast path for live mappings (e.g. a running engine): skip building NodeStatus objects

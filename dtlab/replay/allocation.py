@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .. import plots
 from ..atomic import atomic_path
 from ..errors import SpecError
 from .fit import ClusterArrays, Pods
@@ -159,41 +160,24 @@ _REPLAY_STYLE = {"best-fit": ("Best-fit", "blue", "o"), "first-fit": ("First-fit
 
 def plot_allocation(table: pd.DataFrame, out_dir) -> list[Path]:
     """GPU allocation vs arrived GPU demand, one line per policy (mean over seeds), with y = x."""
-    try:
-        from .. import plots
-    except ImportError:  # plots module not available: plain matplotlib, same axes
-        plots = None
-    if plots is None:
-        from matplotlib.figure import Figure
-        fig = Figure(figsize=(3.5, 2.4), layout="constrained")
-        _draw_allocation(fig.subplots(), table, None)
-        paths = []
-        for ext in ("pdf", "png"):
-            path = Path(out_dir) / f"allocation.{ext}"
-            fig.savefig(path)
-            paths.append(path)
-        return paths
     with plots.paper_style():
         fig, ax = plots.figure(columns=1)
-        _draw_allocation(ax, table, plots)
+        _draw_allocation(ax, table)
     return plots.savefig(fig, out_dir, "allocation")
 
 
-def _draw_allocation(ax, table: pd.DataFrame, plots) -> None:
-    names = plots.order(table["policy"].unique()) if plots else sorted(table["policy"].unique())
+def _draw_allocation(ax, table: pd.DataFrame) -> None:
+    names = plots.order(table["policy"].unique())
     hi = float(table["arrived_pct"].max())
     ax.plot([0, 100], [0, 100], color="#999999", lw=0.8, ls=":", label="all arrived allocated")
     for k, name in enumerate(names):
         sub = table[table["policy"] == name].groupby("arrived_pct")["gpu_alloc_pct"].mean()
-        colour = marker = None
-        label = name
-        if plots is not None:
-            if name in _REPLAY_STYLE:
-                label, key, marker = _REPLAY_STYLE[name]
-                colour = plots.OKABE_ITO[key]
-            else:
-                colour, marker = plots.style_of(name, k)
-                label = plots.display_name(name)
+        if name in _REPLAY_STYLE:
+            label, key, marker = _REPLAY_STYLE[name]
+            colour = plots.OKABE_ITO[key]
+        else:
+            colour, marker = plots.style_of(name, k)
+            label = plots.display_name(name)
         ax.plot(sub.index, sub.values, color=colour, marker=marker, markevery=(k * 2, 10), label=label)
     ax.set_xlabel("Arrived GPU demand (% of cluster GPU capacity)")
     ax.set_ylabel("GPU allocated (% of capacity)")

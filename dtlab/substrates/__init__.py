@@ -35,7 +35,8 @@ def _load(name: str) -> None:
         try:
             import_module(_MODULES[name])
         except ImportError as exc:
-            _CHECKS[name] = lambda exc=exc: (False, f"cannot import {_MODULES[name]}: {exc}")
+            why = f"cannot import {_MODULES[name]}: {exc}"
+            _CHECKS[name] = lambda: (False, why)
 
 
 def names() -> list[str]:

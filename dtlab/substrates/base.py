@@ -88,7 +88,7 @@ class WallClockSubstrate(SubstrateBase):
     """
 
     _events: list[dict[str, Any]]
-    _lock: threading.Lock
+    _lock: threading.RLock
     _cluster: Cluster
 
     def now_ms(self) -> float:

@@ -12,7 +12,8 @@ noise on top of the predicted time, so the observed world is not the twin's mean
 ``pinning`` (nodeName | affinity, see :mod:`dtlab.kube.actuator`), ``dry_run``,
 ``max_attempts`` per stage, ``drain_limit_s``, ``real_nodes`` ("all" or a list of node names: when
 this substrate starts its own plane, those nodes run real kubelets, :mod:`dtlab.kube.realnodes`),
-``node_grace_s`` (that plane's node-monitor grace period).
+``node_grace_s`` (that plane's node-monitor grace period), ``shape_links`` (default true: between
+real nodes of the local plane, stage data moves over the shaped pod network, see below).
 
 * **Clock**: wall time since the substrate was made, divided by ``time_scale``; ``advance`` sleeps/polls.
 * **DAG order**: a stage's pod is created when all its predecessors' pods Succeeded
@@ -34,7 +35,14 @@ this substrate starts its own plane, those nodes run real kubelets, :mod:`dtlab.
   ``uname_m`` and ``exec`` (what the worker saw inside its container) and ``startup_ms`` (pod
   create -> worker start: sandbox, image and runtime start-up, reported apart). ``time_scale``
   must stay 1 with real nodes (their work is not scaled).
+* **Links between real nodes** (:mod:`dtlab.kube.links`): a stage on a real node whose predecessor
+  ran on another real node of the local plane first reads the predecessor's ``output_mb`` over the
+  pod network, inside its container, through the cluster's link between the two nodes (htb + the
+  fabric's relay, or netem); ``transfer_ms`` (and ``fetch_mb``) on the stage row is that read as the
+  worker timed it, inside ``observed_ms``. Partitions and link degradations change this shaping
+  while they last (and still reach the twin as link events).
 * **inject**: node-failure -> on a real node, SIGKILL its kubelet (restarted after ``duration_s``);
+  partition / link-degradation -> the links between real nodes are re-shaped for the fault's window;
   on KWOK the node-not-ready label (``localplane.set_node_failed``
   does the same for the local plane) and removed after ``duration_s``; pod-kill -> delete
   the job's (stage's) pods with grace 0; partition / link-degradation -> the twin's link
@@ -66,7 +74,7 @@ KUBE_DEFAULTS: dict[str, Any] = {
     "poll_s": 0.05, "keep_pods": False, "image": None, "real_nodes": None, "node_grace_s": None,
     # exclusive: this cluster's nodes really execute work on this host (real kubelets): take the host
     # lock (dtlab/hostlock.py) for the substrate's life and record host noise (dtlab/hostnoise.py)
-    "exclusive": False, "lock_timeout_s": None,
+    "exclusive": False, "lock_timeout_s": None, "shape_links": True,
 }
 _NODE_FAIL_REASONS = {"Evicted", "NodeLost", "TaintManagerEviction", "DeletionByTaintManager", "NodeAffinity",
                       "OutOfcpu", "OutOfmemory", "Terminated"}
@@ -137,6 +145,7 @@ class KubeSubstrate(WallClockSubstrate):
         self._errors: list[str] = []
         self._owns_plane = False
         self._real: dict[str, float] = {}
+        self.links = None
         self.observer = None
         try:
             kc = self.opts["kubeconfig"] or (None if actuator is not None else localplane.kubeconfig(self.opts["plane"]))
@@ -172,6 +181,7 @@ class KubeSubstrate(WallClockSubstrate):
                 raise SpecError("cluster.nodes", f"nodes not in the Kubernetes cluster: {missing}")
             if kc is not None and any("wasm" in n.formats for n in cluster.nodes):
                 _ensure_runtime_class(self.actuator)
+            self.links = self._open_links(kc)
             self._t0 = time.time()
             factory = observer_factory or (lambda sink, known_nodes, clock: Observer(
                 kc, sink=sink, namespace=self.opts["namespace"], known_nodes=known_nodes, clock=clock))
@@ -226,10 +236,61 @@ class KubeSubstrate(WallClockSubstrate):
             time.sleep(min(self.opts["poll_s"],
                            max(0.0, (until_ms - self.now_ms()) / 1000.0 * self.opts["time_scale"])))
 
+    def _open_links(self, kc: str | None):
+        """The shaped pod-network links between this cluster's real nodes of the local plane (or None:
+        fewer than two of them, ``shape_links`` off, or a cluster that is not the local plane)."""
+        if not self.opts["shape_links"] or len(self._real) < 2 or kc is None:
+            return None
+        from ..kube import links, localplane
+        if kc != localplane.kubeconfig(self.opts["plane"]):
+            return None
+        nets = links.node_nets((localplane.load_state(self.opts["plane"]) or {}).get("real_nodes", []),
+                               [n for n in self._real if n in self._cluster.by_name])
+        if len(nets) < 2:
+            return None
+        try:
+            return links.PodLinks(nets, self._cluster, seed=self.seed)
+        except DtlabError as exc:   # e.g. another process on this plane holds the data path: run unshaped, say so
+            import warnings
+            self._links_unavailable = f"links between real nodes not shaped: {exc}"
+            self._errors.append(self._links_unavailable)
+            warnings.warn(self._links_unavailable, RuntimeWarning, stacklevel=2)
+            return None
+
+    def _fetch_args(self, st: dict[str, Any], sid: str, node: str) -> tuple[str, ...]:
+        """``--fetch`` values of stage ``sid`` on real node ``node``: each predecessor's output from the
+        real node it ran on (same node: nothing to move)."""
+        if self.links is None or node not in self.links.nodes:
+            return ()
+        job: Job = st["job"]
+        out = []
+        for p in job.stages[job.stage_index[sid]].after:
+            src = st["stages"][p]["node"]
+            prev = job.stages[job.stage_index[p]]
+            if src and src != node and src in self.links.nodes and prev.output_mb > 0:
+                out.append(self.links.fetch_arg(src, node, prev.output_mb))
+        return tuple(out)
+
+    def _set_links(self, ev: Any, start: bool) -> None:
+        from ..kube.links import fault_links
+        if self.links is None or self._closed_links:
+            return
+        for a, b, link in fault_links(self._cluster, ev, start):
+            try:
+                self.links.set_link(a, b, link)
+            except DtlabError as exc:
+                self._errors.append(f"shape {a}->{b}: {exc}")
+
+    _closed_links = False
+
     def inject(self, fault: Mapping[str, Any]) -> None:
         """Realise a FaultScenario fault at ``at_s`` seconds of the substrate clock (clamped to now)."""
         # node-down/up come from the observer, when they really happen
         ev = self._timed_fault(fault, observed=("node-down", "node-up"))
+        if ev.kind in ("partition", "link-degradation") and self.links is not None:
+            self._at(ev.start_s, lambda: self._set_links(ev, True))
+            if ev.duration_s is not None:
+                self._at(ev.end_s, lambda: self._set_links(ev, False))
         if ev.kind == "node-failure":
             self._at(ev.start_s, lambda: [self._fail_node(n, True) for n in ev.nodes])
             if ev.duration_s is not None:
@@ -269,6 +330,9 @@ class KubeSubstrate(WallClockSubstrate):
             t.cancel()
         if self.observer is not None:
             self.observer.stop()
+        if self.links is not None:
+            self._closed_links = True
+            self.links.close()
         errors = []
         restored = sorted(getattr(self, "_failed_nodes", ()))
         for n in restored:   # a run's faults do not outlive it on a shared plane
@@ -362,7 +426,7 @@ class KubeSubstrate(WallClockSubstrate):
                 out[sid] = {"node": s["node"], "pod": r.get("pod"), "attempt": s["attempt"], "phase": s["phase"],
                             "start_ms": r.get("start_ms"), "end_ms": r.get("end_ms"),
                             **{k: r.get(k) for k in ("node_kind", "format", "observed_ms", "uname_m", "exec",
-                                                     "kernel_arch", "startup_ms")}}
+                                                     "kernel_arch", "startup_ms", "transfer_ms", "fetch_mb")}}
             return {"job": job, **{k: st["rec"][k] for k in ("arrival_ms", "start_ms", "end_ms", "ok")},
                     "stages": out}
 
@@ -370,7 +434,9 @@ class KubeSubstrate(WallClockSubstrate):
         return {"substrate": "kube", "kubeconfig": self.kubeconfig, "namespace": self.opts["namespace"],
                 "time_scale": self.opts["time_scale"], "pinning": self.opts["pinning"],
                 "owns_plane": self._owns_plane, "observer": self.observer.stats() if self.observer else None,
-                "actuator_retries": self.actuator.retries, "errors": list(self._errors)}
+                "actuator_retries": self.actuator.retries, "errors": list(self._errors),
+                "links": dict(self.links.mechanism) if self.links is not None else
+                getattr(self, "_links_unavailable", None)}
 
     # ------------------------------------------------------------ DAG driver
     def _duration_ms(self, st: dict[str, Any], sid: str, node_name: str, fmt: str | None) -> tuple[str, float]:
@@ -424,14 +490,15 @@ class KubeSubstrate(WallClockSubstrate):
             s["tried"][-1] = None
         else:
             real = self._real.get(node)
+            fetch = self._fetch_args(st, sid, node) if real is not None else ()
             spec = pod_spec_for(st["job"], sid, self._cluster.node(node), fmt, s["attempt"], dur, self.image,
-                                real_scale=real, seed=self.seed + 1)
+                                real_scale=real, seed=self.seed + 1, fetch=fetch)
         record = {"job": st["job"].name, "stage": sid, "node": node, "format": fmt, "start_ms": None,
                   "end_ms": None, "duration_ms": None, "ok": None, "pod": spec.name, "attempt": s["attempt"],
                   "planned_ms": dur / self.opts["time_scale"], "reason": reason or None, "_current": True,
                   "cpu": st["job"].stages[st["job"].stage_index[sid]].compute.cpu,
                   "node_kind": None if scheduler else ("real" if real is not None else "kwok"), "observed_ms": None, "uname_m": None,
-                  "exec": None, "startup_ms": None, "created_ms": None}
+                  "exec": None, "startup_ms": None, "created_ms": None, "transfer_ms": None, "fetch_mb": None}
         s["record"] = record
         self._stages.append(record)
         self._by_pod[spec.name] = record
@@ -482,6 +549,8 @@ class KubeSubstrate(WallClockSubstrate):
             ev["ts"] = w["end_ts"]
             rec["observed_ms"] = t_ms - rec["start_ms"]
             rec.update(uname_m=w.get("uname_m"), exec=w.get("exec"), kernel_arch=w.get("kernel_arch"))
+            if w.get("fetch_bytes"):
+                rec.update(transfer_ms=w.get("fetch_ms"), fetch_mb=w["fetch_bytes"] / 1e6)
             if rec.get("created_ms") is not None:
                 rec["startup_ms"] = rec["start_ms"] - rec["created_ms"]
         elif rec["start_ms"] is not None:      # relisted ends carry 1-s Kubernetes timestamps

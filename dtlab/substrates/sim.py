@@ -180,7 +180,7 @@ class SimSubstrate(SubstrateBase):
                                "deadline_ms": job.deadline_ms,
                                "stage_cpu": {s.id: s.compute.cpu for s in job.stages}})
         self._engine.submit(job, dict(plan.placement), shadow=dict(plan.shadow or {}) or None,
-                            at_ms=self._now, scale=scale)
+                            at_ms=self._now, scale=scale, prestage=getattr(plan, "prestage", None) or None)
 
     def advance(self, until_ms: float | None) -> None:
         """Run the world and the engine to ``until_ms`` (None: until every submitted job has finished)."""

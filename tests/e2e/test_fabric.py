@@ -256,7 +256,7 @@ def test_calibrate_compute_writes_loadable_factors(tmp_path):
 
 
 def test_calibrate_network_matches_shaped_link(fabric_ready):
-    from dtlab.calibration import host
+    from dtlab.fabric import host_calibration as host
 
     doc = host.measure_network(reps=2)
     for row in doc["samples"]:

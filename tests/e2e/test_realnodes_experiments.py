@@ -1,7 +1,9 @@
 """e2e: the smoke sizes of params/V1-kube.yaml, V2-kube and V3-kube run on a local plane whose
 nodes are all real kubelets (examples/cluster-real-smoke.yaml: amd64, arm64 and riscv64 through
 QEMU, wasm under wazero). V3 measures the containers' own format factors and reports container
-start-up apart; V1 runs a DT policy and the real kube-scheduler through the controller loop.
+start-up apart; V1 runs a DT policy and the real kube-scheduler through the controller loop; V4 runs
+its stages on the real nodes and a real node's kubelet killed by the scenario is a node failure whose
+stages move to their shadows.
 
 Needs root and `make cluster-deps` (else skipped; failed under DTLAB_REQUIRE_HEAVY=1).
 Run: `pytest tests/e2e/test_realnodes_experiments.py -v` (a few minutes).
@@ -29,7 +31,8 @@ pytestmark = pytest.mark.timeout(900)
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory):
     cluster = load_cluster(REPO / "examples" / "cluster-real-smoke.yaml")
-    with local_plane(tmp_path_factory, cluster, PLANE, timeout=240, real_nodes="all") as st:
+    # node grace 10 s: V4's killed kubelet is seen NotReady 10 s later (default 40 s)
+    with local_plane(tmp_path_factory, cluster, PLANE, timeout=240, real_nodes="all", node_grace_s=10) as st:
         yield st
 
 
@@ -77,3 +80,22 @@ def test_v2_kube_compares_predictions_with_measured_latencies(plane):
     assert res.metrics["substrate"] == "kube" and res.metrics["jobs_not_completed"] == 0
     assert set(res.table["predictor"]) == {"fast", "none"}
     print({k: v for k, v in res.metrics.items() if "mape" in k.lower()})
+
+
+def test_v4_kube_real_node_failure_moves_stages_to_shadows(plane):
+    from dtlab.experiments import v4
+    t0 = time.monotonic()
+    res = v4.run(_params("V4"))
+    print(f"\nV4 smoke on real nodes: {time.monotonic() - t0:.0f} s")
+    jobs = res.extra["jobs"]
+    print(res.table.to_string())
+    assert res.metrics["substrate"] == "kube"
+    fault = "real-node-loss"                            # the scenario file's metadata.name
+    assert set(res.table["scenario"]) == {"none", fault}
+    hit = res.table[res.table["scenario"] == fault].iloc[0]
+    assert hit["jobs_lost"] == 0, hit                   # shadows: no job lost to the dead node
+    assert hit["failovers"] >= 1 or hit["affected_stages"] >= 1, hit    # the killed kubelet's stages moved
+    stages = res.extra.get("stages")
+    if stages is not None and "node_kind" in stages:
+        assert set(stages["node_kind"].dropna()) == {"real"}
+    assert jobs["ok"].astype(bool).all(), jobs

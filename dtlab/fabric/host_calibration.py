@@ -1,9 +1,9 @@
 """Host calibration: measurements on this host's fabric that the twin's timing is fitted to.
 
-Why here and not in ``dtlab/fabric/calibrate.py``: these functions run the fabric substrate
+Why a module of its own next to ``fabric/calibrate.py``: these functions run the fabric substrate
 (``FabricSubstrate``), and the fabric substrate reads the calibration file through
-``fabric/calibrate.py``; keeping the measurements that need the substrate in this module (above
-both) leaves one direction of import: ``calibration.host -> substrates.fabric -> fabric.calibrate``.
+``fabric/calibrate.py``; keeping the measurements that need the substrate in this module leaves one
+direction of import: ``fabric.host_calibration -> substrates.fabric -> fabric.calibrate``.
 ``fabric/calibrate.py`` keeps the file format, the compute measurement (worker processes only) and
 the link model fit.
 
@@ -28,7 +28,7 @@ import yaml
 
 from ..atomic import atomic_write_text
 from ..errors import DtlabError
-from ..fabric import calibrate
+from . import calibrate
 from ..model import Cluster, cluster_from_dict
 from ..substrates.fabric import FabricSubstrate
 from ..timing import TimingModel
@@ -73,28 +73,41 @@ def measure_network(cluster: Cluster | None = None, sizes_mb: tuple[float, ...] 
             "note": "RTT ~ time of the smallest message (one way + ack); bulk includes latency"}
 
 
-def network_calibration(cluster: Cluster, reps: int = 3, refresh: bool = False) -> tuple[dict[str, Any], Path]:
-    """(fitted link document, its path) for ``cluster``'s zone links on this host's fabric.
+def network_calibration(cluster: Cluster, reps: int = 3, refresh: bool = False, substrate: str = "fabric",
+                        plane: str = "default") -> tuple[dict[str, Any], Path]:
+    """(fitted link document, its path) for ``cluster``'s zone links on this host's fabric, or with
+    ``substrate="kube"`` over the shaped pod network between the real nodes of local plane ``plane``
+    (:func:`dtlab.kube.links.measure_network`: one real node per zone, probe pods).
 
-    Measured once (probe namespaces, :data:`~dtlab.fabric.calibrate.NETCAL_SEED`, sizes :data:`~dtlab.fabric.calibrate.NETCAL_SIZES_MB`) and cached
-    by the links' parameters under the host calibration's directory; ``refresh`` re-measures.
+    Measured once (probe namespaces or pods, :data:`~dtlab.fabric.calibrate.NETCAL_SEED`, sizes
+    :data:`~dtlab.fabric.calibrate.NETCAL_SIZES_MB`) and cached by the links' parameters (and the
+    substrate) under the host calibration's directory; ``refresh`` re-measures.
     """
-    path = calibrate.network_cache_path(cluster)
+    if substrate not in ("fabric", "kube"):
+        raise DtlabError(f"network calibration: substrate must be fabric or kube, got {substrate!r}")
+    path = calibrate.network_cache_path(cluster, substrate)
+    fit_on = calibrate.calibration_cluster(cluster) if substrate == "fabric" else cluster
     if path.exists() and not refresh:
         doc = yaml.safe_load(path.read_text())
-        doc["links"] = calibrate.fit_links(doc, calibrate.calibration_cluster(cluster))   # the current model, on the stored samples
+        doc["links"] = calibrate.fit_links(doc, fit_on)   # the current model, on the stored samples
         return doc, path
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if path.exists() and not refresh:
             return yaml.safe_load(path.read_text()), path
-        probe = calibrate.calibration_cluster(cluster)
-        doc = measure_network(probe, sizes_mb=calibrate.NETCAL_SIZES_MB, reps=reps, seed=calibrate.NETCAL_SEED)
+        if substrate == "kube":
+            from ..kube import links as kube_links
+            doc = kube_links.measure_network(cluster, plane, sizes_mb=calibrate.NETCAL_SIZES_MB, reps=reps,
+                                             seed=calibrate.NETCAL_SEED)
+        else:
+            doc = measure_network(fit_on, sizes_mb=calibrate.NETCAL_SIZES_MB, reps=reps, seed=calibrate.NETCAL_SEED)
         fitted = {"kind": "HostNetworkFit", "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                  "host": {"loadavg_1m": os.getloadavg()[0]}, "netem": doc["netem"], "reps": reps,
-                  "model": "t = latency + size * 8000 / goodput (least squares over sizes, both directions)",
-                  "links": calibrate.fit_links(doc, probe), "samples": doc["samples"]}
+                  "substrate": substrate, "host": {"loadavg_1m": os.getloadavg()[0]}, "netem": doc["netem"],
+                  "reps": reps, "model": "t = latency + size * 8000 / goodput (least squares over sizes, both directions)",
+                  "links": calibrate.fit_links(doc, fit_on), "samples": doc["samples"]}
+        if substrate == "kube":
+            fitted["probes"] = doc["probes"]
         atomic_write_text(path, yaml.safe_dump(fitted, sort_keys=False))
     return fitted, path
 

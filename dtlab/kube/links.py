@@ -1,0 +1,376 @@
+"""Shaped links between real kube nodes: stage data moves between pods over the pod network.
+
+Each real node ``i`` of the local plane (:mod:`dtlab.kube.realnodes`) has its CNI bridge with the
+gateway ``<net>.<i>.1``. While a :class:`PodLinks` is open (the kube substrate opens one when the
+cluster has real nodes of the local plane; ``dtlab calibrate network --substrate kube`` too):
+
+* a **node store** listens on ``<net>.<i>.1:STORE_PORT``: it holds what stages on node ``i`` produced
+  (the data is synthetic, as on the fabric: a request names the bytes, the store streams them);
+* a stage on node ``j`` whose predecessor ran on node ``i != j`` fetches the predecessor's
+  ``output_mb`` from node ``i`` *inside its own container*, before its work (the worker's ``--fetch``,
+  ``images/worker/launcher.c``), so the transfer is part of the stage's measured time, as the twin
+  counts it;
+* the link ``i -> j`` (the cluster's zone-to-zone latency/bandwidth/loss/jitter, ``Cluster.link``)
+  is shaped on the egress of node ``j``'s bridge, towards its pods, with the fabric's own tools: an
+  htb class per source node (:func:`dtlab.fabric.netns.htb_shape`) for bandwidth, and for latency,
+  jitter and loss a netem leaf where the kernel has netem, else (this host) the fabric's user-space
+  delay line (:func:`dtlab.fabric.relay.delay_line`, :func:`dtlab.fabric.relay.chunk_release`): the
+  pod then fetches through a relay on its own gateway, port ``RELAY_PORT_BASE + i``, which pulls from
+  node ``i``'s store and releases the chunks as the link says;
+* :meth:`PodLinks.set_link` changes a link while jobs run (chaos ``link-degradation``; ``None`` =
+  ``partition``: the relay holds the data until the link is restored, netem drops everything).
+
+Not covered: a predecessor on a KWOK node (no pod ran there, nothing to fetch: the successor on a
+real node starts without the transfer) and pods the real kube-scheduler places (policy
+``kube-scheduler``: the node, hence the link, is unknown when the pod is made).
+
+One process per plane holds the data path (fixed ports on the gateways): a second kube substrate on
+the same plane meanwhile runs unshaped and says so (a warning, ``metadata()["links"]``).
+
+``close`` stops the servers and removes the qdiscs it added; the bridges belong to the plane
+(``dtlab cluster down`` deletes them).
+"""
+from __future__ import annotations
+
+import socket
+import statistics
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+
+from ..errors import DtlabError
+from ..fabric import netns
+from ..fabric.relay import CHUNK, HEADER, recv_exact, delay_line, wait_up
+from ..model import Cluster, Link, spec_link
+
+STORE_PORT = 41_200
+RELAY_PORT_BASE = 41_300          # + the source node's index (1..250)
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
+
+
+@dataclass(frozen=True)
+class NodeNet:
+    """A real node's pod network as the links see it."""
+    name: str
+    index: int
+    net: str                     # the plane's /16 prefix, e.g. "10.244"
+    bridge: str
+
+    @property
+    def gateway(self) -> str:
+        return f"{self.net}.{self.index}.1"
+
+
+def node_nets(records: Iterable[Mapping[str, Any]], names: Iterable[str] | None = None) -> dict[str, NodeNet]:
+    """NodeNet per real-node record of the plane state (``localplane`` state ``real_nodes``)."""
+    keep = None if names is None else set(names)
+    from .realnodes import POD_NET
+    return {r["name"]: NodeNet(r["name"], int(r["index"]), r.get("net", POD_NET), r["bridge"])
+            for r in records if keep is None or r["name"] in keep}
+
+
+class PodLinks:
+    """Node stores, relays and tc shaping for the links between the real nodes in ``nodes``."""
+
+    def __init__(self, nodes: Mapping[str, NodeNet], cluster: Cluster, seed: int = 0,
+                 use_relay: bool | None = None):
+        why = netns.missing_tools()
+        if why:
+            raise DtlabError(why)
+        self.nodes = dict(nodes)
+        self.cluster = cluster
+        self.seed = int(seed)
+        self.netem = netns.netem_available()
+        self.use_relay = (not self.netem) if use_relay is None else bool(use_relay)
+        self._links: dict[tuple[str, str], Link | None] = {
+            (a, b): spec_link(cluster, a, b) for a in self.nodes for b in self.nodes if a != b}
+        self.mechanism: dict[str, str] = {}
+        self._shaped: list[str] = []            # bridges whose root qdisc we added
+        self._classes: set[tuple[str, str]] = set()
+        self._stop = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        try:
+            for n in self.nodes.values():
+                self._prepare_bridge(n)
+            for (a, b) in self._links:
+                self._reshape(a, b)
+            for n in self.nodes.values():
+                self._listen(n.gateway, STORE_PORT, self._store)
+                if self.use_relay:
+                    for src in self.nodes.values():
+                        if src.name != n.name:
+                            self._listen(n.gateway, RELAY_PORT_BASE + src.index, self._relay_for(src.name, n.name))
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------ public
+    def endpoint(self, src: str, dst: str) -> tuple[str, int]:
+        """Where a pod on ``dst`` fetches data that ``src`` produced (relay on its gateway, or src's store)."""
+        s, d = self.nodes[src], self.nodes[dst]
+        return (d.gateway, RELAY_PORT_BASE + s.index) if self.use_relay else (s.gateway, STORE_PORT)
+
+    def fetch_arg(self, src: str, dst: str, size_mb: float) -> str:
+        """The worker's ``--fetch`` value for ``size_mb`` of ``src``'s output read on ``dst``."""
+        host, port = self.endpoint(src, dst)
+        return f"{host}:{port}:{max(1, int(size_mb * 1e6))}:{self.nodes[src].index}"
+
+    def link(self, src: str, dst: str) -> Link | None:
+        return self._links.get((src, dst))
+
+    def set_link(self, src: str, dst: str, link: Link | None) -> None:
+        """Change the shaping of ``src -> dst`` now (None: cut)."""
+        if (src, dst) not in self._links:
+            return
+        self._links[(src, dst)] = link
+        self._reshape(src, dst)
+
+    def close(self) -> None:
+        self._stop.set()
+        for s in self._sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)    # wakes the accept() blocked on it; close alone would not
+            except OSError:
+                pass
+            s.close()
+        self._sockets.clear()
+        for br in self._shaped:
+            if Path(f"/sys/class/net/{br}").exists():
+                netns.sh("tc", "qdisc", "del", "dev", br, "root", check=False)
+        self._shaped.clear()
+
+    def __enter__(self) -> "PodLinks":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ shaping
+    def _prepare_bridge(self, n: NodeNet) -> None:
+        """The node's CNI bridge (made now if no pod ran yet: the bridge plugin adopts it) with its
+        gateway address, a real tx queue (a bridge has none: htb's leaves would hold one packet)
+        and the htb root."""
+        br = n.bridge
+        if not Path(f"/sys/class/net/{br}").exists():
+            netns.sh("ip", "link", "add", "name", br, "type", "bridge", check=False)
+        have = netns.sh("ip", "-4", "-o", "addr", "show", "dev", br, check=False).stdout
+        if f" {n.gateway}/" not in have:
+            netns.sh("ip", "addr", "add", f"{n.gateway}/24", "dev", br, check=False)
+        netns.sh("ip", "link", "set", br, "txqueuelen", "1000", "up")
+        netns.sh("tc", "qdisc", "del", "dev", br, "root", check=False)    # a crashed run's shaping
+        netns.htb_root(["tc"], br)
+        self._shaped.append(br)
+
+    def _reshape(self, src: str, dst: str) -> None:
+        s, d = self.nodes[src], self.nodes[dst]
+        link = self._links[(src, dst)]
+        matches = None
+        if (src, dst) not in self._classes:
+            self._classes.add((src, dst))
+            if self.use_relay:      # relay -> pod: from dst's gateway, from the port of src
+                matches = [["match", "ip", "src", f"{d.gateway}/32", "match", "ip", "sport",
+                            str(RELAY_PORT_BASE + s.index), "0xffff"]]
+            else:                   # src's store -> pod
+                matches = [["match", "ip", "src", f"{s.gateway}/32", "match", "ip", "sport", str(STORE_PORT), "0xffff"]]
+        cid = 10 + s.index
+        if link is None:
+            netns.htb_shape(["tc"], d.bridge, cid, matches, 1e4, 0.0, 0.0, 1.0 if self.netem and not self.use_relay else 0.0,
+                            self.netem and not self.use_relay)
+            self.mechanism[f"{src}->{dst}"] = "cut:" + ("relay hold" if self.use_relay else "netem loss 100%")
+            return
+        self.mechanism[f"{src}->{dst}"] = netns.htb_shape(
+            ["tc"], d.bridge, cid, matches, link.bandwidth_mbps, link.latency_ms, link.jitter_ms, link.loss,
+            self.netem and not self.use_relay)
+
+    # ------------------------------------------------------------ servers
+    def _listen(self, host: str, port: int, handler: Callable[[socket.socket], None]) -> None:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            s.close()
+            raise DtlabError(f"pod-network data path: cannot listen on {host}:{port} ({exc.strerror}); "
+                             "is another dtlab process using this plane's real nodes?") from None
+        s.listen(64)
+        self._sockets.append(s)
+
+        def loop() -> None:
+            while not self._stop.is_set():
+                try:
+                    conn, _ = s.accept()
+                except OSError:
+                    return
+                threading.Thread(target=handler, args=(conn,), daemon=True).start()
+        threading.Thread(target=loop, daemon=True, name=f"links-{host}:{port}").start()
+
+    def _store(self, conn: socket.socket) -> None:
+        """Stream the bytes a request names (the node's stored output)."""
+        with conn:
+            try:
+                _, nbytes, _ = HEADER.unpack(recv_exact(conn, HEADER.size))
+                zeros = bytes(CHUNK)
+                left = nbytes
+                while left > 0 and not self._stop.is_set():
+                    n = min(left, CHUNK)
+                    conn.sendall(zeros[:n])
+                    left -= n
+                conn.shutdown(socket.SHUT_WR)
+            except (OSError, ConnectionError, struct.error):
+                return
+
+    def _relay_for(self, src: str, dst: str) -> Callable[[socket.socket], None]:
+        return lambda conn: self._relay(conn, src, dst)
+
+    def _relay(self, conn: socket.socket, src: str, dst: str) -> None:
+        """Pull a request from ``src``'s store and hand it to the pod through the link's delay line."""
+        with conn:
+            try:
+                head = recv_exact(conn, HEADER.size)
+                tid, nbytes, _ = HEADER.unpack(head)
+                rng = np.random.default_rng([self.seed, tid % (1 << 63)])
+                with socket.create_connection((self.nodes[src].gateway, STORE_PORT), timeout=30) as up:
+                    up.settimeout(None)
+                    up.sendall(head)
+                    delay_line(up, conn, nbytes, lambda: wait_up(lambda a, b: self._links.get((a, b)), src, dst,
+                                                                 self._stop), rng)
+                conn.shutdown(socket.SHUT_WR)
+            except (OSError, ConnectionError, struct.error):
+                return
+
+
+# ------------------------------------------------------------ chaos
+def fault_links(cluster: Cluster, ev: Any, start: bool) -> list[tuple[str, str, Link | None]]:
+    """(src, dst, link) for both directions of every node pair across the two sides of a
+    ``partition`` / ``link-degradation`` FaultEvent, as the fabric realises them: the degraded link
+    (None = cut; a pair without a spec link is cut) at its start, the spec's link at its end."""
+    from dataclasses import replace
+    left, right = ev.sides or ((), ())
+    out: list[tuple[str, str, Link | None]] = []
+    for a in left:
+        for b in right:
+            for x, y in ((a, b), (b, a)):
+                base = spec_link(cluster, x, y)
+                if not start:
+                    new = base
+                elif ev.kind == "partition" or base is None:
+                    new = None
+                else:
+                    new = replace(base, **ev.link_map)
+                out.append((x, y, new))
+    return out
+
+
+# ------------------------------------------------------------ calibration
+def pod_netns_of(ip: str) -> str | None:
+    """The CNI network namespace (``/var/run/netns/cni-*``) holding address ``ip``."""
+    base = Path("/var/run/netns")
+    for p in sorted(base.glob("cni-*")) if base.is_dir() else []:
+        r = netns.sh("ip", "-n", p.name, "-4", "-o", "addr", check=False)
+        if f" {ip}/" in r.stdout:
+            return p.name
+    return None
+
+
+def fetch_in(ns: str, host: str, port: int, nbytes: int, src_index: int, tid: int, timeout_s: float = 120.0) -> float:
+    """Fetch ``nbytes`` as a worker would, from inside netns ``ns``; returns the wall ms it took."""
+    t0 = time.monotonic()
+    s = netns.socket_in(ns)
+    with s:
+        s.settimeout(timeout_s)
+        s.connect((host, port))
+        s.sendall(HEADER.pack(tid, nbytes, src_index))
+        left = nbytes
+        while left > 0:
+            part = s.recv(min(left, 1 << 20))
+            if not part:
+                raise DtlabError(f"fetch from {host}:{port}: closed with {left} of {nbytes} bytes left")
+            left -= len(part)
+    return (time.monotonic() - t0) * 1000.0
+
+
+def measure_network(cluster: Cluster, plane: str = "default", sizes_mb: Iterable[float] = (0.001, 1.0, 5.0),
+                    reps: int = 3, seed: int = 0, timeout_s: float = 120.0) -> dict[str, Any]:
+    """Transfer times over the shaped pod network of plane ``plane``, in the shape of
+    :func:`dtlab.fabric.host_calibration.measure_network` (so ``fit_links`` fits them).
+
+    One real node per zone of ``cluster`` (the first by name) runs a probe pod (the sandbox image:
+    it only holds a network namespace); from inside each probe's namespace the data of every other
+    probe's node is fetched through the same path a stage's worker uses, ``reps`` times per size.
+    """
+    from ..timing import TimingModel
+    from . import localplane
+    from .actuator import Actuator, PodSpec
+    from .realnodes import PAUSE_IMAGE
+
+    st = localplane.load_state(plane)
+    kc = localplane.kubeconfig(plane)
+    if not st or not kc:
+        raise DtlabError(f"local plane {plane!r} is not running (`dtlab cluster up --real-nodes ...`)")
+    real = node_nets(st.get("real_nodes", []), [n.name for n in cluster.nodes])
+    per_zone: dict[str, str] = {}
+    for n in sorted(cluster.nodes, key=lambda n: n.name):
+        if n.name in real:
+            per_zone.setdefault(n.zone, n.name)
+    if len(per_zone) < 2:
+        raise DtlabError(f"need real nodes in at least two zones of {cluster.name!r} on plane {plane!r}, "
+                         f"have {per_zone or 'none'}")
+    probes = sorted(per_zone.values())
+    act = Actuator(kc, namespace="dtlab", seed=seed)
+    act.ensure_namespace()
+    tm = TimingModel()
+    rows: list[dict[str, Any]] = []
+    specs = [PodSpec("netcal", n, n, image=PAUSE_IMAGE, node_kind="real", cpu=0.01, mem_gb=0.03) for n in probes]
+    with PodLinks({n: real[n] for n in probes}, cluster, seed=seed) as links:
+        try:
+            for sp in specs:
+                act.create_pod(sp)
+            ns = {}
+            deadline = time.monotonic() + timeout_s
+            for sp in specs:
+                while True:
+                    pod = act.core.read_namespaced_pod(sp.name, "dtlab", _request_timeout=10)
+                    ip = pod.status.pod_ip if pod.status.phase == "Running" else None
+                    found = pod_netns_of(ip) if ip else None
+                    if found:
+                        ns[sp.node] = found
+                        break
+                    if time.monotonic() > deadline:
+                        raise DtlabError(f"probe pod {sp.name} on {sp.node} not running after {timeout_s:.0f} s "
+                                         f"(phase {pod.status.phase})")
+                    time.sleep(0.2)
+            tid = 1
+            for a in probes:
+                for b in probes:
+                    if a == b:
+                        continue
+                    host, port = links.endpoint(a, b)
+                    spec = spec_link(cluster, a, b)
+                    for size in sizes_mb:
+                        times = []
+                        for _ in range(reps):
+                            times.append(fetch_in(ns[b], host, port, max(1, int(size * 1e6)), real[a].index, tid,
+                                                  timeout_s))
+                            tid += 1
+                        med = statistics.median(times)
+                        rows.append({"src": a, "dst": b, "size_mb": size, "median_ms": round(med, 3),
+                                     "min_ms": round(min(times), 3), "max_ms": round(max(times), 3),
+                                     "predicted_ms": round(tm.mean_transfer_ms(size, spec), 3) if spec else None,
+                                     "throughput_mbps": round(size * 8 / (med / 1000.0), 3) if size >= 0.5 else None,
+                                     "mechanism": links.mechanism.get(f"{a}->{b}")})
+        finally:
+            for sp in specs:
+                try:
+                    act.delete_pod(sp.name)
+                except DtlabError:
+                    pass
+    return {"kind": "HostNetworkCalibration", "substrate": "kube", "plane": plane, "netem": links.netem,
+            "reps": reps, "probes": {z: n for z, n in per_zone.items()}, "samples": rows,
+            "note": "fetched from inside probe pods' network namespaces over the shaped pod network"}
