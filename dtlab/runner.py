@@ -366,7 +366,7 @@ def substrate_info(run_dir: Path, requested: str) -> dict:
     if not isinstance(metrics.get("substrate"), str):
         return {}
     out = {"substrate_requested": metrics.get("substrate_requested", requested)}
-    for key in ("substrate", "substrate_note", "substrate_metadata", "host_noise"):
+    for key in ("substrate", "substrate_note", "substrate_metadata", "host_noise", "calibration"):
         if key in metrics:
             out[key] = metrics[key]
     return out

@@ -29,6 +29,12 @@ Model, documented once:
   MSS*8/RTT * 1.22/sqrt(loss))`` (RTT = 2*latency). Loss also hits the tail: with
   probability ``loss`` per message the last segment is lost and costs one
   retransmission timeout ``max(200 ms, 2*RTT)`` (Linux' minimum RTO is 200 ms).
+* **Start-up** per execution format (``startup_ms``: process spawn, emulator or Wasm runtime
+  start, exit) plus one ``dispatch_ms`` (inputs ready -> the process is being started: the
+  executor's own hand-off): a fixed delay ``stage_delay(format)`` between a stage's inputs arriving
+  and its work starting, not scaled by node speed or contention (on the fabric it runs outside the
+  stage's CPU quota). Default none (0); the fabric's measured values
+  (``dtlab.fabric.host_calibration.startup_calibration``) fill them in.
 """
 from __future__ import annotations
 
@@ -57,11 +63,35 @@ class TimingModel:
     service_sigma: float = 0.10       # log-sd of the per-stage service noise
     detect_ms: float = 1_000.0        # time to notice a failed node (heartbeat/freshness budget)
     replan_ms: float = 50.0           # extra time to plan from scratch after a failure (no shadow)
+    startup_ms: Mapping[str, float] = field(default_factory=dict)   # format -> start-up delay (ms)
+    dispatch_ms: float = 0.0          # inputs ready -> the stage's process is being started (controller side)
 
     def with_overheads(self, overheads: Mapping[str, float]) -> "TimingModel":
         merged = dict(self.overheads)
         merged.update(overheads)
         return replace(self, overheads=merged)
+
+    def with_startup(self, startup_ms: Mapping[str, float], dispatch_ms: float | None = None) -> "TimingModel":
+        """This model with the start-up delay per format replaced by ``startup_ms`` (ms, >= 0) and,
+        when given, the dispatch delay every stage pays before its start-up."""
+        out: dict[str, float] = {}
+        for k, v in startup_ms.items():
+            v = float(v)
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"startup_ms.{k}: must be a finite number >= 0, got {v!r}")
+            out[str(k)] = v
+        d = self.dispatch_ms if dispatch_ms is None else float(dispatch_ms)
+        if not (math.isfinite(d) and d >= 0):
+            raise ValueError(f"dispatch_ms: must be a finite number >= 0, got {d!r}")
+        return replace(self, startup_ms=out, dispatch_ms=d)
+
+    def startup(self, fmt: str | None) -> float:
+        """Start-up delay (ms) of a stage run in format ``fmt`` (0 when not calibrated)."""
+        return float(self.startup_ms.get(fmt, 0.0)) if fmt else 0.0
+
+    def stage_delay(self, fmt: str | None) -> float:
+        """Everything a stage pays before its work besides its inputs: dispatch + the format's start-up (ms)."""
+        return self.dispatch_ms + self.startup(fmt)
 
     # ------------------------------------------------------------ formats
     def exec_format(self, stage: Stage, node: Node) -> tuple[str, float] | None:

@@ -161,3 +161,16 @@ def test_bad_settings_name_the_field(kw, field):
     with pytest.raises(SpecError) as e:
         OnlineCalibrator(Twin(SPEC), **kw)
     assert e.value.field == field
+
+
+def test_start_up_in_the_observed_stage_time_is_not_read_as_slowness():
+    """On the fabric a stage's observed time includes its format's start-up (timing.startup_ms): a node
+    whose stages take exactly nominal + start-up keeps factor 1; without the start-up model it would not."""
+    from dtlab.timing import TimingModel
+
+    with_up = TimingModel().with_startup({"native": 250.0})
+    for timing, expected in ((with_up, 1.0), (TimingModel(), 1.25)):
+        cal = OnlineCalibrator(Twin(SPEC, timing=timing))
+        for i in range(30):
+            synthetic(cal, "a", 3.0 * i, 1.25, f"j{i}")          # 1000 ms nominal + 250 ms start-up
+        assert cal.factor("a") == pytest.approx(expected, rel=0.05)

@@ -263,6 +263,9 @@ HOW: dict[str, Handler] = {
         run(".venv/bin/dtlab calibrate compute --quick --out {tmp}/calibration.yaml", needs=_fabric,
             check=lambda c, p: (c.tmp / "calibration.yaml").stat()),
     ".venv/bin/dtlab calibrate network": run(".venv/bin/dtlab calibrate network --reps 2", needs=_fabric),
+    ".venv/bin/dtlab calibrate startup --reps 3":
+        run(".venv/bin/dtlab calibrate startup --reps 3 --out {tmp}/startup.yaml", needs=_fabric,
+            check=lambda c, p: "native" in p.stdout and (c.tmp / "startup.yaml").stat()),
     ".venv/bin/dtlab fabric cleanup": run(needs=_fabric),
     "make cluster-bin": run(needs=_plane),
     "make cluster": run("make cluster CLUSTER_SPEC=examples/cluster-hetero.yaml", 600, needs=_plane),

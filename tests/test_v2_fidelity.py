@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dtlab.errors import SpecError
 from dtlab.experiments import v2
 from dtlab.stats import ks_critical, ks_statistic
 
@@ -31,3 +32,17 @@ def test_v2_reports_ks_calibration_and_a_zero_noise_floor_on_sim():
     assert m["noise_floor.same_placement"] == 1.0          # sim is deterministic: same plans, same latencies
     assert m["noise_floor.median_ape"] == 0.0 and m["noise_floor.jobs"] > 0
     assert "noise_floor.median_ape" not in v2.run(v2.SMOKE).metrics
+
+
+def test_v2_noise_floor_can_rerun_a_prefix_of_the_first_seed():
+    m = v2.run({**v2.SMOKE, "seeds": [0], "noise_floor": True, "noise_floor_jobs": 6}).metrics
+    # the stream's first 6 arrivals; compared: those done before the 7th arrived (no omitted job met them)
+    assert 1 <= m["noise_floor.jobs"] <= 6 and m["noise_floor.same_placement"] == 1.0
+    assert m["noise_floor.median_ape"] == 0.0
+    for bad in (0, -1, True, 2.5):
+        with pytest.raises(SpecError) as e:
+            v2.check({"noise_floor_jobs": bad})
+        assert e.value.field == "noise_floor_jobs"
+    with pytest.raises(SpecError) as e:
+        v2.check({"fabric": {"noise_floor_jobs": 0}})
+    assert e.value.field.startswith("fabric.")

@@ -317,6 +317,9 @@ class OnlineCalibrator:
         if fmt is None or work_ms <= 0 or stage.compute.duration_ms <= 0:
             return False
         nominal = stage.compute.duration_ms * fmt[1] / spec.speed
+        work_ms -= self.timing.startup(fmt[0])      # the observed interval (start to end) includes the start-up
+        if work_ms <= 0:
+            return False
         x = math.log(work_ms / nominal)
         if not math.isfinite(x):
             return False

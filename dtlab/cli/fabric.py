@@ -1,4 +1,4 @@
-"""``dtlab calibrate compute|network`` and ``dtlab fabric cleanup``.
+"""``dtlab calibrate compute|network|startup`` and ``dtlab fabric cleanup``.
 
 ``calibrate compute`` measures execution-format overhead factors on this host and writes the host
 calibration YAML the twin loads (``TimingModel.with_overheads``); ``calibrate network`` samples
@@ -35,6 +35,11 @@ def register(subparsers: Any) -> None:
     net.add_argument("--cluster", default=None, help="Cluster spec whose zone links are measured (kube)")
     net.add_argument("--plane", default="default", help="local plane name (kube)")
     net.set_defaults(func=run_network)
+    up = csub.add_parser("startup", help="start-up ms per format on the fabric's launch path (root); the twin uses it")
+    up.add_argument("--reps", type=int, default=None, help="stages per format (default 7)")
+    up.add_argument("--out", default=None, help="output YAML (default: the cache the twin reads, "
+                                                 "${DTLAB_CACHE:-~/.cache/dtlab}/calibration.startup.<build>.yaml)")
+    up.set_defaults(func=run_startup)
     fab = subparsers.add_parser("fabric", help="fabric maintenance")
     fsub = fab.add_subparsers(dest="fabric_cmd", required=True)
     clean = fsub.add_parser("cleanup", help="remove leftover dtlab cgroups, namespaces, veths and their processes")
@@ -105,6 +110,24 @@ def run_network(args) -> int:
         from pathlib import Path
         Path(args.out).write_text(yaml.safe_dump(doc, sort_keys=False))
         print(f"wrote {args.out}")
+    return 0
+
+
+def run_startup(args) -> int:
+    """Measure (and cache, per worker build) the start-up cost per format the fabric's twin adds to every stage."""
+    from ..fabric import host_calibration as host
+    from ..errors import SpecError
+    from ..fabric import calibrate
+
+    if args.reps is not None and not 1 <= args.reps <= 100:
+        raise SpecError("--reps", f"must be in [1, 100], got {args.reps}")
+    doc = host.measure_startup(reps=args.reps or calibrate.STARTUP_REPS)
+    path = calibrate.write(doc, args.out or calibrate.startup_cache_path())
+    print(f"wrote {path}")
+    for fmt, v in doc["startup_ms"].items():
+        print(f"  {fmt:13s} median {v['median_ms']:.1f} ms  (min {v['min_ms']:.1f}, max {v['max_ms']:.1f}, n {v['n']})")
+    for fmt, why in doc["unavailable"].items():
+        print(f"  {fmt}: not measured ({why})")
     return 0
 
 

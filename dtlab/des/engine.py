@@ -18,7 +18,9 @@ draws combine in time:
   then every predecessor's ``output_mb`` travels from the node it ran on (and, for
   root stages, the job's ``input_mb`` from the origin zone; links resolved by
   :func:`dtlab.model.resolve_link`); the stage *starts* (``start_ms``) when the last input
-  arrived. Transfer times come from ``TimingModel.sample_transfer_ms`` for the link
+  arrived, and its work joins the node's processor sharing ``timing.stage_delay(format)``
+  ms later (dispatch + process/runtime start-up; 0 unless calibrated). Transfer times come from
+  ``TimingModel.sample_transfer_ms`` for the link
   in force when the transfer starts. A cut link blocks the transfer until restored;
   a transfer during which its link was cut is sent again.
 * **Service.** ``duration_ms * scale * overhead / speed * X``; the noise ``X`` is
@@ -477,7 +479,20 @@ class Engine:
             jr.start_ms = now
         if self.listeners:
             self._emit({"kind": "stage-start", "job": jr.name, "stage": run.sid, "node": run.node})
+        startup = self.timing.stage_delay(run.fmt) if (self.timing.startup_ms or self.timing.dispatch_ms) else 0.0
+        if startup > 0:      # process/runtime start-up: a delay outside PS; a node failure meanwhile loses it
+            ns.inbound.add(run)
+            self._later(startup, self._started, run)
+            return
         ns.add(run, now)
+
+    def _started(self, run: _Run) -> None:
+        """Start-up over: the run joins its node's processor-sharing set (unless its node died meanwhile)."""
+        if run.dead:
+            return
+        ns = self._nodes[run.node]
+        ns.inbound.discard(run)
+        ns.add(run, self.env.now)
 
     def _finish(self, run: _Run) -> None:
         """A run's work is done (called by the PS bookkeeping)."""
@@ -653,6 +668,9 @@ class Engine:
                 if run in ns.inbound:
                     ns.inbound.discard(run)
                     self._record_stage(run, now, "killed")
+                    if self.listeners and run.start_ms == run.start_ms:     # killed during its start-up
+                        self._emit({"kind": "stage-end", "job": name, "stage": run.sid, "node": run.node,
+                                    "ok": False})
                 elif run.running:
                     ns.remove(run, now)
                     jr.extra_work += run.work - max(run.remaining, 0.0)

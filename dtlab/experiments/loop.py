@@ -2,6 +2,7 @@
 its per-run job metrics, and the synthetic clusters V5 scales to."""
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Callable, Mapping, Sequence
 
@@ -21,12 +22,13 @@ def run_controller(params: Mapping[str, Any], cluster: Cluster, workload: Worklo
                    predictor: str, samples: int, substrate_extra: Mapping[str, Any] | None = None,
                    on_plan: Sequence[Callable[..., Any]] = (), recalibrate: dict[str, Any] | None = None,
                    before: Callable[[Twin], Any] | None = None,
-                   choice: SubstrateChoice | None = None) -> tuple[pd.DataFrame, Controller]:
+                   choice: SubstrateChoice | None = None, limit: int | None = None) -> tuple[pd.DataFrame, Controller]:
     """One controller run (fresh twin + substrate) of a workload; returns (per-job DataFrame, controller).
 
     With a ``choice`` the twin plans with ``choice.timing`` (on the fabric: this host's calibration).
     A substrate that runs its own Prometheus (fabric ``substrate_opts: {telemetry: prometheus}``)
     feeds the twin through a :class:`dtlab.telemetry.TelemetryPoller` (0.5 s), as a deployment would.
+    ``limit``: submit only the stream's first ``limit`` jobs (the same arrivals as the full run's first ones).
     """
     from ..workload.stream import job_stream
 
@@ -38,6 +40,8 @@ def run_controller(params: Mapping[str, Any], cluster: Cluster, workload: Worklo
     if before is not None:
         before(twin)      # lets a caller hold the run's twin (V2 predicts with its timing model)
     with open_substrate(params, cluster, seed, choice, **dict(substrate_extra or {})) as sub:
+        if choice is not None:
+            twin.timing = choice.with_startup(twin.timing, sub)   # start-up in this substrate's time
         recal = None
         if recalibrate is not None:
             from ..calibration.online import OnlineCalibrator
@@ -51,7 +55,9 @@ def run_controller(params: Mapping[str, Any], cluster: Cluster, workload: Worklo
         ctl = Controller(twin, sub, policy=policy, predictor=predictor, samples=samples,
                          seed=child_seed(seed, policy, predictor), on_plan=on_plan, recalibrator=recal,
                          telemetry=poller)
-        stream = job_stream(workload, np.random.default_rng(child_seed(seed, "workload")))
+        stream: Any = job_stream(workload, np.random.default_rng(child_seed(seed, "workload")))
+        if limit is not None:
+            stream = itertools.islice(stream, int(limit))
         try:
             df = ctl.run_workload(stream)
         finally:

@@ -55,6 +55,54 @@ class SubstrateChoice:
 
     network: dict[str, Any] | None = None      # the fitted link calibration the twin uses (fabric)
     network_path: str = ""
+    startup: dict[str, Any] | None = None      # the start-up calibration the twin uses (fabric)
+    startup_path: str = ""
+    startup_used: dict[str, float] = field(default_factory=dict)    # format -> ms (reference) the twin used
+    dispatch_used: float = 0.0
+
+    def with_startup(self, timing: TimingModel, sub: Any) -> TimingModel:
+        """On the fabric: ``timing`` with the start-up per format and the dispatch delay measured on this
+        host's fabric launch path (:func:`dtlab.fabric.host_calibration.startup_calibration`, measured once per
+        worker build and cached), in ``sub``'s reference ms (wall / time_scale); elsewhere ``timing``
+        unchanged. A failed measurement leaves start-up unmodelled and says so in the note."""
+        if self.name != "fabric" or timing is None:
+            return timing
+        from ..fabric import host_calibration as host
+        from ..fabric import calibrate
+        if self.startup is None:
+            try:
+                self.startup, path = host.startup_calibration()
+                self.startup_path = str(path)
+            except Exception as exc:  # noqa: BLE001 - run without start-up, say so
+                self.startup = {}
+                self.note = "; ".join(x for x in (self.note, f"start-up calibration failed ({exc}); not modelled") if x)
+        if not self.startup:
+            return timing
+        scale = getattr(sub, "time_scale", 1.0)
+        self.startup_used = {k: round(v, 3) for k, v in calibrate.startup_ms(self.startup, scale).items()}
+        self.dispatch_used = round(calibrate.dispatch_ms(self.startup, scale), 3)
+        return timing.with_startup(self.startup_used, self.dispatch_used)
+
+    def calibration(self) -> dict[str, Any]:
+        """Which calibrations the twin ran with (recorded in metrics and run.json): compute (format
+        factors), network (fitted links), startup (per format, and the ms the twin used)."""
+        out: dict[str, Any] = {}
+        if self.name != "fabric":
+            out["compute"] = "none: twin default timing"
+            return out
+        from ..fabric import calibrate
+        try:
+            doc = calibrate.load()
+            out["compute"] = f"{calibrate.default_out()} (created {doc.get('created')}, quick={doc.get('quick')})"
+        except Exception as exc:  # noqa: BLE001 - report, do not fail the run
+            out["compute"] = f"defaults ({type(exc).__name__}: {exc})"
+        if self.network:
+            out["network"] = f"{self.network_path} (created {self.network.get('created')})"
+        if self.startup:
+            out["startup"] = f"{self.startup_path} (created {self.startup.get('created')})"
+            out["startup_ms"] = dict(self.startup_used)
+            out["dispatch_ms"] = self.dispatch_used
+        return out
 
     def link_events(self, cluster: Cluster) -> list[dict[str, Any]]:
         """On the fabric: state events giving the twin the links measured and fitted on this host
@@ -81,6 +129,7 @@ class SubstrateChoice:
                                "substrate_note": self.note}
         if self.network:
             out["network_calibration"] = f"{self.network_path} (created {self.network.get('created')})"
+        out["calibration"] = self.calibration()
         if self.metadata:
             out["substrate_metadata"] = dict(self.metadata)
         records = [getattr(sub, "noise", None) for sub in self.opened]

@@ -15,28 +15,31 @@ with 95% t-intervals over seeds. Jobs that did not complete are left out of the 
 
 **Per stage** (the issue's "CPU-bound stages" check): every completed stage's observed service
 time (end - start on the substrate) against the twin's mean service time for the node and
-format it ran on, ``duration_ms * overhead[format] / speed`` (no co-runners: at the example
+format it ran on, ``duration_ms * overhead[format] / speed + startup[format]`` (no co-runners: at the example
 rates nodes are rarely oversubscribed). Table ``stages``, metrics ``stage.mape``,
 ``stage.median_ape``, ``stage.p95_ape`` (CIs over seeds) and ``stage.pooled_*`` over all stages.
 ``stage_ps.*`` applies the twin's contention model, processor sharing of the node's cores with
 each stage capped at its ``cpu`` (:func:`ps_service_ms`), to the stages that really overlapped on
 the node (observed start times): the timing model's error given the schedule, without the error
 of not knowing future arrivals.
-On the fabric ``kernel_ape`` also compares the worker's in-process kernel time, i.e. without the
-process/emulator start-up the twin does not model.
+On the fabric ``kernel_ape`` also compares the worker's in-process kernel time with the service
+time alone, i.e. without process/emulator start-up (which the twin models from the fabric's
+start-up calibration, ``calibration.startup_ms``).
 
 **Distributions**: ``<predictor>.ks`` is the two-sample Kolmogorov-Smirnov statistic between the
 predicted and the observed job-latency distributions (:func:`distribution_fit`), beside
 ``<predictor>.ks_noise95``, the value sampling noise alone reaches with this many jobs.
 ``calibration_used`` names the calibration the twin ran with. ``noise_floor: true`` runs the first
-seed again (same arrivals, policy, seeds) and reports the per-job APE between the two runs
+seed again (same arrivals, policy, seeds; with ``noise_floor_jobs`` n only its first n jobs, and
+only the jobs the first run finished before its (n+1)-th arrival are compared) and reports the per-job APE between the two runs
 (``noise_floor.*``): the substrate's own run-to-run noise, the floor under any model's error.
 
 Substrate: ``substrate: auto`` (default) runs on the ``fabric`` when this host can, with the
 twin's format factors from this host's calibration (``dtlab calibrate compute``; measured once
 with ``--quick`` if missing), else on ``sim`` (``substrate_note`` says why). On the fabric the
-``fabric`` sizes replace the top-level ones: 100 jobs at 1 job/s, 2 seeds, plus seed 0 again for the
-noise floor (~5 minutes).
+``fabric`` sizes replace the top-level ones: 200 jobs at 1 job/s, 2 seeds (400 jobs in the one
+(policy, rate) cell: KS sampling noise ``ks_noise95`` 0.096, against 0.136 at 100 x 2), plus the first
+100 jobs of seed 0 again for the noise floor (~9 minutes).
 """
 from __future__ import annotations
 
@@ -47,6 +50,7 @@ import pandas as pd
 
 from typing import Mapping
 
+from ..errors import SpecError
 from ..model import Job
 from ..stats import ks_critical, ks_statistic
 from . import regime
@@ -57,8 +61,8 @@ from .summary import metrics_from_summary, summarize_seeds
 from .loop import run_controller
 
 # on the fabric (wall-clock), these sizes replace the top-level ones (see the module docstring)
-FABRIC_SIZES: dict[str, Any] = {"jobs": 100, "seeds": [0, 1], "substrate_opts": {"host_cores": 2.0},
-                                "noise_floor": True}
+FABRIC_SIZES: dict[str, Any] = {"jobs": 200, "seeds": [0, 1], "substrate_opts": {"host_cores": 2.0},
+                                "noise_floor": True, "noise_floor_jobs": 100}
 DEFAULTS: dict[str, Any] = {
     **auto_substrate_defaults(FABRIC_SIZES),
     "workload": "examples/workload.yaml",
@@ -70,6 +74,7 @@ DEFAULTS: dict[str, Any] = {
     "samples": 128,
     "seeds": [0, 1, 2],
     "noise_floor": False,
+    "noise_floor_jobs": None,      # the noise floor re-runs the first seed's first N jobs (None: all of them)
 }
 # seconds-sized parameters (tests, params/smoke/)
 SMOKE: dict[str, Any] = {"substrate": "sim", "jobs": 15, "seeds": [0, 1], "samples": 32}
@@ -89,7 +94,16 @@ def critical_path_ms(job: Job) -> float:
 
 def check(params: dict | None) -> dict[str, Any]:
     """What the runner checks before the kernel starts (see dtlab.experiments.substrate.check_params)."""
-    return check_params(params, DEFAULTS, "V2")[0]
+    p, sized = check_params(params, DEFAULTS, "V2")
+    _check_noise_floor_jobs(p)
+    _check_noise_floor_jobs(sized, "fabric.")
+    return p
+
+
+def _check_noise_floor_jobs(p: Mapping[str, Any], where: str = "") -> None:
+    n = p.get("noise_floor_jobs")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise SpecError(f"{where}noise_floor_jobs", f"must be a positive integer or null, got {n!r}")
 
 
 def stage_predictions(stages: pd.DataFrame, jobs: dict[str, Job], cluster, timing) -> pd.DataFrame:
@@ -107,14 +121,15 @@ def stage_predictions(stages: pd.DataFrame, jobs: dict[str, Job], cluster, timin
             fmt = choice[0] if choice else None
         if fmt is None or fmt not in timing.overheads:
             continue
-        predicted = timing.mean_service_ms(stage, node, timing.overheads[fmt])
+        service = timing.mean_service_ms(stage, node, timing.overheads[fmt])
+        predicted = service + timing.startup(fmt)
         observed = float(r["duration_ms"])
         kernel = r.get("kernel_ms")
         kernel = float(kernel) if kernel is not None and kernel == kernel else np.nan
         rows.append({"job": r["job"], "stage": r["stage"], "node": r["node"], "format": fmt,
                      "cpu": stage.compute.cpu, "start_ms": float(r["start_ms"]), "predicted_ms": predicted,
                      "observed_ms": observed, "ape": abs(predicted - observed) / observed if observed > 0 else np.nan,
-                     "kernel_ms": kernel, "kernel_ape": abs(predicted - kernel) / kernel if kernel > 0 else np.nan})
+                     "kernel_ms": kernel, "kernel_ape": abs(service - kernel) / kernel if kernel > 0 else np.nan})
     out = pd.DataFrame(rows, columns=["job", "stage", "node", "format", "cpu", "start_ms", "predicted_ms",
                                       "observed_ms", "ape", "kernel_ms", "kernel_ape"])
     out["predicted_ps_ms"] = np.nan
@@ -193,6 +208,7 @@ def run(params: dict | None = None) -> ExperimentResult:
     require_choices(p, "plan_predictor", ("fast", "des", "legacy"))
     require_choices(p, "predictors", PREDICTORS)
     require_positive(p, "samples", "jobs")
+    _check_noise_floor_jobs(p)
     cluster = load_cluster_param(p["cluster"])
     workload = load_workload_param(p["workload"], p["jobs"], p["rate_per_s"])
     rows, stage_rows = [], []
@@ -336,7 +352,15 @@ def noise_floor(p: Mapping[str, Any], cluster, workload, choice, first: pd.DataF
     error floor no model of this substrate can beat; on ``sim`` it is 0 (deterministic).
     """
     seed = p["seeds"][0]
-    again, _ = run_controller(p, cluster, workload, seed, p["policy"], p["plan_predictor"], p["samples"], choice=choice)
+    # noise_floor_jobs: the same stream cut after n jobs (its first n arrivals are the first run's first n)
+    again, _ = run_controller(p, cluster, workload, seed, p["policy"], p["plan_predictor"], p["samples"], choice=choice,
+                              limit=p.get("noise_floor_jobs"))
+    n = p.get("noise_floor_jobs")
+    if n is not None and n < len(first):
+        # a cut run lacks the later jobs' contention: compare only jobs the first run finished before
+        # its first arrival the re-run does not have (they never met an omitted job)
+        cutoff = float(np.sort(first["planned_ms"].to_numpy(float))[int(n)])
+        first = first[(first["planned_ms"] + first["latency_ms"]) <= cutoff]
     both = first[["job", "latency_ms", "ok", "placement"]].merge(
         again[["job", "latency_ms", "ok", "placement"]], on="job", suffixes=("", "_2"))
     ok = both["ok"].astype(bool) & both["ok_2"].astype(bool)

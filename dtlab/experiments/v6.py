@@ -22,6 +22,15 @@ an interval that excludes 0; the miss-rate difference is within a few points of 
 far more seeds (reported as ``effect.miss_rate.seeds_needed``) -- in this world the only zone that
 avoids the lossy uplink is edge-a, so better predictions rarely find a better placement.
 
+**On the fabric** (``substrate: fabric``, ``params/V6-fabric.yaml``; smoke
+``params/smoke/V6-fabric.yaml``) the drift is real: at ``quota_drift.at_s`` (default a third of
+the arrival span) the CPU quota of ``quota_drift.nodes`` (default every node) and of their running
+stages becomes ``quota_drift.factor`` x the spec's (fabric option ``cpu_drift``), unseen by the
+twin; the sim drift knobs are unused there, the twin uses the host's calibrations (recorded under
+``calibration``), and ``tracking`` compares the estimator with the quota-derived speed.
+``<mode>.windows_within_10pct``: per seed the share of time windows whose MAPE is at most 10 %,
+mean and 95 % interval over seeds (both substrates).
+
 The ground truth drifts while the controller runs: every node gets slower
 (``speed_drift_per_min``), jobs get bigger (``workload_drift_per_min``), and telemetry is
 late (``telemetry_delay_s``) and noisy (``telemetry_noise``) -- on top of the sim's static
@@ -74,14 +83,25 @@ import pandas as pd
 
 from .. import stats
 from . import regime
-from .substrate import SUBSTRATE_DEFAULTS
+from ..errors import SpecError
+from .substrate import SUBSTRATE_DEFAULTS, check_params, resolve
 from .result import ExperimentResult
-from .params import load_cluster_param, load_workload_param, require_choices, require_positive, validate
+from .params import load_cluster_param, load_workload_param, require_choices, require_positive
 from .summary import mean_ci, put_ci, summarize_seeds
 from .loop import run_controller
 
+# on the fabric (wall-clock), these sizes replace the top-level ones (see the module docstring)
+# The small cluster: on this 2-core host the fabric scales quotas by budget / the cluster's core-equivalents,
+# and for the 7-node example (38.6) a 100 ms stage gets ~2 ms of CPU, less than one 4 ms scheduler tick,
+# so a quota change barely shows at time_scale 1 (measured: x1.16 for a halved quota); the 3-node
+# cluster (4.6) gives ~20 ms (measured below in tests/test_v6_fabric.py).
+FABRIC_SIZES: dict[str, Any] = {"cluster": "examples/cluster-real-smoke.yaml", "jobs": 60, "seeds": [0, 1],
+                                "samples": 32, "window_s": 20.0,
+                                "substrate_opts": {"host_cores": 2.0, "time_scale": 1}}
+
 DEFAULTS: dict[str, Any] = {
     **SUBSTRATE_DEFAULTS,
+    "fabric": dict(FABRIC_SIZES),
     "workload": "examples/workload.yaml",
     "jobs": 240,
     "rate_per_s": 0.5,
@@ -96,12 +116,62 @@ DEFAULTS: dict[str, Any] = {
     "workload_drift_per_min": 0.02,
     "telemetry_delay_s": 10.0,
     "telemetry_noise": 0.1,
+    # fabric only: at at_s (None: a third of the arrival span) the CPU quota of `nodes` (None: every node)
+    # becomes factor x its spec quota; the sim drift knobs above apply on sim only
+    "quota_drift": {"nodes": None, "at_s": None, "factor": 0.5},
     "seeds": [0, 1, 2, 3, 4, 5, 6, 7],
 }
 # seconds-sized parameters (tests, params/smoke/)
 SMOKE: dict[str, Any] = {"jobs": 30, "seeds": [0, 1]}
 MODES = ("static", "online")
 WINDOW_METRICS = ("mape", "median_ape", "median_ratio", "miss_rate")
+WITHIN = 0.10       # windows_within_10pct: a window counts when its MAPE is at most this
+
+
+def quota_drift_steps(p: dict[str, Any], cluster) -> list[dict[str, Any]]:
+    """The fabric's ``cpu_drift`` steps from ``quota_drift`` (field paths on bad input)."""
+    q = p["quota_drift"]
+    unknown = sorted(set(q) - {"nodes", "at_s", "factor"})
+    if unknown:
+        raise SpecError(f"quota_drift.{unknown[0]}", "unknown key (known: nodes, at_s, factor)")
+    nodes = q.get("nodes")
+    if nodes is None:
+        nodes = [n.name for n in cluster.nodes]
+    if not isinstance(nodes, list) or not nodes:
+        raise SpecError("quota_drift.nodes", "must be a non-empty list of node names or null (every node)")
+    for i, n in enumerate(nodes):
+        if n not in cluster.by_name:
+            raise SpecError(f"quota_drift.nodes[{i}]", f"unknown node {n!r} in {p['cluster']}")
+    factor = q.get("factor", 0.5)
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0.01 <= factor <= 10:
+        raise SpecError("quota_drift.factor", f"must be a number in [0.01, 10], got {factor!r}")
+    at_s = q.get("at_s")
+    if at_s is None:
+        at_s = p["jobs"] / p["rate_per_s"] / 3.0
+    if isinstance(at_s, bool) or not isinstance(at_s, (int, float)) or not 0 <= at_s <= 1e7:
+        raise SpecError("quota_drift.at_s", f"must be a number of seconds in [0, 1e7] or null, got {at_s!r}")
+    return [{"node": n, "at_s": float(at_s), "factor": float(factor)} for n in nodes]
+
+
+def drift_slowdown(stages: pd.DataFrame, at_ms: float) -> float:
+    """How much slower stages ran after the drift: per stage id, median observed time of the stages that
+    started after ``at_ms`` over that of the stages that ended before it; geometric mean over stage ids
+    (NaN when no stage id has both). About 1/factor when the quota change bit."""
+    ok = stages[stages["ok"].astype(bool)]
+    logs = []
+    for _, g in ok.groupby("stage"):
+        before = g.loc[g["end_ms"] <= at_ms, "duration_ms"]
+        after = g.loc[g["start_ms"] >= at_ms, "duration_ms"]
+        if len(before) and len(after) and before.median() > 0:
+            logs.append(math.log(after.median() / before.median()))
+    return math.exp(sum(logs) / len(logs)) if logs else math.nan
+
+
+def windows_within(table: pd.DataFrame, limit: float = WITHIN) -> pd.DataFrame:
+    """Per (mode, seed): the share of time windows (with completed jobs) whose MAPE is at most ``limit``."""
+    t = table.dropna(subset=["mape"])
+    return (t.assign(within=t["mape"] <= limit).groupby(["mode", "seed"], sort=False)["within"].mean()
+            .rename("windows_within_10pct").reset_index())
 NOISE_DRAWS = 200_000
 
 
@@ -170,7 +240,7 @@ def tracking_table(cal, sub, seed: int) -> pd.DataFrame:
         at_ms = c["ts"] * 1000.0
         spec = cal.spec[c["node"]].speed
         sf = sub.true_speed(c["node"], at_ms) / spec
-        wf = sub.work_factor(at_ms)
+        wf = sub.work_factor(at_ms) if hasattr(sub, "work_factor") else 1.0     # fabric: jobs do not grow
         target = wf / sf * med
         rows.append({"seed": seed, "t_s": c["ts"], "node": c["node"], "samples": c["samples"],
                      "est_factor": c["factor"], "true_speed_factor": sf, "work_factor": wf, "target_factor": target,
@@ -210,31 +280,46 @@ def recalibration_effects(runs: pd.DataFrame) -> dict[str, Any]:
 
 
 def check(params: dict[str, Any] | None) -> dict[str, Any]:
-    """The validated params (what the runner checks before the kernel starts; ``run`` starts with it)."""
+    """The validated params (what the runner checks before the kernel starts; ``run`` starts with it),
+    without resolving the substrate or calibrating anything; the ``fabric`` sizes are checked too."""
+    p, sized = check_params(params, DEFAULTS, "V6")
+    for q in (p, sized):
+        _check_choices(q)
+        quota_drift_steps(q, load_cluster_param(q["cluster"]))
+    return p
+
+
+def _check_choices(p: dict[str, Any]) -> None:
     from .. import policies
 
-    p = validate(params, DEFAULTS, "V6")
     require_choices(p, "policy", [n for n in policies.names() if n != "rl_stub"])
     require_choices(p, "predictor", ("fast", "des", "legacy"))
     require_choices(p, "modes", MODES)
     require_positive(p, "samples", "jobs", "window_s", "ewma_alpha")
-    return p
 
 
 def run(params: dict[str, Any] | None = None) -> ExperimentResult:
-    p = check(params)
+    check(params)
+    p, choice = resolve(params, DEFAULTS, "V6")     # the substrate that runs; on the fabric its sizes
     cluster = load_cluster_param(p["cluster"])
     workload = load_workload_param(p["workload"], p["jobs"], p["rate_per_s"])
     workload, isolated_ms = regime.with_deadline_slack(workload, cluster, p["deadline_slack"])
-    drift = {k: p[k] for k in ("speed_drift_per_min", "workload_drift_per_min", "telemetry_delay_s",
-                               "telemetry_noise")}
+    if p["substrate"] == "fabric":   # drift = node CPU quotas changed during the run (real execution)
+        steps = quota_drift_steps(p, cluster)
+        drift: dict[str, Any] = {"cpu_drift": steps}
+        choice.note = "; ".join(x for x in (choice.note, f"drift: CPU quota x{steps[0]['factor']:g} at "
+                                            f"{steps[0]['at_s']:g} s on {len(steps)} node(s); sim drift knobs unused") if x)
+    else:
+        drift = {k: p[k] for k in ("speed_drift_per_min", "workload_drift_per_min", "telemetry_delay_s",
+                                   "telemetry_noise")}
     windows, per_run, corrections, tracking, regimes, jobs = [], [], [], [], [], []
     for seed in p["seeds"]:
         for mode in p["modes"]:
             recal = {"alpha": p["ewma_alpha"], "checkpoint_s": p["window_s"]} if mode == "online" else None
             loads: dict[str, float] = {}
             df, ctl = run_controller(p, cluster, workload, seed, p["policy"], p["predictor"], p["samples"],
-                                     substrate_extra=drift, recalibrate=recal, on_plan=[_load_probe(loads)])
+                                     substrate_extra=drift, recalibrate=recal, on_plan=[_load_probe(loads)],
+                                     choice=choice)
             df["plan_load"] = df["job"].map(loads)
             regimes.append(df.attrs.get("regime", {}))
             per_job = _per_job(df, p["window_s"])
@@ -266,6 +351,11 @@ def run(params: dict[str, Any] | None = None) -> ExperimentResult:
                 if len(track):
                     tracking.append(track)
                     row["tracking_error"], row["spec_tracking_error"] = _tracking_error(track, p["window_s"])
+            applied = getattr(ctl.substrate, "drift_applied", None)
+            if applied:      # fabric: the quota change happened, and what it did to the stages' times
+                row["drift_steps_applied"] = len(applied)
+                row["drift_stage_slowdown"] = drift_slowdown(ctl.substrate.results()["stages"],
+                                                             min(a["at_ms"] for a in applied))
             per_run.append(row)
     table = pd.concat(windows, ignore_index=True)
     runs = pd.DataFrame(per_run)
@@ -276,10 +366,18 @@ def run(params: dict[str, Any] | None = None) -> ExperimentResult:
                   "share_contended"):
             bounds = stats.RATE if "miss_rate" in m or m.startswith("share_") else stats.NONNEG
             put_ci(metrics, f"{mode}.{m}", mean_ci(g[m], bounds=bounds))
+    within = windows_within(table)
+    runs = runs.merge(within, on=["mode", "seed"], how="left")
+    for mode, g in runs.groupby("mode", sort=False):
+        put_ci(metrics, f"{mode}.windows_within_10pct", mean_ci(g["windows_within_10pct"].dropna(), bounds=stats.RATE))
+    if "drift_stage_slowdown" in runs:
+        for mode, g in runs.groupby("mode", sort=False):
+            put_ci(metrics, f"{mode}.drift_stage_slowdown", mean_ci(g["drift_stage_slowdown"].dropna(), bounds=stats.NONNEG))
     if "tracking_error" in runs:
         put_ci(metrics, "tracking.online_abs_log_error", mean_ci(runs["tracking_error"].dropna()))
         put_ci(metrics, "tracking.spec_abs_log_error", mean_ci(runs["spec_tracking_error"].dropna()))
     metrics.update(recalibration_effects(runs))
+    metrics.update(choice.metrics())
     metrics["substrate"] = p["substrate"]
     regime.record(metrics, regimes, nominal_slack=p["deadline_slack"], isolated_ms=round(isolated_ms, 1),
                   rate_per_s=p["rate_per_s"])

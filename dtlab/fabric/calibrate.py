@@ -311,3 +311,54 @@ def link_events(fitted: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [{"kind": "link", "a": l["a"], "b": l["b"], "latency_ms": float(l["latency_ms"]),
              "bandwidth_mbps": float(l["goodput_mbps"]), "loss": 0.0, "jitter_ms": 0.0}
             for l in fitted.get("links", []) if l["a"] != l["b"]]
+
+
+# ------------------------------------------------------------ start-up per format (fabric path)
+# measured by dtlab.fabric.host_calibration.measure_startup (it runs the fabric); the file format lives here
+STARTUP_SEED = 1_000_033      # not one of the experiments' scored seeds
+STARTUP_PROBE_MS = 5.0        # reference work of a probe stage: start-up dominates its time
+STARTUP_REPS = 7
+
+
+def summary_ms(v: list[float]) -> dict[str, Any]:
+    return {"median_ms": round(statistics.median(v), 3), "min_ms": round(min(v), 3), "max_ms": round(max(v), 3),
+            "n": len(v)}
+
+
+STARTUP_VERSION = 2        # 2: two-stage probes, dispatch_ms measured too
+
+
+def startup_cache_path() -> Path:
+    """Cache of :func:`measure_startup`, keyed by the worker build (new binaries, new start-up) and method."""
+    return default_out().with_name(f"calibration.startup.v{STARTUP_VERSION}.{worker.build_dir().name}.yaml")
+
+
+def load_startup(path: str | Path) -> dict[str, Any]:
+    """A start-up calibration document, checked: ``startup_ms.<format>.median_ms`` finite and >= 0."""
+    path = Path(path)
+    doc = safe_yaml.load(safe_yaml.read_text(path), where=str(path)) or {}
+    table = doc.get("startup_ms")
+    if not isinstance(table, dict):
+        raise SpecError("startup_ms", f"missing or not a mapping in {path}")
+    for f, v in table.items():
+        m = v.get("median_ms") if isinstance(v, dict) else None
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not (math.isfinite(m) and m >= 0):
+            raise SpecError(f"startup_ms.{f}.median_ms", f"must be a finite number >= 0 in {path}")
+    d = doc.get("dispatch_ms")
+    if d is not None:
+        m = d.get("median_ms") if isinstance(d, dict) else None
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not (math.isfinite(m) and m >= 0):
+            raise SpecError("dispatch_ms.median_ms", f"must be a finite number >= 0 in {path}")
+    return doc
+
+
+def startup_ms(doc: Mapping[str, Any], time_scale: float = 1.0) -> dict[str, float]:
+    """Format -> start-up in the substrate's reference ms: the measured wall ms / ``time_scale`` (the
+    fabric stretches work by ``time_scale`` but start-up is real wall time, so it shrinks in reference ms)."""
+    return {str(f): float(v["median_ms"]) / float(time_scale) for f, v in (doc.get("startup_ms") or {}).items()}
+
+
+def dispatch_ms(doc: Mapping[str, Any], time_scale: float = 1.0) -> float:
+    """The dispatch delay in reference ms (0 when the document predates its measurement)."""
+    d = doc.get("dispatch_ms")
+    return float(d["median_ms"]) / float(time_scale) if isinstance(d, dict) else 0.0

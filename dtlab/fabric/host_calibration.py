@@ -9,6 +9,8 @@ the link model fit.
 
 - :func:`measure_network`: RTT and throughput between fabric namespaces over the shaped links;
 - :func:`network_calibration`: the fitted link model of a cluster's zone links, measured once and cached;
+- :func:`measure_startup`, :func:`startup_calibration`: start-up per format and the dispatch delay on
+  the fabric's own launch path, measured once per worker build and cached (format in ``fabric/calibrate.py``);
 - :func:`host_timing`: the twin's timing model with this host's format factors, measured once
   (under a file lock, so parallel runs do not both measure) when the calibration is missing.
 """
@@ -20,7 +22,7 @@ import os
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -140,3 +142,85 @@ def host_timing(calibrate_if_missing: bool = True) -> tuple[TimingModel, str]:
         return timing, note2
     return timing, (f"twin timing: host calibration was missing, measured it now with the quick "
                     f"calibration ({time.monotonic() - t0:.0f} s) -> {path}")
+
+
+# ------------------------------------------------------------ start-up per format (fabric launch path)
+def _startup_probe_cluster() -> Cluster:
+    """One amd64 node offering every format: each probe stage is forced into one format by its plan."""
+    return cluster_from_dict({"apiVersion": "dtlab/v1", "kind": "Cluster", "metadata": {"name": "startcal"},
+                              "nodes": [{"name": "probe", "arch": "amd64", "cores": 1, "zone": "z",
+                                         "formats": ["native", "qemu", "wasm"]}]})
+
+
+def measure_startup(formats: list[str] | None = None, reps: int = calibrate.STARTUP_REPS,
+                    seed: int = calibrate.STARTUP_SEED,
+                    progress: Callable[[int, int], Any] | None = None) -> dict[str, Any]:
+    """Start-up cost per execution format as the fabric pays it, in wall ms.
+
+    Opens a throw-away fabric (one probe node, its network namespace, the Wasm launcher, time_scale
+    1) and runs ``reps`` tiny two-stage chains per format, interleaved, through the substrate's own
+    launch path (``/bin/sh`` cgroup join, ``nsenter``, the worker native / under
+    ``qemu-<arch>-static`` / from the warm Wasm launcher). A stage's start-up is its measured time
+    (spawn to exit) minus the kernel time the worker measured inside itself: spawn, exec, emulator or
+    runtime start, exit and reaping, i.e. what the twin's ``duration_ms`` model misses. Median per
+    format with min/max. ``dispatch_ms``: inputs ready (job submitted, predecessor ended) -> the
+    stage's process is being started, the executor's own hand-off (threads, locks; grows with host
+    load), pooled over formats.
+    """
+    from ..model import job_from_dict
+    from ..plan import Plan
+    from ..fabric import worker
+
+    formats = list(formats or worker.FORMATS)
+    unavailable = {f: worker.missing(f) for f in formats if worker.missing(f)}
+    formats = [f for f in formats if f not in unavailable]
+    samples: dict[str, list[float]] = {f: [] for f in formats}
+    handoff: list[float] = []
+    stages = [{"id": "s1", "compute": {"cpu": 1, "duration_ms": calibrate.STARTUP_PROBE_MS}},
+              {"id": "s2", "after": ["s1"], "compute": {"cpu": 1, "duration_ms": calibrate.STARTUP_PROBE_MS}}]
+    with FabricSubstrate(_startup_probe_cluster(), seed=seed, host_cores=0.5, time_scale=1.0) as sub:
+        for rep in range(reps):
+            for f in formats:
+                job = job_from_dict({"apiVersion": "dtlab/v1", "kind": "Job", "metadata": {"name": f"su-{f}-{rep}"},
+                                     "spec": {"stages": stages}})
+                sub.submit(Plan(job=job.name, policy="calibration", placement={"s1": "probe", "s2": "probe"},
+                                formats={"s1": f, "s2": f}), job)
+                sub.advance(None)
+            if progress:
+                progress(rep + 1, reps)
+        res = sub.results()
+        meta = {"time_scale": sub.time_scale, "isolated": sub.isolated}
+    arrival = dict(zip(res["jobs"]["job"], res["jobs"]["arrival_ms"]))
+    recs = {(r["job"], r["stage"]): r for r in res["stages"].to_dict("records")}
+    for (job, sid), r in recs.items():
+        if not r.get("ok") or r.get("kernel_ms") is None or r["format"] not in samples:
+            continue
+        samples[r["format"]].append(max(0.0, float(r["duration_ms"]) - float(r["kernel_ms"])))
+        prev = recs.get((job, "s1")) if sid == "s2" else None
+        ready = arrival.get(job) if sid == "s1" else (prev["end_ms"] if prev and prev.get("ok") else None)
+        if ready is not None:
+            handoff.append(max(0.0, float(r["start_ms"]) - float(ready)))
+    startup = {f: calibrate.summary_ms(v) for f, v in samples.items() if v}
+    return {"kind": "HostStartupCalibration",
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "host": {"loadavg_1m": os.getloadavg()[0]}, "reps": reps, "seed": seed,
+            "method": ("fabric launch path, time_scale 1: stage time (spawn to exit) - in-process kernel time; "
+                       f"{calibrate.STARTUP_PROBE_MS} ms probe stages, formats interleaved; median per format"),
+            "fabric": meta, "worker_build": worker.build_dir().name,
+            "startup_ms": startup, "dispatch_ms": calibrate.summary_ms(handoff) if handoff else None,
+            "unavailable": unavailable}
+
+
+def startup_calibration(refresh: bool = False) -> tuple[dict[str, Any], Path]:
+    """(start-up document, its path): measured once per worker build on this host and cached."""
+    path = calibrate.startup_cache_path()
+    if path.exists() and not refresh:
+        return calibrate.load_startup(path), path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists() and not refresh:
+            return calibrate.load_startup(path), path
+        doc = measure_startup()
+        calibrate.write(doc, path)
+    return doc, path

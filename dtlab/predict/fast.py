@@ -8,6 +8,8 @@ there - and the one place it approximates it (so experiment V2 can judge it):
 
 * **Service**: ``duration * overhead / speed * X``, ``X`` the timing model's lognormal
   noise, one draw per stage per sample.
+* **Start-up**: ``timing.stage_delay(format)`` ms (dispatch + the format's start-up; 0 unless
+  calibrated) between a stage's inputs arriving and its work starting, on every attempt.
 * **Transfers**: each DAG edge between different nodes costs
   ``TimingModel.sample_transfer_ms(output_mb, link)`` (latency, jitter, Mathis-capped
   bulk time, loss -> one RTO); root stages receive ``job.input_mb`` from the origin zone
@@ -143,16 +145,18 @@ def predict_fast(snapshot, job: Job, placement: Mapping[str, str], shadow: Mappi
         ready = inputs(i, int(run_on[i]), True)
         x = timing.service_noise(rng, S)
         svc = svc_first[i] * x
-        end = ready + svc
+        up0 = st.startup[i, run_on[i]]          # dispatch + process/emulator/runtime start-up, before the work
+        end = ready + up0 + svc
         if p_fail[i] > 0:
             failed = rng.random(S) < p_fail[i]
             frac = rng.random(S)
-            t_fail = ready + frac * svc
+            t_fail = ready + up0 + frac * svc
             redo = t_fail + timing.detect_ms + (timing.replan_ms if replan[i] else 0.0)
             if st.ids[i] in prestage and restart[i] != run_on[i]:   # the copy left at dispatch
-                again = np.maximum(redo, inputs(i, int(restart[i]), True)) + svc_restart[i] * x
+                again = np.maximum(redo, inputs(i, int(restart[i]), True)) + st.startup[i, restart[i]] \
+                    + svc_restart[i] * x
             else:
-                again = redo + inputs(i, int(restart[i]), False) + svc_restart[i] * x
+                again = redo + inputs(i, int(restart[i]), False) + st.startup[i, restart[i]] + svc_restart[i] * x
             end = np.where(failed, again, end)
             if restart[i] != run_on[i]:
                 moved[i] = failed

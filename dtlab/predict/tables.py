@@ -275,6 +275,7 @@ class StageTable:
         self.out_mb = np.array([s.output_mb for s in stages], dtype=float)
         self.cpu = np.array([s.compute.cpu for s in stages], dtype=float)
         self.base_svc = np.full((t, nt.n), np.inf)
+        self.startup = np.zeros((t, nt.n))      # start-up delay of the stage's format on each node (ms)
         self.fmt_by_sig: list[list[str | None]] = []
         self.feasible = np.zeros((t, nt.n), dtype=bool)
         for i, s in enumerate(stages):
@@ -289,6 +290,7 @@ class StageTable:
                 if res is not None:
                     factors[k] = res[1]
             self.fmt_by_sig.append(fmts)
+            self.startup[i] = np.array([timing.stage_delay(fm) if fm else 0.0 for fm in fmts], dtype=float)[nt.sig_idx]
             f = factors[nt.sig_idx]
             ok = ~np.isnan(f) & (s.compute.cpu <= nt.cores) & (s.compute.mem_gb <= nt.mem)
             c = s.constraints

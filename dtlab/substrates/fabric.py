@@ -79,8 +79,9 @@ from .base import JOB_COLUMNS, STAGE_COLUMNS, WallClockSubstrate
 _LIVE: "weakref.WeakSet[FabricSubstrate]" = weakref.WeakSet()
 OPTIONS = ("seed", "host_cores", "kernel", "network", "timing", "calibration", "drain_limit_s", "node_cpus",
            "time_scale", "exclusive", "lock_timeout_s", "noise_limits", "noise_recheck", "telemetry",
-           "scrape_interval_s")
+           "scrape_interval_s", "cpu_drift")
 TELEMETRY = (None, "none", "prometheus")
+MAX_DRIFT_STEPS = 1000
 NODE_HEADROOM = 0.9          # node quotas fill 90 % of their cores: start-up, the Wasm launcher, the kernel's own work
 AUTO_PERIOD_REF_MS = 25.0    # time_scale auto: the slowest node's CFS period <= 25 reference ms, and
 TICK_MS = 4.0                # (CONFIG_HZ=250) CPU a stage may overrun its quota by before it is throttled
@@ -127,7 +128,8 @@ class FabricSubstrate(WallClockSubstrate):
                  drain_limit_s: float = 600.0, node_cpus: str = "auto", time_scale: float | str = "auto",
                  exclusive: bool = True, lock_timeout_s: float | None = None,
                  noise_limits: Mapping[str, float] | None = None, noise_recheck: bool = True,
-                 telemetry: str | None = None, scrape_interval_s: float = 0.5, **opts: Any):
+                 telemetry: str | None = None, scrape_interval_s: float = 0.5, cpu_drift: Any = None,
+                 **opts: Any):
         from .. import hostlock
         from ..fabric import available, cgroups, worker
 
@@ -154,6 +156,10 @@ class FabricSubstrate(WallClockSubstrate):
         except ValueError as exc:
             raise SpecError("substrate_opts.node_cpus", str(exc)) from None
         self._cluster = cluster
+        self.cpu_drift = check_cpu_drift(cpu_drift, cluster)
+        self.speed_factor: dict[str, float] = {n.name: 1.0 for n in cluster.nodes}
+        self.drift_applied: list[dict[str, Any]] = []
+        self._stage_cgs: dict[str, dict[Any, float]] = {n.name: {} for n in cluster.nodes}   # live stage cgroup -> cpu
         self.seed = int(seed)
         self.kernel = kernel
         self.drain_limit_s = drain_limit_s
@@ -278,6 +284,8 @@ class FabricSubstrate(WallClockSubstrate):
             self.close()
             raise
         self._t0 = time.monotonic()
+        for step in self.cpu_drift:
+            self._at(step["at_s"], lambda step=step: self._set_speed_factor(step["node"], step["factor"]))
 
     # ------------------------------------------------------------ protocol
     def cluster(self) -> Cluster:
@@ -371,7 +379,8 @@ class FabricSubstrate(WallClockSubstrate):
                 "cgroup_version": self._cg_top.fs.version if self._cg_top else None,
                 "netem": bool(self.net and self.net.netem), "link_shaping": dict(self.mechanism),
                 "overheads": dict(self.timing.overheads), "telemetry": self.telemetry,
-                "scrape_interval_s": self.prometheus.scrape_interval_s if self.prometheus else None}
+                "scrape_interval_s": self.prometheus.scrape_interval_s if self.prometheus else None,
+                "cpu_drift": list(self.cpu_drift)}
 
     def close(self) -> None:
         """Kill every stage process, stop the data path, remove namespaces, veths and cgroups. Idempotent."""
@@ -535,6 +544,56 @@ class FabricSubstrate(WallClockSubstrate):
                 self._emit({"kind": "node-add", "node": _node_dict(replace(n, speed=n.speed / slowdown)), "ts": 0.0})
         return round(slowdown, 4)
 
+    def _set_speed_factor(self, node: str, factor: float) -> None:
+        """Drift: the node's CPU quota (and every running stage's) becomes ``factor`` x its spec quota,
+        i.e. the node now runs at ``factor`` x its spec speed. The twin is not told (V6 measures
+        whether it notices)."""
+        from ..fabric import cgroups
+
+        if self._closed:
+            return
+        n = self._cluster.node(node)
+        with self._lock:
+            down = factor < self.speed_factor[node]
+            self.speed_factor[node] = factor
+
+            def stages() -> None:
+                for cg, cpu in list(self._stage_cgs[node].items()):
+                    try:
+                        cg.set_cores(self._stage_cores(node, cpu))
+                    except OSError:
+                        pass          # the stage just ended and its cgroup is going
+            if down:          # cgroup v1 refuses a parent quota below a child's: children first
+                stages()
+            self._cg_node[node].set_cores(self._node_cores(node), cgroups.NODE_MIN_QUOTA_US)
+            if not down:
+                stages()
+            self.drift_applied.append({"node": node, "factor": factor, "at_ms": round(self.now_ms(), 1)})
+
+    def _node_cores(self, node: str) -> float:
+        n = self._cluster.node(node)
+        return n.cores * n.speed * self.scale * self.speed_factor[node]
+
+    def _stage_cores(self, node: str, cpu: float) -> float:
+        """A stage's quota (cores): ``cpu * speed * scale`` x the node's drift factor, kept just under the
+        node's own quota as the kernel rounds it (quota/period), since cgroup v1 refuses a child above its
+        parent and a stage as large as its node would otherwise sit on the rounding edge."""
+        from ..fabric import cgroups
+
+        quota, period = cgroups.cores_to_quota(self._node_cores(node), min_quota_us=cgroups.NODE_MIN_QUOTA_US)
+        n = self._cluster.node(node)
+        return min(cpu * n.speed * self.scale * self.speed_factor[node], quota / period - 2e-4)
+
+    def true_speed(self, node: str, at_ms: float | None = None) -> float:
+        """The node's speed at ``at_ms`` (reference ms; None: now): spec speed x the last drift factor
+        applied to it by then (V6 compares the online estimator with it)."""
+        factor = 1.0
+        with self._lock:
+            for step in self.drift_applied:
+                if step["node"] == node and (at_ms is None or step["at_ms"] <= at_ms):
+                    factor = step["factor"]
+        return self._cluster.node(node).speed * factor
+
     def _leave_cpuset(self) -> None:
         """Put this process back into the cpuset it came from (a cpuset with tasks cannot be removed)."""
         if self._cs_rest is None or self._cs_home is None:
@@ -691,8 +750,10 @@ class FabricSubstrate(WallClockSubstrate):
             iters = worker.iterations_for(stage.compute.duration_ms * cpu / nproc, self.kernel,
                                           self.scale * self.time_scale)
             argv = worker.command(fmt, self.kernel, iters, seed=self.seed + 1)
-            cg = self._cg_node[node_name].child(_safe(f"{job.name}-{stage.id}-{secrets.token_hex(2)}"),
-                                                cpu * node.speed * self.scale)
+            with self._lock:
+                cg = self._cg_node[node_name].child(_safe(f"{job.name}-{stage.id}-{secrets.token_hex(2)}"),
+                                                    self._stage_cores(node_name, cpu))
+                self._stage_cgs[node_name][cg] = cpu
             ns = self.net.ns(node_name) if self.net else None
             # No preexec_fn (forking this big threaded interpreter costs tens of ms; vfork does not).
             # Start-up runs in the fabric's top cgroup (prioritised over host load, capped by the
@@ -757,6 +818,8 @@ class FabricSubstrate(WallClockSubstrate):
                                     if cpu_host_ms is not None else None))
                 srec.pop("_procs", None)
             self._emit({"kind": "stage-end", "job": job.name, "stage": stage.id, "node": node_name, "ok": ok}, t_end)
+            with self._lock:
+                self._stage_cgs[node_name].pop(cg, None)
             try:
                 cg.remove(timeout_s=2.0)
             except OSError:
@@ -765,6 +828,28 @@ class FabricSubstrate(WallClockSubstrate):
             if ok:
                 return node_name
         return None
+
+
+def check_cpu_drift(value: Any, cluster: Cluster) -> list[dict[str, Any]]:
+    """``cpu_drift``: a list of ``{node, at_s, factor}`` steps (at ``at_s`` seconds of the substrate
+    clock the node's CPU quota becomes ``factor`` x its spec quota), checked with field paths; sorted by time."""
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)) or len(value) > MAX_DRIFT_STEPS:
+        raise SpecError("substrate_opts.cpu_drift", f"must be a list of at most {MAX_DRIFT_STEPS} {{node, at_s, factor}} steps")
+    out = []
+    for i, step in enumerate(value):
+        where = f"substrate_opts.cpu_drift[{i}]"
+        if not isinstance(step, Mapping) or set(step) != {"node", "at_s", "factor"}:
+            raise SpecError(where, "must be a mapping with exactly the keys node, at_s, factor")
+        if step["node"] not in cluster.by_name:
+            raise SpecError(f"{where}.node", f"unknown node {step['node']!r}")
+        for key, lo, hi in (("at_s", 0.0, 1e7), ("factor", 1e-3, 10.0)):
+            v = step[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (lo <= v <= hi):
+                raise SpecError(f"{where}.{key}", f"must be a number in [{lo:g}, {hi:g}], got {v!r}")
+        out.append({"node": str(step["node"]), "at_s": float(step["at_s"]), "factor": float(step["factor"])})
+    return sorted(out, key=lambda d: d["at_s"])
 
 
 def auto_time_scale(period_ms: float, scale: float) -> float:
