@@ -169,7 +169,7 @@ def test_fetch_endpoint_is_the_relay_on_the_destination_or_the_source_store():
 
 def test_fault_links_cut_degrade_and_restore_both_directions():
     from dtlab.chaos.realise import as_event
-    from dtlab.kube.links import fault_links
+    from dtlab.chaos.spec import fault_links
     c = load_cluster({"apiVersion": "dtlab/v1", "kind": "Cluster", "metadata": {"name": "c"},
                       "nodes": [{"name": "p", "arch": "amd64", "cores": 1, "zone": "za"},
                                 {"name": "q", "arch": "amd64", "cores": 1, "zone": "zb"}],

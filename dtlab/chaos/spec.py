@@ -79,7 +79,7 @@ from typing import Any, Iterable, Mapping
 
 from ..errors import SpecError
 from ..strict_json import short
-from ..model import API_VERSION, Cluster, Link, base_for_change, load_cluster
+from ..model import API_VERSION, Cluster, Link, base_for_change, load_cluster, spec_link
 from ..spec_reader import Fields, join, read_documents
 
 MAX_REPEAT = 10_000  # occurrences of one repeated fault
@@ -505,3 +505,24 @@ def scenario_path(name_or_path: str | Path) -> Path:
 
 def shipped_scenarios() -> list[str]:
     return sorted(q.stem for q in SCENARIO_DIR.glob("*.yaml"))
+
+
+def fault_links(cluster: Cluster, ev: "FaultEvent", start: bool) -> list[tuple[str, str, Link | None]]:
+    """(src, dst, link) for both directions of every node pair across the two sides of a
+    ``partition`` / ``link-degradation`` FaultEvent, as the substrates that shape links (fabric, real
+    kube nodes) realise them: the degraded link (None = cut; a pair without a spec link is cut) at
+    its start, the spec's link at its end."""
+    left, right = ev.sides or ((), ())
+    out: list[tuple[str, str, Link | None]] = []
+    for a in left:
+        for b in right:
+            for x, y in ((a, b), (b, a)):
+                base = spec_link(cluster, x, y)
+                if not start:
+                    new = base
+                elif ev.kind == "partition" or base is None:
+                    new = None
+                else:
+                    new = replace(base, **ev.link_map)
+                out.append((x, y, new))
+    return out

@@ -246,26 +246,6 @@ class PodLinks:
                 return
 
 
-# ------------------------------------------------------------ chaos
-def fault_links(cluster: Cluster, ev: Any, start: bool) -> list[tuple[str, str, Link | None]]:
-    """(src, dst, link) for both directions of every node pair across the two sides of a
-    ``partition`` / ``link-degradation`` FaultEvent, as the fabric realises them: the degraded link
-    (None = cut; a pair without a spec link is cut) at its start, the spec's link at its end."""
-    from dataclasses import replace
-    left, right = ev.sides or ((), ())
-    out: list[tuple[str, str, Link | None]] = []
-    for a in left:
-        for b in right:
-            for x, y in ((a, b), (b, a)):
-                base = spec_link(cluster, x, y)
-                if not start:
-                    new = base
-                elif ev.kind == "partition" or base is None:
-                    new = None
-                else:
-                    new = replace(base, **ev.link_map)
-                out.append((x, y, new))
-    return out
 
 
 # ------------------------------------------------------------ calibration

@@ -69,6 +69,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from .. import hostnoise
+from ..chaos.spec import fault_links
 from ..errors import DtlabError, SpecError, SubstrateUnavailable
 from ..model import Cluster, Job, Link
 from ..plan import Plan
@@ -637,25 +638,12 @@ class FabricSubstrate(WallClockSubstrate):
                 else:
                     self._down.discard(n)
         elif ev.kind in ("partition", "link-degradation"):
-            left, right = ev.sides or ((), ())
-            for a in left:
-                for b in right:
-                    for x, y in ((a, b), (b, a)):
-                        try:
-                            base = self._cluster.link(x, y)
-                        except SpecError:
-                            base = None
-                        if not start:
-                            new = base
-                        elif ev.kind == "partition" or base is None:
-                            new = None
-                        else:
-                            new = replace(base, **ev.link_map)
-                        self._links[(x, y)] = new
-                        try:
-                            self._reshape(x, y)
-                        except DtlabError:
-                            pass
+            for x, y, new in fault_links(self._cluster, ev, start):
+                self._links[(x, y)] = new
+                try:
+                    self._reshape(x, y)
+                except DtlabError:
+                    pass
         elif ev.kind == "pod-kill":
             with self._lock:
                 for rec in self._stages:

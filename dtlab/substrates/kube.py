@@ -272,7 +272,7 @@ class KubeSubstrate(WallClockSubstrate):
         return tuple(out)
 
     def _set_links(self, ev: Any, start: bool) -> None:
-        from ..kube.links import fault_links
+        from ..chaos.spec import fault_links
         if self.links is None or self._closed_links:
             return
         for a, b, link in fault_links(self._cluster, ev, start):
