@@ -67,6 +67,15 @@ def test_exporter_serves_metrics_over_http_on_loopback(tmp_path):
         server.server_close()
 
 
+def test_exporter_refuses_to_start_without_cpu_accounting(tmp_path, capsys):
+    """A node dir without cpuacct.usage/cpu.stat (cgroup v1 without cpuacct) is an error at start,
+    not an exporter that exports nothing and leaves the node stale for ever."""
+    from dtlab.fabric.exporter import main
+    (tmp_path / "a").mkdir()
+    assert main(["--node", "a", "--cpu-dir", str(tmp_path / "a"), "--capacity-cores", "1", "--max-s", "1"]) == 2
+    assert "no CPU accounting" in capsys.readouterr().err
+
+
 def test_prometheus_config_scrapes_every_node_at_the_interval():
     text = prometheus_config({"b": "127.0.0.1:2", "a": "127.0.0.1:1"}, 0.25)
     assert "scrape_interval: 250ms" in text

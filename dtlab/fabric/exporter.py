@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -124,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parent-pid", type=int, default=os.getppid(), help="exit when this process is gone")
     p.add_argument("--max-s", type=float, default=24 * 3600.0, help="exit after this many seconds")
     args = p.parse_args(argv)
+    if cpu_usage_s(args.cpu_dir) is None:
+        # no CPU accounting there (e.g. cgroup v1 without cpuacct): refuse now rather than export
+        # nothing, which would leave the node stale forever and every plan refused
+        print(f"exporter: no CPU accounting readable in {args.cpu_dir} (cpuacct.usage or cpu.stat)",
+              file=sys.stderr, flush=True)
+        return 2
     server = serve(NodeReader(args.node, args.cpu_dir, args.capacity_cores, args.memory_dir), args.port)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     print(server.server_address[1], flush=True)
