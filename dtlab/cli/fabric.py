@@ -35,10 +35,16 @@ def register(subparsers: Any) -> None:
     net.add_argument("--cluster", default=None, help="Cluster spec whose zone links are measured (kube)")
     net.add_argument("--plane", default="default", help="local plane name (kube)")
     net.set_defaults(func=run_network)
-    up = csub.add_parser("startup", help="start-up ms per format on the fabric's launch path (root); the twin uses it")
+    up = csub.add_parser("startup", help="start-up ms per format on the fabric's launch path (root), or of real "
+                                         "pods on kube real nodes; the twin uses it")
     up.add_argument("--reps", type=int, default=None, help="stages per format (default 7)")
     up.add_argument("--out", default=None, help="output YAML (default: the cache the twin reads, "
                                                  "${DTLAB_CACHE:-~/.cache/dtlab}/calibration.startup.<build>.yaml)")
+    up.add_argument("--substrate", choices=("fabric", "kube"), default="fabric",
+                    help="kube: pod create -> worker start of real pods on the real nodes of a running local "
+                         "plane (the kube twin's cache, calibration.startup.kube.<build>.yaml)")
+    up.add_argument("--cluster", default=None, help="Cluster spec whose real nodes are probed (kube)")
+    up.add_argument("--plane", default="default", help="local plane name (kube)")
     up.set_defaults(func=run_startup)
     fab = subparsers.add_parser("fabric", help="fabric maintenance")
     fsub = fab.add_subparsers(dest="fabric_cmd", required=True)
@@ -121,8 +127,20 @@ def run_startup(args) -> int:
 
     if args.reps is not None and not 1 <= args.reps <= 100:
         raise SpecError("--reps", f"must be in [1, 100], got {args.reps}")
-    doc = host.measure_startup(reps=args.reps or calibrate.STARTUP_REPS)
-    path = calibrate.write(doc, args.out or calibrate.startup_cache_path())
+    if args.substrate == "kube":
+        from ..kube import startup as kube_startup
+        from ..model import load_cluster
+        from ..pathcheck import input_file
+        if not args.cluster:
+            raise SpecError("--cluster", "required with --substrate kube (its real nodes are probed)")
+        if args.reps is not None and args.reps > 50:
+            raise SpecError("--reps", f"must be in [1, 50] with --substrate kube, got {args.reps}")
+        doc = kube_startup.measure_startup(load_cluster(input_file(args.cluster, "--cluster")), plane=args.plane,
+                                           reps=args.reps or kube_startup.STARTUP_REPS)
+        path = calibrate.write(doc, args.out or calibrate.startup_cache_path("kube"))
+    else:
+        doc = host.measure_startup(reps=args.reps or calibrate.STARTUP_REPS)
+        path = calibrate.write(doc, args.out or calibrate.startup_cache_path())
     print(f"wrote {path}")
     for fmt, v in doc["startup_ms"].items():
         print(f"  {fmt:13s} median {v['median_ms']:.1f} ms  (min {v['min_ms']:.1f}, max {v['max_ms']:.1f}, n {v['n']})")

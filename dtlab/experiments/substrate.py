@@ -61,24 +61,34 @@ class SubstrateChoice:
     dispatch_used: float = 0.0
 
     def with_startup(self, timing: TimingModel, sub: Any) -> TimingModel:
-        """On the fabric: ``timing`` with the start-up per format and the dispatch delay measured on this
-        host's fabric launch path (:func:`dtlab.fabric.host_calibration.startup_calibration`, measured once per
-        worker build and cached), in ``sub``'s reference ms (wall / time_scale); elsewhere ``timing``
-        unchanged. A failed measurement leaves start-up unmodelled and says so in the note."""
-        if self.name != "fabric" or timing is None:
+        """``timing`` with the start-up per format this substrate pays, in ``sub``'s reference ms
+        (wall / time_scale); elsewhere ``timing`` unchanged. On the fabric: measured on this host's
+        fabric launch path with the dispatch delay
+        (:func:`dtlab.fabric.host_calibration.startup_calibration`); on kube with real nodes: pod create ->
+        worker start of real pods (:func:`dtlab.kube.startup.startup_calibration`; KWOK-only clusters keep
+        none, their delays are annotated). Both are measured once per worker build and cached. A failed
+        measurement leaves start-up unmodelled and says so in the note."""
+        if timing is None or self.name not in ("fabric", "kube"):
             return timing
-        from ..fabric import host_calibration as host
+        if self.name == "kube" and not (getattr(sub, "real_nodes", None) and sub.real_nodes()):
+            return timing
         from ..fabric import calibrate
         if self.startup is None:
             try:
-                self.startup, path = host.startup_calibration()
+                if self.name == "kube":
+                    from ..kube import startup as kube_startup
+                    self.startup, path = kube_startup.startup_calibration(sub.cluster(),
+                                                                          kubeconfig=getattr(sub, "kubeconfig", None))
+                else:
+                    from ..fabric import host_calibration as host
+                    self.startup, path = host.startup_calibration()
                 self.startup_path = str(path)
             except Exception as exc:  # noqa: BLE001 - run without start-up, say so
                 self.startup = {}
                 self.note = "; ".join(x for x in (self.note, f"start-up calibration failed ({exc}); not modelled") if x)
         if not self.startup:
             return timing
-        scale = getattr(sub, "time_scale", 1.0)
+        scale = getattr(sub, "time_scale", None) or getattr(sub, "opts", {}).get("time_scale", 1.0)
         self.startup_used = {k: round(v, 3) for k, v in calibrate.startup_ms(self.startup, scale).items()}
         self.dispatch_used = round(calibrate.dispatch_ms(self.startup, scale), 3)
         return timing.with_startup(self.startup_used, self.dispatch_used)
@@ -89,6 +99,9 @@ class SubstrateChoice:
         out: dict[str, Any] = {}
         if self.name != "fabric":
             out["compute"] = "none: twin default timing"
+            if self.startup:      # kube with real nodes: start-up of real pods
+                out["startup"] = f"{self.startup_path} (created {self.startup.get('created')}, kube real nodes)"
+                out["startup_ms"] = dict(self.startup_used)
             return out
         from ..fabric import calibrate
         try:

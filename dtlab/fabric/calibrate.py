@@ -328,9 +328,12 @@ def summary_ms(v: list[float]) -> dict[str, Any]:
 STARTUP_VERSION = 2        # 2: two-stage probes, dispatch_ms measured too
 
 
-def startup_cache_path() -> Path:
-    """Cache of :func:`measure_startup`, keyed by the worker build (new binaries, new start-up) and method."""
-    return default_out().with_name(f"calibration.startup.v{STARTUP_VERSION}.{worker.build_dir().name}.yaml")
+def startup_cache_path(substrate: str = "fabric") -> Path:
+    """Cache of a start-up calibration, keyed by the worker build (new binaries, new start-up), the method
+    version and the substrate (``fabric``: :func:`measure_startup`; ``kube``: real pods on real nodes,
+    :func:`dtlab.kube.startup.measure_startup`)."""
+    tag = "" if substrate == "fabric" else f"{substrate}."
+    return default_out().with_name(f"calibration.startup.{tag}v{STARTUP_VERSION}.{worker.build_dir().name}.yaml")
 
 
 def load_startup(path: str | Path) -> dict[str, Any]:

@@ -1,0 +1,109 @@
+"""Kube start-up calibration plumbing (fakes): which rows count, the cache path, the twin's timing on kube
+(real nodes -> the calibration; KWOK only -> none), what run.json records, CLI errors.
+The measurement itself on real pods: tests/e2e/test_kube_startup.py."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from dtlab.experiments.substrate import SubstrateChoice
+from dtlab.fabric import calibrate
+from dtlab.kube import startup as ks
+from dtlab.model import load_cluster
+from dtlab.timing import TimingModel
+
+CLUSTER = load_cluster({"apiVersion": "dtlab/v1", "kind": "Cluster", "metadata": {"name": "su"},
+                        "nodes": [{"name": "r0", "arch": "amd64", "cores": 2, "formats": ["native", "qemu", "wasm"]},
+                                  {"name": "k0", "arch": "arm64", "cores": 2, "formats": ["native"]}]})
+
+
+def test_probe_formats_are_the_node_format_keys():
+    assert ks.probe_formats(CLUSTER, ["r0"]) == {"r0": ["native", "qemu-arm64", "qemu-riscv64", "wasm"]}
+    assert ks.probe_formats(CLUSTER, ["k0", "not-in-spec"]) == {"k0": ["native"]}
+
+
+def test_summarise_counts_only_ok_rows_of_real_nodes():
+    rows = [{"ok": True, "node_kind": "real", "node": "r0", "format": "native", "startup_ms": 800.0},
+            {"ok": True, "node_kind": "real", "node": "r0", "format": "native", "startup_ms": 1000.0},
+            {"ok": True, "node_kind": "real", "node": "r1", "format": "native", "startup_ms": 1200.0},
+            {"ok": True, "node_kind": "real", "node": "r0", "format": "wasm", "startup_ms": 1500.0},
+            {"ok": False, "node_kind": "real", "node": "r0", "format": "wasm", "startup_ms": 9000.0},
+            {"ok": True, "node_kind": "kwok", "node": "k0", "format": "native", "startup_ms": 5.0},
+            {"ok": True, "node_kind": "real", "node": "r0", "format": "native", "startup_ms": float("nan")}]
+    by_fmt, per_node = ks.summarise(rows)
+    assert by_fmt["native"] == {"median_ms": 1000.0, "min_ms": 800.0, "max_ms": 1200.0, "n": 3}
+    assert by_fmt["wasm"]["n"] == 1 and by_fmt["wasm"]["median_ms"] == 1500.0
+    assert per_node["r0"]["native"]["n"] == 2 and per_node["r1"]["native"]["median_ms"] == 1200.0
+    assert "k0" not in per_node
+
+
+def test_kube_cache_path_is_apart_from_the_fabric_one():
+    fab, kube = calibrate.startup_cache_path(), calibrate.startup_cache_path("kube")
+    assert fab != kube and fab.parent == kube.parent
+    assert kube.name.startswith(f"calibration.startup.kube.v{calibrate.STARTUP_VERSION}.")
+
+
+class _FakeKube:
+    """What SubstrateChoice.with_startup reads of a kube substrate."""
+    def __init__(self, real):
+        self._real, self.kubeconfig, self.opts = real, "/nonexistent/kubeconfig", {"time_scale": 1.0}
+
+    def real_nodes(self):
+        return dict(self._real)
+
+    def cluster(self):
+        return CLUSTER
+
+
+def _cache(tmp_path, monkeypatch):
+    path = tmp_path / "calibration.startup.kube.test.yaml"
+    monkeypatch.setattr(calibrate, "startup_cache_path", lambda substrate="fabric": path)
+    return path
+
+
+def test_kwok_only_kube_keeps_no_startup(tmp_path, monkeypatch):
+    _cache(tmp_path, monkeypatch)
+    choice = SubstrateChoice(requested="kube", name="kube")
+    t = choice.with_startup(TimingModel(), _FakeKube({}))
+    assert t.startup_ms == {} and t.dispatch_ms == 0.0
+    assert choice.startup is None and "startup" not in choice.calibration()
+
+
+def test_real_kube_nodes_give_the_twin_the_cached_calibration(tmp_path, monkeypatch):
+    path = _cache(tmp_path, monkeypatch)
+    calibrate.write({"kind": "KubeStartupCalibration", "created": "2026-12-04T00:00:00+00:00",
+                     "startup_ms": {"native": {"median_ms": 900.0}, "wasm": {"median_ms": 1400.0}},
+                     "dispatch_ms": None}, path)
+    choice = SubstrateChoice(requested="kube", name="kube")
+    t = choice.with_startup(TimingModel(), _FakeKube({"r0": 1.0}))
+    assert t.startup("native") == 900.0 and t.startup("wasm") == 1400.0 and t.dispatch_ms == 0.0
+    cal = choice.metrics()["calibration"]
+    assert cal["startup"].startswith(str(path)) and "kube real nodes" in cal["startup"]
+    assert cal["startup_ms"] == {"native": 900.0, "wasm": 1400.0}
+
+
+def test_failed_kube_measurement_is_said_not_raised(tmp_path, monkeypatch):
+    _cache(tmp_path, monkeypatch)      # no cache: it measures, and there is no plane behind the fake
+    choice = SubstrateChoice(requested="kube", name="kube")
+    t = choice.with_startup(TimingModel(), _FakeKube({"r0": 1.0}))
+    assert t.startup_ms == {} and "start-up calibration failed" in choice.note
+
+
+def test_bad_kube_cache_is_a_spec_error(tmp_path, monkeypatch):
+    path = _cache(tmp_path, monkeypatch)
+    calibrate.write({"startup_ms": {"native": {"median_ms": -3}}}, path)
+    with pytest.raises(Exception, match=r"startup_ms\.native\.median_ms"):
+        ks.startup_calibration(CLUSTER)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["calibrate", "startup", "--substrate", "kube"], "--cluster"),
+    (["calibrate", "startup", "--substrate", "kube", "--cluster", "examples/cluster-hetero.yaml", "--reps", "60"],
+     "--reps"),
+])
+def test_cli_kube_startup_bad_input_exits_2(argv, needle):
+    proc = subprocess.run([sys.executable, "-m", "dtlab.cli", *argv], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
