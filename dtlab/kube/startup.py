@@ -5,7 +5,8 @@ worker start: API server, scheduler/kubelet sync, sandbox, image, runtime and, f
 emulator or Wasm runtime start) is outside the work the twin's ``duration_ms`` models. This module
 measures it the way the kube substrate pays it: tiny one-stage jobs through
 :class:`dtlab.substrates.kube.KubeSubstrate`, pinned to each real node of a running plane in each
-format that node offers (:func:`dtlab.model.format_keys`), one job at a time, formats interleaved.
+format that node offers (:func:`dtlab.model.format_keys`), one job at a time, formats interleaved, after
+one uncounted warm-up pod per node (the first pod on a node pays one-off costs).
 The document has the fabric's start-up format (``startup_ms.<format>.median_ms``,
 :func:`dtlab.fabric.calibrate.load_startup`) plus ``per_node``; ``dispatch_ms`` is None (pod create ->
 worker start already contains the hand-off). KWOK nodes are not measured: their delays are annotated.
@@ -25,6 +26,7 @@ from ..plan import Plan
 
 STARTUP_REPS = 3            # pods per (real node, format): each is seconds of wall time
 NAMESPACE = "dtlab-startcal"
+WARMUP = "su-warmup-"
 
 
 def _probe_job(name: str) -> dict[str, Any]:
@@ -70,6 +72,10 @@ def measure_startup(cluster: Cluster, kubeconfig: str | None = None, plane: str 
         if not formats:
             raise DtlabError(f"kube start-up calibration: no real node of cluster {cluster.name!r} on this plane "
                              "(KWOK nodes have annotated delays, nothing to measure)")
+        for node, keys in formats.items():   # one warm-up pod per node, not counted: the first pays one-off costs
+            job = job_from_dict(_probe_job(f"{WARMUP}{node}"))
+            sub.submit(Plan(job=job.name, policy="calibration", placement={"s1": node}, formats={"s1": keys[0]}), job)
+            sub.advance(None)
         for rep in range(int(reps)):
             for node, keys in formats.items():
                 for fmt in keys:
@@ -79,7 +85,11 @@ def measure_startup(cluster: Cluster, kubeconfig: str | None = None, plane: str 
                     sub.advance(None)
             if progress:
                 progress(rep + 1, int(reps))
-        rows = sub.results()["stages"].to_dict("records")
+        every = sub.results()["stages"].to_dict("records")
+        rows = [r for r in every if not str(r["job"]).startswith(WARMUP)]
+        warmup = {str(r["node"]): (round(float(r["startup_ms"]), 3) if r.get("startup_ms") == r.get("startup_ms")
+                                   and r.get("startup_ms") is not None else None)
+                  for r in every if str(r["job"]).startswith(WARMUP)}
         errors = list(sub.metadata().get("errors") or [])
     startup, per_node = summarise(rows)
     wanted = {f for keys in formats.values() for f in keys}
@@ -87,10 +97,11 @@ def measure_startup(cluster: Cluster, kubeconfig: str | None = None, plane: str 
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "host": {"loadavg_1m": os.getloadavg()[0]}, "reps": int(reps), "seed": seed,
             "method": ("real pods on real kube nodes, one at a time: stage startup_ms = pod create -> the "
-                       f"worker's own start; {calibrate.STARTUP_PROBE_MS} ms probe stages, formats interleaved; "
+                       f"worker's own start; {calibrate.STARTUP_PROBE_MS} ms probe stages, formats interleaved, "
+                       "after one uncounted warm-up pod per node; "
                        "median per format over the real nodes offering it"),
             "nodes": formats, "worker_build": calibrate.worker.build_dir().name,
-            "startup_ms": startup, "per_node": per_node, "dispatch_ms": None,
+            "startup_ms": startup, "per_node": per_node, "warmup_ms": warmup, "dispatch_ms": None,
             "unavailable": {f: "no successful probe pod" for f in sorted(wanted - set(startup))},
             "errors": errors}
 

@@ -64,6 +64,7 @@ def test_kube_startup_calibration_feeds_the_twin(plane, tmp_path, monkeypatch):
     for fmt, v in doc["startup_ms"].items():
         assert v["n"] == 2 and 0 < v["min_ms"] <= v["median_ms"] <= v["max_ms"] < 60_000, (fmt, v)
     assert "su-kw" not in doc["per_node"]        # KWOK: annotated delays, nothing measured
+    assert set(doc["warmup_ms"]) == {"su-real"}   # the uncounted first pod, recorded apart
 
     # the twin on this plane takes the cached document (here: the one just written)
     monkeypatch.setattr(calibrate, "startup_cache_path", lambda substrate="fabric": out)
