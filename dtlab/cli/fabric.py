@@ -120,7 +120,8 @@ def run_network(args) -> int:
 
 
 def run_startup(args) -> int:
-    """Measure (and cache, per worker build) the start-up cost per format the fabric's twin adds to every stage."""
+    """Measure (and cache, per worker build) the start-up cost per format the twin adds to every stage: on the
+    fabric's launch path, or (``--substrate kube``) of real pods on the real nodes of a running plane."""
     from ..fabric import host_calibration as host
     from ..errors import SpecError
     from ..fabric import calibrate
