@@ -47,6 +47,15 @@ if [[ $if_changed == 1 && -f "$stamp" ]]; then
 fi
 command -v debootstrap >/dev/null || bash "$here/scripts/apt-ensure.sh" fresh-check debootstrap
 
+# one fresh-check at a time per cache: the base root and the apt download dir are shared, and two
+# apt runs in two chroots on one archives dir fail on its lock (found when two checks overlapped)
+mkdir -p "$cache/fresh"
+exec 9>"$cache/fresh/check.lock"
+if ! flock -n 9; then
+    echo "fresh-check: another fresh-check holds $cache/fresh/check.lock; waiting (at most 45 min)"
+    flock -w 2700 9 || { echo "fresh-check: still locked after 45 min: giving up" >&2; exit 1; }
+fi
+
 # ---- the base root: prerequisites only, keyed by the prerequisite list --------------------------
 base_key="$(printf '%s\n' bookworm "${PREREQS[@]}" | sha256sum | cut -c1-12)"
 base="$cache/fresh/base-$base_key"
