@@ -190,6 +190,24 @@ def test_origin_zone_input_has_its_own_source_index_and_endpoint():
     assert pl.input_fetch_arg("nowhere", "y", 2.0) is None
 
 
+def test_a_fault_between_zones_also_cuts_the_origin_zone_input():
+    from dtlab.kube import links
+    c = load_cluster({"apiVersion": "dtlab/v1", "kind": "Cluster", "metadata": {"name": "c"},
+                      "nodes": [{"name": "x", "arch": "amd64", "cores": 1, "zone": "za"},
+                                {"name": "y", "arch": "amd64", "cores": 1, "zone": "zb"}],
+                      "links": [{"a": "za", "b": "zb", "latency_ms": 20, "bandwidth_mbps": 40}]})
+    pl = links.PodLinks.__new__(links.PodLinks)      # no servers, no tc: the link table only
+    pl.cluster = c
+    base = c.link("x", "y")
+    pl._links = {("x", "y"): base, ("za", "y"): base, ("zb", "y"): c.link_index.get(("zb", "zb"))}
+    reshaped = []
+    pl._reshape = lambda a, b: reshaped.append((a, b))
+    pl.set_link("x", "y", None)
+    assert pl.link("x", "y") is None and pl.link("za", "y") is None and reshaped == [("x", "y"), ("za", "y")]
+    pl.set_link("x", "y", base)
+    assert pl.link("za", "y") == base
+
+
 def test_fault_links_cut_degrade_and_restore_both_directions():
     from dtlab.chaos.realise import as_event
     from dtlab.chaos.spec import fault_links

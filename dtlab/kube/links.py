@@ -17,10 +17,17 @@ cluster has real nodes of the local plane; ``dtlab calibrate network --substrate
   delay line (:func:`dtlab.fabric.relay.delay_line`, :func:`dtlab.fabric.relay.chunk_release`): the
   pod then fetches through a relay on its own gateway, port ``RELAY_PORT_BASE + i``, which pulls from
   node ``i``'s store and releases the chunks as the link says;
+* a job's ``input_mb`` comes from its **origin zone** (the twin's zone -> node link, intra-zone
+  default included, as :mod:`dtlab.des.engine` counts it): each zone of the cluster is a data source
+  with its own index (``ZONE_INDEX_BASE + k``) whose bytes a root stage on node ``j`` reads through
+  the link ``zone -> j``, shaped like a node's (its own htb class; the relay on ``j``'s gateway at
+  ``RELAY_PORT_BASE + index``, or under netem a zone store on ``j``'s gateway); a fault between
+  zones changes these links with the node pairs' (:meth:`PodLinks.set_link`);
 * :meth:`PodLinks.set_link` changes a link while jobs run (chaos ``link-degradation``; ``None`` =
   ``partition``: the relay holds the data until the link is restored, netem drops everything).
 
-Not covered: a predecessor on a KWOK node (no pod ran there, nothing to fetch: the successor on a
+Not covered: an origin zone with no link to the stage's node (nothing is read, as the twin has no
+path either), a predecessor on a KWOK node (no pod ran there, nothing to fetch: the successor on a
 real node starts without the transfer) and pods the real kube-scheduler places (policy
 ``kube-scheduler``: the node, hence the link, is unknown when the pod is made).
 

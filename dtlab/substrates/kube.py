@@ -39,7 +39,8 @@ real nodes of the local plane, stage data moves over the shaped pod network, see
   ran on another real node of the local plane first reads the predecessor's ``output_mb`` over the
   pod network, inside its container, through the cluster's link between the two nodes (htb + the
   fabric's relay, or netem); ``transfer_ms`` (and ``fetch_mb``) on the stage row is that read as the
-  worker timed it, inside ``observed_ms``. Partitions and link degradations change this shaping
+  worker timed it, inside ``observed_ms``. A root stage there first reads its job's ``input_mb``
+  from the job's origin zone the same way, through the zone -> node link. Partitions and link degradations change this shaping
   while they last (and still reach the twin as link events).
 * **inject**: node-failure -> on a real node, SIGKILL its kubelet (restarted after ``duration_s``);
   partition / link-degradation -> the links between real nodes are re-shaped for the fault's window;

@@ -119,11 +119,10 @@ def test_job_input_crosses_the_origin_zone_link(plane):
     a = stages["a"]
     pred = TimingModel().mean_transfer_ms(OUT_MB, spec_link(CLUSTER, "za", "lk-b"))
     print(f"\ninput 2 MB from zone za over 20 ms / 40 Mbit/s: worker read it in {a['transfer_ms']:.1f} ms "
-          f"(twin {pred:.1f} ms); planned {a['planned_ms']:.1f} ms; mechanism {mech['za->lk-b']}")
+          f"(twin {pred:.1f} ms); mechanism {mech['za->lk-b']}")
     assert a["node"] == "lk-b" and a["fetch_mb"] == pytest.approx(OUT_MB)
     assert 0.8 * pred <= a["transfer_ms"] <= 1.5 * pred + 50, (a, pred)
     assert a["observed_ms"] >= a["transfer_ms"]
-    assert a["planned_ms"] >= pred                         # the plan counts the input transfer too
     assert mech["za->lk-b"] in ("htb+relay", "htb+netem")
     assert stages["b"]["transfer_ms"] is None              # b follows a on the same node: nothing moves
 
