@@ -566,3 +566,16 @@ def test_exclusive_kube_holds_the_host_lock_and_records_noise(tmp_path, monkeypa
         sub.close()
     assert not hostlock.held()
     assert set(sub.noise["cpu_s"]) == {"controller", "plane"} and isinstance(sub.noise["noisy"], bool)
+
+
+def test_a_root_stage_plans_its_jobs_input_from_the_origin_zone(kube_sub):
+    """The pod's planned time counts input_mb over the origin zone -> node link, as the twin does."""
+    from dtlab.model import spec_link
+    from dtlab.timing import TimingModel
+    sub, fa = kube_sub
+    job = Job("in", (Stage("a", Compute(cpu=1, duration_ms=1000)),), origin_zone="edge-a", input_mb=4.0)
+    sub.submit(Plan(job="in", policy="x", placement={"a": "cloud-0"}), job)
+    link = spec_link(load_cluster(REPO / "examples" / "cluster-hetero.yaml"), "edge-a", "cloud-0")
+    transfer = TimingModel().mean_transfer_ms(4.0, link)
+    assert transfer > 300                                   # 4 MB over 100 Mbit/s + 40 ms + loss tail
+    assert fa.created[0].duration_ms == pytest.approx(1000 + transfer)

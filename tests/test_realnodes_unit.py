@@ -167,6 +167,47 @@ def test_fetch_endpoint_is_the_relay_on_the_destination_or_the_source_store():
     assert pl.fetch_arg("x", "y", 2.0) == f"10.201.1.1:{links.STORE_PORT}:2000000:1"
 
 
+def test_origin_zone_input_has_its_own_source_index_and_endpoint():
+    from dtlab.kube import links
+    c = load_cluster({"apiVersion": "dtlab/v1", "kind": "Cluster", "metadata": {"name": "c"},
+                      "nodes": [{"name": "x", "arch": "amd64", "cores": 1, "zone": "za"},
+                                {"name": "y", "arch": "amd64", "cores": 1, "zone": "zb"},
+                                {"name": "w", "arch": "amd64", "cores": 1, "zone": "zc"}],
+                      "links": [{"a": "za", "b": "zb", "latency_ms": 20, "bandwidth_mbps": 40},
+                                {"a": "zc", "b": "zb", "latency_ms": 5, "bandwidth_mbps": 100}]})
+    zones = links.origin_zones(c)
+    assert zones == {"za": links.ZONE_INDEX_BASE, "zb": links.ZONE_INDEX_BASE + 1, "zc": links.ZONE_INDEX_BASE + 2}
+    nets = links.node_nets([{"name": "x", "index": 1, "net": "10.201", "bridge": "b1"},
+                            {"name": "y", "index": 2, "net": "10.201", "bridge": "b2"}])
+    pl = links.PodLinks.__new__(links.PodLinks)      # no servers, no tc: only the addressing
+    pl.nodes, pl.zones, pl.use_relay = nets, zones, True
+    pl._links = {("zc", "y"): c.link_index[("zc", "zb")]}
+    zi = links.ZONE_INDEX_BASE + 2
+    assert pl.input_fetch_arg("zc", "y", 2.0) == f"10.201.2.1:{links.RELAY_PORT_BASE + zi}:2000000:{zi}"
+    pl.use_relay = False                              # netem: the zone's store on the destination's gateway
+    assert pl.input_fetch_arg("zc", "y", 2.0) == f"10.201.2.1:{links.ZONE_STORE_PORT_BASE + zi}:2000000:{zi}"
+    assert pl.input_fetch_arg("zc", "x", 2.0) is None     # no zc -> za link: nothing to read
+    assert pl.input_fetch_arg("nowhere", "y", 2.0) is None
+
+
+def test_a_fault_between_zones_also_cuts_the_origin_zone_input():
+    from dtlab.kube import links
+    c = load_cluster({"apiVersion": "dtlab/v1", "kind": "Cluster", "metadata": {"name": "c"},
+                      "nodes": [{"name": "x", "arch": "amd64", "cores": 1, "zone": "za"},
+                                {"name": "y", "arch": "amd64", "cores": 1, "zone": "zb"}],
+                      "links": [{"a": "za", "b": "zb", "latency_ms": 20, "bandwidth_mbps": 40}]})
+    pl = links.PodLinks.__new__(links.PodLinks)      # no servers, no tc: the link table only
+    pl.cluster = c
+    base = c.link("x", "y")
+    pl._links = {("x", "y"): base, ("za", "y"): base, ("zb", "y"): c.link_index.get(("zb", "zb"))}
+    reshaped = []
+    pl._reshape = lambda a, b: reshaped.append((a, b))
+    pl.set_link("x", "y", None)
+    assert pl.link("x", "y") is None and pl.link("za", "y") is None and reshaped == [("x", "y"), ("za", "y")]
+    pl.set_link("x", "y", base)
+    assert pl.link("za", "y") == base
+
+
 def test_fault_links_cut_degrade_and_restore_both_directions():
     from dtlab.chaos.realise import as_event
     from dtlab.chaos.spec import fault_links

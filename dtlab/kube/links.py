@@ -17,10 +17,17 @@ cluster has real nodes of the local plane; ``dtlab calibrate network --substrate
   delay line (:func:`dtlab.fabric.relay.delay_line`, :func:`dtlab.fabric.relay.chunk_release`): the
   pod then fetches through a relay on its own gateway, port ``RELAY_PORT_BASE + i``, which pulls from
   node ``i``'s store and releases the chunks as the link says;
+* a job's ``input_mb`` comes from its **origin zone** (the twin's zone -> node link, intra-zone
+  default included, as :mod:`dtlab.des.engine` counts it): each zone of the cluster is a data source
+  with its own index (``ZONE_INDEX_BASE + k``) whose bytes a root stage on node ``j`` reads through
+  the link ``zone -> j``, shaped like a node's (its own htb class; the relay on ``j``'s gateway at
+  ``RELAY_PORT_BASE + index``, or under netem a zone store on ``j``'s gateway); a fault between
+  zones changes these links with the node pairs' (:meth:`PodLinks.set_link`);
 * :meth:`PodLinks.set_link` changes a link while jobs run (chaos ``link-degradation``; ``None`` =
   ``partition``: the relay holds the data until the link is restored, netem drops everything).
 
-Not covered: a predecessor on a KWOK node (no pod ran there, nothing to fetch: the successor on a
+Not covered: an origin zone with no link to the stage's node (nothing is read, as the twin has no
+path either), a predecessor on a KWOK node (no pod ran there, nothing to fetch: the successor on a
 real node starts without the transfer) and pods the real kube-scheduler places (policy
 ``kube-scheduler``: the node, hence the link, is unknown when the pod is made).
 
@@ -49,7 +56,10 @@ from ..fabric.relay import CHUNK, HEADER, recv_exact, delay_line, wait_up
 from ..model import Cluster, Link, spec_link
 
 STORE_PORT = 41_200
-RELAY_PORT_BASE = 41_300          # + the source node's index (1..250)
+RELAY_PORT_BASE = 41_300          # + the source's index (real nodes 1..250, origin zones ZONE_INDEX_BASE + k)
+ZONE_INDEX_BASE = 256             # origin zones' source indices (256..319): past any real node's
+MAX_ZONES = 64
+ZONE_STORE_PORT_BASE = 41_400     # + a zone's index (41_656..): a zone store on each gateway (netem mode)
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 
 
@@ -89,6 +99,14 @@ class PodLinks:
         self.use_relay = (not self.netem) if use_relay is None else bool(use_relay)
         self._links: dict[tuple[str, str], Link | None] = {
             (a, b): spec_link(cluster, a, b) for a in self.nodes for b in self.nodes if a != b}
+        # origin zones (a job's input_mb comes from its origin zone, the twin's zone -> node link):
+        # every zone the cluster names, as a data source towards every real node it has a link to
+        self.zones = origin_zones(cluster)
+        for z in self.zones:
+            for b in self.nodes:
+                link = spec_link(cluster, z, b)
+                if link is not None:
+                    self._links[(z, b)] = link
         self.mechanism: dict[str, str] = {}
         self._shaped: list[str] = []            # bridges whose root qdisc we added
         self._classes: set[tuple[str, str]] = set()
@@ -106,20 +124,43 @@ class PodLinks:
                     for src in self.nodes.values():
                         if src.name != n.name:
                             self._listen(n.gateway, RELAY_PORT_BASE + src.index, self._relay_for(src.name, n.name))
+                for z, zi in self.zones.items():
+                    if (z, n.name) not in self._links:
+                        continue
+                    if self.use_relay:
+                        self._listen(n.gateway, RELAY_PORT_BASE + zi, self._relay_for(z, n.name))
+                    else:
+                        self._listen(n.gateway, ZONE_STORE_PORT_BASE + zi, self._store)
         except BaseException:
             self.close()
             raise
 
     # ------------------------------------------------------------ public
+    def index(self, src: str) -> int:
+        """A source's index: a real node's, or ``ZONE_INDEX_BASE + k`` for an origin zone."""
+        return self.nodes[src].index if src in self.nodes else self.zones[src]
+
     def endpoint(self, src: str, dst: str) -> tuple[str, int]:
-        """Where a pod on ``dst`` fetches data that ``src`` produced (relay on its gateway, or src's store)."""
-        s, d = self.nodes[src], self.nodes[dst]
-        return (d.gateway, RELAY_PORT_BASE + s.index) if self.use_relay else (s.gateway, STORE_PORT)
+        """Where a pod on ``dst`` fetches data that ``src`` (a real node, or an origin zone) produced:
+        the relay on its gateway, else src's store (a zone's store sits on ``dst``'s gateway)."""
+        d = self.nodes[dst]
+        if self.use_relay:
+            return d.gateway, RELAY_PORT_BASE + self.index(src)
+        if src in self.nodes:
+            return self.nodes[src].gateway, STORE_PORT
+        return d.gateway, ZONE_STORE_PORT_BASE + self.zones[src]
 
     def fetch_arg(self, src: str, dst: str, size_mb: float) -> str:
         """The worker's ``--fetch`` value for ``size_mb`` of ``src``'s output read on ``dst``."""
         host, port = self.endpoint(src, dst)
-        return f"{host}:{port}:{max(1, int(size_mb * 1e6))}:{self.nodes[src].index}"
+        return f"{host}:{port}:{max(1, int(size_mb * 1e6))}:{self.index(src)}"
+
+    def input_fetch_arg(self, zone: str, dst: str, size_mb: float) -> str | None:
+        """The ``--fetch`` value for a job's ``input_mb`` from its origin ``zone`` read on ``dst``
+        (over the twin's zone -> node link, intra-zone default included); None when no link joins them."""
+        if zone not in self.zones or (zone, dst) not in self._links:
+            return None
+        return self.fetch_arg(zone, dst, size_mb)
 
     def link(self, src: str, dst: str) -> Link | None:
         return self._links.get((src, dst))
@@ -130,6 +171,10 @@ class PodLinks:
             return
         self._links[(src, dst)] = link
         self._reshape(src, dst)
+        zone = self.cluster.by_name[src].zone if src in self.cluster.by_name else None
+        if zone is not None and (zone, dst) in self._links:    # a fault between zones cuts their inputs too
+            self._links[(zone, dst)] = link
+            self._reshape(zone, dst)
 
     def close(self) -> None:
         self._stop.set()
@@ -168,17 +213,18 @@ class PodLinks:
         self._shaped.append(br)
 
     def _reshape(self, src: str, dst: str) -> None:
-        s, d = self.nodes[src], self.nodes[dst]
+        d = self.nodes[dst]
+        si = self.index(src)
         link = self._links[(src, dst)]
         matches = None
         if (src, dst) not in self._classes:
             self._classes.add((src, dst))
             if self.use_relay:      # relay -> pod: from dst's gateway, from the port of src
-                matches = [["match", "ip", "src", f"{d.gateway}/32", "match", "ip", "sport",
-                            str(RELAY_PORT_BASE + s.index), "0xffff"]]
-            else:                   # src's store -> pod
-                matches = [["match", "ip", "src", f"{s.gateway}/32", "match", "ip", "sport", str(STORE_PORT), "0xffff"]]
-        cid = 10 + s.index
+                host, port = d.gateway, RELAY_PORT_BASE + si
+            else:                   # src's store -> pod (a zone's store: on dst's gateway)
+                host, port = self.endpoint(src, dst)
+            matches = [["match", "ip", "src", f"{host}/32", "match", "ip", "sport", str(port), "0xffff"]]
+        cid = 10 + si
         if link is None:
             netns.htb_shape(["tc"], d.bridge, cid, matches, 1e4, 0.0, 0.0, 1.0 if self.netem and not self.use_relay else 0.0,
                             self.netem and not self.use_relay)
@@ -236,7 +282,8 @@ class PodLinks:
                 head = recv_exact(conn, HEADER.size)
                 tid, nbytes, _ = HEADER.unpack(head)
                 rng = np.random.default_rng([self.seed, tid % (1 << 63)])
-                with socket.create_connection((self.nodes[src].gateway, STORE_PORT), timeout=30) as up:
+                store = self.nodes[src if src in self.nodes else dst].gateway    # a zone's bytes: dst's store
+                with socket.create_connection((store, STORE_PORT), timeout=30) as up:
                     up.settimeout(None)
                     up.sendall(head)
                     delay_line(up, conn, nbytes, lambda: wait_up(lambda a, b: self._links.get((a, b)), src, dst,
@@ -246,6 +293,15 @@ class PodLinks:
                 return
 
 
+
+
+def origin_zones(cluster: Cluster) -> dict[str, int]:
+    """Index per zone a job's input may come from (a job's origin is one of the cluster's zones),
+    sorted; at most ``MAX_ZONES``."""
+    zones = [z for z in cluster.zones if z not in cluster.by_name]
+    if len(zones) > MAX_ZONES:
+        raise DtlabError(f"pod-network data path: {len(zones)} zones, at most {MAX_ZONES} supported")
+    return {z: ZONE_INDEX_BASE + k for k, z in enumerate(zones)}
 
 
 # ------------------------------------------------------------ calibration

@@ -39,7 +39,8 @@ real nodes of the local plane, stage data moves over the shaped pod network, see
   ran on another real node of the local plane first reads the predecessor's ``output_mb`` over the
   pod network, inside its container, through the cluster's link between the two nodes (htb + the
   fabric's relay, or netem); ``transfer_ms`` (and ``fetch_mb``) on the stage row is that read as the
-  worker timed it, inside ``observed_ms``. Partitions and link degradations change this shaping
+  worker timed it, inside ``observed_ms``. A root stage there first reads its job's ``input_mb``
+  from the job's origin zone the same way, through the zone -> node link. Partitions and link degradations change this shaping
   while they last (and still reach the twin as link events).
 * **inject**: node-failure -> on a real node, SIGKILL its kubelet (restarted after ``duration_s``);
   partition / link-degradation -> the links between real nodes are re-shaped for the fault's window;
@@ -62,7 +63,7 @@ import pandas as pd
 
 from ..energy import cpu_ms_of_attempts
 from ..errors import DtlabError, SpecError, SubstrateUnavailable
-from ..model import Cluster, Job
+from ..model import Cluster, Job, spec_link
 from ..plan import Plan
 from ..timing import TimingModel
 from . import register
@@ -259,11 +260,16 @@ class KubeSubstrate(WallClockSubstrate):
 
     def _fetch_args(self, st: dict[str, Any], sid: str, node: str) -> tuple[str, ...]:
         """``--fetch`` values of stage ``sid`` on real node ``node``: each predecessor's output from the
-        real node it ran on (same node: nothing to move)."""
+        real node it ran on (same node: nothing to move); a root stage's job input from the job's
+        origin zone (over the zone -> node link, as the twin counts it)."""
         if self.links is None or node not in self.links.nodes:
             return ()
         job: Job = st["job"]
         out = []
+        if not job.stages[job.stage_index[sid]].after and job.origin_zone is not None:
+            arg = self.links.input_fetch_arg(job.origin_zone, node, job.input_mb)
+            if arg:
+                out.append(arg)
         for p in job.stages[job.stage_index[sid]].after:
             src = st["stages"][p]["node"]
             prev = job.stages[job.stage_index[p]]
@@ -461,6 +467,8 @@ class KubeSubstrate(WallClockSubstrate):
                                                                           self._cluster.link(src, node_name)))
                 except SpecError:
                     pass
+        if not stage.after and job.origin_zone is not None:     # the job's input from its origin zone
+            transfer = self.timing.mean_transfer_ms(job.input_mb, spec_link(self._cluster, job.origin_zone, node_name))
         return fmt, (service + transfer) * self.opts["time_scale"]
 
     def _launch(self, st: dict[str, Any], sid: str, node: str | None = None, reason: str = "") -> list[tuple]:

@@ -6,6 +6,8 @@ network inside its own container (the worker's --fetch) through that link (htb o
 + the fabric's user-space delay line here, netem where the kernel has it): the worker's own timing
 of the read matches the twin's transfer time; on the same node nothing moves. A link degradation
 injected into the kube substrate slows the read; a partition holds the data until it is restored.
+A job's ``input_mb`` comes from its origin zone: a root stage in the other zone reads it through the
+zone -> node link (a zone store behind the same shaping), as the twin counts it.
 `dtlab calibrate network --substrate kube` measures the link from inside probe pods and fits it.
 
 Needs root and `make cluster-deps` (else skipped; failed under DTLAB_REQUIRE_HEAVY=1).
@@ -24,7 +26,7 @@ import yaml
 
 from tests.e2e.planes import local_plane
 
-from dtlab.model import load_cluster, load_job
+from dtlab.model import load_cluster, load_job, spec_link
 from dtlab.plan import Plan
 from dtlab.timing import TimingModel
 
@@ -58,9 +60,17 @@ def _job(name: str):
         {"id": "b", "after": ["a"], "compute": {"cpu": 1, "mem_gb": 0.1, "duration_ms": 100}}]}}, CLUSTER)
 
 
-def _run(plane, name: str, b_node: str, fault: dict | None = None):
+def _input_job(name: str):
+    return load_job({"apiVersion": "dtlab/v1", "kind": "Job", "metadata": {"name": name, "origin": {"zone": "za"}},
+                     "spec": {"input_mb": OUT_MB, "stages": [
+                         {"id": "a", "compute": {"cpu": 1, "mem_gb": 0.1, "duration_ms": 100}},
+                         {"id": "b", "after": ["a"], "compute": {"cpu": 1, "mem_gb": 0.1, "duration_ms": 100}}]}},
+                    CLUSTER)
+
+
+def _run(plane, name: str, b_node: str, fault: dict | None = None, job=None, a_node: str = "lk-a"):
     from dtlab.substrates.kube import KubeSubstrate
-    job = _job(name)
+    job = job or _job(name)
     sub = KubeSubstrate(CLUSTER, seed=0, kubeconfig=plane["kubeconfig"], plane=PLANE, start_plane=False,
                         drain_limit_s=120)
     try:
@@ -69,7 +79,7 @@ def _run(plane, name: str, b_node: str, fault: dict | None = None):
         if fault:
             sub.inject(fault)
             time.sleep(0.3)
-        sub.submit(Plan(job.name, "pinned", {"a": "lk-a", "b": b_node}, {}, {"a": "native", "b": "native"}), job)
+        sub.submit(Plan(job.name, "pinned", {"a": a_node, "b": b_node}, {}, {"a": "native", "b": "native"}), job)
         sub.advance(None)
         status = sub.job_status(job.name)
         mech = dict(sub.links.mechanism)
@@ -100,6 +110,34 @@ def test_stage_input_crosses_the_shaped_link(plane):
     assert b["observed_ms"] >= b["transfer_ms"]          # the read is inside the stage's measured time
     assert mech["lk-a->lk-b"] in ("htb+relay", "htb+netem")
     assert stages["a"]["transfer_ms"] is None            # a first stage reads nothing
+
+
+def test_job_input_crosses_the_origin_zone_link(plane):
+    """input_mb from origin zone za to a root stage on lk-b (zone zb): the za -> zb link, as the twin."""
+    job = _input_job("lk-in")
+    stages, mech, _ = _run(plane, "lk-in", "lk-b", job=job, a_node="lk-b")
+    a = stages["a"]
+    pred = TimingModel().mean_transfer_ms(OUT_MB, spec_link(CLUSTER, "za", "lk-b"))
+    print(f"\ninput 2 MB from zone za over 20 ms / 40 Mbit/s: worker read it in {a['transfer_ms']:.1f} ms "
+          f"(twin {pred:.1f} ms); mechanism {mech['za->lk-b']}")
+    assert a["node"] == "lk-b" and a["fetch_mb"] == pytest.approx(OUT_MB)
+    assert 0.8 * pred <= a["transfer_ms"] <= 1.5 * pred + 50, (a, pred)
+    assert a["observed_ms"] >= a["transfer_ms"]
+    assert mech["za->lk-b"] in ("htb+relay", "htb+netem")
+    assert stages["b"]["transfer_ms"] is None              # b follows a on the same node: nothing moves
+
+
+def test_job_input_inside_its_zone_takes_the_intra_zone_link(plane):
+    job = _input_job("lk-in-local")
+    stages, _, _ = _run(plane, "lk-in-local", "lk-a", job=job)
+    a = stages["a"]
+    link = spec_link(CLUSTER, "za", "lk-a")
+    pred = TimingModel().mean_transfer_ms(OUT_MB, link)
+    print(f"\ninput 2 MB inside zone za ({link.latency_ms} ms / {link.bandwidth_mbps} Mbit/s): read in "
+          f"{a['transfer_ms']:.1f} ms (twin {pred:.1f} ms)")
+    assert a["fetch_mb"] == pytest.approx(OUT_MB)
+    assert a["transfer_ms"] <= 1.5 * pred + 150, (a, pred)     # 10 Gbit/s: the relay's own cost dominates
+    assert a["transfer_ms"] < 0.5 * TimingModel().mean_transfer_ms(OUT_MB, CLUSTER.link("lk-a", "lk-b"))
 
 
 def test_same_node_moves_nothing(plane):
