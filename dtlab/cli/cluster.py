@@ -82,6 +82,8 @@ def run_cluster(args: argparse.Namespace) -> int:
 
     action = args.cluster_command
     if action == "up":
+        if args.telemetry and args.real_nodes is None:
+            raise SpecError("--telemetry", "needs --real-nodes: KWOK nodes have no cgroup to read")
         ok, why = lp.binaries_available()
         if not ok:
             raise SubstrateUnavailable(why)
@@ -106,8 +108,6 @@ def run_cluster(args: argparse.Namespace) -> int:
             missing = realnodes.missing()
             if missing:
                 raise SubstrateUnavailable(f"real nodes: {missing}")
-        if args.telemetry and not real:
-            raise SpecError("--telemetry", "needs --real-nodes: KWOK nodes have no cgroup to read")
         try:
             st = lp.up(nodes, name=args.name, timeout=args.timeout, real_nodes=real, node_grace_s=args.node_grace,
                        telemetry=args.telemetry)
