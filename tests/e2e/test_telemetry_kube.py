@@ -53,6 +53,12 @@ def _util(poller: TelemetryPoller, node: str) -> float | None:
     return None
 
 
+def _proc_cpu_s(pid: int) -> float:
+    """utime + stime of a process, seconds (/proc/PID/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def test_hog_in_the_real_nodes_cgroup_shows_up_via_prometheus_within_2s(plane):
     url = plane["telemetry"]["prometheus_url"]
     assert url.startswith("http://127.0.0.1:")
@@ -63,7 +69,7 @@ def test_hog_in_the_real_nodes_cgroup_shows_up_via_prometheus_within_2s(plane):
         assert time.monotonic() < deadline, f"no telemetry of rn-0 within 30 s ({poller.last_error})"
         time.sleep(0.2)
         util0 = _util(poller, "rn-0")
-    assert util0 < 0.2, f"rn-0 busy before the hog: {util0}"
+    assert util0 < 0.1, f"rn-0 busy before the hog: {util0}"
     rec = next(r for r in plane["real_nodes"] if r["name"] == "rn-0")
     procs = [str(Path(c) / "cgroup.procs") for c in rec["cgroups"] if (Path(c) / "cgroup.procs").exists()]
     assert any("/cpuacct/" in p for p in procs), procs
@@ -74,14 +80,22 @@ def test_hog_in_the_real_nodes_cgroup_shows_up_via_prometheus_within_2s(plane):
         seen, util = None, 0.0
         while time.monotonic() - t0 < 6:
             util = _util(poller, "rn-0") or 0.0
-            if util > 0.3:      # a hog gets about a core of the 1-core quota; shared host: leave room
+            if util > 0.15:     # the hog gets what the shared 2-core host leaves it (0.2-0.6 core seen)
                 seen = time.monotonic() - t0
                 break
             time.sleep(0.1)
         assert hog.poll() is None, f"the hog did not start in the node's cgroup (rc {hog.returncode})"
         assert seen is not None and seen <= 2.5, f"hog seen after {seen} s (rn-0 cpu_util {util:.2f})"
-        print(f"hog in rn-0's cgroup visible via Prometheus after {seen:.2f} s (cpu_util {util:.2f}, "
-              f"before {util0:.2f})")
+        # accuracy: the CPU rate Prometheus reports is the hog's own (from /proc), over the same 2 s
+        cpu_a, t_a, utils = _proc_cpu_s(hog.pid), time.monotonic(), []
+        while time.monotonic() - t_a < 2.0:
+            time.sleep(0.25)
+            utils.append(_util(poller, "rn-0") or 0.0)
+        hog_rate = (_proc_cpu_s(hog.pid) - cpu_a) / (time.monotonic() - t_a) / float(rec["cpus"])
+        mean = sum(utils) / len(utils)
+        assert abs(mean - hog_rate) < 0.15, f"Prometheus cpu_util {mean:.2f} vs the hog's own {hog_rate:.2f}"
+        print(f"hog in rn-0's cgroup visible via Prometheus after {seen:.2f} s (cpu_util {util:.2f}, before "
+              f"{util0:.2f}); over 2 s: cpu_util mean {mean:.2f}, the hog's own CPU rate {hog_rate:.2f}")
     finally:
         hog.kill()
         hog.wait()
