@@ -21,6 +21,7 @@ def register(sub: Any) -> None:
                    help="Cluster spec the twin's state starts from (with --substrate: the nodes it runs)")
     p.add_argument("--substrate", choices=["sim", "fabric", "kube"],
                    help="also start from what this substrate's observer sees (its events feed the state)")
+    p.add_argument("--plane", help="with --substrate kube: the local plane's name (default 'default')")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: loopback only)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--insecure-dev", action="store_true",
@@ -118,7 +119,9 @@ def run(args: argparse.Namespace) -> int:
     if args.prometheus == "auto" and args.substrate not in ("fabric", "kube"):
         raise SpecError("--prometheus", "auto needs --substrate kube (a plane up with --telemetry prometheus) "
                                         "or a URL")
-    twin, substrate = build_twin(args.cluster, args.substrate)
+    if args.plane is not None and args.substrate != "kube":
+        raise SpecError("--plane", "only with --substrate kube")
+    twin, substrate = build_twin(args.cluster, args.substrate, **({"plane": args.plane} if args.plane else {}))
     extender = None
     if args.extender:
         from ..extender import Extender, kube_annotator
@@ -136,8 +139,9 @@ def run(args: argparse.Namespace) -> int:
             substrate.close()
             raise SpecError("--prometheus", "auto needs a substrate that runs its own Prometheus (--substrate "
                                             "kube on a plane started with `dtlab cluster up --telemetry prometheus`)")
-        poller = TelemetryPoller(PrometheusClient(url, timeout_s=max(0.2, args.poll_s)), args.poll_s,
-                                 clock=getattr(substrate, "ts_of_epoch", None))   # the state's clock
+        # epoch stamps, not the substrate's clock: the API checks freshness (and /metrics ages) against
+        # time.time(); in the substrate's clock every node would look ~1.7e9 s old (every plan 503)
+        poller = TelemetryPoller(PrometheusClient(url, timeout_s=max(0.2, args.poll_s)), args.poll_s)
         print(f"dtlab serve: polling {url} every {args.poll_s:g} s; plans on telemetry older than "
               f"{freshness:g} s are refused", file=sys.stderr, flush=True)
     serve(twin, config, substrate=substrate, extender=extender, tls_context=context, host=args.host,

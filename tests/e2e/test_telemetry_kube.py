@@ -28,12 +28,15 @@ from dtlab.model import load_cluster
 from dtlab.telemetry import PrometheusClient, TelemetryPoller
 
 PLANE = f"tk{os.getpid() % 100000}"
-CLUSTER = load_cluster({
+CLUSTER_DOC = {
     "apiVersion": "dtlab/v1", "kind": "Cluster", "metadata": {"name": "tele-kube"},
     "nodes": [{"name": "rn-0", "arch": "amd64", "cores": 1, "speed": 1.0, "mem_gb": 2, "formats": ["native"],
                "zone": "za"},
-              {"name": "kw-0", "arch": "amd64", "cores": 2, "speed": 1.0, "mem_gb": 4, "formats": ["native"],
-               "zone": "za"}]})
+              # wasm only, so the native test job plans onto rn-0: KWOK nodes report no telemetry, and a
+              # plan on a node without telemetry is refused under the freshness budget
+              {"name": "kw-0", "arch": "amd64", "cores": 2, "speed": 1.0, "mem_gb": 4, "formats": ["wasm"],
+               "zone": "za"}]}
+CLUSTER = load_cluster(CLUSTER_DOC)
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -118,6 +121,40 @@ def test_status_shows_prometheus_and_kube_substrate_finds_it(plane):
         assert abs(sub.ts_of_epoch(time.time()) - sub.now_ms() / 1000) < 0.5
     finally:
         sub.close()
+
+
+def test_serve_on_the_plane_with_prometheus_auto_plans_on_fresh_telemetry(plane, tmp_path):
+    """`dtlab serve --substrate kube --plane P --prometheus auto`: polls the plane's Prometheus, the
+    real node's telemetry is fresh (/metrics age under the 1 s budget) and a dry-run /plan answers 200."""
+    import requests
+    import yaml
+
+    from tests.netutil import free_port, stop_group, wait_for
+    (tmp_path / "cluster.yaml").write_text(yaml.safe_dump(CLUSTER_DOC))
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "dtlab.cli", "serve", "--cluster", str(tmp_path / "cluster.yaml"),
+                               "--substrate", "kube", "--plane", PLANE, "--prometheus", "auto", "--port", str(port),
+                               "--insecure-dev"], start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=open(tmp_path / "serve.log", "w"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: requests.get(f"{url}/healthz", timeout=1).ok, 60, "dtlab serve up", procs=[("serve", server)])
+
+        def age() -> float | None:
+            for line in requests.get(f"{url}/metrics", timeout=5).text.splitlines():
+                if line.startswith('dtlab_telemetry_age_seconds{node="rn-0"}'):
+                    return float(line.split()[-1])
+            return None
+        wait_for(lambda: (a := age()) is not None and a < 1.0, 20, "fresh telemetry of rn-0 in /metrics")
+        job = {"apiVersion": "dtlab/v1", "kind": "Job", "metadata": {"name": "j"},
+               "spec": {"stages": [{"id": "s", "compute": {"cpu": 0.5, "duration_ms": 10}}]}}
+        r = requests.post(f"{url}/plan", json={"job": job, "samples": 16, "dry_run": True}, timeout=20)
+        assert r.status_code == 200, r.text
+        assert r.json()["placement"] == {"s": "rn-0"}, r.json()
+        log = (tmp_path / "serve.log").read_text()
+        assert f"polling {plane['telemetry']['prometheus_url']}" in log, log
+    finally:
+        stop_group(server)
 
 
 def test_down_stops_exporters_and_prometheus(plane):
