@@ -69,7 +69,10 @@ def test_hog_in_the_real_nodes_cgroup_shows_up_via_prometheus_within_2s(plane):
     deadline = time.monotonic() + 30
     util0 = _util(poller, "rn-0")
     while util0 is None:      # two scrapes needed for a rate
-        assert time.monotonic() < deadline, f"no telemetry of rn-0 within 30 s ({poller.last_error})"
+        assert time.monotonic() < deadline, (
+            f"no telemetry of rn-0 within 30 s ({poller.last_error}; up: {poller.client.query('up')}; "
+            f"cpu: {poller.client.query('dtlab_node_cpu_seconds_total')}; "
+            f"placed: {poller.client.query('dtlab_node_placed_cpu_seconds_total')})")
         time.sleep(0.2)
         util0 = _util(poller, "rn-0")
     assert util0 < 0.1, f"rn-0 busy before the hog: {util0}"
