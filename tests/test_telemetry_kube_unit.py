@@ -45,3 +45,10 @@ def test_start_without_real_nodes_refuses_before_starting_anything(tmp_path):
         nodetelemetry.start({"real_nodes": [], "workdir": str(tmp_path)}, lambda *a: spawned.append(a),
                             lambda p: True, lambda: None)
     assert spawned == []
+
+
+def test_serve_plane_without_the_kube_substrate_is_exit_2(capsys):
+    code = cli.main(["serve", "--cluster", str(REPO / "examples" / "cluster-hetero.yaml"), "--plane", "p",
+                     "--insecure-dev"])
+    assert code == 2
+    assert "--plane" in capsys.readouterr().err
