@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import ssl
 
 
-def build_twin(cluster_file: str, substrate_name: str | None = None) -> tuple[Any, Any]:
+def build_twin(cluster_file: str, substrate_name: str | None = None, **opts: Any) -> tuple[Any, Any]:
     """The twin for ``cluster_file``; with a substrate, its state starts from what the observer sees.
 
     Returns ``(twin, substrate)``; the substrate is None without ``substrate_name``, else the
@@ -31,7 +31,7 @@ def build_twin(cluster_file: str, substrate_name: str | None = None) -> tuple[An
     if substrate_name is None:
         return Twin(cluster), None
     from ..substrates import make_substrate  # substrate-backed state: the observer feeds the twin
-    substrate = make_substrate(substrate_name, cluster)
+    substrate = make_substrate(substrate_name, cluster, **opts)
     twin = Twin(substrate.cluster())
     twin.state.apply_many(substrate.events())
     return twin, substrate

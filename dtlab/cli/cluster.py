@@ -38,6 +38,9 @@ def register(subparsers: Any) -> None:
     up.add_argument("--real-nodes", metavar="NAMES",
                     help="comma-separated node names of --cluster (or 'all') that run a real kubelet on their own "
                          "containerd instead of KWOK (make cluster-deps; root)")
+    up.add_argument("--telemetry", choices=["prometheus"],
+                    help="prometheus: one cgroup exporter per real node and a real Prometheus scraping them every "
+                         "0.5 s on loopback (URL in `cluster status`; `dtlab serve --prometheus auto`)")
     up.add_argument("--node-grace", type=float, metavar="S",
                     help="seconds without a heartbeat before a node is NotReady (default 80)")
     down = sub.add_parser("down", help="stop every process of the plane")
@@ -79,6 +82,8 @@ def run_cluster(args: argparse.Namespace) -> int:
 
     action = args.cluster_command
     if action == "up":
+        if args.telemetry and args.real_nodes is None:
+            raise SpecError("--telemetry", "needs --real-nodes: KWOK nodes have no cgroup to read")
         ok, why = lp.binaries_available()
         if not ok:
             raise SubstrateUnavailable(why)
@@ -104,7 +109,8 @@ def run_cluster(args: argparse.Namespace) -> int:
             if missing:
                 raise SubstrateUnavailable(f"real nodes: {missing}")
         try:
-            st = lp.up(nodes, name=args.name, timeout=args.timeout, real_nodes=real, node_grace_s=args.node_grace)
+            st = lp.up(nodes, name=args.name, timeout=args.timeout, real_nodes=real, node_grace_s=args.node_grace,
+                       telemetry=args.telemetry)
         except (lp.LocalPlaneError, RuntimeError) as exc:
             raise DtlabError(str(exc)) from None
         from ..operator.crd import install_on
@@ -112,7 +118,8 @@ def run_cluster(args: argparse.Namespace) -> int:
         real_names = [r["name"] for r in st.get("real_nodes", [])]
         out = {"name": args.name, "kubeconfig": st["kubeconfig"], "nodes": st["nodes"], "real_nodes": real_names,
                "apiserver": f"https://127.0.0.1:{st['ports']['kube-apiserver']}",
-               "ready_s": round(st["ready_at"] - st["started_at"], 2), "real_ready_s": st.get("real_ready_s")}
+               "ready_s": round(st["ready_at"] - st["started_at"], 2), "real_ready_s": st.get("real_ready_s"),
+               "prometheus_url": (st.get("telemetry") or {}).get("prometheus_url")}
         if args.json:
             print(json.dumps(out, indent=2))
         else:
@@ -123,6 +130,8 @@ def run_cluster(args: argparse.Namespace) -> int:
             if real_names:
                 print(f"real nodes (kubelet + containerd): {', '.join(real_names)}; "
                       f"ready {st.get('real_ready_s')} s after their start")
+            if out["prometheus_url"]:
+                print(f"telemetry: Prometheus {out['prometheus_url']} scraping {len(real_names)} node exporter(s)")
             print(f"kubeconfig: {st['kubeconfig']}   (export KUBECONFIG={st['kubeconfig']})")
         return 0
     if action == "status":
@@ -136,6 +145,11 @@ def run_cluster(args: argparse.Namespace) -> int:
                   f"apiserver ready {s['apiserver_ready']}, nodes {s['nodes_ready']}/{s['nodes']} Ready")
             for c, info in s["components"].items():
                 print(f"  {c:<24} pid {info['pid']:<8} {'alive' if info['alive'] else 'DEAD'}")
+            tel = s.get("telemetry")
+            if tel:
+                procs = tel.get("processes", {})
+                print(f"  telemetry: Prometheus {tel['prometheus_url']} "
+                      f"({sum(p['alive'] for p in procs.values())}/{len(procs)} telemetry processes alive)")
             kinds = s.get("node_kinds", {})
             if kinds:
                 real = s.get("real_nodes", {})

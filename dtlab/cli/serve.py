@@ -21,6 +21,7 @@ def register(sub: Any) -> None:
                    help="Cluster spec the twin's state starts from (with --substrate: the nodes it runs)")
     p.add_argument("--substrate", choices=["sim", "fabric", "kube"],
                    help="also start from what this substrate's observer sees (its events feed the state)")
+    p.add_argument("--plane", help="with --substrate kube: the local plane's name (default 'default')")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: loopback only)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--insecure-dev", action="store_true",
@@ -42,7 +43,8 @@ def register(sub: Any) -> None:
                    help="open connections waitress accepts (default 500; idle ones close after 30 s)")
     p.add_argument("--prometheus", metavar="URL",
                    help="poll node CPU (background) and memory from this Prometheus (the per-node cgroup "
-                        "exporters' series, see dtlab.telemetry) into the twin's state")
+                        "exporters' series, see dtlab.telemetry) into the twin's state ('auto': the substrate's "
+                        "own: --substrate kube on a plane up with --telemetry prometheus)")
     p.add_argument("--poll-s", type=float, default=0.5, help="with --prometheus: poll interval (default 0.5 s)")
     p.add_argument("--freshness-s", type=float, default=None,
                    help="refuse plans (503) relying on telemetry older than this; default with --prometheus: "
@@ -68,7 +70,7 @@ def telemetry_options(args: argparse.Namespace) -> float | None:
     if args.freshness_s is not None and not 0 < args.freshness_s <= 86400:
         raise SpecError("--freshness-s", f"must be in (0, 86400] seconds (got {args.freshness_s:g})")
     if args.prometheus:
-        if not str(args.prometheus).startswith(("http://", "https://")):
+        if args.prometheus != "auto" and not str(args.prometheus).startswith(("http://", "https://")):
             raise SpecError("--prometheus", f"must be an http(s) URL (got {args.prometheus!r})")
         from ..telemetry import DEFAULT_FRESHNESS_S
         return DEFAULT_FRESHNESS_S if args.freshness_s is None else float(args.freshness_s)
@@ -114,7 +116,12 @@ def run(args: argparse.Namespace) -> int:
     if args.extender and context is None and config.extender_secret is None and not config.insecure_dev:
         raise SpecError("DTLAB_EXTENDER_SECRET", "--extender needs a secret path prefix for its caller "
                         "(the scheduler's urlPrefix: http://HOST:PORT/extender/<secret>), or --insecure-dev")
-    twin, substrate = build_twin(args.cluster, args.substrate)
+    if args.prometheus == "auto" and args.substrate not in ("fabric", "kube"):
+        raise SpecError("--prometheus", "auto needs --substrate kube (a plane up with --telemetry prometheus) "
+                                        "or a URL")
+    if args.plane is not None and args.substrate != "kube":
+        raise SpecError("--plane", "only with --substrate kube")
+    twin, substrate = build_twin(args.cluster, args.substrate, **({"plane": args.plane} if args.plane else {}))
     extender = None
     if args.extender:
         from ..extender import Extender, kube_annotator
@@ -127,9 +134,15 @@ def run(args: argparse.Namespace) -> int:
     poller = None
     if args.prometheus:
         from ..telemetry import PrometheusClient, TelemetryPoller
-        poller = TelemetryPoller(PrometheusClient(args.prometheus, timeout_s=max(0.2, args.poll_s)), args.poll_s,
-                                 clock=getattr(substrate, "ts_of_epoch", None))   # the state's clock
-        print(f"dtlab serve: polling {args.prometheus} every {args.poll_s:g} s; plans on telemetry older than "
+        url = getattr(substrate, "prometheus_url", None) if args.prometheus == "auto" else args.prometheus
+        if not url:
+            substrate.close()
+            raise SpecError("--prometheus", "auto needs a substrate that runs its own Prometheus (--substrate "
+                                            "kube on a plane started with `dtlab cluster up --telemetry prometheus`)")
+        # epoch stamps, not the substrate's clock: the API checks freshness (and /metrics ages) against
+        # time.time(); in the substrate's clock every node would look ~1.7e9 s old (every plan 503)
+        poller = TelemetryPoller(PrometheusClient(url, timeout_s=max(0.2, args.poll_s)), args.poll_s)
+        print(f"dtlab serve: polling {url} every {args.poll_s:g} s; plans on telemetry older than "
               f"{freshness:g} s are refused", file=sys.stderr, flush=True)
     serve(twin, config, substrate=substrate, extender=extender, tls_context=context, host=args.host,
           port=args.port, threads=args.threads, connection_limit=args.connection_limit,

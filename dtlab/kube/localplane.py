@@ -587,8 +587,11 @@ def _start(component: str, st: dict[str, Any], timeout: float) -> None:
 
 def up(nodes: list[dict] | int | Any = 6, workdir: str | os.PathLike | None = None, *,
        name: str = "default", timeout: float = 120.0, real_nodes: Iterable[str] | str | None = None,
-       node_grace_s: float | None = None) -> dict[str, Any]:
+       node_grace_s: float | None = None, telemetry: str | None = None) -> dict[str, Any]:
     """Start the plane `name` and register `nodes` (an int -> default_nodes(n)).
+
+    ``telemetry="prometheus"``: one cgroup exporter per real node and a real Prometheus scraping them
+    (:mod:`dtlab.kube.nodetelemetry`; its URL in ``state["telemetry"]["prometheus_url"]``).
 
     ``real_nodes``: names of `nodes` (or "all") that run a real kubelet on containerd instead of
     KWOK. ``node_grace_s``: node-monitor grace period (default 80 s; a real node whose kubelet
@@ -613,16 +616,23 @@ def up(nodes: list[dict] | int | Any = 6, workdir: str | os.PathLike | None = No
         unknown = sorted(set(real) - {n["name"] for n in node_list})
         if unknown:
             raise LocalPlaneError(f"real nodes not in the cluster: {unknown}")
+    if telemetry is not None:
+        from .nodetelemetry import MODES
+        if telemetry not in MODES:
+            raise LocalPlaneError(f"telemetry {telemetry!r}: must be one of {', '.join(MODES)}")
+        if not real:
+            raise LocalPlaneError("telemetry needs real nodes: KWOK nodes have no cgroup to read")
     for attempt in range(3):
         try:
-            return _up_once(bins, node_list, workdir, name, timeout, real, node_grace_s)
+            return _up_once(bins, node_list, workdir, name, timeout, real, node_grace_s, telemetry)
         except LocalPlaneError as e:  # a free port taken between probe and bind: retry
             if "address already in use" not in str(e) or attempt == 2:
                 raise
 
 
 def _up_once(bins: Mapping[str, Path], nodes: list[Any], workdir: str | os.PathLike | None,
-             name: str, timeout: float, real: list[str], node_grace_s: float | None) -> dict[str, Any]:
+             name: str, timeout: float, real: list[str], node_grace_s: float | None,
+             telemetry: str | None = None) -> dict[str, Any]:
     if load_state(name):
         down(name)
     wd = Path(workdir) if workdir else _plane_dir(name) / "run"
@@ -668,6 +678,10 @@ def _up_once(bins: Mapping[str, Path], nodes: list[Any], workdir: str | os.PathL
         _wait(lambda: _ready_nodes(api, st["nodes"]) == set(st["nodes"]), f"{len(st['nodes'])} nodes Ready",
               timeout, procs + [(f"{r['name']}/{c}", p) for r in st["real_nodes"]
                                 for c, p in r["processes"].items()])
+        if telemetry:
+            from . import nodetelemetry
+            nodetelemetry.start(st, lambda n, cmd, d: _spawn(n, cmd, d), _alive, lambda: _save_state(name, st),
+                                timeout=min(timeout, 60.0))
     except BaseException:
         down(name)
         raise
@@ -881,6 +895,10 @@ def status(name: str = "default") -> dict[str, Any]:
     if real:
         out["real_ready_s"] = st.get("real_ready_s")
         out["cpu_scale"] = next(iter(real.values())).get("scale")
+    if st.get("telemetry"):
+        out["telemetry"] = dict(st["telemetry"], processes={k: {"pid": p.get("pid"), "alive": _alive(p)}
+                                                            for k, p in st.get("extra_processes", {}).items()
+                                                            if k == "prometheus" or k.startswith("exporter-")})
     out["running"] = all(c["alive"] for c in comps.values()) and len(comps) == len(COMPONENTS)
     return out
 

@@ -199,6 +199,20 @@ class KubeSubstrate(WallClockSubstrate):
     def now_ms(self) -> float:
         return (time.time() - self._t0) * 1000.0 / self.opts["time_scale"]
 
+    def ts_of_epoch(self, epoch_s: float) -> float:
+        """Wall-clock epoch seconds -> this substrate's clock (seconds since start), for telemetry."""
+        return max(0.0, (epoch_s - self._t0) / self.opts["time_scale"])
+
+    @property
+    def prometheus_url(self) -> str | None:
+        """The Prometheus of the local plane's real nodes (``dtlab cluster up --telemetry prometheus``),
+        when this substrate runs on that plane; None otherwise (``--prometheus auto`` then refuses)."""
+        from ..kube import localplane
+        st = localplane.load_state(self.opts["plane"]) or {}
+        if not st or self.kubeconfig != st.get("kubeconfig"):
+            return None
+        return (st.get("telemetry") or {}).get("prometheus_url")
+
     def submit(self, plan: Plan, job: Job) -> None:
         self._check_open()
         if job.name in self._jobs:
