@@ -66,11 +66,11 @@ def test_hog_in_the_real_nodes_cgroup_shows_up_via_prometheus_within_2s(plane):
     url = plane["telemetry"]["prometheus_url"]
     assert url.startswith("http://127.0.0.1:")
     poller = TelemetryPoller(PrometheusClient(url, timeout_s=1.0), interval_s=0.5)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     util0 = _util(poller, "rn-0")
     while util0 is None:      # two scrapes needed for a rate
         assert time.monotonic() < deadline, (
-            f"no telemetry of rn-0 within 30 s ({poller.last_error}; up: {poller.client.query('up')}; "
+            f"no telemetry of rn-0 within 60 s ({poller.last_error}; up: {poller.client.query('up')}; "
             f"cpu: {poller.client.query('dtlab_node_cpu_seconds_total')}; "
             f"placed: {poller.client.query('dtlab_node_placed_cpu_seconds_total')})")
         time.sleep(0.2)
