@@ -237,5 +237,7 @@ def test_v4_kube_params_file_is_valid():
     from dtlab import runner
 
     prep = runner.prepare("V4", params_file=REPO / "params" / "V4-kube.yaml")
-    assert prep.params["substrate"] == "kube" and prep.params["substrate_opts"]["time_scale"] == 0.1
+    # real nodes run real work: real time (time_scale 1, the default), every node of the cluster real
+    assert prep.params["substrate"] == "kube" and prep.params["substrate_opts"]["real_nodes"] == "all"
+    assert prep.params["substrate_opts"].get("time_scale", 1) == 1
     assert set(prep.params["scenarios"]) >= {"zone-blackout", "rolling-node-failures", "edge-node-loss"}
