@@ -17,12 +17,13 @@ fabric stages run; per-kernel factors stay in ``factors`` for V3.
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import math
 import os
 import platform
 import statistics
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import yaml
 import numpy as np
@@ -334,6 +335,22 @@ def startup_cache_path(substrate: str = "fabric") -> Path:
     :func:`dtlab.kube.startup.measure_startup`)."""
     tag = "" if substrate == "fabric" else f"{substrate}."
     return default_out().with_name(f"calibration.startup.{tag}v{STARTUP_VERSION}.{worker.build_dir().name}.yaml")
+
+
+def cached_startup(path: Path, measure: Callable[[], dict[str, Any]],
+                   refresh: bool = False) -> tuple[dict[str, Any], Path]:
+    """(start-up document, path): the one cached at ``path``, else ``measure()`` once and cached there.
+    A file lock beside it makes parallel runs (``dtlab run all -j 2``) measure once, not twice."""
+    if path.exists() and not refresh:
+        return load_startup(path), path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists() and not refresh:
+            return load_startup(path), path
+        doc = measure()
+        write(doc, path)
+    return doc, path
 
 
 def load_startup(path: str | Path) -> dict[str, Any]:

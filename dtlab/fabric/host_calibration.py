@@ -213,14 +213,4 @@ def measure_startup(formats: list[str] | None = None, reps: int = calibrate.STAR
 
 def startup_calibration(refresh: bool = False) -> tuple[dict[str, Any], Path]:
     """(start-up document, its path): measured once per worker build on this host and cached."""
-    path = calibrate.startup_cache_path()
-    if path.exists() and not refresh:
-        return calibrate.load_startup(path), path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if path.exists() and not refresh:
-            return calibrate.load_startup(path), path
-        doc = measure_startup()
-        calibrate.write(doc, path)
-    return doc, path
+    return calibrate.cached_startup(calibrate.startup_cache_path(), measure_startup, refresh)

@@ -14,7 +14,6 @@ worker start already contains the hand-off). KWOK nodes are not measured: their 
 from __future__ import annotations
 
 import datetime as _dt
-import fcntl
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -110,16 +109,9 @@ def startup_calibration(cluster: Cluster, kubeconfig: str | None = None, plane: 
                         refresh: bool = False, reps: int = STARTUP_REPS) -> tuple[dict[str, Any], Path]:
     """(kube start-up document, its path): measured once per worker build on this host and cached
     (:func:`dtlab.fabric.calibrate.startup_cache_path` with ``substrate="kube"``, under a file lock)."""
-    path = calibrate.startup_cache_path("kube")
-    if path.exists() and not refresh:
-        return calibrate.load_startup(path), path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if path.exists() and not refresh:
-            return calibrate.load_startup(path), path
+    def measure() -> dict[str, Any]:
         doc = measure_startup(cluster, kubeconfig=kubeconfig, plane=plane, reps=reps)
         if not doc["startup_ms"]:
             raise DtlabError(f"kube start-up calibration: no probe pod succeeded ({doc['errors'][:3]})")
-        calibrate.write(doc, path)
-    return doc, path
+        return doc
+    return calibrate.cached_startup(calibrate.startup_cache_path("kube"), measure, refresh)
