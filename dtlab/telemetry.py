@@ -175,6 +175,31 @@ def prometheus_config(targets: Mapping[str, str], scrape_interval_s: float) -> s
     return "\n".join(lines) + "\n"
 
 
+def prometheus_argv(exe: str, config: Path, workdir: Path, port: int) -> list[str]:
+    """The one Prometheus command line dtlab runs: loopback only, 2 h of local storage in ``workdir``."""
+    return [exe, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=2h"]
+
+
+def wait_targets_up(url: str, n_targets: int, timeout_s: float, dead: Callable[[], str | None]) -> None:
+    """Until Prometheus at ``url`` reports ``n_targets`` targets up. ``dead()`` names a process that
+    exited (then DtlabError at once); past ``timeout_s`` a DtlabError too."""
+    client = PrometheusClient(url, timeout_s=1.0)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        why = dead()
+        if why:
+            raise DtlabError(why)
+        try:
+            if sum(v == 1 for _, _, v in client.query("up")) >= n_targets:
+                return
+        except TelemetryError:
+            pass
+        if time.monotonic() > deadline:
+            raise DtlabError(f"prometheus at {url}: targets not all up within {timeout_s:g} s")
+        time.sleep(0.1)
+
+
 @dataclass
 class PrometheusProcess:
     """A real ``prometheus`` scraping ``targets`` ({node: "127.0.0.1:port"}); loopback only.
@@ -213,26 +238,20 @@ class PrometheusProcess:
         config.write_text(prometheus_config(self.targets, self.scrape_interval_s))
         self.log = self.workdir / "prometheus.log"
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [exe, f"--config.file={config}", f"--storage.tsdb.path={self.workdir / 'data'}",
-                 f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=2h"],
-                stdout=log, stderr=log, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
-        client = PrometheusClient(self.url, timeout_s=1.0)
-        deadline = time.monotonic() + self.ready_s
-        while True:
-            if self.proc.poll() is not None:
-                tail = self.log.read_text(errors="replace")[-400:]
-                raise DtlabError(f"prometheus exited with {self.proc.returncode}: {tail}")
-            try:
-                up = [v for _, _, v in client.query("up") if v == 1]
-                if len(up) >= len(self.targets):
-                    return self
-            except TelemetryError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise DtlabError(f"prometheus at {self.url}: targets not all up within {self.ready_s:g} s")
-            time.sleep(0.1)
+            self.proc = subprocess.Popen(prometheus_argv(exe, config, self.workdir, self.port),
+                                         stdout=log, stderr=log, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+        proc, log_path = self.proc, self.log
+
+        def dead() -> str | None:
+            if proc.poll() is None:
+                return None
+            return f"prometheus exited with {proc.returncode}: {log_path.read_text(errors='replace')[-400:]}"
+        try:
+            wait_targets_up(self.url, len(self.targets), self.ready_s, dead)
+        except DtlabError:
+            self.stop()
+            raise
+        return self
 
     def stop(self, timeout_s: float = 10.0) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -115,6 +115,14 @@ def serve(reader: NodeReader, port: int, host: str = "127.0.0.1") -> ThreadingHT
     return ThreadingHTTPServer((host, port), Handler)
 
 
+def command(node: str, cpu_dir: Path, capacity_cores: float, parent_pid: int,
+            memory_dir: Path | None = None, port: int = 0) -> list[str]:
+    """The command that runs this exporter for one node (the fabric's nodes and the real kube nodes)."""
+    argv = [sys.executable, str(Path(__file__).resolve()), "--node", node, "--cpu-dir", str(cpu_dir),
+            "--capacity-cores", repr(float(capacity_cores)), "--port", str(port), "--parent-pid", str(parent_pid)]
+    return argv + (["--memory-dir", str(memory_dir)] if memory_dir is not None else [])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--node", required=True)

@@ -14,13 +14,12 @@ Why detached processes (own session, recorded under ``extra_processes`` of the p
 """
 from __future__ import annotations
 
-import sys
-import time
 from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import DtlabError
-from ..telemetry import DEFAULT_SCRAPE_S, PrometheusClient, TelemetryError, free_port, prometheus_config
+from ..fabric import exporter
+from ..telemetry import DEFAULT_SCRAPE_S, free_port, prometheus_argv, prometheus_config, wait_targets_up
 
 MODES = ("prometheus",)
 CPUACCT = Path("/sys/fs/cgroup/cpuacct")
@@ -29,12 +28,9 @@ MEMORY = Path("/sys/fs/cgroup/memory")
 
 def exporter_argv(rec: Mapping[str, Any], port: int, parent_pid: int) -> list[str]:
     """The exporter command of one real node (its cgroup in cpuacct, and memory when mounted)."""
-    script = Path(__file__).resolve().parent.parent / "fabric" / "exporter.py"
-    argv = [sys.executable, str(script), "--node", rec["name"], "--cpu-dir", str(CPUACCT / rec["cgroup"]),
-            "--capacity-cores", repr(float(rec["cpus"])), "--port", str(port), "--parent-pid", str(parent_pid)]
-    if (MEMORY / rec["cgroup"]).is_dir():
-        argv += ["--memory-dir", str(MEMORY / rec["cgroup"])]
-    return argv
+    mem = MEMORY / rec["cgroup"]
+    return exporter.command(rec["name"], CPUACCT / rec["cgroup"], float(rec["cpus"]), parent_pid,
+                            mem if mem.is_dir() else None, port)
 
 
 def start(st: dict[str, Any], spawn, alive, save, timeout: float = 60.0,
@@ -60,24 +56,17 @@ def start(st: dict[str, Any], spawn, alive, save, timeout: float = 60.0,
     save()
     prom_port = free_port()
     (wd / "prometheus.yml").write_text(prometheus_config(targets, scrape_interval_s))
-    extra["prometheus"] = spawn("prometheus", [
-        exe, f"--config.file={wd / 'prometheus.yml'}", f"--storage.tsdb.path={wd / 'data'}",
-        f"--web.listen-address=127.0.0.1:{prom_port}", "--storage.tsdb.retention.time=2h"], wd)
+    extra["prometheus"] = spawn("prometheus", prometheus_argv(exe, wd / "prometheus.yml", wd, prom_port), wd)
     url = f"http://127.0.0.1:{prom_port}"
     st["telemetry"] = {"mode": "prometheus", "prometheus_url": url, "targets": targets,
                        "scrape_interval_s": scrape_interval_s}
     save()
-    client = PrometheusClient(url, timeout_s=1.0)
-    deadline = time.monotonic() + timeout
-    while True:
-        dead = [k for k, p in extra.items() if (k == "prometheus" or k.startswith("exporter-")) and not alive(p)]
-        if dead:
-            raise DtlabError(f"--telemetry prometheus: {', '.join(dead)} exited (logs in {wd / 'logs'})")
-        try:
-            if sum(v == 1 for _, _, v in client.query("up")) >= len(targets):
-                return st["telemetry"]
-        except TelemetryError:
-            pass
-        if time.monotonic() > deadline:
-            raise DtlabError(f"--telemetry prometheus: targets not all up within {timeout:g} s at {url}")
-        time.sleep(0.1)
+
+    def dead() -> str | None:
+        gone = [k for k, p in extra.items() if (k == "prometheus" or k.startswith("exporter-")) and not alive(p)]
+        return f"{', '.join(gone)} exited (logs in {wd / 'logs'})" if gone else None
+    try:
+        wait_targets_up(url, len(targets), timeout, dead)
+    except DtlabError as exc:
+        raise DtlabError(f"--telemetry prometheus: {exc}") from None
+    return st["telemetry"]

@@ -434,12 +434,12 @@ class FabricSubstrate(WallClockSubstrate):
         Whatever runs in a node's group outside the stage sub-groups is background load.
         """
         from ..fabric import cgroups
+        from ..fabric import exporter
         from ..telemetry import PrometheusProcess, die_with_parent
 
         mem_base = cgroups.controller_dir("memory")
         if mem_base is not None and mem_base != cgroups.CGROUP_ROOT:
             self._mem_top = cgroups.Group(mem_base, f"{cgroups.PREFIX}{self.fid}-mem")
-        script = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fabric", "exporter.py")
         targets = {}
         for n in cluster.nodes:
             if self._acct_nodes is not None:
@@ -451,10 +451,8 @@ class FabricSubstrate(WallClockSubstrate):
             if self._mem_top is not None:
                 self._mem_node[n.name] = cgroups.Group(self._mem_top.base,
                                                        f"{cgroups.PREFIX}{self.fid}-mem/{_safe(n.name)}")
-            argv = [sys.executable, script, "--node", n.name, "--cpu-dir", str(cpu_dir),
-                    "--capacity-cores", repr(n.cores * n.speed * self.scale), "--parent-pid", str(os.getpid())]
-            if n.name in self._mem_node:
-                argv += ["--memory-dir", str(self._mem_node[n.name].path)]
+            mem = self._mem_node[n.name].path if n.name in self._mem_node else None
+            argv = exporter.command(n.name, cpu_dir, n.cores * n.speed * self.scale, os.getpid(), mem)
             # the exporters run beside the controller (not on the nodes' cores): a node's agent is not its work
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                     stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
