@@ -299,10 +299,14 @@ def test_healthz_answers_with_120_idle_connections(server):
 
 
 def test_a_plan_past_the_time_limit_is_503_and_the_slot_comes_back():
-    """The gate in-process (real threads): 503 at the limit; the computation finishes and frees its slot."""
+    """The gate in-process (real threads): 503 at the limit; the computation finishes and frees its slot.
+
+    The plan computes for ~2 s (40x the limit): a plan of ~0.3 s once finished before a loaded CI
+    host woke the waiting request thread, and answered 200."""
     twin = dtlab.Twin(dtlab.load_cluster(CLUSTER))
-    client = create_app(twin, ApiConfig(token=TOKEN, request_timeout_s=0.05, max_inflight=1)).test_client()
-    body = {"job": chain(10), "samples": 2000, "predictor": "des"}
+    config = ApiConfig(token=TOKEN, request_timeout_s=0.05, max_inflight=1, max_work=10_000_000)
+    client = create_app(twin, config).test_client()
+    body = {"job": chain(20), "samples": 6000, "predictor": "des"}
     t0 = time.monotonic()
     r = client.post("/plan", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
     assert r.status_code == 503 and "time limit" in r.get_json()["error"] and time.monotonic() - t0 < 1.0
