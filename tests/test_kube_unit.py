@@ -484,6 +484,8 @@ def test_node_down_moves_unfinished_stages_to_the_shadow_and_pod_kill_retries_in
     assert (b1.stage, b1.node, b1.attempt) == ("b", "cloud-0", 1)
     ends = [(e["stage"], e["node"], e["ok"]) for e in sub.events() if e["kind"] == "stage-end"]
     assert sorted(ends) == [("a", "edge-a-0", False), ("b", "cloud-0", False)]
+    # V4's failovers column: the move to the shadow counts, the retry in place does not
+    assert sub.results()["jobs"]["failed_over"].tolist() == [1]
 
 
 def test_stage_without_usable_shadow_fails_the_job_after_max_attempts(kube_sub):
@@ -498,6 +500,7 @@ def test_stage_without_usable_shadow_fails_the_job_after_max_attempts(kube_sub):
     assert sub.results()["jobs"]["ok"].tolist() == [False]
     sub2_nodes = [s.node for s in fa.created if s.stage == "b"]
     assert sub2_nodes == ["cloud-0"] * 3
+    assert sub.results()["jobs"]["failed_over"].tolist() == [0]      # pod kills retried in place: no failover
 
 
 def test_kube_options_are_validated():
@@ -522,6 +525,7 @@ def test_replan_hook_is_asked_when_no_shadow_is_usable(kube_sub):
     sub._on_events([_ev("stage-start", b), {"kind": "node-down", "node": "cloud-0", "ts": 0.0}])
     assert asked == [("dag", "b", "cloud-0")] and not sub.node_up("cloud-0") and sub.node_up("edge-a-0")
     assert (fa.created[-1].stage, fa.created[-1].node, fa.created[-1].attempt) == ("b", "edge-b-1", 1)
+    assert sub.results()["jobs"]["failed_over"].tolist() == [1]      # a re-planned move is a failover too
 
 
 def test_nodes_outside_the_cluster_spec_are_not_reported(kube_sub):
@@ -579,3 +583,33 @@ def test_a_root_stage_plans_its_jobs_input_from_the_origin_zone(kube_sub):
     transfer = TimingModel().mean_transfer_ms(4.0, link)
     assert transfer > 300                                   # 4 MB over 100 Mbit/s + 40 ms + loss tail
     assert fa.created[0].duration_ms == pytest.approx(1000 + transfer)
+
+
+class _Links:
+    """Stands in for dtlab.kube.links.PodLinks: which --fetch values the substrate asks for."""
+    nodes = {"cloud-0": None, "cloud-1": None}
+
+    def fetch_arg(self, src, dst, mb):
+        return f"node:{src}->{dst}:{mb}"
+
+    def input_fetch_arg(self, zone, dst, mb):
+        return f"zone:{zone}->{dst}:{mb}"
+
+    def close(self):
+        pass
+
+
+def test_after_a_kwok_stage_a_real_node_fetches_its_output_from_the_kwok_nodes_zone(kube_sub):
+    """Issue 16 (b): a KWOK stage has no bytes; its output_mb comes from its zone's source over the zone
+    -> node link (the one the twin charges); a real predecessor's from its node; same node: nothing."""
+    sub, fa = kube_sub
+    sub.links, sub._real = _Links(), {"cloud-0": 1.0, "cloud-1": 1.0}
+    job = Job("kw", (Stage("a", Compute(cpu=1, duration_ms=100), output_mb=2.0),
+                     Stage("b", Compute(cpu=1, duration_ms=100), output_mb=3.0),
+                     Stage("c", Compute(cpu=1, duration_ms=100), after=("a", "b"))))
+    sub.submit(Plan(job="kw", policy="x", placement={"a": "edge-a-0", "b": "cloud-1", "c": "cloud-0"}), job)
+    st = sub._jobs["kw"]
+    st["stages"]["a"]["node"], st["stages"]["b"]["node"] = "edge-a-0", "cloud-1"
+    assert sub._fetch_args(st, "c", "cloud-0") == ("zone:edge-a->cloud-0:2.0", "node:cloud-1->cloud-0:3.0")
+    assert sub._fetch_args(st, "c", "cloud-1") == ("zone:edge-a->cloud-1:2.0",)     # b on the same node
+    assert sub._fetch_args(st, "c", "edge-b-0") == ()                              # not a real node

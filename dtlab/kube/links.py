@@ -26,10 +26,14 @@ cluster has real nodes of the local plane; ``dtlab calibrate network --substrate
 * :meth:`PodLinks.set_link` changes a link while jobs run (chaos ``link-degradation``; ``None`` =
   ``partition``: the relay holds the data until the link is restored, netem drops everything).
 
+A predecessor on a **KWOK node** ran no container and produced no bytes: its successor on a real node
+fetches the predecessor's ``output_mb`` from the KWOK node's *zone* source (above) over the zone -> node
+link, which is the link the twin charges between the two nodes, so the transfer is measured and
+charged; only the bytes' store is a stand-in (``KubeSubstrate._fetch_args``).
+
 Not covered: an origin zone with no link to the stage's node (nothing is read, as the twin has no
-path either), a predecessor on a KWOK node (no pod ran there, nothing to fetch: the successor on a
-real node starts without the transfer) and pods the real kube-scheduler places (policy
-``kube-scheduler``: the node, hence the link, is unknown when the pod is made).
+path either) and pods the real kube-scheduler places (policy ``kube-scheduler``: the node, hence the
+link, is unknown when the pod is made).
 
 One process per plane holds the data path (fixed ports on the gateways): a second kube substrate on
 the same plane meanwhile runs unshaped and says so (a warning, ``metadata()["links"]``).
@@ -166,11 +170,11 @@ class PodLinks:
         return self._links.get((src, dst))
 
     def set_link(self, src: str, dst: str, link: Link | None) -> None:
-        """Change the shaping of ``src -> dst`` now (None: cut)."""
-        if (src, dst) not in self._links:
-            return
-        self._links[(src, dst)] = link
-        self._reshape(src, dst)
+        """Change the shaping of ``src -> dst`` now (None: cut). ``src`` may be a KWOK node: its zone's
+        source (which stands in for its stages' outputs) towards ``dst`` changes."""
+        if (src, dst) in self._links:
+            self._links[(src, dst)] = link
+            self._reshape(src, dst)
         zone = self.cluster.by_name[src].zone if src in self.cluster.by_name else None
         if zone is not None and (zone, dst) in self._links:    # a fault between zones cuts their inputs too
             self._links[(zone, dst)] = link

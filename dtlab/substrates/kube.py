@@ -227,7 +227,8 @@ class KubeSubstrate(WallClockSubstrate):
         noise = self.timing.service_noise(self._rng, len(job.stages)) if self.opts["noise"] \
             else np.ones(len(job.stages))
         rec = {"job": job.name, "arrival_ms": now, "start_ms": None, "end_ms": None,
-               "deadline_ms": job.deadline_ms, "ok": None, "nodes": sorted(set(plan.placement.values()))}
+               "deadline_ms": job.deadline_ms, "ok": None, "nodes": sorted(set(plan.placement.values())),
+               "failed_over": 0}
         state = {"job": job, "plan": plan, "rec": rec, "noise": dict(zip([s.id for s in job.stages], noise)),
                  "stages": {s.id: {"phase": "waiting", "attempt": -1, "node": None, "tried": []}
                             for s in job.stages}}
@@ -275,7 +276,13 @@ class KubeSubstrate(WallClockSubstrate):
     def _fetch_args(self, st: dict[str, Any], sid: str, node: str) -> tuple[str, ...]:
         """``--fetch`` values of stage ``sid`` on real node ``node``: each predecessor's output from the
         real node it ran on (same node: nothing to move); a root stage's job input from the job's
-        origin zone (over the zone -> node link, as the twin counts it)."""
+        origin zone (over the zone -> node link, as the twin counts it).
+
+        A predecessor that ran on a KWOK node produced no bytes (no container ran there): the worker
+        fetches the predecessor's ``output_mb`` of synthetic data from that KWOK node's *zone* source
+        over the zone -> ``node`` link (the one the twin charges between the two nodes: the zones' link,
+        or the intra-zone default in one zone), so the transfer is measured and charged as on a real
+        predecessor; only the store it comes from is a stand-in."""
         if self.links is None or node not in self.links.nodes:
             return ()
         job: Job = st["job"]
@@ -287,8 +294,14 @@ class KubeSubstrate(WallClockSubstrate):
         for p in job.stages[job.stage_index[sid]].after:
             src = st["stages"][p]["node"]
             prev = job.stages[job.stage_index[p]]
-            if src and src != node and src in self.links.nodes and prev.output_mb > 0:
+            if not src or src == node or prev.output_mb <= 0:
+                continue
+            if src in self.links.nodes:
                 out.append(self.links.fetch_arg(src, node, prev.output_mb))
+            elif src not in self._real and src in self._cluster.by_name:     # a KWOK predecessor
+                arg = self.links.input_fetch_arg(self._cluster.node(src).zone, node, prev.output_mb)
+                if arg:
+                    out.append(arg)
         return tuple(out)
 
     def _set_links(self, ev: Any, start: bool) -> None:
@@ -320,7 +333,7 @@ class KubeSubstrate(WallClockSubstrate):
 
     def results(self) -> dict[str, pd.DataFrame]:
         with self._lock:
-            jobs = pd.DataFrame([dict(s["rec"]) for s in self._jobs.values()], columns=list(JOB_COLUMNS))
+            jobs = pd.DataFrame([dict(s["rec"]) for s in self._jobs.values()], columns=[*JOB_COLUMNS, "failed_over"])
             stages = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in self._stages])
         with self._lock:
             kinds = {name: sorted({self._stages_kind(r) for r in self._stages if r["job"] == name})
@@ -627,6 +640,7 @@ class KubeSubstrate(WallClockSubstrate):
                 self._finish(st, ok=False)
                 return []
             node = usable[0]
+            st["rec"]["failed_over"] += 1     # moved off its lost node (shadow or re-plan): the engine's count
         return self._launch(st, sid, node, reason=f"retry after {reason}")
 
     def _node_down(self, node: str) -> list[tuple]:

@@ -7,7 +7,8 @@ network inside its own container (the worker's --fetch) through that link (htb o
 of the read matches the twin's transfer time; on the same node nothing moves. A link degradation
 injected into the kube substrate slows the read; a partition holds the data until it is restored.
 A job's ``input_mb`` comes from its origin zone: a root stage in the other zone reads it through the
-zone -> node link (a zone store behind the same shaping), as the twin counts it.
+zone -> node link (a zone store behind the same shaping), as the twin counts it; so does the output of
+a stage that ran on the KWOK node (no bytes exist there: its zone's source stands in).
 `dtlab calibrate network --substrate kube` measures the link from inside probe pods and fits it.
 
 Needs root and `make cluster-deps` (else skipped; failed under DTLAB_REQUIRE_HEAVY=1).
@@ -138,6 +139,19 @@ def test_job_input_inside_its_zone_takes_the_intra_zone_link(plane):
     assert a["fetch_mb"] == pytest.approx(OUT_MB)
     assert a["transfer_ms"] <= 1.5 * pred + 150, (a, pred)     # 10 Gbit/s: the relay's own cost dominates
     assert a["transfer_ms"] < 0.5 * TimingModel().mean_transfer_ms(OUT_MB, CLUSTER.link("lk-a", "lk-b"))
+
+
+def test_output_of_a_kwok_stage_comes_from_its_zone_over_the_link(plane):
+    """a on the KWOK node lk-kw (zone za: no container, no bytes) -> b on real lk-b (zb): b reads a's
+    output_mb from za's zone source over the za -> zb link, the link the twin charges lk-kw -> lk-b."""
+    stages, mech, _ = _run(plane, "lk-kwok", "lk-b", a_node="lk-kw")
+    a, b = stages["a"], stages["b"]
+    pred = TimingModel().mean_transfer_ms(OUT_MB, CLUSTER.link("lk-kw", "lk-b"))
+    print(f"
+2 MB after a KWOK stage in za: worker read it in {b['transfer_ms']:.1f} ms (twin {pred:.1f} ms)")
+    assert a["node_kind"] == "kwok" and b["node_kind"] == "real"
+    assert b["fetch_mb"] == pytest.approx(OUT_MB)
+    assert 0.8 * pred <= b["transfer_ms"] <= 1.5 * pred + 50, (b, pred)
 
 
 def test_same_node_moves_nothing(plane):
