@@ -64,6 +64,23 @@ def test_deadline_slack_scales_the_isolated_latency():
         regime.with_deadline_slack(wl, CLUSTER, 0.0)
 
 
+def test_deadline_includes_the_start_up_of_the_timing_the_twin_plans_with():
+    """Issue 16 (d): on kube with real nodes the twin's timing carries the measured container start-up
+    per format; V4's deadline is set with that timing (once, by the first run), not the default's."""
+    from dtlab.timing import TimingModel
+    wl = common.load_workload_param("examples/workload.yaml", 5, 0.5)
+    _, iso0 = regime.with_deadline_slack(wl, CLUSTER, 2.0)
+    slow = TimingModel().with_startup({"native": 400.0, "wasm": 400.0, "qemu-arm64": 400.0,
+                                       "qemu-riscv64": 400.0, "qemu-amd64": 400.0})
+    out, iso = regime.with_deadline_slack(wl, CLUSTER, 2.0, timing=slow)
+    n = len(wl.template.stages)                  # a chain: every stage pays one start-up
+    assert iso == pytest.approx(iso0 + n * 400.0, rel=0.05) and out.template.deadline_ms == pytest.approx(2 * iso, abs=0.1)
+    d = v4._Deadlines(wl, CLUSTER, 2.0)
+    assert d.isolated_ms == pytest.approx(iso0)
+    assert d.fix(slow).template.deadline_ms == pytest.approx(2 * iso, abs=0.1)
+    assert d.fix(TimingModel()).template.deadline_ms == pytest.approx(2 * iso, abs=0.1)   # the first run decides
+
+
 # ---------------------------------------------------------------- regimes of the smoke runs
 
 def test_v4_smoke_no_fault_meets_deadlines_and_a_zone_fault_raises_misses():

@@ -34,23 +34,28 @@ import numpy as np
 import pandas as pd
 
 from ..model import Cluster, Job
+from ..timing import TimingModel
 
 PREFIX = "regime"
 
 
-def isolated_latency_ms(cluster: Cluster, job: Job, samples: int = 256, seed: int = 0) -> float:
+def isolated_latency_ms(cluster: Cluster, job: Job, samples: int = 256, seed: int = 0,
+                        timing: TimingModel | None = None) -> float:
     """The twin's median latency of ``job`` alone on an idle ``cluster`` (greedy plan, fast predictor).
 
     The reference a deadline slack is measured against: ``deadline = slack * isolated latency``.
+    ``timing``: the twin's timing on the substrate that runs (on kube with real nodes it carries the
+    measured container start-up per format, which the default timing leaves at 0).
     """
     from ..twin import Twin
 
-    plan = Twin(cluster).plan(job, policy="greedy", samples=samples, seed=seed, predictor="fast")
+    plan = Twin(cluster, timing=timing).plan(job, policy="greedy", samples=samples, seed=seed, predictor="fast")
     return float(plan.prediction["p50_ms"])
 
 
-def with_deadline_slack(workload, cluster: Cluster, slack: float | None):
-    """``workload`` whose template deadline is ``slack`` x the isolated latency (None: keep the file's).
+def with_deadline_slack(workload, cluster: Cluster, slack: float | None, timing: TimingModel | None = None):
+    """``workload`` whose template deadline is ``slack`` x the isolated latency (None: keep the file's),
+    the isolated latency predicted with ``timing`` (see :func:`isolated_latency_ms`).
 
     Returns ``(workload, isolated_ms)``. The generator then scales each job's work (``duration_scale``)
     but not its deadline, so the per-job slack is spread around ``slack`` by the workload itself.
@@ -59,7 +64,7 @@ def with_deadline_slack(workload, cluster: Cluster, slack: float | None):
 
     from ..errors import SpecError
 
-    iso = isolated_latency_ms(cluster, workload.template)
+    iso = isolated_latency_ms(cluster, workload.template, timing=timing)
     if slack is None:
         return workload, iso
     if not slack > 0:
