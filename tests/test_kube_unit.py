@@ -613,3 +613,30 @@ def test_after_a_kwok_stage_a_real_node_fetches_its_output_from_the_kwok_nodes_z
     assert sub._fetch_args(st, "c", "cloud-0") == ("zone:edge-a->cloud-0:2.0", "node:cloud-1->cloud-0:3.0")
     assert sub._fetch_args(st, "c", "cloud-1") == ("zone:edge-a->cloud-1:2.0",)     # b on the same node
     assert sub._fetch_args(st, "c", "edge-b-0") == ()                              # not a real node
+
+
+def test_a_pod_the_real_scheduler_places_gets_any_node_fetches(kube_sub):
+    """Issue 16 (a): an unpinned pod (policy kube-scheduler) on a cluster with real nodes reads its
+    inputs from the sources' any-node endpoints (the node is found from its address when it fetches)."""
+    sub, fa = kube_sub
+
+    class Links(_Links):
+        def fetch_arg_any(self, src, mb):
+            return f"any:{src}:{mb}"
+    sub.links, sub._real = Links(), {"cloud-0": 1.0, "cloud-1": 1.0}
+    job = Job("sch", (Stage("a", Compute(cpu=1, duration_ms=100), output_mb=2.0),
+                      Stage("b", Compute(cpu=1, duration_ms=100), after=("a",))), origin_zone="edge-a", input_mb=1.0)
+    sub.submit(Plan(job="sch", policy="kube-scheduler", placement={"a": "cloud-0", "b": "cloud-1"}), job)
+    a = fa.created[0]
+    assert a.node == "" and a.args[-2:] == ("--fetch", "any:edge-a:1.0")    # unpinned; input from its zone
+    sub._on_events([_ev("stage-start", a, node="cloud-1"), _ev("stage-end", a, ok=True, node="cloud-1")])
+    b = fa.created[1]
+    assert b.node == "" and b.args[-2:] == ("--fetch", "any:cloud-1:2.0")   # a ran on cloud-1 (observed)
+
+
+def test_pod_links_find_the_node_of_a_pod_address():
+    from dtlab.kube.links import NodeNet, PodLinks
+    links = PodLinks.__new__(PodLinks)         # no servers: only the address rule
+    links.nodes = {"n1": NodeNet("n1", 1, "10.244", "b1"), "n12": NodeNet("n12", 12, "10.244", "b12")}
+    assert [links.node_of_address(ip) for ip in ("10.244.1.7", "10.244.12.3", "10.244.2.1", "10.245.1.7")] == \
+        ["n1", "n12", None, None]

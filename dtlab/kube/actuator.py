@@ -368,7 +368,8 @@ def pod_spec_for(job, stage_id: str, node, fmt: str, attempt: int, duration_ms: 
     still bounds the node as a whole).
 
     ``fetch`` (real nodes): the worker's ``--fetch`` values, the stage's inputs read over the shaped pod
-    network before its work (:meth:`dtlab.kube.links.PodLinks.fetch_arg`)."""
+    network before its work (:meth:`dtlab.kube.links.PodLinks.fetch_arg`; unpinned pods:
+    :meth:`~dtlab.kube.links.PodLinks.fetch_arg_any`, the node found from the pod's address)."""
     stage = job.stages[job.stage_index[stage_id]]
     base = dict(job=job.name, stage=stage_id, node=node.name, attempt=attempt, arch=node.arch, format=fmt,
                 cpu=stage.compute.cpu, mem_gb=stage.compute.mem_gb, duration_ms=duration_ms,
@@ -385,7 +386,8 @@ def pod_spec_for(job, stage_id: str, node, fmt: str, attempt: int, duration_ms: 
     iters = worker.iterations_for(stage.compute.duration_ms, kernel, real_scale)
     if scheduler:
         return PodSpec(**base, image=NODE_NATIVE_IMAGE, node_kind="real", cpu_limit=max(0.001, real_scale),
-                       args=("--format", "native", "--kernel", kernel, "--iters", str(iters), "--seed", str(int(seed))))
+                       args=("--format", "native", "--kernel", kernel, "--iters", str(iters), "--seed", str(int(seed)),
+                             *(a for f in fetch for a in ("--fetch", f))))
     return PodSpec(**base, image=image_for(node.arch, fmt), node_kind="real",
                    cpu_limit=max(0.001, node.speed * real_scale),
                    args=("--format", fmt, "--kernel", kernel, "--iters", str(iters), "--seed", str(int(seed)),

@@ -31,9 +31,18 @@ fetches the predecessor's ``output_mb`` from the KWOK node's *zone* source (abov
 link, which is the link the twin charges between the two nodes, so the transfer is measured and
 charged; only the bytes' store is a stand-in (``KubeSubstrate._fetch_args``).
 
+Pods the **real kube-scheduler** places (policy ``kube-scheduler``) have no node when they are made,
+so their ``--fetch`` values cannot name the destination's relay. They name the source's *any-node
+endpoint* instead (:meth:`PodLinks.fetch_arg_any`): one listener per source (a real node's on its own
+gateway, an origin zone's on the first real node's gateway) at ``ANY_PORT_BASE + index``, which works
+out the destination node from the fetching pod's address (each real node has its own /24 pod CIDR)
+and then serves the bytes through that ``src -> dst`` link exactly as above (the link's htb class on
+the destination's bridge also matches this endpoint's replies; the delay line, or netem). A pod that
+lands on its source's own node reads the bytes unshaped over its bridge (milliseconds; the twin
+counts nothing there); one that lands on a KWOK node runs no container and reads nothing.
+
 Not covered: an origin zone with no link to the stage's node (nothing is read, as the twin has no
-path either) and pods the real kube-scheduler places (policy ``kube-scheduler``: the node, hence the
-link, is unknown when the pod is made).
+path either).
 
 One process per plane holds the data path (fixed ports on the gateways): a second kube substrate on
 the same plane meanwhile runs unshaped and says so (a warning, ``metadata()["links"]``).
@@ -64,6 +73,7 @@ RELAY_PORT_BASE = 41_300          # + the source's index (real nodes 1..250, ori
 ZONE_INDEX_BASE = 256             # origin zones' source indices (256..319): past any real node's
 MAX_ZONES = 64
 ZONE_STORE_PORT_BASE = 41_400     # + a zone's index (41_656..): a zone store on each gateway (netem mode)
+ANY_PORT_BASE = 42_000            # + a source's index: its data for a pod on a node not known in advance
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 
 
@@ -117,6 +127,7 @@ class PodLinks:
         self._stop = threading.Event()
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
+        self._first = min(self.nodes.values(), key=lambda n: n.index) if self.nodes else None
         try:
             for n in self.nodes.values():
                 self._prepare_bridge(n)
@@ -135,6 +146,8 @@ class PodLinks:
                         self._listen(n.gateway, RELAY_PORT_BASE + zi, self._relay_for(z, n.name))
                     else:
                         self._listen(n.gateway, ZONE_STORE_PORT_BASE + zi, self._store)
+            for source in [*self.nodes, *self.zones]:        # for pods placed by the real scheduler
+                self._listen(*self.any_endpoint(source), self._any_for(source))
         except BaseException:
             self.close()
             raise
@@ -158,6 +171,28 @@ class PodLinks:
         """The worker's ``--fetch`` value for ``size_mb`` of ``src``'s output read on ``dst``."""
         host, port = self.endpoint(src, dst)
         return f"{host}:{port}:{max(1, int(size_mb * 1e6))}:{self.index(src)}"
+
+    def any_endpoint(self, src: str) -> tuple[str, int]:
+        """Where a pod on a node not known in advance fetches ``src``'s data (a real node's own gateway,
+        an origin zone's on the first real node's gateway); the node comes from the pod's address."""
+        host = self.nodes[src].gateway if src in self.nodes else self._first.gateway   # type: ignore[union-attr]
+        return host, ANY_PORT_BASE + self.index(src)
+
+    def fetch_arg_any(self, src: str, size_mb: float) -> str | None:
+        """The ``--fetch`` value for ``size_mb`` of ``src``'s data (a real node or an origin zone) read by
+        a pod whose node is unknown when it is made (the real kube-scheduler places it); None for an
+        unknown source."""
+        if src not in self.nodes and src not in self.zones:
+            return None
+        host, port = self.any_endpoint(src)
+        return f"{host}:{port}:{max(1, int(size_mb * 1e6))}:{self.index(src)}"
+
+    def node_of_address(self, ip: str) -> str | None:
+        """The real node whose pod CIDR (``<net>.<index>.0/24``) holds ``ip``."""
+        for n in self.nodes.values():
+            if ip.startswith(f"{n.net}.{n.index}."):
+                return n.name
+        return None
 
     def input_fetch_arg(self, zone: str, dst: str, size_mb: float) -> str | None:
         """The ``--fetch`` value for a job's ``input_mb`` from its origin ``zone`` read on ``dst``
@@ -227,7 +262,9 @@ class PodLinks:
                 host, port = d.gateway, RELAY_PORT_BASE + si
             else:                   # src's store -> pod (a zone's store: on dst's gateway)
                 host, port = self.endpoint(src, dst)
-            matches = [["match", "ip", "src", f"{host}/32", "match", "ip", "sport", str(port), "0xffff"]]
+            any_host, any_port = self.any_endpoint(src)      # the same link for a scheduler-placed pod
+            matches = [["match", "ip", "src", f"{h}/32", "match", "ip", "sport", str(p), "0xffff"]
+                       for h, p in ((host, port), (any_host, any_port))]
         cid = 10 + si
         if link is None:
             netns.htb_shape(["tc"], d.bridge, cid, matches, 1e4, 0.0, 0.0, 1.0 if self.netem and not self.use_relay else 0.0,
@@ -275,6 +312,24 @@ class PodLinks:
                 conn.shutdown(socket.SHUT_WR)
             except (OSError, ConnectionError, struct.error):
                 return
+
+    def _any_for(self, src: str) -> Callable[[socket.socket], None]:
+        return lambda conn: self._any(conn, src)
+
+    def _any(self, conn: socket.socket, src: str) -> None:
+        """``src``'s data for a pod whose node is known only now, from its address: through the
+        ``src -> node`` link (relay or netem-shaped store); on ``src``'s own node straight from the store."""
+        try:
+            dst = self.node_of_address(conn.getpeername()[0])
+        except OSError:
+            dst = None
+        if dst is None or (dst != src and (src, dst) not in self._links):
+            conn.close()          # not a pod of a real node of this cluster, or no path (the twin has none)
+            return
+        if dst != src and self.use_relay:
+            self._relay(conn, src, dst)
+        else:
+            self._store(conn)
 
     def _relay_for(self, src: str, dst: str) -> Callable[[socket.socket], None]:
         return lambda conn: self._relay(conn, src, dst)

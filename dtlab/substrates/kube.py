@@ -285,24 +285,43 @@ class KubeSubstrate(WallClockSubstrate):
         predecessor; only the store it comes from is a stand-in."""
         if self.links is None or node not in self.links.nodes:
             return ()
-        job: Job = st["job"]
         out = []
-        if not job.stages[job.stage_index[sid]].after and job.origin_zone is not None:
-            arg = self.links.input_fetch_arg(job.origin_zone, node, job.input_mb)
+        for src, mb, is_zone in self._inputs(st, sid):
+            if src == node:
+                continue
+            arg = self.links.input_fetch_arg(src, node, mb) if is_zone else self.links.fetch_arg(src, node, mb)
             if arg:
                 out.append(arg)
-        for p in job.stages[job.stage_index[sid]].after:
+        return tuple(out)
+
+    def _fetch_args_any(self, st: dict[str, Any], sid: str) -> tuple[str, ...]:
+        """``--fetch`` values of a stage the real kube-scheduler places (its node is unknown now): the same
+        inputs as :meth:`_fetch_args`, each from its source's any-node endpoint, which works out the node
+        from the pod's address at fetch time (:meth:`dtlab.kube.links.PodLinks.fetch_arg_any`)."""
+        if self.links is None:
+            return ()
+        args = (self.links.fetch_arg_any(src, mb) for src, mb, _ in self._inputs(st, sid))
+        return tuple(a for a in args if a)
+
+    def _inputs(self, st: dict[str, Any], sid: str) -> list[tuple[str, float, bool]]:
+        """(source, MB, source is a zone) of what stage ``sid`` reads: the job's input from its origin zone
+        (root stage); each predecessor's output from the real node it ran on, or, after a KWOK stage
+        (no bytes exist), from that node's zone source."""
+        job: Job = st["job"]
+        out: list[tuple[str, float, bool]] = []
+        stage = job.stages[job.stage_index[sid]]
+        if not stage.after and job.origin_zone is not None:
+            out.append((job.origin_zone, job.input_mb, True))
+        for p in stage.after:
             src = st["stages"][p]["node"]
             prev = job.stages[job.stage_index[p]]
-            if not src or src == node or prev.output_mb <= 0:
+            if not src or prev.output_mb <= 0 or self.links is None:
                 continue
             if src in self.links.nodes:
-                out.append(self.links.fetch_arg(src, node, prev.output_mb))
+                out.append((src, prev.output_mb, False))
             elif src not in self._real and src in self._cluster.by_name:     # a KWOK predecessor
-                arg = self.links.input_fetch_arg(self._cluster.node(src).zone, node, prev.output_mb)
-                if arg:
-                    out.append(arg)
-        return tuple(out)
+                out.append((self._cluster.node(src).zone, prev.output_mb, True))
+        return out
 
     def _set_links(self, ev: Any, start: bool) -> None:
         from ..chaos.spec import fault_links
@@ -520,7 +539,8 @@ class KubeSubstrate(WallClockSubstrate):
         if scheduler:        # the real scheduler places it: the node is known once observed
             real = next(iter(self._real.values()), None)
             spec = pod_spec_for(st["job"], sid, self._cluster.node(node), fmt, s["attempt"], dur, self.image,
-                                real_scale=real, seed=self.seed + 1, scheduler=scheduler)
+                                real_scale=real, seed=self.seed + 1, scheduler=scheduler,
+                                fetch=self._fetch_args_any(st, sid) if real is not None else ())
             node = s["node"] = None
             s["tried"][-1] = None
         else:

@@ -8,7 +8,9 @@ of the read matches the twin's transfer time; on the same node nothing moves. A 
 injected into the kube substrate slows the read; a partition holds the data until it is restored.
 A job's ``input_mb`` comes from its origin zone: a root stage in the other zone reads it through the
 zone -> node link (a zone store behind the same shaping), as the twin counts it; so does the output of
-a stage that ran on the KWOK node (no bytes exist there: its zone's source stands in).
+a stage that ran on the KWOK node (no bytes exist there: its zone's source stands in). A pod the
+real kube-scheduler places (its node unknown when it is made) reads through the same link: the
+source's any-node endpoint finds the node from the pod's address.
 `dtlab calibrate network --substrate kube` measures the link from inside probe pods and fits it.
 
 Needs root and `make cluster-deps` (else skipped; failed under DTLAB_REQUIRE_HEAVY=1).
@@ -147,11 +149,55 @@ def test_output_of_a_kwok_stage_comes_from_its_zone_over_the_link(plane):
     stages, mech, _ = _run(plane, "lk-kwok", "lk-b", a_node="lk-kw")
     a, b = stages["a"], stages["b"]
     pred = TimingModel().mean_transfer_ms(OUT_MB, CLUSTER.link("lk-kw", "lk-b"))
-    print(f"
-2 MB after a KWOK stage in za: worker read it in {b['transfer_ms']:.1f} ms (twin {pred:.1f} ms)")
+    print(f"\n2 MB after a KWOK stage in za: worker read it in {b['transfer_ms']:.1f} ms (twin {pred:.1f} ms)")
     assert a["node_kind"] == "kwok" and b["node_kind"] == "real"
     assert b["fetch_mb"] == pytest.approx(OUT_MB)
     assert 0.8 * pred <= b["transfer_ms"] <= 1.5 * pred + 50, (b, pred)
+
+
+def _sched_job(name: str, a_node: str, b_node: str):
+    """a -> b, each stage constrained to one node: the real kube-scheduler (policy kube-scheduler) places
+    the unpinned pods there, so the node of b is unknown when its pod is made but known to the test."""
+    return load_job({"apiVersion": "dtlab/v1", "kind": "Job", "metadata": {"name": name}, "spec": {"stages": [
+        {"id": "a", "compute": {"cpu": 1, "mem_gb": 0.1, "duration_ms": 100}, "output_mb": OUT_MB,
+         "constraints": {"nodes": [a_node]}},
+        {"id": "b", "after": ["a"], "compute": {"cpu": 1, "mem_gb": 0.1, "duration_ms": 100},
+         "constraints": {"nodes": [b_node]}}]}}, CLUSTER)
+
+
+def _run_scheduled(plane, job):
+    from dtlab.substrates.kube import KubeSubstrate
+    sub = KubeSubstrate(CLUSTER, seed=0, kubeconfig=plane["kubeconfig"], plane=PLANE, start_plane=False,
+                        drain_limit_s=120)
+    try:
+        guess = {s.id: s.constraints.nodes[0] for s in job.stages}
+        sub.submit(Plan(job.name, "kube-scheduler", guess, {}, {"a": "native", "b": "native"}), job)
+        sub.advance(None)
+        status = sub.job_status(job.name)
+    finally:
+        sub.close()
+    assert status["ok"] is True, status
+    return status["stages"]
+
+
+def test_a_pod_the_real_scheduler_places_reads_its_input_over_the_shaped_link(plane):
+    """Issue 16 (a): b's pod is made unpinned; its worker fetches a's output from lk-a's any-node
+    endpoint, which finds b's node (lk-b) from the pod's address and applies the lk-a -> lk-b link."""
+    stages = _run_scheduled(plane, _sched_job("lk-sched", "lk-a", "lk-b"))
+    a, b = stages["a"], stages["b"]
+    pred = _predicted_ms()
+    print(f"\nscheduler-placed: 2 MB lk-a -> lk-b read in {b['transfer_ms']:.1f} ms (twin {pred:.1f} ms)")
+    assert (a["node"], b["node"]) == ("lk-a", "lk-b") and b["node_kind"] == "real"
+    assert b["fetch_mb"] == pytest.approx(OUT_MB)
+    assert 0.8 * pred <= b["transfer_ms"] <= 1.5 * pred + 50, (b, pred)
+
+
+def test_a_pod_the_real_scheduler_places_on_its_sources_node_reads_locally(plane):
+    stages = _run_scheduled(plane, _sched_job("lk-sched-same", "lk-a", "lk-a"))
+    b = stages["b"]
+    print(f"\nscheduler-placed on the source's node: 2 MB read in {b['transfer_ms']:.1f} ms (unshaped)")
+    assert b["node"] == "lk-a" and b["fetch_mb"] == pytest.approx(OUT_MB)
+    assert b["transfer_ms"] < 0.5 * _predicted_ms(), b
 
 
 def test_same_node_moves_nothing(plane):
