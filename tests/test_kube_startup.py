@@ -42,7 +42,19 @@ def test_summarise_counts_only_ok_rows_of_real_nodes():
 def test_kube_cache_path_is_apart_from_the_fabric_one():
     fab, kube = calibrate.startup_cache_path(), calibrate.startup_cache_path("kube")
     assert fab != kube and fab.parent == kube.parent
-    assert kube.name.startswith(f"calibration.startup.kube.v{calibrate.STARTUP_VERSION}.")
+    assert kube.name.startswith(f"calibration.startup.kube.v{calibrate.KUBE_STARTUP_VERSION}.")
+    assert fab.name.startswith(f"calibration.startup.v{calibrate.STARTUP_VERSION}.")
+
+
+def test_handoff_is_worker_end_to_end_observed_on_ok_real_rows():
+    rows = [{"ok": True, "node_kind": "real", "end_ms": 1000.0, "seen_ms": 2000.0},
+            {"ok": True, "node_kind": "real", "end_ms": 1000.0, "seen_ms": 2400.0},
+            {"ok": True, "node_kind": "real", "end_ms": 1000.0, "seen_ms": 1800.0},
+            {"ok": False, "node_kind": "real", "end_ms": 1000.0, "seen_ms": 9000.0},
+            {"ok": True, "node_kind": "kwok", "end_ms": 1000.0, "seen_ms": 9000.0},
+            {"ok": True, "node_kind": "real", "end_ms": 1000.0, "seen_ms": None}]
+    assert ks.handoff(rows) == {"median_ms": 1000.0, "min_ms": 800.0, "max_ms": 1400.0, "n": 3}
+    assert ks.handoff(rows[3:]) is None
 
 
 class _FakeKube:
@@ -79,6 +91,13 @@ def test_real_kube_nodes_give_the_twin_the_cached_calibration(tmp_path, monkeypa
     choice = SubstrateChoice(requested="kube", name="kube")
     t = choice.with_startup(TimingModel(), _FakeKube({"r0": 1.0}))
     assert t.startup("native") == 900.0 and t.startup("wasm") == 1400.0 and t.dispatch_ms == 0.0
+    path.unlink()     # a v3 document: the hand-off lag becomes the twin's dispatch delay
+    calibrate.write({"kind": "KubeStartupCalibration", "created": "2026-12-04T00:00:00+00:00",
+                     "startup_ms": {"native": {"median_ms": 900.0}}, "dispatch_ms": {"median_ms": 1100.0}}, path)
+    choice2 = SubstrateChoice(requested="kube", name="kube")
+    t2 = choice2.with_startup(TimingModel(), _FakeKube({"r0": 1.0}))
+    assert t2.dispatch_ms == 1100.0 and t2.stage_delay("native") == 2000.0
+    assert choice2.calibration()["dispatch_ms"] == 1100.0
     cal = choice.metrics()["calibration"]
     assert cal["startup"].startswith(str(path)) and "kube real nodes" in cal["startup"]
     assert cal["startup_ms"] == {"native": 900.0, "wasm": 1400.0}

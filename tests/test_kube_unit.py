@@ -459,6 +459,7 @@ def test_substrate_creates_successors_only_after_all_predecessors_succeeded(kube
     # KWOK runs no code: the energy proxy's CPU time is the planned service time x cpu (issue 23)
     st = sub.results()["stages"].set_index("stage")
     assert st["cpu_ms"].to_dict() == pytest.approx({"a": 1000 / 0.6, "b": 500.0, "c": 200.0})
+    assert st["seen_ms"].notna().all()      # when each end was observed (the kube hand-off calibration)
     # replayed events change nothing (no second pod, no second end)
     sub._on_events([_ev("stage-end", b, ok=True), _ev("stage-end", fa.created[2], ok=True)])
     assert len(fa.created) == 3 and len(sub.results()["stages"]) == 3

@@ -99,9 +99,10 @@ class SubstrateChoice:
         out: dict[str, Any] = {}
         if self.name != "fabric":
             out["compute"] = "none: twin default timing"
-            if self.startup:      # kube with real nodes: start-up of real pods
+            if self.startup:      # kube with real nodes: start-up of real pods, the stage hand-off lag
                 out["startup"] = f"{self.startup_path} (created {self.startup.get('created')}, kube real nodes)"
                 out["startup_ms"] = dict(self.startup_used)
+                out["dispatch_ms"] = self.dispatch_used
             return out
         from ..fabric import calibrate
         try:

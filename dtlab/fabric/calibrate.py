@@ -327,6 +327,7 @@ def summary_ms(v: list[float]) -> dict[str, Any]:
 
 
 STARTUP_VERSION = 2        # 2: two-stage probes, dispatch_ms measured too
+KUBE_STARTUP_VERSION = 3   # kube: 3: dispatch_ms = the stage hand-off lag (worker end -> end observed)
 
 
 def startup_cache_path(substrate: str = "fabric") -> Path:
@@ -334,7 +335,8 @@ def startup_cache_path(substrate: str = "fabric") -> Path:
     version and the substrate (``fabric``: :func:`measure_startup`; ``kube``: real pods on real nodes,
     :func:`dtlab.kube.startup.measure_startup`)."""
     tag = "" if substrate == "fabric" else f"{substrate}."
-    return default_out().with_name(f"calibration.startup.{tag}v{STARTUP_VERSION}.{worker.build_dir().name}.yaml")
+    version = STARTUP_VERSION if substrate == "fabric" else KUBE_STARTUP_VERSION
+    return default_out().with_name(f"calibration.startup.{tag}v{version}.{worker.build_dir().name}.yaml")
 
 
 def cached_startup(path: Path, measure: Callable[[], dict[str, Any]],

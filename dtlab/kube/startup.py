@@ -8,8 +8,12 @@ measures it the way the kube substrate pays it: tiny one-stage jobs through
 format that node offers (:func:`dtlab.model.format_keys`), one job at a time, formats interleaved, after
 one uncounted warm-up pod per node (the first pod on a node pays one-off costs).
 The document has the fabric's start-up format (``startup_ms.<format>.median_ms``,
-:func:`dtlab.fabric.calibrate.load_startup`) plus ``per_node``; ``dispatch_ms`` is None (pod create ->
-worker start already contains the hand-off). KWOK nodes are not measured: their delays are annotated.
+:func:`dtlab.fabric.calibrate.load_startup`) plus ``per_node``. ``dispatch_ms`` is the stage hand-off
+lag: from the worker's own end until the substrate sees the stage end (kubelet status sync, API
+server, watch), when a successor's pod is made; every stage after the first pays it before its
+start-up (V4-kube smoke: 1.5-2.4 s per hand-off under load, not modelled before). The twin charges it
+to every stage (``TimingModel.dispatch_ms``), the first one included, which has none: one hand-off
+too many per job. KWOK nodes are not measured: their delays are annotated.
 """
 from __future__ import annotations
 
@@ -38,6 +42,18 @@ def probe_formats(cluster: Cluster, real: list[str]) -> dict[str, list[str]]:
     """Real node -> the format keys a probe stage (no constraints) can run in there."""
     stage = job_from_dict(_probe_job("probe")).stages[0]
     return {n: format_keys(stage, cluster.node(n)) for n in real if n in cluster.by_name}
+
+
+def handoff(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Summary of the hand-off lag (``seen_ms - end_ms``: worker end -> end observed) over ok rows of
+    real nodes; None without any."""
+    lags = [max(0.0, float(r["seen_ms"]) - float(r["end_ms"])) for r in rows
+            if r.get("ok") and r.get("node_kind") == "real" and _num(r.get("seen_ms")) and _num(r.get("end_ms"))]
+    return calibrate.summary_ms(lags) if lags else None
+
+
+def _num(v: Any) -> bool:
+    return v is not None and v == v
 
 
 def summarise(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
@@ -98,9 +114,10 @@ def measure_startup(cluster: Cluster, kubeconfig: str | None = None, plane: str 
             "method": ("real pods on real kube nodes, one at a time: stage startup_ms = pod create -> the "
                        f"worker's own start; {calibrate.STARTUP_PROBE_MS} ms probe stages, formats interleaved, "
                        "after one uncounted warm-up pod per node; "
-                       "median per format over the real nodes offering it"),
+                       "median per format over the real nodes offering it; dispatch_ms: worker end -> "
+                       "stage end observed by the substrate (the hand-off before a successor's pod)"),
             "nodes": formats, "worker_build": calibrate.worker.build_dir().name,
-            "startup_ms": startup, "per_node": per_node, "warmup_ms": warmup, "dispatch_ms": None,
+            "startup_ms": startup, "per_node": per_node, "warmup_ms": warmup, "dispatch_ms": handoff(rows),
             "unavailable": {f: "no successful probe pod" for f in sorted(wanted - set(startup))},
             "errors": errors}
 

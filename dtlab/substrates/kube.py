@@ -553,7 +553,8 @@ class KubeSubstrate(WallClockSubstrate):
                   "planned_ms": dur / self.opts["time_scale"], "reason": reason or None, "_current": True,
                   "cpu": st["job"].stages[st["job"].stage_index[sid]].compute.cpu,
                   "node_kind": None if scheduler else ("real" if real is not None else "kwok"), "observed_ms": None, "uname_m": None,
-                  "exec": None, "startup_ms": None, "created_ms": None, "transfer_ms": None, "fetch_mb": None}
+                  "exec": None, "startup_ms": None, "created_ms": None, "transfer_ms": None, "fetch_mb": None,
+                  "seen_ms": None}
         s["record"] = record
         self._stages.append(record)
         self._by_pod[spec.name] = record
@@ -613,6 +614,7 @@ class KubeSubstrate(WallClockSubstrate):
         if not w and rec["start_ms"] is not None:
             rec["observed_ms"] = t_ms - rec["start_ms"]
         rec["end_ms"], rec["ok"], rec["reason"] = t_ms, bool(ev.get("ok", True)), ev.get("reason")
+        rec["seen_ms"] = self.now_ms()       # when the end reached us: the successor's pod is made now
         rec["_current"] = False
         if s["phase"] == "cancelled":
             return []
