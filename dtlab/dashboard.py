@@ -257,12 +257,13 @@ class WhatIf:
         rows = "".join(
             f"<tr><td>{plots.display_name(p)}</td>"
             + ("".join(f"<td>{o.prediction[k]:.0f}</td>" for k in ("p50_ms", "p95_ms", "cvar95_ms"))
-               + f"<td>{o.prediction['deadline_miss_prob']:.3f}</td>" if o.error is None
-               else f"<td colspan=4>{o.error}</td>")
+               + f"<td>{o.prediction['deadline_miss_prob']:.3f}</td>"
+               + f"<td>{o.prediction.get('energy_j', float('nan')):.3g}</td>" if o.error is None
+               else f"<td colspan=5>{o.error}</td>")
             + "</tr>"
             for p, o in self.outcomes.items())
         self._table.value = ("<table><tr><th>policy</th><th>p50 ms</th><th>p95 ms</th><th>CVaR95 ms</th>"
-                             f"<th>P(miss)</th></tr>{rows}</table>")
+                             f"<th>P(miss)</th><th>energy J</th></tr>{rows}</table>")
 
     def _render_figure(self) -> None:
         # PNG bytes into an Image widget, not display() into an Output: a bare Figure has no PNG formatter unless
