@@ -199,6 +199,8 @@ def save_params(experiment: str, path: str | Path, *, cluster_path: str | Path, 
         from .experiments.v4 import check
     dropped = [k for k in ("latency_scale", "links", "nodes", "overheads", "calibration", "fail_prob",
                            "deadline_ms", "scenario_at_s") if knobs.get(k) not in (None, {}, 1.0, 0.0, "")]
+    if experiment == "V1" and knobs.get("scenario") not in (None, "", "none"):
+        dropped.insert(0, "scenario")          # V1 runs without faults: say so rather than drop it silently
     path.parent.mkdir(parents=True, exist_ok=True)
     # the workload file first: the experiment's check loads every spec file its params name
     existed = workload_path.exists()

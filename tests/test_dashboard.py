@@ -171,6 +171,7 @@ def test_save_as_params_writes_files_the_experiments_accept(dash, tmp_path):
     v1.check(params)
     assert params["rates_per_s"] == [1.5] and params["policies"] == POLICIES and params["substrate"] == "sim"
     assert "latency_scale" in out.read_text().splitlines()[1]          # named as not carried
+    assert "scenario" in out.read_text().splitlines()[1]               # V1 has no fault scenarios
     workload = dtlab.load_workload(params["workload"])
     assert workload.arrivals.rate_per_s == 1.5 and workload.template.name == dash.job.name
     out4 = dash.save_params("V4", tmp_path / "v4.yaml")
