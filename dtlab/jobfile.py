@@ -103,10 +103,12 @@ def _older_job(f: Fields, table: Mapping[str, float]) -> Job:
     name = f.str("id", required=True)
     deadline = f.num("deadline_ms", None, gt=0)
     carried: dict[str, Any] = {}
-    if f.has("priority"):
-        carried["priority"] = f.int("priority")
-    if f.has("redundancy"):
-        carried["redundancy"] = f.int("redundancy", ge=1)
+    # read even when absent, so an unknown-key error lists them among the known keys
+    priority, redundancy = f.int("priority", None), f.int("redundancy", None, ge=1)
+    if priority is not None:
+        carried["priority"] = priority
+    if redundancy is not None:
+        carried["redundancy"] = redundancy
     raw_stages = f.list("stages", required=True)
     f.done()
     parsed = []

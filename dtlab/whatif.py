@@ -26,6 +26,10 @@ Knobs (all optional):
 - ``latency_scale``: multiplies every link's latency.
 - ``links``: ``{"zoneA|zoneB": {"latency_ms": .., "loss": ..}}`` per zone pair.
 - ``overheads``: execution-format overhead factors (``qemu-arm64``, ``wasm``, ...).
+
+Every outcome's ``prediction`` carries the twin's energy (``energy_j``, ``energy_p95_j``: the power
+model x predicted CPU time of the plan, ``dtlab/energy.py``); with an arrival rate the latency keys come
+from the simulation and the energy from the plan, since waiting in a queue burns no CPU in that model.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .energy import ENERGY_KEYS
 from .errors import SpecError
 from .model import Cluster, Job, Link
 from .timing import MAX_BACKGROUND, TimingModel
@@ -145,7 +150,9 @@ def evaluate(cluster: Cluster, job: Job, policies: Sequence[str], knobs: Mapping
                 if "lost" in df:
                     lat = np.where(df["lost"].astype(bool), np.inf, lat)
                 lat = np.where(np.isnan(lat), np.inf, lat)
-                prediction = summarize(lat, job.deadline_ms)
+                # latency from the simulation; energy stays the plan's (the model burns no CPU while waiting)
+                prediction = {**summarize(lat, job.deadline_ms),
+                              **{k: plan.prediction[k] for k in ENERGY_KEYS if k in plan.prediction}}
             else:
                 lat = sample_latencies(snap, job, plan.placement, plan.shadow or None, predictor=predictor,
                                        samples=samples, rng=np.random.default_rng(seed), timing=timing)
@@ -192,6 +199,8 @@ def save_params(experiment: str, path: str | Path, *, cluster_path: str | Path, 
         from .experiments.v4 import check
     dropped = [k for k in ("latency_scale", "links", "nodes", "overheads", "calibration", "fail_prob",
                            "deadline_ms", "scenario_at_s") if knobs.get(k) not in (None, {}, 1.0, 0.0, "")]
+    if experiment == "V1" and knobs.get("scenario") not in (None, "", "none"):
+        dropped.insert(0, "scenario")          # V1 runs without faults: say so rather than drop it silently
     path.parent.mkdir(parents=True, exist_ok=True)
     # the workload file first: the experiment's check loads every spec file its params name
     existed = workload_path.exists()

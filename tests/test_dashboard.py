@@ -171,6 +171,7 @@ def test_save_as_params_writes_files_the_experiments_accept(dash, tmp_path):
     v1.check(params)
     assert params["rates_per_s"] == [1.5] and params["policies"] == POLICIES and params["substrate"] == "sim"
     assert "latency_scale" in out.read_text().splitlines()[1]          # named as not carried
+    assert "scenario" in out.read_text().splitlines()[1]               # V1 has no fault scenarios
     workload = dtlab.load_workload(params["workload"])
     assert workload.arrivals.rate_per_s == 1.5 and workload.template.name == dash.job.name
     out4 = dash.save_params("V4", tmp_path / "v4.yaml")
@@ -178,3 +179,21 @@ def test_save_as_params_writes_files_the_experiments_accept(dash, tmp_path):
     validate(p4, V4, "V4")
     assert p4["scenarios"] == ["zone-blackout"] and p4["rate_per_s"] == 1.5
     assert dash.save_params("V9", tmp_path / "v9.yaml") is None and "V1 or V4" in dash._status.value
+
+
+def test_energy_per_policy_on_the_page_with_and_without_queueing(dash):
+    """Energy exists (issue 23), so the what-if shows it per policy: the plan's prediction, in the table too."""
+    for rate in (0.0, 1.0):
+        dash.controls["arrival_rate"].value = rate
+        dash.update()
+        for policy, pred in dash.result.items():
+            assert pred["energy_p95_j"] >= pred["energy_j"] > 0, (rate, policy)
+        assert "<th>energy J</th>" in dash._table.value
+    # the job's plan does not depend on the arrival rate (the rate drives the simulation), so neither does its energy
+    out = evaluate(dtlab.load_cluster(EXAMPLES / "cluster-hetero.yaml"),
+                   dtlab.load_job(EXAMPLES / "job-pipeline.yaml"), ["greedy"], {"arrival_rate_per_s": 1.0})
+    still = evaluate(dtlab.load_cluster(EXAMPLES / "cluster-hetero.yaml"),
+                     dtlab.load_job(EXAMPLES / "job-pipeline.yaml"), ["greedy"], {})
+    assert out["greedy"].placement == still["greedy"].placement
+    assert out["greedy"].prediction["energy_j"] == still["greedy"].prediction["energy_j"]
+    assert out["greedy"].prediction["p95_ms"] != still["greedy"].prediction["p95_ms"]

@@ -67,6 +67,15 @@ def test_bad_older_files_name_the_field(doc, field):
     assert err.value.field == field, str(err.value)
 
 
+def test_unknown_key_error_lists_every_accepted_key_even_absent_ones():
+    doc = {"jobs": [{"id": "a", "bogus": 1, "stages": [{"id": "s", "type": "store"}]}]}
+    with pytest.raises(dtlab.SpecError) as err:
+        load_jobs(doc)
+    assert err.value.field == "jobs[0].bogus"
+    for key in ("deadline_ms", "id", "priority", "redundancy", "stages"):
+        assert key in str(err.value), str(err.value)
+
+
 def test_load_jobs_reads_dtlab_job_files_too_and_custom_type_tables():
     assert [j.name for j in load_jobs("examples/job-pipeline.yaml")] == ["video-1"]
     job = load_jobs(_older(stages=[{"id": "s", "type": "warp", "size_mb": 2}]), ms_per_mb={"warp": 7.0})[0]

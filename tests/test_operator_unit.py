@@ -185,6 +185,39 @@ def test_plan_is_recorded_before_any_pod_and_jobs_finish():
     assert created.index("j1-reduce-0") > max(created.index(f"j1-map-{i}-0") for i in range(3))
 
 
+def test_stage_pods_on_real_nodes_run_the_worker_and_kwok_pods_stay_delays():
+    """A real (kubelet) node runs the worker image doing the stage's work, as `dtlab submit` makes it
+    (actuator.pod_spec_for); a KWOK node gets the delay pod. The node facts come from its labels."""
+    from dtlab.kube.actuator import pod_spec_for
+    from dtlab.kube.realnodes import image_for
+    from dtlab.operator.reconciler import RealNode
+
+    fake, specs = FakeIO(), {}
+    real = {"b": RealNode("b", "arm64", 0.5, 0.8)}
+
+    class RealIO(IOAdapter):
+        def real_nodes(self):
+            return dict(real)
+
+        def create_pod(self, spec, extra):
+            specs[spec.name] = spec
+            return super().create_pod(spec, extra)
+
+    d = _dtjobs(1)[0]                      # the pipeline: stage 0 on a, 1 on b, 2 on c
+    fake.add(d)
+    _run(fake, lambda: Reconciler(RealIO(fake), "op", planner=planner))
+    assert fake.dtjobs["j0"]["status"]["phase"] == "Succeeded"
+    job = load_job(REPO / "examples" / "job-pipeline.yaml")
+    on_b = [s for s in specs.values() if s.node == "b"]
+    assert len(on_b) == 1 and len(specs) == len(job.stages)
+    sid = on_b[0].stage
+    want = pod_spec_for(job, sid, real["b"], "native", 0, 100.0, real_scale=0.8, seed=1)
+    assert on_b[0].node_kind == "real" and on_b[0].image == image_for("arm64", "native") == want.image
+    assert on_b[0].args == want.args and "--iters" in on_b[0].args and on_b[0].cpu_limit == pytest.approx(0.4)
+    assert on_b[0].name == "j0-" + sid + "-0"
+    assert all(s.node_kind == "kwok" and not s.args for s in specs.values() if s.node != "b")
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_crashes_at_random_calls_lose_nothing_and_create_nothing_twice(seed):
     fake = FakeIO()

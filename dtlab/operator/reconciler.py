@@ -41,6 +41,7 @@ import copy
 import json
 import logging
 import time
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, TextIO
 
@@ -80,6 +81,22 @@ class Conflict(Exception):
     """A status write lost an optimistic-concurrency race (409): re-read next pass."""
 
 
+@dataclass(frozen=True)
+class RealNode:
+    """What a stage pod on a real node needs of it (labels set by ``dtlab.kube.realnodes``)."""
+    name: str
+    arch: str
+    speed: float
+    scale: float            # dtlab.io/cpu-scale: reference ms of work per planned ms on this host
+
+
+def _float(value: Any, default: float) -> float:
+    try:
+        return float(value) if value is not None else default
+    except ValueError:
+        return default
+
+
 class KubeIO:
     """The API calls of the reconciler (official client; retries via the actuator's policy)."""
 
@@ -87,6 +104,7 @@ class KubeIO:
         self.actuator = actuator
         self.custom = custom_api
         self.namespace = namespace
+        self._real: dict[str, RealNode] = {}
 
     def _call(self, what: str, fn: Callable[[], Any], ok_status: tuple[int, ...] = ()) -> Any:
         return self.actuator.call(what, fn, ok_status)   # one retry/backoff policy for every dtlab API call
@@ -104,11 +122,22 @@ class KubeIO:
         return list(json.loads(resp.data).get("items") or [])
 
     def nodes_ready(self) -> dict[str, bool]:
-        ready = {}
+        from ..kube.realnodes import CPU_SCALE_LABEL, NODE_KIND_LABEL
+        ready, real = {}, {}
         for n in self.actuator.list_nodes():
             ready[n.metadata.name] = any(c.type == "Ready" and c.status == "True"
                                          for c in (n.status.conditions or []))
+            labels = n.metadata.labels or {}
+            if labels.get(NODE_KIND_LABEL) == "real":
+                real[n.metadata.name] = RealNode(n.metadata.name, labels.get("dtlab.io/arch", "amd64"),
+                                                 _float(labels.get("dtlab.io/speed"), 1.0),
+                                                 _float(labels.get(CPU_SCALE_LABEL), 1.0))
+        self._real = real
         return ready
+
+    def real_nodes(self) -> dict[str, RealNode]:
+        """The real (kubelet) nodes seen by the last :meth:`nodes_ready`, by name."""
+        return dict(self._real)
 
     def write_status(self, dtjob: dict[str, Any]) -> dict[str, Any]:
         """PUT status with the resourceVersion we read (409 -> Conflict); returns the stored object."""
@@ -137,6 +166,7 @@ class Reconciler:
         self.identity = identity
         self.planner = planner
         self.record = record
+        self._real: dict[str, RealNode] = {}     # real (kubelet) nodes seen this pass: their pods do real work
         self.counts = {"plans": 0, "creates": 0, "deletes": 0, "failovers": 0, "invalid": 0, "finished": 0,
                        "conflicts": 0, "errors": 0}
 
@@ -150,6 +180,7 @@ class Reconciler:
             return 0
         pods: dict[str, dict[str, Any]] = {p["metadata"]["name"]: p for p in self.io.pods()}
         ready = self.io.nodes_ready()
+        self._real = self.io.real_nodes() if hasattr(self.io, "real_nodes") else {}
         for d in open_jobs:
             if not may_act():
                 break
@@ -351,6 +382,12 @@ class Reconciler:
     def _pod_spec(self, d, job, cfg, sid: str, st: Mapping[str, Any]) -> PodSpec:
         stage = job.stages[job.stage_index[sid]]
         ms = st.get("durationMs") or stage.compute.duration_ms
+        real = self._real.get(st["node"])
+        if real is not None:      # a kubelet runs it: the worker image does the stage's work, as `dtlab submit` does
+            from ..kube.actuator import pod_spec_for
+            spec = pod_spec_for(job, sid, real, st.get("format") or "native", int(st["attempt"]), float(ms),
+                                real_scale=real.scale, seed=int(cfg["seed"]) + 1)
+            return replace(spec, job=d["metadata"]["name"])
         return PodSpec(job=d["metadata"]["name"], stage=sid, node=st["node"], attempt=int(st["attempt"]),
                        arch=st.get("arch") or "amd64", format=st.get("format") or "native", cpu=stage.compute.cpu,
                        mem_gb=stage.compute.mem_gb, duration_ms=float(ms) * float(cfg["timeScale"]),
