@@ -494,12 +494,13 @@ class FabricSubstrate(WallClockSubstrate):
         through telemetry (its stages then share the node's quota with it)."""
         if self._closed:
             return
-        from ..telemetry import die_with_parent
         paths = self.node_cgroup_procs(node)
+        # spins until its parent (this process) is gone; not PR_SET_PDEATHSIG, which fires when the
+        # *thread* that started it ends (a timer thread here)
+        spin = "import os\nparent = os.getppid()\nwhile os.getppid() == parent: pass"
         proc = subprocess.Popen(["/bin/sh", "-c", 'for f in $0; do echo $$ > "$f" || exit 3; done; exec "$@"',
-                                 " ".join(paths), sys.executable, "-c", "while True: pass"],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                preexec_fn=die_with_parent)
+                                 " ".join(paths), sys.executable, "-c", spin],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._neighbour_procs.append(proc)
         self.neighbours_started.append({"node": node, "at_ms": self.now_ms(), "pid": proc.pid})
 
