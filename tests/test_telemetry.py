@@ -345,3 +345,28 @@ def test_v2_telemetry_params_validate_and_differ_only_in_the_telemetry_switch():
         get("V2").check(p)
     assert on["substrate_opts"].pop("telemetry") == "prometheus" and off["substrate_opts"].pop("telemetry") == "none"
     assert on == off and on["substrate_opts"]["neighbours"]
+
+
+def test_v2_telemetry_pairs_pairs_single_seed_runs_by_seed(tmp_path):
+    """benchmarks/v2_telemetry_pairs.py: per-seed MAPE of both arms, on - off paired with dtlab.stats."""
+    import importlib.util
+    import json
+
+    import pandas as pd
+    spec = importlib.util.spec_from_file_location("v2tp", "benchmarks/v2_telemetry_pairs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    apes = {("none", 0): 0.3, ("prometheus", 0): 0.1, ("none", 1): 0.5, ("prometheus", 1): 0.2, ("none", 2): 0.9}
+    for i, ((arm, seed), ape) in enumerate(apes.items()):
+        d = tmp_path / "V2" / f"run{i}"
+        d.mkdir(parents=True)
+        (d / "run.json").write_text(json.dumps({"params": {"seeds": [seed], "substrate_opts": {
+            "telemetry": arm, "neighbours": [{"node": "a", "at_s": 0}]}}}))
+        (d / "metrics.json").write_text("{}")
+        pd.DataFrame([{"seed": seed, "predictor": p, "ape": ape if p == "fast" else 0.0} for p in mod.PREDICTORS]
+                     + [{"seed": seed, "predictor": "fast", "ape": float("nan")}]).to_csv(d / "results.csv", index=False)
+    rep = mod.pair(tmp_path)
+    assert rep["seeds"] == [0, 1]          # seed 2 has no "on" run
+    assert rep["fast"]["mape_off"] == [0.3, 0.5] and rep["fast"]["mape_on"] == [0.1, 0.2]
+    ci = rep["fast"]["on_minus_off"]
+    assert ci["mean"] == pytest.approx(-0.25) and ci["low"] < ci["mean"] < ci["high"]
