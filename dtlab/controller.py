@@ -18,7 +18,9 @@ to the reason of a stale refusal: "Prometheus unreachable" says more than an age
 
 ``freshness_s`` (None: off) is the telemetry freshness budget: a plan whose placement or
 shadow relies on a node with older telemetry (in the substrate's clock) is *refused*, not
-submitted, and recorded with decision ``refused-stale`` and the reason. ``act(plan, job)``
+submitted, and recorded with decision ``refused-stale`` and the reason. Nodes with no telemetry
+source (``telemetry-sources`` events, e.g. KWOK nodes beside real ones) are exempt; a submitted
+plan that relied on them names them in its record's ``untelemetered``. ``act(plan, job)``
 is the gate + submit half of ``step`` on its own, for plans made elsewhere (the REST API).
 A submit that raises is rolled back (``substrate.cancel(job)`` when the substrate has it)
 so no job is left half-submitted.
@@ -146,10 +148,11 @@ class Controller:
         again (when the substrate can) and the exception propagates after recording ``rolled-back``.
         """
         arrival = self.substrate.now_ms()
+        untele: list[str] = []
         if self.freshness_s is not None:
             snap = snapshot if snapshot is not None else self.twin.state.snapshot()
             try:
-                check_fresh(plan, snap, self.freshness_s, now=arrival / 1000.0)
+                untele = check_fresh(plan, snap, self.freshness_s, now=arrival / 1000.0)
             except StaleTelemetry as exc:
                 self.last_refusal = exc
                 reason = str(exc)
@@ -178,7 +181,9 @@ class Controller:
         observe = getattr(self.twin, "observe_submission", None)
         if observe is not None:        # the twin's arrival-process estimate (dtlab.policies.load)
             observe(job, plan.placement, arrival / 1000.0, snapshot)
-        self.records.append(self._record(job, plan, arrival, plan.elapsed_ms, "", SUBMITTED))
+        rec = self._record(job, plan, arrival, plan.elapsed_ms, "", SUBMITTED)
+        rec["untelemetered"] = ",".join(untele)
+        self.records.append(rec)
         return SUBMITTED
 
     def run_workload(self, stream: Iterable[Any], drain: bool = True) -> pd.DataFrame:
@@ -200,7 +205,7 @@ class Controller:
             "pred_mean_ms": pred.get("mean_ms"), "pred_p50_ms": pred.get("p50_ms"),
             "pred_p95_ms": pred.get("p95_ms"), "pred_miss_prob": pred.get("deadline_miss_prob"),
             "plan_ms": plan.elapsed_ms if plan else loop_ms, "state_version": plan.state_version if plan else None,
-            "rejected": decision != SUBMITTED, "decision": decision, "error": error,
+            "rejected": decision != SUBMITTED, "decision": decision, "error": error, "untelemetered": "",
         }
 
     def plans(self) -> pd.DataFrame:

@@ -20,6 +20,9 @@ node-down/node-up   ``node``: name (fail-stop failure / recovery)
 node-cordon/-uncordon ``node``: name (no new work; running work continues)
 telemetry           ``node``, ``cpu_util`` in [0,1] (background share of cores busy), ``ts``;
                     optional ``mem_bytes`` (the node's memory in use, recorded, not yet planned on)
+telemetry-sources   ``nodes``: every node that has a telemetry source (a scrape target); the others
+                    have none (KWOK nodes: no cgroup to read). Names the state does not know are
+                    ignored. Before the first such event every node counts as having one.
 link                ``a``, ``b`` (zones or nodes); any of latency_ms, bandwidth_mbps,
                     loss, jitter_ms; ``up: false`` cuts the link (partition)
 link-reset          ``a``, ``b``: back to the spec's link
@@ -139,6 +142,7 @@ class NodeStatus:
     cpu_util: float = 0.0          # background utilisation from telemetry
     telemetry_ts: float | None = None
     mem_bytes: float | None = None  # memory in use from telemetry (recorded; placement does not use it yet)
+    telemetry_source: bool | None = None   # has a telemetry source (None: not said, counts as yes)
     running_cpu: float = 0.0       # cores claimed by stages the twin knows are running
     corunners: tuple[CoRunner, ...] = ()   # those stages (start order)
 
@@ -205,7 +209,8 @@ class Snapshot:
             "nodes": [
                 {"name": s.node.name, "arch": s.node.arch, "zone": s.node.zone, "cores": s.node.cores,
                  "speed": s.node.speed, "formats": list(s.node.formats), "up": s.up, "cordoned": s.cordoned,
-                 "cpu_util": s.cpu_util, "telemetry_ts": s.telemetry_ts, "running_cpu": s.running_cpu}
+                 "cpu_util": s.cpu_util, "telemetry_ts": s.telemetry_ts, "telemetry_source": s.telemetry_source,
+                 "running_cpu": s.running_cpu}
                 for s in self.nodes.values()
             ],
             "links": [
@@ -404,6 +409,18 @@ class _Staging:
         self.put(replace(status, cpu_util=util, mem_bytes=mem,
                          telemetry_ts=float(ts) if ts is not None else time.time()))
 
+    def _telemetry_sources(self, kind: str, event: Mapping[str, Any], p: str, ts: float | None) -> None:
+        """``telemetry-sources``: which nodes have a telemetry source; only nodes whose flag changes are touched."""
+        names = event.get("nodes")
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+            raise SpecError(p + "nodes", f"must be a list of node names, got {short(names)}")
+        with_source = set(names)
+        known = {name: status for name, status in self.state._nodes.items()}
+        known.update(self.nodes)
+        for name, status in known.items():
+            if status is not None and status.telemetry_source is not (name in with_source):
+                self.put(replace(status, telemetry_source=name in with_source))
+
     def _link(self, kind: str, event: Mapping[str, Any], p: str, ts: float | None) -> None:
         """``link`` (change or cut) and ``link-reset`` (back to the spec), both directions."""
         a, b = event.get("a"), event.get("b")
@@ -545,6 +562,7 @@ _HANDLERS: dict[str, Callable[[_Staging, str, Mapping[str, Any], str, float | No
     "node-cordon": _Staging._node_flag,
     "node-uncordon": _Staging._node_flag,
     "telemetry": _Staging._telemetry,
+    "telemetry-sources": _Staging._telemetry_sources,
     "link": _Staging._link,
     "link-reset": _Staging._link,
     "job-submit": _Staging._job_submit,

@@ -18,6 +18,11 @@ Pieces (issue 20):
   the freshness rule measures how old the data really is; ``clock`` maps that epoch time to the
   state's clock (the fabric's reference ms). When Prometheus cannot be queried no events come, the
   nodes age and plans are refused; the poller's ``last_error`` says why.
+* Nodes without a telemetry source: the poller also says which nodes are Prometheus' scrape
+  targets (``telemetry-sources`` events). Freshness applies to those nodes and to any node that
+  ever reported; a plan on a node with no source (a KWOK node beside real ones) is not refused
+  but records that it relied on it (:func:`check_fresh` returns those nodes). Until the poller has
+  spoken, every node counts as having a source: a Prometheus that never answers refuses everything.
 """
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ DEFAULT_FRESHNESS_S = 1.0
 NODE_CPU_QUERY = '1 - avg by (instance) (rate(node_cpu_seconds_total{{mode="idle"}}[{window}]))'
 DEFAULT_POLL_S = 0.5
 DEFAULT_SCRAPE_S = 0.5
+SOURCES_EVERY = 20        # polls between two reads of Prometheus' scrape targets (which nodes have a source)
 # background CPU of a node (not placed by dtlab) over its capacity, from the per-node exporters; irate
 # (the last two samples in the window) so a step shows up one scrape interval later, not a window later
 BACKGROUND_QUERY = ("(irate(dtlab_node_cpu_seconds_total[{window}]) - irate(dtlab_node_placed_cpu_seconds_total[{window}]))"
@@ -68,15 +74,12 @@ class PrometheusClient:
     timeout_s: float = 5.0
     last_stamps: list[float] = field(default_factory=list)   # epoch scrape times of the newest node_events
 
-    def query(self, promql: str, at: float | None = None) -> list[tuple[dict[str, str], float, float]]:
-        """Instant query: list of (labels, sample timestamp, value)."""
+    def get(self, path: str, params: Mapping[str, str] | None = None) -> Any:
+        """GET ``/api/v1/<path>``: the answer's ``data`` (TelemetryError when unreachable or failed)."""
         import requests  # imported here: every `dtlab` command loads this module, few query Prometheus
 
-        params = {"query": promql}
-        if at is not None:
-            params["time"] = f"{at:.3f}"
         try:
-            resp = requests.get(f"{self.base_url.rstrip('/')}/api/v1/query", params=params, timeout=self.timeout_s)
+            resp = requests.get(f"{self.base_url.rstrip('/')}/api/v1/{path}", params=params, timeout=self.timeout_s)
         except requests.RequestException as exc:
             raise TelemetryError(f"Prometheus at {self.base_url} unreachable: {exc}") from None
         try:
@@ -85,12 +88,27 @@ class PrometheusClient:
             raise TelemetryError(f"Prometheus answered HTTP {resp.status_code} with a non-JSON body") from None
         if body.get("status") != "success":
             raise TelemetryError(f"Prometheus query failed: {body.get('errorType')}: {body.get('error')}")
-        data = body["data"]
+        return body["data"]
+
+    def query(self, promql: str, at: float | None = None) -> list[tuple[dict[str, str], float, float]]:
+        """Instant query: list of (labels, sample timestamp, value)."""
+        params = {"query": promql}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        data = self.get("query", params)
         if data["resultType"] == "vector":
             return [(r["metric"], float(r["value"][0]), float(r["value"][1])) for r in data["result"]]
         if data["resultType"] == "scalar":
             return [({}, float(data["result"][0]), float(data["result"][1]))]
         raise TelemetryError(f"unsupported result type {data['resultType']!r}")
+
+    def sources(self) -> set[str]:
+        """The nodes that have a telemetry source: Prometheus' configured scrape targets labelled
+        ``dtlab_node`` (:func:`prometheus_config`), up or not (``/api/v1/targets``, from the
+        configuration, so known before the first scrape)."""
+        data = self.get("targets", {"state": "active"})
+        return {t["labels"]["dtlab_node"] for t in data.get("activeTargets", [])
+                if t.get("labels", {}).get("dtlab_node")}
 
     def node_cpu_events(self, instance_to_node: Mapping[str, str], window: str = "30s") -> list[dict]:
         """Telemetry events (dtlab.state) of node CPU utilisation, timestamped with the sample time."""
@@ -128,24 +146,47 @@ class PrometheusClient:
         return events
 
 
+def has_source(snapshot, name: str) -> bool:
+    """Whether node ``name`` has (or had) a telemetry source: it reported once, or no ``telemetry-sources``
+    event said it has none. A node that reported and went silent keeps counting as one (it is stale)."""
+    status = snapshot.nodes[name]
+    return status.telemetry_ts is not None or status.telemetry_source is not False
+
+
 def stale_nodes(snapshot, nodes: Iterable[str], budget_s: float = DEFAULT_FRESHNESS_S,
                 now: float | None = None) -> dict[str, float | None]:
-    """Nodes among ``nodes`` whose newest telemetry is older than ``budget_s`` (None: never reported)."""
+    """Nodes among ``nodes`` with a telemetry source whose newest telemetry is older than ``budget_s``
+    (None: never reported). Nodes without a source (:func:`has_source`) are not stale: they are
+    *untelemetered*, see :func:`untelemetered`."""
     now = time.time() if now is None else now
     out = {}
     for name in set(nodes):
+        if not has_source(snapshot, name):
+            continue
         age = snapshot.telemetry_age_s(name, now)
         if age is None or age > budget_s:
             out[name] = age
     return out
 
 
-def check_fresh(plan, snapshot, budget_s: float = DEFAULT_FRESHNESS_S, now: float | None = None) -> None:
-    """Raise StaleTelemetry if the plan (placement or shadow) relies on a stale node."""
-    used = set(plan.placement.values()) | set(plan.shadow.values())
-    stale = stale_nodes(snapshot, used, budget_s, now)
+def plan_nodes(plan) -> set[str]:
+    """The nodes a plan relies on: its placement and its shadows."""
+    return set(plan.placement.values()) | set(plan.shadow.values())
+
+
+def untelemetered(plan, snapshot) -> list[str]:
+    """The nodes ``plan`` relies on that have no telemetry source (sorted): the plan was made on the
+    spec's view of them alone (e.g. KWOK nodes beside real ones)."""
+    return sorted(n for n in plan_nodes(plan) if n in snapshot.nodes and not has_source(snapshot, n))
+
+
+def check_fresh(plan, snapshot, budget_s: float = DEFAULT_FRESHNESS_S, now: float | None = None) -> list[str]:
+    """Raise StaleTelemetry if the plan (placement or shadow) relies on a stale node; else return the
+    untelemetered nodes it relies on (freshness does not apply to them; callers record them)."""
+    stale = stale_nodes(snapshot, plan_nodes(plan), budget_s, now)
     if stale:
         raise StaleTelemetry(stale, budget_s)
+    return untelemetered(plan, snapshot)
 
 
 # ---------------------------------------------------------------- a real Prometheus, and the poller
@@ -165,13 +206,25 @@ def die_with_parent() -> None:
         pass
 
 
-def prometheus_config(targets: Mapping[str, str], scrape_interval_s: float) -> str:
-    """prometheus.yml scraping each ``{node: "host:port"}`` target every ``scrape_interval_s``."""
+def prometheus_config(targets: Mapping[str, str], scrape_interval_s: float,
+                      kubelets: Mapping[str, str] | None = None, client_cert: tuple[str, str] | None = None) -> str:
+    """prometheus.yml scraping each ``{node: "host:port"}`` exporter target every ``scrape_interval_s``
+    (job ``dtlab-node``) and, given ``kubelets`` ({node: "127.0.0.1:port"}) and ``client_cert`` (cert, key
+    files the kubelets' client CA signed), each real kubelet's ``/metrics/resource`` over HTTPS (job
+    ``kubelet-resource``; the kubelet's self-signed serving certificate is not verified: loopback only)."""
     ms = max(1, int(round(scrape_interval_s * 1000)))
     lines = [f"global: {{scrape_interval: {ms}ms, scrape_timeout: {ms}ms, evaluation_interval: {ms}ms}}",
              "scrape_configs:", "  - job_name: dtlab-node", "    static_configs:"]
     for node, target in sorted(targets.items()):
         lines.append(f"      - {{targets: ['{target}'], labels: {{dtlab_node: '{node}'}}}}")
+    if kubelets:
+        if client_cert is None:
+            raise DtlabError("prometheus_config: scraping kubelets needs a client certificate")
+        lines += ["  - job_name: kubelet-resource", "    scheme: https", "    metrics_path: /metrics/resource",
+                  f"    tls_config: {{cert_file: '{client_cert[0]}', key_file: '{client_cert[1]}', "
+                  "insecure_skip_verify: true}", "    static_configs:"]
+        for node, target in sorted(kubelets.items()):
+            lines.append(f"      - {{targets: ['{target}'], labels: {{kubelet_node: '{node}'}}}}")
     return "\n".join(lines) + "\n"
 
 
@@ -182,7 +235,7 @@ def prometheus_argv(exe: str, config: Path, workdir: Path, port: int) -> list[st
 
 
 def wait_targets_up(url: str, n_targets: int, timeout_s: float, dead: Callable[[], str | None]) -> None:
-    """Until Prometheus at ``url`` reports ``n_targets`` targets up. ``dead()`` names a process that
+    """Until Prometheus at ``url`` reports ``n_targets`` node exporters (job ``dtlab-node``) up. ``dead()`` names a process that
     exited (then DtlabError at once); past ``timeout_s`` a DtlabError too."""
     client = PrometheusClient(url, timeout_s=1.0)
     deadline = time.monotonic() + timeout_s
@@ -191,7 +244,7 @@ def wait_targets_up(url: str, n_targets: int, timeout_s: float, dead: Callable[[
         if why:
             raise DtlabError(why)
         try:
-            if sum(v == 1 for _, _, v in client.query("up")) >= n_targets:
+            if sum(v == 1 for _, _, v in client.query('up{job="dtlab-node"}')) >= n_targets:
                 return
         except TelemetryError:
             pass
@@ -273,6 +326,8 @@ class TelemetryPoller:
     """Polls Prometheus every ``interval_s`` in a thread and queues telemetry events for the state.
 
     ``events()`` drains the queue (the controller's sync does, with the substrate's events);
+    a ``telemetry-sources`` event is queued whenever the set of nodes with a scrape target changes
+    (the first successful poll included), so nodes without one (KWOK) are exempt from freshness;
     ``latencies`` records, per poll that produced events, the query time and the data age when
     the events were handed over (seconds, wall clock) for the benchmark. ``last_error`` is the
     newest query failure (None once a poll succeeds again).
@@ -284,6 +339,7 @@ class TelemetryPoller:
             raise DtlabError(f"telemetry poll interval {interval_s!r} s: must be in [0.01, 3600] s")
         self.client, self.interval_s, self.window, self.clock = client, float(interval_s), window, clock
         self.last_error: str | None = None
+        self.sources: list[str] | None = None       # nodes with a scrape target, as last queued
         self.polls = 0
         self.samples: list[dict[str, float]] = []    # per successful poll: query_s, newest sample age at hand-over
         self._queue: list[dict[str, Any]] = []
@@ -296,6 +352,9 @@ class TelemetryPoller:
         t0 = time.time()
         try:
             events = self.client.node_events(self.window, clock=self.clock)
+            sources = None      # targets change only with Prometheus' configuration: asked every SOURCES_EVERY polls
+            if hasattr(self.client, "sources") and (self.sources is None or self.polls % SOURCES_EVERY == 0):
+                sources = sorted(self.client.sources())
         except TelemetryError as exc:
             self.last_error = str(exc)
             return []
@@ -304,6 +363,9 @@ class TelemetryPoller:
         self.polls += 1
         stamps = self.client.last_stamps
         with self._lock:
+            if sources and sources != self.sources:   # none at all: not configured yet, nothing said
+                self.sources = sources      # said once per change: nodes without a scrape target have none
+                self._queue.append({"kind": "telemetry-sources", "nodes": sources})
             if events:
                 self._queue.extend(events)
                 del self._queue[:-self._max_queue]

@@ -186,7 +186,7 @@ def create_app(twin, config: ApiConfig | None = None, controller=None, extender=
         if config.freshness_s is not None:    # not acting, nor advising, on stale telemetry
             from ..telemetry import StaleTelemetry, check_fresh
             try:
-                check_fresh(result, twin.state.snapshot(), config.freshness_s)
+                out["untelemetered_nodes"] = check_fresh(result, twin.state.snapshot(), config.freshness_s)
             except StaleTelemetry as exc:
                 metrics.stale_refusals.inc()
                 raise ClientError(503, str(exc), "telemetry") from None

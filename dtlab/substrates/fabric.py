@@ -80,9 +80,10 @@ from .base import JOB_COLUMNS, STAGE_COLUMNS, WallClockSubstrate
 _LIVE: "weakref.WeakSet[FabricSubstrate]" = weakref.WeakSet()
 OPTIONS = ("seed", "host_cores", "kernel", "network", "timing", "calibration", "drain_limit_s", "node_cpus",
            "time_scale", "exclusive", "lock_timeout_s", "noise_limits", "noise_recheck", "telemetry",
-           "scrape_interval_s", "cpu_drift")
+           "scrape_interval_s", "cpu_drift", "neighbours")
 TELEMETRY = (None, "none", "prometheus")
 MAX_DRIFT_STEPS = 1000
+MAX_NEIGHBOURS = 8            # CPU hogs (one process each) on a 2-core host: more only measures the host
 NODE_HEADROOM = 0.9          # node quotas fill 90 % of their cores: start-up, the Wasm launcher, the kernel's own work
 AUTO_PERIOD_REF_MS = 25.0    # time_scale auto: the slowest node's CFS period <= 25 reference ms, and
 TICK_MS = 4.0                # (CONFIG_HZ=250) CPU a stage may overrun its quota by before it is throttled
@@ -130,7 +131,7 @@ class FabricSubstrate(WallClockSubstrate):
                  exclusive: bool = True, lock_timeout_s: float | None = None,
                  noise_limits: Mapping[str, float] | None = None, noise_recheck: bool = True,
                  telemetry: str | None = None, scrape_interval_s: float = 0.5, cpu_drift: Any = None,
-                 **opts: Any):
+                 neighbours: Any = None, **opts: Any):
         from .. import hostlock
         from ..fabric import available, cgroups, worker
 
@@ -158,6 +159,9 @@ class FabricSubstrate(WallClockSubstrate):
             raise SpecError("substrate_opts.node_cpus", str(exc)) from None
         self._cluster = cluster
         self.cpu_drift = check_cpu_drift(cpu_drift, cluster)
+        self.neighbours = check_neighbours(neighbours, cluster)
+        self._neighbour_procs: list[subprocess.Popen] = []
+        self.neighbours_started: list[dict[str, Any]] = []
         self.speed_factor: dict[str, float] = {n.name: 1.0 for n in cluster.nodes}
         self.drift_applied: list[dict[str, Any]] = []
         self._stage_cgs: dict[str, dict[Any, float]] = {n.name: {} for n in cluster.nodes}   # live stage cgroup -> cpu
@@ -287,6 +291,8 @@ class FabricSubstrate(WallClockSubstrate):
         self._t0 = time.monotonic()
         for step in self.cpu_drift:
             self._at(step["at_s"], lambda step=step: self._set_speed_factor(step["node"], step["factor"]))
+        for hog in self.neighbours:
+            self._at(hog["at_s"], lambda hog=hog: self._start_neighbour(hog["node"]))
 
     # ------------------------------------------------------------ protocol
     def cluster(self) -> Cluster:
@@ -381,7 +387,7 @@ class FabricSubstrate(WallClockSubstrate):
                 "netem": bool(self.net and self.net.netem), "link_shaping": dict(self.mechanism),
                 "overheads": dict(self.timing.overheads), "telemetry": self.telemetry,
                 "scrape_interval_s": self.prometheus.scrape_interval_s if self.prometheus else None,
-                "cpu_drift": list(self.cpu_drift)}
+                "cpu_drift": list(self.cpu_drift), "neighbours": list(self.neighbours)}
 
     def close(self) -> None:
         """Kill every stage process, stop the data path, remove namespaces, veths and cgroups. Idempotent."""
@@ -391,6 +397,9 @@ class FabricSubstrate(WallClockSubstrate):
         self._closed = True
         for t in getattr(self, "_timers", []):
             t.cancel()
+        for hog in getattr(self, "_neighbour_procs", []):
+            _kill(hog)
+            hog.wait(timeout=10)      # out of the node's cgroup before it is removed
         for procs in getattr(self, "_procs", {}).values():
             for p in list(procs):
                 _kill(p)
@@ -478,6 +487,22 @@ class FabricSubstrate(WallClockSubstrate):
         if node in self._mem_node:
             paths.append(self._mem_node[node].procs_path)
         return paths
+
+    def _start_neighbour(self, node: str) -> None:
+        """``neighbours``: one CPU-bound process put into ``node``'s cgroup (:meth:`node_cgroup_procs`)
+        outside dtlab, running until the substrate closes: a noisy neighbour the twin learns of only
+        through telemetry (its stages then share the node's quota with it)."""
+        if self._closed:
+            return
+        paths = self.node_cgroup_procs(node)
+        # spins until its parent (this process) is gone; not PR_SET_PDEATHSIG, which fires when the
+        # *thread* that started it ends (a timer thread here)
+        spin = "import os\nparent = os.getppid()\nwhile os.getppid() == parent: pass"
+        proc = subprocess.Popen(["/bin/sh", "-c", 'for f in $0; do echo $$ > "$f" || exit 3; done; exec "$@"',
+                                 " ".join(paths), sys.executable, "-c", spin],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._neighbour_procs.append(proc)
+        self.neighbours_started.append({"node": node, "at_ms": self.now_ms(), "pid": proc.pid})
 
     def ts_of_epoch(self, epoch_s: float) -> float:
         """Wall-clock epoch seconds -> this substrate's clock (reference seconds since start), for telemetry."""
@@ -835,6 +860,27 @@ def check_cpu_drift(value: Any, cluster: Cluster) -> list[dict[str, Any]]:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (lo <= v <= hi):
                 raise SpecError(f"{where}.{key}", f"must be a number in [{lo:g}, {hi:g}], got {v!r}")
         out.append({"node": str(step["node"]), "at_s": float(step["at_s"]), "factor": float(step["factor"])})
+    return sorted(out, key=lambda d: d["at_s"])
+
+
+def check_neighbours(value: Any, cluster: Cluster) -> list[dict[str, Any]]:
+    """``neighbours``: a list of ``{node, at_s}`` (a CPU hog joins the node's cgroup at ``at_s`` seconds of
+    the substrate clock), checked with field paths; sorted by time."""
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)) or len(value) > MAX_NEIGHBOURS:
+        raise SpecError("substrate_opts.neighbours", f"must be a list of at most {MAX_NEIGHBOURS} {{node, at_s}} entries")
+    out = []
+    for i, hog in enumerate(value):
+        where = f"substrate_opts.neighbours[{i}]"
+        if not isinstance(hog, Mapping) or set(hog) != {"node", "at_s"}:
+            raise SpecError(where, "must be a mapping with exactly the keys node, at_s")
+        if hog["node"] not in cluster.by_name:
+            raise SpecError(f"{where}.node", f"unknown node {hog['node']!r}")
+        v = hog["at_s"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 <= v <= 1e7):
+            raise SpecError(f"{where}.at_s", f"must be a number in [0, 1e+07], got {v!r}")
+        out.append({"node": str(hog["node"]), "at_s": float(v)})
     return sorted(out, key=lambda d: d["at_s"])
 
 

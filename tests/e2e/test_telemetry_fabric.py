@@ -130,3 +130,36 @@ def test_prometheus_stopped_refuses_stale_plans_then_resumes(loop):
     assert ctl.records[-1]["decision"] == SUBMITTED, ctl.records[-1]
     assert poller.last_error is None
     print(f"Prometheus back: plans submitted again after {time.monotonic() - t1:.2f} s")
+
+
+def test_neighbours_option_puts_a_hog_on_the_node_that_telemetry_sees():
+    """``substrate_opts.neighbours``: the hog joins fast-0's cgroup at t=0 outside dtlab (what V2's
+    with/without-telemetry runs rely on); the exporters see it as fast-0's background, not slow-0's,
+    every node is a telemetry source, and closing the substrate ends the hog."""
+    import os
+
+    from dtlab.fabric import available
+    from dtlab.substrates import make_substrate
+    ok, why = available()
+    require(ok, f"fabric unavailable: {why}")
+    require(shutil.which("prometheus") is not None, "Prometheus not installed (make test-deps)")
+    sub = make_substrate("fabric", cluster_from_dict(CLUSTER), seed=2, host_cores=0.5, network=False, time_scale=1,
+                         telemetry="prometheus", neighbours=[{"node": "fast-0", "at_s": 0}], lock_timeout_s=600)
+    try:
+        poller = TelemetryPoller(PrometheusClient(sub.prometheus_url, timeout_s=1.0), clock=sub.ts_of_epoch)
+        twin = Twin(sub.cluster())
+        deadline, util = time.monotonic() + 20, {}
+        while time.monotonic() < deadline:
+            poller.poll_once()
+            twin.state.apply_many(poller.events())
+            util = {n: s.cpu_util for n, s in twin.state.snapshot().nodes.items()}
+            if util["fast-0"] > 0.8:
+                break
+            time.sleep(0.2)
+        assert util["fast-0"] > 0.8 and util["slow-0"] < 0.3, util
+        assert poller.sources == ["fast-0", "slow-0"]
+        assert [h["node"] for h in sub.neighbours_started] == ["fast-0"]
+        pid = sub.neighbours_started[0]["pid"]
+    finally:
+        sub.close()
+    assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()

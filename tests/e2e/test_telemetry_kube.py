@@ -153,11 +153,44 @@ def test_serve_on_the_plane_with_prometheus_auto_plans_on_fresh_telemetry(plane,
                "spec": {"stages": [{"id": "s", "compute": {"cpu": 0.5, "duration_ms": 10}}]}}
         r = requests.post(f"{url}/plan", json={"job": job, "samples": 16, "dry_run": True}, timeout=20)
         assert r.status_code == 200, r.text
-        assert r.json()["placement"] == {"s": "rn-0"}, r.json()
+        assert r.json()["placement"] == {"s": "rn-0"} and r.json()["untelemetered_nodes"] == [], r.json()
+        # the KWOK node has no telemetry source (not a scrape target): planned on, and said so, not refused
+        kw_job = {**job, "spec": {"stages": [{"id": "s", "constraints": {"nodes": ["kw-0"]},
+                                              "compute": {"cpu": 0.5, "duration_ms": 10}}]}}
+        r = requests.post(f"{url}/plan", json={"job": kw_job, "samples": 16, "dry_run": True}, timeout=20)
+        assert r.status_code == 200, r.text
+        assert r.json()["placement"] == {"s": "kw-0"} and r.json()["untelemetered_nodes"] == ["kw-0"], r.json()
         log = (tmp_path / "serve.log").read_text()
         assert f"polling {plane['telemetry']['prometheus_url']}" in log, log
     finally:
         stop_group(server)
+
+
+def test_kubelet_resource_metrics_are_scraped_and_their_age_measured(plane):
+    """The real kubelet's /metrics/resource is a scrape target of the plane's Prometheus (HTTPS, client
+    cert). Its samples carry cAdvisor's own timestamps: measured here, how old they are when queried
+    against the cgroup exporter's (which the twin polls), over 12 s."""
+    url = plane["telemetry"]["prometheus_url"]
+    client = PrometheusClient(url, timeout_s=2.0)
+    deadline = time.monotonic() + 60
+    while not [v for lab, _, v in client.query('up{job="kubelet-resource"}') if v == 1]:
+        assert time.monotonic() < deadline, f"kubelet-resource target not up: {client.get('targets')}"
+        time.sleep(0.5)
+    assert client.sources() == {"rn-0"}      # the kubelet target is no telemetry source of the twin's
+    ages: dict[str, list[float]] = {"exporter": [], "kubelet": []}
+    queries = {"exporter": 'time() - timestamp(dtlab_node_cpu_seconds_total{node="rn-0"})',
+               "kubelet": 'time() - timestamp(node_cpu_usage_seconds_total{kubelet_node="rn-0"})'}
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 12:
+        for key, q in queries.items():
+            ages[key] += [v for _, _, v in client.query(q)]
+        time.sleep(0.25)
+    assert ages["kubelet"], "no node_cpu_usage_seconds_total from the kubelet"
+    ex, ku = sorted(ages["exporter"]), sorted(ages["kubelet"])
+    print(f"sample age when queried over 12 s (p50 / max): cgroup exporter {ex[len(ex) // 2]:.2f} / {ex[-1]:.2f} s, "
+          f"kubelet /metrics/resource {ku[len(ku) // 2]:.2f} / {ku[-1]:.2f} s")
+    assert ex[-1] < 2.0, ex
+    assert ku[-1] > ex[-1], (ku, ex)      # cAdvisor's housekeeping interval, not the scrape, sets its age
 
 
 def test_down_stops_exporters_and_prometheus(plane):
