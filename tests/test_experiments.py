@@ -312,3 +312,11 @@ def test_processor_sharing_of_stage_times():
     # max-min fair with caps: cap-1 stage gets its core, the cap-2 stage the rest (half speed)
     np.testing.assert_allclose(ps(a([0., 0.]), a([100., 100.]), a([2., 1.]), 2), [150, 100])
     np.testing.assert_allclose(ps(a([0., 500.]), a([100., 100.]), a([1., 1.]), 1), [100, 100])   # idle gap
+
+
+def test_v2_per_seed_table_is_the_job_level_one(smoke_results):
+    """per_seed.csv holds the job-level errors per (predictor, seed) that `dtlab compare` pairs; the
+    stage-scope loop used to overwrite it with its own table (no predictor column)."""
+    per_seed = smoke_results[v2].extra["per_seed"]
+    assert {"predictor", "seed", "mape", "median_ape", "p95_ape", "jobs"} <= set(per_seed.columns)
+    assert set(per_seed["predictor"]) == set(v2.SMOKE.get("predictors", v2.DEFAULTS["predictors"]))

@@ -266,10 +266,10 @@ def run(params: dict | None = None) -> ExperimentResult:
     stages = pd.concat(stage_rows, ignore_index=True)
     # "stage": the twin's service time alone; "stage_ps": with its processor-sharing model applied
     for scope, column in (("stage", "ape"), ("stage_ps", "ape_ps")):
-        per_seed = pd.DataFrame([{"seed": s, **_ape_stats(g[column])} for s, g in stages.groupby("seed", sort=False)],
-                                columns=["seed", "mape", "median_ape", "p95_ape", "n"])
-        per_seed.insert(0, "scope", scope)
-        metrics.update(metrics_from_summary(summarize_seeds(per_seed, ["scope"], METRICS), ["scope"]))
+        stage_seed = pd.DataFrame([{"seed": s, **_ape_stats(g[column])} for s, g in stages.groupby("seed", sort=False)],
+                                  columns=["seed", "mape", "median_ape", "p95_ape", "n"])
+        stage_seed.insert(0, "scope", scope)
+        metrics.update(metrics_from_summary(summarize_seeds(stage_seed, ["scope"], METRICS), ["scope"]))
         pooled = _ape_stats(stages[column])
         for k in METRICS:
             metrics[f"{scope}.pooled_{k}"] = _round(pooled[k])
