@@ -113,6 +113,11 @@ def files(tmp_path_factory):
     (["calibrate", "compute", "--quick", "--out", "{d}"], "is a directory"),
     (["calibrate", "network", "--out", "{d}"], "is a directory"),
     (["calibrate", "startup", "--out", "{d}"], "is a directory"),
+    (["serve", "--cluster", CLUSTER, "--port", "99999"], "--port"),   # ran, "listening on :99999"
+    (["serve", "--cluster", CLUSTER, "--extender-port", "-1"], "--extender-port"),
+    (["controller", "--substrate", "sim", "--cluster", CLUSTER, "--port", "-1"], "--port"),  # gaierror traceback
+    (["sweep", "V1", "--grid", str(ROOT / "params" / "sweeps" / "V1-rate-policy.yaml"), "--seeds", "100000000000",
+      "--smoke", "--out", "{d}/s"], "seeds"),  # hung expanding 1e11 seeds
 ])
 def test_cli_reproducers_exit_2(files, argv, needle):
     assert_exit2(dtlab(*[a.replace("{d}", str(files)) for a in argv]), needle)
