@@ -118,6 +118,7 @@ def files(tmp_path_factory):
     (["controller", "--substrate", "sim", "--cluster", CLUSTER, "--port", "-1"], "--port"),  # gaierror traceback
     (["sweep", "V1", "--grid", str(ROOT / "params" / "sweeps" / "V1-rate-policy.yaml"), "--seeds", "100000000000",
       "--smoke", "--out", "{d}/s"], "seeds"),  # hung expanding 1e11 seeds
+    (["run", "V1", "--smoke", "-j", "0", "--out", "{d}/o"], "--jobs"),   # ran serially without a word
 ])
 def test_cli_reproducers_exit_2(files, argv, needle):
     assert_exit2(dtlab(*[a.replace("{d}", str(files)) for a in argv]), needle)
