@@ -64,6 +64,9 @@ from .errors import SpecError
 
 DEFAULT_OUT = "outputs/sweeps"
 DEFAULT_WORKERS = 2
+# each point is a whole experiment run: a typo such as --seeds 100000000000 must be refused, not expanded
+MAX_SEEDS = 1_000
+MAX_POINTS = 10_000
 RETRIES = 2
 GRID_FILE_KEYS = ("experiment", "description", "params", "grid", "metrics")
 POINT_FILES = ("params.json", "metrics.json", "results.csv")
@@ -374,10 +377,17 @@ def sweep(experiment: str, grid: Grid | Mapping[str, Any] | str | os.PathLike, s
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         if seeds < 1:
             raise SpecError("seeds", f"must be >= 1, got {seeds}")
+        if seeds > MAX_SEEDS:
+            raise SpecError("seeds", f"must be <= {MAX_SEEDS:,}, got {seeds:,} (every seed is a run per grid point)")
         seeds = list(range(seeds))
     if workers < 1:
         raise SpecError("workers", f"must be >= 1, got {workers}")
-    points = expand(exp, grid, base, list(cast(Sequence[int], seeds)))
+    seed_list = list(cast(Sequence[int], seeds))
+    if len(seed_list) > MAX_SEEDS:
+        raise SpecError("seeds", f"at most {MAX_SEEDS:,} seeds, got {len(seed_list):,}")
+    points = expand(exp, grid, base, seed_list)
+    if len(points) > MAX_POINTS:
+        raise SpecError("grid", f"{len(points):,} runs (grid points x seeds); at most {MAX_POINTS:,} per sweep")
     out_dir = Path(out).resolve() / exp
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = [p for p in dict((p.id, p) for p in points).values() if not is_done(out_dir / p.id)]

@@ -21,7 +21,7 @@ from dtlab import cli
 from dtlab.errors import DtlabError, InfeasibleError, SpecError
 
 PACKAGE = Path(cli.__file__).parent
-NOT_GROUPS = {"__main__"}
+NOT_GROUPS = {"__main__", "args"}  # args: argument types shared by groups
 
 
 def _leaves(parser: argparse.ArgumentParser, path: tuple[str, ...] = (), func=None):

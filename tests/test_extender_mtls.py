@@ -112,3 +112,21 @@ def test_plain_port_does_not_serve_the_extender(server):
     conn = http.client.HTTPConnection("127.0.0.1", server["port"], timeout=5)
     conn.request("POST", "/extender/filter", body=ARGS, headers={"Content-Type": "application/json"})
     assert conn.getresponse().status == 404
+
+
+def test_body_over_the_limit_is_413_json_over_tls(pki, server):
+    """The mutual-TLS listener (stdlib server, not waitress) refuses a body announced over the limit
+    from its Content-Length alone, with the extender's JSON error."""
+    import socket
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    ctx.load_cert_chain(str(pki / "scheduler.crt"), str(pki / "scheduler.key"))
+    with socket.create_connection(("127.0.0.1", server["tls_port"]), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+        sock.sendall(b"POST /extender/filter HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1200000\r\n\r\n")
+        resp = http.client.HTTPResponse(sock)
+        resp.begin()
+        data = json.loads(resp.read())
+    assert resp.status == 413 and data["Error"], (resp.status, data)
+    status, _ = tls_call(pki, server["tls_port"], ARGS, "scheduler")  # still serving
+    assert status == 200

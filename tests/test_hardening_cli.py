@@ -102,6 +102,23 @@ def files(tmp_path_factory):
     (["replay", "--pods", "{d}", "--nodes", "{d}", "--out", "{d}/r"], "is a directory"),
     (["replay", "--inflate", "nan", "--out", "{d}/r"], "--inflate"),
     (["replay", "--inflate", "1e6", "--out", "{d}/r"], "--inflate"),
+    # found by the acceptance audit: numpy's ValueError traceback, a 1e11-job simulation that hung,
+    # an infinite arrival rate that ran, a calibration that measured for minutes before failing on --out
+    (["replay", "--seed", "-1", "--out", "{d}/r"], "--seed"),
+    (["workload", "generate", "--seed", "-1", "--out", "{d}/w.yaml"], "--seed"),
+    (["simulate", "--cluster", CLUSTER, "--jobs", str(ROOT / "examples" / "jobs-older.yaml"), "--job-id", "etl-1",
+      "--count", "99999999999", "--out", "{d}/r.csv"], "--count"),
+    (["simulate", "--cluster", CLUSTER, "--jobs", str(ROOT / "examples" / "jobs-older.yaml"), "--job-id", "etl-1",
+      "--rate-per-s", "inf", "--out", "{d}/r.csv"], "--rate-per-s"),
+    (["calibrate", "compute", "--quick", "--out", "{d}"], "is a directory"),
+    (["calibrate", "network", "--out", "{d}"], "is a directory"),
+    (["calibrate", "startup", "--out", "{d}"], "is a directory"),
+    (["serve", "--cluster", CLUSTER, "--port", "99999"], "--port"),   # ran, "listening on :99999"
+    (["serve", "--cluster", CLUSTER, "--extender-port", "-1"], "--extender-port"),
+    (["controller", "--substrate", "sim", "--cluster", CLUSTER, "--port", "-1"], "--port"),  # gaierror traceback
+    (["sweep", "V1", "--grid", str(ROOT / "params" / "sweeps" / "V1-rate-policy.yaml"), "--seeds", "100000000000",
+      "--smoke", "--out", "{d}/s"], "seeds"),  # hung expanding 1e11 seeds
+    (["run", "V1", "--smoke", "-j", "0", "--out", "{d}/o"], "--jobs"),   # ran serially without a word
 ])
 def test_cli_reproducers_exit_2(files, argv, needle):
     assert_exit2(dtlab(*[a.replace("{d}", str(files)) for a in argv]), needle)

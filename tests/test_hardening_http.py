@@ -216,23 +216,64 @@ def test_serve_refuses_an_unauthenticated_extender(tmp_path):
     assert proc.returncode == 2 and "DTLAB_EXTENDER_SECRET" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_body_over_the_limit_is_413(server):
-    """A body announced over the limit is refused from its Content-Length alone, before the client sends
-    it: waitress answers 413 at once (its own plain-text body names the limit; the JSON 413 of the app
-    is for bodies waitress lets through). Sending the 1.2 MB first made the test flaky: a client still
-    writing into a connection the server has answered and closed gets a broken pipe (1 run in 4 here),
-    which says nothing about the server."""
+def raw_request(server, head: bytes, body: bytes = b"") -> tuple[int, str, bytes, float]:
+    """(status, content type, body, seconds) of one hand-written request on its own socket."""
     t0 = time.monotonic()
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(b"POST /plan HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 1200000\r\n\r\n")
+        sock.sendall(head + body)
         resp = http.client.HTTPResponse(sock)
         resp.begin()
-        body = resp.read()
-    elapsed = time.monotonic() - t0
-    assert resp.status == 413 and elapsed < 1.0, (resp.status, body[:200], elapsed)
-    assert b"max_body of 1000000" in body, body
+        data = resp.read()
+    return resp.status, resp.getheader("Content-Type", ""), data, time.monotonic() - t0
+
+
+PLAN_HEAD = b"POST /plan HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+
+
+def test_body_over_the_limit_is_413_json(server):
+    """A body announced over the limit is refused from its Content-Length alone, before the client sends
+    it: waitress answers 413 at once, in the API's JSON (not waitress's plain text). Sending the 1.2 MB
+    first made the test flaky: a client still writing into a connection the server has answered and
+    closed gets a broken pipe (1 run in 4 here), which says nothing about the server."""
+    status, ctype, body, elapsed = raw_request(server, PLAN_HEAD + b"Content-Length: 1200000\r\n\r\n")
+    assert status == 413 and elapsed < 1.0, (status, body[:200], elapsed)
+    assert ctype.startswith("application/json"), (ctype, body[:200])
+    data = strict_json.loads(body)
+    assert data == {"error": "request body over the limit of 1,000,000 bytes", "field": "body"}, data
     server.assert_still_plans()
+
+
+def test_body_limit_is_the_same_for_waitress_and_the_app(server):
+    """Exactly --max-body-bytes (1,000,000) gets through waitress to the app (which parses it: not JSON
+    -> 400); one byte more is refused with 413 JSON. waitress refuses >= its limit and Flask > its limit,
+    so the server gives waitress the limit + 1 (dtlab.api.serve.create_server)."""
+    at_limit = b"[" + b" " * 999_998 + b"]"
+    status, ctype, body, _ = raw_request(server, PLAN_HEAD + b"Content-Length: 1000000\r\n\r\n", at_limit)
+    assert status == 400 and ctype.startswith("application/json"), (status, body[:200])
+    status, ctype, body, _ = raw_request(server, PLAN_HEAD + b"Content-Length: 1000001\r\n\r\n")
+    assert status == 413 and strict_json.loads(body)["field"] == "body", (status, body[:200])
+
+
+def test_chunked_body_over_the_limit_is_413_json(server):
+    """A chunked body (no Content-Length) is counted while it arrives: past the limit, 413 JSON."""
+    chunk = b"%x\r\n%s\r\n" % (200_000, b" " * 200_000)
+    status, ctype, body, elapsed = raw_request(server, PLAN_HEAD + b"Transfer-Encoding: chunked\r\n\r\n",
+                                               chunk * 6 + b"0\r\n\r\n")
+    assert status == 413 and ctype.startswith("application/json") and elapsed < 2.0, (status, body[:200])
+    assert strict_json.loads(body)["field"] == "body"
+
+
+@pytest.mark.parametrize("head, code", [
+    (b"POST /plan HTTP/1.1\r\nHost: x\r\nContent-Length: banana\r\n\r\n", 400),
+    (b"POST /plan HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 300_000 + b"\r\n\r\n", 431),
+])
+def test_requests_waitress_refuses_get_json_too(server, head, code):
+    """Malformed requests that waitress answers itself (the app never runs) carry JSON {error, field}."""
+    status, ctype, body, elapsed = raw_request(server, head)
+    assert status == code and ctype.startswith("application/json") and elapsed < 1.0, (status, ctype, body[:200])
+    data = strict_json.loads(body)
+    assert set(data) == {"error", "field"} and data["error"], data
 
 
 def healthz_latencies(server, stop: threading.Event, out: list, starts: list | None = None) -> None:

@@ -97,7 +97,7 @@ def _table(run_dir, capsys) -> str:
 def test_table_bad_input_exit_2(tmp_path, capsys):
     assert _run(["table", str(tmp_path / "missing")]) == 2
     assert "no such run directory" in capsys.readouterr().err
-    assert _run(["table", str(tmp_path)]) == 3                       # a directory without metrics.json
+    assert _run(["table", str(tmp_path)]) == 2                       # a directory without metrics.json
     assert "no metrics.json" in capsys.readouterr().err
 
 

@@ -6,6 +6,7 @@ the scheduler extender, over mutual TLS on its own port when given a context) un
 """
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -80,8 +81,6 @@ def serve(twin: Any, config: ApiConfig, *, substrate: Any = None, extender: Any 
     TLS on ``extender_port`` instead. ``poller`` (a :class:`dtlab.telemetry.TelemetryPoller`)
     feeds the state from Prometheus (``--prometheus``).
     """
-    from waitress import serve as waitress_serve
-
     from .app import create_app
 
     stop = threading.Event()
@@ -108,9 +107,9 @@ def serve(twin: Any, config: ApiConfig, *, substrate: Any = None, extender: Any 
             print(f"dtlab serve: scheduler extender at {where}{{filter,prioritize}}", file=sys.stderr, flush=True)
         print(f"dtlab serve: listening on http://{host}:{port}", file=sys.stderr, flush=True)
         _raise_fd_limit(connection_limit + 64)
-        waitress_serve(app, host=host, port=port, threads=threads, ident="dtlab",
-                       connection_limit=connection_limit, max_request_body_size=config.max_body_bytes,
-                       channel_timeout=30, cleanup_interval=5)
+        server = create_server(app, config.max_body_bytes, host=host, port=port, threads=threads, ident="dtlab",
+                               connection_limit=connection_limit, channel_timeout=30, cleanup_interval=5)
+        server.run()
     finally:
         stop.set()
         if tls_server is not None:
@@ -118,6 +117,54 @@ def serve(twin: Any, config: ApiConfig, *, substrate: Any = None, extender: Any 
             tls_server.server_close()
         if substrate is not None:
             substrate.close()
+
+
+def create_server(app: Any, max_body_bytes: int, **adjustments: Any) -> Any:
+    """A waitress server for ``app`` whose own answers are the API's JSON ``{error, field}`` too.
+
+    waitress refuses some requests before the app sees them: a body over its
+    ``max_request_body_size`` (from the Content-Length alone, or while reading a chunked body),
+    malformed request lines and headers, oversized headers. Its answers are plain text, which breaks
+    the API's promise (every 4xx is JSON). The server's channels therefore use an error task that
+    writes the same JSON the app writes. waitress refuses a body of ``>= max_request_body_size``
+    bytes and the app one of ``> MAX_CONTENT_LENGTH``, so waitress gets ``max_body_bytes + 1``:
+    both then accept exactly ``max_body_bytes`` bytes. The one home of this rule for every waitress
+    server dtlab starts (``dtlab serve``, the controller's API).
+    """
+    from waitress.server import BaseWSGIServer
+    from waitress.server import create_server as waitress_create_server
+
+    dispatchers: dict = {}
+    server = waitress_create_server(app, map=dispatchers, max_request_body_size=max_body_bytes + 1,
+                                    **adjustments)
+    channel = _json_error_channel(max_body_bytes)
+    for s in [server, *dispatchers.values()]:  # one listener, or several (host names with v4 and v6)
+        if isinstance(s, BaseWSGIServer):
+            s.channel_class = channel
+    return server
+
+
+def _json_error_channel(max_body_bytes: int) -> type:
+    """waitress's HTTPChannel with an error task that answers ``{error, field}`` as JSON."""
+    from waitress.channel import HTTPChannel
+    from waitress.task import ErrorTask
+
+    class JSONErrorTask(ErrorTask):
+        def execute(self) -> None:
+            err = self.request.error
+            body: dict[str, str | None]
+            if err.code == 413:
+                body = {"error": f"request body over the limit of {max_body_bytes:,} bytes", "field": "body"}
+            else:  # 400 malformed request, 431 headers too large, 501 unknown transfer encoding
+                body = {"error": f"{err.reason}: {err.body}"[:300], "field": None}
+            data = json.dumps(body).encode()
+            self.status = f"{err.code} {err.reason}"
+            self.response_headers.append(("Content-Type", "application/json"))
+            self.set_close_on_finish()
+            self.content_length = len(data)
+            self.write(data)
+
+    return type("JSONErrorChannel", (HTTPChannel,), {"error_task_class": JSONErrorTask})
 
 
 def _raise_fd_limit(wanted: int) -> None:

@@ -12,6 +12,7 @@ import sys
 from typing import Any, Iterable
 
 from ..errors import SpecError
+from .args import port
 
 
 def register(sub: Any) -> None:
@@ -41,8 +42,8 @@ def register(sub: Any) -> None:
                    help="substrate option (e.g. failure_rate_per_h=0); repeatable")
     p.add_argument("--record", help="JSON-lines record of every decision and failover (flushed as it happens)")
     p.add_argument("--host", default="127.0.0.1", help="bind address of --port and --api-port")
-    p.add_argument("--port", type=int, help="serve Prometheus /metrics on this port (0: any free port)")
-    p.add_argument("--api-port", type=int,
+    p.add_argument("--port", type=port, help="serve Prometheus /metrics on this port (0: any free port)")
+    p.add_argument("--api-port", type=port,
                    help="also serve the REST API with this controller attached (non-dry-run /plan acts)")
     p.add_argument("--insecure-dev", action="store_true", help="with --api-port: allow mutating calls without a token")
     p.set_defaults(func=run)

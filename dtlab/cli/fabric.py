@@ -52,11 +52,21 @@ def register(subparsers: Any) -> None:
     clean.set_defaults(func=run_cleanup)
 
 
+def _check_out(out: str | None) -> None:
+    """``--out`` checked before a measurement that takes minutes (a directory or an unwritable path
+    would otherwise fail only when the results are written: exit 2 at once instead)."""
+    if out:
+        from ..pathcheck import output_file
+        output_file(out, "calibration YAML")
+
+
 def run_compute(args) -> int:
     from ..fabric import calibrate
 
     def progress(i, n):
         print(f"  repetition {i}/{n}", file=sys.stderr, flush=True)
+
+    _check_out(args.out)
 
     doc = calibrate.measure_compute(
         quick=args.quick, reps=args.reps,
@@ -91,6 +101,7 @@ def run_network(args) -> int:
 
     if not 1 <= args.reps <= 50:
         raise SpecError("--reps", f"must be in [1, 50], got {args.reps}")
+    _check_out(args.out)
     if args.substrate == "kube":
         from ..model import load_cluster
         from ..pathcheck import input_file
@@ -128,6 +139,7 @@ def run_startup(args) -> int:
 
     if args.reps is not None and not 1 <= args.reps <= 100:
         raise SpecError("--reps", f"must be in [1, 100], got {args.reps}")
+    _check_out(args.out)
     if args.substrate == "kube":
         from ..kube import startup as kube_startup
         from ..model import load_cluster

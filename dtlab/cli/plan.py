@@ -116,10 +116,10 @@ def run_simulate(args: argparse.Namespace) -> int:
     if args.workload is None and args.jobs is None:
         raise SpecError("--workload", "is required (or give --jobs FILE)")
     if args.jobs is not None:
-        if not args.rate_per_s > 0:
-            raise SpecError("--rate-per-s", f"must be > 0, got {args.rate_per_s}")
-        if args.count < 1:
-            raise SpecError("--count", f"must be >= 1, got {args.count}")
+        from ..model import MAX_WORKLOAD_JOBS
+        from ..spec_reader import check_int, check_number
+        check_number(args.rate_per_s, "--rate-per-s", gt=0)  # finite too: inf/nan would stall the arrivals
+        check_int(args.count, "--count", ge=1, le=MAX_WORKLOAD_JOBS, why="every job is simulated in memory")
         job = pick_job(load_jobs(args.jobs), args.job_id, args.jobs)
         check_job_fits(job, cluster)
         workload = (replace(load_workload(args.workload), template=job) if args.workload else

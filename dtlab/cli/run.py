@@ -16,6 +16,8 @@ from ..errors import DtlabError, SpecError
 def _cmd_run(args: argparse.Namespace) -> int:
     from .. import runner
 
+    if args.jobs < 1:  # 0 or -5 ran serially without a word
+        raise SpecError("--jobs", f"must be >= 1, got {args.jobs}")
     outcomes = runner.run(args.experiments, params_file=args.params, smoke=args.smoke,
                           out_root=args.out, jobs=args.jobs, force=args.force,
                           progress=not args.quiet, lock_timeout_s=args.lock_timeout)

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..api.limits import ApiConfig
 from ..errors import SpecError
+from .args import port
 
 
 def register(sub: Any) -> None:
@@ -23,7 +24,7 @@ def register(sub: Any) -> None:
                    help="also start from what this substrate's observer sees (its events feed the state)")
     p.add_argument("--plane", help="with --substrate kube: the local plane's name (default 'default')")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: loopback only)")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--port", type=port, default=8080)
     p.add_argument("--insecure-dev", action="store_true",
                    help="allow mutating calls without DTLAB_API_TOKEN (local experiments only)")
     p.add_argument("--max-body-bytes", type=int, default=1_000_000,
@@ -56,7 +57,7 @@ def register(sub: Any) -> None:
                    "server certificate (PEM) on --extender-port instead of on the plain port")
     p.add_argument("--extender-tls-key", help="the certificate's private key (PEM; default: inside the cert file)")
     p.add_argument("--extender-client-ca", help="CA (PEM) that signed the scheduler's client certificate")
-    p.add_argument("--extender-port", type=int, default=8443, help="mutual-TLS extender port (default 8443)")
+    p.add_argument("--extender-port", type=port, default=8443, help="mutual-TLS extender port (default 8443)")
     p.add_argument("--extender-max-nodes", type=int, default=None,
                    help="node names per extender call (default: max(5000, 2 x the cluster's nodes); "
                         "never below the node count)")

@@ -22,6 +22,13 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def check_seed(seed: int) -> None:
+    """A ``--seed``: numpy's seed range, the twin's rule (exit 2, not numpy's ValueError traceback)."""
+    from ..spec_reader import check_int
+    from ..twin import MAX_SEED
+    check_int(seed, "--seed", ge=0, le=MAX_SEED, why="numpy seeds are at most 2**128 - 1")
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     from ..model import MAX_WORKLOAD_JOBS
     from ..pathcheck import input_file, output_file
@@ -29,6 +36,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from ..workload.generate import TEMPLATES, write_workload
 
     check_int(args.count, "--count", ge=1, le=MAX_WORKLOAD_JOBS, why="every job is simulated in memory")
+    check_seed(args.seed)
     output_file(args.out, "Workload file")
     if args.template not in TEMPLATES:
         input_file(args.template, "Job template file")
@@ -72,6 +80,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     for option, value in (("--nodes", args.nodes), ("--pods", args.pods)):
         if value is not None:
             input_file(value, f"{option} openb list")
+    for seed in args.seed or []:
+        check_seed(seed)
     output_dir(args.out)
     requested = args.policy or ["best-fit"]
     policies = policy_names() if requested == ["all"] else [p for ps in requested for p in ps.split(",")]

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from .. import stats
-from ..errors import DtlabError
+from ..errors import DtlabError, SpecError
 from ..results import atomic_write_text, load, metrics_table
 
 FORMATS = ("latex", "markdown", "csv")
@@ -167,7 +167,8 @@ def run_table(run_dir: str | Path, fmt: str = "latex") -> str:
     """The headline table of a saved run directory."""
     run = load(run_dir)
     if not run.metrics:
-        raise DtlabError(f"{run_dir}: no metrics.json (is this a finished run directory?)")
+        # a wrong path from the user, as in `dtlab compare`: exit 2
+        raise SpecError("run_dir", f"{run_dir}: no metrics.json (is this a finished run directory?)")
     long = headline_frame(run.metrics)
     if long.empty:
         raise DtlabError(f"{run_dir}: metrics.json has no numeric metrics")
