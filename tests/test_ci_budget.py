@@ -1,8 +1,8 @@
 """Issue 13 item 5: `.ci/run` prints each stage's time and fails with a clear message when the run
 passes its budget (75 min; CI_BUDGET_S overrides it). The real script runs with a stand-in `make` on
-PATH (a stage that sleeps, or passes at once), so the budget logic is checked in seconds. The run that
-passes also calls the real `dtlab fabric cleanup` between stages, as CI does; it removes nothing while a
-wall-clock run holds the host lock."""
+PATH (a stage that sleeps, or passes at once), so the budget logic is checked in seconds. The
+cleanup between stages is replaced too (CI_CLEANUP): inside a live test session the real sweep of
+dtlab-* cgroups and namespaces could remove a real-node plane's cgroups, which hold no host lock."""
 import os
 import subprocess
 import time
@@ -16,7 +16,8 @@ def ci_run(tmp_path: Path, make_body: str, budget_s: int) -> tuple[subprocess.Co
     fake.mkdir(exist_ok=True)
     (fake / "make").write_text(f"#!/bin/sh\n{make_body}\n")
     (fake / "make").chmod(0o755)
-    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "CI_BUDGET_S": str(budget_s)}
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "CI_BUDGET_S": str(budget_s),
+           "CI_CLEANUP": "true"}
     t0 = time.monotonic()
     proc = subprocess.run(["bash", str(ROOT / ".ci" / "run")], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=120)
