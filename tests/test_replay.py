@@ -199,6 +199,7 @@ def test_replay_cli_writes_allocation_csv_and_figure(tmp_path, capsys):
     assert list(table.columns) == COLUMNS and set(table["policy"]) == {"best-fit", "random"}
     assert table["arrived_pct"].max() == 130
     assert (tmp_path / "out" / "allocation.png").exists()
+    assert not (tmp_path / "out" / "published_deviation.csv").exists()   # a user's trace: not the study's setting
     assert main(["replay", "--nodes", str(tmp_path / "nodes.csv"), "--pods", str(tmp_path / "pods.csv"),
                  "--policy", "worst-fit", "--out", str(tmp_path / "out")]) == 2
     assert "policy" in capsys.readouterr().err
@@ -412,3 +413,20 @@ def test_replay_curves_stay_near_the_published_curves(openb_seed0):
     low = cmp[cmp["arrived_pct"] < 90]
     off = np.maximum(low["min"] - low["gpu_alloc_pct"], low["gpu_alloc_pct"] - low["max"]).clip(lower=0)
     assert off.max() <= CURVE_BELOW_90_OFF_BAND, low[off > CURVE_BELOW_90_OFF_BAND]
+
+
+def test_replay_cli_reports_the_deviation_from_the_published_curve(tmp_path, capsys):
+    """The study's setting (default openb trace, inflate 1.3): the CLI writes and prints the comparison."""
+    from dtlab.cli import main
+    from dtlab.replay import curve_deviation
+    assert main(["replay", "--policy", "best-fit", "--seed", "0", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    dev = pd.read_csv(tmp_path / "published_deviation.csv")
+    assert list(dev["policy"]) == ["best-fit"]
+    again = curve_deviation(pd.read_csv(tmp_path / "allocation.csv")).set_index("policy").loc["best-fit"]
+    assert dev.loc[0, "max_abs_diff"] == pytest.approx(again["max_abs_diff"], abs=1e-4)
+    assert f"max |diff| {again['max_abs_diff']:.2f} pts" in out
+    cmp = pd.read_csv(tmp_path / "published_comparison.csv")
+    assert len(cmp) == 130 and cmp["inside_band"].dtype == bool
+    assert main(["replay", "--policy", "best-fit", "--inflate", "1.2", "--out", str(tmp_path / "other")]) == 0
+    assert not (tmp_path / "other" / "published_deviation.csv").exists()   # another inflation: nothing to compare
