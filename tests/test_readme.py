@@ -325,7 +325,7 @@ HOW: dict[str, Handler] = {
         run(".venv/bin/dtlab report --out {tmp}/report --outputs {tmp}/out",
             check=lambda c, p: "card" in (c.tmp / "report" / "index.html").read_text() or pytest.fail(p.stdout)),
     ".venv/bin/dtlab replay --policy fgd --policy best-fit --inflate 1.3 --seed 0 --out /tmp/replay-fgd":
-        run(check=lambda c, p: (c.tmp / "replay-fgd" / "allocation.csv").stat()),
+        run(check=lambda c, p: (c.tmp / "replay-fgd" / "published_deviation.csv").stat()),
     ".venv/bin/dtlab sweep V1 --grid params/sweeps/V1-rate-policy.yaml --seeds 3 --smoke":
         run(".venv/bin/dtlab sweep V1 --grid params/sweeps/V1-rate-policy.yaml --seeds 3 --smoke "
             "--out {tmp}/sweeps --no-figures -q", 900),

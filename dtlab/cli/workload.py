@@ -69,7 +69,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_replay(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..replay import PUBLISHED_FINAL_GPU_ALLOC_PCT, policy_names, replay_allocation, replay_timed, write_allocation
+    import pandas as pd
+
+    from ..replay import (PUBLISHED_INFLATE, curve_deviation, policy_names, published_final, replay_allocation,
+                          replay_timed, write_allocation)
     from ..workload.readers import OPENB_NODES, OPENB_PODS, read_openb_nodes, read_openb_pods
 
     from ..pathcheck import input_file, output_dir
@@ -102,6 +105,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         return 0
     results = []
     inflate_ratio = None if args.inflate <= 0 else args.inflate
+    published = published_final() if default_trace and inflate_ratio == PUBLISHED_INFLATE else {}
     for policy in policies:
         for seed in seeds:
             alloc = replay_allocation(nodes, pods, policy, seed=seed, inflate_ratio=inflate_ratio)
@@ -115,10 +119,17 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             last = t.iloc[-1]
             print(f"{'':<16} at {last.arrived_pct:g} % arrived: pods placed {last.placed_pct:.2f} %, twin-predicted "
                   f"p95 {last.pred_p95_ms:.0f} ms, expected SLO misses {last.slo_miss_pct:.2f} % of arrived pods")
-            if default_trace and inflate_ratio == 1.3 and policy in PUBLISHED_FINAL_GPU_ALLOC_PCT:
+            if policy in published:
                 print(f"{'':<16} at {t.iloc[-1].arrived_pct:g} % arrived: {t.iloc[-1].gpu_alloc_pct:.2f} % "
-                      f"(published: {PUBLISHED_FINAL_GPU_ALLOC_PCT[policy]:.2f} %)")
-    paths = write_allocation(results, out)
+                      f"(published: {published[policy]:.2f} %)")
+    paths = write_allocation(results, out, compare_published=bool(published))
+    if published:
+        table = pd.concat([r.table for r in results], ignore_index=True)
+        for d in curve_deviation(table).itertuples():
+            print(f"{d.policy:<16} vs the study's published curve ({d.points} arrived % points, mean over "
+                  f"{table.loc[table['policy'] == d.policy, 'seed'].nunique()} seed(s)): max |diff| "
+                  f"{d.max_abs_diff:.2f} pts (at {d.max_at_arrived_pct:g} %), mean |diff| {d.mean_abs_diff:.2f} "
+                  f"pts, inside the published min-max band at {d.inside_band_pct:.0f} % of points")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 

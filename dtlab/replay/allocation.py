@@ -25,17 +25,11 @@ from ..atomic import atomic_path
 from ..errors import SpecError
 from .fit import ClusterArrays, Pods
 from .policies import make_chooser
+from .published import compare_curves, curve_deviation, published_curves
 from .slo import predict_pods, slo_at_marks
 
 COLUMNS = ["policy", "seed", "arrived_pct", "gpu_alloc_pct", "cpu_alloc_pct", "failed_pods",
            "placed_pct", "pred_p95_ms", "slo_miss_pct"]   # the last three: the twin's latency/SLO (slo.py)
-
-#: The study's published result to compare with: GPU allocated (% of capacity) at 130 % arrived on
-#: openb_pod_list_default, mean over its seeds 42-51 (dot-product: 42-50), read from its artefact's
-#: experiments/analysis/expected_results/analysis_allo_discrete.csv (hkust-adsl/kubernetes-scheduler-
-#: simulator, commit 1853fc0e). Policy names mapped: Random, DotProd, BestFit, FGD.
-PUBLISHED_FINAL_GPU_ALLOC_PCT = {"random": 87.47, "dot-product": 90.86, "best-fit": 93.08, "fgd": 95.39}
-
 
 def inflate(pods: pd.DataFrame, gpu_capacity_milli: int, ratio: float,
             rng: np.random.Generator) -> pd.DataFrame:
@@ -137,8 +131,15 @@ def replay_allocation(nodes: pd.DataFrame, pods: pd.DataFrame, policy: str, seed
     return AllocationResult(table=table, placements=placements, seconds=seconds, pods=pods)
 
 
-def write_allocation(results: list[AllocationResult] | pd.DataFrame, out_dir) -> dict[str, Path]:
-    """Write ``allocation.csv`` and the figure (``allocation.pdf``/``.png``) into ``out_dir``."""
+def write_allocation(results: list[AllocationResult] | pd.DataFrame, out_dir,
+                     compare_published: bool = False) -> dict[str, Path]:
+    """Write ``allocation.csv`` and the figure (``allocation.pdf``/``.png``) into ``out_dir``.
+
+    ``compare_published`` (only meaningful for the study's setting: default openb trace, inflate 1.3)
+    also writes ``published_comparison.csv`` (per policy and arrived %: ours, the study's mean/min/max,
+    difference, inside the band) and ``published_deviation.csv`` (one summary row per policy, see
+    :func:`dtlab.replay.published.curve_deviation`), and draws the study's min-max bands in the figure.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = results if isinstance(results, pd.DataFrame) else pd.concat([r.table for r in results],
@@ -147,7 +148,13 @@ def write_allocation(results: list[AllocationResult] | pd.DataFrame, out_dir) ->
     with atomic_path(csv) as tmp:
         table[COLUMNS].to_csv(tmp, index=False)
     paths = {"csv": csv}
-    for i, p in enumerate(plot_allocation(table, out)):
+    if compare_published:
+        for key, frame in (("published_comparison", compare_curves(table)),
+                           ("published_deviation", curve_deviation(table))):
+            paths[key] = out / f"{key}.csv"
+            with atomic_path(paths[key]) as tmp:
+                frame.to_csv(tmp, index=False, float_format="%.4f")
+    for i, p in enumerate(plot_allocation(table, out, published=compare_published)):
         paths[p.suffix.lstrip(".")] = p
     return paths
 
@@ -158,18 +165,24 @@ _REPLAY_STYLE = {"best-fit": ("Best-fit", "blue", "o"), "first-fit": ("First-fit
                  "dot-product": ("Dot-product", "bluish_green", "^"), "fgd": ("FGD", "vermillion", "D")}
 
 
-def plot_allocation(table: pd.DataFrame, out_dir) -> list[Path]:
-    """GPU allocation vs arrived GPU demand, one line per policy (mean over seeds), with y = x."""
+def plot_allocation(table: pd.DataFrame, out_dir, published: bool = False) -> list[Path]:
+    """GPU allocation vs arrived GPU demand, one line per policy (mean over seeds), with y = x;
+    with ``published``, each policy's published min-max band over the study's seeds, shaded."""
     with plots.paper_style():
         fig, ax = plots.figure(columns=1)
-        _draw_allocation(ax, table)
+        _draw_allocation(ax, table, published_curves() if published else None)
     return plots.savefig(fig, out_dir, "allocation")
 
 
-def _draw_allocation(ax, table: pd.DataFrame) -> None:
+def _draw_allocation(ax, table: pd.DataFrame, published: pd.DataFrame | None = None) -> None:
+    """Lines per policy; with ``published``, the study's min-max bands (shaded, one legend entry) and an
+    inset zoomed on arrived >= 85 %, where the policies part and the bands are wide enough to see."""
     names = plots.order(table["policy"].unique())
     hi = float(table["arrived_pct"].max())
     ax.plot([0, 100], [0, 100], color="#999999", lw=0.8, ls=":", label="all arrived allocated")
+    inset = ax.inset_axes((0.5, 0.1, 0.47, 0.45)) if published is not None else None
+    ys: list[float] = []
+    band_label: str | None = None
     for k, name in enumerate(names):
         sub = table[table["policy"] == name].groupby("arrived_pct")["gpu_alloc_pct"].mean()
         if name in _REPLAY_STYLE:
@@ -179,8 +192,25 @@ def _draw_allocation(ax, table: pd.DataFrame) -> None:
             colour, marker = plots.style_of(name, k)
             label = plots.display_name(name)
         ax.plot(sub.index, sub.values, color=colour, marker=marker, markevery=(k * 2, 10), label=label)
+        band = published[published["policy"] == name] if published is not None else None
+        if inset is None or band is None:
+            continue
+        inset.plot(sub.index, sub.values, color=colour, lw=1.0)
+        ys += sub[sub.index >= 85].tolist()
+        if len(band):
+            first = band_label is None
+            band_label = f"published (ATC'23), min-max of {int(band['seeds'].max())} seeds"
+            for a in (ax, inset):
+                a.fill_between(band["arrived_pct"], band["min"], band["max"], color=colour, alpha=0.35, lw=0,
+                               label=band_label if a is ax and first else None)
+            ys += band.loc[band["arrived_pct"] >= 85, ["min", "max"]].to_numpy().ravel().tolist()
+    if inset is not None and ys:
+        inset.set_xlim(85, hi)
+        inset.set_ylim(min(ys) - 0.5, max(ys) + 0.5)
+        inset.tick_params(labelsize=6)
+        inset.set_title("arrived >= 85 %", fontsize=6)
     ax.set_xlabel("Arrived GPU demand (% of cluster GPU capacity)")
     ax.set_ylabel("GPU allocated (% of capacity)")
     ax.set_xlim(0, hi)
     ax.set_ylim(0, 100)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left" if inset is not None else "lower right")
