@@ -137,6 +137,14 @@ def test_compare_different_seeds_unpaired_with_cis(outputs, capsys):
     assert math.isfinite(row.diff.low) and row.diff.low < row.diff.mean < row.diff.high
     assert not row.paired
     assert {r.metric for r in res["rows"]} >= {"latency_mean_ms", "miss_rate", "energy_proxy_j"}
+    # a change of a miss rate lies in [-1, 1]: the 2-seed Welch interval is clipped to it
+    for r in res["rows"]:
+        if r.metric == "miss_rate" and math.isfinite(r.diff.low):
+            assert -1.0 <= r.diff.low <= r.diff.high <= 1.0, r
+    # headline metrics pooled over seeds have no per-seed values: named in a note, not silently dropped
+    assert "pooled_p95_ms" not in {r.metric for r in res["rows"]}
+    assert any("not compared" in n and "pooled_p95_ms" in n for n in res["notes"]), res["notes"]
+    assert "note: not compared" in out
 
 
 def test_compare_same_seeds_is_paired(outputs, capsys):

@@ -28,7 +28,7 @@ import pandas as pd
 from .. import stats
 from ..errors import SpecError
 from ..results import SavedRun, load
-from .tables import fmt_ci, headline_frame
+from .tables import bounds_of, fmt_ci, headline_frame
 
 SEED = "seed"
 _HIGHER = ("throughput", "per_s", "speedup", "accuracy", "events", "coverage", "completed", "jobs_done")
@@ -134,11 +134,16 @@ def compare(run_a: str | Path, run_b: str | Path) -> dict[str, Any]:
                     ci = stats.paired_diff_ci(xb.tolist(), xa.tolist())
                 else:   # one value per seed (rows of one seed averaged), then independent samples
                     ci = stats.welch_diff_ci(sb.groupby(SEED)[m].mean().tolist(), sa.groupby(SEED)[m].mean().tolist())
+                ci = stats.clip_ci(ci, stats.diff_bounds(bounds_of(m)))     # a miss-rate change is in [-1, 1]
                 rows.append(Row(_label(keys, kt), m, float(sa[m].mean()), float(sb[m].mean()), ci, paired,
                                 _verdict(m, ci)))
         for key in gb:
             if key not in ga:
                 notes.append(f"setting {_label(keys, key if isinstance(key, tuple) else (key,))} only in B")
+        pooled = [m for m in metric_names if m not in cols]
+        if pooled:      # headline metrics with no per-seed column (pooled over seeds): no difference CI here
+            notes.append("not compared (no per-seed values in results.csv, e.g. pooled over seeds): "
+                         + ", ".join(pooled) + "; see dtlab table for each run's value and CI")
         seeds_note = (f"seeds match ({seeds_a}): paired differences" if paired else
                       f"seeds differ (A {seeds_a}, B {seeds_b}): unpaired Welch intervals")
     else:
