@@ -333,13 +333,32 @@ class KubeSubstrate(WallClockSubstrate):
                               for d, lat, ok in zip(jobs["deadline_ms"], jobs["latency_ms"], jobs["ok"])]
         if len(stages):
             stages["duration_ms"] = stages["end_ms"] - stages["start_ms"]
-            # KWOK runs no code: the "CPU time" behind energy_proxy_j is the planned service time x cpu
-            stages["cpu_ms"] = cpu_ms_of_attempts(stages, work_col="planned_ms")
+            # KWOK runs no code: the "CPU time" behind energy_proxy_j is the planned service time x cpu;
+            # a real node's worker measured its kernel's CPU clock: that, as node-equivalent ms
+            stages["cpu_ms"], stages["cpu_source"] = self._cpu_ms(stages)
         for c in STAGE_COLUMNS:
             if c not in stages.columns:
                 stages[c] = pd.Series(dtype=object)
         stages = stages[list(STAGE_COLUMNS) + [c for c in stages.columns if c not in STAGE_COLUMNS]]
         return {"jobs": jobs, "stages": stages}
+
+    def _cpu_ms(self, stages: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+        """CPU time (node-equivalent ms) per stage attempt behind ``energy_proxy_j``, and where it came from.
+
+        ``planned``: cpu x the planned service time (KWOK, or a real worker that reported no CPU clock).
+        ``measured``: the real worker's kernel CPU clock, divided by the node's cpu scale x speed as the
+        fabric does (the pod runs ``duration x scale`` reference ms of work capped at ``speed x scale``
+        CPUs), so it is the stage's CPU time on the node it stands for."""
+        cpu = cpu_ms_of_attempts(stages, work_col="planned_ms")
+        source = pd.Series("planned", index=stages.index, dtype=object)
+        if "kernel_cpu_ms" not in stages.columns:
+            return cpu, source
+        for i, node, k in zip(stages.index, stages["node"], pd.to_numeric(stages["kernel_cpu_ms"], errors="coerce")):
+            scale = self._real.get(node) if isinstance(node, str) else None
+            if scale and k > 0 and node in self._cluster.by_name:
+                cpu.loc[i] = float(k) / (scale * self._cluster.node(node).speed)
+                source.loc[i] = "measured"
+        return cpu, source
 
     def close(self) -> None:
         """Stop the observer and timers, delete this substrate's pods, stop an owned plane. Idempotent."""
@@ -520,7 +539,8 @@ class KubeSubstrate(WallClockSubstrate):
                   "planned_ms": dur / self.opts["time_scale"], "reason": reason or None, "_current": True,
                   "cpu": st["job"].stages[st["job"].stage_index[sid]].compute.cpu,
                   "node_kind": None if scheduler else ("real" if real is not None else "kwok"), "observed_ms": None, "uname_m": None,
-                  "exec": None, "startup_ms": None, "created_ms": None, "transfer_ms": None, "fetch_mb": None}
+                  "exec": None, "startup_ms": None, "created_ms": None, "transfer_ms": None, "fetch_mb": None,
+                  "kernel_cpu_ms": None}
         s["record"] = record
         self._stages.append(record)
         self._by_pod[spec.name] = record
@@ -570,7 +590,8 @@ class KubeSubstrate(WallClockSubstrate):
             rec["start_ms"], t_ms = w["start_ts"] * 1000.0, w["end_ts"] * 1000.0
             ev["ts"] = w["end_ts"]
             rec["observed_ms"] = t_ms - rec["start_ms"]
-            rec.update(uname_m=w.get("uname_m"), exec=w.get("exec"), kernel_arch=w.get("kernel_arch"))
+            rec.update(uname_m=w.get("uname_m"), exec=w.get("exec"), kernel_arch=w.get("kernel_arch"),
+                       kernel_cpu_ms=w.get("kernel_cpu_ms"))
             if w.get("fetch_bytes"):
                 rec.update(transfer_ms=w.get("fetch_ms"), fetch_mb=w["fetch_bytes"] / 1e6)
             if rec.get("created_ms") is not None:
