@@ -128,6 +128,9 @@ def test_which_runs_are_wall_clock(monkeypatch):
     assert hostlock.wall_clock({"substrate": "fabric"}) == "substrate fabric"
     assert hostlock.wall_clock({"substrate": "kube"}) is None
     assert "real nodes" in hostlock.wall_clock({"substrate": "kube", "substrate_opts": {"exclusive": True}})
+    # V4-kube's params ask for real kubelets: the work runs on this host in real time (issue 14)
+    assert "real_nodes: all" in hostlock.wall_clock({"substrate": "kube", "substrate_opts": {"real_nodes": "all"}})
+    assert hostlock.wall_clock({"substrate": "kube", "substrate_opts": {"real_nodes": None}}) is None
     monkeypatch.setattr(dtlab.fabric, "available", lambda: (False, "no root"))
     assert hostlock.wall_clock({"substrate": "auto"}) is None
     monkeypatch.setattr(dtlab.fabric, "available", lambda: (True, ""))

@@ -586,6 +586,33 @@ def test_exclusive_kube_holds_the_host_lock_and_records_noise(tmp_path, monkeypa
     assert set(sub.noise["cpu_s"]) == {"controller", "plane"} and isinstance(sub.noise["noisy"], bool)
 
 
+def test_real_nodes_record_host_noise_with_the_nodes_cpu(tmp_path, monkeypatch):
+    """A cluster with real kubelet nodes is a wall-clock run (issue 14 item 3): the substrate records host
+    noise even without ``exclusive``, with the real workers' measured kernel CPU as ``cpu_s.nodes``."""
+    from dtlab import hostlock
+    from dtlab.kube.realnodes import CPU_SCALE_LABEL, NODE_KIND_LABEL
+    from dtlab.substrates.kube import KubeSubstrate
+    monkeypatch.setenv(hostlock.ENV_PATH, str(tmp_path / "host.lock"))
+
+    class RealActuator(FakeActuator):
+        def list_nodes(self):
+            out = super().list_nodes()
+            out[3].metadata.labels = {NODE_KIND_LABEL: "real", CPU_SCALE_LABEL: "0.5"}     # edge-a-0
+            return out
+
+    cluster = load_cluster(REPO / "examples" / "cluster-hetero.yaml")
+    sub = KubeSubstrate(cluster, actuator=RealActuator(), observer_factory=lambda *a: FakeObserver(), noise=False)
+    try:
+        assert sub._real == {"edge-a-0": 0.5} and not hostlock.held()     # the lock is the runner's (wall_clock)
+        sub._stages.append({"job": "j", "stage": "s", "node": "edge-a-0", "kernel_cpu_ms": 240.0})
+        sub._stages.append({"job": "j", "stage": "t", "node": "cloud-0", "kernel_cpu_ms": None})
+    finally:
+        sub.close()
+    assert set(sub.noise["cpu_s"]) == {"controller", "plane", "nodes"}
+    assert sub.noise["cpu_s"]["nodes"] == pytest.approx(0.24)
+    assert isinstance(sub.noise["noisy"], bool) and "loadavg_1m" in sub.noise and "calibration" in sub.noise
+
+
 def test_a_root_stage_plans_its_jobs_input_from_the_origin_zone(kube_sub):
     """The pod's planned time counts input_mb over the origin zone -> node link, as the twin does."""
     from dtlab.model import spec_link

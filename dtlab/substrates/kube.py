@@ -174,6 +174,16 @@ class KubeSubstrate(WallClockSubstrate):
             listed = self.actuator.list_nodes()
             present = {n.metadata.name for n in listed}
             self._real = real_nodes_of(listed)
+            if self._real and self._noise is None:
+                # real kubelets run the work on this host: a wall-clock run, so record its host noise
+                # (issue 14) even when the substrate was not asked to take the lock itself (`dtlab run`
+                # takes it for params with real_nodes, dtlab.hostlock.wall_clock)
+                import resource
+
+                from .. import hostnoise
+                self._rusage0 = resource.getrusage(resource.RUSAGE_SELF)
+                plane_start = hostnoise.pids_cpu_s(self._plane_pids())
+                self._noise = hostnoise.NoiseMonitor(parts=lambda: self._cpu_parts(plane_start))
             if self._real and self.opts["time_scale"] != 1.0:
                 raise SpecError("substrate_opts.time_scale", "must be 1 on a cluster with real nodes "
                                 f"({sorted(self._real)}): their work runs in real time")
@@ -409,14 +419,20 @@ class KubeSubstrate(WallClockSubstrate):
         return [int(p["pid"]) for p in (st.get("processes") or {}).values() if p.get("pid")]
 
     def _cpu_parts(self, plane0: float) -> dict[str, float]:
-        """Host noise by part: this process (controller, twin, watch) and the local plane's processes
-        (kubelets on real nodes come with their own plane state; KWOK nodes cost no node CPU)."""
+        """Host noise by part: this process (controller, twin, watch), the local plane's processes
+        (kubelets on real nodes come with their own plane state; KWOK nodes cost no node CPU) and, with
+        real nodes, ``nodes``: the CPU their workers' kernels measured (a lower bound of the nodes' CPU)."""
         import resource
 
         from .. import hostnoise
         ru = resource.getrusage(resource.RUSAGE_SELF)
         own = (ru.ru_utime + ru.ru_stime) - (self._rusage0.ru_utime + self._rusage0.ru_stime)
-        return {"controller": own, "plane": max(0.0, hostnoise.pids_cpu_s(self._plane_pids()) - plane0)}
+        out = {"controller": own, "plane": max(0.0, hostnoise.pids_cpu_s(self._plane_pids()) - plane0)}
+        if self._real:      # the real workers' own kernel CPU (their container/emulator start-up not included)
+            with self._lock:
+                out["nodes"] = sum(float(r["kernel_cpu_ms"]) for r in self._stages
+                                   if r.get("node") in self._real and r.get("kernel_cpu_ms")) / 1000.0
+        return out
 
     # ------------------------------------------------------------ extras (controller, CLI, tests)
     def cancel(self, job: str) -> None:
