@@ -211,3 +211,19 @@ def test_negative_zero_and_bounds_from_the_full_key():
                            "plan_p50_ms.greedy.100.ci_high": 4.0, "des.mape": 0.2, "des.mape.ci_low": -0.2,
                            "des.mape.ci_high": 0.6})
     assert (long["ci_low"] >= 0).all()                  # a plan time (by its key) and an error are >= 0
+
+
+def test_compare_says_when_the_code_revision_differs():
+    """Two code revisions (or a dirty tree) are named from run.json's git record; params and substrate too."""
+    a = {"git": {"revision": "a" * 40, "dirty": False}, "params": {"jobs": 20}, "substrate": "sim"}
+    b = {"git": {"revision": "b" * 40, "dirty": True}, "params": {"jobs": 20}, "substrate": "fabric"}
+    p = cmp.provenance_diff(a, b)
+    assert p["code_differs"] and not p["params_differ"] and p["substrate"] == ("sim", "fabric")
+    text = cmp.format_text({"experiment": "V1", "a": "A", "b": "B", "provenance": p, "seeds": "", "notes": [],
+                            "rows": []})
+    assert f"code: differs (A {'a' * 10}, B {'b' * 10}+dirty)" in text
+    assert "params: same" in text and "substrate: sim -> fabric" in text
+    same_dirty = cmp.provenance_diff(a, {**a, "git": {"revision": "a" * 40, "dirty": True}})
+    assert same_dirty["code_differs"]
+    assert "uncommitted changes" in cmp.format_text({"experiment": "V1", "a": "A", "b": "B", "provenance": same_dirty,
+                                                     "seeds": "", "notes": [], "rows": []})
