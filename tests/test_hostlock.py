@@ -178,6 +178,26 @@ def test_noise_monitor_records_load_steal_parts_and_flags_over_limits():
     assert out["noisy"] and any(r.startswith("loadavg_per_core_max") for r in out["reasons"])
 
 
+def test_noise_records_measured_host_energy_only_where_rapl_exists(tmp_path):
+    """RAPL (issue 23): a readable powercap tree gives host_rapl_j over the run (a counter wrap handled);
+    without one the record says it is not available and why (this VM has no /sys/class/powercap)."""
+    zone = tmp_path / "intel-rapl:0"
+    zone.mkdir()
+    (zone / "max_energy_range_uj").write_text("1000000000\n")
+    (zone / "energy_uj").write_text("999000000\n")                  # 1 J before the counter wraps
+    mon = hostnoise.NoiseMonitor(recheck=False, rapl_root=tmp_path)
+    (zone / "energy_uj").write_text("2500000\n")                    # wrapped: 1 J + 2.5 J = 3.5 J
+    out = mon.finish()
+    assert out["rapl"]["available"] and out["rapl"]["host_rapl_j"] == pytest.approx(3.5)
+    missing = hostnoise.NoiseMonitor(recheck=False, rapl_root=tmp_path / "none").finish()
+    assert missing["rapl"]["available"] is False and "does not exist" in missing["rapl"]["why"]
+    assert "host_rapl_j" not in missing["rapl"]
+    both = hostnoise.combine([out, out])
+    assert both["rapl"] == {"available": True, "why": out["rapl"]["why"], "host_rapl_j": 7.0}
+    mixed = hostnoise.combine([out, missing])["rapl"]
+    assert mixed["available"] is False and "does not exist" in mixed["why"]
+
+
 def test_noise_limits_and_combine():
     from dtlab.errors import SpecError
     with pytest.raises(SpecError, match="noise_limits"):
