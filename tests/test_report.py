@@ -227,3 +227,22 @@ def test_compare_says_when_the_code_revision_differs():
     assert same_dirty["code_differs"]
     assert "uncommitted changes" in cmp.format_text({"experiment": "V1", "a": "A", "b": "B", "provenance": same_dirty,
                                                      "seeds": "", "notes": [], "rows": []})
+
+
+def test_compare_finds_per_seed_tables_beside_results_csv(tmp_path):
+    """V2 keeps per-seed MAPEs in per_seed.csv (results.csv is per job): compare uses that table, keys on its
+    text columns (pandas >= 3 reads them as str, not object) and pairs by seed."""
+    (tmp_path / "results.csv").write_text("job,ape\nj0,0.1\n")
+    (tmp_path / "per_seed.csv").write_text("scope,seed,mape,n\nfast,0,0.2,5\nfast,1,0.3,5\ndes,0,0.4,5\ndes,1,0.5,5\n")
+    (tmp_path / "other_per_seed.csv").write_text("seed,unrelated\n0,1\n")
+    df, cols, source = cmp.per_seed_table(tmp_path, ["mape", "p95_ape"])
+    assert source == "per_seed.csv" and cols == ["mape"] and cmp._key_columns(df, cols) == ["scope"]
+    assert cmp.per_seed_table(tmp_path, ["latency_ms"])[0] is None
+
+
+def test_compare_v3_pairs_format_energy_per_seed(outputs):
+    res = cmp.compare(outputs["V3"], outputs["V3"])
+    assert "format_factors_per_seed.csv" in res["seeds"] and "paired" in res["seeds"]
+    energy_rows = [r for r in res["rows"] if r.metric == "energy_proxy_j"]
+    assert energy_rows and all(r.paired and r.diff.mean == 0 for r in energy_rows)
+    assert any("native" in r.group for r in energy_rows)
