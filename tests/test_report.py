@@ -145,6 +145,7 @@ def test_compare_different_seeds_unpaired_with_cis(outputs, capsys):
     assert "pooled_p95_ms" not in {r.metric for r in res["rows"]}
     assert any("not compared" in n and "pooled_p95_ms" in n for n in res["notes"]), res["notes"]
     assert "note: not compared" in out
+    assert any("no per-seed rows" in n and "vs_best_baseline" in n for n in res["notes"]), res["notes"]
 
 
 def test_compare_same_seeds_is_paired(outputs, capsys):
@@ -246,3 +247,4 @@ def test_compare_v3_pairs_format_energy_per_seed(outputs):
     energy_rows = [r for r in res["rows"] if r.metric == "energy_proxy_j"]
     assert energy_rows and all(r.paired and r.diff.mean == 0 for r in energy_rows)
     assert any("native" in r.group for r in energy_rows)
+    assert any("no per-seed rows" in n and "plan_ms.greedy" in n for n in res["notes"]), res["notes"]

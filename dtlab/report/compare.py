@@ -154,9 +154,13 @@ def compare(run_a: str | Path, run_b: str | Path) -> dict[str, Any]:
         for key in gb:
             if key not in ga:
                 notes.append(f"setting {_label(keys, key if isinstance(key, tuple) else (key,))} only in B")
+        tokens = {t for r in rows for part in r.group.split() for t in part.split("=")}
+        missed = sorted({g for g in head["group"] if str(g).split(".")[0] not in tokens and g != "all"})
+        if rows and missed:   # headline settings the per-seed table does not hold (pooled, or another table's)
+            notes.append("headline settings with no per-seed rows here (not compared): " + ", ".join(missed))
         pooled = [m for m in metric_names if m not in cols]
         if pooled:      # headline metrics with no per-seed column (pooled over seeds): no difference CI here
-            notes.append("not compared (no per-seed values in results.csv, e.g. pooled over seeds): "
+            notes.append(f"not compared (no per-seed values in {source}, e.g. pooled over seeds): "
                          + ", ".join(pooled) + "; see dtlab table for each run's value and CI")
         seeds_note = (f"seeds match ({seeds_a}): paired differences" if paired else
                       f"seeds differ (A {seeds_a}, B {seeds_b}): unpaired Welch intervals") + f" (per seed: {source})"
