@@ -16,8 +16,9 @@ is kept in the model for the idle power of the node (``node_idle_w``) but not ch
 
 Names say what a number is: ``energy_j`` in a twin prediction (model x predicted CPU time),
 ``energy_proxy_j`` on a substrate (model x CPU time the substrate measured or, on sim/KWOK,
-simulated), ``rapl_j`` only for a reading of ``/sys/class/powercap`` (:func:`rapl_status` says
-whether this host has it; this one does not).
+simulated), ``host_rapl_j`` (in every wall-clock run's host-noise record, dtlab/hostnoise.py) only
+for a reading of ``/sys/class/powercap`` (:func:`rapl_status` says whether this host has it; this
+one does not).
 """
 from __future__ import annotations
 

@@ -48,7 +48,8 @@ def wall_clock(params: Mapping[str, Any]) -> str | None:
     """Why a run with these experiment params measures wall-clock time (so it needs the lock), or None.
 
     ``fabric`` always; ``auto`` when the fabric is available here (it will be chosen); ``kube`` when
-    ``substrate_opts.exclusive`` says its nodes really execute work on this host (real kubelets).
+    ``substrate_opts.exclusive`` says its nodes really execute work on this host, or ``real_nodes`` asks for
+    real kubelets.
     """
     sub = params.get("substrate", "sim")
     opts = params.get("substrate_opts") or {}
@@ -56,6 +57,8 @@ def wall_clock(params: Mapping[str, Any]) -> str | None:
         return "substrate fabric"
     if sub == "kube" and isinstance(opts, Mapping) and opts.get("exclusive"):
         return "substrate kube with exclusive: true (real nodes on this host)"
+    if sub == "kube" and isinstance(opts, Mapping) and opts.get("real_nodes"):
+        return f"substrate kube with real_nodes: {opts['real_nodes']} (real kubelets run the work on this host)"
     if sub == "auto":
         from . import substrates     # the one home of the `auto` rule
         if substrates.pick("fabric", fallback="sim")[0] == "fabric":

@@ -15,6 +15,10 @@ closes. The result (``noise`` dict, JSON-ready) holds:
   against the host's cached ``iterations_per_ms`` (``cpu_ratio`` 1.0 = as calibrated); ``drift`` is
   end/start - 1 of the CPU ratio (the machine itself changed: frequency, thermal, cache pressure).
 
+* ``rapl``: measured energy of the host's CPU packages over the run (``host_rapl_j``, RAPL counters
+  under ``/sys/class/powercap``, the whole host: other tenants included) where they exist, else
+  ``available: false`` and why (issue 23: energy is measured only there; ``energy_proxy_j`` is a model).
+
 ``noisy`` is True when any measure exceeds :data:`LIMITS` (``reasons`` says which); experiments put
 the dict into their metrics (``host_noise``) and ``dtlab results`` flags such runs.
 """
@@ -86,7 +90,7 @@ class NoiseMonitor:
 
     def __init__(self, node_cpus: list[int] | None = None, nodes_usage_s: Callable[[], float] | None = None,
                  parts: Callable[[], Mapping[str, float]] | None = None, calibrate_join: str | None = None,
-                 limits: Mapping[str, float] | None = None, recheck: bool = True):
+                 limits: Mapping[str, float] | None = None, recheck: bool = True, rapl_root: Any = None):
         unknown = set(limits or {}) - set(LIMITS)
         if unknown:
             from .errors import SpecError
@@ -99,6 +103,9 @@ class NoiseMonitor:
         self._recheck = recheck
         self.ncpu = os.cpu_count() or 1
         self.cal0 = self._calibrate() if recheck else None     # before the counters: not counted as foreign
+        from . import energy
+        self._rapl_root = energy.RAPL_ROOT if rapl_root is None else rapl_root
+        self.rapl0 = energy.read_rapl_uj(self._rapl_root)
         self.t0 = time.monotonic()
         self.stat0 = read_stat()
         self.usage0 = nodes_usage_s() if nodes_usage_s else None
@@ -125,6 +132,8 @@ class NoiseMonitor:
             return self.result
         self._stop.set()
         stat1 = read_stat()
+        from . import energy
+        rapl1 = energy.read_rapl_uj(self._rapl_root)
         usage1 = self._nodes_usage() if self._nodes_usage is not None else None
         load1 = os.getloadavg()[0]
         cal1 = self._calibrate() if self._recheck else None
@@ -139,6 +148,10 @@ class NoiseMonitor:
             "host_busy_share": round((b1 - b0) / dt, 4),
             "steal_share": round((s1 - s0) / dt, 4),
         }
+        ok, why = energy.rapl_status(self._rapl_root)
+        out["rapl"] = {"available": bool(ok and self.rapl0 and rapl1), "why": why}
+        if out["rapl"]["available"]:
+            out["rapl"]["host_rapl_j"] = round(energy.rapl_delta_j(self.rapl0, rapl1, self._rapl_root), 3)
         if self.node_cpus and self._nodes_usage is not None:
             hz = os.sysconf("SC_CLK_TCK")
             busy = total = 0
@@ -211,6 +224,13 @@ def combine(records: list[Mapping[str, Any]]) -> dict[str, Any]:
                 parts[k] = round(parts.get(k, 0.0) + v, 3)
     if parts:
         out["cpu_s"] = parts
+    rapl = [r["rapl"] for r in records if isinstance(r.get("rapl"), Mapping)]
+    if rapl:      # measured host energy over all the substrates' runs, only where every one had RAPL
+        have = all(x.get("available") for x in rapl)
+        why = next((x.get("why") for x in rapl if not x.get("available")), rapl[0].get("why"))
+        out["rapl"] = {"available": have, "why": why}
+        if have:
+            out["rapl"]["host_rapl_j"] = round(sum(float(x.get("host_rapl_j", 0.0)) for x in rapl), 3)
     drifts = [r["calibration"]["drift"] for r in records if (r.get("calibration") or {}).get("drift") is not None]
     if drifts:
         out["calibration_drift_max"] = max(drifts, key=abs)

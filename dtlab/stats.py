@@ -66,6 +66,14 @@ def clip_ci(ci: CI, bounds: Bounds) -> CI:
     return CI(ci.mean, low, high, ci.n)
 
 
+def diff_bounds(bounds: Bounds) -> Bounds:
+    """The possible range of a difference ``b - a`` of two quantities that each lie in ``bounds``
+    (two miss rates in [0, 1] differ by at most 1 either way; an unbounded side stays unbounded)."""
+    lo, hi = bounds
+    span = hi - lo
+    return (-span, span) if math.isfinite(span) else UNBOUNDED
+
+
 def mean_ci(values: Iterable[float | None], bounds: Bounds = UNBOUNDED) -> CI:
     """Mean and 95 % t-interval of per-seed values (NaNs dropped; one value gives a zero-width
     interval), clipped to ``bounds``."""

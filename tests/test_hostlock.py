@@ -128,6 +128,9 @@ def test_which_runs_are_wall_clock(monkeypatch):
     assert hostlock.wall_clock({"substrate": "fabric"}) == "substrate fabric"
     assert hostlock.wall_clock({"substrate": "kube"}) is None
     assert "real nodes" in hostlock.wall_clock({"substrate": "kube", "substrate_opts": {"exclusive": True}})
+    # V4-kube's params ask for real kubelets: the work runs on this host in real time (issue 14)
+    assert "real_nodes: all" in hostlock.wall_clock({"substrate": "kube", "substrate_opts": {"real_nodes": "all"}})
+    assert hostlock.wall_clock({"substrate": "kube", "substrate_opts": {"real_nodes": None}}) is None
     monkeypatch.setattr(dtlab.fabric, "available", lambda: (False, "no root"))
     assert hostlock.wall_clock({"substrate": "auto"}) is None
     monkeypatch.setattr(dtlab.fabric, "available", lambda: (True, ""))
@@ -173,6 +176,26 @@ def test_noise_monitor_records_load_steal_parts_and_flags_over_limits():
     assert 0.0 <= out["foreign_share_node_cpus"] <= 1.0
     assert out["cpu_s"] == {"nodes": 1.5, "relay": 0.25, "controller": 0.5, "plane": 0.0}
     assert out["noisy"] and any(r.startswith("loadavg_per_core_max") for r in out["reasons"])
+
+
+def test_noise_records_measured_host_energy_only_where_rapl_exists(tmp_path):
+    """RAPL (issue 23): a readable powercap tree gives host_rapl_j over the run (a counter wrap handled);
+    without one the record says it is not available and why (this VM has no /sys/class/powercap)."""
+    zone = tmp_path / "intel-rapl:0"
+    zone.mkdir()
+    (zone / "max_energy_range_uj").write_text("1000000000\n")
+    (zone / "energy_uj").write_text("999000000\n")                  # 1 J before the counter wraps
+    mon = hostnoise.NoiseMonitor(recheck=False, rapl_root=tmp_path)
+    (zone / "energy_uj").write_text("2500000\n")                    # wrapped: 1 J + 2.5 J = 3.5 J
+    out = mon.finish()
+    assert out["rapl"]["available"] and out["rapl"]["host_rapl_j"] == pytest.approx(3.5)
+    missing = hostnoise.NoiseMonitor(recheck=False, rapl_root=tmp_path / "none").finish()
+    assert missing["rapl"]["available"] is False and "does not exist" in missing["rapl"]["why"]
+    assert "host_rapl_j" not in missing["rapl"]
+    both = hostnoise.combine([out, out])
+    assert both["rapl"] == {"available": True, "why": out["rapl"]["why"], "host_rapl_j": 7.0}
+    mixed = hostnoise.combine([out, missing])["rapl"]
+    assert mixed["available"] is False and "does not exist" in mixed["why"]
 
 
 def test_noise_limits_and_combine():

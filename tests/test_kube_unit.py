@@ -467,6 +467,24 @@ def test_substrate_creates_successors_only_after_all_predecessors_succeeded(kube
     assert kinds.count("stage-end") == 3 and kinds.count("job-submit") == 1
 
 
+def test_real_node_energy_proxy_uses_the_workers_measured_cpu(kube_sub):
+    """On a real node the worker reports its kernel's CPU clock: energy_proxy_j uses it (as node-equivalent
+    ms: / cpu scale x node speed, as the fabric does); KWOK stages keep the planned time (issue 23)."""
+    from dtlab import energy
+    sub, fa = kube_sub
+    sub.submit(PLAN, JOB)
+    a, b = fa.created
+    sub._real = {"edge-a-0": 0.25}          # edge-a-0 (speed 0.6) stands for a real node with cpu scale 0.25
+    w = {"start_ts": 1.0, "end_ts": 3.0, "uname_m": "aarch64", "kernel_cpu_ms": 240.0}
+    sub._on_events([_ev("stage-start", a), _ev("stage-start", b), _ev("stage-end", a, ok=True, worker=w),
+                    _ev("stage-end", b, ok=True)])
+    st = sub.results()["stages"].set_index("stage")
+    assert st.loc["a", "cpu_ms"] == pytest.approx(240.0 / (0.25 * 0.6)) and st.loc["a", "cpu_source"] == "measured"
+    assert st.loc["b", "cpu_ms"] == pytest.approx(500.0) and st.loc["b", "cpu_source"] == "planned"
+    e = energy.energy_proxy(sub.results()["stages"], sub.cluster()).set_index("stage")
+    assert e.loc["a", "energy_proxy_j"] == pytest.approx(1600.0 / 1000 * energy.power_of(sub.cluster().node("edge-a-0"))[1])
+
+
 def test_node_down_moves_unfinished_stages_to_the_shadow_and_pod_kill_retries_in_place(kube_sub):
     sub, fa = kube_sub
     sub.submit(PLAN, JOB)
@@ -571,6 +589,33 @@ def test_exclusive_kube_holds_the_host_lock_and_records_noise(tmp_path, monkeypa
         sub.close()
     assert not hostlock.held()
     assert set(sub.noise["cpu_s"]) == {"controller", "plane"} and isinstance(sub.noise["noisy"], bool)
+
+
+def test_real_nodes_record_host_noise_with_the_nodes_cpu(tmp_path, monkeypatch):
+    """A cluster with real kubelet nodes is a wall-clock run (issue 14 item 3): the substrate records host
+    noise even without ``exclusive``, with the real workers' measured kernel CPU as ``cpu_s.nodes``."""
+    from dtlab import hostlock
+    from dtlab.kube.realnodes import CPU_SCALE_LABEL, NODE_KIND_LABEL
+    from dtlab.substrates.kube import KubeSubstrate
+    monkeypatch.setenv(hostlock.ENV_PATH, str(tmp_path / "host.lock"))
+
+    class RealActuator(FakeActuator):
+        def list_nodes(self):
+            out = super().list_nodes()
+            out[3].metadata.labels = {NODE_KIND_LABEL: "real", CPU_SCALE_LABEL: "0.5"}     # edge-a-0
+            return out
+
+    cluster = load_cluster(REPO / "examples" / "cluster-hetero.yaml")
+    sub = KubeSubstrate(cluster, actuator=RealActuator(), observer_factory=lambda *a: FakeObserver(), noise=False)
+    try:
+        assert sub._real == {"edge-a-0": 0.5} and not hostlock.held()     # the lock is the runner's (wall_clock)
+        sub._stages.append({"job": "j", "stage": "s", "node": "edge-a-0", "kernel_cpu_ms": 240.0})
+        sub._stages.append({"job": "j", "stage": "t", "node": "cloud-0", "kernel_cpu_ms": None})
+    finally:
+        sub.close()
+    assert set(sub.noise["cpu_s"]) == {"controller", "plane", "nodes"}
+    assert sub.noise["cpu_s"]["nodes"] == pytest.approx(0.24)
+    assert isinstance(sub.noise["noisy"], bool) and "loadavg_1m" in sub.noise and "calibration" in sub.noise
 
 
 def test_a_root_stage_plans_its_jobs_input_from_the_origin_zone(kube_sub):

@@ -23,6 +23,9 @@ def test_worker_report_parses_ns_times_and_arch():
     assert r["start_ts"] == pytest.approx(1_700_000_000.123456789, abs=1e-6)
     assert (r["end_ts"] - r["start_ts"]) * 1000 == pytest.approx(500.0, abs=1e-3)
     assert r["uname_m"] == "aarch64" and r["kernel_arch"] == "arm64" and r["exit"] == 0
+    assert r["kernel_cpu_ms"] == 20.0                  # the kernel's CPU clock: the energy proxy's input
+    wasi = {**REPORT, "kernel": {**REPORT["kernel"], "cpu_ms": -1}}
+    assert worker_report(json.dumps(wasi))["kernel_cpu_ms"] is None      # unsupported: no number invented
 
 
 @pytest.mark.parametrize("msg", [None, "", "OOMKilled", '{"dtlab_worker": 1, "start_ns": "x"}', "dtlab_worker {"])

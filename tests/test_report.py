@@ -137,6 +137,15 @@ def test_compare_different_seeds_unpaired_with_cis(outputs, capsys):
     assert math.isfinite(row.diff.low) and row.diff.low < row.diff.mean < row.diff.high
     assert not row.paired
     assert {r.metric for r in res["rows"]} >= {"latency_mean_ms", "miss_rate", "energy_proxy_j"}
+    # a change of a miss rate lies in [-1, 1]: the 2-seed Welch interval is clipped to it
+    for r in res["rows"]:
+        if r.metric == "miss_rate" and math.isfinite(r.diff.low):
+            assert -1.0 <= r.diff.low <= r.diff.high <= 1.0, r
+    # headline metrics pooled over seeds have no per-seed values: named in a note, not silently dropped
+    assert "pooled_p95_ms" not in {r.metric for r in res["rows"]}
+    assert any("not compared" in n and "pooled_p95_ms" in n for n in res["notes"]), res["notes"]
+    assert "note: not compared" in out
+    assert any("no per-seed rows" in n and "vs_best_baseline" in n for n in res["notes"]), res["notes"]
 
 
 def test_compare_same_seeds_is_paired(outputs, capsys):
@@ -203,3 +212,39 @@ def test_negative_zero_and_bounds_from_the_full_key():
                            "plan_p50_ms.greedy.100.ci_high": 4.0, "des.mape": 0.2, "des.mape.ci_low": -0.2,
                            "des.mape.ci_high": 0.6})
     assert (long["ci_low"] >= 0).all()                  # a plan time (by its key) and an error are >= 0
+
+
+def test_compare_says_when_the_code_revision_differs():
+    """Two code revisions (or a dirty tree) are named from run.json's git record; params and substrate too."""
+    a = {"git": {"revision": "a" * 40, "dirty": False}, "params": {"jobs": 20}, "substrate": "sim"}
+    b = {"git": {"revision": "b" * 40, "dirty": True}, "params": {"jobs": 20}, "substrate": "fabric"}
+    p = cmp.provenance_diff(a, b)
+    assert p["code_differs"] and not p["params_differ"] and p["substrate"] == ("sim", "fabric")
+    text = cmp.format_text({"experiment": "V1", "a": "A", "b": "B", "provenance": p, "seeds": "", "notes": [],
+                            "rows": []})
+    assert f"code: differs (A {'a' * 10}, B {'b' * 10}+dirty)" in text
+    assert "params: same" in text and "substrate: sim -> fabric" in text
+    same_dirty = cmp.provenance_diff(a, {**a, "git": {"revision": "a" * 40, "dirty": True}})
+    assert same_dirty["code_differs"]
+    assert "uncommitted changes" in cmp.format_text({"experiment": "V1", "a": "A", "b": "B", "provenance": same_dirty,
+                                                     "seeds": "", "notes": [], "rows": []})
+
+
+def test_compare_finds_per_seed_tables_beside_results_csv(tmp_path):
+    """V2 keeps per-seed MAPEs in per_seed.csv (results.csv is per job): compare uses that table, keys on its
+    text columns (pandas >= 3 reads them as str, not object) and pairs by seed."""
+    (tmp_path / "results.csv").write_text("job,ape\nj0,0.1\n")
+    (tmp_path / "per_seed.csv").write_text("scope,seed,mape,n\nfast,0,0.2,5\nfast,1,0.3,5\ndes,0,0.4,5\ndes,1,0.5,5\n")
+    (tmp_path / "other_per_seed.csv").write_text("seed,unrelated\n0,1\n")
+    df, cols, source = cmp.per_seed_table(tmp_path, ["mape", "p95_ape"])
+    assert source == "per_seed.csv" and cols == ["mape"] and cmp._key_columns(df, cols) == ["scope"]
+    assert cmp.per_seed_table(tmp_path, ["latency_ms"])[0] is None
+
+
+def test_compare_v3_pairs_format_energy_per_seed(outputs):
+    res = cmp.compare(outputs["V3"], outputs["V3"])
+    assert "format_factors_per_seed.csv" in res["seeds"] and "paired" in res["seeds"]
+    energy_rows = [r for r in res["rows"] if r.metric == "energy_proxy_j"]
+    assert energy_rows and all(r.paired and r.diff.mean == 0 for r in energy_rows)
+    assert any("native" in r.group for r in energy_rows)
+    assert any("no per-seed rows" in n and "plan_ms.greedy" in n for n in res["notes"]), res["notes"]

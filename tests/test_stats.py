@@ -70,3 +70,11 @@ def test_welch_diff_ci_independent_samples():
     assert one.mean == pytest.approx(-1.5) and math.isnan(one.low)
     same = welch_diff_ci([2.0, 2.0], [1.0, 1.0])
     assert (same.mean, same.low, same.high) == (1.0, 1.0, 1.0)
+
+
+def test_diff_bounds():
+    """B - A of two quantities in [lo, hi] lies in [-(hi - lo), hi - lo]; an unbounded side stays so."""
+    assert stats.diff_bounds(stats.RATE) == (-1.0, 1.0)
+    assert stats.diff_bounds(stats.NONNEG) == stats.UNBOUNDED
+    ci = stats.clip_ci(stats.CI(0.2, -1.4, 1.8, 2), stats.diff_bounds(stats.RATE))
+    assert (ci.mean, ci.low, ci.high) == (0.2, -1.0, 1.0)

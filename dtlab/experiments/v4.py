@@ -111,7 +111,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -198,6 +198,7 @@ def run(params: dict[str, Any] | None = None) -> ExperimentResult:
             raise SpecError(f"scenarios[{i}]", f"{name}: {exc}") from None
         scenarios.append((sc.name, events))
     rows, jobs, regimes = [], [], []
+    noises: list[Mapping[str, Any]] = []
     recovery: list[dict[str, Any]] = []
     for name, events in scenarios:
         for seed in p["seeds"]:
@@ -206,6 +207,9 @@ def run(params: dict[str, Any] | None = None) -> ExperimentResult:
                 rec = row.pop("_recovery")
                 recovery.extend({"scenario": name, "strategy": strategy, "seed": seed, "recovery_ms": r} for r in rec)
                 measured = row.pop("_regime")
+                noise = row.pop("_noise")
+                if noise:
+                    noises.append(noise)
                 if name == scenarios[0][0]:      # the regime of the control (first) scenario
                     regimes.append(measured)
                 rows.append(row)
@@ -216,6 +220,10 @@ def run(params: dict[str, Any] | None = None) -> ExperimentResult:
     best = {k: effects.pop(k) for k in list(effects) if k.startswith(f"{CONTROL}.best_")}
     metrics = {**best, **metrics_from_summary(summary, ["scenario", "strategy"])}   # headline first
     metrics["substrate"] = p["substrate"]
+    if noises:      # worst case over the runs (issue 14): `dtlab results` flags a NOISY run
+        from ..hostnoise import combine
+        metrics["host_noise"] = combine(noises)
+        metrics["host_noise.noisy"] = metrics["host_noise"]["noisy"]
     shadow_rows = table[table["strategy"].str.startswith("shadow-")]
     metrics["jobs_lost_with_shadows"] = int(shadow_rows["jobs_lost"].sum()) if len(shadow_rows) else None
     metrics.update(effects)
@@ -438,6 +446,7 @@ def run_one(p: dict, cluster, deadlines: _Deadlines, scenario: str, events, stra
         "prestaged_mb_per_job": float(df["prestaged_mb"].fillna(0).mean()) if "prestaged_mb" in df and len(df)
         else 0.0,
         "_recovery": rec, "_regime": measured,
+        "_noise": getattr(sub, "noise", None),     # host noise of a wall-clock run (kube with real nodes)
     }
     return row, df
 

@@ -133,7 +133,8 @@ def pod_info(obj: Mapping[str, Any]) -> dict[str, Any]:
 def worker_report(message: str | None) -> dict[str, Any] | None:
     """The real worker's own report from its termination message (images/worker/launcher.c):
     ``{start_ts, end_ts}`` in epoch seconds with ns resolution, ``uname_m``, ``format``, ``exec``,
-    ``exit`` and the kernel's JSON; None when the message is not one (KWOK pods, a crashed worker)."""
+    ``exit``, the kernel's wall and CPU ms (``kernel_cpu_ms``: None where the kernel cannot read its CPU
+    clock); None when the message is not one (KWOK pods, a crashed worker)."""
     if not message or "dtlab_worker" not in message:
         return None
     try:
@@ -150,6 +151,8 @@ def worker_report(message: str | None) -> dict[str, Any] | None:
     if isinstance(k, dict):
         out["kernel_arch"] = k.get("arch")
         out["kernel_ms"] = k.get("wall_ms")
+        cpu = k.get("cpu_ms")      # the kernel's own process CPU clock (-1 where unsupported, e.g. WASI)
+        out["kernel_cpu_ms"] = float(cpu) if isinstance(cpu, (int, float)) and cpu > 0 else None
     return out
 
 

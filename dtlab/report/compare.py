@@ -28,7 +28,7 @@ import pandas as pd
 from .. import stats
 from ..errors import SpecError
 from ..results import SavedRun, load
-from .tables import fmt_ci, headline_frame
+from .tables import bounds_of, fmt_ci, headline_frame
 
 SEED = "seed"
 _HIGHER = ("throughput", "per_s", "speedup", "accuracy", "events", "coverage", "completed", "jobs_done")
@@ -57,7 +57,8 @@ COUNTERS = ("jobs", "completed", "n", "lost", "samples")
 def _key_columns(df: pd.DataFrame, metric_cols: list[str]) -> list[str]:
     """Setting columns: text/bool ones, and numeric ones each seed lists with the same several values."""
     rest = [c for c in df.columns if c not in metric_cols and c != SEED and c not in COUNTERS]
-    keys = [c for c in rest if df[c].dtype == object or df[c].dtype == bool]
+    keys = [c for c in rest if pd.api.types.is_object_dtype(df[c]) or pd.api.types.is_string_dtype(df[c])
+            or pd.api.types.is_bool_dtype(df[c])]     # pandas >= 3 reads text as the str dtype, not object
     for c in rest:
         if c in keys or df[c].nunique(dropna=False) < 2:
             continue
@@ -79,15 +80,26 @@ def _label(keys: list[str], values: tuple) -> str:
     return " ".join(parts) or "all"
 
 
-def _per_seed(run: SavedRun, metrics: list[str]) -> tuple[pd.DataFrame | None, list[str]]:
-    path = run.run_dir / "results.csv"
-    if not path.exists():
-        return None, []
-    df = pd.read_csv(path)
-    cols = [m for m in metrics if m in df.columns and pd.api.types.is_numeric_dtype(df[m])]
-    if not cols or SEED not in df.columns:
-        return None, []
-    return df, cols
+def per_seed_table(run_dir: Path, metrics: list[str]) -> tuple[pd.DataFrame | None, list[str], str]:
+    """The run's per-seed table for ``metrics``: ``results.csv`` if it has a seed column and metric
+    columns, else the ``*per_seed*.csv`` with the most of them (V2 keeps its per-seed MAPEs in
+    ``per_seed.csv``, V3 its per-seed format energies in ``format_factors_per_seed.csv``)."""
+    best: tuple[pd.DataFrame | None, list[str], str] = (None, [], "")
+    for path in [run_dir / "results.csv", *sorted(run_dir.glob("*per_seed*.csv"))]:
+        if not path.exists():
+            continue
+        try:
+            df = pd.read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+            continue
+        if SEED not in df.columns:
+            continue
+        cols = [m for m in metrics if m in df.columns and pd.api.types.is_numeric_dtype(df[m])]
+        if len(cols) > len(best[1]):
+            best = (df, cols, path.name)
+        if cols and path.name == "results.csv":
+            break
+    return best
 
 
 def _verdict(metric: str, ci: stats.CI) -> str:
@@ -110,8 +122,10 @@ def compare(run_a: str | Path, run_b: str | Path) -> dict[str, Any]:
                                "compare runs of one experiment")
     head = headline_frame(a.metrics)
     metric_names = list(dict.fromkeys(head["metric"]))
-    da, cols = _per_seed(a, metric_names)
-    db, cols_b = _per_seed(b, metric_names)
+    da, cols, source = per_seed_table(a.run_dir, metric_names)
+    db, cols_b, source_b = per_seed_table(b.run_dir, metric_names)
+    if source_b != source:
+        db, cols_b = None, []      # two layouts (different code revisions): no common per-seed table
     rows: list[Row] = []
     notes: list[str] = []
     if da is not None and db is not None:
@@ -134,15 +148,25 @@ def compare(run_a: str | Path, run_b: str | Path) -> dict[str, Any]:
                     ci = stats.paired_diff_ci(xb.tolist(), xa.tolist())
                 else:   # one value per seed (rows of one seed averaged), then independent samples
                     ci = stats.welch_diff_ci(sb.groupby(SEED)[m].mean().tolist(), sa.groupby(SEED)[m].mean().tolist())
+                ci = stats.clip_ci(ci, stats.diff_bounds(bounds_of(m)))     # a miss-rate change is in [-1, 1]
                 rows.append(Row(_label(keys, kt), m, float(sa[m].mean()), float(sb[m].mean()), ci, paired,
                                 _verdict(m, ci)))
         for key in gb:
             if key not in ga:
                 notes.append(f"setting {_label(keys, key if isinstance(key, tuple) else (key,))} only in B")
+        tokens = {t for r in rows for part in r.group.split() for t in part.split("=")}
+        missed = sorted({g for g in head["group"] if str(g).split(".")[0] not in tokens and g != "all"})
+        if rows and missed:   # headline settings the per-seed table does not hold (pooled, or another table's)
+            notes.append("headline settings with no per-seed rows here (not compared): " + ", ".join(missed))
+        pooled = [m for m in metric_names if m not in cols]
+        if pooled:      # headline metrics with no per-seed column (pooled over seeds): no difference CI here
+            notes.append(f"not compared (no per-seed values in {source}, e.g. pooled over seeds): "
+                         + ", ".join(pooled) + "; see dtlab table for each run's value and CI")
         seeds_note = (f"seeds match ({seeds_a}): paired differences" if paired else
-                      f"seeds differ (A {seeds_a}, B {seeds_b}): unpaired Welch intervals")
+                      f"seeds differ (A {seeds_a}, B {seeds_b}): unpaired Welch intervals") + f" (per seed: {source})"
     else:
-        seeds_note = "no per-seed results.csv with a seed column: differences of the means only, no CI"
+        seeds_note = ("no per-seed table (results.csv or *per_seed*.csv with a seed column and the headline "
+                      "metrics): differences of the means only, no CI")
         hb = headline_frame(b.metrics).set_index(["group", "metric"])
         for r in head.itertuples(index=False):
             if (r.group, r.metric) in hb.index:

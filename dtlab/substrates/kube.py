@@ -174,6 +174,16 @@ class KubeSubstrate(WallClockSubstrate):
             listed = self.actuator.list_nodes()
             present = {n.metadata.name for n in listed}
             self._real = real_nodes_of(listed)
+            if self._real and self._noise is None:
+                # real kubelets run the work on this host: a wall-clock run, so record its host noise
+                # (issue 14) even when the substrate was not asked to take the lock itself (`dtlab run`
+                # takes it for params with real_nodes, dtlab.hostlock.wall_clock)
+                import resource
+
+                from .. import hostnoise
+                self._rusage0 = resource.getrusage(resource.RUSAGE_SELF)
+                plane_start = hostnoise.pids_cpu_s(self._plane_pids())
+                self._noise = hostnoise.NoiseMonitor(parts=lambda: self._cpu_parts(plane_start))
             if self._real and self.opts["time_scale"] != 1.0:
                 raise SpecError("substrate_opts.time_scale", "must be 1 on a cluster with real nodes "
                                 f"({sorted(self._real)}): their work runs in real time")
@@ -365,13 +375,32 @@ class KubeSubstrate(WallClockSubstrate):
                               for d, lat, ok in zip(jobs["deadline_ms"], jobs["latency_ms"], jobs["ok"])]
         if len(stages):
             stages["duration_ms"] = stages["end_ms"] - stages["start_ms"]
-            # KWOK runs no code: the "CPU time" behind energy_proxy_j is the planned service time x cpu
-            stages["cpu_ms"] = cpu_ms_of_attempts(stages, work_col="planned_ms")
+            # KWOK runs no code: the "CPU time" behind energy_proxy_j is the planned service time x cpu;
+            # a real node's worker measured its kernel's CPU clock: that, as node-equivalent ms
+            stages["cpu_ms"], stages["cpu_source"] = self._cpu_ms(stages)
         for c in STAGE_COLUMNS:
             if c not in stages.columns:
                 stages[c] = pd.Series(dtype=object)
         stages = stages[list(STAGE_COLUMNS) + [c for c in stages.columns if c not in STAGE_COLUMNS]]
         return {"jobs": jobs, "stages": stages}
+
+    def _cpu_ms(self, stages: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+        """CPU time (node-equivalent ms) per stage attempt behind ``energy_proxy_j``, and where it came from.
+
+        ``planned``: cpu x the planned service time (KWOK, or a real worker that reported no CPU clock).
+        ``measured``: the real worker's kernel CPU clock, divided by the node's cpu scale x speed as the
+        fabric does (the pod runs ``duration x scale`` reference ms of work capped at ``speed x scale``
+        CPUs), so it is the stage's CPU time on the node it stands for."""
+        cpu = cpu_ms_of_attempts(stages, work_col="planned_ms")
+        source = pd.Series("planned", index=stages.index, dtype=object)
+        if "kernel_cpu_ms" not in stages.columns:
+            return cpu, source
+        for i, node, k in zip(stages.index, stages["node"], pd.to_numeric(stages["kernel_cpu_ms"], errors="coerce")):
+            scale = self._real.get(node) if isinstance(node, str) else None
+            if scale and k > 0 and node in self._cluster.by_name:
+                cpu.loc[i] = float(k) / (scale * self._cluster.node(node).speed)
+                source.loc[i] = "measured"
+        return cpu, source
 
     def close(self) -> None:
         """Stop the observer and timers, delete this substrate's pods, stop an owned plane. Idempotent."""
@@ -422,14 +451,20 @@ class KubeSubstrate(WallClockSubstrate):
         return [int(p["pid"]) for p in (st.get("processes") or {}).values() if p.get("pid")]
 
     def _cpu_parts(self, plane0: float) -> dict[str, float]:
-        """Host noise by part: this process (controller, twin, watch) and the local plane's processes
-        (kubelets on real nodes come with their own plane state; KWOK nodes cost no node CPU)."""
+        """Host noise by part: this process (controller, twin, watch), the local plane's processes
+        (kubelets on real nodes come with their own plane state; KWOK nodes cost no node CPU) and, with
+        real nodes, ``nodes``: the CPU their workers' kernels measured (a lower bound of the nodes' CPU)."""
         import resource
 
         from .. import hostnoise
         ru = resource.getrusage(resource.RUSAGE_SELF)
         own = (ru.ru_utime + ru.ru_stime) - (self._rusage0.ru_utime + self._rusage0.ru_stime)
-        return {"controller": own, "plane": max(0.0, hostnoise.pids_cpu_s(self._plane_pids()) - plane0)}
+        out = {"controller": own, "plane": max(0.0, hostnoise.pids_cpu_s(self._plane_pids()) - plane0)}
+        if self._real:      # the real workers' own kernel CPU (their container/emulator start-up not included)
+            with self._lock:
+                out["nodes"] = sum(float(r["kernel_cpu_ms"]) for r in self._stages
+                                   if r.get("node") in self._real and r.get("kernel_cpu_ms")) / 1000.0
+        return out
 
     # ------------------------------------------------------------ extras (controller, CLI, tests)
     def cancel(self, job: str) -> None:
@@ -554,7 +589,7 @@ class KubeSubstrate(WallClockSubstrate):
                   "cpu": st["job"].stages[st["job"].stage_index[sid]].compute.cpu,
                   "node_kind": None if scheduler else ("real" if real is not None else "kwok"), "observed_ms": None, "uname_m": None,
                   "exec": None, "startup_ms": None, "created_ms": None, "transfer_ms": None, "fetch_mb": None,
-                  "seen_ms": None}
+                  "seen_ms": None, "kernel_cpu_ms": None}
         s["record"] = record
         self._stages.append(record)
         self._by_pod[spec.name] = record
@@ -604,7 +639,8 @@ class KubeSubstrate(WallClockSubstrate):
             rec["start_ms"], t_ms = w["start_ts"] * 1000.0, w["end_ts"] * 1000.0
             ev["ts"] = w["end_ts"]
             rec["observed_ms"] = t_ms - rec["start_ms"]
-            rec.update(uname_m=w.get("uname_m"), exec=w.get("exec"), kernel_arch=w.get("kernel_arch"))
+            rec.update(uname_m=w.get("uname_m"), exec=w.get("exec"), kernel_arch=w.get("kernel_arch"),
+                       kernel_cpu_ms=w.get("kernel_cpu_ms"))
             if w.get("fetch_bytes"):
                 rec.update(transfer_ms=w.get("fetch_ms"), fetch_mb=w["fetch_bytes"] / 1e6)
             if rec.get("created_ms") is not None:

@@ -251,6 +251,13 @@ def test_calibrate_compute_writes_loadable_factors(tmp_path):
     assert over["qemu-arm64"] == pytest.approx(st["factor"], rel=1e-3)
     assert over["qemu-arm64"] > 1.2          # emulating a foreign ISA is never free for this kernel
     assert doc["startup_ms"]["qemu-arm64"] > doc["startup_ms"]["native"]
+    # energy per format (issue 23): measured process CPU time x this host's power model, and RAPL's status
+    en = doc["energy"]
+    print("energy per format:", en["per_format"], en["rapl"])
+    assert set(en["per_format"]) == {"native", "qemu-arm64", "wasm"}
+    assert all(v["energy_proxy_j"] > 0 for v in en["per_format"].values())
+    assert en["per_format"]["qemu-arm64"]["vs_native"] > 1.0      # emulation burns more CPU for the same work
+    assert isinstance(en["rapl"]["available"], bool) and en["rapl"]["why"]
     tm, note = calibrate.timing_model(path)
     assert note == "" and tm.overheads["wasm"] == over["wasm"]
 

@@ -118,6 +118,8 @@ def test_fabric_isolates_nodes_on_their_cpuset_and_records_noise(fabric_ok):
     cal = noise["calibration"]
     assert cal["start"]["cpu_ratio"] > 0 and cal["end"]["cpu_ratio"] > 0 and "drift" in cal
     assert isinstance(noise["noisy"], bool) and noise["noisy"] == bool(noise["reasons"])
+    from dtlab import energy                     # measured energy only where RAPL exists, else why not
+    assert noise["rapl"]["available"] == energy.rapl_status()[0] and noise["rapl"]["why"]
 
 
 def test_without_isolation_the_twin_is_told_the_shared_host(fabric_ok):

@@ -122,6 +122,15 @@ def test_job_runs_real_containers_on_the_intended_nodes(plane):
     assert kw["node_kind"] == "kwok" and kw["uname_m"] is None and kw["phase"] == "succeeded"
     assert res["jobs"]["node_kind"].tolist() == ["mixed"]
     assert set(res["stages"]["node_kind"]) == {"real", "kwok"}
+    # energy proxy input (issue 23): a real native worker's own kernel CPU clock, as node-equivalent ms;
+    # KWOK runs no code and keeps the planned time
+    rows = res["stages"].set_index("node")
+    for n in REAL:
+        print(f"{n}: cpu_ms {rows.loc[n, 'cpu_ms']:.1f} ({rows.loc[n, 'cpu_source']}), "
+              f"kernel_cpu_ms {rows.loc[n, 'kernel_cpu_ms']}")
+        if n != "rn-wasm":
+            assert rows.loc[n, "cpu_source"] == "measured" and rows.loc[n, "cpu_ms"] > 0, rows.loc[n].to_dict()
+    assert rows.loc["kw-0", "cpu_source"] == "planned"
 
 
 def test_submit_cli_prints_node_kind_observed_and_uname(plane, tmp_path):

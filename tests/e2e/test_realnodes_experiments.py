@@ -74,6 +74,7 @@ def test_v1_kube_runs_a_dt_policy_and_the_real_scheduler(plane):
     assert res.metrics["substrate"] == "kube"
     assert len(jobs) == 2 * 4 and jobs["ok"].astype(bool).all(), jobs
     assert all(not math.isnan(x) and x > 0 for x in jobs["latency_ms"])
+    assert res.metrics["host_noise"]["cpu_s"]["nodes"] > 0       # issue 14 item 3: noise with every real run
     print(res.table.to_string())
 
 
@@ -116,3 +117,8 @@ def test_v4_kube_real_node_failure_moves_stages_to_shadows(plane):
     if stages is not None and "node_kind" in stages:
         assert set(stages["node_kind"].dropna()) == {"real"}
     assert jobs["ok"].astype(bool).all(), jobs
+    # real kubelets on this host: a wall-clock run records its host noise (issue 14 item 3)
+    noise = res.metrics["host_noise"]
+    print("host noise:", noise)
+    assert isinstance(res.metrics["host_noise.noisy"], bool) and noise["cpu_s"]["nodes"] > 0
+    assert noise["cpu_s"]["controller"] > 0 and "calibration_drift_max" in noise
