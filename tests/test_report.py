@@ -248,3 +248,13 @@ def test_compare_v3_pairs_format_energy_per_seed(outputs):
     assert energy_rows and all(r.paired and r.diff.mean == 0 for r in energy_rows)
     assert any("native" in r.group for r in energy_rows)
     assert any("no per-seed rows" in n and "plan_ms.greedy" in n for n in res["notes"]), res["notes"]
+
+
+def test_headline_frame_names_v5_metrics_and_groups_the_right_way_round():
+    """V5 keys put the metric first (plan_p99_ms.greedy.warm.100); the table used to call "100" the metric."""
+    from dtlab.report.tables import headline_frame
+    long = headline_frame({"plan_p99_ms.greedy.warm.100": 2.0, "plan_p99_ms.greedy.warm.100.ci_low": 1.0,
+                           "plan_p99_ms.greedy.warm.100.ci_high": 3.0,
+                           "des.mape": 0.1, "des.mape.ci_low": 0.05, "des.mape.ci_high": 0.2})
+    rows = {(r.group, r.metric) for r in long.itertuples(index=False)}
+    assert rows == {("greedy.warm.100", "plan_p99_ms"), ("des", "mape")}

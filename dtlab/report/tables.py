@@ -77,6 +77,17 @@ def _num(v: Any) -> float | None:
     return f
 
 
+def _group_metric(key: str) -> tuple[str, str]:
+    """``"des.mape"`` -> (des, mape): most experiments name the group first. V5 names the metric
+    first and ends in a number (``plan_p99_ms.greedy.warm.100``): a metric is never a number, so
+    there the first part is the metric and the rest the group."""
+    parts = key.split(".")
+    if len(parts) > 1 and parts[-1].isdigit():
+        return ".".join(parts[1:]), parts[0]
+    head, _, last = key.rpartition(".")
+    return head, last
+
+
 def headline_frame(metrics: Mapping[str, Any]) -> pd.DataFrame:
     """Long table: group, metric, value, ci_low, ci_high (numeric metrics; with CIs when any has one)."""
     mt = metrics_table(metrics)
@@ -89,9 +100,9 @@ def headline_frame(metrics: Mapping[str, Any]) -> pd.DataFrame:
         mt = mt[has_ci]
     clipped = [stats.clip_ci(stats.CI(r.value, r.ci_low, r.ci_high, 0), bounds_of(r.metric)) if
                pd.notna(r.ci_low) and pd.notna(r.ci_high) else None for r in mt.itertuples(index=False)]
-    parts = mt["metric"].str.rsplit(".", n=1)
-    mt["group"] = [p[0] if len(p) == 2 else "" for p in parts]
-    mt["metric"] = [p[-1] for p in parts]
+    split = [_group_metric(k) for k in mt["metric"]]
+    mt["group"] = [g for g, _ in split]
+    mt["metric"] = [m for _, m in split]
     mt["ci_low"] = [c.low if c else r for c, r in zip(clipped, mt["ci_low"])]
     mt["ci_high"] = [c.high if c else r for c, r in zip(clipped, mt["ci_high"])]
     return mt[["group", "metric", "value", "ci_low", "ci_high"]].reset_index(drop=True)
