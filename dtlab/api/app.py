@@ -241,7 +241,8 @@ class PlanBodyCache:
     Why: parsing the body (~0.07 ms) and building and validating its Job (``job_from_dict``,
     ~0.35 ms) cost most of what a greedy 64-sample plan of the example pipeline costs (~0.5 ms
     CPU), and clients re-plan the same body (a controller each period, bench_api every request).
-    Server CPU per request in bench_api (6 alternating runs): 1.64 -> 1.41 ms. Jobs are frozen and
+    Through the app in-process: 1.14 -> 0.93 ms CPU per request (bench_api through waitress: 1.60
+    -> 1.49 ms, not resolved from the host's noise in 10 alternating runs). Jobs are frozen and
     the parsed JSON is only read, so one of each can serve every request. Only bodies up to
     ``max_body`` bytes are kept: a 16 KB body (230 stages) parses to ~0.1 MB of objects
     (tracemalloc), so with its Job an entry is at most ~0.35 MB and the cache ~22 MB; a ~1 KB job
