@@ -35,6 +35,9 @@ import json
 import logging
 import math
 import time
+from itertools import compress
+from json.encoder import encode_basestring_ascii
+from operator import getitem
 from typing import Any, Callable
 
 import numpy as np
@@ -167,7 +170,8 @@ def check_args(args: Any, max_nodes: int) -> list[str]:
     if len(names) > max_nodes:
         raise SpecError(path, f"at most {max_nodes:,} nodes per call (got {len(names):,}); "
                               "use nodeCacheCapable: true or raise --extender-max-nodes")
-    if all(type(name) is str and 0 < len(name) <= 253 for name in names):   # fast path: every name valid
+    # fast path, C loops only (a 1,000-name call is ~0.1 ms instead of ~0.2): every name a valid string
+    if not names or (set(map(type, names)) == {str} and 0 < min(map(len, names)) and max(map(len, names)) <= 253):
         return names
     for i, name in enumerate(names):
         if not isinstance(name, str) or not name or len(name) > 253:
@@ -191,6 +195,7 @@ class Extender:
         self.annotate = annotate  # (pod, explanation) -> None; e.g. a kubernetes client patch
         self._max_nodes = max_nodes
         self._tables: dict[tuple, _PodTable] = {}
+        self._frags: dict[str, tuple[str, ...]] = {}   # node name -> its prioritize JSON per score 0..10
 
     @property
     def max_nodes(self) -> int:
@@ -201,8 +206,9 @@ class Extender:
     def filter(self, args: dict[str, Any]) -> dict[str, Any]:
         names = check_args(args, self.max_nodes)
         job = pod_to_job(args.get("Pod") or {})
-        get = self._table(job).verdict.get
-        keep = [n for n in names if get(n, UNKNOWN) is None]
+        table = self._table(job)
+        get = table.verdict.get
+        keep = list(compress(names, map(table.ok.__contains__, names)))
         failed = {n: get(n, UNKNOWN) for n in names if get(n, UNKNOWN) is not None} if len(keep) < len(names) else {}
         if log.isEnabledFor(logging.DEBUG):
             log.debug("filter pod=%s keep=%s failed=%s", job.name, keep, failed)
@@ -210,28 +216,63 @@ class Extender:
         return self._nodes_result(args, keep, failed)
 
     def prioritize(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """``HostPriorityList``: every candidate with its 0..10 score (0 for nodes the twin cannot place)."""
+        names, scores = self._priorities(args)
+        return [{"Host": n, "Score": s} for n, s in zip(names, scores)]
+
+    def prioritize_json(self, args: dict[str, Any]) -> str:
+        """:meth:`prioritize` as compact JSON, built from per-node fragments (what the route sends).
+
+        Why: at 1,000 nodes, building 1,000 dicts and encoding them cost ~2 ms of a ~2.3 ms call
+        (cProfile of the extender's HTTP path); the fragments ``{"Host":"<name>","Score":<s>}``
+        for the eleven scores are built once per node name and joined."""
+        names, scores = self._priorities(args)
+        return "[" + ",".join(map(getitem, self._fragments(names), scores)) + "]"
+
+    def _fragments(self, names: list[str]) -> list[tuple[str, ...]]:
+        frags = self._frags
+        out: list[Any] = list(map(frags.get, names))
+        if None in out:   # names seen for the first time (bounded: cleared past 4x the nodes per call)
+            if len(frags) > 4 * self.max_nodes:
+                frags.clear()
+            for i, name in enumerate(names):
+                if out[i] is None:
+                    host = encode_basestring_ascii(name)
+                    out[i] = frags[name] = tuple(f'{{"Host":{host},"Score":{s}}}' for s in range(MAX_PRIORITY + 1))
+        return out
+
+    def _priorities(self, args: dict[str, Any]) -> tuple[list[str], list[int]]:
+        """The candidate names and their scores (:func:`score_from_latency` over the nodes the
+        twin can place the pod on, vectorised; 0 for the others)."""
         names = check_args(args, self.max_nodes)
         pod = args.get("Pod") or {}
         job = pod_to_job(pod)
-        means = self._table(job).mean_ms
-        predicted = {n: means[n] for n in names if n in means}
-        scores = score_from_latency(predicted)
-        if predicted:
-            best = min(predicted, key=predicted.__getitem__)
-            log.info("prioritize pod=%s %d nodes scored, best %s (%.1f ms)", job.name, len(predicted), best,
-                     predicted[best])
+        table = self._table(job)
+        vals = table.means[list(map(table.index.__getitem__, names))] if names else np.empty(0)
+        known = ~np.isnan(vals)
+        if not known.any():
+            return names, [0] * len(names)
+        lo, hi = vals[known].min(), vals[known].max()
+        if hi - lo < 1e-9:
+            scores = np.where(known, MAX_PRIORITY, 0)
+        else:    # the rounding of score_from_latency: int(round(x)) and np.rint both round half to even
+            scores = np.where(known, np.rint(MAX_PRIORITY * (hi - np.where(known, vals, hi)) / (hi - lo)), 0)
+        score_list = scores.astype(int).tolist()
+        best = int(np.nanargmin(vals))
+        log.info("prioritize pod=%s %d nodes scored, best %s (%.1f ms)", job.name, int(known.sum()), names[best],
+                 vals[best])
         debug = log.isEnabledFor(logging.DEBUG)
-        # the per-node explanation: built when someone reads it (the pod annotation, the debug log)
-        explanation = {n: {"predicted_mean_ms": round(predicted[n], 1), "score": scores[n]} for n in predicted
-                       if math.isfinite(predicted[n])} if self.annotate is not None or debug else {}
-        if debug:
-            log.debug("prioritize pod=%s %s", job.name, json.dumps(explanation, sort_keys=True))
-        if self.annotate is not None and explanation:
-            try:
-                self.annotate(pod, explanation)
-            except Exception as exc:  # an explanation must never block scheduling
-                log.warning("could not annotate pod %s: %s", job.name, exc)
-        return [{"Host": n, "Score": scores.get(n, 0)} for n in names]
+        if self.annotate is not None or debug:   # the per-node explanation, built when someone reads it
+            explanation = {n: {"predicted_mean_ms": round(float(v), 1), "score": sc}
+                           for n, v, sc in zip(names, vals.tolist(), score_list) if math.isfinite(v)}
+            if debug:
+                log.debug("prioritize pod=%s %s", job.name, json.dumps(explanation, sort_keys=True))
+            if self.annotate is not None and explanation:
+                try:
+                    self.annotate(pod, explanation)
+                except Exception as exc:  # an explanation must never block scheduling
+                    log.warning("could not annotate pod %s: %s", job.name, exc)
+        return names, score_list
 
     def _table(self, job: Job) -> "_PodTable":
         """The filter verdicts and predicted means of pods shaped like ``job`` on the current snapshot.
@@ -280,6 +321,21 @@ class _PodTable:
         self.verdict: dict[str, str | None] = {n: text[r] for n, r in zip(nt.static.names, reasons.tolist())}
         means = one_stage_means(nt, st, job, timing, samples, ok)
         self.mean_ms: dict[str, float] = {nt.static.names[i]: float(means[i]) for i in np.flatnonzero(ok).tolist()}
+        self.ok = frozenset(n for n, v in self.verdict.items() if v is None)
+        # for vectorised prioritize: name -> row of ``means`` (NaN: not placeable); unknown names -> the NaN row n
+        self.index = _Index(nt.static.names)
+        self.means = np.append(np.where(ok, means, np.nan), np.nan)
+
+
+class _Index(dict):
+    """Node name -> row; a name the twin does not know -> the last row (``len(names)``)."""
+
+    def __init__(self, names: list[str]):
+        super().__init__((n, i) for i, n in enumerate(names))
+        self.missing = len(names)
+
+    def __missing__(self, key: str) -> int:
+        return self.missing
 
 
 def one_stage_means(nt: Any, st: Any, job: Job, timing: Any, samples: int, where: np.ndarray,
@@ -339,17 +395,19 @@ def blueprint(extender: Extender, secret: str | None = None,
     def handle(verb):
         t0 = time.perf_counter()
         try:   # compact, unsorted JSON: a prioritize answer at 1,000 nodes is ~1,000 objects
-            out = Response(strict_json.dumps(verb(args_or_400()), separators=(",", ":")),
+            answer = verb(args_or_400())
+            out = Response(answer if isinstance(answer, str) else strict_json.dumps(answer, separators=(",", ":")),
                            mimetype="application/json")
         except SpecError as exc:
             return jsonify({"Error": str(exc)[:500], "FailedNodes": {}}), 400
         if observe is not None:
-            observe(verb.__name__, (time.perf_counter() - t0) * 1e3)
+            observe(verb.__name__.removesuffix("_json"), (time.perf_counter() - t0) * 1e3)
         return out
 
     rule = "/<secret>" if secret is not None else ""
     bp.add_url_rule(rule + "/filter", "filter", lambda **_: handle(extender.filter), methods=["POST"])
-    bp.add_url_rule(rule + "/prioritize", "prioritize", lambda **_: handle(extender.prioritize), methods=["POST"])
+    bp.add_url_rule(rule + "/prioritize", "prioritize", lambda **_: handle(extender.prioritize_json),
+                    methods=["POST"])
     return bp
 
 

@@ -1,4 +1,5 @@
 """Scheduler extender protocol: filter drops what the twin knows cannot run, prioritize follows predictions."""
+import json
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,27 @@ def test_extender_calls_are_timed_in_metrics(client):
     text = client.get("/metrics").get_data(as_text=True)
     assert 'dtlab_extender_latency_ms_count{verb="filter"} 3.0' in text
     assert 'dtlab_extender_latency_ms_count{verb="prioritize"} 1.0' in text
+
+
+def test_prioritize_json_equals_the_per_node_scores():
+    """The route's prebuilt JSON (vectorised scores, per-node fragments) says what score_from_latency
+    over the table's means says: unknown, down, cordoned and infeasible names score 0, duplicates and
+    names needing JSON escapes included; and it parses to exactly ``prioritize``'s answer."""
+    from dtlab.experiments.loop import synthetic_cluster
+    cluster = synthetic_cluster(dtlab.load_cluster(EXAMPLES / "cluster-hetero.yaml"), 200, seed=5)
+    twin = dtlab.Twin(cluster)
+    names = [n.name for n in cluster.nodes]
+    twin.state.apply_many([{"kind": "telemetry", "node": n, "cpu_util": (i % 7) / 7} for i, n in enumerate(names)]
+                          + [{"kind": "node-down", "node": names[3]}, {"kind": "node-cordon", "node": names[4]}])
+    ext = Extender(twin, samples=32)
+    for p in (pod(), pod(cpu="3", arch="arm64")):
+        asked = names[::-1] + ["ghost", 'we"ird\u00e9', names[10], names[10]]
+        args = {"Pod": p, "NodeNames": asked}
+        table = ext._table(pod_to_job(p))
+        expected = score_from_latency({n: table.mean_ms[n] for n in asked if n in table.mean_ms})
+        answer = json.loads(ext.prioritize_json(args))
+        assert answer == ext.prioritize(args) == [{"Host": n, "Score": expected.get(n, 0)} for n in asked]
+        assert {h["Score"] for h in answer} - {0} and answer[-4:-2] == [{"Host": "ghost", "Score": 0},
+                                                                       {"Host": 'we"ird\u00e9', "Score": 0}]
+    assert json.loads(ext.prioritize_json({"Pod": pod(), "NodeNames": []})) == []
+    assert json.loads(ext.prioritize_json({"Pod": pod(), "NodeNames": ["ghost"]})) == [{"Host": "ghost", "Score": 0}]
