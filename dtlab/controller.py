@@ -177,7 +177,8 @@ class Controller:
         self.twin.state.apply({"kind": "job-submit", "job": job.name, "ts": arrival / 1000.0,
                                "deadline_ms": job.deadline_ms,
                                "stage_cpu": {s.id: s.compute.cpu for s in job.stages},
-                               "stage_ms": planned_stage_ms(job, plan.placement, self.twin, snapshot)})
+                               "stage_ms": planned_stage_ms(job, plan.placement, self.twin, snapshot),
+                               "transfers": planned_transfers(job, plan.placement)})
         observe = getattr(self.twin, "observe_submission", None)
         if observe is not None:        # the twin's arrival-process estimate (dtlab.policies.load)
             observe(job, plan.placement, arrival / 1000.0, snapshot)
@@ -237,6 +238,23 @@ def planned_stage_ms(job: Job, placement: dict[str, str], twin, snapshot: Snapsh
         fmt = timing.exec_format(s, status.node) if status is not None else None
         if fmt is not None:
             out[s.id] = timing.mean_service_ms(s, status.node, fmt[1])
+    return out
+
+
+def planned_transfers(job: Job, placement: dict[str, str]) -> list[list]:
+    """The plan's transfers between different endpoints, as ``job-submit`` carries them (dtlab.state):
+    ``[from stage or None (the job's input from its origin zone), to stage, src, dst, MB]``."""
+    out: list[list] = []
+    for s in job.stages:
+        dst = placement.get(s.id)
+        if dst is None:
+            continue
+        if not s.after and job.origin_zone is not None:
+            out.append([None, s.id, job.origin_zone, dst, float(job.input_mb)])
+        for p in s.after:
+            src = placement.get(p)
+            if src is not None and src != dst:
+                out.append([p, s.id, src, dst, float(job.stages[job.stage_index[p]].output_mb)])
     return out
 
 

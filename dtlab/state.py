@@ -29,7 +29,9 @@ link-reset          ``a``, ``b``: back to the spec's link
 job-submit          ``job``: name; optional ``deadline_ms``, ``stage_cpu`` {stage: cores} and
                     ``stage_ms`` {stage: the twin's predicted service ms at full allocation on the
                     planned node}; a later job-submit for the same job merges (a missing key keeps
-                    the earlier value), so the controller's and the substrate's events can both arrive
+                    the earlier value), so the controller's and the substrate's events can both arrive;
+                    optional ``transfers`` [[from stage or null (the job's input), to stage, src node
+                    or zone, dst node, MB], ...]: the plan's transfers between different endpoints
 stage-start         ``job``, ``stage``, ``node``
 stage-end           ``job``, ``stage``, ``node``, ``ok`` (default true)
 chaos               ``fault``: a FaultScenario fault dict (recorded; its effects come as the events above)
@@ -40,6 +42,13 @@ stage, cpu, start_ts, service_ms), so a predictor can estimate when each will le
 (:meth:`CoRunner.remaining_ms`); ``service_ms`` is None for stages the twin did not plan (no
 ``stage_ms``), which predictors treat as staying. ``Snapshot.clock`` is the newest event
 ``ts`` applied (the state's notion of now; ``Snapshot.at`` pins it to a known time).
+
+**Transfers in flight** (issue 18: links are shared). From a job-submit's ``transfers`` and the
+stage events the state keeps each job's transfers whose receiving stage has not started;
+``Snapshot.flows`` lists them as :class:`Flow` (src, dst, MB, when it started or is expected to):
+the job's input from submission, a succeeded stage's output from its end, a running stage's
+output from its start + planned ``stage_ms`` (expected). A transfer leaves when its receiving
+stage starts. Predictors share a link's bandwidth with these flows.
 """
 from __future__ import annotations
 
@@ -111,6 +120,21 @@ def _put_cols(cols, pos: int, s: "NodeStatus") -> None:
     cols[0][pos], cols[1][pos], cols[2][pos], cols[3][pos] = s.up, s.cordoned, s.cpu_util, s.running_cpu
 
 
+MAX_TRANSFERS = 10_000   # transfers one job-submit may list (a DAG's edges; bounds the work per event)
+MAX_OPEN_JOBS = 100_000  # jobs whose transfers are tracked; the oldest go first (a lost job never starts)
+
+
+@dataclass(frozen=True)
+class Flow:
+    """A transfer in flight (or expected) on the directed link ``src -> dst`` (node or origin zone -> node)."""
+    job: str
+    src: str
+    dst: str
+    mb: float
+    start_ts: float       # seconds, the state's clock: when it started (or is expected to)
+    expected: bool        # True: its sending stage is still running (start = start + planned ms)
+
+
 @dataclass(frozen=True)
 class CoRunner:
     """A stage running on a node, with what the twin planned for it (to estimate when it leaves)."""
@@ -171,6 +195,7 @@ class Snapshot:
     link_overrides: Mapping[tuple[str, str], Link | None]   # None = cut
     stages: Mapping[tuple[str, str], StageStatus]
     clock: float | None = None              # newest event ts applied (seconds); None: no ts seen
+    flows: tuple["Flow", ...] = ()          # transfers in flight or expected (module docstring)
 
     def at(self, now: float) -> "Snapshot":
         """This snapshot with ``clock`` pinned to ``now`` (e.g. the substrate's time at planning).
@@ -245,6 +270,7 @@ class ClusterState:
         self._snap: Snapshot | None = None
         self._nodes_changed = False
         self._clock: float | None = None      # newest event ts applied
+        self._open: dict[str, tuple[tuple, ...]] = {}   # job -> its transfers whose receiver has not started
 
     @property
     def version(self) -> int:
@@ -269,8 +295,34 @@ class ClusterState:
                     link_overrides=MappingProxyType(dict(self._links)),   # a handful of entries
                     stages=FrozenMap(self._stages.freeze()),
                     clock=self._clock,
+                    flows=self._flows(),
                 )
             return self._snap
+
+    def _flows(self) -> tuple[Flow, ...]:
+        """The open transfers as flows (O(open transfers): the jobs in flight)."""
+        out = []
+        for job, transfers in self._open.items():
+            info = self._jobs.get(job, {})
+            for frm, _to, src, dst, mb in transfers:
+                if frm is None:
+                    ts, expected = info.get("submitted_ts"), False
+                else:
+                    st = self._stages.get((job, frm))
+                    if st is None:
+                        continue
+                    if st.phase == "succeeded":
+                        ts, expected = st.end_ts, False
+                    elif st.phase == "running" and st.start_ts is not None:
+                        ms = info.get("stage_ms", {}).get(frm)
+                        if ms is None:
+                            continue
+                        ts, expected = st.start_ts + ms / 1000.0, True
+                    else:
+                        continue
+                if ts is not None:
+                    out.append(Flow(job, src, dst, mb, float(ts), expected))
+        return tuple(out)
 
     # ------------------------------------------------------------ writing
     def apply(self, event: Mapping[str, Any]) -> int:
@@ -320,6 +372,21 @@ def _stage_ms(value: Any, path: str) -> dict[str, float]:
             raise SpecError(path, f"keys must be stage ids, got {short(k)}")
         out[k] = check_number(v, f"{path}.{k}", ge=0)
     return out
+
+
+def _transfers(value: Any, path: str) -> tuple[tuple, ...]:
+    """``transfers`` of a job-submit: [[from stage or None, to stage, src, dst, MB >= 0], ...]."""
+    if not isinstance(value, (list, tuple)) or len(value) > MAX_TRANSFERS:
+        raise SpecError(path, f"must be a list of at most {MAX_TRANSFERS} [from, to, src, dst, mb] entries")
+    out = []
+    for i, t in enumerate(value):
+        if not isinstance(t, (list, tuple)) or len(t) != 5:
+            raise SpecError(f"{path}[{i}]", f"must be [from stage or null, to stage, src, dst, mb], got {short(t)}")
+        frm, to, src, dst, mb = t
+        if not (frm is None or isinstance(frm, str)) or not all(isinstance(x, str) for x in (to, src, dst)):
+            raise SpecError(f"{path}[{i}]", "from must be a stage id or null; to, src and dst strings")
+        out.append((frm, to, src, dst, check_number(mb, f"{path}[{i}][4]", ge=0)))
+    return tuple(out)
 
 
 def _stage_cpu(value: Any, path: str) -> dict[str, float]:
@@ -459,6 +526,8 @@ class _Staging:
         info = {"submitted_ts": ts, "deadline_ms": deadline, "stage_cpu": stage_cpu}
         if "stage_ms" in event:
             info["stage_ms"] = _stage_ms(event["stage_ms"], p + "stage_ms")
+        if "transfers" in event:
+            info["transfers"] = _transfers(event["transfers"], p + "transfers")
         self.jobs.setdefault(job, {}).update(info)
         self.changed = True
 
@@ -550,6 +619,27 @@ class _Staging:
             st._stages.put(key, stage)
         for job, info in self.jobs.items():
             st._jobs.setdefault(job, {}).update(info)
+            if info.get("transfers"):
+                st._open.pop(job, None)     # re-submitted: its transfers move to the end (newest)
+                st._open[job] = info["transfers"]
+        for job, stage in self.stages:      # a receiving stage started (or ended): its inputs arrived
+            left = st._open.get(job)
+            if left is not None:
+                left = tuple(t for t in left if t[1] != stage)
+                if left:
+                    st._open[job] = left
+                else:
+                    del st._open[job]
+        for job in list(self.jobs):         # transfers to stages that had already started
+            left = st._open.get(job)
+            if left is not None:
+                left = tuple(t for t in left if (job, t[1]) not in st._stages)
+                if left:
+                    st._open[job] = left
+                else:
+                    del st._open[job]
+        while len(st._open) > MAX_OPEN_JOBS:
+            del st._open[next(iter(st._open))]
         st._chaos.extend(self.chaos)
 
 

@@ -29,6 +29,13 @@ Model, documented once:
   MSS*8/RTT * 1.22/sqrt(loss))`` (RTT = 2*latency). Loss also hits the tail: with
   probability ``loss`` per message the last segment is lost and costs one
   retransmission timeout ``max(200 ms, 2*RTT)`` (Linux' minimum RTO is 200 ms).
+* **Link sharing** (issue 18): concurrent transfers on one directed link (source node or origin
+  zone -> destination node, the unit the fabric shapes with one htb class) share its bandwidth by
+  processor sharing: with ``n`` bulk phases in flight each gets ``min(throughput, bandwidth / n)``
+  (:func:`shared_speed`), so two equal transfers that start together both take twice the bulk
+  time. Latency, jitter and the loss tail are per transfer and not shared. The engine runs it
+  exactly (``des/linkshare.py``); the fast path adds the first-order overlap
+  :func:`shared_extra_ms` for the flows the state reports in flight (``Snapshot.flows``).
 * **Start-up** per execution format (``startup_ms``: process spawn, emulator or Wasm runtime
   start, exit) plus one ``dispatch_ms`` (inputs ready -> the process is being started: the
   executor's own hand-off): a fixed delay ``stage_delay(format)`` between a stage's inputs arriving
@@ -126,6 +133,17 @@ class TimingModel:
         if link.loss > 0 and size_mb > 0:
             out += (rng.random(size) < link.loss) * rto_ms(link)
         return out
+
+    def sample_transfer_parts(self, size_mb: float, link: Link, rng: np.random.Generator,
+                              size) -> tuple[np.ndarray, float]:
+        """(per-transfer part: latency + jitter + loss tail, samples; bulk ms alone on the link): the
+        bulk is what link sharing stretches. Same draws, in the same order, as ``sample_transfer_ms``."""
+        out = np.full(size, link.latency_ms, dtype=float)
+        if link.jitter_ms > 0:
+            out += link.jitter_ms * np.abs(rng.standard_normal(size))
+        if link.loss > 0 and size_mb > 0:
+            out += (rng.random(size) < link.loss) * rto_ms(link)
+        return out, bulk_ms(size_mb, link)
 
 
 MAX_BACKGROUND = 0.95  # a saturated node predicts "very slow" (20x), never "never"
@@ -229,6 +247,31 @@ def throughput_mbps(link: Link) -> float:
 
 def bulk_ms(size_mb: float, link: Link) -> float:
     return size_mb * 8.0 / throughput_mbps(link) * 1000.0 if size_mb > 0 else 0.0
+
+
+def shared_speed(link: Link, n: int) -> float:
+    """Rate of each of ``n`` concurrent bulk transfers on ``link``, as a fraction of one alone:
+    ``min(throughput, bandwidth / n) / throughput`` (each TCP flow keeps its own Mathis cap)."""
+    alone = throughput_mbps(link)
+    return min(alone, link.bandwidth_mbps / max(n, 1)) / alone if alone > 0 else 1.0
+
+
+def shared_extra_ms(bulk, start, others: list[tuple[float, float]], link: Link):
+    """First-order processor-sharing delay a bulk transfer of ``bulk`` ms (alone) starting at ``start``
+    (scalars or numpy arrays) gets from ``others``: flows ``(start, bulk ms alone)`` on the same link.
+    Each overlapping pair shares from the later start while both last: the transfer loses the other's
+    progress there, ``min(its remaining, the other's remaining)`` scaled by how much two flows slow each
+    other (:func:`shared_speed`; 0 when the link's Mathis cap leaves room for both). Exact for two flows."""
+    slow = 1.0 / shared_speed(link, 2) - 1.0         # 1.0 when two flows halve each other's rate
+    extra = np.zeros_like(np.asarray(bulk + start, dtype=float))
+    if slow <= 0:
+        return extra
+    for a, b in others:
+        s = np.maximum(start, a)
+        mine = bulk - (s - start)
+        theirs = b - (s - a)
+        extra = extra + np.maximum(0.0, np.minimum(mine, theirs))
+    return extra * slow
 
 
 def rto_ms(link: Link) -> float:

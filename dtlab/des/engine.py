@@ -20,9 +20,14 @@ draws combine in time:
   :func:`dtlab.model.resolve_link`); the stage *starts* (``start_ms``) when the last input
   arrived, and its work joins the node's processor sharing ``timing.stage_delay(format)``
   ms later (dispatch + process/runtime start-up; 0 unless calibrated). Transfer times come from
-  ``TimingModel.sample_transfer_ms`` for the link
+  ``TimingModel.sample_transfer_parts`` for the link
   in force when the transfer starts. A cut link blocks the transfer until restored;
   a transfer during which its link was cut is sent again.
+* **Links are shared** (``des/linkshare.py``): the bulk part of concurrent transfers on one
+  directed link (source node or origin zone -> destination node) shares its bandwidth by
+  processor sharing; latency, jitter and the loss tail follow the bulk phase, per transfer.
+  ``occupy_link`` adds flows of work outside the engine's jobs (the des predictor's phantoms
+  for transfers a snapshot reports in flight).
 * **Service.** ``duration_ms * scale * overhead / speed * X``; the noise ``X`` is
   drawn once per stage at submission, so a restarted stage redoes the same work
   (scaled by its new node's speed and format).
@@ -40,9 +45,9 @@ draws combine in time:
   shadow, an input whose copy has landed is already there and one still in flight is
   waited for, instead of being sent again after detection; a copy whose link was cut
   before it landed is void. The copy's cost is counted whether or not it is used
-  (``prestaged_mb`` per job). Links have no bandwidth sharing in this model, so the
-  copy does not slow the primary's own transfers here; on a substrate whose links
-  are shared it would.
+  (``prestaged_mb`` per job). The copy's time is drawn alone (it does not join the
+  link's sharing), so it does not slow the primary's own transfers here; on a
+  substrate whose links are shared it would.
 
 Events for a mirroring :class:`dtlab.state.ClusterState` go to ``listeners`` as
 plain dicts (``job-submit``, ``stage-start``, ``stage-end`` with ``ok``,
@@ -63,6 +68,7 @@ from simpy.events import Timeout
 from ..errors import SpecError
 from ..model import Cluster, Job, Link, LinkCutError, link_keys, resolve_link
 from ..timing import TimingModel
+from .linkshare import SharedLink
 from .ps import EPS_MS, Group, PSNode
 
 _EMPTY: Mapping = {}
@@ -206,6 +212,7 @@ class Engine:
         self._links_view = MappingProxyType(self._links)
         self._cuts: list[tuple[float, tuple[str, str]]] = []    # (time, key) of every cut
         self._blocked: list[tuple] = []                         # transfers waiting for a cut link
+        self._flows: dict[tuple[str, str, Link], SharedLink] = {}  # bandwidth sharing per directed link
         self._formats = formats if formats is not None else {}  # (constraints, cpu, mem, node) -> fmt
         self._templates: dict[int, _Template] = {}
         self._names: set[str] = set()
@@ -440,10 +447,43 @@ class Engine:
             return
         # link None (same endpoint) still goes through the clock, so a run never starts
         # before all of its inputs have been registered
-        delay = 0.0 if link is None else float(self.timing.sample_transfer_ms(size_mb, link, self.rng, 1)[0])
         t0 = self.env.now
-        ev = Timeout(self.env, delay)
-        ev.callbacks.append(lambda _e: self._arrived(run, src, size_mb, from_zone, t0))
+        if link is None:
+            ev = Timeout(self.env, 0.0)
+            ev.callbacks.append(lambda _e: self._arrived(run, src, size_mb, from_zone, t0))
+            return
+        fixed, bulk = self.timing.sample_transfer_parts(size_mb, link, self.rng, 1)
+        delay = float(fixed[0])
+
+        def through() -> None:     # bulk phase done (shared with the link's other flows); then latency etc.
+            ev = Timeout(self.env, delay)
+            ev.callbacks.append(lambda _e: self._arrived(run, src, size_mb, from_zone, t0))
+        if bulk > 0:
+            self._shared(src, run.node, link).add(bulk, through)
+        else:
+            through()
+
+    def _shared(self, src: str, dst: str, link: Link) -> SharedLink:
+        """The bandwidth-sharing group of the directed link ``src -> dst`` as ``link`` is now."""
+        key = (src, dst, link)
+        sl = self._flows.get(key)
+        if sl is None:
+            if len(self._flows) > 4 * len(self._nodes) ** 2:   # drop idle groups (links that changed)
+                self._flows = {k: v for k, v in self._flows.items() if v.n}
+            sl = self._flows[key] = SharedLink(self.env, link)
+        return sl
+
+    def occupy_link(self, src: str, dst: str, bulk_ms: float, at_ms: float | None = None) -> None:
+        """A transfer outside this engine's jobs (another job's, in flight in a snapshot) uses the
+        directed link ``src -> dst`` for ``bulk_ms`` of bulk time alone, from ``at_ms`` (now by default)."""
+        def start() -> None:
+            try:
+                link = resolve_link(self.cluster, self._links, src, dst)
+            except LinkCutError:
+                return
+            if link is not None and bulk_ms > 0:
+                self._shared(src, dst, link).add(bulk_ms, lambda: None)
+        self._at(at_ms, start)
 
     def _arrived(self, run: _Run, src, size_mb, from_zone, t0: float) -> None:
         if run.dead:

@@ -12,7 +12,8 @@ import numpy as np
 
 from ..model import Cluster, Compute, Job, Stage
 from ..state import NodeStatus, Snapshot
-from ..timing import TimingModel, background_share, corunner_work
+from ..model import LinkCutError, resolve_link
+from ..timing import TimingModel, background_share, bulk_ms, corunner_work
 from .engine import Engine
 
 STAY_MS = 1e12        # work of a co-runner that stays (not planned by the twin): outlasts any prediction
@@ -65,6 +66,31 @@ def _phantoms(snapshot: Snapshot, used, timing: TimingModel) -> tuple[list[tuple
     return out, extra
 
 
+def phantom_flows(snapshot: Snapshot, used, origin: str | None) -> list[tuple[str, str, float, float]]:
+    """The snapshot's flows that can share a link with this job, as ``(src, dst, bulk ms alone,
+    start ms from now)`` for :meth:`Engine.occupy_link`: a flow that started ``t`` ms ago has
+    ``bulk - t`` left (as if it ran alone so far); one expected later starts then. None without a clock."""
+    now = getattr(snapshot, "clock", None)
+    if now is None:
+        return []
+    ends = set(used) | ({origin} if origin else set())
+    out = []
+    for f in getattr(snapshot, "flows", ()):
+        if f.dst not in used or f.src not in ends:
+            continue
+        try:
+            link = resolve_link(snapshot.cluster, snapshot.link_overrides, f.src, f.dst)
+        except LinkCutError:
+            continue
+        if link is None:
+            continue
+        a = (f.start_ts - now) * 1000.0
+        left = bulk_ms(f.mb, link) + min(0.0, a)
+        if left > 0:
+            out.append((f.src, f.dst, left, max(0.0, a)))
+    return out
+
+
 def stage_failure_probs(job: Job, placement: Mapping[str, str], cluster: Cluster) -> dict[str, float]:
     """Per-stage failure probability such that a node hosting k stages of the job fails with ``fail_prob``.
 
@@ -97,6 +123,9 @@ def sample_latencies_des(snapshot: Snapshot, job: Job, placement: Mapping[str, s
       which stay), capped at their ``cpu``, without transfers or failures. Stages of this
       job and the phantoms share n by processor sharing (water-filling), each capped at
       its ``cpu``, so co-runners that finish free their cores exactly as in the engine.
+    * **Links are shared**: transfers on one directed link share its bandwidth (the engine's
+      ``des/linkshare.py``), this job's with each other and with the other jobs' flows the
+      snapshot reports (:func:`phantom_flows`, added with ``Engine.occupy_link``).
     * **Service** of stage s on node n: ``duration_ms * overhead(format) / speed * X``,
       ``X`` = ``timing.service_noise`` drawn once per stage per sample.
     * **Transfers**: ``timing.sample_transfer_ms`` over ``snapshot``'s links for each
@@ -126,6 +155,7 @@ def sample_latencies_des(snapshot: Snapshot, job: Job, placement: Mapping[str, s
     sub = Cluster(full.name, tuple(n for n in full.nodes if n.name in used), full.links)
     nodes = snapshot.nodes
     phantoms, folded = _phantoms(snapshot, used, timing)
+    pflows = phantom_flows(snapshot, used, job.origin_zone)
     background = {name: float(background_share(nodes[name].node.cores, nodes[name].cpu_util, folded.get(name, 0.0)))
                   for name in used}
     down = [name for name in used if not nodes[name].up]
@@ -144,6 +174,8 @@ def sample_latencies_des(snapshot: Snapshot, job: Job, placement: Mapping[str, s
         eng.replan = _same_node
         for pj, node, scale in phantoms:
             eng.submit(pj, {"co": node}, scale=scale)
+        for src, dst, left, at in pflows:
+            eng.occupy_link(src, dst, left, at_ms=at)
         eng.submit(job, placement, shadow, stage_failures=failures, prestage=staged)
         eng.run()
         out[i] = eng.latency_ms(job.name)

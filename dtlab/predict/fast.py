@@ -14,7 +14,11 @@ there - and the one place it approximates it (so experiment V2 can judge it):
   ``TimingModel.sample_transfer_ms(output_mb, link)`` (latency, jitter, Mathis-capped
   bulk time, loss -> one RTO); root stages receive ``job.input_mb`` from the origin zone
   when the job has one (even 0 MB pays latency; a zone with no link is unreachable).
-  Links are not shared between concurrent transfers.
+  **Link sharing**: a transfer's bulk part shares its directed link with the other jobs'
+  transfers the snapshot reports in flight or expected (``Snapshot.flows``), to first order
+  (:func:`dtlab.timing.shared_extra_ms`: each overlapping pair, exact for two flows; the other
+  flow's start and bulk taken as if alone). Not modelled here: this job's own transfers sharing
+  a link with each other (the engine, and so ``des``, shares them exactly).
 * **DAG**: topological order; a stage starts at ``max`` over predecessors of (their end
   + transfer) - the exact critical-path recursion, per sample.
 * **Capacity**: node n offers ``cores * (1 - b)`` with ``b =
@@ -53,7 +57,7 @@ import numpy as np
 
 from ..errors import SpecError
 from ..model import Job, Link, LinkCutError, resolve_link
-from ..timing import TimingModel
+from ..timing import TimingModel, bulk_ms, shared_extra_ms
 from .registry import register
 from .tables import node_table, stage_table
 
@@ -106,22 +110,30 @@ def predict_fast(snapshot, job: Job, placement: Mapping[str, str], shadow: Mappi
     origin = job.origin_zone
     orow = nt.origin_row(origin)
     links: dict[tuple[int, int], tuple[bool, Link | None]] = {}
+    flows = _flows_by_link(snapshot)
+    others: dict[tuple[int, int], list[tuple[float, float]]] = {}
 
-    def transfer(size: float, src: int, dst: int) -> np.ndarray:
-        """Samples of one transfer; src -1 = the origin zone."""
+    def transfer(size: float, src: int, dst: int, start=0.0) -> np.ndarray:
+        """Samples of one transfer starting at ``start`` ms from now; src -1 = the origin zone."""
         if src == dst:
             return np.zeros(S)
         key = (src, dst)
         if key not in links:
+            src_name = nt.names[src] if src >= 0 else str(origin)   # src -1 only when there is an origin
             try:
-                src_name = nt.names[src] if src >= 0 else str(origin)   # src -1 only when there is an origin
                 links[key] = (True, resolve_link(snapshot.cluster, snapshot.link_overrides, src_name, nt.names[dst]))
             except LinkCutError:
                 links[key] = (False, None)
+            link = links[key][1]
+            others[key] = [(a, bulk_ms(mb, link)) for a, mb in flows.get((src_name, nt.names[dst]), ())] \
+                if link is not None else []
         ok, link = links[key]
         if not ok:
             return np.full(S, np.inf)
-        return timing.sample_transfer_ms(size, link, rng, S)
+        t = timing.sample_transfer_ms(size, link, rng, S)
+        if others[key] and link is not None and size > 0:
+            t = t + shared_extra_ms(bulk_ms(size, link), start, others[key], link)
+        return t
 
     fin: list[np.ndarray] = [None] * st.t      # type: ignore[list-item]
     moved: list[np.ndarray | None] = [None] * st.t  # per sample: stage finished on its restart node
@@ -132,10 +144,10 @@ def predict_fast(snapshot, job: Job, placement: Mapping[str, str], shadow: Mappi
         if not st.preds[i] and orow is not None:
             ready = transfer(job.input_mb, -1, dst)
         for p in st.preds[i]:
-            t = transfer(st.out_mb[p], int(run_on[p]), dst)
+            t = transfer(st.out_mb[p], int(run_on[p]), dst, fin[p])
             mp = moved[p]
             if mp is not None:
-                t = np.where(mp, transfer(st.out_mb[p], int(restart[p]), dst), t)
+                t = np.where(mp, transfer(st.out_mb[p], int(restart[p]), dst, fin[p]), t)
             if with_end:
                 t = t + fin[p]
             ready = np.maximum(ready, t)
@@ -163,3 +175,15 @@ def predict_fast(snapshot, job: Job, placement: Mapping[str, str], shadow: Mappi
         fin[i] = end
     sinks = [i for i in range(st.t) if not st.succs[i]]
     return np.max(np.stack([fin[i] for i in sinks]), axis=0)
+
+
+def _flows_by_link(snapshot) -> dict[tuple[str, str], list[tuple[float, float]]]:
+    """The snapshot's flows per directed link: (start ms relative to the snapshot's clock, MB);
+    none without a clock (their timing is unknown)."""
+    now = getattr(snapshot, "clock", None)
+    out: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    if now is None:
+        return out
+    for f in getattr(snapshot, "flows", ()):
+        out.setdefault((f.src, f.dst), []).append(((f.start_ts - now) * 1000.0, f.mb))
+    return out
