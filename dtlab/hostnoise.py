@@ -85,6 +85,19 @@ def check_kernel(join: str | None = None, target_ms: float = 40.0) -> dict[str, 
             "wall_ratio": round(r.kernel_ms / expected, 4)}
 
 
+def shared_host_slowdown(cal: Mapping[str, Any] | None) -> float | None:
+    """The slowdown a shared host imposes on work without cores of its own, from an opening
+    :func:`check_kernel`: its wall time over its CPU time (>= 1; None when not measured). The fabric
+    without a cpuset split and real kube nodes (never isolated here) divide their nodes' speeds by it."""
+    if not cal or not cal.get("cpu_ratio") or not cal.get("wall_ratio"):
+        return None
+    return round(max(1.0, float(cal["wall_ratio"]) / float(cal["cpu_ratio"])), 4)
+
+
+#: below this the shared-host slowdown is within the check's own noise and the speeds are left alone
+SLOWDOWN_TOLERANCE = 1.02
+
+
 class NoiseMonitor:
     """Start at substrate open, ``finish()`` at close (see the module docstring)."""
 

@@ -377,6 +377,19 @@ def cluster_from_dict(data: dict) -> Cluster:
 POWER_CLASSES = ("server", "edge")
 
 
+def node_to_dict(n: Node) -> dict[str, Any]:
+    """A Node as its Cluster-spec mapping (what a ``node-add`` event carries); ``cluster_from_dict``
+    reads it back to an equal Node, power model included."""
+    out: dict[str, Any] = {"name": n.name, "arch": n.arch, "cores": n.cores, "speed": n.speed, "mem_gb": n.mem_gb,
+                           "formats": list(n.formats), "zone": n.zone, "labels": dict(n.labels),
+                           "fail_prob": n.fail_prob}
+    if n.power is not None:
+        out["power"] = {k: v for k, v in (("node_class", n.power.node_class),
+                                          ("idle_w_per_core", n.power.idle_w_per_core),
+                                          ("busy_w_per_core", n.power.busy_w_per_core)) if v is not None}
+    return out
+
+
 def _power(p: Fields | None, cores: int) -> Power | None:
     """``power: {node_class, idle_w, busy_w}`` (whole node) or ``{idle_w_per_core, busy_w_per_core}``."""
     if p is None:

@@ -73,7 +73,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import SpecError
-from ..model import Job, Node
+from ..model import Job, Node, node_to_dict
 from ..plan import Plan
 from ..timing import MAX_BACKGROUND, TimingModel
 
@@ -347,7 +347,7 @@ class OnlineCalibrator:
             if node not in present or abs(k / self.applied[node] - 1) <= self.min_change:
                 continue
             self.applied[node] = k
-            out.append({"kind": "node-add", "node": _node_dict(replace(spec, speed=spec.speed / k))})
+            out.append({"kind": "node-add", "node": node_to_dict(replace(spec, speed=spec.speed / k))})
             self.history.append({"node": node, "ratio": k, "speed": spec.speed / k, "ts": self.now_s,
                                  "samples": self.count.get(node, 0)})
         return out
@@ -374,6 +374,3 @@ def _clip(x: float, c: float) -> float:
     return c if x > c else (-c if x < -c else x)
 
 
-def _node_dict(n: Node) -> dict[str, Any]:
-    return {"name": n.name, "arch": n.arch, "cores": n.cores, "speed": n.speed, "mem_gb": n.mem_gb,
-            "formats": list(n.formats), "zone": n.zone, "labels": dict(n.labels), "fail_prob": n.fail_prob}

@@ -557,16 +557,15 @@ class FabricSubstrate(WallClockSubstrate):
         tell the twin, as every node's speed divided by the slowdown the opening calibration check
         measured (native kernel wall / CPU time at the fabric's CPU weight), through node-add events
         (as the online calibrator does). Returns that slowdown (None when isolated or not measured)."""
-        from ..calibration.online import _node_dict
+        from ..model import node_to_dict
 
-        cal = self._noise.cal0 if self._noise is not None else None
-        if self.isolated or not cal or not cal.get("cpu_ratio") or not cal.get("wall_ratio"):
+        if self.isolated or self._noise is None:
             return None
-        slowdown = max(1.0, cal["wall_ratio"] / cal["cpu_ratio"])
-        if slowdown > 1.02:
+        slowdown = hostnoise.shared_host_slowdown(self._noise.cal0)
+        if slowdown is not None and slowdown > hostnoise.SLOWDOWN_TOLERANCE:
             for n in cluster.nodes:
-                self._emit({"kind": "node-add", "node": _node_dict(replace(n, speed=n.speed / slowdown)), "ts": 0.0})
-        return round(slowdown, 4)
+                self._emit({"kind": "node-add", "node": node_to_dict(replace(n, speed=n.speed / slowdown)), "ts": 0.0})
+        return slowdown
 
     def _set_speed_factor(self, node: str, factor: float) -> None:
         """Drift: the node's CPU quota (and every running stage's) becomes ``factor`` x its spec quota,

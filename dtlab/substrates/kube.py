@@ -146,6 +146,7 @@ class KubeSubstrate(WallClockSubstrate):
         self._errors: list[str] = []
         self._owns_plane = False
         self._real: dict[str, float] = {}
+        self.host_slowdown: float | None = None     # see _shared_host_slowdown
         self.links = None
         self.observer = None
         try:
@@ -194,6 +195,7 @@ class KubeSubstrate(WallClockSubstrate):
                 _ensure_runtime_class(self.actuator)
             self.links = self._open_links(kc)
             self._t0 = time.time()
+            self.host_slowdown = self._shared_host_slowdown(cluster)
             factory = observer_factory or (lambda sink, known_nodes, clock: Observer(
                 kc, sink=sink, namespace=self.opts["namespace"], known_nodes=known_nodes, clock=clock))
             self.observer = factory(self._on_events, [n.name for n in cluster.nodes],
@@ -517,8 +519,31 @@ class KubeSubstrate(WallClockSubstrate):
             return {"job": job, **{k: st["rec"][k] for k in ("arrival_ms", "start_ms", "end_ms", "ok")},
                     "stages": out}
 
+    def _shared_host_slowdown(self, cluster: Cluster) -> float | None:
+        """Real kubelet nodes cannot get cores of their own on this host (dtlab.kube.realnodes: the
+        kubelet refuses a narrower cpuset), so their pods share the cores with the kubelets, containerd,
+        the plane and this controller. As the fabric does without a cpuset split, the twin is told:
+        each real node's speed divided by the slowdown the opening calibration check measured
+        (:func:`dtlab.hostnoise.shared_host_slowdown`), as node-add events at ts 0. KWOK nodes run no
+        code and keep their speed. Returns the slowdown (None: no real nodes or not measured)."""
+        from dataclasses import replace
+
+        from .. import hostnoise
+        from ..model import node_to_dict
+
+        if not self._real or self._noise is None:
+            return None
+        slowdown = hostnoise.shared_host_slowdown(self._noise.cal0)
+        if slowdown is not None and slowdown > hostnoise.SLOWDOWN_TOLERANCE:
+            with self._lock:
+                self._events.extend({"kind": "node-add", "ts": 0.0,
+                                     "node": node_to_dict(replace(n, speed=n.speed / slowdown))}
+                                    for n in cluster.nodes if n.name in self._real)
+        return slowdown
+
     def metadata(self) -> dict[str, Any]:
         return {"substrate": "kube", "kubeconfig": self.kubeconfig, "namespace": self.opts["namespace"],
+                "shared_host_slowdown": self.host_slowdown,
                 "time_scale": self.opts["time_scale"], "pinning": self.opts["pinning"],
                 "owns_plane": self._owns_plane, "observer": self.observer.stats() if self.observer else None,
                 "actuator_retries": self.actuator.retries, "errors": list(self._errors),
