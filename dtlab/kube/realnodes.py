@@ -19,7 +19,9 @@ Each real node gets, on this host:
   cgroup's cpuset is narrower ("failed to write 0-1 ... permission denied"); the ``static`` manager with
   ``reservedSystemCPUs`` starts, but takes the reserved cores out of allocatable (1 of 2 here), and the
   Guaranteed stage pods then fail admission. Real-node pods therefore share the host's cores with the
-  kubelets, containerd and the plane; only their CFS quotas bound them (see README, Limitations);
+  kubelets, containerd and the plane; only their CFS quotas bound them, and the kube substrate tells
+  the twin the slowdown the shared host imposes (``KubeSubstrate._shared_host_slowdown``; README,
+  Limitations);
 * a **pod network**: the standard ``bridge`` + ``host-local`` CNI plugins, one bridge and one
   /24 pod CIDR per node (``10.244.<i>.0/24``), IPAM state under the node's dir.
 
