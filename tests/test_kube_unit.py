@@ -714,6 +714,7 @@ def test_real_nodes_share_the_host_so_the_twin_gets_their_speed_over_the_measure
     try:
         adds = [e for e in sub.events() if e["kind"] == "node-add"]
         assert sub.metadata()["shared_host_slowdown"] == hostnoise.shared_host_slowdown(cal)
+        json.dumps(sub.metadata())          # it goes into metrics.json (substrate_metadata)
     finally:
         sub.close()
     if expected_speed is None:

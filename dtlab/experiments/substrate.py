@@ -225,7 +225,8 @@ def open_substrate(params: Mapping[str, Any], cluster: Cluster, seed: int,
     """The run's substrate (params ``substrate``, ``substrate_opts``) seeded for one seed.
 
     With a ``choice`` on the fabric, the substrate chooses formats with the same (host-calibrated)
-    timing as the twin, and the first substrate's ``metadata()`` is kept in ``choice.metadata``.
+    timing as the twin; on the fabric and kube the first substrate's ``metadata()`` is kept in
+    ``choice.metadata`` (the run's ``substrate_metadata``: isolation, shared-host slowdown, links).
     """
     opts = {**dict(params.get("substrate_opts") or {}), **extra}
     if choice is not None and params["substrate"] == "fabric" and choice.timing is not None:
@@ -233,7 +234,7 @@ def open_substrate(params: Mapping[str, Any], cluster: Cluster, seed: int,
     sub = substrates.make_substrate(params["substrate"], cluster, seed=seed, **opts)
     if choice is not None and hasattr(sub, "noise"):
         choice.opened.append(sub)          # its host noise is read after it closed (SubstrateChoice.metrics)
-    if choice is not None and not choice.metadata and params["substrate"] == "fabric":
+    if choice is not None and not choice.metadata and params["substrate"] in ("fabric", "kube"):
         meta = getattr(sub, "metadata", None)
         if callable(meta):
             choice.metadata = dict(meta())
