@@ -336,13 +336,14 @@ def test_fabric_neighbours_option_is_checked_with_field_paths():
         check_neighbours([{"node": "a", "at_s": 0}] * 9, cluster)
 
 
-def test_v2_telemetry_params_validate_and_differ_only_in_the_telemetry_switch():
+@pytest.mark.parametrize("exp, stem", [("V2", "V2-telemetry"), ("V6", "V6-fabric-telemetry")])
+def test_telemetry_params_validate_and_differ_only_in_the_telemetry_switch(exp, stem):
     import yaml
 
     from dtlab.experiments import get
-    on, off = (yaml.safe_load(open(f"params/V2-telemetry{s}.yaml")) for s in ("", "-off"))
+    on, off = (yaml.safe_load(open(f"params/{stem}{s}.yaml")) for s in ("", "-off"))
     for p in (on, off):
-        get("V2").check(p)
+        get(exp).check(p)
     assert on["substrate_opts"].pop("telemetry") == "prometheus" and off["substrate_opts"].pop("telemetry") == "none"
     assert on == off and on["substrate_opts"]["neighbours"]
 
