@@ -592,22 +592,25 @@ def test_exclusive_kube_holds_the_host_lock_and_records_noise(tmp_path, monkeypa
     assert set(sub.noise["cpu_s"]) == {"controller", "plane"} and isinstance(sub.noise["noisy"], bool)
 
 
+class OneRealNodeActuator(FakeActuator):
+    """The fake cluster with edge-a-0 labelled as a real (kubelet) node at CPU scale 0.5."""
+
+    def list_nodes(self):
+        from dtlab.kube.realnodes import CPU_SCALE_LABEL, NODE_KIND_LABEL
+        out = super().list_nodes()
+        out[3].metadata.labels = {NODE_KIND_LABEL: "real", CPU_SCALE_LABEL: "0.5"}     # edge-a-0
+        return out
+
+
 def test_real_nodes_record_host_noise_with_the_nodes_cpu(tmp_path, monkeypatch):
     """A cluster with real kubelet nodes is a wall-clock run (issue 14 item 3): the substrate records host
     noise even without ``exclusive``, with the real workers' measured kernel CPU as ``cpu_s.nodes``."""
     from dtlab import hostlock
-    from dtlab.kube.realnodes import CPU_SCALE_LABEL, NODE_KIND_LABEL
     from dtlab.substrates.kube import KubeSubstrate
     monkeypatch.setenv(hostlock.ENV_PATH, str(tmp_path / "host.lock"))
 
-    class RealActuator(FakeActuator):
-        def list_nodes(self):
-            out = super().list_nodes()
-            out[3].metadata.labels = {NODE_KIND_LABEL: "real", CPU_SCALE_LABEL: "0.5"}     # edge-a-0
-            return out
-
     cluster = load_cluster(REPO / "examples" / "cluster-hetero.yaml")
-    sub = KubeSubstrate(cluster, actuator=RealActuator(), observer_factory=lambda *a: FakeObserver(), noise=False)
+    sub = KubeSubstrate(cluster, actuator=OneRealNodeActuator(), observer_factory=lambda *a: FakeObserver(), noise=False)
     try:
         assert sub._real == {"edge-a-0": 0.5} and not hostlock.held()     # the lock is the runner's (wall_clock)
         sub._stages.append({"job": "j", "stage": "s", "node": "edge-a-0", "kernel_cpu_ms": 240.0})
@@ -697,20 +700,13 @@ def test_real_nodes_share_the_host_so_the_twin_gets_their_speed_over_the_measure
     opening calibration check's slowdown (wall / CPU) divides their speeds in the twin (node-add at
     ts 0, as the fabric does); KWOK nodes keep theirs; within 2 % nothing is sent."""
     from dtlab import hostlock, hostnoise
-    from dtlab.kube.realnodes import CPU_SCALE_LABEL, NODE_KIND_LABEL
     from dtlab.state import ClusterState
     from dtlab.substrates.kube import KubeSubstrate
     monkeypatch.setenv(hostlock.ENV_PATH, str(tmp_path / "host.lock"))
     monkeypatch.setattr(hostnoise, "check_kernel", lambda join=None, target_ms=40.0: dict(cal))
 
-    class RealActuator(FakeActuator):
-        def list_nodes(self):
-            out = super().list_nodes()
-            out[3].metadata.labels = {NODE_KIND_LABEL: "real", CPU_SCALE_LABEL: "0.5"}     # edge-a-0
-            return out
-
     cluster = load_cluster(REPO / "examples" / "cluster-hetero.yaml")
-    sub = KubeSubstrate(cluster, actuator=RealActuator(), observer_factory=lambda *a: FakeObserver(), noise=False)
+    sub = KubeSubstrate(cluster, actuator=OneRealNodeActuator(), observer_factory=lambda *a: FakeObserver(), noise=False)
     try:
         adds = [e for e in sub.events() if e["kind"] == "node-add"]
         assert sub.metadata()["shared_host_slowdown"] == hostnoise.shared_host_slowdown(cal)
