@@ -352,19 +352,24 @@ def test_healthz_answers_with_120_idle_connections(server):
 
 
 def test_a_plan_past_the_time_limit_is_503_and_the_slot_comes_back():
-    """The gate in-process (real threads): 503 at the limit; the computation finishes and frees its slot.
+    """The gate in-process (real threads): 503 at the limit, while the computation still runs (the next
+    plan finds its slot busy: 429); the computation then finishes and frees its slot.
 
-    The plan computes for ~2 s (40x the limit): a plan of ~0.3 s once finished before a loaded CI
-    host woke the waiting request thread, and answered 200."""
+    The plan computes for ~4 s (80x the limit). No absolute bound on the 503 beyond a loose 10 s: in
+    the long-lived test process a garbage collection in the plan thread can hold the GIL for ~1 s
+    (CI answered in 1.28 s once); what the gate promises is an answer before the computation ends."""
     twin = dtlab.Twin(dtlab.load_cluster(CLUSTER))
-    config = ApiConfig(token=TOKEN, request_timeout_s=0.05, max_inflight=1, max_work=10_000_000)
+    config = ApiConfig(token=TOKEN, request_timeout_s=0.05, max_inflight=1, max_work=20_000_000)
     client = create_app(twin, config).test_client()
-    body = {"job": chain(20), "samples": 6000, "predictor": "des"}
+    body = {"job": chain(30), "samples": 10_000, "predictor": "des"}
     t0 = time.monotonic()
     r = client.post("/plan", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
-    assert r.status_code == 503 and "time limit" in r.get_json()["error"] and time.monotonic() - t0 < 1.0
+    answered = time.monotonic() - t0
+    assert r.status_code == 503 and "time limit" in r.get_json()["error"], r.get_json()
     assert client.post("/plan", json={"job": JOB}).status_code == 429  # the slot is still computing
     wait_for(lambda: client.post("/plan", json={"job": JOB}).status_code == 200, 60, "the slot to come back")
+    freed = time.monotonic() - t0
+    assert answered < freed and answered < 10.0, (answered, freed)
 
 
 def test_responses_never_carry_non_finite_numbers():
