@@ -840,47 +840,42 @@ class FabricSubstrate(WallClockSubstrate):
         return None
 
 
-def check_cpu_drift(value: Any, cluster: Cluster) -> list[dict[str, Any]]:
-    """``cpu_drift``: a list of ``{node, at_s, factor}`` steps (at ``at_s`` seconds of the substrate
-    clock the node's CPU quota becomes ``factor`` x its spec quota), checked with field paths; sorted by time."""
+def _timed_node_steps(value: Any, cluster: Cluster, opt: str, ranges: dict[str, tuple[float, float]],
+                      limit: int, noun: str) -> list[dict[str, Any]]:
+    """A ``substrate_opts.<opt>`` list of ``{node, <ranges' keys>}`` mappings (one of them ``at_s``),
+    checked with field paths and sorted by ``at_s``: the one reader of timed per-node steps."""
     if value is None:
         return []
-    if not isinstance(value, (list, tuple)) or len(value) > MAX_DRIFT_STEPS:
-        raise SpecError("substrate_opts.cpu_drift", f"must be a list of at most {MAX_DRIFT_STEPS} {{node, at_s, factor}} steps")
+    keys = ["node", *ranges]
+    shape = "{" + ", ".join(keys) + "}"
+    if not isinstance(value, (list, tuple)) or len(value) > limit:
+        raise SpecError(f"substrate_opts.{opt}", f"must be a list of at most {limit} {shape} {noun}")
     out = []
     for i, step in enumerate(value):
-        where = f"substrate_opts.cpu_drift[{i}]"
-        if not isinstance(step, Mapping) or set(step) != {"node", "at_s", "factor"}:
-            raise SpecError(where, "must be a mapping with exactly the keys node, at_s, factor")
+        where = f"substrate_opts.{opt}[{i}]"
+        if not isinstance(step, Mapping) or set(step) != set(keys):
+            raise SpecError(where, "must be a mapping with exactly the keys " + ", ".join(keys))
         if step["node"] not in cluster.by_name:
             raise SpecError(f"{where}.node", f"unknown node {step['node']!r}")
-        for key, lo, hi in (("at_s", 0.0, 1e7), ("factor", 1e-3, 10.0)):
+        for key, (lo, hi) in ranges.items():
             v = step[key]
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (lo <= v <= hi):
                 raise SpecError(f"{where}.{key}", f"must be a number in [{lo:g}, {hi:g}], got {v!r}")
-        out.append({"node": str(step["node"]), "at_s": float(step["at_s"]), "factor": float(step["factor"])})
+        out.append({"node": str(step["node"]), **{k: float(step[k]) for k in ranges}})
     return sorted(out, key=lambda d: d["at_s"])
+
+
+def check_cpu_drift(value: Any, cluster: Cluster) -> list[dict[str, Any]]:
+    """``cpu_drift``: a list of ``{node, at_s, factor}`` steps (at ``at_s`` seconds of the substrate
+    clock the node's CPU quota becomes ``factor`` x its spec quota), checked with field paths; sorted by time."""
+    return _timed_node_steps(value, cluster, "cpu_drift", {"at_s": (0.0, 1e7), "factor": (1e-3, 10.0)},
+                             MAX_DRIFT_STEPS, "steps")
 
 
 def check_neighbours(value: Any, cluster: Cluster) -> list[dict[str, Any]]:
     """``neighbours``: a list of ``{node, at_s}`` (a CPU hog joins the node's cgroup at ``at_s`` seconds of
     the substrate clock), checked with field paths; sorted by time."""
-    if value is None:
-        return []
-    if not isinstance(value, (list, tuple)) or len(value) > MAX_NEIGHBOURS:
-        raise SpecError("substrate_opts.neighbours", f"must be a list of at most {MAX_NEIGHBOURS} {{node, at_s}} entries")
-    out = []
-    for i, hog in enumerate(value):
-        where = f"substrate_opts.neighbours[{i}]"
-        if not isinstance(hog, Mapping) or set(hog) != {"node", "at_s"}:
-            raise SpecError(where, "must be a mapping with exactly the keys node, at_s")
-        if hog["node"] not in cluster.by_name:
-            raise SpecError(f"{where}.node", f"unknown node {hog['node']!r}")
-        v = hog["at_s"]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 <= v <= 1e7):
-            raise SpecError(f"{where}.at_s", f"must be a number in [0, 1e+07], got {v!r}")
-        out.append({"node": str(hog["node"]), "at_s": float(v)})
-    return sorted(out, key=lambda d: d["at_s"])
+    return _timed_node_steps(value, cluster, "neighbours", {"at_s": (0.0, 1e7)}, MAX_NEIGHBOURS, "entries")
 
 
 def auto_time_scale(period_ms: float, scale: float) -> float:
