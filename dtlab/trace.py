@@ -161,7 +161,9 @@ class Recorder:
         self.started = time.time()
         deadline = self.started + self.duration_s
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.out, "w") as self._fh:
+        # line-buffered: each record is on disk when written, so a reader (or a crash) sees every
+        # line so far; block buffering held a short trace's lines until the end of the recording
+        with open(self.out, "w", buffering=1) as self._fh:
             self._fh.write(json.dumps({"format": FORMAT, "server": self.server, "namespace": self.namespace,
                                        "started_s": self.started, "duration_s": self.duration_s}) + "\n")
             threads = [threading.Thread(target=self._run, args=(k, deadline), daemon=True, name=f"trace-{k}")

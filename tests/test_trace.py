@@ -110,3 +110,41 @@ def test_replay_cli_prints_the_comparison(trace, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "4 pods replayed with greedy: same node as recorded 0.0%" in text and "slow" in text
     assert len(pd.read_csv(out)) == 4
+
+
+def test_recorder_lines_are_on_disk_while_it_records(tmp_path):
+    """A reader of a running recording (or of one cut short) sees every record written so far."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from dtlab.trace import Recorder
+
+    class Core:
+        def _answer(self, items, watch=False, **kw):
+            if watch:                                   # a watch that never connects: the recorder retries
+                time.sleep(0.2)
+                raise ConnectionError("no watch here")
+            return SimpleNamespace(data=json.dumps({"metadata": {"resourceVersion": "7"}, "items": items}))
+
+        def list_node(self, **kw):
+            return self._answer([_node("n1", 4, "edge")], **kw)
+
+        def list_pod_for_all_namespaces(self, **kw):
+            return self._answer([], **kw)
+
+    out = tmp_path / "live.trace"
+    rec = Recorder(Core(), out, duration_s=3.0)
+    th = threading.Thread(target=rec.run)
+    th.start()
+    try:
+        deadline = time.monotonic() + 2.5
+        while '"type":"SYNCED"' not in (out.read_text() if out.exists() else "") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert th.is_alive(), "the recording ended before its lines could be read"
+        lines = [json.loads(x) for x in out.read_text().splitlines()]
+        assert lines[0]["format"] == FORMAT
+        assert {(x.get("resource"), x.get("type")) for x in lines[1:]} >= {("nodes", "LISTED"), ("nodes", "SYNCED")}
+    finally:
+        th.join(10)
+    assert rec.counters["errors"] >= 2 and json.loads(out.read_text().splitlines()[-1])["type"] == "END"

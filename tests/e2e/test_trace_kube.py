@@ -59,6 +59,7 @@ def test_record_a_running_workload_and_replay_it(plane, tmp_path):
         ctl = Controller(Twin(CLUSTER), sub, policy="greedy", samples=32)
         ctl.run_workload([(300.0 * i, j) for i, j in enumerate(jobs)])
         assert sub.results()["jobs"]["ok"].all()
+    assert rec.poll() is None, "the workload must finish while the recorder still runs (its lines are flushed as written)"
     out, err = rec.communicate(timeout=120)
     assert rec.returncode == 0, err
     assert "recorded" in out
