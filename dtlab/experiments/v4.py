@@ -386,11 +386,12 @@ class _Deadlines:
         self.workload, self.isolated_ms = regime.with_deadline_slack(workload, cluster, slack)
         self._fixed = False
 
-    def fix(self, timing):
-        """The workload with the deadline for ``timing`` (the first call decides; later calls return it)."""
+    def fix(self, timing, cluster=None):
+        """The workload with the deadline for ``timing`` on ``cluster`` (the twin's view of the nodes'
+        speeds; None: the spec's) - the first call decides; later calls return it."""
         if not self._fixed:
-            self.workload, self.isolated_ms = regime.with_deadline_slack(self._file, self._cluster, self._slack,
-                                                                         timing=timing)
+            self.workload, self.isolated_ms = regime.with_deadline_slack(self._file, cluster or self._cluster,
+                                                                         self._slack, timing=timing)
             self._fixed = True
         return self.workload
 
@@ -408,7 +409,10 @@ def run_one(p: dict, cluster, deadlines: _Deadlines, scenario: str, events, stra
     with open_substrate(p, cluster, seed) as sub:
         if choice is not None:
             twin.timing = choice.with_startup(twin.timing, sub)
-        workload = deadlines.fix(twin.timing)
+        # the deadline's isolated latency on the speeds the twin plans with (kube real nodes: over the
+        # shared-host slowdown and each node's emulation factor, KubeSubstrate.twin_cluster)
+        twin_cluster = getattr(sub, "twin_cluster", None)
+        workload = deadlines.fix(twin.timing, twin_cluster() if callable(twin_cluster) else None)
         for ev in events:
             sub.inject(ev.to_dict())
         if on_failure in ("replan", "shadow", "prestage"):   # shadows fall back to re-planning when down too
