@@ -63,6 +63,10 @@ def test_pod_manifest_pins_labels_and_delay():
     assert m["metadata"]["annotations"][act.DURATION_ANNOTATION] == "900"
     assert m["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "2000m"
     assert "runtimeClassName" not in m["spec"]
+    # a real node's limit never rounds above its parent cgroup's quota (1 core x speed 1 x scale 0.555556)
+    real = act.pod_manifest(_spec(cpu_limit=0.555556))["spec"]["containers"][0]["resources"]
+    assert real["limits"]["cpu"] == real["requests"]["cpu"] == "555m"
+    assert act.pod_manifest(_spec(cpu_limit=0.3))["spec"]["containers"][0]["resources"]["limits"]["cpu"] == "300m"
     aff = act.pod_manifest(_spec(), pinning="affinity")["spec"]
     assert "nodeName" not in aff
     term = aff["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]

@@ -238,7 +238,11 @@ def run(params: dict | None = None) -> ExperimentResult:
                                  choice=choice)
         if seed == p["seeds"][0]:
             first_run = df
-        st = stage_predictions(ctl.substrate.results()["stages"], planned, cluster, ctl.twin.timing)
+        # kube: per-stage predictions on the speeds the twin planned with (real nodes over the shared-host
+        # slowdown x their emulation factor, KubeSubstrate.twin_cluster), as the job-level ones are
+        seen = getattr(ctl.substrate, "twin_cluster", None)
+        st = stage_predictions(ctl.substrate.results()["stages"], planned, seen() if callable(seen) else cluster,
+                               ctl.twin.timing)
         st.insert(0, "seed", seed)
         stage_rows.append(st)
         obs = df[["job", "planned_ms", "latency_ms", "ok"]].rename(columns={"planned_ms": "arrival_ms",
