@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import statistics
 from pathlib import Path
 from typing import Any, Callable
 
@@ -66,10 +67,9 @@ def emulation(rows: list[dict[str, Any]], scales: dict[str, float], arch: dict[s
                 or str(r.get("node")) not in scales):
             continue
         node = str(r["node"])
-        cpu.setdefault(node, []).append(float(k))
+        cpu.setdefault(node, []).append(float(r["kernel_cpu_ms"]))
         if _num(r.get("observed_ms")):
             wall.setdefault(node, []).append(float(r["observed_ms"]))
-    import statistics
     per_ref = {n: statistics.median(v) / (work_ms * float(scales[n])) for n, v in cpu.items()}
     native = sorted(n for n in per_ref if arch.get(n) == host)
     if native:
@@ -195,8 +195,6 @@ def factors_for(doc: dict[str, Any] | None, arch: dict[str, str], host_arch: str
     measured factor; else the median measured factor of its arch (the cache is per worker build, not per
     cluster, so another cluster's node of that arch stands in); nodes of the host's arch 1; else 1 with
     ``source`` saying it was not measured. ``arch``: real node -> its spec arch."""
-    import statistics
-
     from ..fabric import worker
 
     host = host_arch or worker.HOST_ARCH
