@@ -232,6 +232,8 @@ def run(params: dict[str, Any] | None = None) -> ExperimentResult:
     if choice is not None:
         metrics["calibration"] = choice.calibration()
         metrics["deadline_ms"] = deadlines.workload.template.deadline_ms
+        if choice.metadata:
+            metrics["substrate_metadata"] = dict(choice.metadata)
     regime.record(metrics, regimes, nominal_slack=p["deadline_slack"], isolated_ms=round(deadlines.isolated_ms, 1),
                   rate_per_s=p["rate_per_s"], measured_in=scenarios[0][0],
                   background_mean=_background(p))
@@ -409,6 +411,8 @@ def run_one(p: dict, cluster, deadlines: _Deadlines, scenario: str, events, stra
     with open_substrate(p, cluster, seed) as sub:
         if choice is not None:
             twin.timing = choice.with_startup(twin.timing, sub)
+            if not choice.metadata and callable(getattr(sub, "metadata", None)):
+                choice.metadata = dict(sub.metadata())     # run.json: slowdown, emulation_factors, links
         # the deadline's isolated latency on the speeds the twin plans with (kube real nodes: over the
         # shared-host slowdown and each node's emulation factor, KubeSubstrate.twin_cluster)
         twin_cluster = getattr(sub, "twin_cluster", None)
