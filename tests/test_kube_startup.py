@@ -146,6 +146,27 @@ def test_real_kube_nodes_give_the_twin_the_cached_calibration(tmp_path, monkeypa
     assert cal["startup_ms"] == {"native": 900.0, "wasm": 1400.0}
 
 
+def test_with_startup_gives_a_kube_substrate_the_emulation_factors_and_records_them(tmp_path, monkeypatch):
+    """The calibration document also carries the factors: with_startup hands it to the substrate
+    (set_emulation) and the run's substrate_metadata records what the substrate applied."""
+    path = _cache(tmp_path, monkeypatch)
+    doc = {"kind": "KubeStartupCalibration", "created": "2026-12-05T00:00:00+00:00",
+           "startup_ms": {"native": {"median_ms": 900.0}}, "dispatch_ms": None,
+           "emulation": {"per_node": {"k0": {"arch": "arm64", "factor": 5.0, "kernel_cpu_ms": {"n": 3}}}}}
+    calibrate.write(doc, path)
+    seen = []
+
+    class Emulating(_FakeKube):
+        def set_emulation(self, d):
+            seen.append(d)
+            return {"k0": {"factor": d["emulation"]["per_node"]["k0"]["factor"], "source": "measured"}}
+
+    choice = SubstrateChoice(requested="kube", name="kube", metadata={"substrate": "kube"})
+    choice.with_startup(TimingModel(), Emulating({"k0": 1.0}))
+    assert seen and seen[0]["emulation"] == doc["emulation"]
+    assert choice.metrics()["substrate_metadata"]["emulation_factors"] == {"k0": {"factor": 5.0, "source": "measured"}}
+
+
 def test_failed_kube_measurement_is_said_not_raised(tmp_path, monkeypatch):
     _cache(tmp_path, monkeypatch)      # no cache: it measures, and there is no plane behind the fake
     choice = SubstrateChoice(requested="kube", name="kube")

@@ -411,8 +411,9 @@ def run_one(p: dict, cluster, deadlines: _Deadlines, scenario: str, events, stra
     with open_substrate(p, cluster, seed) as sub:
         if choice is not None:
             twin.timing = choice.with_startup(twin.timing, sub)
-            if not choice.metadata and callable(getattr(sub, "metadata", None)):
-                choice.metadata = dict(sub.metadata())     # run.json: slowdown, emulation_factors, links
+            meta = getattr(sub, "metadata", None)
+            if not choice.metadata and callable(meta):
+                choice.metadata = dict(meta())     # run.json: slowdown, emulation_factors, links
         # the deadline's isolated latency on the speeds the twin plans with (kube real nodes: over the
         # shared-host slowdown and each node's emulation factor, KubeSubstrate.twin_cluster)
         twin_cluster = getattr(sub, "twin_cluster", None)
