@@ -288,6 +288,26 @@ def test_v2_stage_errors_are_the_twin_service_time_against_the_observed(smoke_re
     assert r.metrics["stage.pooled_median_ape"] == pytest.approx(float(np.median(r.extra["stages"]["ape"])), abs=1e-6)
 
 
+def test_v2_stage_predictions_add_start_up_only_where_the_stage_interval_includes_it():
+    """Kube stage rows (node_kind) start at the worker's own start, start-up reported apart: the twin's
+    start-up is not added there; fabric rows (no node_kind) include the launch, so it is."""
+    import pandas as pd
+
+    from dtlab.model import Compute, Job, Stage
+    from dtlab.timing import TimingModel
+
+    cluster = params.load_cluster_param(v2.DEFAULTS["cluster"])
+    job = Job("k", (Stage("a", Compute(cpu=1, duration_ms=100)),))
+    timing = TimingModel().with_startup({"native": 500.0}, 0.0)
+    base = {"job": "k", "stage": "a", "node": "cloud-0", "format": "native", "start_ms": 0.0,
+            "duration_ms": 100.0, "ok": True}
+    fabric = v2.stage_predictions(pd.DataFrame([base]), {"k": job}, cluster, timing).iloc[0]
+    kube = v2.stage_predictions(pd.DataFrame([{**base, "node_kind": "real"}]), {"k": job}, cluster, timing).iloc[0]
+    service = timing.mean_service_ms(job.stages[0], cluster.node("cloud-0"), timing.overheads["native"])
+    assert fabric["predicted_ms"] == pytest.approx(service + 500.0)
+    assert kube["predicted_ms"] == pytest.approx(service)
+
+
 def test_runner_records_the_substrate_the_run_got(tmp_path):
     import json
 

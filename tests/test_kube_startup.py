@@ -57,6 +57,49 @@ def test_handoff_is_worker_end_to_end_observed_on_ok_real_rows():
     assert ks.handoff(rows[3:]) is None
 
 
+def _emu_rows(node, arch_cpu, n=3, ok=True, fmt="native"):
+    return [{"ok": ok, "node_kind": "real", "node": node, "format": fmt, "kernel_cpu_ms": arch_cpu + i,
+             "observed_ms": 2 * (arch_cpu + i)} for i in range(n)]
+
+
+def test_emulation_factor_is_kernel_cpu_per_reference_ms_over_the_host_arch_nodes():
+    """Issue 16/18: factor = median kernel CPU per reference ms on the node / the same on the real nodes of
+    the host's arch; the worker does work_ms x cpu-scale reference ms, so the scale is divided out."""
+    rows = (_emu_rows("amd", 75.0) + _emu_rows("arm", 420.0) + _emu_rows("rv", 1380.0)
+            + _emu_rows("arm", 9999.0, ok=False) + _emu_rows("arm", 9999.0, fmt="wasm")
+            + [{"ok": True, "node_kind": "real", "node": "arm", "format": "native", "kernel_cpu_ms": None}])
+    scales = {"amd": 0.5, "arm": 0.5, "rv": 1.0}
+    emu = ks.emulation(rows, scales, {"amd": "amd64", "arm": "arm64", "rv": "riscv64"}, work_ms=150.0,
+                       host_arch="amd64")
+    # amd: median 76 ms CPU for 75 reference ms -> 76/75 per ms; arm 421/75; rv 1381/150
+    ref = 76.0 / 75.0
+    assert emu["reference"]["nodes"] == ["amd"] and emu["reference"]["cpu_per_ref_ms"] == pytest.approx(ref, abs=1e-4)
+    pn = emu["per_node"]
+    assert pn["amd"]["factor"] == 1.0
+    assert pn["arm"]["factor"] == pytest.approx(421.0 / 75.0 / ref, abs=1e-3)
+    assert pn["rv"]["factor"] == pytest.approx(1381.0 / 150.0 / ref, abs=1e-3)
+    assert pn["arm"]["kernel_cpu_ms"] == {"median_ms": 421.0, "min_ms": 420.0, "max_ms": 422.0, "n": 3}
+    assert pn["arm"]["wall_ms"]["median_ms"] == 842.0
+    # no real node of the host's arch: against the nominal work, and it says so
+    alone = ks.emulation(_emu_rows("arm", 420.0), {"arm": 0.5}, {"arm": "arm64"}, work_ms=150.0, host_arch="amd64")
+    assert alone["per_node"]["arm"]["factor"] == pytest.approx(421.0 / 75.0, abs=1e-3)
+    assert "nominal" in alone["reference"]["source"] and alone["reference"]["nodes"] == []
+
+
+def test_factors_for_a_cluster_by_node_then_arch_host_arch_is_native():
+    doc = {"emulation": {"reference": {"source": "native real nodes"}, "per_node": {
+        "arm": {"arch": "arm64", "factor": 5.5, "kernel_cpu_ms": {"n": 3}},
+        "arm2": {"arch": "arm64", "factor": 6.5, "kernel_cpu_ms": {"n": 3}},
+        "amd": {"arch": "amd64", "factor": 1.0, "kernel_cpu_ms": {"n": 3}}}}}
+    f = ks.factors_for(doc, {"arm": "arm64", "other-arm": "arm64", "amd-x": "amd64", "rv": "riscv64"}, host_arch="amd64")
+    assert f["arm"]["factor"] == 5.5 and "measured on arm" in f["arm"]["source"]
+    assert f["other-arm"]["factor"] == 6.0 and "other arm64 nodes" in f["other-arm"]["source"]
+    assert f["amd-x"]["factor"] == 1.0 and "native" in f["amd-x"]["source"]
+    assert f["rv"]["factor"] == 1.0 and "not measured" in f["rv"]["source"]
+    assert ks.factors_for(None, {"rv": "riscv64"}, host_arch="amd64")["rv"]["factor"] == 1.0
+    assert calibrate.KUBE_STARTUP_VERSION >= 4          # older caches have no factors: re-measured
+
+
 class _FakeKube:
     """What SubstrateChoice.with_startup reads of a kube substrate."""
     def __init__(self, real):
@@ -101,6 +144,27 @@ def test_real_kube_nodes_give_the_twin_the_cached_calibration(tmp_path, monkeypa
     cal = choice.metrics()["calibration"]
     assert cal["startup"].startswith(str(path)) and "kube real nodes" in cal["startup"]
     assert cal["startup_ms"] == {"native": 900.0, "wasm": 1400.0}
+
+
+def test_with_startup_gives_a_kube_substrate_the_emulation_factors_and_records_them(tmp_path, monkeypatch):
+    """The calibration document also carries the factors: with_startup hands it to the substrate
+    (set_emulation) and the run's substrate_metadata records what the substrate applied."""
+    path = _cache(tmp_path, monkeypatch)
+    doc = {"kind": "KubeStartupCalibration", "created": "2026-12-05T00:00:00+00:00",
+           "startup_ms": {"native": {"median_ms": 900.0}}, "dispatch_ms": None,
+           "emulation": {"per_node": {"k0": {"arch": "arm64", "factor": 5.0, "kernel_cpu_ms": {"n": 3}}}}}
+    calibrate.write(doc, path)
+    seen = []
+
+    class Emulating(_FakeKube):
+        def set_emulation(self, d):
+            seen.append(d)
+            return {"k0": {"factor": d["emulation"]["per_node"]["k0"]["factor"], "source": "measured"}}
+
+    choice = SubstrateChoice(requested="kube", name="kube", metadata={"substrate": "kube"})
+    choice.with_startup(TimingModel(), Emulating({"k0": 1.0}))
+    assert seen and seen[0]["emulation"] == doc["emulation"]
+    assert choice.metrics()["substrate_metadata"]["emulation_factors"] == {"k0": {"factor": 5.0, "source": "measured"}}
 
 
 def test_failed_kube_measurement_is_said_not_raised(tmp_path, monkeypatch):

@@ -63,6 +63,10 @@ def test_pod_manifest_pins_labels_and_delay():
     assert m["metadata"]["annotations"][act.DURATION_ANNOTATION] == "900"
     assert m["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "2000m"
     assert "runtimeClassName" not in m["spec"]
+    # a real node's limit never rounds above its parent cgroup's quota (1 core x speed 1 x scale 0.555556)
+    real = act.pod_manifest(_spec(cpu_limit=0.555556))["spec"]["containers"][0]["resources"]
+    assert real["limits"]["cpu"] == real["requests"]["cpu"] == "555m"
+    assert act.pod_manifest(_spec(cpu_limit=0.3))["spec"]["containers"][0]["resources"]["limits"]["cpu"] == "300m"
     aff = act.pod_manifest(_spec(), pinning="affinity")["spec"]
     assert "nodeName" not in aff
     term = aff["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]
@@ -723,6 +727,47 @@ def test_real_nodes_share_the_host_so_the_twin_gets_their_speed_over_the_measure
     assert snap.nodes["edge-a-0"].node.speed == pytest.approx(expected_speed)
     assert snap.nodes["edge-a-0"].node == replace(cluster.node("edge-a-0"), speed=snap.nodes["edge-a-0"].node.speed)
     assert snap.nodes["cloud-0"].node.speed == cluster.node("cloud-0").speed
+
+
+def test_a_foreign_arch_real_node_gets_its_speed_over_slowdown_times_emulation_factor(tmp_path, monkeypatch):
+    """Issue 16/18: edge-a-0 (arm64, real) runs its native worker through QEMU: the twin's speed is the
+    spec's over (shared-host slowdown x its measured emulation factor), one node-add per real node at ts
+    0 (the slowdown-only one is replaced); KWOK nodes untouched; metadata records factor and source; the
+    deadline's cluster (twin_cluster) has the same speeds."""
+    from dtlab import hostlock, hostnoise
+    from dtlab.state import ClusterState
+    from dtlab.substrates.kube import KubeSubstrate
+    monkeypatch.setenv(hostlock.ENV_PATH, str(tmp_path / "host.lock"))
+    monkeypatch.setattr(hostnoise, "check_kernel",
+                        lambda join=None, target_ms=40.0: {"cpu_ratio": 1.0, "wall_ratio": 1.5})
+    doc = {"emulation": {"reference": {"source": "native real nodes"}, "per_node": {
+        "edge-a-0": {"arch": "arm64", "factor": 5.6, "kernel_cpu_ms": {"n": 3}}}}}
+    cluster = load_cluster(REPO / "examples" / "cluster-hetero.yaml")
+    sub = KubeSubstrate(cluster, actuator=OneRealNodeActuator(), observer_factory=lambda *a: FakeObserver(), noise=False)
+    try:
+        factors = sub.set_emulation(doc)
+        adds = [e for e in sub.events() if e["kind"] == "node-add"]
+        meta = sub.metadata()
+        twin_cluster = sub.twin_cluster()
+        json.dumps(meta)
+    finally:
+        sub.close()
+    assert factors == {"edge-a-0": {"factor": 5.6, "source": factors["edge-a-0"]["source"]}}
+    assert "measured on edge-a-0" in factors["edge-a-0"]["source"]
+    assert meta["emulation_factors"] == factors and meta["shared_host_slowdown"] == pytest.approx(1.5)
+    assert [e["node"]["name"] for e in adds] == ["edge-a-0"] and adds[0]["ts"] == 0.0
+    state = ClusterState(cluster)
+    state.apply_many(adds)
+    snap = state.snapshot()
+    assert snap.nodes["edge-a-0"].node.speed == pytest.approx(0.6 / (1.5 * 5.6))
+    assert snap.nodes["cloud-0"].node.speed == cluster.node("cloud-0").speed
+    assert twin_cluster.node("edge-a-0").speed == pytest.approx(0.6 / (1.5 * 5.6))
+    assert [n.speed for n in twin_cluster.nodes if n.name != "edge-a-0"] == \
+        [n.speed for n in cluster.nodes if n.name != "edge-a-0"]
+    # the twin's predicted service time of a 300 ms stage there: 300 / (0.6 / 8.4) ms
+    from dtlab.timing import TimingModel
+    stage = Stage("s", Compute(cpu=1, duration_ms=300))
+    assert TimingModel().mean_service_ms(stage, snap.nodes["edge-a-0"].node, 1.0) == pytest.approx(300 / 0.6 * 8.4)
 
 
 def test_node_to_dict_round_trips_through_the_cluster_reader_with_its_power_model():

@@ -159,6 +159,13 @@ def run_startup(args) -> int:
         print(f"  {fmt:13s} median {v['median_ms']:.1f} ms  (min {v['min_ms']:.1f}, max {v['max_ms']:.1f}, n {v['n']})")
     for fmt, why in doc["unavailable"].items():
         print(f"  {fmt}: not measured ({why})")
+    emu = doc.get("emulation") or {}
+    for node, v in (emu.get("per_node") or {}).items():
+        k = v["kernel_cpu_ms"]
+        print(f"  emulation {node} ({v['arch']}): factor {v['factor']:.2f}  (kernel CPU median {k['median_ms']:.1f} ms "
+              f"for {emu['work_ms']:.0f} ref ms, n {k['n']})")
+    if emu:
+        print(f"  emulation reference: {emu['reference']['source']}")
     return 0
 
 

@@ -66,7 +66,8 @@ class SubstrateChoice:
         fabric launch path with the dispatch delay
         (:func:`dtlab.fabric.host_calibration.startup_calibration`); on kube with real nodes: pod create ->
         worker start of real pods (:func:`dtlab.kube.startup.startup_calibration`; KWOK-only clusters keep
-        none, their delays are annotated). Both are measured once per worker build and cached. A failed
+        none, their delays are annotated), and the same pods' emulation factor per real node divides its
+        speed in the twin (``sub.set_emulation``; run.json ``substrate_metadata.emulation_factors``). Both are measured once per worker build and cached. A failed
         measurement leaves start-up unmodelled and says so in the note."""
         if timing is None or self.name not in ("fabric", "kube"):
             return timing
@@ -86,6 +87,12 @@ class SubstrateChoice:
             except Exception as exc:  # noqa: BLE001 - run without start-up, say so
                 self.startup = {}
                 self.note = "; ".join(x for x in (self.note, f"start-up calibration failed ({exc}); not modelled") if x)
+        emulate = getattr(sub, "set_emulation", None)
+        if self.name == "kube" and callable(emulate):
+            # the same pods measured each real node's emulation factor: the twin's speeds (node-add)
+            factors = emulate(self.startup)
+            if self.metadata.get("substrate") == "kube" and not self.metadata.get("emulation_factors"):
+                self.metadata["emulation_factors"] = {n: dict(v) for n, v in factors.items()}
         if not self.startup:
             return timing
         scale = getattr(sub, "time_scale", None) or getattr(sub, "opts", {}).get("time_scale", 1.0)

@@ -232,6 +232,8 @@ def run(params: dict[str, Any] | None = None) -> ExperimentResult:
     if choice is not None:
         metrics["calibration"] = choice.calibration()
         metrics["deadline_ms"] = deadlines.workload.template.deadline_ms
+        if choice.metadata:
+            metrics["substrate_metadata"] = dict(choice.metadata)
     regime.record(metrics, regimes, nominal_slack=p["deadline_slack"], isolated_ms=round(deadlines.isolated_ms, 1),
                   rate_per_s=p["rate_per_s"], measured_in=scenarios[0][0],
                   background_mean=_background(p))
@@ -386,11 +388,12 @@ class _Deadlines:
         self.workload, self.isolated_ms = regime.with_deadline_slack(workload, cluster, slack)
         self._fixed = False
 
-    def fix(self, timing):
-        """The workload with the deadline for ``timing`` (the first call decides; later calls return it)."""
+    def fix(self, timing, cluster=None):
+        """The workload with the deadline for ``timing`` on ``cluster`` (the twin's view of the nodes'
+        speeds; None: the spec's) - the first call decides; later calls return it."""
         if not self._fixed:
-            self.workload, self.isolated_ms = regime.with_deadline_slack(self._file, self._cluster, self._slack,
-                                                                         timing=timing)
+            self.workload, self.isolated_ms = regime.with_deadline_slack(self._file, cluster or self._cluster,
+                                                                         self._slack, timing=timing)
             self._fixed = True
         return self.workload
 
@@ -408,7 +411,13 @@ def run_one(p: dict, cluster, deadlines: _Deadlines, scenario: str, events, stra
     with open_substrate(p, cluster, seed) as sub:
         if choice is not None:
             twin.timing = choice.with_startup(twin.timing, sub)
-        workload = deadlines.fix(twin.timing)
+            meta = getattr(sub, "metadata", None)
+            if not choice.metadata and callable(meta):
+                choice.metadata = dict(meta())     # run.json: slowdown, emulation_factors, links
+        # the deadline's isolated latency on the speeds the twin plans with (kube real nodes: over the
+        # shared-host slowdown and each node's emulation factor, KubeSubstrate.twin_cluster)
+        twin_cluster = getattr(sub, "twin_cluster", None)
+        workload = deadlines.fix(twin.timing, twin_cluster() if callable(twin_cluster) else None)
         for ev in events:
             sub.inject(ev.to_dict())
         if on_failure in ("replan", "shadow", "prestage"):   # shadows fall back to re-planning when down too

@@ -327,7 +327,7 @@ def summary_ms(v: list[float]) -> dict[str, Any]:
 
 
 STARTUP_VERSION = 2        # 2: two-stage probes, dispatch_ms measured too
-KUBE_STARTUP_VERSION = 3   # kube: 3: dispatch_ms = the stage hand-off lag (worker end -> end observed)
+KUBE_STARTUP_VERSION = 4   # kube: 3: dispatch_ms = the stage hand-off lag (worker end -> end observed); 4: emulation factors
 
 
 def startup_cache_path(substrate: str = "fabric") -> Path:

@@ -147,7 +147,10 @@ def pod_manifest(spec: PodSpec, namespace: str = NAMESPACE, pinning: str = "node
     labels = {MANAGED_BY: "dtlab", JOB_LABEL: label_value(spec.job), STAGE_LABEL: label_value(spec.stage),
               ATTEMPT_LABEL: str(int(spec.attempt)), ARCH_LABEL: label_value(spec.arch),
               FORMAT_LABEL: fmt_family, NODE_LABEL: label_value(spec.node), NODE_KIND_LABEL: spec.node_kind}
-    cpu_m = max(1, int(round((spec.cpu_limit if spec.cpu_limit is not None else spec.cpu) * 1000)))
+    # millicores rounded down: a real node's parent cgroup has a quota of cores x speed x scale CPUs
+    # (dtlab.kube.realnodes), and runc refuses a container quota above it (cgroup v1: "invalid argument";
+    # a 1-core speed-1 node at scale 0.555556 got 556m = 55600 us over its 55556 us)
+    cpu_m = max(1, int((spec.cpu_limit if spec.cpu_limit is not None else spec.cpu) * 1000 + 1e-6))
     mem_mi = max(1, int(round(spec.mem_gb * 1024)))
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",

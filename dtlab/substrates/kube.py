@@ -147,6 +147,8 @@ class KubeSubstrate(WallClockSubstrate):
         self._owns_plane = False
         self._real: dict[str, float] = {}
         self.host_slowdown: float | None = None     # see _shared_host_slowdown
+        self.emulation: dict[str, dict[str, Any]] = {}     # real node -> {factor, source}: set_emulation
+        self._speed_adds: list[dict[str, Any]] = []        # the node-add events of _speed_events
         self.links = None
         self.observer = None
         try:
@@ -196,6 +198,7 @@ class KubeSubstrate(WallClockSubstrate):
             self.links = self._open_links(kc)
             self._t0 = time.time()
             self.host_slowdown = self._shared_host_slowdown(cluster)
+            self._speed_events()
             factory = observer_factory or (lambda sink, known_nodes, clock: Observer(
                 kc, sink=sink, namespace=self.opts["namespace"], known_nodes=known_nodes, clock=clock))
             self.observer = factory(self._on_events, [n.name for n in cluster.nodes],
@@ -524,26 +527,62 @@ class KubeSubstrate(WallClockSubstrate):
         kubelet refuses a narrower cpuset), so their pods share the cores with the kubelets, containerd,
         the plane and this controller. As the fabric does without a cpuset split, the twin is told:
         each real node's speed divided by the slowdown the opening calibration check measured
-        (:func:`dtlab.hostnoise.shared_host_slowdown`), as node-add events at ts 0. KWOK nodes run no
+        (:func:`dtlab.hostnoise.shared_host_slowdown`; :meth:`speed_divisor`). KWOK nodes run no
         code and keep their speed. Returns the slowdown (None: no real nodes or not measured)."""
-        from dataclasses import replace
-
         from .. import hostnoise
-        from ..model import node_to_dict
 
         if not self._real or self._noise is None:
             return None
-        slowdown = hostnoise.shared_host_slowdown(self._noise.cal0)
-        if slowdown is not None and slowdown > hostnoise.SLOWDOWN_TOLERANCE:
-            with self._lock:
-                self._events.extend({"kind": "node-add", "ts": 0.0,
-                                     "node": node_to_dict(replace(n, speed=n.speed / slowdown))}
-                                    for n in cluster.nodes if n.name in self._real)
-        return slowdown
+        return hostnoise.shared_host_slowdown(self._noise.cal0)
+
+    def set_emulation(self, doc: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+        """Each real node's emulation factor from a kube start-up calibration document
+        (:func:`dtlab.kube.startup.factors_for`: a foreign-arch node's "native" worker runs through
+        QEMU, 5-9x slower than the twin's native model), applied to the twin's speeds
+        (:meth:`_speed_events`). Returns node -> {factor, source} (also in ``metadata()``)."""
+        from ..kube.startup import factors_for
+
+        self.emulation = factors_for(dict(doc or {}), {n: self._cluster.node(n).arch for n in sorted(self._real)
+                                                        if n in self._cluster.by_name})
+        self._speed_events()
+        return self.emulation
+
+    def speed_divisor(self, node: str) -> float:
+        """The one rule for what divides a node's speed in the twin: on a real node the shared-host
+        slowdown (when above :data:`dtlab.hostnoise.SLOWDOWN_TOLERANCE`) times its emulation factor
+        (:meth:`set_emulation`); 1 on KWOK nodes (they run no code)."""
+        from .. import hostnoise
+
+        if node not in self._real:
+            return 1.0
+        slow = self.host_slowdown if self.host_slowdown is not None and \
+            self.host_slowdown > hostnoise.SLOWDOWN_TOLERANCE else 1.0
+        return float(slow) * float((self.emulation.get(node) or {}).get("factor", 1.0))
+
+    def twin_cluster(self) -> Cluster:
+        """The cluster as the twin sees it: each node's speed over :meth:`speed_divisor` (what the
+        node-add events at ts 0 tell it), for estimates made outside the twin's state (V4's deadline)."""
+        from dataclasses import replace
+        return replace(self._cluster, nodes=tuple(replace(n, speed=n.speed / self.speed_divisor(n.name))
+                                                  for n in self._cluster.nodes))
+
+    def _speed_events(self) -> None:
+        """One node-add at ts 0 per real node whose twin speed differs from the spec
+        (:meth:`speed_divisor`); replaces the ones sent before if the twin has not read them yet."""
+        from ..model import node_to_dict
+
+        with self._lock:
+            sent = {id(e) for e in self._speed_adds}
+            self._events = [e for e in self._events if id(e) not in sent]
+            self._speed_adds = [{"kind": "node-add", "ts": 0.0, "node": node_to_dict(n)}
+                                for n in self.twin_cluster().nodes
+                                if n.name in self._real and self.speed_divisor(n.name) != 1.0]
+            self._events.extend(self._speed_adds)
 
     def metadata(self) -> dict[str, Any]:
         return {"substrate": "kube", "kubeconfig": self.kubeconfig, "namespace": self.opts["namespace"],
                 "shared_host_slowdown": self.host_slowdown,
+                "emulation_factors": {n: dict(v) for n, v in self.emulation.items()},
                 "time_scale": self.opts["time_scale"], "pinning": self.opts["pinning"],
                 "owns_plane": self._owns_plane, "observer": self.observer.stats() if self.observer else None,
                 "actuator_retries": self.actuator.retries, "errors": list(self._errors),

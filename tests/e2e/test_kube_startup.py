@@ -65,6 +65,9 @@ def test_kube_startup_calibration_feeds_the_twin(plane, tmp_path, monkeypatch):
         assert v["n"] == 2 and 0 < v["min_ms"] <= v["median_ms"] <= v["max_ms"] < 60_000, (fmt, v)
     assert "su-kw" not in doc["per_node"]        # KWOK: annotated delays, nothing measured
     assert set(doc["warmup_ms"]) == {"su-real"}   # the uncounted first pod, recorded apart
+    emu = doc["emulation"]        # the native probes' work: the host's arch is the reference, factor 1
+    assert emu["reference"]["nodes"] == ["su-real"] and emu["per_node"]["su-real"]["factor"] == 1.0, emu
+    assert emu["per_node"]["su-real"]["kernel_cpu_ms"]["n"] == 2 and "su-kw" not in emu["per_node"]
 
     # the twin on this plane takes the cached document (here: the one just written)
     monkeypatch.setattr(calibrate, "startup_cache_path", lambda substrate="fabric": out)

@@ -104,6 +104,9 @@ def test_v4_kube_real_node_failure_moves_stages_to_shadows(plane):
     assert hit["jobs_lost"] == 0, hit                   # shadows: no job lost to the dead node
     # the killed kubelet's stages moved, and each move is counted (failovers was always 0 on kube)
     assert hit["affected_stages"] >= 1 and hit["failovers"] >= 1, hit
+    # issues 16/18: the twin knows the emulated nodes' measured factors (and run.json records them)
+    factors = res.metrics["substrate_metadata"]["emulation_factors"]
+    assert factors["rs-amd"]["factor"] == 1.0 and factors["rs-arm"]["factor"] > 2.0, factors
     # the twin plans, and the deadline is set, with the container start-up measured on the real nodes
     from dtlab.experiments import regime
     startup = res.metrics["calibration"]["startup_ms"]
