@@ -274,3 +274,38 @@ def test_fabric_cleanup_never_sweeps_under_a_live_run(lockfile, monkeypatch, cap
     assert rc == 1 and swept == []
     assert "a wall-clock run is live" in capsys.readouterr().err
     assert cli.main(["fabric", "cleanup"]) == 0 and swept == ["sweep", "sweep_controllers", "sweep"]
+
+
+def test_fabric_cleanup_keeps_the_real_node_cgroups_of_a_plane_that_is_up(lockfile, tmp_path, monkeypatch, capsys):
+    """A local plane lives between runs without the host lock: cleanup must not kill its kubelets' cgroups
+    (it did: a CI run's README test swept a live plane's `dtlab-<plane>-<node>`), but still sweeps a dead one's."""
+    import json
+
+    from dtlab import cli
+    from dtlab.fabric import netns
+    from dtlab.kube import localplane
+
+    monkeypatch.setenv("DTLAB_CACHE", str(tmp_path / "cache"))
+    me = {"pid": os.getpid(), "start_time": localplane._proc_start_time(os.getpid())}
+    dead = {"pid": 1, "start_time": "not-this-one"}                     # pid 1 is not that process: gone
+    for plane, proc in (("up", me), ("down", dead)):
+        d = tmp_path / "cache" / "localplane" / plane
+        d.mkdir(parents=True)
+        (d / "state.json").write_text(json.dumps({"processes": {"kube-apiserver": proc},
+                                                  "real_nodes": [{"name": "n1", "cgroup": f"dtlab-{plane}-n1",
+                                                                  "processes": {"kubelet": dead}}]}))
+    assert localplane.live_cgroups() == {"dtlab-up-n1"}
+
+    root = tmp_path / "cg"
+    (root / "cpu").mkdir(parents=True)
+    (root / "cpu" / "cpu.cfs_quota_us").write_text("-1")
+    for name in ("dtlab-up-n1", "dtlab-down-n1", "dtlab-leftover", "system"):
+        (root / "cpu" / name).mkdir()
+    monkeypatch.setattr(cgroups, "CGROUP_ROOT", root)
+    monkeypatch.setattr(cgroups, "sweep_controllers", lambda **k: [])   # the host's real cpuset/cpuacct
+    monkeypatch.setattr(netns, "sweep", lambda *a, **k: [])             # and its real namespaces: not here
+    assert cli.main(["fabric", "cleanup"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["kept"] == ["dtlab-up-n1"]
+    assert sorted(Path(p).name for p in out["removed"]) == ["dtlab-down-n1", "dtlab-leftover"]
+    assert sorted(p.name for p in (root / "cpu").iterdir() if p.is_dir()) == ["dtlab-up-n1", "system"]

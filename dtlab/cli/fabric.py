@@ -174,14 +174,16 @@ def run_cleanup(args) -> int:
     run's lock is gone with its process), so a live run's cgroups and namespaces are never swept."""
     from .. import hostlock
     from ..fabric import cgroups, netns
+    from ..kube import localplane
 
     try:
         with hostlock.exclusive("dtlab fabric cleanup", timeout_s=0):
-            removed = cgroups.sweep() + cgroups.sweep_controllers() + netns.sweep()
+            keep = localplane.live_cgroups()      # a plane that is up holds no lock between runs
+            removed = cgroups.sweep(keep=keep) + cgroups.sweep_controllers(keep=keep) + netns.sweep()
     except hostlock.HostBusy as exc:
         print(f"dtlab fabric cleanup: nothing removed, a wall-clock run is live: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps({"removed": removed}))
+    print(json.dumps({"removed": removed, "kept": sorted(keep)}))
     return 0
 
 

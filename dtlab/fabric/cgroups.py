@@ -26,7 +26,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 from ..errors import SubstrateUnavailable
 
@@ -201,15 +201,16 @@ def remove_tree(path: Path, procs_file: str = "cgroup.procs", timeout_s: float =
     _rmdir_bottom_up(path, timeout_s, kill)
 
 
-def sweep(prefix: str = PREFIX, root: Path | None = None) -> list[str]:
-    """Remove every cgroup whose top-level name starts with ``prefix`` (the `dtlab fabric cleanup` sweep)."""
+def sweep(prefix: str = PREFIX, root: Path | None = None, keep: Collection[str] = ()) -> list[str]:
+    """Remove every cgroup whose top-level name starts with ``prefix`` (the `dtlab fabric cleanup` sweep),
+    except those named in ``keep`` (a live local plane's real nodes)."""
     removed: list[str] = []
     try:
         fs = detect(root)
     except SubstrateUnavailable:
         return removed
     for d in fs.base.iterdir():
-        if d.is_dir() and d.name.startswith(prefix):
+        if d.is_dir() and d.name.startswith(prefix) and d.name not in keep:
             remove_tree(d, fs.procs_file)
             removed.append(str(d))
     return removed
@@ -364,15 +365,16 @@ def split_cpus(cpus: list[int], node_cpus: str = "auto") -> tuple[list[int], lis
     return nodes, rest, f"node_cpus {node_cpus}" + ("" if rest != cpus else " (no CPU left for the rest: shared)")
 
 
-def sweep_controllers(prefix: str = PREFIX, root: Path | None = None) -> list[str]:
-    """Remove leftover cpuset/cpuacct groups named ``prefix*`` (the `dtlab fabric cleanup` sweep)."""
+def sweep_controllers(prefix: str = PREFIX, root: Path | None = None, keep: Collection[str] = ()) -> list[str]:
+    """Remove leftover cpuset/cpuacct groups named ``prefix*`` (the `dtlab fabric cleanup` sweep),
+    except those named in ``keep``."""
     removed: list[str] = []
     for name in ("cpuset", "cpuacct"):
         base = controller_dir(name, root)
         if base is None or base == Path(root or CGROUP_ROOT):
             continue
         for d in base.iterdir():
-            if d.is_dir() and d.name.startswith(prefix):
+            if d.is_dir() and d.name.startswith(prefix) and d.name not in keep:
                 try:
                     evacuate_tree(d, base)
                     removed.append(str(d))

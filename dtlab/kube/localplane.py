@@ -555,6 +555,26 @@ def _save_state(name: str, state: Mapping[str, Any]) -> None:
     atomic_write_text(_state_path(name), json.dumps(state, indent=2))
 
 
+def live_cgroups() -> set[str]:
+    """Top-level cgroup names (``dtlab-<plane>-<node>``) of the real nodes of every local plane that
+    is up (a process of its state alive): ``dtlab fabric cleanup`` keeps them. A plane lives between
+    runs without holding the host lock, so the lock alone does not protect it."""
+    out: set[str] = set()
+    base = cache_dir() / "localplane"
+    if not base.is_dir():
+        return out
+    for path in sorted(base.glob("*/state.json")):
+        st = load_state(path.parent.name)
+        if not st:
+            continue
+        procs = list((st.get("processes") or {}).values())
+        for rec in st.get("real_nodes") or []:
+            procs += list((rec.get("processes") or {}).values())
+        if any(isinstance(p, Mapping) and _alive(p) for p in procs):
+            out |= {str(rec["cgroup"]) for rec in st.get("real_nodes") or [] if rec.get("cgroup")}
+    return out
+
+
 def kubeconfig(name: str = "default") -> str | None:
     """Kubeconfig path of the running plane `name`, or None."""
     st = load_state(name)
