@@ -374,7 +374,8 @@ def substrate_info(run_dir: Path, requested: str) -> dict:
 
 def schedule(preps: Sequence[PreparedRun]) -> list[list[PreparedRun]]:
     """Tasks for parallel workers: every wall-clock run in ONE task (one after the other, so they
-    never measure each other), then one task per sim/twin-only run (those may run beside)."""
+    never measure each other), then one task per sim/twin-only run (those run in parallel with
+    each other, before the wall-clock task: :func:`run`)."""
     wall = [p for p in preps if wall_clock_reason(p)]
     return ([wall] if wall else []) + [[p] for p in preps if p not in wall]
 
@@ -400,8 +401,10 @@ def run(names: Sequence[str], params_file: str | os.PathLike | None = None, smok
         lock_timeout_s: float | None = None) -> list[RunOutcome]:
     """Run experiments (``["all"]`` for all six). Every params file is validated before the first
     kernel starts, so a typo in V6's file does not waste V1's minutes. ``jobs`` > 1 runs
-    experiments in parallel processes; the wall-clock ones (fabric) one at a time in one of them,
-    under the host lock (:func:`execute`), while sim/twin-only experiments run beside."""
+    experiments in parallel processes: first the sim/twin-only ones, then the wall-clock ones (fabric)
+    one at a time under the host lock (:func:`execute`) with nothing of this run beside them. (They
+    used to run beside the sims: V1 on the fabric then measured 82 % foreign CPU on its node cores and
+    was flagged NOISY; the sims take about a minute.)"""
     from tqdm.auto import tqdm
 
     experiments = resolve_experiments(names)
@@ -423,11 +426,13 @@ def run(names: Sequence[str], params_file: str | os.PathLike | None = None, smok
         import multiprocessing as mp
 
         tasks = schedule(preps)
+        wall = [t for t in tasks if any(wall_clock_reason(p) for p in t)]
         with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(_execute_in_worker, t, str(out_root), force, lock_timeout_s) for t in tasks]
-            for fut in as_completed(futures):
-                for o in fut.result():
-                    report(o)
+            for phase in ([t for t in tasks if t not in wall], wall):     # sims first, then the measured lane alone
+                futures = [pool.submit(_execute_in_worker, t, str(out_root), force, lock_timeout_s) for t in phase]
+                for fut in as_completed(futures):
+                    for o in fut.result():
+                        report(o)
     else:
         for p in preps:
             report(execute(p, out_root, force=force, progress=progress and len(preps) == 1,

@@ -309,3 +309,41 @@ def test_fabric_cleanup_keeps_the_real_node_cgroups_of_a_plane_that_is_up(lockfi
     assert out["kept"] == ["dtlab-up-n1"]
     assert sorted(Path(p).name for p in out["removed"]) == ["dtlab-down-n1", "dtlab-leftover"]
     assert sorted(p.name for p in (root / "cpu").iterdir() if p.is_dir()) == ["dtlab-up-n1", "system"]
+
+
+def test_parallel_dtlab_run_finishes_the_sims_before_the_wall_clock_lane_starts(monkeypatch):
+    """`make experiments` (-j 2): a sim beside the fabric lane took 82 % of V1's node CPU (NOISY); the
+    wall-clock lane now starts once every sim/twin-only run has finished."""
+    from concurrent.futures import Future
+
+    from dtlab import runner
+
+    monkeypatch.setattr(hostlock, "wall_clock", lambda params: "fabric" if params.get("substrate") == "fabric" else None)
+    subs = {"V1": "fabric", "V2": "fabric", "V4": "sim", "V5": "twin", "V6": "sim"}
+    monkeypatch.setattr(runner, "prepare", lambda e, *a, **k: runner.PreparedRun(e, Path("x"), {"substrate": subs[e.id]},
+                                                                                   run_id=e.id))
+    monkeypatch.setattr(runner, "ensure_kernel", lambda *a, **k: "k")
+    events: list[tuple[str, str]] = []
+
+    class Pool:                       # in-process: records when each task is submitted and done
+        def __init__(self, **kw):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, fn, task, *args):
+            events.append(("submit", "+".join(p.run_id for p in task)))
+            fut: Future = Future()
+            fut.set_result([runner.RunOutcome(p.experiment.id, p.run_id, Path("x"), "ok") for p in task])
+            events.append(("done", "+".join(p.run_id for p in task)))
+            return fut
+
+    monkeypatch.setattr(runner, "ProcessPoolExecutor", Pool)
+    out = runner.run(["V1", "V2", "V4", "V5", "V6"], jobs=2, progress=False)
+    assert [o.experiment for o in out] == ["V1", "V2", "V4", "V5", "V6"]
+    wall_submitted = events.index(("submit", "V1+V2"))
+    assert {e[1] for e in events[:wall_submitted] if e[0] == "done"} == {"V4", "V5", "V6"}
