@@ -403,8 +403,8 @@ def run(names: Sequence[str], params_file: str | os.PathLike | None = None, smok
     kernel starts, so a typo in V6's file does not waste V1's minutes. ``jobs`` > 1 runs
     experiments in parallel processes: first the sim/twin-only ones, then the wall-clock ones (fabric)
     one at a time under the host lock (:func:`execute`) with nothing of this run beside them. (They
-    used to run beside the sims: V1 on the fabric then measured 82 % foreign CPU on its node cores and
-    was flagged NOISY; the sims take about a minute.)"""
+    used to run beside the sims, which take a minute or two: a V1 fabric run that had them beside it
+    for its first two minutes saw 82 % foreign CPU on its node cores and was flagged NOISY.)"""
     from tqdm.auto import tqdm
 
     experiments = resolve_experiments(names)
