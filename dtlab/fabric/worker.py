@@ -148,7 +148,7 @@ def warm(fmt: str) -> None:
 # ------------------------------------------------------------ iterations per reference ms
 def iterations_per_ms(kernel: str = "mix", refresh: bool = False) -> float:
     """Native kernel iterations per CPU millisecond on this host (measured once, cached)."""
-    path = cache_dir() / f"ipms.{build_dir().name}.{platform.node() or 'host'}.json"
+    path = _ipms_path()
     table: dict[str, float] = {}
     if path.exists() and not refresh:
         try:
@@ -160,6 +160,59 @@ def iterations_per_ms(kernel: str = "mix", refresh: bool = False) -> float:
     table[kernel] = measure_ipms(kernel)
     atomic_write_text(path, json.dumps(table, indent=1))
     return table[kernel]
+
+
+#: re-measure the cached iterations per ms when the kernel's CPU time per iteration is off by more than this
+IPMS_TOLERANCE = 0.05
+#: a process re-checks at most this often (V1 on the fabric opens ~100 substrates in one kernel)
+IPMS_RECHECK_S = 120.0
+_last_recheck: dict[str, tuple[float, dict]] = {}
+
+
+def recheck_ipms(kernel: str = "mix", probes: int = 3, target_ms: float = 60.0,
+                 tolerance: float = IPMS_TOLERANCE, min_interval_s: float = IPMS_RECHECK_S) -> dict:
+    """Check the cached iterations per ms against the machine as it is now; re-measure the whole table
+    when the native kernel's CPU time per iteration is off by more than ``tolerance``.
+
+    Why: the table is cached per host and build, but this VM's speed moves by 10 % and more between
+    hours (measured: a table written under load made a quiet host's stages run 8-13 % short of their
+    reference ms, and V2's median APE went from 4.6 % to 10.3 % with every prediction too long).
+    A stage's work is ``D * ipms`` iterations, so a stale table shifts every stage the twin predicts.
+    Returns ``{cpu_ratio, probes, refreshed, [old, new, cpu_ratio_after]}`` for the run's metadata
+    (``cpu_ratio`` 1.0 = as cached; the median of ``probes`` short runs, since one run varies ~5 %)."""
+    now = time.monotonic()
+    last = _last_recheck.get(kernel)
+    if last is not None and now - last[0] < min_interval_s:
+        return {**last[1], "reused_s_ago": round(now - last[0], 1)}
+
+    def ratio() -> list[float]:
+        ipms = iterations_per_ms(kernel)
+        iters = max(1, int(target_ms * ipms))
+        out = []
+        for _ in range(probes):
+            r = run_kernel("native", kernel, iters)
+            out.append(_cost(r) / (iters / ipms))
+        return out
+
+    before = ratio()
+    res: dict = {"cpu_ratio": round(statistics.median(before), 4), "probes": [round(x, 4) for x in before],
+                 "tolerance": tolerance, "refreshed": False}
+    if abs(res["cpu_ratio"] - 1.0) > tolerance:
+        path = _ipms_path()
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            old = {}
+        new = {k: measure_ipms(k) for k in sorted(set(old) | {kernel})}
+        atomic_write_text(path, json.dumps(new, indent=1))
+        res.update(refreshed=True, old={k: round(float(v), 4) for k, v in old.items()},
+                   new={k: round(v, 4) for k, v in new.items()}, cpu_ratio_after=round(statistics.median(ratio()), 4))
+    _last_recheck[kernel] = (now, res)
+    return res
+
+
+def _ipms_path() -> Path:
+    return cache_dir() / f"ipms.{build_dir().name}.{platform.node() or 'host'}.json"
 
 
 def measure_ipms(kernel: str, target_ms: float = 150.0, reps: int = 5) -> float:

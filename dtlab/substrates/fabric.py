@@ -189,6 +189,7 @@ class FabricSubstrate(WallClockSubstrate):
         self.net = self.datapath = self._zygote = None
         self._cg_top = self._cg_probe = self._cs_nodes = self._cs_rest = self._acct_nodes = None
         self.host_slowdown: float | None = None
+        self.ipms_check: dict[str, Any] | None = None   # worker.recheck_ipms at open
         self._cs_home: str | None = None
         self._hold = None
         self._t0 = time.monotonic()          # restarted when the fabric is ready (events may come before)
@@ -231,6 +232,7 @@ class FabricSubstrate(WallClockSubstrate):
                 self._hold = hostlock.acquire(f"fabric {self.fid} (pid {os.getpid()})", lock_timeout_s,
                                               on_wait=lambda msg: print(msg, file=sys.stderr, flush=True))
             worker.iterations_per_ms(kernel)      # calibrate (once per host) before the clock starts
+            self.ipms_check = worker.recheck_ipms(kernel)   # ... and re-measure when the host's speed moved
             fs = cgroups.detect()
             self._cg_top = cgroups.Cgroup(fs, f"{cgroups.PREFIX}{self.fid}", budget / NODE_HEADROOM
                                           if self.isolated else budget)
@@ -382,7 +384,7 @@ class FabricSubstrate(WallClockSubstrate):
                 "time_scale": self.time_scale, "budget_cores": self.budget, "budget_note": self.budget_note,
                 "node_cpus": cgroups_fmt(self.node_cpus), "rest_cpus": cgroups_fmt(self.rest_cpus),
                 "isolated": self.isolated, "isolation": self.isolation_note, "shared_host_slowdown": self.host_slowdown,
-                "exclusive": self._hold is not None,
+                "ipms_check": self.ipms_check, "exclusive": self._hold is not None,
                 "cgroup_version": self._cg_top.fs.version if self._cg_top else None,
                 "netem": bool(self.net and self.net.netem), "link_shaping": dict(self.mechanism),
                 "overheads": dict(self.timing.overheads), "telemetry": self.telemetry,

@@ -296,3 +296,30 @@ def test_short_kernel_under_tiny_quota_times_its_throttling(fabric_ready):
     assert kernel[len(kernel) // 2] >= 0.4 * expect_ms, kernel
     assert all(r.kernel_ms <= r.process_ms + 1.0 for r in runs), [(r.kernel_ms, r.process_ms) for r in runs]
     assert all(r.kernel_ms >= 5 * native_ms for r in runs), kernel
+
+
+def test_a_stale_iterations_per_ms_table_is_re_measured_at_open(fabric_ready, tmp_path, monkeypatch):
+    """The cached iterations-per-ms table is the fabric's unit of work; a table written when the host was
+    slower (measured: 8-13 % off after a day) shifted every stage. The recheck finds it and re-measures
+    every kernel in the table; a table within tolerance is left alone; a process re-checks at most
+    every IPMS_RECHECK_S."""
+    import json
+
+    from dtlab.fabric import worker
+
+    path = tmp_path / "ipms.json"
+    monkeypatch.setattr(worker, "_ipms_path", lambda: path)
+    monkeypatch.setattr(worker, "_last_recheck", {})
+    true_mix = worker.measure_ipms("mix")
+    path.write_text(json.dumps({"mix": 1.4 * true_mix, "hash": 1.0}))      # 40 % too many iterations per ms
+
+    res = worker.recheck_ipms("mix", min_interval_s=0)
+    assert res["refreshed"] and res["cpu_ratio"] > 1.2, res
+    assert abs(res["cpu_ratio_after"] - 1.0) < 0.15, res
+    table = json.loads(path.read_text())
+    assert set(table) == {"mix", "hash"} and table["hash"] > 10 and abs(table["mix"] / true_mix - 1) < 0.15, table
+    assert res["new"] == {k: round(v, 4) for k, v in table.items()} and res["old"]["hash"] == 1.0
+
+    again = worker.recheck_ipms("mix", min_interval_s=0, tolerance=0.25)
+    assert not again["refreshed"] and json.loads(path.read_text()) == table, again
+    assert "reused_s_ago" in worker.recheck_ipms("mix")                  # within IPMS_RECHECK_S: no new probes
