@@ -232,7 +232,7 @@ class FabricSubstrate(WallClockSubstrate):
                 self._hold = hostlock.acquire(f"fabric {self.fid} (pid {os.getpid()})", lock_timeout_s,
                                               on_wait=lambda msg: print(msg, file=sys.stderr, flush=True))
             worker.iterations_per_ms(kernel)      # calibrate (once per host) before the clock starts
-            self.ipms_check = worker.recheck_ipms(kernel)   # ... and re-measure when the host's speed moved
+            self.ipms_check = worker.recheck_ipms(kernel)   # ... and re-measure if the host's speed moved (once a process)
             fs = cgroups.detect()
             self._cg_top = cgroups.Cgroup(fs, f"{cgroups.PREFIX}{self.fid}", budget / NODE_HEADROOM
                                           if self.isolated else budget)
