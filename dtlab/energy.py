@@ -103,7 +103,7 @@ def stage_energy_matrix(nt, st) -> np.ndarray:
     CPU time is the stage's ``cpu`` x its service time on the node (speed and format overhead included:
     an emulated stage burns more CPU), without processor-sharing slowdown (waiting burns no CPU).
     """
-    return st.cpu[:, None] * st.base_svc / 1000.0 * busy_w_array(nt)[None, :]
+    return st.cpu[:, None] * st.cpu_svc / 1000.0 * busy_w_array(nt)[None, :]
 
 
 def sample_energy(snapshot, job, placement: Mapping[str, str], timing, samples: int,
@@ -120,7 +120,7 @@ def sample_energy(snapshot, job, placement: Mapping[str, str], timing, samples: 
     cols = np.array([nt.index[placement[sid]] for sid in st.ids], dtype=np.int64)
     rows = np.arange(st.t)     # only the placed columns: a plan on 50,000 nodes costs what one on 10 does
     busy = np.array([power_of(nt.nodes[int(c)])[1] for c in cols])
-    mean = st.cpu * st.base_svc[rows, cols] / 1000.0 * busy
+    mean = st.cpu * st.cpu_svc[rows, cols] / 1000.0 * busy
     noise = timing.service_noise(rng, (samples, st.t))
     e = noise * mean[None, :]
     pf = nt.fail_prob[cols]

@@ -385,7 +385,7 @@ class Engine:
             if not fmt:
                 raise SpecError(f"placement.{sid}", f"stage {sid!r} cannot run on node {node!r}")
             cost = jr.info.cost[(sid, node)] = (
-                fmt[0], stage.compute.duration_ms * fmt[1] / ns.node.speed, float(stage.compute.cpu), stage)
+                fmt[0], self.timing.mean_service_ms(stage, ns.node, fmt[1]), float(stage.compute.cpu), stage)
         fmt_key, base_ms, cpu, stage = cost
         attempt = jr.attempts.get(sid, 0) + 1
         jr.attempts[sid] = attempt

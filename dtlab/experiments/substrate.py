@@ -59,10 +59,13 @@ class SubstrateChoice:
     startup_path: str = ""
     startup_used: dict[str, float] = field(default_factory=dict)    # format -> ms (reference) the twin used
     dispatch_used: float = 0.0
+    quota_used: dict[str, dict[str, float]] = field(default_factory=dict)   # node -> {cpu: CFS period ms (reference)}
 
     def with_startup(self, timing: TimingModel, sub: Any) -> TimingModel:
         """``timing`` with the start-up per format this substrate pays, in ``sub``'s reference ms
-        (wall / time_scale); elsewhere ``timing`` unchanged. On the fabric: measured on this host's
+        (wall / time_scale), and on the fabric the stages' CFS quotas (:class:`dtlab.timing.CpuQuota`,
+        from the fabric's own settings: recorded as ``calibration.cpu_quota_period_ms``, not measured);
+        elsewhere ``timing`` unchanged. Start-up on the fabric: measured on this host's
         fabric launch path with the dispatch delay
         (:func:`dtlab.fabric.host_calibration.startup_calibration`); on kube with real nodes: pod create ->
         worker start of real pods (:func:`dtlab.kube.startup.startup_calibration`; KWOK-only clusters keep
@@ -71,6 +74,10 @@ class SubstrateChoice:
         measurement leaves start-up unmodelled and says so in the note."""
         if timing is None or self.name not in ("fabric", "kube"):
             return timing
+        quota = getattr(sub, "cpu_quota", None)
+        if self.name == "fabric" and callable(quota):   # each stage's CFS quota hands out CPU per period
+            timing = timing.with_cpu_quota(quota())
+            self.quota_used = timing.cpu_quota.describe(sorted({1.0, 2.0})) if timing.cpu_quota else {}
         if self.name == "kube" and not (getattr(sub, "real_nodes", None) and sub.real_nodes()):
             return timing
         from ..fabric import calibrate
@@ -123,6 +130,8 @@ class SubstrateChoice:
             out["startup"] = f"{self.startup_path} (created {self.startup.get('created')})"
             out["startup_ms"] = dict(self.startup_used)
             out["dispatch_ms"] = self.dispatch_used
+        if self.quota_used:    # not measured: the fabric's own quota settings (dtlab.timing.CpuQuota)
+            out["cpu_quota_period_ms"] = {n: dict(v) for n, v in self.quota_used.items()}
         return out
 
     def link_events(self, cluster: Cluster) -> list[dict[str, Any]]:

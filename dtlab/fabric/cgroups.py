@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Collection
 
 from ..errors import SubstrateUnavailable
+from ..timing import quota_period_us
 
 CGROUP_ROOT = Path(os.environ.get("DTLAB_CGROUP_ROOT", "/sys/fs/cgroup"))
 PREFIX = "dtlab-"
@@ -73,14 +74,9 @@ def detect(root: Path | None = None) -> CgroupFS:
 
 def cores_to_quota(cores: float, period_us: int = PERIOD_US, min_quota_us: int = MIN_QUOTA_US) -> tuple[int, int]:
     """(quota_us, period_us) for a share of ``cores``; the period grows (up to the kernel's 1 s) if the
-    quota would fall under ``min_quota_us`` (1 ms, the kernel's minimum, by default)."""
-    if cores <= 0:
-        raise ValueError("cores must be positive")
-    quota = int(round(cores * period_us))
-    if quota < min_quota_us:
-        period_us = min(MAX_PERIOD_US, int(round(period_us * min_quota_us / max(cores * period_us, 1e-9))))
-        quota = int(round(cores * period_us))
-    return max(quota, MIN_QUOTA_US), period_us
+    quota would fall under ``min_quota_us`` (1 ms, the kernel's minimum, by default). The rule lives in
+    :func:`dtlab.timing.quota_period_us`, where the twin's model of these quotas reads it too."""
+    return quota_period_us(cores, period_us, min_quota_us, MAX_PERIOD_US)
 
 
 class Cgroup:

@@ -275,6 +275,7 @@ class StageTable:
         self.out_mb = np.array([s.output_mb for s in stages], dtype=float)
         self.cpu = np.array([s.compute.cpu for s in stages], dtype=float)
         self.base_svc = np.full((t, nt.n), np.inf)
+        self.cpu_svc = np.full((t, nt.n), np.inf)    # the fluid service: CPU-busy time (energy)
         self.startup = np.zeros((t, nt.n))      # start-up delay of the stage's format on each node (ms)
         self.fmt_by_sig: list[list[str | None]] = []
         self.feasible = np.zeros((t, nt.n), dtype=bool)
@@ -299,7 +300,10 @@ class StageTable:
             if c.nodes is not None:
                 ok &= np.isin(np.arange(nt.n), [nt.index[n] for n in c.nodes if n in nt.index])
             self.feasible[i] = ok
-            self.base_svc[i, ok] = s.compute.duration_ms * f[ok] / nt.speed[ok]
+            fluid = s.compute.duration_ms * f[ok] / nt.speed[ok]
+            self.cpu_svc[i, ok] = fluid
+            self.base_svc[i, ok] = fluid if timing.cpu_quota is None else \
+                fluid - timing.quota_saving_ms([nt.names[k] for k in np.flatnonzero(ok)], s.compute.cpu, fluid)
         # ancestor relation (topo order: predecessors have smaller indices)
         anc = np.zeros((t, t), dtype=bool)
         for i in range(t):

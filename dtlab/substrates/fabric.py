@@ -41,8 +41,11 @@ the first up node of its origin zone (the twin's origin link); not modelled: mem
   plus up to one tick (4 ms CPU) before it is throttled and repays the overrun later; its time is
   quantised in steps of about one tick of CPU work: ~4 ms against ``100 * scale * T`` ms of work for a
   100 ms 1-cpu stage (~20 % by construction of ``auto``, shrinking as 1/T); (2) process and emulator start-up
-  are real wall time and shrink by 1/T in reference time (the twin does not model start-up either);
-  (3) a period phase of up to one CFS period per stage; (4) other users' processes on the nodes' cores.
+  are real wall time and shrink by 1/T in reference time (the twin models the measured start-up);
+  (3) a period phase of up to one CFS period per stage: each stage's cgroup is fresh and gets its quota
+  per period, so it ends ahead of the fluid time; the twin models the expected half period
+  (:class:`dtlab.timing.CpuQuota`, from :meth:`FabricSubstrate.cpu_quota`); (4) other users' processes on
+  the nodes' cores.
 * *Where isolation is impossible* (one core, ``node_cpus: off``, no cpuset controller) the metadata
   says ``isolated: false`` and the twin models the emulation host as a shared resource under the
   nodes: the opening calibration check (native kernel at the fabric's CPU weight) measures the
@@ -73,7 +76,7 @@ from ..chaos.spec import fault_links
 from ..errors import DtlabError, SpecError, SubstrateUnavailable
 from ..model import Cluster, Job, Link
 from ..plan import Plan
-from ..timing import TimingModel
+from ..timing import CpuQuota, TimingModel
 from . import register
 from .base import JOB_COLUMNS, STAGE_COLUMNS, WallClockSubstrate
 
@@ -299,6 +302,16 @@ class FabricSubstrate(WallClockSubstrate):
     # ------------------------------------------------------------ protocol
     def cluster(self) -> Cluster:
         return self._cluster
+
+    def cpu_quota(self) -> CpuQuota:
+        """The twin's model of the stages' CFS quotas (:class:`dtlab.timing.CpuQuota`): each stage's own
+        cgroup gets ``cpu x speed x scale`` cores (x the node's drift factor now), with the cgroups'
+        period rule, its periods in wall time over ``time_scale``."""
+        from ..fabric import cgroups
+
+        return CpuQuota({n.name: n.speed * self.scale * self.speed_factor[n.name] for n in self._cluster.nodes},
+                        time_scale=self.time_scale, period_us=cgroups.PERIOD_US, min_quota_us=cgroups.MIN_QUOTA_US,
+                        max_period_us=cgroups.MAX_PERIOD_US)
 
     def now_ms(self) -> float:
         """Substrate time in reference ms: wall time since start divided by ``time_scale``."""
