@@ -285,20 +285,29 @@ class PlanBodyCache:
         return job
 
 
+PLAN_THREADS = 1     # see WorkGate: plans take turns on the GIL anyway
+
+
 class WorkGate:
-    """At most ``slots`` computations at once, each answered within a time limit.
+    """At most ``slots`` computations admitted at once, each answered within a time limit; they run
+    one after another on ``threads`` planning thread(s) (default :data:`PLAN_THREADS`).
 
-    A request that finds no free slot gets 429 at once (it never queues behind slow work); one
-    whose computation outlives ``timeout_s`` gets 503 while the computation, already bounded by
-    the work budget, finishes in the background still holding its slot.
+    A request that finds no free slot gets 429 at once (it never queues behind more than ``slots``
+    of work); one whose computation (counted from admission, so a wait behind another plan counts)
+    outlives ``timeout_s`` gets 503 while the computation, already bounded by the work budget,
+    finishes in the background still holding its slot.
 
-    Measured, and kept: running cheap plans on the request thread instead (no handoff) cost more
-    server CPU per request in bench_api (1.62 vs 1.48 ms, alternating rounds against this pool).
+    Why one planning thread: a plan is GIL-bound Python and small numpy, so plans on parallel threads
+    only take turns on the GIL and thrash it (and the waitress threads parsing the next requests wait
+    behind them). /plan from 4 / 8 keep-alive clients, 3 alternating pairs: 581 / 810 req/s on one
+    planning thread against 496 / 677 on four (2026-12-05). Also measured, and not kept: running cheap
+    plans on the request thread (no handoff): 535 req/s at 4 clients, and more server CPU per request.
     """
 
-    def __init__(self, slots: int):
+    def __init__(self, slots: int, threads: int | None = None):
         self.slots = threading.BoundedSemaphore(max(1, slots))
-        self.pool = ThreadPoolExecutor(max_workers=max(1, slots), thread_name_prefix="dtlab-plan")
+        workers = max(1, min(slots, PLAN_THREADS if threads is None else threads))
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dtlab-plan")
 
     def run(self, fn, timeout_s: float):
         if not self.slots.acquire(blocking=False):

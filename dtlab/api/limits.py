@@ -20,8 +20,9 @@ def plan_work(samples: int, stages: int, predictor: str) -> float:
 class ApiConfig:
     """Limits of the service. ``max_work`` caps :func:`plan_work` of one /plan, about its
     microseconds of CPU (2 s with a token by default); callers without a valid token get
-    ``max_work_anonymous``. At most ``max_inflight`` plans compute at once (more: 429); a plan
-    answers 503 after ``request_timeout_s`` (its computation, bounded by the work cap, finishes in
+    ``max_work_anonymous``. At most ``max_inflight`` plans are admitted at once (more: 429); they
+    compute one at a time on the planning thread (``dtlab.api.app.WorkGate``); a plan answers 503
+    ``request_timeout_s`` after its admission (its computation, bounded by the work cap, finishes in
     the background and holds its slot until then). The waitress threads beyond ``max_inflight``
     keep /healthz, /metrics and /snapshot answering while plans saturate the slots."""
     token: str | None = field(default_factory=lambda: os.environ.get("DTLAB_API_TOKEN") or None)
