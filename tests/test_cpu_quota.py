@@ -9,7 +9,7 @@ from dtlab.energy import stage_energy_matrix
 from dtlab.fabric import cgroups
 from dtlab.predict import node_table, sample_latencies, stage_table
 from dtlab.timing import CpuQuota, TimingModel, quota_period_us
-from tests.test_predict import scenarios, single_job, snapshot_of, two_zone
+from tests.test_predict import assert_fast_matches_des, scenarios, single_job, snapshot_of, two_zone
 
 
 def test_one_period_rule_for_the_fabric_and_the_twin():
@@ -73,11 +73,5 @@ def test_both_predictors_take_the_saving_off_each_stage(predictor):
 
 @pytest.mark.parametrize("name,snap,j,placement,shadow", scenarios(), ids=[s[0] for s in scenarios()])
 def test_fast_agrees_with_des_under_quotas(name, snap, j, placement, shadow):
-    pytest.importorskip("simpy")
     t = TimingModel().with_cpu_quota(CpuQuota({n.name: 0.02 * n.speed for n in snap.cluster.nodes}))
-    fast = sample_latencies(snap, j, placement, shadow, predictor="fast", samples=20000,
-                            rng=np.random.default_rng(1), timing=t)
-    des = sample_latencies(snap, j, placement, shadow, predictor="des", samples=3000,
-                           rng=np.random.default_rng(2), timing=t)
-    for q in (50, 95):
-        assert np.percentile(fast, q) == pytest.approx(np.percentile(des, q), rel=0.05), (name, q)
+    assert_fast_matches_des(name, snap, j, placement, shadow, timing=t)

@@ -80,13 +80,13 @@ def scenarios():
     ]
 
 
-def assert_fast_matches_des(name, snap, j, placement, shadow, rel=0.05):
+def assert_fast_matches_des(name, snap, j, placement, shadow, rel=0.05, timing=TIMING):
     """p50 and p95 of the fast path within ``rel`` of the SimPy reference on the same scenario."""
     pytest.importorskip("simpy")
     fast = sample_latencies(snap, j, placement, shadow, predictor="fast", samples=20000,
-                            rng=np.random.default_rng(1), timing=TIMING)
+                            rng=np.random.default_rng(1), timing=timing)
     des = sample_latencies(snap, j, placement, shadow, predictor="des", samples=3000,
-                           rng=np.random.default_rng(2), timing=TIMING)
+                           rng=np.random.default_rng(2), timing=timing)
     f50, f95 = np.percentile(fast, [50, 95])
     d50, d95 = np.percentile(des, [50, 95])
     assert f50 == pytest.approx(d50, rel=rel), (name, f50, d50)
