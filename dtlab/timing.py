@@ -41,10 +41,12 @@ Model, documented once:
   continuously, as the fluid model above assumes: the kernel hands out ``Q`` at each period's start,
   and a fresh cgroup starts with a full period's quota. A stage that needs ``x = C/Q`` periods of
   quota therefore ends with its last partial quota, ``frac(x) * (P - Q)`` before the fluid time;
-  over a uniform phase that is half a period, ``P (1 - q) / 2`` (a stage shorter than one period
-  runs in one burst: ``fluid * q``). On the fabric's full V2 run (1,200 stages, T = 1) the fluid
-  model over-predicted decode by 0.56 and publish by 0.70 of their ~43 ms period; the expected
-  half-period (not fitted) took the job-level median APE from 4.4 % to 3.3 %.
+  over a uniform phase that is half a period, ``P (1 - q) / 2``, capped at ``fluid * (1 - q)`` (a
+  stage that fits in its first quota waits for nothing). On the fabric's full V2 run (1,200 stages,
+  T = 1) the fluid model over-predicted decode by 0.56 and publish by 0.70 of their ~43 ms period;
+  with the expected half period (not fitted) the re-run's job-level median APE was 3.4 % (4.4 %
+  before). A bare kernel in a fresh cgroup ends earlier still (~1.5 periods, e2e test), so the model
+  is conservative there.
 * **Start-up** per execution format (``startup_ms``: process spawn, emulator or Wasm runtime
   start, exit) plus one ``dispatch_ms`` (inputs ready -> the process is being started: the
   executor's own hand-off): a fixed delay ``stage_delay(format)`` between a stage's inputs arriving

@@ -298,7 +298,7 @@ def test_short_kernel_under_tiny_quota_times_its_throttling(fabric_ready):
     assert all(r.kernel_ms >= 5 * native_ms for r in runs), kernel
 
 
-def test_a_fresh_stage_cgroup_beats_the_fluid_time_by_about_half_a_period(fabric_ready):
+def test_a_fresh_stage_cgroup_ends_ahead_of_the_fluid_time(fabric_ready):
     """The twin's quota model (dtlab.timing.CpuQuota) against real kernels: 3 ms of CPU under a
     1 %-of-a-core quota (1 ms per 100 ms period) take 300 ms in the fluid model; a fresh cgroup hands
     out its quota per period, so the kernel ends earlier. The median of 15 runs must lie nearer the
