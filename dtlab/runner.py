@@ -186,7 +186,25 @@ def ensure_kernel(name: str = KERNEL_NAME) -> str:
 
     Installed into ``sys.prefix`` (the venv); a user-level spec of another Python cannot shadow it
     because the name is ours. Falls back to a private dir on ``JUPYTER_PATH`` if the prefix is read-only.
+    Check and install run under a file lock: installing replaces the spec's directory, and a second
+    ``dtlab run`` started at the same moment in a fresh clone read ``kernel.json`` in between (CI: "No
+    such file or directory", tests/e2e/test_hostlock_fabric.py).
     """
+    import fcntl
+    import tempfile
+
+    try:
+        lock_dir = Path.home() / ".cache" / "dtlab" / "jupyter"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(lock_dir / "kernel.lock", "w")
+    except OSError:      # no writable home: the lock is per user in the temp dir
+        lock = open(Path(tempfile.gettempdir()) / f"dtlab-kernel-{os.getuid()}.lock", "w")
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _ensure_kernel_locked(name)
+
+
+def _ensure_kernel_locked(name: str) -> str:
     from ipykernel.kernelspec import install
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 

@@ -227,6 +227,37 @@ def test_kernel_runs_this_interpreter():
     assert KernelSpecManager().get_kernel_spec(name).argv[0] == sys.executable
 
 
+def test_kernel_install_is_safe_when_runs_start_together():
+    """Two `dtlab run`s started together in a fresh clone both installed the kernelspec; installing
+    replaces its directory, and the other read kernel.json in between (CI: "No such file or
+    directory"). Six processes at once (imports done first), from no spec: every one must get a
+    readable spec. Without the lock this failed in 2 of 2 runs here."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    name = runner.ensure_kernel()
+    spec_dir = Path(KernelSpecManager().get_kernel_spec(name).resource_dir)
+    code = ("import json, os, sys, time; from jupyter_client.kernelspec import KernelSpecManager; "
+            "from ipykernel.kernelspec import install; from dtlab.runner import ensure_kernel; "
+            "time.sleep(max(0.0, float(sys.argv[1]) - time.time())); n = ensure_kernel(); "
+            "d = KernelSpecManager().get_kernel_spec(n).resource_dir; "
+            "json.load(open(os.path.join(d, 'kernel.json'))); print('ok')")
+    for _ in range(3):
+        shutil.rmtree(spec_dir, ignore_errors=True)
+        start = f"{time.time() + 3.0:.3f}"       # imports done, all six call ensure_kernel at once
+        procs = [subprocess.Popen([sys.executable, "-c", code, start], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(6)]
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert all(p.returncode == 0 and o.strip() == "ok" for p, (o, _e) in zip(procs, outs)), \
+            [e[-400:] for p, (_o, e) in zip(procs, outs) if p.returncode]
+    assert (spec_dir / "kernel.json").is_file()
+
+
 def test_results_save_is_deterministic_and_load_round_trips(tmp_path):
     import numpy as np
     import pandas as pd
