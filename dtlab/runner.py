@@ -193,8 +193,10 @@ def ensure_kernel(name: str = KERNEL_NAME) -> str:
     import fcntl
     import tempfile
 
+    from .fabric.worker import cache_dir
+
     try:
-        lock_dir = Path.home() / ".cache" / "dtlab" / "jupyter"
+        lock_dir = cache_dir() / "jupyter"
         lock_dir.mkdir(parents=True, exist_ok=True)
         lock = open(lock_dir / "kernel.lock", "w")
     except OSError:      # no writable home: the lock is per user in the temp dir

@@ -74,10 +74,11 @@ class SubstrateChoice:
         measurement leaves start-up unmodelled and says so in the note."""
         if timing is None or self.name not in ("fabric", "kube"):
             return timing
-        quota = getattr(sub, "cpu_quota", None)
-        if self.name == "fabric" and callable(quota):   # each stage's CFS quota hands out CPU per period
-            timing = timing.with_cpu_quota(quota())
-            self.quota_used = timing.cpu_quota.describe(sorted({1.0, 2.0})) if timing.cpu_quota else {}
+        cpu_quota = getattr(sub, "cpu_quota", None)
+        if self.name == "fabric" and callable(cpu_quota):   # each stage's CFS quota hands out CPU per period
+            quota = cpu_quota()
+            timing = timing.with_cpu_quota(quota)
+            self.quota_used = quota.describe((1.0, 2.0))
         if self.name == "kube" and not (getattr(sub, "real_nodes", None) and sub.real_nodes()):
             return timing
         from ..fabric import calibrate
