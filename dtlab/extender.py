@@ -18,7 +18,7 @@ with ``nodeCacheCapable: true`` the scheduler sends only names, never node objec
 
 **Caller authentication.** kube-scheduler's extender config can set ``urlPrefix`` and
 ``tlsConfig`` but no request headers, so a bearer token is impossible. Client certificates
-(mutual TLS) need a TLS server, and waitress has none; rather than run a second server stack,
+(mutual TLS) need a TLS listener, and the API's port is plain HTTP; so on that port
 ``dtlab serve --extender`` mounts the routes under a secret path prefix,
 ``/extender/<DTLAB_EXTENDER_SECRET>/filter``: the scheduler's ``urlPrefix`` carries the secret,
 a caller without it gets 404, and the secret is compared in constant time. Without a secret the
@@ -376,6 +376,28 @@ def score_from_latency(predicted: dict[str, float]) -> dict[str, int]:
     return {n: int(round(MAX_PRIORITY * (hi - v) / (hi - lo))) for n, v in predicted.items()}
 
 
+def secret_ok(presented: str, secret: str | None) -> bool:
+    """Whether a request's path prefix carries the extender's secret (constant time); no secret: any."""
+    return secret is None or hmac.compare_digest(presented.encode(), secret.encode())
+
+
+def verb_name(verb: Callable[..., Any]) -> str:
+    """``filter`` / ``prioritize``: the name the latency histogram labels a verb with."""
+    return verb.__name__.removesuffix("_json")
+
+
+def call_verb(verb: Callable[[dict[str, Any]], Any], raw: bytes) -> tuple[int, bytes]:
+    """One extender call on the body ``raw``: (status, JSON bytes). A malformed body or field is a 400
+    ``{"Error": "<field path>: <rule>"}``. Compact, unsorted JSON: a prioritize answer at 1,000 nodes
+    is ~1,000 objects. The one handler of every front (Flask blueprint, mutual-TLS app, dtlab serve's
+    event loop)."""
+    try:
+        answer = verb(strict_json.loads(raw or b"", where="body"))
+    except SpecError as exc:
+        return 400, strict_json.dumps({"Error": str(exc)[:500], "FailedNodes": {}}).encode()
+    return 200, (answer if isinstance(answer, str) else strict_json.dumps(answer, separators=(",", ":"))).encode()
+
+
 def blueprint(extender: Extender, secret: str | None = None,
               observe: Callable[[str, float], None] | None = None) -> Blueprint:
     """The extender routes: ``/extender/<verb>``, or ``/extender/<secret>/<verb>`` with a secret.
@@ -385,24 +407,14 @@ def blueprint(extender: Extender, secret: str | None = None,
     time of every answered call (the service's ``dtlab_extender_latency_ms`` histogram)."""
     bp = Blueprint("extender", __name__, url_prefix="/extender")
 
-    def args_or_400():
-        if secret is not None:
-            presented = (request.view_args or {}).get("secret", "")
-            if not hmac.compare_digest(presented.encode(), secret.encode()):
-                abort(404)
-        return strict_json.loads(request.get_data(cache=True) or b"", where="body")
-
     def handle(verb):
+        if not secret_ok((request.view_args or {}).get("secret", ""), secret):
+            abort(404)
         t0 = time.perf_counter()
-        try:   # compact, unsorted JSON: a prioritize answer at 1,000 nodes is ~1,000 objects
-            answer = verb(args_or_400())
-            out = Response(answer if isinstance(answer, str) else strict_json.dumps(answer, separators=(",", ":")),
-                           mimetype="application/json")
-        except SpecError as exc:
-            return jsonify({"Error": str(exc)[:500], "FailedNodes": {}}), 400
-        if observe is not None:
-            observe(verb.__name__.removesuffix("_json"), (time.perf_counter() - t0) * 1e3)
-        return out
+        status, body = call_verb(verb, request.get_data(cache=True))
+        if status == 200 and observe is not None:
+            observe(verb_name(verb), (time.perf_counter() - t0) * 1e3)
+        return Response(body, status=status, mimetype="application/json")
 
     rule = "/<secret>" if secret is not None else ""
     bp.add_url_rule(rule + "/filter", "filter", lambda **_: handle(extender.filter), methods=["POST"])

@@ -4,7 +4,8 @@ Every client mistake becomes a 4xx JSON body ``{"error": ..., "field": ...}``; a
 500 means a bug in dtlab. Mutating calls (``/observe``, ``/plan`` with
 ``dry_run: false``) need ``Authorization: Bearer <token>``; without a configured
 token they are refused unless the operator explicitly chose ``insecure_dev``.
-The app is served by waitress (``dtlab serve``), never Flask's development server.
+``dtlab serve`` serves it on uvicorn behind :mod:`dtlab.api.asgi` (which answers /plan, /healthz and the
+extender on its event loop through the same objects), never Flask's development server.
 """
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError as FutureTimeout
 from importlib import resources
-from typing import Any
+from typing import Any, Callable
 
 from flask import Flask, Response, jsonify, request
 from flask.json.provider import DefaultJSONProvider
@@ -60,61 +62,38 @@ def create_app(twin, config: ApiConfig | None = None, controller=None, extender=
 
     ``controller`` (optional) receives non-dry-run plans via ``act(plan, job)``;
     ``extender`` (a :class:`dtlab.extender.Extender`) adds the scheduler-extender routes.
+    ``app.extensions["dtlab"]["plans"]`` is the app's :class:`PlanService`: ``dtlab serve``'s
+    event-loop front (:mod:`dtlab.api.asgi`) answers /plan through the same one.
     """
     config = config or ApiConfig()
     app = Flask("dtlab")
     app.json = StrictJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     metrics = ServiceMetrics(twin.state)
-    gate = WorkGate(config.max_inflight)
-    app.extensions["dtlab"] = {"twin": twin, "metrics": metrics, "config": config, "controller": controller}
+    plans = PlanService(twin, config, metrics, controller)
+    app.extensions["dtlab"] = {"twin": twin, "metrics": metrics, "config": config, "controller": controller,
+                               "plans": plans}
     if extender is not None:
         from ..extender import blueprint
         app.register_blueprint(blueprint(extender, config.extender_secret,
                                          observe=lambda verb, ms: metrics.extender_latency.labels(verb).observe(ms)))
 
-    def body() -> Any:
-        return read_json_body()
-
-    bodies = PlanBodyCache()
-
-    def authorized() -> bool:
-        if config.token is None:
-            return False
-        header = request.headers.get("Authorization", "")
-        scheme, _, presented = header.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), config.token.encode())
-
-    def authorize() -> None:
-        if config.token is None:
-            if config.insecure_dev:
-                return
-            raise ClientError(403, "mutating calls are disabled: set DTLAB_API_TOKEN on the server "
-                                   "(or start it with --insecure-dev for local experiments)", "Authorization")
-        header = request.headers.get("Authorization", "")
-        scheme, _, presented = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), config.token.encode()):
-            raise ClientError(401, "missing or invalid bearer token", "Authorization")
+    def answer(status: int, body: dict, headers: dict[str, str]) -> tuple[Response, int]:
+        resp = jsonify(body)
+        resp.headers.update(headers)
+        return resp, status
 
     @app.errorhandler(ClientError)
     def _client_error(exc: ClientError):
-        metrics.rejected.labels(request.path, str(exc.status)).inc()
-        resp = jsonify({"error": exc.error, "field": exc.field})
-        if exc.status == 401:
-            resp.headers["WWW-Authenticate"] = 'Bearer realm="dtlab"'
-        if exc.status in (429, 503):
-            resp.headers["Retry-After"] = "1"
-        return resp, exc.status
+        return answer(*plans.error_answer(exc, request.path))
 
     @app.errorhandler(SpecError)
     def _spec_error(exc: SpecError):
-        metrics.rejected.labels(request.path, "400").inc()
-        return jsonify({"error": str(exc), "field": exc.field}), 400
+        return answer(*plans.error_answer(exc, request.path))
 
     @app.errorhandler(InfeasibleError)
     def _infeasible(exc: InfeasibleError):
-        metrics.rejected.labels(request.path, "422").inc()
-        return jsonify({"error": str(exc), "field": "job"}), 422
+        return answer(*plans.error_answer(exc, request.path))
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
@@ -129,7 +108,7 @@ def create_app(twin, config: ApiConfig | None = None, controller=None, extender=
 
     @app.get("/healthz")
     def healthz():
-        return jsonify({"status": "ok", "version": twin.state.version})
+        return jsonify(health(twin))
 
     @app.get("/openapi.json")
     def openapi():
@@ -145,66 +124,13 @@ def create_app(twin, config: ApiConfig | None = None, controller=None, extender=
 
     @app.post("/plan")
     def plan():
-        raw = request.get_data(cache=True)
-        data = bodies.data(raw)
-        if not isinstance(data, dict):
-            raise ClientError(400, "body must be a JSON object", "body")
-        unknown = sorted(set(data) - {"job", "policy", "dry_run", "samples", "seed", "predictor"})
-        if unknown:
-            raise ClientError(400, "unknown key", unknown[0])
-        dry_run = data.get("dry_run", True)
-        if not isinstance(dry_run, bool):
-            raise ClientError(400, "must be true or false", "dry_run")
-        if not dry_run:
-            authorize()
-        policy = data.get("policy", "greedy")
-        if not isinstance(policy, str):
-            raise ClientError(400, "must be a policy name", "policy")
-        samples = _int(data, "samples", 256, 1, config.max_samples)
-        seed = _int(data, "seed", 0, 0, 2**63 - 1)
-        predictor = data.get("predictor", "fast")
-        if predictor not in PREDICTORS:
-            raise ClientError(400, f"must be one of {list(PREDICTORS)}", "predictor")
-        if not isinstance(data.get("job"), dict):
-            raise ClientError(400, "is required: a Job spec object", "job")
-        try:
-            job = bodies.job(raw, data["job"])
-        except SpecError as exc:
-            raise SpecError(f"job.{exc.field}" if exc.field else "job", exc.rule) from None
-        twin.policy(policy)  # an unknown policy is a 400 before any work is queued
-        work = plan_work(samples, len(job.stages), predictor)
-        cap = config.max_work if authorized() else config.max_work_anonymous
-        if work > cap:
-            raise ClientError(413, f"over the work budget: stages x (500 + samples x predictor cost) = {work:,.0f} > "
-                                   f"{cap:,.0f}{'' if authorized() else ' (without a token)'}; "
-                                   "use fewer samples, fewer stages or the fast predictor", "samples")
-        start = time.perf_counter()
-        result = gate.run(lambda: twin.plan(job, policy=policy, samples=samples, seed=seed, predictor=predictor),
-                          config.request_timeout_s)
-        metrics.plan_latency.labels(policy, predictor).observe((time.perf_counter() - start) * 1000)
-        metrics.plans.labels(policy, str(dry_run).lower()).inc()
-        out = result.to_dict()
-        if not _finite(out["prediction"]):
-            raise ClientError(422, "the predicted latency is not a finite number for this job", "job")
-        out["dry_run"] = dry_run
-        if config.freshness_s is not None:    # not acting, nor advising, on stale telemetry
-            from ..telemetry import StaleTelemetry, check_fresh
-            try:
-                out["untelemetered_nodes"] = check_fresh(result, twin.state.snapshot(), config.freshness_s)
-            except StaleTelemetry as exc:
-                metrics.stale_refusals.inc()
-                raise ClientError(503, str(exc), "telemetry") from None
-        if not dry_run:
-            if controller is None:
-                raise ClientError(409, "this server has no controller attached to act on plans; use dry_run: true",
-                                  "dry_run")
-            controller.act(result, job)
-        return jsonify(out)
+        call = plans.prepare(request.get_data(cache=True), request.headers.get("Authorization", ""))
+        return jsonify(plans.finish(call, plans.gate.run(call.compute, config.request_timeout_s)))
 
     @app.post("/observe")
     def observe():
-        authorize()
-        data = body()
+        plans.authorize(request.headers.get("Authorization", ""))
+        data = read_json_body()
         events = data.get("events") if isinstance(data, dict) else data
         if not isinstance(events, list):
             raise ClientError(400, "body must be a list of events or {\"events\": [...]}", "events")
@@ -226,9 +152,150 @@ def create_app(twin, config: ApiConfig | None = None, controller=None, extender=
     return app
 
 
+def health(twin: Any) -> dict[str, Any]:
+    """/healthz's answer: the service is up, and the version of the state it plans on."""
+    return {"status": "ok", "version": twin.state.version}
+
+
+PLAN_KEYS = frozenset({"job", "policy", "dry_run", "samples", "seed", "predictor"})
+
+
+@dataclass(frozen=True)
+class PlanCall:
+    """A validated /plan request: what to compute (``compute``), its cost estimate, its flags."""
+    compute: Callable[[], Any]
+    policy: str
+    predictor: str
+    dry_run: bool
+    job: Job
+    work: float
+
+
+class PlanService:
+    """/plan without a web framework: validation, the work budget, the gate, the answer, the errors.
+
+    Why its own class: the Flask view (tests, ``create_app`` users) and ``dtlab serve``'s event-loop
+    front (:mod:`dtlab.api.asgi`) answer /plan alike through this one object: the same checks, the
+    same metrics, the same JSON errors. Every method raises :class:`ClientError`, ``SpecError`` or
+    ``InfeasibleError`` for the client's mistakes; :meth:`error_answer` turns them into the answer."""
+
+    def __init__(self, twin: Any, config: ApiConfig, metrics: ServiceMetrics, controller: Any = None):
+        self.twin, self.config, self.metrics, self.controller = twin, config, metrics, controller
+        self.gate = WorkGate(config.max_inflight)
+        self.bodies = PlanBodyCache()
+
+    def authorized(self, header: str) -> bool:
+        token = self.config.token
+        if token is None:
+            return False
+        scheme, _, presented = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), token.encode())
+
+    def authorize(self, header: str) -> None:
+        """Mutating calls: a valid bearer token, or no token configured and ``insecure_dev``."""
+        if self.config.token is None:
+            if self.config.insecure_dev:
+                return
+            raise ClientError(403, "mutating calls are disabled: set DTLAB_API_TOKEN on the server "
+                                   "(or start it with --insecure-dev for local experiments)", "Authorization")
+        if not self.authorized(header):
+            raise ClientError(401, "missing or invalid bearer token", "Authorization")
+
+    def prepare(self, raw: bytes, authorization: str) -> PlanCall:
+        """The checked request in ``raw`` (the body's bytes), or the client's error."""
+        bodies, config = self.bodies, self.config
+        data = bodies.data(raw)
+        if not isinstance(data, dict):
+            raise ClientError(400, "body must be a JSON object", "body")
+        unknown = sorted(set(data) - PLAN_KEYS)
+        if unknown:
+            raise ClientError(400, "unknown key", unknown[0])
+        dry_run = data.get("dry_run", True)
+        if not isinstance(dry_run, bool):
+            raise ClientError(400, "must be true or false", "dry_run")
+        if not dry_run:
+            self.authorize(authorization)
+        policy = data.get("policy", "greedy")
+        if not isinstance(policy, str):
+            raise ClientError(400, "must be a policy name", "policy")
+        samples = _int(data, "samples", 256, 1, config.max_samples)
+        seed = _int(data, "seed", 0, 0, 2**63 - 1)
+        predictor = data.get("predictor", "fast")
+        if predictor not in PREDICTORS:
+            raise ClientError(400, f"must be one of {list(PREDICTORS)}", "predictor")
+        if not isinstance(data.get("job"), dict):
+            raise ClientError(400, "is required: a Job spec object", "job")
+        try:
+            job = bodies.job(raw, data["job"])
+        except SpecError as exc:
+            raise SpecError(f"job.{exc.field}" if exc.field else "job", exc.rule) from None
+        twin = self.twin
+        twin.policy(policy)  # an unknown policy is a 400 before any work is queued
+        work = plan_work(samples, len(job.stages), predictor)
+        with_token = self.authorized(authorization)
+        cap = config.max_work if with_token else config.max_work_anonymous
+        if work > cap:
+            raise ClientError(413, f"over the work budget: stages x (500 + samples x predictor cost) = {work:,.0f} > "
+                                   f"{cap:,.0f}{'' if with_token else ' (without a token)'}; "
+                                   "use fewer samples, fewer stages or the fast predictor", "samples")
+        metrics = self.metrics
+
+        def compute() -> Any:
+            start = time.perf_counter()
+            result = twin.plan(job, policy=policy, samples=samples, seed=seed, predictor=predictor)
+            metrics.plan_latency.labels(policy, predictor).observe((time.perf_counter() - start) * 1000)
+            return result
+
+        return PlanCall(compute, policy, predictor, dry_run, job, work)
+
+    def finish(self, call: PlanCall, result: Any) -> dict[str, Any]:
+        """The answer's JSON object for ``call``'s computed ``result`` (acting on it unless a dry run)."""
+        self.metrics.plans.labels(call.policy, str(call.dry_run).lower()).inc()
+        out = result.to_dict()
+        if not _finite(out["prediction"]):
+            raise ClientError(422, "the predicted latency is not a finite number for this job", "job")
+        out["dry_run"] = call.dry_run
+        if self.config.freshness_s is not None:    # not acting, nor advising, on stale telemetry
+            from ..telemetry import StaleTelemetry, check_fresh
+            try:
+                out["untelemetered_nodes"] = check_fresh(result, self.twin.state.snapshot(), self.config.freshness_s)
+            except StaleTelemetry as exc:
+                self.metrics.stale_refusals.inc()
+                raise ClientError(503, str(exc), "telemetry") from None
+        if not call.dry_run:
+            if self.controller is None:
+                raise ClientError(409, "this server has no controller attached to act on plans; use dry_run: true",
+                                  "dry_run")
+            self.controller.act(result, call.job)
+        return out
+
+    def error_answer(self, exc: Exception, path: str) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """(status, JSON body, headers) of a client error on ``path``, counted in ``dtlab_requests_rejected``:
+        the one rendering of ClientError / SpecError / InfeasibleError for every front."""
+        headers: dict[str, str] = {}
+        if isinstance(exc, ClientError):
+            status, body = exc.status, {"error": exc.error, "field": exc.field}
+            if status == 401:
+                headers["WWW-Authenticate"] = 'Bearer realm="dtlab"'
+            if status in (429, 503):
+                headers["Retry-After"] = "1"
+        elif isinstance(exc, SpecError):
+            status, body = 400, {"error": str(exc), "field": exc.field}
+        elif isinstance(exc, InfeasibleError):
+            status, body = 422, {"error": str(exc), "field": "job"}
+        else:
+            raise TypeError(f"not a client error: {type(exc).__name__}")
+        self.metrics.rejected.labels(path, str(status)).inc()
+        return status, body, headers
+
+
 def read_json_body() -> Any:
-    """The request body through the one strict JSON reader (NaN/Infinity, depth, huge ints: 400)."""
-    raw = request.get_data(cache=True)
+    """The Flask request's body through :func:`parse_body`."""
+    return parse_body(request.get_data(cache=True))
+
+
+def parse_body(raw: bytes) -> Any:
+    """A request body through the one strict JSON reader (NaN/Infinity, depth, huge ints: 400)."""
     if not raw:
         raise ClientError(400, "request body is empty; expected JSON", "body")
     return strict_json.loads(raw, where="body")
@@ -266,7 +333,7 @@ class PlanBodyCache:
         entry = self._get(raw) if len(raw) <= self.max_body else None
         if entry is not None:
             return entry[0]
-        data = read_json_body()
+        data = parse_body(raw)
         if len(raw) <= self.max_body:
             with self._lock:
                 self._entries[raw] = [data, None]
@@ -298,10 +365,11 @@ class WorkGate:
     finishes in the background still holding its slot.
 
     Why one planning thread: a plan is GIL-bound Python and small numpy, so plans on parallel threads
-    only take turns on the GIL and thrash it (and the waitress threads parsing the next requests wait
-    behind them). /plan from 4 / 8 keep-alive clients, 3 alternating pairs: 581 / 810 req/s on one
-    planning thread against 496 / 677 on four (2026-12-05). Also measured, and not kept: running cheap
-    plans on the request thread (no handoff): 535 req/s at 4 clients, and more server CPU per request.
+    only take turns on the GIL and thrash it (and the server threads parsing the next requests wait
+    behind them). Under waitress, /plan from 4 / 8 keep-alive clients, 3 alternating pairs: 581 / 810
+    req/s on one planning thread against 496 / 677 on four (2026-12-05); running cheap plans on
+    waitress's request threads was worse still (535 req/s at 4 clients). ``dtlab serve`` now runs
+    cheap plans on its event loop (:meth:`run_here`, see :mod:`dtlab.api.asgi`): one thread, no handoff.
     """
 
     def __init__(self, slots: int, threads: int | None = None):
@@ -309,7 +377,9 @@ class WorkGate:
         workers = max(1, min(slots, PLAN_THREADS if threads is None else threads))
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dtlab-plan")
 
-    def run(self, fn, timeout_s: float):
+    def submit(self, fn: Callable[[], Any]) -> "Future[Any]":
+        """Admit ``fn`` (429 without a free slot) and start it on the planning thread; the slot comes
+        back when it ends."""
         if not self.slots.acquire(blocking=False):
             raise ClientError(429, "too many plans in flight; retry shortly", None)
         try:
@@ -318,11 +388,29 @@ class WorkGate:
             self.slots.release()
             raise
         future.add_done_callback(lambda _f: self.slots.release())
+        return future
+
+    def run_here(self, fn: Callable[[], Any]) -> Any:
+        """Admit ``fn`` (429 without a free slot) and run it on the calling thread: for a plan too
+        small to be worth a handoff (see :mod:`dtlab.api.asgi`); the caller bounds its cost."""
+        if not self.slots.acquire(blocking=False):
+            raise ClientError(429, "too many plans in flight; retry shortly", None)
+        try:
+            return fn()
+        finally:
+            self.slots.release()
+
+    def run(self, fn: Callable[[], Any], timeout_s: float) -> Any:
+        future = self.submit(fn)
         try:
             return future.result(timeout=timeout_s)
         except FutureTimeout:
-            raise ClientError(503, f"the plan took longer than the {timeout_s:g} s request time limit; "
-                                   "use fewer samples or stages", None) from None
+            raise timed_out(timeout_s) from None
+
+
+def timed_out(timeout_s: float) -> ClientError:
+    return ClientError(503, f"the plan took longer than the {timeout_s:g} s request time limit; "
+                            "use fewer samples or stages", None)
 
 
 def _finite(values: Any) -> bool:

@@ -16,14 +16,20 @@ def plan_work(samples: int, stages: int, predictor: str) -> float:
     return stages * (STAGE_COST + samples * PREDICTOR_COST[predictor])
 
 
+def over_limit_error(max_body_bytes: int) -> tuple[str, str]:
+    """(error, field) of a body over the limit: the one wording of every front's 413."""
+    return f"request body over the limit of {max_body_bytes:,} bytes", "body"
+
+
 @dataclass
 class ApiConfig:
     """Limits of the service. ``max_work`` caps :func:`plan_work` of one /plan, about its
     microseconds of CPU (2 s with a token by default); callers without a valid token get
     ``max_work_anonymous``. At most ``max_inflight`` plans are admitted at once (more: 429); they
-    compute one at a time on the planning thread (``dtlab.api.app.WorkGate``); a plan answers 503
+    compute one at a time on the planning thread (``dtlab.api.app.WorkGate``; ``dtlab serve`` runs a plan
+    estimated at most ``dtlab.api.asgi.INLINE_WORK_US`` on its event loop instead); a plan answers 503
     ``request_timeout_s`` after its admission (its computation, bounded by the work cap, finishes in
-    the background and holds its slot until then). The waitress threads beyond ``max_inflight``
+    the background and holds its slot until then). The server's threads beyond ``max_inflight``
     keep /healthz, /metrics and /snapshot answering while plans saturate the slots."""
     token: str | None = field(default_factory=lambda: os.environ.get("DTLAB_API_TOKEN") or None)
     insecure_dev: bool = False
