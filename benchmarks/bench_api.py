@@ -1,6 +1,6 @@
 """Load on the REST API: /plan from a second process over loopback vs the same plans in-process.
 
-Starts `dtlab serve` (waitress) on 127.0.0.1, sends a bounded number of dry-run /plan requests
+Starts `dtlab serve` (uvicorn, dtlab.api.asgi) on 127.0.0.1, sends a bounded number of dry-run /plan requests
 (stops at --requests or --seconds, whichever comes first) from client threads in this process,
 and prints requests/s with p50/p99 latency next to the same plans made in-process with
 Twin.plan, as a ratio: what HTTP, JSON and the WSGI server cost on top of planning.

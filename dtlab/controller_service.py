@@ -361,14 +361,12 @@ def forever() -> Iterator[Arrival]:
 def serve_api(service: ControllerService, host: str, port: int, insecure_dev: bool = False) -> Any:
     """Serve the REST API with ``service`` attached (non-dry-run /plan acts) on a daemon thread; the server."""
     from .api.app import ApiConfig, create_app
-    from .api.serve import create_server
+    from .api.asgi import BackgroundServer, ServiceFront
     config = ApiConfig(insecure_dev=insecure_dev)
     app = create_app(service.twin, config, controller=service)
-    # threads beyond the plans in flight keep /healthz answering; bodies capped like `dtlab serve`
-    server = create_server(app, config.max_body_bytes, host=host, port=port, threads=config.max_inflight + 2,
-                           ident="dtlab-controller")
-    threading.Thread(target=server.run, name="dtlab-api", daemon=True).start()
-    print(f"dtlab controller: REST API on http://{host}:{server.effective_port}", file=sys.stderr, flush=True)
+    # the same front as `dtlab serve`: bodies capped, /healthz on the loop, the other routes on threads
+    server = BackgroundServer(ServiceFront(app, wsgi_threads=config.max_inflight + 2), host, port)
+    print(f"dtlab controller: REST API on http://{host}:{server.port}", file=sys.stderr, flush=True)
     return server
 
 
@@ -377,5 +375,5 @@ def shutdown_server(server: Any) -> None:
     if hasattr(server, "shutdown"):       # wsgiref (prometheus_client)
         server.shutdown()
         server.server_close()
-    else:                                 # waitress
+    else:                                 # dtlab.api.asgi.BackgroundServer
         server.close()

@@ -115,6 +115,7 @@ def files(tmp_path_factory):
     (["calibrate", "startup", "--out", "{d}"], "is a directory"),
     (["serve", "--cluster", CLUSTER, "--port", "99999"], "--port"),   # ran, "listening on :99999"
     (["serve", "--cluster", CLUSTER, "--extender-port", "-1"], "--extender-port"),
+    (["serve", "--cluster", CLUSTER, "--threads", "0"], "--threads"),   # no thread for /observe, /snapshot
     (["controller", "--substrate", "sim", "--cluster", CLUSTER, "--port", "-1"], "--port"),  # gaierror traceback
     (["sweep", "V1", "--grid", str(ROOT / "params" / "sweeps" / "V1-rate-policy.yaml"), "--seeds", "100000000000",
       "--smoke", "--out", "{d}/s"], "seeds"),  # hung expanding 1e11 seeds

@@ -1,4 +1,4 @@
-"""Issue 17, the HTTP half, against a REAL `dtlab serve` (waitress, threads) on loopback.
+"""Issue 17, the HTTP half, against a REAL `dtlab serve` (uvicorn with dtlab.api.asgi in front) on loopback.
 
 Every reproducer of the issue gets a 4xx within a second and a valid /plan right after still
 answers 200; /healthz answers within a second while plans saturate the server or idle
@@ -232,7 +232,7 @@ PLAN_HEAD = b"POST /plan HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: applicatio
 
 def test_body_over_the_limit_is_413_json(server):
     """A body announced over the limit is refused from its Content-Length alone, before the client sends
-    it: waitress answers 413 at once, in the API's JSON (not waitress's plain text). Sending the 1.2 MB
+    it: the server answers 413 at once, in the API's JSON (not a server's plain text). Sending the 1.2 MB
     first made the test flaky: a client still writing into a connection the server has answered and
     closed gets a broken pipe (1 run in 4 here), which says nothing about the server."""
     status, ctype, body, elapsed = raw_request(server, PLAN_HEAD + b"Content-Length: 1200000\r\n\r\n")
@@ -243,10 +243,9 @@ def test_body_over_the_limit_is_413_json(server):
     server.assert_still_plans()
 
 
-def test_body_limit_is_the_same_for_waitress_and_the_app(server):
-    """Exactly --max-body-bytes (1,000,000) gets through waitress to the app (which parses it: not JSON
-    -> 400); one byte more is refused with 413 JSON. waitress refuses >= its limit and Flask > its limit,
-    so the server gives waitress the limit + 1 (dtlab.api.serve.create_server)."""
+def test_body_limit_is_the_same_for_the_server_and_the_app(server):
+    """Exactly --max-body-bytes (1,000,000) gets through the server to the app (which parses it: not JSON
+    -> 400); one byte more is refused with 413 JSON."""
     at_limit = b"[" + b" " * 999_998 + b"]"
     status, ctype, body, _ = raw_request(server, PLAN_HEAD + b"Content-Length: 1000000\r\n\r\n", at_limit)
     assert status == 400 and ctype.startswith("application/json"), (status, body[:200])
@@ -268,8 +267,8 @@ def test_chunked_body_over_the_limit_is_413_json(server):
     (b"POST /plan HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
     (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 300_000 + b"\r\n\r\n", 431),
 ])
-def test_requests_waitress_refuses_get_json_too(server, head, code):
-    """Malformed requests that waitress answers itself (the app never runs) carry JSON {error, field}."""
+def test_requests_the_server_refuses_get_json_too(server, head, code):
+    """Malformed requests that the server answers itself (the app never runs) carry JSON {error, field}."""
     status, ctype, body, elapsed = raw_request(server, head)
     assert status == code and ctype.startswith("application/json") and elapsed < 1.0, (status, ctype, body[:200])
     data = strict_json.loads(body)

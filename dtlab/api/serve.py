@@ -1,4 +1,4 @@
-"""Serve the DT REST API on waitress (``dtlab serve``; its flags are :mod:`dtlab.cli.serve`).
+"""Serve the DT REST API on uvicorn (``dtlab serve``; its flags are :mod:`dtlab.cli.serve`).
 
 :func:`build_twin` makes the twin (from a cluster spec, or from what a substrate's observer sees),
 :func:`feed` keeps a substrate's events flowing into its state, :func:`serve` runs the API (and
@@ -6,7 +6,7 @@ the scheduler extender, over mutual TLS on its own port when given a context) un
 """
 from __future__ import annotations
 
-import json
+import signal
 import sys
 import threading
 import time
@@ -105,11 +105,13 @@ def serve(twin: Any, config: ApiConfig, *, substrate: Any = None, extender: Any 
         elif extender is not None:
             where = "/extender/<DTLAB_EXTENDER_SECRET>/" if config.extender_secret else "/extender/ (unauthenticated)"
             print(f"dtlab serve: scheduler extender at {where}{{filter,prioritize}}", file=sys.stderr, flush=True)
-        print(f"dtlab serve: listening on http://{host}:{port}", file=sys.stderr, flush=True)
+        from .asgi import ServiceFront, listen, run
+        front = ServiceFront(app, extender=None if tls_context is not None else extender, wsgi_threads=threads)
         _raise_fd_limit(connection_limit + 64)
-        server = create_server(app, config.max_body_bytes, host=host, port=port, threads=threads, ident="dtlab",
-                               connection_limit=connection_limit, channel_timeout=30, cleanup_interval=5)
-        server.run()
+        sockets = listen(host, port)
+        print(f"dtlab serve: listening on http://{host}:{port}", file=sys.stderr, flush=True)
+        _exit_on_sigterm()
+        run(front, sockets, connection_limit)
     finally:
         stop.set()
         if tls_server is not None:
@@ -119,52 +121,12 @@ def serve(twin: Any, config: ApiConfig, *, substrate: Any = None, extender: Any 
             substrate.close()
 
 
-def create_server(app: Any, max_body_bytes: int, **adjustments: Any) -> Any:
-    """A waitress server for ``app`` whose own answers are the API's JSON ``{error, field}`` too.
-
-    waitress refuses some requests before the app sees them: a body over its
-    ``max_request_body_size`` (from the Content-Length alone, or while reading a chunked body),
-    malformed request lines and headers, oversized headers. Its answers are plain text, which breaks
-    the API's promise (every 4xx is JSON). The server's channels therefore use an error task that
-    writes the same JSON the app writes. waitress refuses a body of ``>= max_request_body_size``
-    bytes and the app one of ``> MAX_CONTENT_LENGTH``, so waitress gets ``max_body_bytes + 1``:
-    both then accept exactly ``max_body_bytes`` bytes. The one home of this rule for every waitress
-    server dtlab starts (``dtlab serve``, the controller's API).
-    """
-    from waitress.server import BaseWSGIServer
-    from waitress.server import create_server as waitress_create_server
-
-    dispatchers: dict = {}
-    server = waitress_create_server(app, map=dispatchers, max_request_body_size=max_body_bytes + 1,
-                                    **adjustments)
-    channel = _json_error_channel(max_body_bytes)
-    for s in [server, *dispatchers.values()]:  # one listener, or several (host names with v4 and v6)
-        if isinstance(s, BaseWSGIServer):
-            s.channel_class = channel
-    return server
-
-
-def _json_error_channel(max_body_bytes: int) -> type:
-    """waitress's HTTPChannel with an error task that answers ``{error, field}`` as JSON."""
-    from waitress.channel import HTTPChannel
-    from waitress.task import ErrorTask
-
-    class JSONErrorTask(ErrorTask):
-        def execute(self) -> None:
-            err = self.request.error
-            body: dict[str, str | None]
-            if err.code == 413:
-                body = {"error": f"request body over the limit of {max_body_bytes:,} bytes", "field": "body"}
-            else:  # 400 malformed request, 431 headers too large, 501 unknown transfer encoding
-                body = {"error": f"{err.reason}: {err.body}"[:300], "field": None}
-            data = json.dumps(body).encode()
-            self.status = f"{err.code} {err.reason}"
-            self.response_headers.append(("Content-Type", "application/json"))
-            self.set_close_on_finish()
-            self.content_length = len(data)
-            self.write(data)
-
-    return type("JSONErrorChannel", (HTTPChannel,), {"error_task_class": JSONErrorTask})
+def _exit_on_sigterm() -> None:
+    """SIGTERM ends ``dtlab serve`` through :func:`serve`'s ``finally`` (the feed stops, the substrate
+    closes), exit status 0: uvicorn shuts down gracefully on it, then raises it again with the handler
+    it found, this one. (The default handler would end the process there, skipping the cleanup.)"""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
 
 def _raise_fd_limit(wanted: int) -> None:

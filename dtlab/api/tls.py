@@ -2,7 +2,7 @@
 
 Why a second server: kube-scheduler authenticates to an extender only through ``tlsConfig``
 (client certificate, key, CA) on an ``https`` ``urlPrefix``; it cannot send a bearer token.
-waitress has no TLS, and a TLS stack for the extender alone must not weaken the main API, so
+The API's port is plain HTTP, and a TLS stack for the extender alone must not weaken the main API, so
 ``dtlab serve --extender-tls-cert ... --extender-client-ca ...`` serves ONLY the extender routes
 here, on their own port, and requires a client certificate signed by the given CA
 (``CERT_REQUIRED``): a caller without one never completes the handshake, so it never reaches the

@@ -5,7 +5,7 @@ import argparse
 
 
 def port(text: str) -> int:
-    """A TCP port, 0-65535 (0: any free port). Out of range, the socket layer fails late: waitress
+    """A TCP port, 0-65535 (0: any free port). Out of range, the socket layer fails late: the server
     printed "listening on :99999" and served elsewhere, ``--port -1`` was a gaierror traceback."""
     try:
         value = int(text)

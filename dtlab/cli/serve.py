@@ -1,4 +1,5 @@
-"""``dtlab serve``: the REST API on a production WSGI server (waitress), loopback by default.
+"""``dtlab serve``: the REST API on uvicorn (``dtlab.api.asgi``: /plan, /healthz and the extender on its event
+loop, the other routes in the Flask app), loopback by default.
 
 This module is the command (flags, their checks, the API limits, the TLS context, the twin and the
 scheduler extender); serving them is :func:`dtlab.api.serve.serve`.
@@ -28,9 +29,9 @@ def register(sub: Any) -> None:
     p.add_argument("--insecure-dev", action="store_true",
                    help="allow mutating calls without DTLAB_API_TOKEN (local experiments only)")
     p.add_argument("--max-body-bytes", type=int, default=1_000_000,
-                   help="largest request body (also waitress's max_request_body_size; default 1,000,000)")
+                   help="largest request body; a larger one is a 413 at once (default 1,000,000)")
     p.add_argument("--threads", type=int, default=8,
-                   help="waitress worker threads (default 8; must exceed --max-inflight so /healthz stays up)")
+                   help="threads for the routes the Flask app answers (/observe, /snapshot, /metrics; default 8)")
     p.add_argument("--max-inflight", type=int, default=2, help="plans computing at once; more get 429 (default 2)")
     p.add_argument("--max-work", type=float, default=ApiConfig.max_work,
                    help="work cap of one /plan with a valid token: stages x (500 + samples x 2.5 fast, "
@@ -41,7 +42,7 @@ def register(sub: Any) -> None:
     p.add_argument("--request-timeout", type=float, default=ApiConfig.request_timeout_s,
                    help="seconds before a plan answers 503 (default 10)")
     p.add_argument("--connection-limit", type=int, default=500,
-                   help="open connections waitress accepts (default 500; idle ones close after 30 s)")
+                   help="open connections at once (default 500; more are closed; idle ones close after 30 s)")
     p.add_argument("--prometheus", metavar="URL",
                    help="poll node CPU (background) and memory from this Prometheus (the per-node cgroup "
                         "exporters' series, see dtlab.telemetry) into the twin's state ('auto': the substrate's "
@@ -83,10 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from ..api.serve import build_twin, serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if args.threads <= args.max_inflight:
-        raise SpecError("--threads", f"must exceed --max-inflight ({args.max_inflight}) so health checks "
-                                     "have a thread while plans saturate the slots")
-    for name in ("max_body_bytes", "max_inflight", "connection_limit", "max_work", "max_work_anonymous",
+    for name in ("threads", "max_body_bytes", "max_inflight", "connection_limit", "max_work", "max_work_anonymous",
                  "request_timeout"):
         if not getattr(args, name) > 0:
             raise SpecError("--" + name.replace("_", "-"), "must be > 0")
