@@ -115,7 +115,7 @@ def test_plain_port_does_not_serve_the_extender(server):
 
 
 def test_body_over_the_limit_is_413_json_over_tls(pki, server):
-    """The mutual-TLS listener (stdlib server, not waitress) refuses a body announced over the limit
+    """The mutual-TLS listener (stdlib server, not the main front) refuses a body announced over the limit
     from its Content-Length alone, with the extender's JSON error."""
     import socket
     ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))

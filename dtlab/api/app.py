@@ -16,8 +16,8 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Callable
 
@@ -62,7 +62,7 @@ def create_app(twin, config: ApiConfig | None = None, controller=None, extender=
 
     ``controller`` (optional) receives non-dry-run plans via ``act(plan, job)``;
     ``extender`` (a :class:`dtlab.extender.Extender`) adds the scheduler-extender routes.
-    ``app.extensions["dtlab"]["plans"]`` is the app's :class:`PlanService`: ``dtlab serve``'s
+    ``app.extensions["dtlab"]["core"]`` is the app's :class:`ServiceCore`: ``dtlab serve``'s
     event-loop front (:mod:`dtlab.api.asgi`) answers /plan through the same one.
     """
     config = config or ApiConfig()
@@ -70,9 +70,9 @@ def create_app(twin, config: ApiConfig | None = None, controller=None, extender=
     app.json = StrictJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     metrics = ServiceMetrics(twin.state)
-    plans = PlanService(twin, config, metrics, controller)
+    core = ServiceCore(twin, config, metrics, controller)
     app.extensions["dtlab"] = {"twin": twin, "metrics": metrics, "config": config, "controller": controller,
-                               "plans": plans}
+                               "core": core}
     if extender is not None:
         from ..extender import blueprint
         app.register_blueprint(blueprint(extender, config.extender_secret,
@@ -85,15 +85,15 @@ def create_app(twin, config: ApiConfig | None = None, controller=None, extender=
 
     @app.errorhandler(ClientError)
     def _client_error(exc: ClientError):
-        return answer(*plans.error_answer(exc, request.path))
+        return answer(*core.error_answer(exc, request.path))
 
     @app.errorhandler(SpecError)
     def _spec_error(exc: SpecError):
-        return answer(*plans.error_answer(exc, request.path))
+        return answer(*core.error_answer(exc, request.path))
 
     @app.errorhandler(InfeasibleError)
     def _infeasible(exc: InfeasibleError):
-        return answer(*plans.error_answer(exc, request.path))
+        return answer(*core.error_answer(exc, request.path))
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
@@ -124,12 +124,12 @@ def create_app(twin, config: ApiConfig | None = None, controller=None, extender=
 
     @app.post("/plan")
     def plan():
-        call = plans.prepare(request.get_data(cache=True), request.headers.get("Authorization", ""))
-        return jsonify(plans.finish(call, plans.gate.run(call.compute, config.request_timeout_s)))
+        call = core.prepare(request.get_data(cache=True), request.headers.get("Authorization", ""))
+        return jsonify(core.finish(call, core.gate.run(call.compute, config.request_timeout_s)))
 
     @app.post("/observe")
     def observe():
-        plans.authorize(request.headers.get("Authorization", ""))
+        core.authorize(request.headers.get("Authorization", ""))
         data = read_json_body()
         events = data.get("events") if isinstance(data, dict) else data
         if not isinstance(events, list):
@@ -171,8 +171,9 @@ class PlanCall:
     work: float
 
 
-class PlanService:
-    """/plan without a web framework: validation, the work budget, the gate, the answer, the errors.
+class ServiceCore:
+    """The service without a web framework: the bearer-token rule, /plan (validation, the work budget,
+    the gate, the answer) and the rendering of every client error.
 
     Why its own class: the Flask view (tests, ``create_app`` users) and ``dtlab serve``'s event-loop
     front (:mod:`dtlab.api.asgi`) answer /plan alike through this one object: the same checks, the

@@ -1,14 +1,14 @@
-"""``dtlab serve``'s HTTP front: uvicorn (httptools parser, uvloop) with /plan and the scheduler
+"""``dtlab serve``'s HTTP front: uvicorn (httptools parser, uvloop) with /plan, /healthz and the scheduler
 extender's verbs answered on the event loop, every other route by the Flask app (through a2wsgi).
 
-Why not waitress alone: a /plan is ~0.7 ms of GIL-bound Python, and waitress hands every request
-from its I/O thread to a worker thread (and dtlab's gate to the planning thread). The threads take
-turns on the GIL, and the plan ran at about half its in-process speed inside the server: /plan
-from 4 keep-alive clients answered 400-470 req/s at 2.1-2.6 ms of server CPU per request, against
-1,200-1,500 plans/s in-process (ratio 0.27-0.34). With the same plans answered on one event loop
-(httptools parses in C) a prototype answered 850-940 req/s at 1.05-1.17 ms per request; handing
-each plan to a planning thread instead cost 630-640 req/s (2026-12-05, ``/tmp``-free numbers in
-the CHANGELOG). So a plan whose estimated work (:func:`dtlab.api.limits.plan_work`) is at most
+Why not waitress: a /plan is ~0.45-0.7 ms of GIL-bound Python, and waitress hands every request
+from its I/O thread to a worker thread (and dtlab's gate to the planning thread). The threads took
+turns on the GIL, and the plan ran at about half its in-process speed inside the server (per-thread
+CPU from /proc): the server spent 1.6-2.6 ms of CPU per request. On one event loop, with httptools
+parsing in C, it spends 0.8 ms, and ``bench_api.py`` answers 1,200 req/s instead of 570-620 (ratio to
+in-process 0.54-0.55 instead of 0.26-0.30; 3 alternating pairs, 2026-12-05). A prototype that handed
+every plan to a planning thread instead reached only 630-640 req/s where inline planning reached
+850-940. So a plan whose estimated work (:func:`dtlab.api.limits.plan_work`) is at most
 :data:`INLINE_WORK_US` runs on the loop (it stalls the loop for at most about that long); a larger
 one goes to the planning thread with the request time limit (503), as before.
 
@@ -32,7 +32,7 @@ from typing import Any, Awaitable, Callable
 
 from .. import strict_json
 from ..errors import DtlabError, InfeasibleError, SpecError
-from .app import ClientError, PlanService, health, timed_out
+from .app import ClientError, ServiceCore, health, timed_out
 from .limits import over_limit_error
 
 log = logging.getLogger("dtlab.api")
@@ -62,7 +62,7 @@ class ServiceFront:
         from a2wsgi import WSGIMiddleware
 
         state = flask_app.extensions["dtlab"]
-        self.plans: PlanService = state["plans"]
+        self.core: ServiceCore = state["core"]
         self.config = state["config"]
         self.metrics = state["metrics"]
         self.wsgi: Any = WSGIMiddleware(flask_app, workers=wsgi_threads)   # ASGI-typed; our scope is a dict
@@ -87,7 +87,7 @@ class ServiceFront:
         if raw is None:   # the client went away
             return
         if scope["method"] == "GET" and path == "/healthz":   # probes answer on the loop, never behind a thread
-            await respond(send, 200, health(self.plans.twin))
+            await respond(send, 200, health(self.core.twin))
             return
         if scope["method"] == "POST":
             if path == "/plan":
@@ -118,24 +118,24 @@ class ServiceFront:
                 return b"".join(chunks)
 
     async def _plan(self, scope: Scope, raw: bytes, send: Send) -> None:
-        plans = self.plans
+        core = self.core
         try:
-            call = plans.prepare(raw, header(scope, b"authorization"))
+            call = core.prepare(raw, header(scope, b"authorization"))
             if call.work <= self.inline_work_us:
-                result = plans.gate.run_here(call.compute)
+                result = core.gate.run_here(call.compute)
             else:
-                future = plans.gate.submit(call.compute)
+                future = core.gate.submit(call.compute)
                 try:
                     result = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)),
                                                     self.config.request_timeout_s)
                 except asyncio.TimeoutError:
                     raise timed_out(self.config.request_timeout_s) from None
             if call.dry_run:
-                body = plans.finish(call, result)
+                body = core.finish(call, result)
             else:   # acting calls the controller (the Kubernetes API): never on the loop
-                body = await asyncio.get_running_loop().run_in_executor(None, plans.finish, call, result)
+                body = await asyncio.get_running_loop().run_in_executor(None, core.finish, call, result)
         except CLIENT_ERRORS as exc:
-            status, error, headers = plans.error_answer(exc, "/plan")
+            status, error, headers = core.error_answer(exc, "/plan")
             await respond(send, status, error, headers)
             return
         except Exception:

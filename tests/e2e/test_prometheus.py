@@ -4,7 +4,6 @@ Needs Debian's `prometheus` and `prometheus-node-exporter` (installed by `make t
 """
 import shutil
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
@@ -23,14 +22,12 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 def stack(tmp_path_factory):
     require(shutil.which("prometheus") is not None and shutil.which("prometheus-node-exporter") is not None,
             "Prometheus not installed (apt-get install prometheus prometheus-node-exporter)")
-    from waitress.server import create_server
+    from dtlab.api.asgi import BackgroundServer, ServiceFront
 
     tmp = tmp_path_factory.mktemp("prom")
     twin = dtlab.Twin(dtlab.load_cluster(EXAMPLES / "cluster-hetero.yaml"))
     api_port, exporter_port, prom_port = free_port(), free_port(), free_port()
-    server = create_server(create_app(twin, ApiConfig(token="t")), host="127.0.0.1", port=api_port)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
+    server = BackgroundServer(ServiceFront(create_app(twin, ApiConfig(token="t"))), "127.0.0.1", api_port)
     procs = [subprocess.Popen(["prometheus-node-exporter", f"--web.listen-address=127.0.0.1:{exporter_port}",
                                "--collector.disable-defaults", "--collector.cpu"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
