@@ -6,6 +6,7 @@ import http.client
 import json
 import re
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -127,6 +128,34 @@ def test_a_plan_past_the_inline_size_goes_to_the_planning_thread_with_its_time_l
         assert f.call("POST", "/plan", json.dumps({"job": JOB, "samples": 8}))[0] == 429
         wait_for(lambda: f.call("POST", "/plan", json.dumps({"job": JOB, "samples": 8}))[0] == 200, 120,
                  "the slot to come back")
+    finally:
+        f.stop()
+
+
+def test_a_small_plan_answers_on_the_loop_while_a_large_one_holds_the_planning_thread():
+    """The inline path: with one planning thread busy on a large plan, a small plan does not queue
+    behind it (it would on the planning thread) and answers while the large one still computes."""
+    f = Front(max_inflight=2, max_work=50_000_000)
+    try:
+        heavy = json.dumps({"job": {"metadata": {"name": "c"}, "spec": {"stages": [
+            {"id": f"s{i}", "compute": {"duration_ms": 100}, "after": [f"s{i - 1}"] if i else []}
+            for i in range(30)]}}, "samples": 4000, "predictor": "des"})
+        done = {}
+
+        def large():
+            t0 = time.monotonic()
+            done["status"] = f.call("POST", "/plan", heavy, {"Authorization": f"Bearer {TOKEN}"})[0]
+            done["at"] = time.monotonic() - t0
+
+        worker = threading.Thread(target=large)
+        t0 = time.monotonic()
+        worker.start()
+        wait_for(lambda: f.front.core.gate.slots._value == 1, 10, "the large plan admitted")
+        status, _, _ = f.call("POST", "/plan", json.dumps({"job": JOB, "samples": 64}))
+        small_at = time.monotonic() - t0
+        assert status == 200 and "at" not in done, (status, done)   # answered while the large one computes
+        worker.join(120)
+        assert done["status"] == 200 and small_at < done["at"], (small_at, done)
     finally:
         f.stop()
 
