@@ -78,22 +78,14 @@ def create_app(twin, config: ApiConfig | None = None, controller=None, extender=
         app.register_blueprint(blueprint(extender, config.extender_secret,
                                          observe=lambda verb, ms: metrics.extender_latency.labels(verb).observe(ms)))
 
-    def answer(status: int, body: dict, headers: dict[str, str]) -> tuple[Response, int]:
+    def _client_error(exc: Exception) -> tuple[Response, int]:
+        status, body, headers = core.error_answer(exc, request.path)
         resp = jsonify(body)
         resp.headers.update(headers)
         return resp, status
 
-    @app.errorhandler(ClientError)
-    def _client_error(exc: ClientError):
-        return answer(*core.error_answer(exc, request.path))
-
-    @app.errorhandler(SpecError)
-    def _spec_error(exc: SpecError):
-        return answer(*core.error_answer(exc, request.path))
-
-    @app.errorhandler(InfeasibleError)
-    def _infeasible(exc: InfeasibleError):
-        return answer(*core.error_answer(exc, request.path))
+    for client_error in (ClientError, SpecError, InfeasibleError):
+        app.register_error_handler(client_error, _client_error)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

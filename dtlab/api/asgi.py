@@ -39,6 +39,7 @@ log = logging.getLogger("dtlab.api")
 INLINE_WORK_US = 25_000.0   # plans estimated at most this (µs of CPU) run on the event loop
 MAX_HEAD_BYTES = 262_144    # waitress's max_request_header_size, kept
 READ_TIMEOUT_S = 30.0       # waitress's channel_timeout as dtlab serve set it, kept
+HEAD_TOO_LARGE = (431, f"request header fields too large: over {MAX_HEAD_BYTES:,} bytes")
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -77,8 +78,8 @@ class ServiceFront:
         try:
             raw = await asyncio.wait_for(self._body(scope, receive), self.read_timeout_s)
         except ClientError as exc:
-            self.metrics.rejected.labels(path, str(exc.status)).inc()
-            await respond(send, exc.status, {"error": exc.error, "field": exc.field}, close=True)
+            status, error, headers = self.core.error_answer(exc, path)
+            await respond(send, status, error, headers, close=True)
             return
         except asyncio.TimeoutError:
             await respond(send, 408, {"error": f"the request body did not arrive within {self.read_timeout_s:g} s",
@@ -257,7 +258,7 @@ def protocol_class(connection_limit: int, read_timeout_s: float = READ_TIMEOUT_S
                 self._start_head_timer()
             super().data_received(data)
             if self._in_head and self._head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
-                self._refuse(431, f"request header fields too large: over {MAX_HEAD_BYTES:,} bytes")
+                self._refuse(*HEAD_TOO_LARGE)
 
         def on_url(self, url: bytes) -> None:
             self._head_parsed += len(url)
@@ -274,7 +275,7 @@ def protocol_class(connection_limit: int, read_timeout_s: float = READ_TIMEOUT_S
             self._in_head = False
             self._stop_head_timer()
             if self._head_parsed > MAX_HEAD_BYTES:   # the head ended inside the read that took it over
-                self._refusal = (431, f"request header fields too large: over {MAX_HEAD_BYTES:,} bytes")
+                self._refusal = HEAD_TOO_LARGE
             if self._refusal is not None:
                 self._refuse(*self._refusal)
                 return
@@ -288,9 +289,8 @@ def protocol_class(connection_limit: int, read_timeout_s: float = READ_TIMEOUT_S
             self._refuse(*(self._refusal or (400, f"malformed request: {msg}")))
 
         def _refuse(self, status: int, error: str) -> None:
-            data = json_bytes({"error": error[:300], "field": "body" if status == 413 else None})
-            reason = {400: b"Bad Request", 413: b"Payload Too Large", 431: b"Request Header Fields Too Large",
-                      501: b"Not Implemented"}.get(status, b"Error")
+            data = json_bytes({"error": error[:300], "field": None})   # bodies are the front's (413 there)
+            reason = {400: b"Bad Request", 431: b"Request Header Fields Too Large", 501: b"Not Implemented"}[status]
             self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
                                  b"connection: close\r\n\r\n%s" % (status, reason, len(data), data))
             self.transport.close()
@@ -303,7 +303,7 @@ def listen(host: str, port: int) -> list[socket.socket]:
     socks: list[socket.socket] = []
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        for family, _, _, _, addr in dict.fromkeys((i[0], 0, 0, "", i[4]) for i in infos):
+        for family, addr in dict.fromkeys((family, addr) for family, *_, addr in infos):
             sock = socket.socket(family, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
