@@ -23,8 +23,13 @@ from ..errors import DtlabError, SubstrateUnavailable
 
 NETNS_PREFIX = "dtlab-"
 LINK_PREFIX = "dtb", "dtv"
-RELAY_PORT_BASE = 40_000
-RECV_PORT = 41_000
+# Fixed listening ports live below the kernel's ephemeral range (Linux default 32768-60999) and below
+# Kubernetes' NodePort range (30000-32767): an outgoing connection takes an ephemeral source port on the
+# same address (the bridge IP, a gateway), so a listener inside that range can find its port held by a
+# lingering connection of an earlier run (EADDRINUSE; seen on the 85th fabric open of a V1 run when the
+# relay was at 40_000). tests/test_fabric_ports.py checks every fixed port against this host's range.
+RELAY_PORT_BASE = 24_000          # + the destination node's index
+RECV_PORT = 25_000
 CLONE_NEWNET = 0x40000000
 
 

@@ -68,12 +68,13 @@ from ..fabric import netns
 from ..fabric.relay import CHUNK, HEADER, recv_exact, delay_line, wait_up
 from ..model import Cluster, Link, spec_link
 
-STORE_PORT = 41_200
-RELAY_PORT_BASE = 41_300          # + the source's index (real nodes 1..250, origin zones ZONE_INDEX_BASE + k)
+# below the ephemeral and NodePort ranges, past the fabric's (see dtlab.fabric.netns.RELAY_PORT_BASE)
+STORE_PORT = 25_200
+RELAY_PORT_BASE = 25_300          # + the source's index (real nodes 1..250, origin zones ZONE_INDEX_BASE + k)
 ZONE_INDEX_BASE = 256             # origin zones' source indices (256..319): past any real node's
 MAX_ZONES = 64
-ZONE_STORE_PORT_BASE = 41_400     # + a zone's index (41_656..): a zone store on each gateway (netem mode)
-ANY_PORT_BASE = 42_000            # + a source's index: its data for a pod on a node not known in advance
+ZONE_STORE_PORT_BASE = 25_400     # + a zone's index (25_656..): a zone store on each gateway (netem mode)
+ANY_PORT_BASE = 26_000            # + a source's index: its data for a pod on a node not known in advance
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 
 
