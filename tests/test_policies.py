@@ -287,3 +287,22 @@ def test_property_plans_use_only_allowed_nodes_or_raise_for_a_reason(down, cordo
         assert node in allowed[sid]
     for sid, node in plan.shadow.items():
         assert node in allowed[sid] and node != plan.placement[sid]
+
+
+def test_resilient_expected_end_has_no_nan_for_nodes_that_never_fail_or_cannot_finish():
+    """0 x inf is NaN in plain arithmetic and np.argmin returns the first NaN: a node with p = 0 and no
+    recoverable failure, or one where the stage cannot finish, must not win the argmin by NaN."""
+    import warnings
+
+    import numpy as np
+
+    from dtlab.policies.resilient import expected_end
+    inf = np.inf
+    finish = np.array([100.0, inf, 120.0, 50.0])
+    p = np.array([0.0, 0.0, 0.5, 1.0])
+    after = np.array([inf, inf, 300.0, inf])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # no RuntimeWarning either
+        e = expected_end(finish, p, after)
+    assert e.tolist() == [100.0, inf, 210.0, inf]
+    assert int(np.argmin(e)) == 0

@@ -24,6 +24,17 @@ from ..predict import node_slowdown
 from .base import Builder, PlanContext
 
 
+def expected_end(finish: np.ndarray, p: np.ndarray, after_failure: np.ndarray) -> np.ndarray:
+    """``(1 - p) * finish + p * after_failure`` per node, without NaN: a node that never fails
+    (``p = 0``) pays nothing for a failure even when none could be recovered (``after_failure`` inf),
+    and a node where the stage cannot finish (``finish`` inf) costs inf. Plain arithmetic gives
+    ``0 x inf = NaN`` there, and ``np.argmin`` returns the first NaN, so one such node would win."""
+    with np.errstate(invalid="ignore"):
+        fail = np.where(p > 0, p * after_failure, 0.0)
+        out = (1 - p) * finish + fail
+    return np.where(np.isfinite(finish), out, np.inf)
+
+
 @register("resilient")
 class Resilient:
     name = "resilient"
@@ -50,8 +61,7 @@ class Resilient:
             p = nt.fail_prob
             # no shadow possible: re-plan onto an equivalent node (as the predictors model it)
             fail_cost = np.where(np.isfinite(other), other, ctx.timing.replan_ms + B)
-            E = (1 - p) * F + p * (ready + 0.5 * svc + detect + fail_cost)
-            E = np.where(ok, E, np.inf)
+            E = np.where(ok, expected_end(F, p, ready + 0.5 * svc + detect + fail_cost), np.inf)
             toll = b.toll(i)
             n = int(np.argmin(E + toll))
             b.place(i, n, float(E[n]), float(toll[n]))
