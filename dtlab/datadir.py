@@ -24,6 +24,13 @@ WHERE_TO_GET = ("clone the dtlab repository (its data/ folder holds the referenc
                 f"{ENV} to a copy of that folder")
 
 
+def cache_dir() -> Path:
+    """Where dtlab keeps what it builds and measures outside the clone, by version (kernels, the
+    control plane's binaries, calibrations, the host lock): ``DTLAB_CACHE``, else ``~/.cache/dtlab``.
+    Outside the clone so a fresh clone (CI) reuses them."""
+    return Path(os.environ.get("DTLAB_CACHE") or Path.home() / ".cache" / "dtlab")
+
+
 def data_dir() -> Path:
     """The data folder dtlab reads (it may not exist: see :func:`require`)."""
     env = os.environ.get(ENV)

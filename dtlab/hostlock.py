@@ -73,7 +73,7 @@ def lock_path() -> Path:
     run = Path("/run")
     if os.access(run, os.W_OK):
         return run / "dtlab" / "host.lock"
-    from .fabric.worker import cache_dir
+    from .datadir import cache_dir
     return cache_dir() / "host.lock"
 
 

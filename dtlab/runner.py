@@ -193,7 +193,7 @@ def ensure_kernel(name: str = KERNEL_NAME) -> str:
     import fcntl
     import tempfile
 
-    from .fabric.worker import cache_dir
+    from .datadir import cache_dir
 
     try:
         lock_dir = cache_dir() / "jupyter"

@@ -32,7 +32,7 @@ from ..atomic import atomic_write_text
 from ..energy import format_energy
 from ..errors import DtlabError, SpecError
 from .. import safe_yaml, stats
-from ..datadir import data_path
+from ..datadir import cache_dir, data_path
 from . import worker
 
 STAGE_KERNEL = "mix"
@@ -48,7 +48,7 @@ def geo_ci(ratios: list[float]) -> dict[str, float]:
 
 
 def default_out() -> Path:
-    return worker.cache_dir() / "calibration.host.yaml"
+    return cache_dir() / "calibration.host.yaml"
 
 
 def measure_compute(quick: bool = False, formats=None, kernels=None, reps: int | None = None,

@@ -21,6 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..atomic import atomic_write_text
+from ..datadir import cache_dir
 from ..errors import DtlabError, SubstrateUnavailable
 
 KERNELS = ("matmul", "sort", "hash", "mix")
@@ -30,9 +31,6 @@ HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "riscv64": "riscv64"}.get(pl
 WORKER_DIR = Path(__file__).resolve().parents[2] / "images" / "worker"
 WASM_RUNNER = Path(__file__).resolve().parent / "wasm_run.py"
 
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("DTLAB_CACHE") or Path.home() / ".cache" / "dtlab")
 
 
 @lru_cache(maxsize=1)

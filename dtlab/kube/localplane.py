@@ -65,6 +65,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from ..atomic import atomic_write_text
+from ..datadir import cache_dir
 
 K8S_VERSION = "1.36.3"
 ETCD_VERSION = "3.6.8"
@@ -98,9 +99,6 @@ class BinariesMissing(LocalPlaneError):
 
 
 # ---------------------------------------------------------------- paths
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("DTLAB_CACHE") or Path.home() / ".cache" / "dtlab")
 
 
 def _plane_dir(name: str) -> Path:

@@ -78,7 +78,8 @@ class RealNodeError(RuntimeError):
 
 # ---------------------------------------------------------------- what is needed
 def kubelet_path() -> Path:
-    from .localplane import K8S_VERSION, cache_dir
+    from ..datadir import cache_dir
+    from .localplane import K8S_VERSION
     return Path(os.environ.get("DTLAB_KUBELET_BIN") or cache_dir() / "kubelet" / f"v{K8S_VERSION}" / "bin") \
         / "kubelet"
 

@@ -29,6 +29,7 @@ from tests.e2e.planes import core_api, local_plane
 
 from dtlab import load_cluster
 from dtlab.controller import Controller
+from dtlab.datadir import cache_dir
 from dtlab.model import load_job
 from dtlab.twin import Twin
 
@@ -320,4 +321,4 @@ def test_cli_cluster_up_and_down_leave_nothing(plane, tmp_path):
     assert not any(Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
                    for pid in pids)
     assert lp.kubeconfig(name) is None
-    assert not (lp.cache_dir() / "localplane" / name).exists(), "--purge removes the workdir"
+    assert not (cache_dir() / "localplane" / name).exists(), "--purge removes the workdir"
