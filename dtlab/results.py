@@ -217,9 +217,10 @@ def comparison_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
         rows.append({"rate": rate, "metric": metric, "dt_policy": get("dt_policy"),
                      "baseline_policy": get("baseline_policy"), "diff": value, "ci_low": get("ci_low"),
                      "ci_high": get("ci_high"), "margin": get("margin"), "noninferior": get("noninferior"),
-                     "seeds": get("seeds"), "ci_narrower_than_diff": get("ci_narrower_than_diff")})
+                     "seeds": get("seeds"), "ci_narrower_than_diff": get("ci_narrower_than_diff"),
+                     "seeds_for_noninferiority": get("seeds_for_noninferiority")})
     cols = ["rate", "metric", "dt_policy", "baseline_policy", "diff", "ci_low", "ci_high", "margin", "noninferior",
-            "seeds", "ci_narrower_than_diff"]
+            "seeds", "ci_narrower_than_diff", "seeds_for_noninferiority"]
     table = pd.DataFrame(rows, columns=cols)
     if not table.empty:
         table["_r"] = table["rate"].str[1:].astype(float)
@@ -233,9 +234,19 @@ def comparison_line(metrics: Mapping[str, Any]) -> str:
     parts = []
     for row in table.itertuples(index=False):
         verdict = "non-inferior" if row.noninferior else "non-inferiority not shown"
+        if not row.noninferior and f"{COMPARE_PREFIX}{row.rate}.{row.metric}.seeds_for_noninferiority" in metrics:
+            verdict += _needs(row.seeds_for_noninferiority)
         parts.append(f"{row.rate} {row.metric}: {row.dt_policy}-{row.baseline_policy} {_fmt(row.diff)} "
                      f"[{_fmt(row.ci_low)}, {_fmt(row.ci_high)}] {verdict}")
     return ("DT vs best baseline (paired, n=" + str(table["seeds"].iloc[0]) + "): " + "; ".join(parts)) if parts else ""
+
+
+def _needs(seeds: Any) -> str:
+    """' (needs ~N seeds)' at the measured mean and sd; ' (mean past the margin)' when no number of seeds
+    can show it (the key is None)."""
+    if seeds is None or seeds != seeds:
+        return " (mean past the margin)"
+    return f" (needs ~{int(seeds)} seeds)"
 
 
 def _fmt(value: Any) -> str:

@@ -43,6 +43,7 @@ def test_compare_best_is_the_paired_difference_of_the_best_of_each_side():
     # the shared world cancels in the pairs: a narrow interval around -0.15, well inside the margin
     assert out[f"{key}.ci_high"] < -0.1 and out[f"{key}.noninferior"] and out[f"{key}.ci_narrower_than_diff"]
     assert out[f"{key}.seeds"] == 6 and out[f"{key}.seeds_needed"] >= 2
+    assert out[f"{key}.seeds_for_noninferiority"] == 2       # shown already: the smallest paired design
     p95 = "vs_best_baseline.r1.latency_p95_ms"
     heft_p95 = table[table.policy == "heft"]["latency_p95_ms"].mean()
     assert out[f"{p95}.margin"] == pytest.approx(0.05 * heft_p95, rel=1e-6)
@@ -59,6 +60,19 @@ def test_an_inferior_dt_policy_is_not_called_noninferior():
     worse.loc[worse.policy.isin(["greedy", "cvar"]), "miss_rate"] += 0.2
     out = v1.compare_best(worse, jobs, dict(v1.DEFAULTS["margins"]))
     assert out["vs_best_baseline.r1.miss_rate"] > 0 and not out["vs_best_baseline.r1.miss_rate.noninferior"]
+    assert out["vs_best_baseline.r1.miss_rate.seeds_for_noninferiority"] is None    # no seeds can show it
+    assert "r1 miss_rate" in results.comparison_line(out) and "(mean past the margin)" in results.comparison_line(out)
+
+
+def test_seeds_for_noninferiority_is_where_the_t_interval_reaches_the_margin():
+    """At the measured mean and sd, n seeds put the interval's upper end at or below the margin and n - 1
+    do not (the claim's seed count, for cells a run could not decide)."""
+    from dtlab.stats import t975
+    sd, mean, margin = 0.25, -0.125, 0.02
+    n = v1.seeds_for_noninferiority(sd, mean, margin)
+    upper = lambda k: mean + t975(k - 1) * sd / k ** 0.5      # noqa: E731
+    assert n is not None and upper(n) < margin <= upper(n - 1)
+    assert v1.seeds_for_noninferiority(sd, 0.02, 0.02) is None and v1.seeds_for_noninferiority(sd, float("nan"), 0.02) is None
 
 
 def test_v1_smoke_cis_stay_in_range_and_the_comparison_is_reported():

@@ -115,6 +115,15 @@ def seeds_needed_t(sd: float, diff: float, limit: int = 1000) -> int | None:
     return n
 
 
+def seeds_for_noninferiority(sd: float, mean: float, margin: float) -> int | None:
+    """Seeds for the paired interval's upper end to reach the non-inferiority ``margin`` if the per-seed
+    mean and sd of the differences stay as measured (:func:`seeds_needed_t` of ``margin - mean``); None
+    when the mean is at or above the margin, where no number of seeds shows it."""
+    if not mean == mean or mean >= margin:
+        return None
+    return seeds_needed_t(sd, margin - mean)
+
+
 def jobs_at(rate: float, jobs: int, window_s: float | None) -> int:
     """Jobs per run at ``rate``: ``jobs``, or with an arrival window the jobs that arrive in it
     (``ceil(rate x window)``, at least 2). Why a window: with a fixed job count a short run at a high
@@ -135,7 +144,8 @@ def compare_best(table: pd.DataFrame, jobs: pd.DataFrame, margins: dict[str, flo
     most the margin (``miss_rate``: absolute, in rate units; ``latency_p95_ms``: a fraction of the
     best baseline's mean p95). ``seeds_needed``: seeds for a CI half-width below ``|difference|``
     (:func:`seeds_needed_t`); ``ci_narrower_than_diff`` says whether
-    this run already has it. Pooled over seeds the p95 and the miss rate also get bootstrap / Wilson
+    this run already has it. ``seeds_for_noninferiority``: seeds the verdict would need at the measured
+    mean and sd (:func:`seeds_for_noninferiority`; None: the mean is past the margin). Pooled over seeds the p95 and the miss rate also get bootstrap / Wilson
     intervals (``<policy>.r<rate>.pooled_p95_ms``, ``.pooled_miss_rate``).
     """
     out: dict[str, Any] = {}
@@ -171,6 +181,7 @@ def compare_best(table: pd.DataFrame, jobs: pd.DataFrame, margins: dict[str, flo
             out[f"{key}.seeds"] = int(ci.n)
             out[f"{key}.ci_narrower_than_diff"] = bool(ci.n >= 2 and (ci.high - ci.low) / 2 < abs(ci.mean))
             out[f"{key}.seeds_needed"] = seeds_needed_t(sd, abs(ci.mean))
+            out[f"{key}.seeds_for_noninferiority"] = seeds_for_noninferiority(sd, ci.mean, margin)
     return out
 
 
