@@ -2,8 +2,9 @@
 range and Kubernetes' NodePort range, and out of each other's way.
 
 Why: an outgoing connection takes an ephemeral source port on the same local address as these
-listeners (the fabric's bridge IP, a node's gateway). With the relay at 40_000 (inside Linux's default
-32768-60999) a V1 fabric run failed on its 85th substrate open with EADDRINUSE."""
+listeners (the fabric's bridge IP, a node's gateway), so a listener inside Linux's default 32768-60999
+could find its port taken. And a closed fabric must free its ports: its listeners stayed open (the
+EADDRINUSE that V1 fabric runs hit after ~85 opens), see the last test."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -44,3 +45,40 @@ def test_fixed_port_ranges_do_not_overlap():
     items = sorted(port_ranges().items(), key=lambda kv: kv[1].start)
     for (a, ra), (b, rb) in zip(items, items[1:]):
         assert ra.stop <= rb.start, f"{a} ({ra.start}-{ra.stop - 1}) overlaps {b} ({rb.start}-{rb.stop - 1})"
+
+
+def test_close_listener_frees_the_port_of_a_socket_blocked_in_accept():
+    """The fabric's data path serves each listener from a thread blocked in accept(). close() alone left
+    the socket listening (the blocked call holds it): the port stayed bound for the life of the process
+    and a later fabric on the same subnet failed with EADDRINUSE. close_listener wakes the accept."""
+    import socket
+    import threading
+    import time
+
+    from dtlab.fabric.relay import close_listener
+
+    def listener(port: int = 0) -> socket.socket:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen(4)
+        return s
+
+    s = listener()
+    port = s.getsockname()[1]
+    accepted: list[str] = []
+
+    def serve() -> None:
+        try:
+            s.accept()
+            accepted.append("connection")
+        except OSError:
+            accepted.append("closed")
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    time.sleep(0.2)                 # the thread is in accept(): it holds the file now
+    close_listener(s)
+    t.join(5)
+    assert not t.is_alive() and accepted == ["closed"]
+    listener(port).close()          # the same port binds again at once

@@ -25,9 +25,9 @@ NETNS_PREFIX = "dtlab-"
 LINK_PREFIX = "dtb", "dtv"
 # Fixed listening ports live below the kernel's ephemeral range (Linux default 32768-60999) and below
 # Kubernetes' NodePort range (30000-32767): an outgoing connection takes an ephemeral source port on the
-# same address (the bridge IP, a gateway), so a listener inside that range can find its port held by a
-# lingering connection of an earlier run (EADDRINUSE; seen on the 85th fabric open of a V1 run when the
-# relay was at 40_000). tests/test_fabric_ports.py checks every fixed port against this host's range.
+# same address (the bridge IP, a gateway), so a listener inside that range could find its port held by
+# a connection (they were at 40_000-42_319). The EADDRINUSE V1 runs hit had another cause, listeners
+# left open by close (dtlab.fabric.relay.close_listener). tests/test_fabric_ports.py checks both.
 RELAY_PORT_BASE = 24_000          # + the destination node's index
 RECV_PORT = 25_000
 CLONE_NEWNET = 0x40000000

@@ -71,6 +71,25 @@ class Transfer:
     error: str | None = None
 
 
+ACCEPT_THREAD = "fabric-accept-"      # name prefix of the data path's accept threads (+ host:port)
+
+
+def close_listener(s: socket.socket) -> None:
+    """Stop a listening socket that a thread may be blocked in ``accept()`` on. ``close()`` alone leaves
+    it listening: the blocked call holds the file, so the port stays bound and the thread waits forever
+    (each fabric leaked its relay and receive listeners this way, and a later fabric that hashed to the
+    same subnet failed to bind: EADDRINUSE after ~85 opens in one V1 process). ``shutdown`` wakes the
+    ``accept`` (EINVAL), then ``close`` frees the port."""
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    try:
+        s.close()
+    except OSError:
+        pass
+
+
 class DataPath:
     """Receivers per node, the relay per destination when needed, and ``send()``."""
 
@@ -85,6 +104,13 @@ class DataPath:
         self._stop = threading.Event()
         self._sockets: list[socket.socket] = []
         self.cpu_s = 0.0                # CPU seconds of the data-path threads that finished (host noise)
+        try:
+            self._listen_all(net, use_relay)
+        except BaseException:
+            self.close()                # the listeners already bound must not outlive a failed open
+            raise
+
+    def _listen_all(self, net: NetFabric, use_relay: bool) -> None:
         for node in net.nodes:
             s = socket_in(net.ns(node))
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -113,10 +139,8 @@ class DataPath:
     def close(self) -> None:
         self._stop.set()
         for s in self._sockets:
-            try:
-                s.close()
-            except OSError:
-                pass
+            close_listener(s)
+        self._sockets.clear()
         for tr in list(self._transfers.values()):
             if not tr.done.is_set():
                 tr.error = "closed"
@@ -144,7 +168,8 @@ class DataPath:
                 except OSError:
                     return
                 threading.Thread(target=self._counted(handler), args=(conn,), daemon=True).start()
-        threading.Thread(target=loop, daemon=True).start()
+        host, port = s.getsockname()[:2]
+        threading.Thread(target=loop, daemon=True, name=f"{ACCEPT_THREAD}{host}:{port}").start()
 
     def _send(self, tr: Transfer) -> None:
         try:

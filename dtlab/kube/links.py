@@ -65,7 +65,7 @@ import numpy as np
 
 from ..errors import DtlabError
 from ..fabric import netns
-from ..fabric.relay import CHUNK, HEADER, recv_exact, delay_line, wait_up
+from ..fabric.relay import CHUNK, HEADER, close_listener, recv_exact, delay_line, wait_up
 from ..model import Cluster, Link, spec_link
 
 # below the ephemeral and NodePort ranges, past the fabric's (see dtlab.fabric.netns.RELAY_PORT_BASE)
@@ -219,11 +219,7 @@ class PodLinks:
     def close(self) -> None:
         self._stop.set()
         for s in self._sockets:
-            try:
-                s.shutdown(socket.SHUT_RDWR)    # wakes the accept() blocked on it; close alone would not
-            except OSError:
-                pass
-            s.close()
+            close_listener(s)
         self._sockets.clear()
         for br in self._shaped:
             if Path(f"/sys/class/net/{br}").exists():

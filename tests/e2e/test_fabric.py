@@ -223,6 +223,47 @@ def test_link_degradation_and_cut_slow_transfers(fabric_ready):
     assert "link" in kinds and "link-reset" in kinds
 
 
+def host_listeners() -> set[tuple[str, int]]:
+    """(IPv4 address, port) of every listening TCP socket in this network namespace (/proc/net/tcp)."""
+    import socket
+    import struct
+    out = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] != "0A":                     # TCP_LISTEN
+            continue
+        addr, port = fields[1].split(":")
+        out.add((socket.inet_ntoa(struct.pack("<I", int(addr, 16))), int(port, 16)))
+    return out
+
+
+def test_closed_fabric_leaves_no_listener(fabric_ready):
+    """The data path's listeners are gone once the fabric closed (they stayed listening, held by the
+    accept() blocked on them, and a later fabric on the same subnet failed with EADDRINUSE)."""
+    import threading
+
+    from dtlab.fabric.relay import ACCEPT_THREAD
+    from dtlab.substrates import make_substrate
+
+    def accepting(net) -> list[threading.Thread]:
+        ips = {net.bridge_ip, *(net.ip(n) for n in net.nodes)}
+        return [t for t in threading.enumerate()
+                if t.name.startswith(ACCEPT_THREAD) and t.name[len(ACCEPT_THREAD):].rsplit(":", 1)[0] in ips]
+
+    cluster = cluster_from_dict(CLUSTER)
+    with make_substrate("fabric", cluster, seed=5, host_cores=0.3) as sub:
+        net = sub.net
+        threads = accepting(net)
+        assert len(threads) >= len(net.nodes), "a receive listener per node (and relays without netem)"
+        relays = {(a, p) for a, p in host_listeners() if a == net.bridge_ip}
+        assert bool(relays) == (not net.netem), "the relay listens on the bridge when there is no netem"
+    for t in threads:
+        t.join(5)
+    assert not [t.name for t in threads if t.is_alive()], "accept threads still blocked after close"
+    left = {(a, p) for a, p in host_listeners() if a == net.bridge_ip}
+    assert not left, f"listeners left after close: {sorted(left)}"
+
+
 def test_missing_cgroups_gives_clear_error(monkeypatch, tmp_path):
     """Runs anywhere: a host without a CPU cgroup (simulated) gets an error naming what is missing."""
     from dtlab.errors import SubstrateUnavailable
