@@ -88,6 +88,9 @@ def quota_period_us(cores: float, period_us: int, min_quota_us: int, max_period_
     return max(quota, min_quota_us), period_us
 
 
+SMALL_DRAW = 32   # service_noise draws sizes up to this one value at a time (see there)
+
+
 @dataclass(frozen=True)
 class CpuQuota:
     """Each stage runs in its own fresh cgroup with a CFS quota of ``cpu * share_per_cpu[node]`` cores
@@ -182,10 +185,20 @@ class TimingModel:
         return np.array([float(self.cpu_quota.saving_ms(n, cpu, f)) for n, f in zip(names, fluid)], dtype=float)
 
     def service_noise(self, rng: np.random.Generator, size) -> np.ndarray:
-        """Multiplicative noise with mean 1 (lognormal, log-sd ``service_sigma``)."""
+        """Multiplicative noise with mean 1 (lognormal, log-sd ``service_sigma``).
+
+        A small integer ``size`` is drawn one value at a time (the same values as one sized draw):
+        numpy's Generator releases the GIL around every sized draw, and the DES makes one per job start
+        and sample, thousands per plan. A thread that lets go of the GIL and takes it back that often
+        starves the others (CPython then never forces a switch): in ``dtlab serve`` /healthz waited up to
+        1.56 s behind 0.6 s DES plans on the planning thread (a CI failure). Measured in-process, the
+        longest wait of a 1 ms sleeper beside such a plan: 164-242 ms with sized draws, 7-20 ms with these."""
         s = self.service_sigma
         if s <= 0:
             return np.ones(size)
+        if isinstance(size, (int, np.integer)) and 0 <= size <= SMALL_DRAW:
+            mu = -0.5 * s * s
+            return np.array([rng.lognormal(mu, s) for _ in range(int(size))], dtype=float)
         return rng.lognormal(-0.5 * s * s, s, size)
 
     # ------------------------------------------------------------ transfer

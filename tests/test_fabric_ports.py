@@ -4,7 +4,7 @@ range and Kubernetes' NodePort range, and out of each other's way.
 Why: an outgoing connection takes an ephemeral source port on the same local address as these
 listeners (the fabric's bridge IP, a node's gateway), so a listener inside Linux's default 32768-60999
 could find its port taken. And a closed fabric must free its ports: its listeners stayed open (the
-EADDRINUSE that V1 fabric runs hit after ~85 opens), see the last test."""
+EADDRINUSE that two long V1 fabric runs hit), see the last test."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -78,7 +78,7 @@ def close_listener(s: socket.socket) -> None:
     """Stop a listening socket that a thread may be blocked in ``accept()`` on. ``close()`` alone leaves
     it listening: the blocked call holds the file, so the port stays bound and the thread waits forever
     (each fabric leaked its relay and receive listeners this way, and a later fabric that hashed to the
-    same subnet failed to bind: EADDRINUSE after ~85 opens in one V1 process). ``shutdown`` wakes the
+    same subnet failed to bind: EADDRINUSE, 7 and 28 minutes into two long V1 runs). ``shutdown`` wakes the
     ``accept`` (EINVAL), then ``close`` frees the port."""
     try:
         s.shutdown(socket.SHUT_RDWR)

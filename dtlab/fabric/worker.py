@@ -32,7 +32,6 @@ WORKER_DIR = Path(__file__).resolve().parents[2] / "images" / "worker"
 WASM_RUNNER = Path(__file__).resolve().parent / "wasm_run.py"
 
 
-
 @lru_cache(maxsize=1)
 def build_dir() -> Path:
     """Build the kernels (no-op when the source hash is already built) and return the output dir."""
