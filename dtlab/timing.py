@@ -192,7 +192,7 @@ class TimingModel:
         and sample, thousands per plan. A thread that lets go of the GIL and takes it back that often
         starves the others (CPython then never forces a switch): in ``dtlab serve`` /healthz waited up to
         1.56 s behind 0.6 s DES plans on the planning thread (a CI failure). Measured in-process, the
-        longest wait of a 1 ms sleeper beside such a plan: 164-242 ms with sized draws, 7-20 ms with these."""
+        longest wait of a 1 ms sleeper beside such a plan: 164-324 ms with sized draws, 6-21 ms with these."""
         s = self.service_sigma
         if s <= 0:
             return np.ones(size)
