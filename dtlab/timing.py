@@ -196,10 +196,10 @@ class TimingModel:
         s = self.service_sigma
         if s <= 0:
             return np.ones(size)
+        mu = -0.5 * s * s
         if isinstance(size, (int, np.integer)) and 0 <= size <= SMALL_DRAW:
-            mu = -0.5 * s * s
             return np.array([rng.lognormal(mu, s) for _ in range(int(size))], dtype=float)
-        return rng.lognormal(-0.5 * s * s, s, size)
+        return rng.lognormal(mu, s, size)
 
     # ------------------------------------------------------------ transfer
     def mean_transfer_ms(self, size_mb: float, link: Link | None) -> float:

@@ -150,8 +150,9 @@ def compare_best(table: pd.DataFrame, jobs: pd.DataFrame, margins: dict[str, flo
     best baseline's mean p95). ``seeds_needed``: seeds for a CI half-width below ``|difference|``
     (:func:`seeds_needed_t`); ``ci_narrower_than_diff`` says whether
     this run already has it. ``seeds_for_noninferiority``: seeds the verdict would need at the measured
-    mean and sd (:func:`seeds_for_noninferiority`; None: the mean is past the margin). Pooled over seeds the p95 and the miss rate also get bootstrap / Wilson
-    intervals (``<policy>.r<rate>.pooled_p95_ms``, ``.pooled_miss_rate``).
+    mean and sd (:func:`seeds_for_noninferiority`; None: the mean is past the margin). Pooled over seeds
+    the p95 and the miss rate also get bootstrap / Wilson intervals (``<policy>.r<rate>.pooled_p95_ms``,
+    ``.pooled_miss_rate``).
     """
     out: dict[str, Any] = {}
     dt = [p for p in table["policy"].unique() if p in DT_POLICIES]
